@@ -1,0 +1,10 @@
+"""The ASGI application: HTTP through Django, WebSockets through Channels."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+application = ProtocolTypeRouter({"http": get_asgi_application()})

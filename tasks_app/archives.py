@@ -1,0 +1,67 @@
+"""Zip archives of task inputs and outputs, unpacked without escaping.
+
+Archives come from users, so every entry is checked before anything is
+written: no absolute paths, no ``..``, no links, nothing outside ``dest``.
+"""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Iterable
+
+
+class UnsafeArchive(ValueError):
+    pass
+
+
+def _checked_name(info: zipfile.ZipInfo) -> PurePosixPath:
+    name = PurePosixPath(info.filename)
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise UnsafeArchive(f"The archive holds a link ({info.filename}); links are not accepted.")
+    if name.is_absolute() or "\\" in info.filename or (name.parts and ":" in name.parts[0]):
+        raise UnsafeArchive(f"The archive holds an absolute path ({info.filename}).")
+    if ".." in name.parts:
+        raise UnsafeArchive(f"The archive holds a path leaving its folder ({info.filename}).")
+    return name
+
+
+def list_files(archive: BinaryIO) -> list[str]:
+    """The regular files of a zip archive, as relative POSIX paths, checked."""
+    with zipfile.ZipFile(archive) as zf:
+        return [str(_checked_name(i)) for i in zf.infolist() if not i.is_dir()]
+
+
+def safe_extract(archive: BinaryIO, dest: Path) -> list[Path]:
+    """Unpack ``archive`` into ``dest``; returns the files written."""
+    dest = dest.resolve()
+    written = []
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        # Check everything first, so a bad entry leaves nothing half-written.
+        names = [_checked_name(i) for i in infos]
+        for info, name in zip(infos, names):
+            target = (dest / name).resolve()
+            if not target.is_relative_to(dest):
+                raise UnsafeArchive(f"The archive holds a path leaving its folder ({info.filename}).")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+            written.append(target)
+    return written
+
+
+def write_zip(out: BinaryIO, files: Iterable[tuple[Path, str]]) -> int:
+    """Write ``(path on disk, name in archive)`` pairs; returns the file count."""
+    count = 0
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        for path, arcname in files:
+            zf.write(path, arcname)
+            count += 1
+    return count

@@ -1,0 +1,1 @@
+"""The machine side: a Celery worker running one task at a time."""

@@ -1,0 +1,124 @@
+"""Running a simulator's command lines as real subprocesses.
+
+Each command runs in its own process group so that stopping a task stops
+everything it started (MPI ranks, shell pipelines), not only the first
+process. Output is read line by line, as bytes: a simulator may print
+anything, including very long lines and invalid UTF-8, and the log keeps
+it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from tasks_app.simulators import Invocation
+
+# ``should_stop`` is asked about once a second while a command runs; a
+# non-empty answer stops the task and names why.
+StopCheck = Callable[[], str | None]
+
+
+@dataclasses.dataclass
+class Outcome:
+    exit_code: int | None
+    stopped: str | None = None  # why it was stopped, when it was
+
+
+def _pump(pipe: BinaryIO, sink: BinaryIO) -> None:
+    for line in iter(pipe.readline, b""):
+        sink.write(line)
+        sink.flush()
+    pipe.close()
+
+
+def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
+    """SIGTERM the command's whole group, then SIGKILL what is left after the grace period."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    # Even when the leader obeyed, children it left behind are still in the group.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_invocations(
+    invocations: list[Invocation],
+    cwd: Path,
+    stdout_path: Path,
+    stderr_path: Path,
+    should_stop: StopCheck,
+    *,
+    base_env: dict[str, str] | None = None,
+    grace_seconds: float = 10.0,
+    poll_seconds: float = 1.0,
+) -> Outcome:
+    """Run the command lines in order, stopping at the first that fails."""
+    env = dict(os.environ if base_env is None else base_env)
+    with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
+        exit_code: int | None = 0
+        for inv in invocations:
+            proc = subprocess.Popen(
+                inv.argv,
+                cwd=cwd,
+                env=env | inv.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            pumps = [
+                threading.Thread(target=_pump, args=(proc.stdout, out), daemon=True),
+                threading.Thread(target=_pump, args=(proc.stderr, err), daemon=True),
+            ]
+            for t in pumps:
+                t.start()
+            stopped = None
+            while True:
+                try:
+                    exit_code = proc.wait(timeout=poll_seconds)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                stopped = should_stop()
+                if stopped:
+                    stop_process_group(proc, grace_seconds)
+                    exit_code = proc.wait()
+                    break
+            deadline = time.monotonic() + 5
+            for t in pumps:
+                # A grandchild may still hold the pipe open; do not hang on it.
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+            if stopped:
+                return Outcome(exit_code, stopped)
+            if exit_code != 0:
+                return Outcome(exit_code)
+    return Outcome(exit_code)
+
+
+def tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of a log file, decoded leniently."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

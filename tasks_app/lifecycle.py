@@ -1,0 +1,286 @@
+"""The task lifecycle: every status, what it means, and how a task moves.
+
+This module is the only place that changes ``Task.status``. A move is one
+guarded ``UPDATE ... WHERE status = <old>`` (compare-and-set) together with
+the event row that records it, in one transaction. When two processes race
+(a worker starting a task while a user kills it), exactly one update matches
+and the other learns it lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from django.db import models, transaction
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    PENDING_INPUT = "pending-input", "Waiting for Input"
+    SUBMITTED = "submitted", "In Queue"
+    PREPARING = "preparing-to-compute", "Preparing to Compute"
+    STARTED = "started", "In Progress"
+    FINALIZING = "finalizing", "Finalizing"
+    PENDING_KILL = "pending-kill", "Pending Kill"
+    SUCCESS = "success", "Success"
+    FAILED = "failed", "Failed"
+    KILLED = "killed", "Killed"
+    ZOMBIE = "zombie", "Machine Terminated in Queue"
+    SPOT_PREEMPTED = "spot-instance-preempted", "Spot Reclaimed"
+    EXECUTOR_TERMINATED = "executor-terminated", "Task Runner Terminated"
+    EXECUTOR_TERMINATED_BY_USER = "executor-terminated-by-user", "Machine Terminated by User"
+    EXECUTOR_TERMINATED_TTL = "executor-terminated-TTL-exceeded", "Machine Time Limit Reached"
+    EXECUTOR_FAILED = "executor-failed", "Runtime Error"
+    TTL_EXCEEDED = "ttl-exceeded", "Task Timed Out"
+
+
+S = Status
+
+# Endings caused by the machine rather than the simulation. They can strike
+# whenever a machine holds the task, including while outputs are uploaded.
+MACHINE_ENDINGS = frozenset(
+    {
+        S.SPOT_PREEMPTED,
+        S.EXECUTOR_TERMINATED,
+        S.EXECUTOR_TERMINATED_BY_USER,
+        S.EXECUTOR_TERMINATED_TTL,
+        S.EXECUTOR_FAILED,
+    }
+)
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    S.PENDING_INPUT: frozenset({S.SUBMITTED, S.KILLED, S.ZOMBIE}),
+    S.SUBMITTED: frozenset({S.PREPARING, S.KILLED, S.ZOMBIE}),
+    S.PREPARING: frozenset({S.STARTED, S.PENDING_KILL} | MACHINE_ENDINGS),
+    S.STARTED: frozenset({S.FINALIZING, S.PENDING_KILL, S.TTL_EXCEEDED} | MACHINE_ENDINGS),
+    S.FINALIZING: frozenset({S.SUCCESS, S.FAILED} | MACHINE_ENDINGS),
+    S.PENDING_KILL: frozenset({S.KILLED}),
+    S.SUCCESS: frozenset(),
+    S.FAILED: frozenset(),
+    S.KILLED: frozenset(),
+    S.ZOMBIE: frozenset(),
+    # Only these two come back: the task did nothing wrong, its machine went
+    # away, so it may be queued again when the user asked for resubmission.
+    S.SPOT_PREEMPTED: frozenset({S.SUBMITTED}),
+    S.EXECUTOR_TERMINATED: frozenset({S.SUBMITTED}),
+    S.EXECUTOR_TERMINATED_BY_USER: frozenset(),
+    S.EXECUTOR_TERMINATED_TTL: frozenset(),
+    S.EXECUTOR_FAILED: frozenset(),
+    S.TTL_EXCEEDED: frozenset(),
+}
+
+# A status is terminal when nothing follows it, except for the two that a
+# resubmission may revive: they are ends unless resubmission picks them up.
+TERMINAL = frozenset(s for s in Status if not TRANSITIONS[s] - {S.SUBMITTED})
+ACTIVE = frozenset(Status) - TERMINAL
+QUEUED = frozenset({S.SUBMITTED})
+ON_MACHINE = frozenset({S.PREPARING, S.STARTED, S.FINALIZING, S.PENDING_KILL})
+# What the client's ``is_failed()`` answers true for: every ending but success.
+FAILURES = TERMINAL - {S.SUCCESS}
+
+# The phase each status starts, for the timestamps stored on the task.
+PHASE_FIELD: dict[Status, str] = {
+    S.SUBMITTED: "submitted_at",
+    S.PREPARING: "preparing_at",
+    S.STARTED: "started_at",
+    S.FINALIZING: "finalizing_at",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+    what_happened: str
+    why: str
+    what_to_do: str
+
+
+GUIDANCE: dict[Status, Guidance] = {
+    S.PENDING_INPUT: Guidance(
+        "The task exists but its input files have not all arrived yet.",
+        "A task joins the queue only once its input archive is uploaded and checked.",
+        "Let the upload finish. If it was interrupted, submit the simulation again; "
+        "a task whose input never arrives is cleaned up automatically.",
+    ),
+    S.SUBMITTED: Guidance(
+        "The task is in its machine group's queue, waiting for a free machine.",
+        "Each machine runs one task at a time; queued tasks are taken in order "
+        "as machines finish their previous work.",
+        "Wait, or kill the task if you no longer need it. A group with more machines "
+        "empties its queue sooner.",
+    ),
+    S.PREPARING: Guidance(
+        "A machine has taken the task and is fetching its input files.",
+        "Before the simulator can start, the machine sets up a fresh work directory "
+        "with your inputs.",
+        "Wait a moment for the simulation to begin, or kill the task if it is no "
+        "longer needed.",
+    ),
+    S.STARTED: Guidance(
+        "The simulator is running on the machine.",
+        "The inputs are in place and the simulation command has been launched.",
+        "Follow the live logs while it runs, or kill the task if it is no longer needed.",
+    ),
+    S.FINALIZING: Guidance(
+        "The simulation has finished and its output files are being stored.",
+        "After the commands end, the machine uploads outputs and logs before the task "
+        "gets its final status.",
+        "Nothing to do; the task reaches its final status as soon as the upload ends.",
+    ),
+    S.PENDING_KILL: Guidance(
+        "Your request to stop the task was received and the machine is stopping it.",
+        "A running simulation is first asked to stop, then forced after a short grace "
+        "period; what it wrote so far is kept.",
+        "Wait a few seconds for the task to become Killed.",
+    ),
+    S.SUCCESS: Guidance(
+        "The simulation finished and its outputs are stored.",
+        "The simulator exited with status 0.",
+        "Download the outputs.",
+    ),
+    S.FAILED: Guidance(
+        "The simulator stopped with an error.",
+        "The simulation command exited with a non-zero status, usually because of an "
+        "input or configuration problem, or a fault inside the simulator.",
+        "Read the end of stderr and stdout to find the cause, fix the input and "
+        "submit again.",
+    ),
+    S.KILLED: Guidance(
+        "The task was stopped on request.",
+        "Someone asked for this task to be killed.",
+        "Nothing to do. Submit it again if it was stopped by mistake.",
+    ),
+    S.ZOMBIE: Guidance(
+        "The machine group was shut down before this task got to run.",
+        "The task was still waiting in the queue when its group was terminated, so it "
+        "produced neither outputs nor logs.",
+        "Submit it again to a running machine group, and keep that group up until its "
+        "queue is empty.",
+    ),
+    S.SPOT_PREEMPTED: Guidance(
+        "The spot machine running this task was taken back and the run was interrupted.",
+        "Spot machines are cheaper because the provider may reclaim them at any time. "
+        "With resubmission on, the task goes back to the queue; otherwise it stops here.",
+        "Turn on resubmission on preemption, resubmit the task, or use a group of "
+        "regular (non-spot) machines for work that must not be interrupted.",
+    ),
+    S.EXECUTOR_TERMINATED: Guidance(
+        "The machine running this task stopped unexpectedly.",
+        "The task runner went away for a reason outside the simulation (the process "
+        "died or its host was lost). With resubmission on, the task goes back to the "
+        "queue; otherwise it stops here.",
+        "Resubmit the task, or turn on resubmission so this happens automatically.",
+    ),
+    S.EXECUTOR_TERMINATED_BY_USER: Guidance(
+        "The machine group was terminated while this task was running.",
+        "A user shut the group down before the task finished; logs written up to "
+        "that moment are kept, outputs are incomplete.",
+        "Resubmit the task and let the group run until the task is done.",
+    ),
+    S.EXECUTOR_TERMINATED_TTL: Guidance(
+        "The machine was shut down because its group reached its time limit.",
+        "Machine groups stop themselves after their time to live (or too long idle) "
+        "so that nothing runs longer than intended.",
+        "Start a group with a longer time to live and resubmit the task.",
+    ),
+    S.EXECUTOR_FAILED: Guidance(
+        "The task stopped because of a problem on the machine, not in the simulator.",
+        "Something outside the simulation failed: most often the disk filled up, the "
+        "input could not be fetched or the simulator is not installed on the machine.",
+        "Read the error detail. For a full disk, use a larger disk or turn on disk "
+        "auto-resize; for a missing simulator, install it on the machines or pick "
+        "another group.",
+    ),
+    S.TTL_EXCEEDED: Guidance(
+        "The task ran past its time to live and was stopped.",
+        "Every task may carry a time limit; when computing takes longer, it is ended "
+        "to keep shared machines free.",
+        "Resubmit with a longer time to live if the simulation needs more time.",
+    ),
+}
+
+# Other spellings users bring along: the seeds' words and the service's own
+# status codes. Keys are lowercase; lookups are case-insensitive.
+ALIASES: dict[str, Status] = {
+    "completed": S.SUCCESS,
+    "in-queue": S.SUBMITTED,
+    "computation-started": S.STARTED,
+    "computation-ended": S.FINALIZING,
+    "executer-terminated": S.EXECUTOR_TERMINATED,
+    "executer-terminated-by-user": S.EXECUTOR_TERMINATED_BY_USER,
+    "executer-terminated-ttl-exceeded": S.EXECUTOR_TERMINATED_TTL,
+    "executer-failed": S.EXECUTOR_FAILED,
+}
+_BY_LOWER = {s.value.lower(): s for s in Status} | ALIASES
+
+
+def parse_status(text: str) -> Status:
+    """The status a user means by ``text``, accepting every known spelling."""
+    try:
+        return _BY_LOWER[text.strip().lower()]
+    except KeyError:
+        known = ", ".join(s.value for s in Status)
+        raise ValueError(f"Unknown status {text!r}. Known statuses: {known}.") from None
+
+
+def can_transition(old: str, new: str) -> bool:
+    return Status(new) in TRANSITIONS[Status(old)]
+
+
+class IllegalTransition(Exception):
+    """A move the lifecycle does not allow (a programming error, not a race)."""
+
+
+def transition(
+    task,
+    new: Status,
+    *,
+    reason: str = "",
+    actor=None,
+    by_machine=None,
+    expected: Status | None = None,
+    at: dt.datetime | None = None,
+    **fields,
+) -> bool:
+    """Move ``task`` to ``new`` if it is still in the status we last saw.
+
+    Returns True when this call made the move, False when another process
+    changed the task first (the caller should then re-read and decide again).
+    ``fields`` are extra columns written in the same update, e.g. the exit code.
+    ``actor`` (a user) or ``by_machine`` says who made the change, for the event.
+    """
+    from tasks_app.models import Task, TaskEvent
+
+    old = Status(expected or task.status)
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"A task cannot go from {old.value} to {Status(new).value}.")
+    now = at or timezone.now()
+    values = dict(fields, status=new, status_changed_at=now)
+    if new in PHASE_FIELD:
+        values[PHASE_FIELD[new]] = now
+    if new in TERMINAL:
+        values["ended_at"] = now
+    if new == S.SUBMITTED and old == S.PENDING_INPUT:
+        values["queued_at"] = now
+    elif new == S.SUBMITTED:
+        # Back in the queue after losing its machine. ``queued_at`` stays as
+        # it was, so the task keeps its place ahead of later submissions.
+        values["machine"] = None
+        values["ended_at"] = None
+    with transaction.atomic():
+        updated = Task.objects.filter(pk=task.pk, status=old).update(**values)
+        if updated != 1:
+            return False
+        TaskEvent.objects.create(
+            task_id=task.pk,
+            from_status=old,
+            to_status=new,
+            at=now,
+            reason=reason,
+            actor=actor,
+            machine=by_machine,
+        )
+    for name, value in values.items():
+        if not hasattr(value, "resolve_expression"):  # F() etc.: re-read if needed
+            setattr(task, name, value)
+    return True

@@ -1,0 +1,159 @@
+"""Bring the whole system up on this host, and down again on Ctrl+C.
+
+    database + Redis (embedded unless configured)
+    -> migrate, first admin and API key, the default machine group
+    -> web server (daphne), scheduler (Celery worker with beat), local provider
+
+Each child writes its log under ``SIMDECK_HOME/logs``; the terminal shows
+only what a person needs: where the console is and how to log in.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+from django.db import connections
+
+from console import embedded
+from tasks_app import services
+from tasks_app.models import APIKey, MachineGroup
+
+ADMIN = "admin"
+DEFAULT_GROUP = "default"
+
+
+class Command(BaseCommand):
+    help = "Start Simdeck: web console and API, scheduler, and the local machines."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+
+    def handle(self, *args, host: str, port: int, **options):
+        home = Path(settings.SIMDECK_HOME)
+        logs = home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+        call_command("migrate", interactive=False, verbosity=0)
+        login_note = self.ensure_admin(home, url)
+        self.ensure_default_group()
+
+        python = sys.executable
+        children = {
+            "web server": [python, "-m", "daphne", "-b", host, "-p", str(port), "console.asgi:application"],
+            "scheduler": [
+                python, "-m", "celery", "-A", "console", "worker", "--beat",
+                "--queues", "control", "--concurrency", "1", "--hostname", "scheduler@%h",
+                "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+            ],
+            "local provider": [python, "manage.py", "runprovider"],
+        }  # fmt: skip
+        procs: dict[str, subprocess.Popen] = {}
+        for name, argv in children.items():
+            with open(logs / f"{name.replace(' ', '-')}.log", "ab") as log:
+                procs[name] = subprocess.Popen(
+                    argv,
+                    cwd=settings.BASE_DIR,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # we stop them ourselves, in order
+                )
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    f"Simdeck is up: {url}/",
+                    f"  {login_note}",
+                    f"  API docs: {url}/api/v1/docs",
+                    f"  Data: {home}   Logs: {logs}",
+                    "  Press Ctrl+C to stop.",
+                    "",
+                ]
+            )
+        )
+        stop: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _: stop.append(signum))
+        try:
+            while not stop:
+                for name, proc in procs.items():
+                    if proc.poll() is not None:
+                        self.stderr.write(
+                            f"The {name} stopped (exit code {proc.returncode}); see "
+                            f"{logs / (name.replace(' ', '-') + '.log')}. Stopping everything."
+                        )
+                        stop.append(0)
+                        break
+                time.sleep(0.5)
+        finally:
+            self.stdout.write("Stopping Simdeck…")
+            # The provider first: it lets the machines wrap up their tasks.
+            for name in ("local provider", "scheduler", "web server"):
+                _stop(procs[name], timeout=45 if name == "local provider" else 15)
+            connections.close_all()
+            # Embedded servers are ours to stop; configured ones are not.
+            if not os.environ.get("REDIS_URL"):
+                embedded.stop_redis(home)
+            if not os.environ.get("DATABASE_URL"):
+                embedded.stop_postgres(home)
+            self.stdout.write("Stopped.")
+
+    def ensure_admin(self, home: Path, url: str) -> str:
+        from simdeck import config as client_config
+
+        User = get_user_model()
+        password_file = home / "admin-password.txt"
+        if User.objects.filter(is_superuser=True).exists():
+            if password_file.exists():
+                return f"Log in as {ADMIN}; the first password is in {password_file}."
+            return "Log in with your admin account."
+        password = secrets.token_urlsafe(12)
+        user = User.objects.create_superuser(ADMIN, "", password)
+        password_file.write_text(password + "\n")
+        password_file.chmod(0o600)
+        _, key = APIKey.issue(user, "first key")
+        saved = client_config.save(url, key)
+        self.stdout.write(
+            f"Created the first admin account: {ADMIN} / {password}\n"
+            f"and its API key (shown once, saved for the client and CLI in {saved}):\n{key}"
+        )
+        return f"Log in as {ADMIN} / {password}"
+
+    def ensure_default_group(self) -> None:
+        group = MachineGroup.objects.filter(name=DEFAULT_GROUP).first()
+        if group is None or not group.is_accepting_tasks:
+            if group is not None:
+                group.name = f"{DEFAULT_GROUP}-{group.pk}"  # keep the old one's history
+                group.save(update_fields=["name"])
+            admin = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
+            group = services.create_group(
+                admin,
+                machine_type=settings.SIMDECK_DEFAULT_MACHINE_TYPE,
+                name=DEFAULT_GROUP,
+                num_machines=1,
+                max_idle_time=None,
+            )
+        services.start_group(group)
+
+
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

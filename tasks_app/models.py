@@ -1,0 +1,267 @@
+"""Every durable fact of Simdeck: projects, machine groups, machines, tasks.
+
+Statuses and their transitions live in :mod:`tasks_app.lifecycle`; nothing
+here writes ``Task.status`` directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+
+from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from tasks_app import lifecycle
+from tasks_app.lifecycle import Status
+
+ID_ALPHABET = string.ascii_lowercase + string.digits
+ID_LENGTH = 25
+
+
+def new_task_id() -> str:
+    """25 random lowercase alphanumerics: about 129 bits, never reused."""
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=128, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MachineGroup(models.Model):
+    class State(models.TextChoices):
+        CREATED = "created", "Not started"
+        STARTED = "started", "Started"
+        TERMINATING = "terminating", "Terminating"
+        TERMINATED = "terminated", "Terminated"
+
+    name = models.CharField(max_length=64, unique=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="machine_groups")
+    provider = models.CharField(max_length=32, default="local")
+    machine_type = models.CharField(max_length=64)
+    num_machines = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(64)]
+    )
+    spot = models.BooleanField(default=False)
+    data_disk_gb = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(1), MaxValueValidator(65536)]
+    )
+    auto_resize_disk_max_gb = models.PositiveIntegerField(null=True, blank=True)
+    max_idle_time_minutes = models.PositiveIntegerField(null=True, blank=True, default=3)
+    auto_terminate_minutes = models.PositiveIntegerField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CREATED)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    terminated_at = models.DateTimeField(null=True, blank=True)
+    termination_reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "provider"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue_name(self) -> str:
+        """The Celery queue its machines consume: one per group."""
+        return f"group.{self.pk}"
+
+    @property
+    def is_accepting_tasks(self) -> bool:
+        return self.state in (self.State.CREATED, self.State.STARTED)
+
+
+class Machine(models.Model):
+    class State(models.TextChoices):
+        PROVISIONING = "provisioning", "Starting"
+        ONLINE = "online", "Online"
+        STOPPING = "stopping", "Stopping"
+        STOPPED = "stopped", "Stopped"
+        LOST = "lost", "Lost"
+
+    group = models.ForeignKey(MachineGroup, on_delete=models.CASCADE, related_name="machines")
+    name = models.CharField(max_length=100, unique=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PROVISIONING)
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    online_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["group", "state"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TaskQuerySet(models.QuerySet):
+    def queued_in(self, group_id: int):
+        return self.filter(machine_group_id=group_id, status=Status.SUBMITTED)
+
+
+class Task(models.Model):
+    id = models.CharField(primary_key=True, max_length=ID_LENGTH, default=new_task_id)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="tasks")
+    machine_group = models.ForeignKey(MachineGroup, on_delete=models.PROTECT, related_name="tasks")
+    machine = models.ForeignKey(
+        Machine, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks"
+    )
+    simulator = models.CharField(max_length=64)
+    simulator_version = models.CharField(max_length=64, blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    status = models.CharField(max_length=40, choices=Status.choices, default=Status.PENDING_INPUT)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    attempt = models.PositiveIntegerField(default=0)
+    resubmit_on_preemption = models.BooleanField(default=False)
+    time_to_live_seconds = models.PositiveIntegerField(null=True, blank=True)
+
+    # One timestamp per phase; the event list holds every change, these make
+    # the common questions (when did it start? how long did it run?) cheap.
+    created_at = models.DateTimeField(default=timezone.now)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    preparing_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finalizing_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    exit_code = models.IntegerField(null=True, blank=True)
+    error_detail = models.TextField(blank=True)
+
+    input_path = models.CharField(max_length=300, blank=True)
+    input_size = models.BigIntegerField(null=True, blank=True)
+    input_sha256 = models.CharField(max_length=64, blank=True)
+    output_path = models.CharField(max_length=300, blank=True)
+    output_size = models.BigIntegerField(null=True, blank=True)
+    output_files = models.PositiveIntegerField(null=True, blank=True)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="task_owner_created"),
+            models.Index(fields=["project", "-created_at"], name="task_project_created"),
+            models.Index(fields=["status", "-created_at"], name="task_status_created"),
+            models.Index(fields=["machine_group", "-created_at"], name="task_group_created"),
+            models.Index(fields=["-created_at", "-id"], name="task_created"),
+            # Queue position: tasks of one group still waiting, in queue order.
+            models.Index(
+                fields=["machine_group", "queued_at", "id"],
+                name="task_queue",
+                condition=models.Q(status=Status.SUBMITTED),
+            ),
+            GinIndex(fields=["metadata"], name="task_metadata"),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def status_enum(self) -> Status:
+        return Status(self.status)
+
+    @property
+    def guidance(self) -> lifecycle.Guidance:
+        return lifecycle.GUIDANCE[self.status_enum]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status_enum in lifecycle.TERMINAL
+
+    def position_in_queue(self) -> int | None:
+        """How many tasks of the same group are ahead of this one, or None."""
+        if self.status != Status.SUBMITTED:
+            return None
+        ahead = Task.objects.queued_in(self.machine_group_id).filter(
+            models.Q(queued_at__lt=self.queued_at)
+            | models.Q(queued_at=self.queued_at, id__lt=self.id)
+        )
+        return ahead.count()
+
+    @property
+    def duration(self):
+        """Time on a machine: from preparing to the end (or now)."""
+        if not self.preparing_at:
+            return None
+        return (self.ended_at or timezone.now()) - self.preparing_at
+
+
+class TaskEvent(models.Model):
+    """One status change; the task's timeline, append-only."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=40, choices=Status.choices, blank=True)
+    to_status = models.CharField(max_length=40, choices=Status.choices)
+    at = models.DateTimeField(default=timezone.now)
+    reason = models.TextField(blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    machine = models.ForeignKey(Machine, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["task", "at"])]
+
+    @property
+    def to_label(self) -> str:
+        return Status(self.to_status).label
+
+
+class APIKey(models.Model):
+    """A secret a user gives the client or CLI. Only its hash is stored."""
+
+    PREFIX = "sdk_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    hint = models.CharField(max_length=16, help_text="First characters, to recognise the key.")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.hint}…)"
+
+    @staticmethod
+    def hash(secret: str) -> str:
+        # A plain SHA-256 suffices: the secret is 256 random bits, not a password.
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name: str) -> tuple[APIKey, str]:
+        """Create a key; returns it with its secret, which is never stored."""
+        secret = cls.PREFIX + secrets.token_urlsafe(32)
+        key = cls.objects.create(user=user, name=name, hint=secret[:10], digest=cls.hash(secret))
+        return key, secret
+
+    @classmethod
+    def authenticate(cls, secret: str):
+        """The active user owning ``secret``, or None."""
+        key = (
+            cls.objects.select_related("user")
+            .filter(digest=cls.hash(secret), revoked_at__isnull=True, user__is_active=True)
+            .first()
+        )
+        if key is None:
+            return None
+        cls.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+        return key.user

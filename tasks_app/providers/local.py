@@ -1,0 +1,241 @@
+"""The local provider: machines are Celery worker processes on this host.
+
+It works by reconciliation. Once a second it compares what the database
+asks for (started groups and their size, groups being terminated) with the
+worker processes it runs, and closes the gap: spawn what is missing, stop
+what is no longer wanted, report as lost what died. Because the database
+holds the wish, the API never talks to this process, and a restart of it
+picks up where the previous one left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from tasks_app import lifecycle, services
+from tasks_app.models import Machine, MachineGroup
+
+log = logging.getLogger(__name__)
+
+G = MachineGroup.State
+M = Machine.State
+LIVE = [M.PROVISIONING, M.ONLINE, M.STOPPING]
+# How long a terminated machine may take to store the logs of the task it
+# was running before its processes are killed.
+STOP_GRACE_SECONDS = 30.0
+
+
+def worker_command(machine: Machine) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "console",
+        "worker",
+        "--queues",
+        machine.group.queue_name,
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "--hostname",
+        f"{machine.name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+    ]
+
+
+def _cpu_set(vcpus: int) -> list[int] | None:
+    available = sorted(os.sched_getaffinity(0))
+    # Pin only where the host has the cores; on a smaller host, share them.
+    return available[:vcpus] if vcpus < len(available) else None
+
+
+class LocalProvider:
+    def __init__(self) -> None:
+        self.processes: dict[int, subprocess.Popen] = {}
+        self.stopping: dict[int, float] = {}
+        self.log_dir = Path(settings.SIMDECK_HOME) / "logs" / "machines"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- the loop ------------------------------------------------------------
+
+    def adopt_orphans(self) -> None:
+        """Machines a previous provider left marked live are gone with it."""
+        for machine in Machine.objects.filter(group__provider="local", state__in=LIVE):
+            services.machine_lost(machine, f"Machine {machine.name} stopped when its provider restarted.")
+
+    def run_forever(self, interval: float = 1.0) -> None:
+        self.adopt_orphans()
+        stop = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.append(True))
+        while not stop:
+            try:
+                self.reconcile()
+            except Exception:  # a database blip must not take the machines down
+                log.exception("Reconciliation failed; retrying")
+                close_old_connections()
+            time.sleep(interval)
+        self.shutdown()
+
+    def reconcile(self) -> None:
+        self.reap_exited()
+        groups = MachineGroup.objects.filter(provider="local", state__in=[G.STARTED, G.TERMINATING])
+        for group in groups:
+            if group.state == G.STARTED:
+                self.scale(group)
+            else:
+                self.terminate(group)
+        # Machines whose group ended some other way.
+        for machine in Machine.objects.filter(
+            group__provider="local", group__state=G.TERMINATED, state__in=LIVE
+        ).select_related("group"):
+            self.stop(machine)
+        self.enforce_stops()
+
+    def scale(self, group: MachineGroup) -> None:
+        live = list(group.machines.filter(state__in=[M.PROVISIONING, M.ONLINE]))
+        for machine in live:
+            if machine.pk not in self.processes:
+                services.machine_lost(machine, f"The process of machine {machine.name} is gone.")
+        missing = group.num_machines - sum(1 for m in live if m.pk in self.processes)
+        for _ in range(missing):
+            self.spawn(group)
+
+    def terminate(self, group: MachineGroup) -> None:
+        machines = list(group.machines.filter(state__in=LIVE).select_related("group"))
+        for machine in machines:
+            self.stop(machine)
+        if not any(m.pk in self.processes for m in machines):
+            MachineGroup.objects.filter(pk=group.pk, state=G.TERMINATING).update(state=G.TERMINATED)
+            self.purge_queue(group)
+            log.info("Machine group %s terminated", group.name)
+
+    # -- processes -----------------------------------------------------------
+
+    def spawn(self, group: MachineGroup) -> Machine:
+        machine = Machine.objects.create(group=group, name=f"{group.name}-{secrets.token_hex(3)}")
+        machine.group = group
+        env = dict(os.environ, SIMDECK_MACHINE_ID=str(machine.pk))
+        logfile = open(self.log_dir / f"{machine.name}.log", "ab")
+        proc = subprocess.Popen(
+            worker_command(machine),
+            env=env,
+            cwd=settings.BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl+C in the terminal reaches us, not the machines
+        )
+        logfile.close()
+        machine_type = settings.SIMDECK_MACHINE_TYPES.get(group.machine_type, {})
+        cpus = _cpu_set(int(machine_type.get("vcpus", 0)) or 1)
+        if cpus:
+            psutil.Process(proc.pid).cpu_affinity(cpus)
+        Machine.objects.filter(pk=machine.pk).update(pid=proc.pid)
+        self.processes[machine.pk] = proc
+        log.info("Started machine %s (pid %s) for group %s", machine.name, proc.pid, group.name)
+        return machine
+
+    def stop(self, machine: Machine) -> None:
+        """Ask the worker to finish: Celery's warm shutdown lets the current task wrap up."""
+        proc = self.processes.get(machine.pk)
+        if machine.state != M.STOPPING:
+            Machine.objects.filter(pk=machine.pk, state__in=LIVE).update(state=M.STOPPING)
+        if proc is None:
+            Machine.objects.filter(pk=machine.pk, state__in=LIVE).update(
+                state=M.STOPPED, stopped_at=timezone.now()
+            )
+            return
+        if machine.pk not in self.stopping:
+            self.stopping[machine.pk] = time.monotonic() + STOP_GRACE_SECONDS
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def enforce_stops(self) -> None:
+        for mid, deadline in list(self.stopping.items()):
+            proc = self.processes.get(mid)
+            if proc is None or proc.poll() is not None:
+                continue
+            if time.monotonic() > deadline:
+                log.warning("Machine %s did not stop in time; killing it", mid)
+                kill_machine(mid)
+
+    def reap_exited(self) -> None:
+        for mid, proc in list(self.processes.items()):
+            if proc.poll() is None:
+                continue
+            del self.processes[mid]
+            self.stopping.pop(mid, None)
+            kill_machine(mid)  # anything it left behind
+            machine = Machine.objects.filter(pk=mid).first()
+            if machine is None:
+                continue
+            if machine.state == M.STOPPING and not machine.tasks.filter(status__in=lifecycle.ON_MACHINE).exists():
+                Machine.objects.filter(pk=mid, state=M.STOPPING).update(state=M.STOPPED, stopped_at=timezone.now())
+            elif machine.state in LIVE:
+                services.machine_lost(
+                    machine, f"The worker process of machine {machine.name} exited (code {proc.returncode})."
+                )
+
+    def purge_queue(self, group: MachineGroup) -> None:
+        from console.celery import app
+
+        with app.connection_for_write() as conn:
+            try:
+                conn.default_channel.queue_purge(group.queue_name)
+            except Exception:  # the queue may never have existed
+                log.debug("Nothing to purge for %s", group.queue_name)
+
+    def shutdown(self) -> None:
+        """Stop every machine of this host, then wait for them."""
+        for mid in list(self.processes):
+            machine = Machine.objects.filter(pk=mid).select_related("group").first()
+            if machine:
+                self.stop(machine)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while self.processes and time.monotonic() < deadline:
+            self.reap_exited()
+            time.sleep(0.2)
+        for mid in list(self.processes):
+            kill_machine(mid)
+        self.reap_exited()
+
+
+def kill_machine(machine_id: int) -> None:
+    """SIGKILL every process of a machine: the worker, its pool and any simulator.
+
+    They all carry the machine's id in their environment, which finds them
+    even after the worker died and they were re-parented.
+    """
+    mine = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SIMDECK_MACHINE_ID") == str(machine_id):
+                mine.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for proc in mine:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(mine, timeout=5)

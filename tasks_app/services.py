@@ -1,0 +1,334 @@
+"""Operations on tasks and machine groups, shared by the API and the console.
+
+Each function checks what it needs, changes the database in one
+transaction, and queues work for machines only after that transaction
+commits (a machine must never see a task the database does not have yet).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from tasks_app import lifecycle, storage
+from tasks_app import simulators as sims
+from tasks_app.lifecycle import Status
+from tasks_app.models import Machine, MachineGroup, Project, Task
+
+
+class Refused(Exception):
+    """A request that cannot be carried out; the message tells the user why and what to do."""
+
+    def __init__(self, message: str, *, code: str = "invalid", field: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.field = field
+        self.status = status
+
+
+# -- projects ------------------------------------------------------------------
+
+PROJECT_NAME = re.compile(r"^[\w.\- ]{1,128}$")
+
+
+def project_for(user, name: str | None) -> Project:
+    """The named project, created on first use; the user's own by default."""
+    name = (name or f"{user.username}-default").strip()
+    if not PROJECT_NAME.match(name):
+        raise Refused(
+            "A project name has 1 to 128 letters, digits, spaces, dots, dashes or underscores.",
+            field="project",
+        )
+    project, _ = Project.objects.get_or_create(name=name, defaults={"created_by": user})
+    return project
+
+
+# -- machine groups ------------------------------------------------------------
+
+
+def parse_duration(text: str | int | None) -> int | None:
+    """Seconds in ``90s``, ``10m``, ``1h30m``, ``2h`` (a bare number is seconds)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int):
+        seconds = text
+    else:
+        match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s?)?\s*", str(text))
+        if not match or not any(match.groups()):
+            raise Refused(
+                f"Cannot read the duration {text!r}; write it like 90s, 10m or 1h30m.",
+                field="time_to_live",
+            )
+        h, m, s = (int(g or 0) for g in match.groups())
+        seconds = h * 3600 + m * 60 + s
+    if seconds <= 0:
+        raise Refused("A time to live must be longer than zero.", field="time_to_live")
+    return seconds
+
+
+def create_group(
+    user,
+    *,
+    machine_type: str,
+    name: str | None = None,
+    project: str | None = None,
+    num_machines: int = 1,
+    spot: bool = False,
+    data_disk_gb: int = 10,
+    auto_resize_disk_max_gb: int | None = None,
+    max_idle_time: int | None = 3,
+    auto_terminate_minutes: int | None = None,
+) -> MachineGroup:
+    types = settings.SIMDECK_MACHINE_TYPES
+    if machine_type not in types:
+        raise Refused(
+            f"Unknown machine type {machine_type!r}. Available: {', '.join(sorted(types))}.",
+            field="machine_type",
+            code="unknown_machine_type",
+        )
+    if not 1 <= num_machines <= 64:
+        raise Refused("num_machines must be between 1 and 64.", field="num_machines")
+    if not 1 <= data_disk_gb <= 65536:
+        raise Refused("data_disk_gb must be between 1 and 65536.", field="data_disk_gb")
+    if auto_resize_disk_max_gb is not None and auto_resize_disk_max_gb < data_disk_gb:
+        raise Refused(
+            "auto_resize_disk_max_gb must be at least data_disk_gb.", field="auto_resize_disk_max_gb"
+        )
+    name = name or f"{machine_type}-{secrets.token_hex(3)}"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", name):
+        raise Refused(
+            "A machine group name has lowercase letters, digits and dashes (at most 63).", field="name"
+        )
+    if MachineGroup.objects.filter(name=name).exists():
+        raise Refused(f"A machine group named {name!r} already exists.", field="name", code="conflict", status=409)
+    return MachineGroup.objects.create(
+        name=name,
+        owner=user,
+        project=project_for(user, project),
+        machine_type=machine_type,
+        num_machines=num_machines,
+        spot=spot,
+        data_disk_gb=data_disk_gb,
+        auto_resize_disk_max_gb=auto_resize_disk_max_gb,
+        max_idle_time_minutes=max_idle_time,
+        auto_terminate_minutes=auto_terminate_minutes,
+    )
+
+
+def start_group(group: MachineGroup) -> MachineGroup:
+    """Ask for the group's machines; its provider brings them up."""
+    updated = MachineGroup.objects.filter(pk=group.pk, state=MachineGroup.State.CREATED).update(
+        state=MachineGroup.State.STARTED, started_at=timezone.now()
+    )
+    group.refresh_from_db()
+    if not updated and group.state != MachineGroup.State.STARTED:
+        raise Refused(
+            f"Machine group {group.name} was terminated; start a new group instead.",
+            code="terminated",
+            status=409,
+        )
+    return group
+
+
+def terminate_group(group: MachineGroup, *, actor=None, reason: str = "", ending: Status = Status.EXECUTOR_TERMINATED_BY_USER) -> MachineGroup:
+    """Take the group down. Queued tasks end as zombies, running ones with ``ending``.
+
+    Tasks already finalizing are left to finish: their machine stops once
+    their outputs are stored.
+    """
+    with transaction.atomic():
+        updated = MachineGroup.objects.filter(
+            pk=group.pk, state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED]
+        ).update(
+            state=MachineGroup.State.TERMINATING,
+            terminated_at=timezone.now(),
+            termination_reason=reason or "Terminated by its owner.",
+        )
+        group.refresh_from_db()
+        if not updated:
+            return group
+        why = reason or f"Machine group {group.name} was terminated."
+        for task in Task.objects.filter(machine_group=group, status__in=[Status.PENDING_INPUT, Status.SUBMITTED]):
+            lifecycle.transition(task, Status.ZOMBIE, reason=why, actor=actor)
+        for task in Task.objects.filter(
+            machine_group=group, status__in=[Status.PREPARING, Status.STARTED, Status.PENDING_KILL]
+        ):
+            new = Status.KILLED if task.status == Status.PENDING_KILL else ending
+            lifecycle.transition(task, new, reason=why, actor=actor, error_detail=why)
+    return group
+
+
+# -- tasks ---------------------------------------------------------------------
+
+
+def create_task(
+    user,
+    *,
+    simulator: str,
+    parameters: dict,
+    machine_group: MachineGroup,
+    input_files: list[str],
+    project: str | None = None,
+    resubmit_on_preemption: bool = False,
+    time_to_live: str | int | None = None,
+    metadata: dict | None = None,
+) -> Task:
+    """A new task waiting for its input. Every call makes a new task."""
+    try:
+        adapter = sims.get(simulator)
+        parameters = adapter.validate(dict(parameters or {}), list(input_files))
+    except sims.UnknownSimulator as exc:
+        raise Refused(str(exc), field="simulator", code="unknown_simulator") from None
+    except sims.InvalidParameters as exc:
+        raise Refused(str(exc), field=exc.field) from None
+    if not input_files:
+        raise Refused("The input folder is empty; add the files the simulation needs.", field="input_files")
+    if not machine_group.is_accepting_tasks:
+        raise Refused(
+            f"Machine group {machine_group.name} is terminated; start a new group and submit there.",
+            code="terminated",
+            field="machine_group",
+            status=409,
+        )
+    metadata = validate_metadata(metadata or {})
+    return Task.objects.create(
+        owner=user,
+        project=project_for(user, project),
+        machine_group=machine_group,
+        simulator=adapter.name,
+        parameters=parameters,
+        metadata=metadata,
+        resubmit_on_preemption=resubmit_on_preemption,
+        time_to_live_seconds=parse_duration(time_to_live),
+    )
+
+
+def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str) -> Task:
+    """Store the uploaded input archive and put the task in its group's queue."""
+    if task.status != Status.PENDING_INPUT:
+        raise Refused(
+            f"Task {task.id} already has its input (it is {task.get_status_display()}).",
+            code="conflict",
+            status=409,
+        )
+    try:
+        name, size, digest = storage.receive_upload(
+            task.id,
+            chunks,
+            expected_size=size,
+            expected_sha256=sha256,
+            max_bytes=settings.SIMDECK_MAX_UPLOAD_BYTES,
+        )
+    except storage.UploadError as exc:
+        raise Refused(str(exc), code="bad_upload", field="input") from None
+    with transaction.atomic():
+        Task.objects.filter(pk=task.pk).update(input_path=name, input_size=size, input_sha256=digest)
+        group = MachineGroup.objects.select_for_update().get(pk=task.machine_group_id)
+        if not group.is_accepting_tasks:
+            lifecycle.transition(task, Status.ZOMBIE, reason=f"Machine group {group.name} was terminated.")
+            return task
+        lifecycle.transition(task, Status.SUBMITTED, reason="Input received; queued.")
+        enqueue(task, group)
+    return task
+
+
+def enqueue(task: Task, group: MachineGroup) -> None:
+    from tasks_app.tasks import run_task
+
+    queue = group.queue_name
+    transaction.on_commit(lambda: run_task.apply_async(args=[task.pk], queue=queue))
+
+
+def clean_abandoned_uploads(older_than_minutes: int) -> int:
+    """End tasks whose input never arrived; returns how many."""
+    cutoff = timezone.now() - dt.timedelta(minutes=older_than_minutes)
+    count = 0
+    for task in Task.objects.filter(status=Status.PENDING_INPUT, created_at__lt=cutoff):
+        count += lifecycle.transition(
+            task,
+            Status.KILLED,
+            reason=f"No input arrived within {older_than_minutes} minutes; the task was cleaned up.",
+            error_detail="The input upload never completed. Submit the simulation again.",
+        )
+    return count
+
+
+def machine_lost(machine: Machine, reason: str) -> None:
+    """A machine vanished: its task ends as runner-terminated, requeued if asked."""
+    with transaction.atomic():
+        updated = Machine.objects.filter(
+            pk=machine.pk, state__in=[Machine.State.PROVISIONING, Machine.State.ONLINE, Machine.State.STOPPING]
+        ).update(state=Machine.State.LOST, stopped_at=timezone.now())
+        if not updated:
+            return
+        for task in Task.objects.filter(machine=machine, status__in=lifecycle.ON_MACHINE):
+            if task.status == Status.PENDING_KILL:
+                lifecycle.transition(task, Status.KILLED, reason=reason, by_machine=machine)
+                continue
+            if not lifecycle.transition(
+                task, Status.EXECUTOR_TERMINATED, reason=reason, by_machine=machine, error_detail=reason
+            ):
+                continue
+            group = MachineGroup.objects.get(pk=task.machine_group_id)
+            if task.resubmit_on_preemption and group.is_accepting_tasks:
+                lifecycle.transition(task, Status.SUBMITTED, reason="Resubmitted after losing its machine.")
+                enqueue(task, group)
+
+
+def kill_task(task: Task, *, actor=None) -> tuple[bool, str]:
+    """Kill a task. Returns (changed, what happened) for the caller to show.
+
+    A task that has not reached a machine ends at once and never runs; one
+    on a machine goes to pending-kill and its machine stops the simulator.
+    """
+    for _ in range(3):  # the task may move while we look; look again
+        status = Status(task.status)
+        if status in lifecycle.TERMINAL:
+            return False, f"Task {task.id} already ended ({status.label}); nothing to kill."
+        if status == Status.PENDING_KILL:
+            return False, f"Task {task.id} is already being killed."
+        new = Status.KILLED if status in (Status.PENDING_INPUT, Status.SUBMITTED) else Status.PENDING_KILL
+        if new not in lifecycle.TRANSITIONS[status]:
+            return False, f"Task {task.id} is {status.label} and cannot be killed now; try again in a moment."
+        who = actor.username if actor else "the system"
+        if lifecycle.transition(task, new, reason=f"Kill requested by {who}.", actor=actor):
+            if new == Status.KILLED:
+                return True, f"Task {task.id} was killed before it ran."
+            return True, f"Task {task.id} is being stopped by its machine."
+        task.refresh_from_db()
+    return False, f"Task {task.id} keeps changing status; try again."
+
+
+# -- metadata ------------------------------------------------------------------
+
+
+def set_metadata(task: Task, metadata: dict, *, actor=None, merge: bool) -> dict:
+    """Replace (or, with ``merge``, update) a task's metadata; returns the result."""
+    metadata = validate_metadata(metadata)
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().get(pk=task.pk)
+        new = {**locked.metadata, **metadata} if merge else metadata
+        Task.objects.filter(pk=task.pk).update(metadata=new)
+    task.metadata = new
+    return new
+
+
+def validate_metadata(metadata: dict) -> dict:
+    if not isinstance(metadata, dict):
+        raise Refused("Metadata is a mapping of string keys to string values.", field="metadata")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key.strip():
+            raise Refused(f"Metadata key {key!r} must be a non-empty string.", field="metadata")
+        if not isinstance(value, str) or not value:
+            raise Refused(
+                f"Metadata value of {key!r} must be a non-empty string (got {value!r}).", field="metadata"
+            )
+        if len(key) > 200 or len(value) > 10_000:
+            raise Refused(f"Metadata {key!r} is too long (keys 200, values 10000 characters).", field="metadata")
+    return dict(metadata)

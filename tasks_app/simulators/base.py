@@ -1,0 +1,63 @@
+"""What every simulator adapter provides.
+
+An adapter knows three things about a simulation program: how to find it on
+this machine (and its version), how to check the parameters a user gave
+before the task is created, and which command lines run it inside a task's
+work directory. The executor runs those command lines; the adapter never
+starts a process itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+class SimulatorMissing(Exception):
+    """The simulator's program is not installed on this machine.
+
+    The message names what is missing and how to install it: it becomes the
+    task's error detail.
+    """
+
+
+class InvalidParameters(ValueError):
+    """The parameters given to ``run()`` cannot work; the message says why."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """One command line the executor runs, in order, inside the work directory."""
+
+    argv: list[str]
+    # Extra environment variables for this command only.
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Shown in the task's log before the command's own output.
+    display: str = ""
+
+
+class Simulator:
+    #: Name used by the API and the client (``"splishsplash"``).
+    name: str = ""
+    #: Human-readable name for the console.
+    label: str = ""
+
+    def version(self) -> str:
+        """The installed version; raises :class:`SimulatorMissing` if absent."""
+        raise NotImplementedError
+
+    def validate(self, parameters: dict, input_files: list[str]) -> dict:
+        """Check ``parameters`` against the names of the input files.
+
+        Returns the normalised parameters to store on the task. Raises
+        :class:`InvalidParameters` with a message meant for the user.
+        """
+        raise NotImplementedError
+
+    def invocations(self, workdir: Path, parameters: dict) -> list[Invocation]:
+        """The command lines that run the simulation in ``workdir``."""
+        raise NotImplementedError

@@ -1,0 +1,194 @@
+"""SPlisHSPlasH (SPH fluid simulator) run headless through PyPI's ``pysplishsplash``.
+
+The wheel installs a ``splash`` console script next to the venv's Python. We
+run it with ``--no-gui`` so it simulates until the scene's ``stopAt`` time and
+exits: 0 on success, 1 on a scene/option error (a scene without ``stopAt``
+included: "StopAt parameter must be set when starting without GUI"), 139
+(segfault) when it gets a scene file it cannot find.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib.metadata
+import os
+import shlex
+import shutil
+import sys
+import sysconfig
+from pathlib import Path, PurePosixPath
+
+from .base import InvalidParameters, Invocation, Simulator, SimulatorMissing
+
+DISTRIBUTION = "pysplishsplash"
+PRELOAD_LIBRARY = "libGLdispatch.so.0"
+# Outputs go here, inside the work directory (partio/, vtk/, log/).
+OUTPUT_DIR = "output"
+
+# No "stop_at": splash's --stopAt only fills in a scene that lacks stopAt; it
+# does not override one the scene sets (2.19.0), so the scene must say it.
+ALLOWED_PARAMETERS = {"sim_config_filename"}
+
+
+def find_splash() -> str:
+    """Path of the ``splash`` script, preferring the one beside this Python."""
+    beside = Path(sys.executable).parent / "splash"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    on_path = shutil.which("splash")
+    if on_path:
+        return on_path
+    raise SimulatorMissing(
+        "The SPlisHSPlasH program 'splash' was not found next to "
+        f"{sys.executable} nor on PATH. Install it with "
+        f"'{sys.executable} -m pip install {DISTRIBUTION}'."
+    )
+
+
+def find_gl_dispatch() -> str:
+    """Where the system's libGLdispatch.so.0 is, for LD_PRELOAD.
+
+    Why: the pysplishsplash wheel bundles its own renamed copy of libglvnd's
+    libGLdispatch, and importing the module (so also running ``splash``, even
+    ``splash --help``) segfaults unless the system copy is already loaded when
+    the process starts. Preloading it is the known workaround.
+    """
+    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    for folder in (
+        f"/lib/{multiarch}",
+        f"/usr/lib/{multiarch}",
+        "/usr/lib64",
+        "/lib64",
+        "/usr/lib",
+    ):
+        candidate = Path(folder) / PRELOAD_LIBRARY
+        if candidate.is_file():
+            return str(candidate)
+    # Elsewhere in the loader's cache: the dynamic loader resolves a bare
+    # soname in LD_PRELOAD the same way it resolves a dependency.
+    found = ctypes.util.find_library("GLdispatch")
+    if found:
+        return found
+    raise SimulatorMissing(
+        f"SPlisHSPlasH needs the system library {PRELOAD_LIBRARY} (preloaded "
+        "to stop pysplishsplash from crashing), and it is not installed. "
+        "Install the Debian package libglvnd0: 'apt-get install libglvnd0'."
+    )
+
+
+class SplishSplash(Simulator):
+    name = "splishsplash"
+    label = "SPlisHSPlasH"
+
+    def version(self) -> str:
+        try:
+            return importlib.metadata.version(DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            raise SimulatorMissing(
+                f"The Python package {DISTRIBUTION} is not installed. Install it "
+                f"with '{sys.executable} -m pip install {DISTRIBUTION}'."
+            ) from None
+
+    def validate(self, parameters: dict, input_files: list[str]) -> dict:
+        if not isinstance(parameters, dict):
+            raise InvalidParameters("Parameters must be a JSON object.")
+        unknown = sorted(set(parameters) - ALLOWED_PARAMETERS)
+        if unknown:
+            raise InvalidParameters(
+                f"Unknown parameter {unknown[0]!r}. SPlisHSPlasH accepts: "
+                + ", ".join(sorted(ALLOWED_PARAMETERS))
+                + ".",
+                field=unknown[0],
+            )
+        return {
+            "sim_config_filename": _check_scene(
+                parameters.get("sim_config_filename"), input_files
+            )
+        }
+
+    def invocations(self, workdir: Path, parameters: dict) -> list[Invocation]:
+        splash = find_splash()
+        preload = find_gl_dispatch()
+        workdir = Path(workdir).resolve()
+        # Absolute on purpose: given a relative scene path, splash loads zero
+        # particles and then segfaults.
+        scene = workdir / parameters["sim_config_filename"]
+        if not scene.is_file():
+            raise InvalidParameters(
+                f"The scene file {parameters['sim_config_filename']} is not in "
+                "the task's work directory.",
+                field="sim_config_filename",
+            )
+        argv = [
+            splash,
+            "--no-gui",
+            # Each task has a fresh work directory, so a boundary cache would
+            # never be reused; without this flag splash writes a Cache/ folder
+            # beside the scene file.
+            "--no-cache",
+            "--output-dir",
+            str(workdir / OUTPUT_DIR),
+        ]
+        argv.append(str(scene))
+        # Keep any preload the environment already has, after ours.
+        existing = os.environ.get("LD_PRELOAD", "")
+        ld_preload = f"{preload}:{existing}" if existing else preload
+        return [
+            Invocation(
+                argv=argv,
+                env={"LD_PRELOAD": ld_preload},
+                display=f"LD_PRELOAD={preload} {shlex.join(argv)}",
+            )
+        ]
+
+
+def _check_scene(value: object, input_files: list[str]) -> str:
+    field = "sim_config_filename"
+    available = {str(PurePosixPath(name)) for name in input_files}
+    scenes = sorted(name for name in available if name.lower().endswith(".json"))
+    if scenes:
+        listing = ", ".join(scenes[:10]) + (" …" if len(scenes) > 10 else "")
+        hint = f"JSON files in the input folder: {listing}."
+    else:
+        hint = (
+            "The input folder has no .json file; upload a SPlisHSPlasH scene "
+            "(JSON) together with the meshes it refers to."
+        )
+    if value is None or value == "":
+        raise InvalidParameters(
+            "sim_config_filename is required: the scene file (JSON) to run, "
+            f"relative to the input folder. {hint}",
+            field=field,
+        )
+    if not isinstance(value, str):
+        raise InvalidParameters(
+            "sim_config_filename must be a string (a path relative to the "
+            f"input folder). {hint}",
+            field=field,
+        )
+    if "\\" in value:
+        raise InvalidParameters(
+            f"sim_config_filename {value!r} contains a backslash; use forward "
+            f"slashes. {hint}",
+            field=field,
+        )
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise InvalidParameters(
+            f"sim_config_filename {value!r} must be a path inside the input "
+            f"folder: relative, without '..'. {hint}",
+            field=field,
+        )
+    name = str(path)
+    if not name.lower().endswith(".json"):
+        raise InvalidParameters(
+            f"sim_config_filename {value!r} is not a .json file; SPlisHSPlasH "
+            f"scenes are JSON. {hint}",
+            field=field,
+        )
+    if name not in available:
+        raise InvalidParameters(
+            f"sim_config_filename {value!r} is not in the input folder. {hint}",
+            field=field,
+        )
+    return name

@@ -1,0 +1,84 @@
+"""Where a task's files live in storage, and moving them in and out.
+
+Everything goes through Django's default storage, so the same code serves a
+local folder and an S3-compatible bucket shared by machines on many hosts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from django.core.files import File
+from django.core.files.storage import default_storage
+
+CHUNK = 1 << 20
+
+
+def input_name(task_id: str) -> str:
+    return f"tasks/{task_id}/input.zip"
+
+
+def output_name(task_id: str) -> str:
+    return f"tasks/{task_id}/outputs.zip"
+
+
+def log_name(task_id: str, stream: str) -> str:
+    return f"tasks/{task_id}/logs/{stream}.txt"
+
+
+class UploadError(ValueError):
+    pass
+
+
+def receive_upload(
+    task_id: str, chunks: Iterable[bytes], *, expected_size: int, expected_sha256: str, max_bytes: int
+) -> tuple[str, int, str]:
+    """Stream an upload to storage, checking its size and checksum on the way.
+
+    Returns (storage name, size, sha256). Nothing is stored when a check fails.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.TemporaryFile() as spool:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes or size > expected_size:
+                raise UploadError(
+                    f"The upload is larger than announced ({expected_size} bytes)"
+                    if size > expected_size
+                    else f"The upload exceeds the limit of {max_bytes} bytes."
+                )
+            digest.update(chunk)
+            spool.write(chunk)
+        if size != expected_size:
+            raise UploadError(
+                f"The upload was cut short: {size} of {expected_size} bytes arrived. "
+                "Submit the task again."
+            )
+        if digest.hexdigest() != expected_sha256.lower():
+            raise UploadError("The upload is corrupt: its SHA-256 checksum does not match. Submit again.")
+        spool.seek(0)
+        name = input_name(task_id)
+        if default_storage.exists(name):
+            default_storage.delete(name)
+        stored = default_storage.save(name, File(spool))
+    return stored, size, digest.hexdigest()
+
+
+def save_file(name: str, path: Path) -> str:
+    if default_storage.exists(name):
+        default_storage.delete(name)
+    with open(path, "rb") as f:
+        return default_storage.save(name, File(f))
+
+
+def open_file(name: str) -> BinaryIO:
+    return default_storage.open(name, "rb")
+
+
+def exists(name: str) -> bool:
+    return bool(name) and default_storage.exists(name)

@@ -1,0 +1,23 @@
+"""Helpers for tests that wait on real processes."""
+
+import time
+from pathlib import Path
+
+from tasks_app.lifecycle import Status
+from tasks_app.models import Task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"Timed out after {timeout} s waiting for {message}")
+
+
+def task_status(task_id: str) -> Status:
+    return Status(Task.objects.values_list("status", flat=True).get(pk=task_id))

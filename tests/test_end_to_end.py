@@ -1,0 +1,123 @@
+"""Real simulations through the real client, server and worker processes."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+import simdeck
+from simdeck.errors import SimdeckError
+from tasks_app.lifecycle import Status
+from tasks_app.models import Machine, MachineGroup, Task
+
+from tests.helpers import ROOT, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+EXAMPLES = ROOT / "examples"
+
+
+def statuses_of(task_id: str) -> list[str]:
+    return list(Task.objects.get(pk=task_id).events.values_list("to_status", flat=True))
+
+
+HAPPY_PATH = [
+    Status.SUBMITTED,
+    Status.PREPARING,
+    Status.STARTED,
+    Status.FINALIZING,
+    Status.SUCCESS,
+]
+
+
+def test_a_splishsplash_scene_runs_on_a_machine_group_and_its_outputs_come_back(stack, client_for, alice_key):
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("c2-standard-4", num_machines=2)
+    mg.start()
+    assert MachineGroup.objects.get(name=mg.name).machines.filter(state=Machine.State.ONLINE).count() == 2
+
+    sim = simdeck.simulators.SplishSplash()
+    scene = EXAMPLES / "splishsplash-dambreak"
+    task = sim.run(input_dir=scene, sim_config_filename="config.json", on=mg)
+    again = sim.run(input_dir=scene, sim_config_filename="config.json", on=mg)
+    assert re.fullmatch(r"[a-z0-9]{25}", task.id)
+    assert again.id != task.id
+
+    status = task.wait(polling_period=0.5)
+    assert status == "success"
+    assert status == "completed"
+    assert task.status == "success"
+    assert simdeck.tasks.Task(task.id).status == "completed"  # another handle, same task
+    assert statuses_of(task.id) == HAPPY_PATH
+
+    outputs = Path(task.download_outputs())
+    assert outputs == Path("simdeck_output") / task.id / "outputs"
+    frames = sorted((outputs / "output" / "vtk").glob("ParticleData_Fluid_*.vtk"))
+    assert len(frames) > 10
+    assert "Number of fluid particles" in (outputs / "stdout.txt").read_text()
+    assert not (outputs / "config.json").exists(), "untouched inputs are not outputs"
+
+    info = task.get_info()
+    assert info["simulator_version"] == "2.19.0"
+    assert info["output_files"] >= len(frames) + 2
+    assert info["machine"].startswith(mg.name)
+
+    assert again.wait(polling_period=0.5, silent_mode=True) == "success"
+    mg.terminate()
+    wait_for(lambda: MachineGroup.objects.get(name=mg.name).state == "terminated", 40, message="termination")
+    assert not Machine.objects.filter(group__name=mg.name, state__in=["online", "provisioning"]).exists()
+
+
+def test_commands_run_in_order_and_their_files_and_logs_are_kept(stack, client_for, alice_key, capsys):
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = simdeck.simulators.Commands().run(
+        input_dir=EXAMPLES / "commands-mesh-solve",
+        commands=["python make_mesh.py", "python solve.py"],
+        on=mg,
+        metadata={"case": "heat"},
+    )
+    assert task.wait(polling_period=0.3) == "success"
+    printed = capsys.readouterr().out
+    assert "In Progress" in printed and "Success" in printed
+
+    outputs = Path(task.download_outputs())
+    assert (outputs / "mesh.csv").exists()
+    solution = (outputs / "results" / "solution.csv").read_text().splitlines()
+    assert len(solution) > 1000
+    assert "sweep" in (outputs / "stdout.txt").read_text().lower()
+    # wait() already left the logs beside the outputs.
+    assert (outputs / "stderr.txt").exists()
+    assert task.get_metadata() == {"case": "heat"}
+
+    only = Path(task.download_outputs(filenames=["mesh.csv"], output_dir="just-mesh"))
+    assert sorted(p.name for p in only.iterdir()) == ["mesh.csv"]
+
+
+def test_a_command_that_exits_3_fails_with_its_exit_code_and_stderr(stack, client_for, alice_key):
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = simdeck.simulators.Commands().run(
+        input_dir=EXAMPLES / "commands-mesh-solve",
+        commands=["echo 'mesh is inside out' >&2; exit 3", "echo never"],
+        on=mg,
+    )
+    assert task.wait(polling_period=0.3, silent_mode=True) == "failed"
+    info = task.get_info()
+    assert info["exit_code"] == 3
+    assert "mesh is inside out" in info["error_detail"]
+    assert "exited with code 3" in info["error_detail"]
+    assert task.is_failed() and task.is_terminal()
+    assert statuses_of(task.id)[-2:] == [Status.FINALIZING, Status.FAILED]
+    outputs = Path(task.download_outputs())
+    assert "never" not in (outputs / "stdout.txt").read_text()
+
+
+def test_a_terminated_group_takes_no_new_tasks(stack, client_for, alice_key):
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2")
+    mg.start(wait=False)
+    mg.terminate()
+    with pytest.raises(SimdeckError, match="terminated"):
+        simdeck.simulators.Commands().run(input_dir=EXAMPLES / "commands-mesh-solve", commands=["true"], on=mg)
+    assert not Task.objects.exists()

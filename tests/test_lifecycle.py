@@ -1,0 +1,147 @@
+"""The lifecycle: allowed moves work, others are refused, races have one winner."""
+
+import threading
+
+import pytest
+from django.db import connection, connections
+
+from tasks_app import lifecycle, services
+from tasks_app.lifecycle import Status, transition
+from tasks_app.models import Task, TaskEvent
+
+ALL_MOVES = [(old, new) for old in Status for new in Status]
+
+
+@pytest.fixture
+def group(alice):
+    return services.create_group(alice, machine_type="c2-standard-4")
+
+
+def make_task(owner, group, status: Status) -> Task:
+    # Test setup only: put a task directly into a status to test moves from it.
+    return Task.objects.create(
+        owner=owner, project=group.project, machine_group=group, simulator="commands", status=status
+    )
+
+
+def test_every_status_has_a_label_guidance_and_a_row():
+    for status in Status:
+        guidance = lifecycle.GUIDANCE[status]
+        assert status.label and guidance.what_happened and guidance.why and guidance.what_to_do
+        assert status in lifecycle.TRANSITIONS
+
+
+def test_terminal_statuses_are_those_with_nowhere_to_go_but_a_resubmission():
+    assert Status.SUCCESS in lifecycle.TERMINAL
+    assert Status.SPOT_PREEMPTED in lifecycle.TERMINAL
+    assert Status.SUBMITTED not in lifecycle.TERMINAL
+    assert Status.PENDING_KILL not in lifecycle.TERMINAL
+    assert lifecycle.FAILURES == lifecycle.TERMINAL - {Status.SUCCESS}
+
+
+@pytest.mark.parametrize(
+    "text, status",
+    [
+        ("completed", Status.SUCCESS),
+        ("Success", Status.SUCCESS),
+        ("in-queue", Status.SUBMITTED),
+        ("computation-started", Status.STARTED),
+        ("computation-ended", Status.FINALIZING),
+        ("executer-failed", Status.EXECUTOR_FAILED),
+        ("executer-terminated-ttl-exceeded", Status.EXECUTOR_TERMINATED_TTL),
+        ("executor-terminated-TTL-exceeded", Status.EXECUTOR_TERMINATED_TTL),
+        (" zombie ", Status.ZOMBIE),
+    ],
+)
+def test_it_accepts_every_spelling_of_a_status(text, status):
+    assert lifecycle.parse_status(text) == status
+
+
+def test_it_names_the_known_statuses_for_an_unknown_one():
+    with pytest.raises(ValueError, match="Known statuses: pending-input"):
+        lifecycle.parse_status("finished")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("old, new", ALL_MOVES, ids=[f"{o.value}->{n.value}" for o, n in ALL_MOVES])
+def test_a_move_works_exactly_when_the_table_allows_it(alice, group, old, new):
+    task = make_task(alice, group, old)
+    if new in lifecycle.TRANSITIONS[old]:
+        assert transition(task, new, reason="test")
+        task.refresh_from_db()
+        assert task.status == new
+        event = TaskEvent.objects.get(task=task)
+        assert (event.from_status, event.to_status, event.reason) == (old, new, "test")
+    else:
+        with pytest.raises(lifecycle.IllegalTransition):
+            transition(task, new, reason="test")
+        task.refresh_from_db()
+        assert task.status == old
+        assert not TaskEvent.objects.filter(task=task).exists()
+
+
+@pytest.mark.django_db
+def test_a_move_from_a_stale_status_loses_and_writes_nothing(alice, group):
+    task = make_task(alice, group, Status.SUBMITTED)
+    stale = Task.objects.get(pk=task.pk)
+    assert transition(task, Status.KILLED, reason="user")
+    assert not transition(stale, Status.PREPARING, reason="machine")
+    assert Task.objects.get(pk=task.pk).status == Status.KILLED
+    assert TaskEvent.objects.filter(task=task).count() == 1
+
+
+@pytest.mark.django_db
+def test_moves_stamp_the_phase_timestamps(alice, group):
+    task = make_task(alice, group, Status.PENDING_INPUT)
+    transition(task, Status.SUBMITTED)
+    transition(task, Status.PREPARING)
+    transition(task, Status.STARTED)
+    transition(task, Status.FINALIZING)
+    transition(task, Status.SUCCESS)
+    task.refresh_from_db()
+    assert task.queued_at <= task.preparing_at <= task.started_at <= task.finalizing_at <= task.ended_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_connections_racing_from_one_status_have_exactly_one_winner(alice, group):
+    task = make_task(alice, group, Status.SUBMITTED)
+    barrier = threading.Barrier(2)
+    results = {}
+
+    def contend(new):
+        try:
+            copy = Task.objects.get(pk=task.pk)
+            barrier.wait()
+            results[new] = transition(copy, new, reason="race")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=contend, args=(s,)) for s in (Status.PREPARING, Status.KILLED)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == [False, True]
+    winner = next(s for s, won in results.items() if won)
+    assert Task.objects.get(pk=task.pk).status == winner
+    assert list(TaskEvent.objects.filter(task=task).values_list("to_status", flat=True)) == [winner]
+    assert connection.vendor == "postgresql"
+
+
+def test_nothing_else_writes_the_status_column():
+    """Only the lifecycle module updates ``status``; grep the code to keep it so."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "tasks_app"
+    pattern = re.compile(r"(\.status\s*=[^=]|[(,]\s*status\s*=\s*(Status|lifecycle|new|\"))")
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name == "lifecycle.py" or "migrations" in path.parts:
+            continue
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if ".update(" in line and pattern.search(line):
+                offenders.append(f"{path.name}:{lineno}: {line.strip()}")
+            elif re.search(r"\btask\.status\s*=[^=]", line):
+                offenders.append(f"{path.name}:{lineno}: {line.strip()}")
+    assert offenders == []
