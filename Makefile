@@ -21,8 +21,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) manage.py up
 
+# Tests keep their own SIMDECK_HOME, so they never touch a running instance's data.
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest $(ARGS)
+	SIMDECK_HOME=$(CURDIR)/.simdeck-test $(PY) -m pytest $(ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -103,6 +103,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = SIMDECK_HOME / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {
     # Inputs, outputs and logs go through Django's storage API so that an
     # S3-compatible backend can replace the local folder.

@@ -83,7 +83,9 @@ class Client:
         # Not retried: the body is a one-shot stream. The caller starts over.
         return self.request("PUT", path, content=stream, headers=headers, retry=False).json()
 
-    def download(self, path: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None = None) -> int:
+    def download(
+        self, path: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None = None
+    ) -> int:
         """Stream a file into ``sink``; returns its size."""
         with self.http.stream("GET", path, timeout=httpx.Timeout(60.0, connect=5.0)) as response:
             if not response.is_success:

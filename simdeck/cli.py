@@ -36,14 +36,25 @@ def list_tasks(
     if task_id:
         items = [client.get(f"/tasks/{i}") for i in task_id]
     else:
-        params = {"limit": last_n, **({"status": status} if status else {}), **({"project": project} if project else {})}
+        params = {
+            "limit": last_n,
+            **({"status": status} if status else {}),
+            **({"project": project} if project else {}),
+        }
         items = client.get("/tasks", params=params)["items"]
     if as_json:
         print(json.dumps(items, indent=2))
         return
     table = Table("ID", "Simulator", "Status", "Machine group", "Created", "Ended")
     for t in items:
-        table.add_row(t["id"], t["simulator"], t["status_label"], t["machine_group"], t["created_at"][:19], (t["ended_at"] or "")[:19])
+        table.add_row(
+            t["id"],
+            t["simulator"],
+            t["status_label"],
+            t["machine_group"],
+            t["created_at"][:19],
+            (t["ended_at"] or "")[:19],
+        )
     out.print(table)
 
 
@@ -86,7 +97,10 @@ def download(
 
 
 @app.command("logs")
-def logs(task_id: str, stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr instead of stdout.")] = False):
+def logs(
+    task_id: str,
+    stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr instead of stdout.")] = False,
+):
     """Print a finished task's log."""
     api.client().download(f"/tasks/{task_id}/logs/{'stderr' if stderr else 'stdout'}", sys.stdout.buffer)
 

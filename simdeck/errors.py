@@ -4,7 +4,9 @@
 class SimdeckError(Exception):
     """A request the server refused, or a server that could not be reached."""
 
-    def __init__(self, message: str, *, code: str = "error", status: int | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, *, code: str = "error", status: int | None = None, field: str | None = None
+    ):
         super().__init__(message)
         self.code = code
         self.status = status

@@ -57,7 +57,10 @@ class MachineGroup:
         return group
 
     def __repr__(self) -> str:
-        return f"MachineGroup(name={self._name!r}, machine_type={self.machine_type!r}, num_machines={self.num_machines})"
+        return (
+            f"MachineGroup(name={self._name!r}, machine_type={self.machine_type!r}, "
+            f"num_machines={self.num_machines})"
+        )
 
     # -- server state --------------------------------------------------------
 
@@ -113,7 +116,10 @@ class MachineGroup:
         if self._info is None:
             self._create()
         self._info = self._client.post(f"/machine-groups/{self._name}/start")
-        print(f"Starting machine group {self._name} ({self.num_machines} × {self.machine_type})…", file=sys.stderr)
+        print(
+            f"Starting machine group {self._name} ({self.num_machines} × {self.machine_type})…",
+            file=sys.stderr,
+        )
         if wait:
             deadline = time.monotonic() + timeout
             while self._info["machines_online"] < self.num_machines:

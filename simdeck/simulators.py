@@ -22,7 +22,9 @@ def _input_files(input_dir: Path) -> list[Path]:
     if not input_dir.exists():
         raise FileNotFoundError(f"The input folder {input_dir} does not exist; check the path.")
     if not input_dir.is_dir():
-        raise NotADirectoryError(f"{input_dir} is not a folder; input_dir names the folder holding the inputs.")
+        raise NotADirectoryError(
+            f"{input_dir} is not a folder; input_dir names the folder holding the inputs."
+        )
     files = sorted(p for p in input_dir.rglob("*") if p.is_file())
     if not files:
         raise ValueError(f"The input folder {input_dir} is empty; put the simulation's files in it.")
@@ -115,7 +117,11 @@ class Simulator:
                 detail = self._client.upload(
                     task_info["upload_url"].removeprefix("/api/v1"),
                     _stream(archive, lambda n: bar.advance(job, n)),
-                    headers={"Content-Length": str(size), "X-Content-SHA256": digest},
+                    headers={
+                        "Content-Length": str(size),
+                        "X-Archive-Size": str(size),
+                        "X-Content-SHA256": digest,
+                    },
                 )
         finally:
             archive.unlink(missing_ok=True)
@@ -147,7 +153,8 @@ class SplishSplash(Simulator):
         scene = params.get("sim_config_filename")
         if scene and not (input_dir / scene).is_file():
             raise FileNotFoundError(
-                f"The scene file {scene!r} is not in {input_dir}; sim_config_filename is relative to input_dir."
+                f"The scene file {scene!r} is not in {input_dir}; "
+                "sim_config_filename is relative to input_dir."
             )
 
 
@@ -162,7 +169,7 @@ class Commands(Simulator):
         return super().run(input_dir, on, commands=[*commands], **kwargs)
 
 
-def list() -> list[dict]:  # noqa: A001  (mirrors the CLI's "simulators list")
+def list() -> list[dict]:
     """The simulators the server offers."""
     return api.client().get("/simulators")
 

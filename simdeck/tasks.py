@@ -110,7 +110,9 @@ class Task:
 
     # -- waiting -------------------------------------------------------------
 
-    def wait(self, polling_period: float = 1.0, silent_mode: bool = False, download_std_on_completion: bool = True) -> TaskStatus:
+    def wait(
+        self, polling_period: float = 1.0, silent_mode: bool = False, download_std_on_completion: bool = True
+    ) -> TaskStatus:
         """Block until the task reaches a final status, and return it.
 
         Interrupting the wait (Ctrl+C) leaves the task running on its machine;
@@ -212,7 +214,9 @@ class Task:
             ) as bar:
                 job = bar.add_task(f"Downloading outputs of {self.id}", total=None)
                 self._client.download(
-                    f"/tasks/{self.id}/outputs", tmp, lambda done, total: bar.update(job, completed=done, total=total)
+                    f"/tasks/{self.id}/outputs",
+                    tmp,
+                    lambda done, total: bar.update(job, completed=done, total=total),
                 )
         if not uncompress:
             final = target / "outputs.zip"
@@ -254,7 +258,9 @@ def _check_metadata(metadata: dict) -> None:
         if not isinstance(key, str):
             raise TypeError(f"Metadata key {key!r} must be a string (convert it with str()).")
         if not isinstance(value, str):
-            raise TypeError(f"Metadata value of {key!r} must be a string, not {type(value).__name__}: {value!r}.")
+            raise TypeError(
+                f"Metadata value of {key!r} must be a string, not {type(value).__name__}: {value!r}."
+            )
         if not key.strip():
             raise ValueError("Metadata keys must not be empty.")
         if not value:

@@ -22,7 +22,9 @@ def visible_groups(user):
 
 
 def task_for(user, task_id: str) -> Task:
-    return get_object_or_404(visible_tasks(user).select_related("machine_group", "project", "owner"), pk=task_id)
+    return get_object_or_404(
+        visible_tasks(user).select_related("machine_group", "project", "owner"), pk=task_id
+    )
 
 
 def group_for(user, ref: str | int) -> MachineGroup:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import stat
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 
 class UnsafeArchive(ValueError):
@@ -42,7 +43,7 @@ def safe_extract(archive: BinaryIO, dest: Path) -> list[Path]:
         infos = zf.infolist()
         # Check everything first, so a bad entry leaves nothing half-written.
         names = [_checked_name(i) for i in infos]
-        for info, name in zip(infos, names):
+        for info, name in zip(infos, names, strict=True):
             target = (dest / name).resolve()
             if not target.is_relative_to(dest):
                 raise UnsafeArchive(f"The archive holds a path leaving its folder ({info.filename}).")

@@ -111,10 +111,8 @@ GUIDANCE: dict[Status, Guidance] = {
     ),
     S.PREPARING: Guidance(
         "A machine has taken the task and is fetching its input files.",
-        "Before the simulator can start, the machine sets up a fresh work directory "
-        "with your inputs.",
-        "Wait a moment for the simulation to begin, or kill the task if it is no "
-        "longer needed.",
+        "Before the simulator can start, the machine sets up a fresh work directory with your inputs.",
+        "Wait a moment for the simulation to begin, or kill the task if it is no longer needed.",
     ),
     S.STARTED: Guidance(
         "The simulator is running on the machine.",
@@ -123,8 +121,7 @@ GUIDANCE: dict[Status, Guidance] = {
     ),
     S.FINALIZING: Guidance(
         "The simulation has finished and its output files are being stored.",
-        "After the commands end, the machine uploads outputs and logs before the task "
-        "gets its final status.",
+        "After the commands end, the machine uploads outputs and logs before the task gets its final status.",
         "Nothing to do; the task reaches its final status as soon as the upload ends.",
     ),
     S.PENDING_KILL: Guidance(
@@ -142,8 +139,7 @@ GUIDANCE: dict[Status, Guidance] = {
         "The simulator stopped with an error.",
         "The simulation command exited with a non-zero status, usually because of an "
         "input or configuration problem, or a fault inside the simulator.",
-        "Read the end of stderr and stdout to find the cause, fix the input and "
-        "submit again.",
+        "Read the end of stderr and stdout to find the cause, fix the input and submit again.",
     ),
     S.KILLED: Guidance(
         "The task was stopped on request.",
@@ -154,8 +150,7 @@ GUIDANCE: dict[Status, Guidance] = {
         "The machine group was shut down before this task got to run.",
         "The task was still waiting in the queue when its group was terminated, so it "
         "produced neither outputs nor logs.",
-        "Submit it again to a running machine group, and keep that group up until its "
-        "queue is empty.",
+        "Submit it again to a running machine group, and keep that group up until its queue is empty.",
     ),
     S.SPOT_PREEMPTED: Guidance(
         "The spot machine running this task was taken back and the run was interrupted.",

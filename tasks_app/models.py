@@ -30,9 +30,7 @@ def new_task_id() -> str:
 
 class Project(models.Model):
     name = models.CharField(max_length=128, unique=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
-    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
@@ -190,8 +188,7 @@ class Task(models.Model):
         if self.status != Status.SUBMITTED:
             return None
         ahead = Task.objects.queued_in(self.machine_group_id).filter(
-            models.Q(queued_at__lt=self.queued_at)
-            | models.Q(queued_at=self.queued_at, id__lt=self.id)
+            models.Q(queued_at__lt=self.queued_at) | models.Q(queued_at=self.queued_at, id__lt=self.id)
         )
         return ahead.count()
 
@@ -211,14 +208,15 @@ class TaskEvent(models.Model):
     to_status = models.CharField(max_length=40, choices=Status.choices)
     at = models.DateTimeField(default=timezone.now)
     reason = models.TextField(blank=True)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
-    )
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     machine = models.ForeignKey(Machine, null=True, blank=True, on_delete=models.SET_NULL)
 
     class Meta:
         ordering = ["at", "id"]
         indexes = [models.Index(fields=["task", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.task_id}: {self.from_status or '—'} → {self.to_status}"
 
     @property
     def to_label(self) -> str:

@@ -106,7 +106,9 @@ def create_group(
             "A machine group name has lowercase letters, digits and dashes (at most 63).", field="name"
         )
     if MachineGroup.objects.filter(name=name).exists():
-        raise Refused(f"A machine group named {name!r} already exists.", field="name", code="conflict", status=409)
+        raise Refused(
+            f"A machine group named {name!r} already exists.", field="name", code="conflict", status=409
+        )
     return MachineGroup.objects.create(
         name=name,
         owner=user,
@@ -136,7 +138,9 @@ def start_group(group: MachineGroup) -> MachineGroup:
     return group
 
 
-def terminate_group(group: MachineGroup, *, actor=None, reason: str = "", ending: Status = Status.EXECUTOR_TERMINATED_BY_USER) -> MachineGroup:
+def terminate_group(
+    group: MachineGroup, *, actor=None, reason: str = "", ending: Status = Status.EXECUTOR_TERMINATED_BY_USER
+) -> MachineGroup:
     """Take the group down. Queued tasks end as zombies, running ones with ``ending``.
 
     Tasks already finalizing are left to finish: their machine stops once
@@ -154,7 +158,9 @@ def terminate_group(group: MachineGroup, *, actor=None, reason: str = "", ending
         if not updated:
             return group
         why = reason or f"Machine group {group.name} was terminated."
-        for task in Task.objects.filter(machine_group=group, status__in=[Status.PENDING_INPUT, Status.SUBMITTED]):
+        for task in Task.objects.filter(
+            machine_group=group, status__in=[Status.PENDING_INPUT, Status.SUBMITTED]
+        ):
             lifecycle.transition(task, Status.ZOMBIE, reason=why, actor=actor)
         for task in Task.objects.filter(
             machine_group=group, status__in=[Status.PREPARING, Status.STARTED, Status.PENDING_KILL]
@@ -263,7 +269,8 @@ def machine_lost(machine: Machine, reason: str) -> None:
     """A machine vanished: its task ends as runner-terminated, requeued if asked."""
     with transaction.atomic():
         updated = Machine.objects.filter(
-            pk=machine.pk, state__in=[Machine.State.PROVISIONING, Machine.State.ONLINE, Machine.State.STOPPING]
+            pk=machine.pk,
+            state__in=[Machine.State.PROVISIONING, Machine.State.ONLINE, Machine.State.STOPPING],
         ).update(state=Machine.State.LOST, stopped_at=timezone.now())
         if not updated:
             return
@@ -330,5 +337,7 @@ def validate_metadata(metadata: dict) -> dict:
                 f"Metadata value of {key!r} must be a non-empty string (got {value!r}).", field="metadata"
             )
         if len(key) > 200 or len(value) > 10_000:
-            raise Refused(f"Metadata {key!r} is too long (keys 200, values 10000 characters).", field="metadata")
+            raise Refused(
+                f"Metadata {key!r} is too long (keys 200, values 10000 characters).", field="metadata"
+            )
     return dict(metadata)

@@ -56,8 +56,7 @@ def receive_upload(
             spool.write(chunk)
         if size != expected_size:
             raise UploadError(
-                f"The upload was cut short: {size} of {expected_size} bytes arrived. "
-                "Submit the task again."
+                f"The upload was cut short: {size} of {expected_size} bytes arrived. Submit the task again."
             )
         if digest.hexdigest() != expected_sha256.lower():
             raise UploadError("The upload is corrupt: its SHA-256 checksum does not match. Submit again.")

@@ -40,7 +40,7 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
     task = access.task_for(request.user, task_id)
     events = list(task.events.select_related("actor", "machine"))
     # How long each status lasted: until the next change, or until now.
-    for event, following in zip(events, events[1:] + [None]):
+    for event, following in zip(events, [*events[1:], None], strict=True):
         event.until = following.at if following else None
     context = {
         "task": task,

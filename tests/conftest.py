@@ -20,10 +20,19 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from tasks_app.lifecycle import Status
-from tasks_app.models import APIKey, MachineGroup, Task
-
+from tasks_app.models import APIKey, MachineGroup
 from tests.helpers import ROOT
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop embedded servers this test run used; configured ones are not ours."""
+    from console import embedded
+
+    connection.close()
+    if not os.environ.get("REDIS_URL"):
+        embedded.stop_redis(settings.SIMDECK_HOME)
+    if not os.environ.get("DATABASE_URL"):
+        embedded.stop_postgres(settings.SIMDECK_HOME)
 
 
 @pytest.fixture
@@ -44,12 +53,18 @@ def alice_key(alice) -> str:
 def database_url() -> str:
     """The URL of the database the tests use, for processes we start."""
     d = connection.settings_dict
-    host = d.get("HOST") or ""
     user = quote(d.get("USER") or "", safe="")
     password = quote(d.get("PASSWORD") or "", safe="")
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
     port = f":{d['PORT']}" if d.get("PORT") else ""
-    return f"postgres://{auth}{quote(host, safe='')}{port}/{d['NAME']}"
+    # A unix-socket host (the embedded server) travels as ?host=, which
+    # django-environ hands to psycopg unchanged.
+    socket_dir = d.get("OPTIONS", {}).get("host") or (
+        d.get("HOST") if (d.get("HOST") or "").startswith("/") else ""
+    )
+    if socket_dir:
+        return f"postgres://{auth}/{d['NAME']}?host={quote(socket_dir)}"
+    return f"postgres://{auth}{d.get('HOST') or ''}{port}/{d['NAME']}"
 
 
 def free_port() -> int:
@@ -86,7 +101,9 @@ class Stack:
 
     def start(self) -> Stack:
         py = sys.executable
-        self.spawn("web", [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "console.asgi:application"])
+        self.spawn(
+            "web", [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "console.asgi:application"]
+        )
         self.spawn("provider", [py, "manage.py", "runprovider", "--interval", "0.5"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -98,7 +115,9 @@ class Stack:
         raise RuntimeError(f"The web server did not come up; see {self.home / 'web.log'}")
 
     def logs(self) -> str:
-        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.home.glob("*.log"))
+        return "\n".join(
+            f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.home.glob("*.log")
+        )
 
     def stop(self) -> None:
         # Terminate the groups first so the provider stops its machines.

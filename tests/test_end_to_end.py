@@ -9,7 +9,6 @@ import simdeck
 from simdeck.errors import SimdeckError
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, MachineGroup, Task
-
 from tests.helpers import ROOT, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -119,5 +118,7 @@ def test_a_terminated_group_takes_no_new_tasks(stack, client_for, alice_key):
     mg.start(wait=False)
     mg.terminate()
     with pytest.raises(SimdeckError, match="terminated"):
-        simdeck.simulators.Commands().run(input_dir=EXAMPLES / "commands-mesh-solve", commands=["true"], on=mg)
+        simdeck.simulators.Commands().run(
+            input_dir=EXAMPLES / "commands-mesh-solve", commands=["true"], on=mg
+        )
     assert not Task.objects.exists()

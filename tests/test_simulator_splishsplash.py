@@ -56,9 +56,7 @@ def test_no_json_in_inputs() -> None:
     assert "no .json file" in str(error)
 
 
-@pytest.mark.parametrize(
-    "value", ["/etc/config.json", "../config.json", "extra/../../config.json"]
-)
+@pytest.mark.parametrize("value", ["/etc/config.json", "../config.json", "extra/../../config.json"])
 def test_paths_outside_the_input_folder(value: str) -> None:
     error = invalid({"sim_config_filename": value})
     assert error.field == "sim_config_filename"
@@ -76,9 +74,7 @@ def test_scene_must_be_json() -> None:
 
 
 def test_backslashes_rejected() -> None:
-    assert "forward slashes" in str(
-        invalid({"sim_config_filename": "extra\\other.json"})
-    )
+    assert "forward slashes" in str(invalid({"sim_config_filename": "extra\\other.json"}))
 
 
 def test_unknown_parameter() -> None:
@@ -95,9 +91,7 @@ def test_real_run_of_the_dam_break(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     shutil.copytree(EXAMPLE, workdir)
     sim = SplishSplash()
-    inputs = [
-        p.relative_to(workdir).as_posix() for p in workdir.rglob("*") if p.is_file()
-    ]
+    inputs = [p.relative_to(workdir).as_posix() for p in workdir.rglob("*") if p.is_file()]
     parameters = sim.validate({"sim_config_filename": "config.json"}, inputs)
     try:
         version = sim.version()
@@ -126,11 +120,7 @@ def test_real_run_of_the_dam_break(tmp_path: Path) -> None:
     vtk = sorted((output / "vtk").glob("ParticleData_Fluid_*.vtk"))
     bgeo = sorted((output / "partio").glob("ParticleData_Fluid_*.bgeo"))
     assert len(vtk) == 31 and len(bgeo) == 31
-    assert (
-        (output / "vtk" / "ParticleData_Fluid_31.vtk")
-        .read_bytes()
-        .startswith(b"# vtk DataFile")
-    )
+    assert (output / "vtk" / "ParticleData_Fluid_31.vtk").read_bytes().startswith(b"# vtk DataFile")
     assert (output / "log" / "SPH_log.txt").stat().st_size > 0
     # --no-cache: nothing written beside the scene.
     assert not (workdir / "Cache").exists()
@@ -164,9 +154,7 @@ def test_missing_gl_dispatch_names_the_debian_package(
     from tasks_app.simulators import splishsplash
 
     real_is_file = Path.is_file
-    monkeypatch.setattr(
-        Path, "is_file", lambda p: "GLdispatch" not in p.name and real_is_file(p)
-    )
+    monkeypatch.setattr(Path, "is_file", lambda p: "GLdispatch" not in p.name and real_is_file(p))
     monkeypatch.setattr(splishsplash.ctypes.util, "find_library", lambda name: None)
     with pytest.raises(SimulatorMissing) as caught:
         splishsplash.find_gl_dispatch()
@@ -174,9 +162,7 @@ def test_missing_gl_dispatch_names_the_debian_package(
     assert "libglvnd0" in str(caught.value)
 
 
-def test_missing_splash_says_how_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_splash_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tasks_app.simulators import splishsplash
 
     monkeypatch.setattr(splishsplash.sys, "executable", str(tmp_path / "python"))

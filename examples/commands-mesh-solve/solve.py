@@ -26,9 +26,7 @@ def read_mesh(path: str) -> tuple[int, int, dict[tuple[int, int], tuple[float, f
     nx = max(i for i, _ in nodes) + 1
     ny = max(j for _, j in nodes) + 1
     if len(nodes) != nx * ny:
-        raise SystemExit(
-            f"{path}: expected {nx * ny} nodes for a {nx} x {ny} grid, found {len(nodes)}"
-        )
+        raise SystemExit(f"{path}: expected {nx * ny} nodes for a {nx} x {ny} grid, found {len(nodes)}")
     return nx, ny, nodes
 
 

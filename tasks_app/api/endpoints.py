@@ -15,6 +15,7 @@ from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest
 from ninja import NinjaAPI, Query
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.responses import Status as Reply
 from ninja.security import HttpBearer
 
 from tasks_app import access, lifecycle, services, storage
@@ -73,7 +74,9 @@ def _invalid(request, exc: ValidationError):
     first = exc.errors[0] if exc.errors else {}
     loc = [str(p) for p in first.get("loc", []) if p not in ("body", "query", "path", "payload")]
     field = ".".join(loc) or None
-    return _error(request, 400, "invalid", f"{field or 'request'}: {first.get('msg', 'invalid value')}.", field)
+    return _error(
+        request, 400, "invalid", f"{field or 'request'}: {first.get('msg', 'invalid value')}.", field
+    )
 
 
 @api.exception_handler(HttpError)
@@ -118,7 +121,13 @@ def simulators(request):
             out.append({"name": sim.name, "label": sim.label, "version": sim.version(), "available": True})
         except sims.SimulatorMissing as exc:
             out.append(
-                {"name": sim.name, "label": sim.label, "version": None, "available": False, "problem": str(exc)}
+                {
+                    "name": sim.name,
+                    "label": sim.label,
+                    "version": None,
+                    "available": False,
+                    "problem": str(exc),
+                }
             )
     return out
 
@@ -145,7 +154,7 @@ def create_group(request, payload: s.GroupIn):
     group = services.create_group(request.user, **data)
     if start:
         services.start_group(group)
-    return 201, _groups(request.user).get(pk=group.pk)
+    return Reply(201, _groups(request.user).get(pk=group.pk))
 
 
 @api.get("/machine-groups/{ref}", response={200: s.GroupOut, **ERRORS}, tags=["machine groups"])
@@ -240,24 +249,27 @@ def create_task(request, payload: s.TaskIn):
     )
     task = _tasks(request.user).get(pk=task.pk)
     task.upload_url = f"/api/v1/tasks/{task.id}/input"
-    return 201, task
+    return Reply(201, task)
 
 
 @api.put("/tasks/{task_id}/input", response={200: s.TaskDetailOut, **ERRORS}, tags=["tasks"])
 def upload_input(request, task_id: str):
     """The input folder as one zip archive, as the raw request body.
 
-    Send ``Content-Length`` and ``X-Content-SHA256`` (hex); the task joins
-    its group's queue once both match what arrived.
+    Send the archive's size in ``X-Archive-Size`` and its SHA-256 (hex) in
+    ``X-Content-SHA256``; the task joins its group's queue once both match
+    what arrived.
     """
     task = access.task_for(request.user, task_id)
     try:
-        size = int(request.headers.get("Content-Length", ""))
+        size = int(request.headers.get("X-Archive-Size", ""))
     except ValueError:
-        raise services.Refused("Send the archive's size in Content-Length.", field="Content-Length") from None
+        raise services.Refused("Send the archive's size in X-Archive-Size.", field="X-Archive-Size") from None
     sha256 = request.headers.get("X-Content-SHA256", "")
     if len(sha256) != 64:
-        raise services.Refused("Send the archive's SHA-256 (hex) in X-Content-SHA256.", field="X-Content-SHA256")
+        raise services.Refused(
+            "Send the archive's SHA-256 (hex) in X-Content-SHA256.", field="X-Content-SHA256"
+        )
     chunks = iter(lambda: request.read(storage.CHUNK), b"")
     services.accept_input(task, chunks, size=size, sha256=sha256)
     return _tasks(request.user).get(pk=task.pk)
@@ -313,7 +325,8 @@ def download_outputs(request, task_id: str):
     task = access.task_for(request.user, task_id)
     if not task.output_path:
         raise services.Refused(
-            f"Task {task.id} has no outputs ({task.get_status_display()}); outputs are stored when it finishes.",
+            f"Task {task.id} has no outputs ({task.get_status_display()}); "
+            "outputs are stored when it finishes.",
             code="no_outputs",
             status=404,
         )

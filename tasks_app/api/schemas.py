@@ -113,7 +113,9 @@ class TaskDetailOut(TaskOut):
 
 class TaskPage(Schema):
     items: list[TaskOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` to get the next page; null on the last page.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page."
+    )
 
 
 class TaskIn(Schema):

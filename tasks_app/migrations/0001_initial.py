@@ -4,13 +4,13 @@ import django.contrib.postgres.indexes
 import django.core.validators
 import django.db.models.deletion
 import django.utils.timezone
-import tasks_app.models
 from django.conf import settings
 from django.db import migrations, models
 
+import tasks_app.models
+
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -19,156 +19,388 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='APIKey',
+            name="APIKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('hint', models.CharField(help_text='First characters, to recognise the key.', max_length=16)),
-                ('digest', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_keys', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "hint",
+                    models.CharField(help_text="First characters, to recognise the key.", max_length=16),
+                ),
+                ("digest", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_keys",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='MachineGroup',
+            name="MachineGroup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64, unique=True)),
-                ('provider', models.CharField(default='local', max_length=32)),
-                ('machine_type', models.CharField(max_length=64)),
-                ('num_machines', models.PositiveIntegerField(default=1, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(64)])),
-                ('spot', models.BooleanField(default=False)),
-                ('data_disk_gb', models.PositiveIntegerField(default=10, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(65536)])),
-                ('auto_resize_disk_max_gb', models.PositiveIntegerField(blank=True, null=True)),
-                ('max_idle_time_minutes', models.PositiveIntegerField(blank=True, default=3, null=True)),
-                ('auto_terminate_minutes', models.PositiveIntegerField(blank=True, null=True)),
-                ('state', models.CharField(choices=[('created', 'Not started'), ('started', 'Started'), ('terminating', 'Terminating'), ('terminated', 'Terminated')], default='created', max_length=16)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('terminated_at', models.DateTimeField(blank=True, null=True)),
-                ('termination_reason', models.CharField(blank=True, max_length=200)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=64, unique=True)),
+                ("provider", models.CharField(default="local", max_length=32)),
+                ("machine_type", models.CharField(max_length=64)),
+                (
+                    "num_machines",
+                    models.PositiveIntegerField(
+                        default=1,
+                        validators=[
+                            django.core.validators.MinValueValidator(1),
+                            django.core.validators.MaxValueValidator(64),
+                        ],
+                    ),
+                ),
+                ("spot", models.BooleanField(default=False)),
+                (
+                    "data_disk_gb",
+                    models.PositiveIntegerField(
+                        default=10,
+                        validators=[
+                            django.core.validators.MinValueValidator(1),
+                            django.core.validators.MaxValueValidator(65536),
+                        ],
+                    ),
+                ),
+                ("auto_resize_disk_max_gb", models.PositiveIntegerField(blank=True, null=True)),
+                ("max_idle_time_minutes", models.PositiveIntegerField(blank=True, default=3, null=True)),
+                ("auto_terminate_minutes", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("created", "Not started"),
+                            ("started", "Started"),
+                            ("terminating", "Terminating"),
+                            ("terminated", "Terminated"),
+                        ],
+                        default="created",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("terminated_at", models.DateTimeField(blank=True, null=True)),
+                ("termination_reason", models.CharField(blank=True, max_length=200)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Machine',
+            name="Machine",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('state', models.CharField(choices=[('provisioning', 'Starting'), ('online', 'Online'), ('stopping', 'Stopping'), ('stopped', 'Stopped'), ('lost', 'Lost')], default='provisioning', max_length=16)),
-                ('hostname', models.CharField(blank=True, max_length=255)),
-                ('pid', models.IntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('online_at', models.DateTimeField(blank=True, null=True)),
-                ('last_heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('stopped_at', models.DateTimeField(blank=True, null=True)),
-                ('group', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='machines', to='tasks_app.machinegroup')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("provisioning", "Starting"),
+                            ("online", "Online"),
+                            ("stopping", "Stopping"),
+                            ("stopped", "Stopped"),
+                            ("lost", "Lost"),
+                        ],
+                        default="provisioning",
+                        max_length=16,
+                    ),
+                ),
+                ("hostname", models.CharField(blank=True, max_length=255)),
+                ("pid", models.IntegerField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("online_at", models.DateTimeField(blank=True, null=True)),
+                ("last_heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("stopped_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "group",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="machines",
+                        to="tasks_app.machinegroup",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Project',
+            name="Project",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=128, unique=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=128, unique=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='machinegroup',
-            name='project',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='machine_groups', to='tasks_app.project'),
+            model_name="machinegroup",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="machine_groups",
+                to="tasks_app.project",
+            ),
         ),
         migrations.CreateModel(
-            name='Task',
+            name="Task",
             fields=[
-                ('id', models.CharField(default=tasks_app.models.new_task_id, max_length=25, primary_key=True, serialize=False)),
-                ('simulator', models.CharField(max_length=64)),
-                ('simulator_version', models.CharField(blank=True, max_length=64)),
-                ('parameters', models.JSONField(blank=True, default=dict)),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('status', models.CharField(choices=[('pending-input', 'Waiting for Input'), ('submitted', 'In Queue'), ('preparing-to-compute', 'Preparing to Compute'), ('started', 'In Progress'), ('finalizing', 'Finalizing'), ('pending-kill', 'Pending Kill'), ('success', 'Success'), ('failed', 'Failed'), ('killed', 'Killed'), ('zombie', 'Machine Terminated in Queue'), ('spot-instance-preempted', 'Spot Reclaimed'), ('executor-terminated', 'Task Runner Terminated'), ('executor-terminated-by-user', 'Machine Terminated by User'), ('executor-terminated-TTL-exceeded', 'Machine Time Limit Reached'), ('executor-failed', 'Runtime Error'), ('ttl-exceeded', 'Task Timed Out')], default='pending-input', max_length=40)),
-                ('status_changed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('attempt', models.PositiveIntegerField(default=0)),
-                ('resubmit_on_preemption', models.BooleanField(default=False)),
-                ('time_to_live_seconds', models.PositiveIntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('queued_at', models.DateTimeField(blank=True, null=True)),
-                ('submitted_at', models.DateTimeField(blank=True, null=True)),
-                ('preparing_at', models.DateTimeField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finalizing_at', models.DateTimeField(blank=True, null=True)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('exit_code', models.IntegerField(blank=True, null=True)),
-                ('error_detail', models.TextField(blank=True)),
-                ('input_path', models.CharField(blank=True, max_length=300)),
-                ('input_size', models.BigIntegerField(blank=True, null=True)),
-                ('input_sha256', models.CharField(blank=True, max_length=64)),
-                ('output_path', models.CharField(blank=True, max_length=300)),
-                ('output_size', models.BigIntegerField(blank=True, null=True)),
-                ('output_files', models.PositiveIntegerField(blank=True, null=True)),
-                ('machine', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='tasks', to='tasks_app.machine')),
-                ('machine_group', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='tasks', to='tasks_app.machinegroup')),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='tasks', to='tasks_app.project')),
+                (
+                    "id",
+                    models.CharField(
+                        default=tasks_app.models.new_task_id, max_length=25, primary_key=True, serialize=False
+                    ),
+                ),
+                ("simulator", models.CharField(max_length=64)),
+                ("simulator_version", models.CharField(blank=True, max_length=64)),
+                ("parameters", models.JSONField(blank=True, default=dict)),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending-input", "Waiting for Input"),
+                            ("submitted", "In Queue"),
+                            ("preparing-to-compute", "Preparing to Compute"),
+                            ("started", "In Progress"),
+                            ("finalizing", "Finalizing"),
+                            ("pending-kill", "Pending Kill"),
+                            ("success", "Success"),
+                            ("failed", "Failed"),
+                            ("killed", "Killed"),
+                            ("zombie", "Machine Terminated in Queue"),
+                            ("spot-instance-preempted", "Spot Reclaimed"),
+                            ("executor-terminated", "Task Runner Terminated"),
+                            ("executor-terminated-by-user", "Machine Terminated by User"),
+                            ("executor-terminated-TTL-exceeded", "Machine Time Limit Reached"),
+                            ("executor-failed", "Runtime Error"),
+                            ("ttl-exceeded", "Task Timed Out"),
+                        ],
+                        default="pending-input",
+                        max_length=40,
+                    ),
+                ),
+                ("status_changed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("attempt", models.PositiveIntegerField(default=0)),
+                ("resubmit_on_preemption", models.BooleanField(default=False)),
+                ("time_to_live_seconds", models.PositiveIntegerField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("queued_at", models.DateTimeField(blank=True, null=True)),
+                ("submitted_at", models.DateTimeField(blank=True, null=True)),
+                ("preparing_at", models.DateTimeField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finalizing_at", models.DateTimeField(blank=True, null=True)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                ("exit_code", models.IntegerField(blank=True, null=True)),
+                ("error_detail", models.TextField(blank=True)),
+                ("input_path", models.CharField(blank=True, max_length=300)),
+                ("input_size", models.BigIntegerField(blank=True, null=True)),
+                ("input_sha256", models.CharField(blank=True, max_length=64)),
+                ("output_path", models.CharField(blank=True, max_length=300)),
+                ("output_size", models.BigIntegerField(blank=True, null=True)),
+                ("output_files", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "machine",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="tasks",
+                        to="tasks_app.machine",
+                    ),
+                ),
+                (
+                    "machine_group",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="tasks",
+                        to="tasks_app.machinegroup",
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="tasks",
+                        to="tasks_app.project",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='TaskEvent',
+            name="TaskEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('from_status', models.CharField(blank=True, choices=[('pending-input', 'Waiting for Input'), ('submitted', 'In Queue'), ('preparing-to-compute', 'Preparing to Compute'), ('started', 'In Progress'), ('finalizing', 'Finalizing'), ('pending-kill', 'Pending Kill'), ('success', 'Success'), ('failed', 'Failed'), ('killed', 'Killed'), ('zombie', 'Machine Terminated in Queue'), ('spot-instance-preempted', 'Spot Reclaimed'), ('executor-terminated', 'Task Runner Terminated'), ('executor-terminated-by-user', 'Machine Terminated by User'), ('executor-terminated-TTL-exceeded', 'Machine Time Limit Reached'), ('executor-failed', 'Runtime Error'), ('ttl-exceeded', 'Task Timed Out')], max_length=40)),
-                ('to_status', models.CharField(choices=[('pending-input', 'Waiting for Input'), ('submitted', 'In Queue'), ('preparing-to-compute', 'Preparing to Compute'), ('started', 'In Progress'), ('finalizing', 'Finalizing'), ('pending-kill', 'Pending Kill'), ('success', 'Success'), ('failed', 'Failed'), ('killed', 'Killed'), ('zombie', 'Machine Terminated in Queue'), ('spot-instance-preempted', 'Spot Reclaimed'), ('executor-terminated', 'Task Runner Terminated'), ('executor-terminated-by-user', 'Machine Terminated by User'), ('executor-terminated-TTL-exceeded', 'Machine Time Limit Reached'), ('executor-failed', 'Runtime Error'), ('ttl-exceeded', 'Task Timed Out')], max_length=40)),
-                ('at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('reason', models.TextField(blank=True)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('machine', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to='tasks_app.machine')),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='tasks_app.task')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "from_status",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("pending-input", "Waiting for Input"),
+                            ("submitted", "In Queue"),
+                            ("preparing-to-compute", "Preparing to Compute"),
+                            ("started", "In Progress"),
+                            ("finalizing", "Finalizing"),
+                            ("pending-kill", "Pending Kill"),
+                            ("success", "Success"),
+                            ("failed", "Failed"),
+                            ("killed", "Killed"),
+                            ("zombie", "Machine Terminated in Queue"),
+                            ("spot-instance-preempted", "Spot Reclaimed"),
+                            ("executor-terminated", "Task Runner Terminated"),
+                            ("executor-terminated-by-user", "Machine Terminated by User"),
+                            ("executor-terminated-TTL-exceeded", "Machine Time Limit Reached"),
+                            ("executor-failed", "Runtime Error"),
+                            ("ttl-exceeded", "Task Timed Out"),
+                        ],
+                        max_length=40,
+                    ),
+                ),
+                (
+                    "to_status",
+                    models.CharField(
+                        choices=[
+                            ("pending-input", "Waiting for Input"),
+                            ("submitted", "In Queue"),
+                            ("preparing-to-compute", "Preparing to Compute"),
+                            ("started", "In Progress"),
+                            ("finalizing", "Finalizing"),
+                            ("pending-kill", "Pending Kill"),
+                            ("success", "Success"),
+                            ("failed", "Failed"),
+                            ("killed", "Killed"),
+                            ("zombie", "Machine Terminated in Queue"),
+                            ("spot-instance-preempted", "Spot Reclaimed"),
+                            ("executor-terminated", "Task Runner Terminated"),
+                            ("executor-terminated-by-user", "Machine Terminated by User"),
+                            ("executor-terminated-TTL-exceeded", "Machine Time Limit Reached"),
+                            ("executor-failed", "Runtime Error"),
+                            ("ttl-exceeded", "Task Timed Out"),
+                        ],
+                        max_length=40,
+                    ),
+                ),
+                ("at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("reason", models.TextField(blank=True)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "machine",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to="tasks_app.machine",
+                    ),
+                ),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="tasks_app.task",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['at', 'id'],
+                "ordering": ["at", "id"],
             },
         ),
         migrations.AddIndex(
-            model_name='machine',
-            index=models.Index(fields=['group', 'state'], name='tasks_app_m_group_i_58f81f_idx'),
+            model_name="machine",
+            index=models.Index(fields=["group", "state"], name="tasks_app_m_group_i_58f81f_idx"),
         ),
         migrations.AddIndex(
-            model_name='machinegroup',
-            index=models.Index(fields=['state', 'provider'], name='tasks_app_m_state_eebe49_idx'),
+            model_name="machinegroup",
+            index=models.Index(fields=["state", "provider"], name="tasks_app_m_state_eebe49_idx"),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['owner', '-created_at'], name='task_owner_created'),
+            model_name="task",
+            index=models.Index(fields=["owner", "-created_at"], name="task_owner_created"),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['project', '-created_at'], name='task_project_created'),
+            model_name="task",
+            index=models.Index(fields=["project", "-created_at"], name="task_project_created"),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['status', '-created_at'], name='task_status_created'),
+            model_name="task",
+            index=models.Index(fields=["status", "-created_at"], name="task_status_created"),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['machine_group', '-created_at'], name='task_group_created'),
+            model_name="task",
+            index=models.Index(fields=["machine_group", "-created_at"], name="task_group_created"),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['-created_at', '-id'], name='task_created'),
+            model_name="task",
+            index=models.Index(fields=["-created_at", "-id"], name="task_created"),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(condition=models.Q(('status', 'submitted')), fields=['machine_group', 'queued_at', 'id'], name='task_queue'),
+            model_name="task",
+            index=models.Index(
+                condition=models.Q(("status", "submitted")),
+                fields=["machine_group", "queued_at", "id"],
+                name="task_queue",
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=django.contrib.postgres.indexes.GinIndex(fields=['metadata'], name='task_metadata'),
+            model_name="task",
+            index=django.contrib.postgres.indexes.GinIndex(fields=["metadata"], name="task_metadata"),
         ),
         migrations.AddIndex(
-            model_name='taskevent',
-            index=models.Index(fields=['task', 'at'], name='tasks_app_t_task_id_adb016_idx'),
+            model_name="taskevent",
+            index=models.Index(fields=["task", "at"], name="tasks_app_t_task_id_adb016_idx"),
         ),
     ]

@@ -189,8 +189,13 @@ class LocalProvider:
             machine = Machine.objects.filter(pk=mid).first()
             if machine is None:
                 continue
-            if machine.state == M.STOPPING and not machine.tasks.filter(status__in=lifecycle.ON_MACHINE).exists():
-                Machine.objects.filter(pk=mid, state=M.STOPPING).update(state=M.STOPPED, stopped_at=timezone.now())
+            if (
+                machine.state == M.STOPPING
+                and not machine.tasks.filter(status__in=lifecycle.ON_MACHINE).exists()
+            ):
+                Machine.objects.filter(pk=mid, state=M.STOPPING).update(
+                    state=M.STOPPED, stopped_at=timezone.now()
+                )
             elif machine.state in LIVE:
                 services.machine_lost(
                     machine, f"The worker process of machine {machine.name} exited (code {proc.returncode})."

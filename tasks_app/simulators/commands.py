@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tasks_app.simulators.base import Invocation, InvalidParameters, Simulator, SimulatorMissing
+from tasks_app.simulators.base import InvalidParameters, Invocation, Simulator, SimulatorMissing
 
 
 class Commands(Simulator):

@@ -100,11 +100,7 @@ class SplishSplash(Simulator):
                 + ".",
                 field=unknown[0],
             )
-        return {
-            "sim_config_filename": _check_scene(
-                parameters.get("sim_config_filename"), input_files
-            )
-        }
+        return {"sim_config_filename": _check_scene(parameters.get("sim_config_filename"), input_files)}
 
     def invocations(self, workdir: Path, parameters: dict) -> list[Invocation]:
         splash = find_splash()
@@ -115,8 +111,7 @@ class SplishSplash(Simulator):
         scene = workdir / parameters["sim_config_filename"]
         if not scene.is_file():
             raise InvalidParameters(
-                f"The scene file {parameters['sim_config_filename']} is not in "
-                "the task's work directory.",
+                f"The scene file {parameters['sim_config_filename']} is not in the task's work directory.",
                 field="sim_config_filename",
             )
         argv = [
@@ -162,14 +157,12 @@ def _check_scene(value: object, input_files: list[str]) -> str:
         )
     if not isinstance(value, str):
         raise InvalidParameters(
-            "sim_config_filename must be a string (a path relative to the "
-            f"input folder). {hint}",
+            f"sim_config_filename must be a string (a path relative to the input folder). {hint}",
             field=field,
         )
     if "\\" in value:
         raise InvalidParameters(
-            f"sim_config_filename {value!r} contains a backslash; use forward "
-            f"slashes. {hint}",
+            f"sim_config_filename {value!r} contains a backslash; use forward slashes. {hint}",
             field=field,
         )
     path = PurePosixPath(value)
@@ -182,8 +175,7 @@ def _check_scene(value: object, input_files: list[str]) -> str:
     name = str(path)
     if not name.lower().endswith(".json"):
         raise InvalidParameters(
-            f"sim_config_filename {value!r} is not a .json file; SPlisHSPlasH "
-            f"scenes are JSON. {hint}",
+            f"sim_config_filename {value!r} is not a .json file; SPlisHSPlasH scenes are JSON. {hint}",
             field=field,
         )
     if name not in available:
