@@ -319,7 +319,7 @@ def _ensure_system_user(name: str) -> tuple[int, int]:
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     nologin = "/usr/sbin/nologin" if Path("/usr/sbin/nologin").exists() else "/bin/false"
     try:
-        subprocess.run(  # noqa: S603 - fixed argv, no shell
+        subprocess.run(
             [
                 useradd,
                 "--system",
@@ -401,7 +401,7 @@ def _run_pg(bin_dir: Path, args: list[str], runner: tuple[int, int] | None, time
     # inherit a pipe and keep communicate() waiting forever.
     with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            proc = subprocess.run(
                 [str(bin_dir / args[0]), *args[1:]],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -911,7 +911,7 @@ def _redis_start(rdir: Path, state: dict) -> int:
     )
     _rotate_log(rdir / "redis.log")
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        proc = subprocess.run(
             [str(server), str(conf)],
             stdin=subprocess.DEVNULL,
             stdout=out,
