@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from simdeck import api, config
 from simdeck.errors import SimdeckError
@@ -45,7 +45,8 @@ def list_tasks(
     if as_json:
         print(json.dumps(items, indent=2))
         return
-    table = Table("ID", "Simulator", "Status", "Machine group", "Created", "Ended")
+    table = Table("Simulator", "Status", "Machine group", "Created", "Ended")
+    table.columns.insert(0, Column("ID", no_wrap=True, min_width=25))
     for t in items:
         table.add_row(
             t["id"],

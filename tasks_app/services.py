@@ -215,7 +215,7 @@ def create_task(
     )
 
 
-def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str) -> Task:
+def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str, actor=None) -> Task:
     """Store the uploaded input archive and put the task in its group's queue."""
     if task.status != Status.PENDING_INPUT:
         raise Refused(
@@ -239,7 +239,7 @@ def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str)
         if not group.is_accepting_tasks:
             lifecycle.transition(task, Status.ZOMBIE, reason=f"Machine group {group.name} was terminated.")
             return task
-        lifecycle.transition(task, Status.SUBMITTED, reason="Input received; queued.")
+        lifecycle.transition(task, Status.SUBMITTED, reason="Input received; queued.", actor=actor)
         enqueue(task, group)
     return task
 

@@ -271,7 +271,7 @@ def upload_input(request, task_id: str):
             "Send the archive's SHA-256 (hex) in X-Content-SHA256.", field="X-Content-SHA256"
         )
     chunks = iter(lambda: request.read(storage.CHUNK), b"")
-    services.accept_input(task, chunks, size=size, sha256=sha256)
+    services.accept_input(task, chunks, size=size, sha256=sha256, actor=request.user)
     return _tasks(request.user).get(pk=task.pk)
 
 

@@ -78,7 +78,9 @@ class Execution:
             self.cleanup()
             return
         version = simulator.version()
-        if not self.move(Status.STARTED, f"{simulator.label} {version} started.", simulator_version=version):
+        if not self.move(
+            Status.STARTED, f"{simulator.label} started (version {version}).", simulator_version=version
+        ):
             self.cleanup()
             return
         outcome = run_invocations(
