@@ -92,19 +92,32 @@ class Stack:
         )
         self.procs: list[subprocess.Popen] = []
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.home / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=self.env | (env or {}), stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         self.procs.append(proc)
         return proc
+
+    def start_provider(self, **env: str) -> None:
+        argv = [sys.executable, "manage.py", "runprovider", "--interval", "0.5"]
+        self.provider = self.spawn("provider", argv, env)
+
+    def restart_provider(self, **env: str) -> None:
+        """A new provider whose machines get ``env`` added to their environment."""
+        self.provider.terminate()
+        self.provider.wait(timeout=60)
+        self.procs.remove(self.provider)
+        self.start_provider(**env)
 
     def start(self) -> Stack:
         py = sys.executable
         self.spawn(
             "web", [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "console.asgi:application"]
         )
-        self.spawn("provider", [py, "manage.py", "runprovider", "--interval", "0.5"])
+        self.start_provider()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -122,3 +122,59 @@ def test_a_terminated_group_takes_no_new_tasks(stack, client_for, alice_key):
             input_dir=EXAMPLES / "commands-mesh-solve", commands=["true"], on=mg
         )
     assert not Task.objects.exists()
+
+
+def test_a_second_delivery_of_a_task_message_does_not_run_it_again(stack, client_for, alice_key):
+    from tasks_app.models import TaskEvent
+    from tasks_app.tasks import run_task
+
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = simdeck.simulators.Commands().run(
+        input_dir=EXAMPLES / "commands-mesh-solve", commands=["sleep 2", "echo ran"], on=mg
+    )
+    # The broker hands the same message out again, as after a visibility timeout.
+    run_task.apply_async(args=[task.id], queue=MachineGroup.objects.get(name=mg.name).queue_name)
+    assert task.wait(polling_period=0.3, silent_mode=True) == "success"
+    run_task.apply_async(args=[task.id], queue=MachineGroup.objects.get(name=mg.name).queue_name)
+    logs = stack.home / "logs" / "machines"
+    wait_for(
+        lambda: sum(p.read_text().count("not queued; message dropped") for p in logs.glob("*.log")) == 2,
+        timeout=20,
+        message="both extra deliveries to be dropped",
+    )
+    assert TaskEvent.objects.filter(task_id=task.id, to_status=Status.PREPARING).count() == 1
+    assert Task.objects.get(pk=task.id).attempt == 1
+    assert Path(task.download_outputs()).joinpath("stdout.txt").read_text() == "ran\n"
+
+
+def test_a_machine_without_the_simulator_ends_the_task_with_a_runtime_error(stack, client_for, alice_key):
+    stack.restart_provider(SIMDECK_SPLASH_BIN="/opt/nowhere/splash")
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = simdeck.simulators.SplishSplash().run(
+        input_dir=EXAMPLES / "splishsplash-dambreak", sim_config_filename="config.json", on=mg
+    )
+    assert task.wait(polling_period=0.3, silent_mode=True) == "executor-failed"
+    info = task.get_info()
+    assert info["status_label"] == "Runtime Error"
+    assert "/opt/nowhere/splash" in info["error_detail"]
+    assert "not available on machine" in info["error_detail"]
+
+
+def test_bad_input_is_caught_before_anything_is_created(stack, client_for, alice_key, tmp_path):
+    client_for(alice_key)
+    sim = simdeck.simulators.SplishSplash()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sim.run(input_dir=tmp_path / "missing", sim_config_filename="config.json", on="default")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is empty"):
+        sim.run(input_dir=tmp_path / "empty", sim_config_filename="config.json", on="default")
+    with pytest.raises(FileNotFoundError, match="scene.json"):
+        sim.run(input_dir=EXAMPLES / "splishsplash-dambreak", sim_config_filename="scene.json", on="default")
+    with pytest.raises(SimdeckError, match="Available: "):
+        simdeck.resources.MachineGroup("z9-enormous").start()
+    client_for("sdk_not-a-key")
+    with pytest.raises(simdeck.errors.AuthenticationFailed, match="API key"):
+        simdeck.tasks.get()
+    assert not Task.objects.exists()

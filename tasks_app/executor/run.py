@@ -119,8 +119,12 @@ class Execution:
             self.inputs[path.relative_to(self.workdir).as_posix()] = (st.st_size, st.st_mtime_ns)
         try:
             invocations = simulator.invocations(self.workdir, self.task.parameters)
-        except (sims.SimulatorMissing, sims.InvalidParameters) as exc:
-            raise RuntimeFailure(str(exc)) from exc
+        except sims.SimulatorMissing as exc:
+            raise RuntimeFailure(
+                f"The simulator is not available on machine {self.machine.name}: {exc}"
+            ) from exc
+        except sims.InvalidParameters as exc:
+            raise RuntimeFailure(f"The input does not fit the simulator: {exc}") from exc
         return simulator, invocations
 
     def environment(self) -> dict[str, str]:

@@ -31,7 +31,15 @@ ALLOWED_PARAMETERS = {"sim_config_filename"}
 
 
 def find_splash() -> str:
-    """Path of the ``splash`` script, preferring the one beside this Python."""
+    """Path of the ``splash`` script: ``SIMDECK_SPLASH_BIN`` if set, else beside this Python, else PATH."""
+    chosen = os.environ.get("SIMDECK_SPLASH_BIN")
+    if chosen:
+        if Path(chosen).is_file() and os.access(chosen, os.X_OK):
+            return chosen
+        raise SimulatorMissing(
+            f"SIMDECK_SPLASH_BIN names {chosen}, which is not an executable file on this machine. "
+            "Point it at SPlisHSPlasH's 'splash' program or unset it."
+        )
     beside = Path(sys.executable).parent / "splash"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
