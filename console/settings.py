@@ -138,13 +138,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_DEFAULT_QUEUE = "control"
+# Queue names start with this, so instances sharing one broker keep apart.
+SIMDECK_QUEUE_PREFIX = env.str("SIMDECK_QUEUE_PREFIX", default="simdeck")
+CELERY_TASK_DEFAULT_QUEUE = f"{SIMDECK_QUEUE_PREFIX}.control"
 CELERY_BEAT_SCHEDULE_FILENAME = str(SIMDECK_HOME / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
-    "clean-abandoned-uploads": {
-        "task": "tasks_app.scheduler.clean_abandoned_uploads",
-        "schedule": 60.0,
-    },
+    "clean-abandoned-uploads": {"task": "simdeck.clean_abandoned_uploads", "schedule": 60.0},
+    "housekeeping": {"task": "simdeck.housekeeping", "schedule": 5.0},
 }
 
 # Simdeck itself.
@@ -154,6 +154,17 @@ SIMDECK_MAX_UPLOAD_BYTES = env.int("SIMDECK_MAX_UPLOAD_BYTES", default=10 * 1024
 SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES = env.int("SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES", default=60)
 SIMDECK_HEARTBEAT_SECONDS = env.float("SIMDECK_HEARTBEAT_SECONDS", default=5.0)
 SIMDECK_KILL_GRACE_SECONDS = env.float("SIMDECK_KILL_GRACE_SECONDS", default=10.0)
+# A machine whose heartbeat is older than this is lost (its worker died or its host went away).
+SIMDECK_MACHINE_LOST_SECONDS = env.float("SIMDECK_MACHINE_LOST_SECONDS", default=20.0)
+# How often the scheduler checks group limits, lost machines and lost queue messages.
+SIMDECK_HOUSEKEEPING_SECONDS = env.float("SIMDECK_HOUSEKEEPING_SECONDS", default=5.0)
+CELERY_BEAT_SCHEDULE["housekeeping"]["schedule"] = SIMDECK_HOUSEKEEPING_SECONDS
+# Spot rehearsals: the chance per machine and hour that the local provider reclaims it.
+SIMDECK_SPOT_RECLAIM_RATE = env.float("SIMDECK_SPOT_RECLAIM_RATE", default=0.0)
+# What a "GB" of disk and of memory is. Rehearsals and tests shrink them to
+# exercise the limits with small files; in production leave them alone.
+SIMDECK_DISK_GB_BYTES = env.int("SIMDECK_DISK_GB_BYTES", default=2**30)
+SIMDECK_MEMORY_GB_BYTES = env.int("SIMDECK_MEMORY_GB_BYTES", default=2**30)
 SIMDECK_DEFAULT_MACHINE_TYPE = env.str("SIMDECK_DEFAULT_MACHINE_TYPE", default="c2-standard-4")
 # The catalog of machine types: name -> vCPUs and memory (GiB). The local
 # provider pins each worker to that many cores, where the host has them.

@@ -52,13 +52,19 @@ class MachineGroup(models.Model):
     num_machines = models.PositiveIntegerField(
         default=1, validators=[MinValueValidator(1), MaxValueValidator(64)]
     )
+    # Elastic groups grow from min_machines towards max_machines while tasks
+    # wait, and shrink back when machines idle. Fixed groups leave both empty.
+    min_machines = models.PositiveIntegerField(null=True, blank=True)
+    max_machines = models.PositiveIntegerField(null=True, blank=True)
     spot = models.BooleanField(default=False)
     data_disk_gb = models.PositiveIntegerField(
         default=10, validators=[MinValueValidator(1), MaxValueValidator(65536)]
     )
     auto_resize_disk_max_gb = models.PositiveIntegerField(null=True, blank=True)
-    max_idle_time_minutes = models.PositiveIntegerField(null=True, blank=True, default=3)
-    auto_terminate_minutes = models.PositiveIntegerField(null=True, blank=True)
+    # Minutes, fractions allowed. Idle means no task queued or running.
+    max_idle_time_minutes = models.FloatField(null=True, blank=True, default=3)
+    auto_terminate_minutes = models.FloatField(null=True, blank=True)
+    resubmit_on_preemption = models.BooleanField(default=False)
     state = models.CharField(max_length=16, choices=State.choices, default=State.CREATED)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -74,11 +80,15 @@ class MachineGroup(models.Model):
     @property
     def queue_name(self) -> str:
         """The Celery queue its machines consume: one per group."""
-        return f"group.{self.pk}"
+        return f"{settings.SIMDECK_QUEUE_PREFIX}.group.{self.pk}"
 
     @property
     def is_accepting_tasks(self) -> bool:
         return self.state in (self.State.CREATED, self.State.STARTED)
+
+    @property
+    def is_elastic(self) -> bool:
+        return self.max_machines is not None
 
 
 class Machine(models.Model):
@@ -88,6 +98,7 @@ class Machine(models.Model):
         STOPPING = "stopping", "Stopping"
         STOPPED = "stopped", "Stopped"
         LOST = "lost", "Lost"
+        RECLAIMED = "reclaimed", "Reclaimed"
 
     group = models.ForeignKey(MachineGroup, on_delete=models.CASCADE, related_name="machines")
     name = models.CharField(max_length=100, unique=True)
@@ -221,6 +232,29 @@ class TaskEvent(models.Model):
     @property
     def to_label(self) -> str:
         return Status(self.to_status).label
+
+
+class Activity(models.Model):
+    """Something worth telling that is not a status change: a disk resized,
+    a machine reclaimed, a group stopping itself. Shown on task and group pages."""
+
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=40)
+    message = models.TextField()
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.CASCADE, related_name="activities")
+    group = models.ForeignKey(
+        MachineGroup, null=True, blank=True, on_delete=models.CASCADE, related_name="activities"
+    )
+    machine = models.ForeignKey(Machine, null=True, blank=True, on_delete=models.SET_NULL)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["task", "at"]), models.Index(fields=["group", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
 
 
 class APIKey(models.Model):

@@ -19,7 +19,7 @@ from django.utils import timezone
 from tasks_app import lifecycle, storage
 from tasks_app import simulators as sims
 from tasks_app.lifecycle import Status
-from tasks_app.models import Machine, MachineGroup, Project, Task
+from tasks_app.models import Activity, Machine, MachineGroup, Project, Task
 
 
 class Refused(Exception):
@@ -82,8 +82,11 @@ def create_group(
     spot: bool = False,
     data_disk_gb: int = 10,
     auto_resize_disk_max_gb: int | None = None,
-    max_idle_time: int | None = 3,
-    auto_terminate_minutes: int | None = None,
+    max_idle_time: float | None = 3,
+    auto_terminate_minutes: float | None = None,
+    min_machines: int | None = None,
+    max_machines: int | None = None,
+    resubmit_on_preemption: bool = False,
 ) -> MachineGroup:
     types = settings.SIMDECK_MACHINE_TYPES
     if machine_type not in types:
@@ -92,8 +95,25 @@ def create_group(
             field="machine_type",
             code="unknown_machine_type",
         )
+    if max_machines is not None or min_machines is not None:
+        min_machines = 1 if min_machines is None else min_machines
+        max_machines = max(min_machines, 2) if max_machines is None else max_machines
+        if not 0 <= min_machines <= max_machines <= 64 or max_machines < 1:
+            raise Refused(
+                "An elastic group needs 0 <= min_machines <= max_machines <= 64 and max_machines >= 1.",
+                field="max_machines",
+            )
+        num_machines = max(min_machines, 1)
     if not 1 <= num_machines <= 64:
         raise Refused("num_machines must be between 1 and 64.", field="num_machines")
+    for field, minutes in (
+        ("max_idle_time", max_idle_time),
+        ("auto_terminate_minutes", auto_terminate_minutes),
+    ):
+        if minutes is not None and minutes <= 0:
+            raise Refused(
+                f"{field} is in minutes and must be more than 0 (or null for no limit).", field=field
+            )
     if not 1 <= data_disk_gb <= 65536:
         raise Refused("data_disk_gb must be between 1 and 65536.", field="data_disk_gb")
     if auto_resize_disk_max_gb is not None and auto_resize_disk_max_gb < data_disk_gb:
@@ -120,6 +140,9 @@ def create_group(
         auto_resize_disk_max_gb=auto_resize_disk_max_gb,
         max_idle_time_minutes=max_idle_time,
         auto_terminate_minutes=auto_terminate_minutes,
+        min_machines=min_machines,
+        max_machines=max_machines,
+        resubmit_on_preemption=resubmit_on_preemption,
     )
 
 
@@ -210,7 +233,7 @@ def create_task(
         simulator=adapter.name,
         parameters=parameters,
         metadata=metadata,
-        resubmit_on_preemption=resubmit_on_preemption,
+        resubmit_on_preemption=resubmit_on_preemption or machine_group.resubmit_on_preemption,
         time_to_live_seconds=parse_duration(time_to_live),
     )
 
@@ -245,10 +268,20 @@ def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str,
 
 
 def enqueue(task: Task, group: MachineGroup) -> None:
-    from tasks_app.tasks import run_task
+    """Tell the group's machines that a task waits; sent once the transaction commits."""
+    transaction.on_commit(lambda: publish_tokens(group, 1))
 
-    queue = group.queue_name
-    transaction.on_commit(lambda: run_task.apply_async(args=[task.pk], queue=queue))
+
+def publish_tokens(group: MachineGroup, count: int) -> None:
+    """Put ``count`` "a task is waiting" messages in the group's queue.
+
+    They carry no task id: the machine that receives one claims the head of
+    the queue in the database, so the order is the database's.
+    """
+    from tasks_app.tasks import run_next
+
+    for _ in range(count):
+        run_next.apply_async(args=[group.pk], queue=group.queue_name)
 
 
 def clean_abandoned_uploads(older_than_minutes: int) -> int:
@@ -267,25 +300,47 @@ def clean_abandoned_uploads(older_than_minutes: int) -> int:
 
 def machine_lost(machine: Machine, reason: str) -> None:
     """A machine vanished: its task ends as runner-terminated, requeued if asked."""
+    _machine_gone(machine, Machine.State.LOST, Status.EXECUTOR_TERMINATED, reason)
+
+
+def reclaim_machine(machine: Machine, *, reason: str = "", actor=None) -> None:
+    """Take a spot machine back, as a cloud provider would: its task is preempted."""
+    if not machine.group.spot:
+        raise Refused(
+            f"Machine {machine.name} is not a spot machine; only spot groups can be reclaimed.",
+            code="not_spot",
+            status=409,
+        )
+    reason = reason or f"Spot machine {machine.name} was reclaimed."
+    if _machine_gone(machine, Machine.State.RECLAIMED, Status.SPOT_PREEMPTED, reason, actor=actor):
+        Activity.objects.create(
+            kind="machine-reclaimed", group=machine.group, machine=machine, actor=actor, message=reason
+        )
+
+
+def _machine_gone(machine: Machine, state: str, ending: Status, reason: str, actor=None) -> bool:
     with transaction.atomic():
         updated = Machine.objects.filter(
             pk=machine.pk,
             state__in=[Machine.State.PROVISIONING, Machine.State.ONLINE, Machine.State.STOPPING],
-        ).update(state=Machine.State.LOST, stopped_at=timezone.now())
+        ).update(state=state, stopped_at=timezone.now())
         if not updated:
-            return
+            return False
         for task in Task.objects.filter(machine=machine, status__in=lifecycle.ON_MACHINE):
             if task.status == Status.PENDING_KILL:
-                lifecycle.transition(task, Status.KILLED, reason=reason, by_machine=machine)
+                lifecycle.transition(task, Status.KILLED, reason=reason, by_machine=machine, actor=actor)
+                continue
+            if ending not in lifecycle.TRANSITIONS[Status(task.status)]:
                 continue
             if not lifecycle.transition(
-                task, Status.EXECUTOR_TERMINATED, reason=reason, by_machine=machine, error_detail=reason
+                task, ending, reason=reason, by_machine=machine, actor=actor, error_detail=reason
             ):
                 continue
             group = MachineGroup.objects.get(pk=task.machine_group_id)
             if task.resubmit_on_preemption and group.is_accepting_tasks:
                 lifecycle.transition(task, Status.SUBMITTED, reason="Resubmitted after losing its machine.")
                 enqueue(task, group)
+    return True
 
 
 def kill_task(task: Task, *, actor=None) -> tuple[bool, str]:
@@ -310,6 +365,12 @@ def kill_task(task: Task, *, actor=None) -> tuple[bool, str]:
             return True, f"Task {task.id} is being stopped by its machine."
         task.refresh_from_db()
     return False, f"Task {task.id} keeps changing status; try again."
+
+
+def kill_all(tasks, *, actor=None) -> list[tuple[str, bool, str]]:
+    """Kill every task of ``tasks`` that has not ended; returns (id, changed, message) each."""
+    active = tasks.filter(status__in=lifecycle.ACTIVE - {Status.PENDING_KILL}).order_by("created_at")
+    return [(task.id, *kill_task(task, actor=actor)) for task in active]
 
 
 # -- metadata ------------------------------------------------------------------

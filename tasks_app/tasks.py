@@ -3,17 +3,23 @@
 from celery import shared_task
 from django.conf import settings
 
-from tasks_app import services
+from tasks_app import scheduler, services
 from tasks_app.executor import machine as _machine  # noqa: F401  (connects the worker signals)
 from tasks_app.executor.machine import current_machine
-from tasks_app.executor.run import execute
+from tasks_app.executor.run import execute_next
 
 
-@shared_task(name="tasks_app.run_task")
-def run_task(task_id: str) -> None:
-    execute(task_id, current_machine())
+@shared_task(name="simdeck.run_next")
+def run_next(group_id: int) -> str | None:
+    """A task waits in this machine's group: claim the head of the queue and run it."""
+    return execute_next(group_id, current_machine())
 
 
-@shared_task(name="tasks_app.scheduler.clean_abandoned_uploads")
+@shared_task(name="simdeck.clean_abandoned_uploads")
 def clean_abandoned_uploads() -> int:
     return services.clean_abandoned_uploads(settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
+
+
+@shared_task(name="simdeck.housekeeping")
+def housekeeping() -> dict:
+    return scheduler.housekeeping()

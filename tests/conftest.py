@@ -89,6 +89,9 @@ class Stack:
             CONN_MAX_AGE="0",
             SIMDECK_KILL_GRACE_SECONDS="3",
             SIMDECK_HEARTBEAT_SECONDS="1",
+            SIMDECK_HOUSEKEEPING_SECONDS="1",
+            SIMDECK_MACHINE_LOST_SECONDS="6",
+            SIMDECK_QUEUE_PREFIX=f"test{self.port}",
         )
         self.procs: list[subprocess.Popen] = []
 
@@ -118,6 +121,12 @@ class Stack:
             "web", [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "console.asgi:application"]
         )
         self.start_provider()
+        self.spawn(
+            "scheduler",
+            [py, "-m", "celery", "-A", "console", "worker", "--beat", "--queues", f"test{self.port}.control"]
+            + ["--concurrency", "1", "--hostname", f"scheduler-{self.port}@%h", "--without-gossip"]
+            + ["--without-mingle", "--loglevel", "INFO"],
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -158,7 +167,10 @@ def stack(transactional_db, tmp_path, monkeypatch):
     home = tmp_path / "simdeck-home"
     home.mkdir()
     monkeypatch.setattr(settings, "SIMDECK_HOME", home)
-    s = Stack(home).start()
+    s = Stack(home)
+    # What this process sends to the machines must reach the stack's queues.
+    monkeypatch.setattr(settings, "SIMDECK_QUEUE_PREFIX", f"test{s.port}")
+    s.start()
     yield s
     s.stop()
 

@@ -167,8 +167,11 @@ class GroupIn(Schema):
     spot: bool = False
     data_disk_gb: int = 10
     auto_resize_disk_max_gb: int | None = None
-    max_idle_time: int | None = Field(3, description="Minutes without a task before the group stops itself.")
-    auto_terminate_minutes: int | None = None
+    max_idle_time: float | None = Field(3, description="Minutes without a task before the group stops itself.")
+    auto_terminate_minutes: float | None = Field(None, description="Minutes until the group stops itself.")
+    min_machines: int | None = Field(None, description="Elastic groups: fewest machines kept.")
+    max_machines: int | None = Field(None, description="Elastic groups: most machines while tasks wait.")
+    resubmit_on_preemption: bool = Field(False, description="Default for tasks submitted here.")
     start: bool = Field(False, description="Start the group right away.")
 
 
@@ -189,8 +192,11 @@ class GroupOut(Schema):
     spot: bool
     data_disk_gb: int
     auto_resize_disk_max_gb: int | None
-    max_idle_time: int | None = Field(alias="max_idle_time_minutes")
-    auto_terminate_minutes: int | None
+    max_idle_time: float | None = Field(alias="max_idle_time_minutes")
+    auto_terminate_minutes: float | None
+    min_machines: int | None
+    max_machines: int | None
+    resubmit_on_preemption: bool
     state: str
     project: str
     created_at: datetime

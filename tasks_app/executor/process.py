@@ -21,9 +21,9 @@ from typing import BinaryIO
 
 from tasks_app.simulators import Invocation
 
-# ``should_stop`` is asked about once a second while a command runs; a
+# ``should_stop(pid)`` is asked about once a second while a command runs; a
 # non-empty answer stops the task and names why.
-StopCheck = Callable[[], str | None]
+StopCheck = Callable[[int], str | None]
 
 
 @dataclasses.dataclass
@@ -95,7 +95,7 @@ def run_invocations(
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                stopped = should_stop()
+                stopped = should_stop(proc.pid)
                 if stopped:
                     stop_process_group(proc, grace_seconds)
                     exit_code = proc.wait()

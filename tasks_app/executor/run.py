@@ -1,13 +1,17 @@
-"""What a machine does with one task, from picking it up to its final status.
+"""What a machine does with one task, from claiming it to its final status.
 
-    submitted -> preparing-to-compute   fetch the input into a fresh work directory
-              -> started                run the simulator's commands
+    submitted -> preparing-to-compute   claim the head of the queue, fetch its input
+              -> started                run the simulator's commands, watching them
               -> finalizing             store outputs and logs
               -> success | failed       by the simulator's exit code
 
-Any move may lose a race (the task was killed, its group terminated): the
-lifecycle then answers False and the executor stops the simulation, keeps
-the logs and leaves the status to whoever changed it.
+The broker's messages are only "a task is waiting in group G" tokens: the
+order of the queue is the database's (``queued_at``), so a task requeued
+after losing its machine goes back to the front, and a token delivered twice
+claims at most one task each time. Any move may lose a race (the task was
+killed, its group terminated): the lifecycle then answers False and the
+executor stops the simulation, keeps the logs and leaves the status to
+whoever changed it, finishing a kill when that is what happened.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
+import psutil
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -26,21 +33,51 @@ from tasks_app import archives, lifecycle, storage
 from tasks_app import simulators as sims
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.lifecycle import Status
-from tasks_app.models import Machine, Task
+from tasks_app.models import Activity, Machine, Task
 
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 20
+# Measuring a large work directory costs a walk of its tree; do it this often.
+DISK_CHECK_SECONDS = 2.0
 
 
 class RuntimeFailure(Exception):
     """A problem of the machine, not of the simulation: ends ``executor-failed``."""
 
 
+def directory_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass  # removed while we looked
+    return total
+
+
+def tree_memory(pid: int) -> int:
+    """Resident memory of a process and everything below it, in bytes."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 class Execution:
     def __init__(self, task: Task, machine: Machine):
         self.task = task
         self.machine = machine
+        self.group = machine.group
         base = Path(settings.SIMDECK_WORK_DIR) / machine.name / task.id
         self.base = base
         self.workdir = base / "work"
@@ -48,6 +85,13 @@ class Execution:
         self.stdout = self.logdir / "stdout.txt"
         self.stderr = self.logdir / "stderr.txt"
         self.inputs: dict[str, tuple[int, int]] = {}
+        unit = settings.SIMDECK_DISK_GB_BYTES
+        self.disk_limit = self.group.data_disk_gb * unit
+        self.disk_max = (self.group.auto_resize_disk_max_gb or self.group.data_disk_gb) * unit
+        spec = settings.SIMDECK_MACHINE_TYPES.get(self.group.machine_type, {})
+        self.memory_limit = int(float(spec.get("memory_gb", 0)) * settings.SIMDECK_MEMORY_GB_BYTES) or None
+        self.failure: str | None = None  # set by a watch that stopped the task
+        self.next_disk_check = 0.0
 
     # -- moves ---------------------------------------------------------------
 
@@ -59,18 +103,18 @@ class Execution:
         return moved
 
     def fail_runtime(self, message: str) -> None:
-        self.move(Status.EXECUTOR_FAILED, message, error_detail=message)
+        if not self.move(Status.EXECUTOR_FAILED, message, error_detail=message):
+            self.finish_kill()
+
+    def finish_kill(self) -> None:
+        """A kill requested while we worked: complete it."""
+        if self.task.status == Status.PENDING_KILL:
+            self.move(Status.KILLED, "Stopped on request.")
 
     # -- phases --------------------------------------------------------------
 
     def run(self) -> None:
-        if not self.move(
-            Status.PREPARING,
-            f"Picked up by machine {self.machine.name}.",
-            machine=self.machine,
-            attempt=F("attempt") + 1,
-        ):
-            return
+        """Run a task this machine has claimed (it is preparing-to-compute)."""
         try:
             simulator, invocations = self.prepare()
         except RuntimeFailure as exc:
@@ -81,6 +125,7 @@ class Execution:
         if not self.move(
             Status.STARTED, f"{simulator.label} started (version {version}).", simulator_version=version
         ):
+            self.finish_kill()
             self.cleanup()
             return
         outcome = run_invocations(
@@ -100,13 +145,12 @@ class Execution:
             shutil.rmtree(self.base)
         self.workdir.mkdir(parents=True)
         self.logdir.mkdir(parents=True)
+        missing = f"The simulator is not available on machine {self.machine.name}"
         try:
             simulator = sims.get(self.task.simulator)
             simulator.version()
         except (sims.UnknownSimulator, sims.SimulatorMissing) as exc:
-            raise RuntimeFailure(
-                f"The simulator is not available on machine {self.machine.name}: {exc}"
-            ) from exc
+            raise RuntimeFailure(f"{missing}: {exc}") from exc
         try:
             with storage.open_file(self.task.input_path) as archive:
                 files = archives.safe_extract(archive, self.workdir)
@@ -120,9 +164,7 @@ class Execution:
         try:
             invocations = simulator.invocations(self.workdir, self.task.parameters)
         except sims.SimulatorMissing as exc:
-            raise RuntimeFailure(
-                f"The simulator is not available on machine {self.machine.name}: {exc}"
-            ) from exc
+            raise RuntimeFailure(f"{missing}: {exc}") from exc
         except sims.InvalidParameters as exc:
             raise RuntimeFailure(f"The input does not fit the simulator: {exc}") from exc
         return simulator, invocations
@@ -132,47 +174,82 @@ class Execution:
         # Command lines say "python": give them this machine's interpreter.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["SIMDECK_TASK_ID"] = self.task.id
-        for name in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "SECRET_KEY"):
+        for name in (
+            "DJANGO_SETTINGS_MODULE",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "SECRET_KEY",
+            "CELERY_BROKER_URL",
+        ):
             env.pop(name, None)
         return env
 
-    def should_stop(self) -> str | None:
-        """Asked once a second while the simulator runs."""
+    # -- watching the running simulation --------------------------------------
+
+    def should_stop(self, pid: int) -> str | None:
+        """Asked about once a second while the simulator runs; a reason stops it."""
         status = Task.objects.filter(pk=self.task.id).values_list("status", flat=True).first()
         if status != Status.STARTED:
             return f"the task became {status}"
         ttl = self.task.time_to_live_seconds
         if ttl and (timezone.now() - self.task.started_at).total_seconds() > ttl:
             return "time to live exceeded"
+        if self.memory_limit:
+            used = tree_memory(pid)
+            if used > self.memory_limit:
+                self.failure = (
+                    f"The simulation used {used / 2**30:.2f} GB of memory, more than the "
+                    f"{self.group.machine_type} machine's {self.memory_limit / 2**30:.2f} GB. "
+                    "Use a machine type with more memory."
+                )
+                return "memory limit exceeded"
+        if time.monotonic() >= self.next_disk_check:
+            self.next_disk_check = time.monotonic() + DISK_CHECK_SECONDS
+            return self.check_disk()
         return None
+
+    def check_disk(self) -> str | None:
+        used = directory_size(self.workdir)
+        while used > self.disk_limit and self.disk_limit < self.disk_max:
+            # Auto-resize: grow by the group's base size, up to its maximum.
+            unit = settings.SIMDECK_DISK_GB_BYTES
+            old = self.disk_limit
+            self.disk_limit = min(self.disk_max, self.disk_limit + self.group.data_disk_gb * unit)
+            Activity.objects.create(
+                kind="disk-resized",
+                task_id=self.task.id,
+                group=self.group,
+                machine=self.machine,
+                message=f"The work disk grew from {old // unit} GB to {self.disk_limit // unit} GB.",
+                data={"from_gb": old // unit, "to_gb": self.disk_limit // unit, "used_bytes": used},
+            )
+        if used > self.disk_limit:
+            unit = settings.SIMDECK_DISK_GB_BYTES
+            self.failure = (
+                f"The work directory outgrew the machine's disk: {used / unit:.2f} GB used of "
+                f"{self.disk_limit // unit} GB. Use a group with a larger data_disk_gb, or set "
+                "auto_resize_disk_max_gb to let the disk grow."
+            )
+            return "disk full"
+        return None
+
+    # -- endings ---------------------------------------------------------------
 
     def finish(self, outcome: Outcome) -> None:
         self.task.refresh_from_db(fields=["status"])
-        status = Status(self.task.status)
         if outcome.stopped is None:
-            reason = f"The simulator exited with code {outcome.exit_code}."
-            if not self.move(Status.FINALIZING, reason, exit_code=outcome.exit_code):
-                self.store(logs_only=True)
-                return
-            try:
-                self.store()
-            except OSError as exc:
-                self.fail_runtime(f"The outputs could not be stored: {exc}")
-                return
-            if outcome.exit_code == 0:
-                self.move(Status.SUCCESS, "Outputs stored.")
-            else:
-                detail = f"The simulator exited with code {outcome.exit_code}."
-                stderr = tail(self.stderr, STDERR_TAIL_LINES)
-                if stderr:
-                    detail += f" Last lines of stderr:\n{stderr}"
-                self.move(Status.FAILED, f"Exit code {outcome.exit_code}.", error_detail=detail)
+            self.finish_normally(outcome)
             return
-        # Stopped from outside. Whatever it wrote so far is kept.
-        self.store(logs_only=status not in (Status.PENDING_KILL, Status.STARTED))
-        if status == Status.PENDING_KILL:
+        # Stopped from outside or by a watch. Whatever it wrote so far is kept.
+        status = Status(self.task.status)
+        if self.failure and status == Status.STARTED:
+            self.store(logs_only=False)
+            self.fail_runtime(self.failure)
+        elif status == Status.PENDING_KILL:
+            self.store(logs_only=False)
             self.move(Status.KILLED, "Stopped on request.", exit_code=outcome.exit_code)
         elif status == Status.STARTED and outcome.stopped == "time to live exceeded":
+            self.store(logs_only=False)
             ttl = self.task.time_to_live_seconds
             self.move(
                 Status.TTL_EXCEEDED,
@@ -180,6 +257,29 @@ class Execution:
                 exit_code=outcome.exit_code,
                 error_detail=f"The task was stopped after its time to live of {ttl} seconds.",
             )
+        else:
+            # Ended by its group's termination or by losing the machine: logs only.
+            self.store(logs_only=True)
+
+    def finish_normally(self, outcome: Outcome) -> None:
+        reason = f"The simulator exited with code {outcome.exit_code}."
+        if not self.move(Status.FINALIZING, reason, exit_code=outcome.exit_code):
+            self.store(logs_only=True)
+            self.finish_kill()
+            return
+        try:
+            self.store()
+        except OSError as exc:
+            self.fail_runtime(f"The outputs could not be stored: {exc}")
+            return
+        if outcome.exit_code == 0:
+            self.move(Status.SUCCESS, "Outputs stored.")
+            return
+        detail = f"The simulator exited with code {outcome.exit_code}."
+        stderr = tail(self.stderr, STDERR_TAIL_LINES)
+        if stderr:
+            detail += f" Last lines of stderr:\n{stderr}"
+        self.move(Status.FAILED, f"Exit code {outcome.exit_code}.", error_detail=detail)
 
     def store(self, logs_only: bool = False) -> None:
         """Upload logs, and the files the simulation made or changed."""
@@ -188,9 +288,8 @@ class Execution:
                 storage.save_file(storage.log_name(self.task.id, stream), path)
         if logs_only:
             return
-        files = [(self.stdout, "stdout.txt"), (self.stderr, "stderr.txt")]
-        size = sum(p.stat().st_size for p, _ in files if p.exists())
-        files = [(p, n) for p, n in files if p.exists()]
+        files = [(p, n) for p, n in ((self.stdout, "stdout.txt"), (self.stderr, "stderr.txt")) if p.exists()]
+        size = sum(p.stat().st_size for p, _ in files)
         for path in sorted(self.workdir.rglob("*")):
             if not path.is_file() or path.is_symlink():
                 continue
@@ -210,13 +309,41 @@ class Execution:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def execute(task_id: str, machine: Machine) -> None:
-    task = Task.objects.filter(pk=task_id).first()
+def claim_next(group_id: int, machine: Machine) -> Task | None:
+    """Take the head of the group's queue for this machine, or None if it is empty.
+
+    ``SKIP LOCKED`` lets machines claim in parallel without waiting on each
+    other; the guarded move makes each claim exactly-once.
+    """
+    with transaction.atomic():
+        task = (
+            Task.objects.select_for_update(skip_locked=True)
+            .filter(machine_group_id=group_id, status=Status.SUBMITTED)
+            .order_by("queued_at", "id")
+            .first()
+        )
+        if task is None:
+            return None
+        lifecycle.transition(
+            task,
+            Status.PREPARING,
+            reason=f"Picked up by machine {machine.name}.",
+            by_machine=machine,
+            machine=machine,
+            attempt=F("attempt") + 1,
+        )
+    task.refresh_from_db()
+    return task
+
+
+def execute_next(group_id: int, machine: Machine) -> str | None:
+    """Handle one token: run the task at the head of the queue, if any."""
+    if machine.group_id != group_id:
+        log.warning("Machine %s got a token for group %s; dropped", machine.name, group_id)
+        return None
+    task = claim_next(group_id, machine)
     if task is None:
-        log.warning("Task %s does not exist; message dropped", task_id)
-        return
-    if task.status != Status.SUBMITTED:
-        # A second delivery of the same message: the task already left the queue.
-        log.info("Task %s is %s, not queued; message dropped", task_id, task.status)
-        return
+        log.info("Nothing queued in group %s; token dropped", group_id)
+        return None
     Execution(task, machine).run()
+    return task.id

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import signal
 import subprocess
@@ -25,7 +26,8 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from tasks_app import lifecycle, services
-from tasks_app.models import Machine, MachineGroup
+from tasks_app.lifecycle import Status
+from tasks_app.models import Machine, MachineGroup, Task
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ def _cpu_set(vcpus: int) -> list[int] | None:
 class LocalProvider:
     def __init__(self) -> None:
         self.processes: dict[int, subprocess.Popen] = {}
+        self.interval = 1.0
         self.stopping: dict[int, float] = {}
         self.log_dir = Path(settings.SIMDECK_HOME) / "logs" / "machines"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +84,7 @@ class LocalProvider:
             services.machine_lost(machine, f"Machine {machine.name} stopped when its provider restarted.")
 
     def run_forever(self, interval: float = 1.0) -> None:
+        self.interval = interval
         self.adopt_orphans()
         stop = []
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,6 +100,7 @@ class LocalProvider:
 
     def reconcile(self) -> None:
         self.reap_exited()
+        self.drop_unwanted()
         groups = MachineGroup.objects.filter(provider="local", state__in=[G.STARTED, G.TERMINATING])
         for group in groups:
             if group.state == G.STARTED:
@@ -114,9 +119,50 @@ class LocalProvider:
         for machine in live:
             if machine.pk not in self.processes:
                 services.machine_lost(machine, f"The process of machine {machine.name} is gone.")
-        missing = group.num_machines - sum(1 for m in live if m.pk in self.processes)
-        for _ in range(missing):
+        live = [m for m in live if m.pk in self.processes]
+        if group.spot and settings.SIMDECK_SPOT_RECLAIM_RATE:
+            self.maybe_reclaim(group, live)
+        wanted = self.wanted(group)
+        for _ in range(wanted - len(live)):
             self.spawn(group)
+        if len(live) > wanted:
+            busy = set(
+                Task.objects.filter(machine__in=live, status__in=lifecycle.ON_MACHINE).values_list(
+                    "machine_id", flat=True
+                )
+            )
+            idle = [m for m in live if m.pk not in busy and m.state == M.ONLINE]
+            for machine in idle[: len(live) - wanted]:
+                log.info("Elastic group %s: stopping idle machine %s", group.name, machine.name)
+                machine.group = group
+                self.stop(machine)
+
+    def wanted(self, group: MachineGroup) -> int:
+        """How many machines the group should have now."""
+        if not group.is_elastic:
+            return group.num_machines
+        # Elastic: one machine per task waiting or running, within the bounds.
+        demand = group.tasks.filter(status__in=[Status.SUBMITTED, *lifecycle.ON_MACHINE]).count()
+        return max(group.min_machines or 0, min(group.max_machines, demand))
+
+    def maybe_reclaim(self, group: MachineGroup, live: list[Machine]) -> None:
+        """Rehearse spot preemption: reclaim machines at random, at the configured hourly rate."""
+        chance = settings.SIMDECK_SPOT_RECLAIM_RATE * self.interval / 3600
+        for machine in live:
+            if machine.state == M.ONLINE and random.random() < chance:
+                machine.group = group
+                services.reclaim_machine(
+                    machine, reason=f"Spot machine {machine.name} was reclaimed at random."
+                )
+
+    def drop_unwanted(self) -> None:
+        """Kill the processes of machines that were lost, reclaimed or stopped behind our back."""
+        gone = Machine.objects.filter(pk__in=list(self.processes)).exclude(state__in=LIVE)
+        for mid in gone.values_list("pk", flat=True):
+            log.info("Machine %s is no longer wanted; killing its processes", mid)
+            kill_machine(mid)
+            self.processes.pop(mid, None)
+            self.stopping.pop(mid, None)
 
     def terminate(self, group: MachineGroup) -> None:
         machines = list(group.machines.filter(state__in=LIVE).select_related("group"))

@@ -54,7 +54,7 @@ class Command(BaseCommand):
             "web server": [python, "-m", "daphne", "-b", host, "-p", str(port), "console.asgi:application"],
             "scheduler": [
                 python, "-m", "celery", "-A", "console", "worker", "--beat",
-                "--queues", "control", "--concurrency", "1", "--hostname", "scheduler@%h",
+                "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--concurrency", "1", "--hostname", "scheduler@%h",
                 "--without-gossip", "--without-mingle", "--loglevel", "INFO",
             ],
             "local provider": [python, "manage.py", "runprovider"],
