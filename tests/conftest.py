@@ -136,6 +136,12 @@ class Stack:
                 time.sleep(0.2)
         raise RuntimeError(f"The web server did not come up; see {self.home / 'web.log'}")
 
+    def manage(self, *args: str) -> subprocess.CompletedProcess:
+        """Run a management command against the stack, as an operator would."""
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True
+        )
+
     def logs(self) -> str:
         return "\n".join(
             f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.home.glob("*.log")

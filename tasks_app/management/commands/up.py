@@ -54,8 +54,8 @@ class Command(BaseCommand):
             "web server": [python, "-m", "daphne", "-b", host, "-p", str(port), "console.asgi:application"],
             "scheduler": [
                 python, "-m", "celery", "-A", "console", "worker", "--beat",
-                "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--concurrency", "1", "--hostname", "scheduler@%h",
-                "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+                "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--concurrency", "1",
+                "--hostname", f"scheduler-{port}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO",
             ],
             "local provider": [python, "manage.py", "runprovider"],
         }  # fmt: skip
