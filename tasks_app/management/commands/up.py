@@ -55,7 +55,8 @@ class Command(BaseCommand):
             "scheduler": [
                 python, "-m", "celery", "-A", "console", "worker", "--beat",
                 "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--concurrency", "1",
-                "--hostname", f"scheduler-{port}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+                "--hostname", f"scheduler-{port}@%h", "--without-gossip", "--without-mingle",
+                "--loglevel", "INFO",
             ],
             "local provider": [python, "manage.py", "runprovider"],
         }  # fmt: skip
