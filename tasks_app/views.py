@@ -10,9 +10,9 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
-from tasks_app import access, lifecycle
+from tasks_app import access, lifecycle, services
 from tasks_app.lifecycle import Status
 
 PAGE_SIZE = 50
@@ -42,14 +42,30 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
     # How long each status lasted: until the next change, or until now.
     for event, following in zip(events, [*events[1:], None], strict=True):
         event.until = following.at if following else None
-    context = {
+    template = "tasks/task_detail.html#header" if request.htmx else "tasks/task_detail.html"
+    return render(request, template, _task_context(task, events))
+
+
+def _task_context(task, events=None) -> dict:
+    return {
         "task": task,
         "events": events,
         "guidance": task.guidance,
         "position": task.position_in_queue(),
+        "killable": task.status_enum in lifecycle.ACTIVE - {Status.PENDING_KILL, Status.FINALIZING},
     }
-    template = "tasks/task_detail.html#header" if request.htmx else "tasks/task_detail.html"
-    return render(request, template, context)
+
+
+@login_required
+@require_POST
+def task_kill(request: HttpRequest, task_id: str) -> HttpResponse:
+    task = access.task_for(request.user, task_id)
+    _, message = services.kill_task(task, actor=request.user)
+    if not request.htmx:
+        return redirect("task-detail", task_id=task.id)
+    task.refresh_from_db()
+    context = _task_context(task) | {"message": message}
+    return render(request, "tasks/task_detail.html#header", context)
 
 
 @login_required

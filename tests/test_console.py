@@ -88,3 +88,31 @@ def test_the_task_table_uses_a_constant_number_of_queries(client, alice, task, d
         )
     with django_assert_max_num_queries(5):
         client.get(reverse("task-list"))
+
+
+def test_killing_a_queued_task_from_its_page_ends_it(client, alice, task):
+    client.force_login(alice)
+    response = client.post(reverse("task-kill", args=[task.id]), HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "was killed before it ran" in html and "Killed" in html and "<html" not in html
+    task.refresh_from_db()
+    assert task.status == Status.KILLED
+
+
+def test_killing_needs_a_post_with_a_csrf_token(alice, task):
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(alice)
+    assert strict.get(reverse("task-kill", args=[task.id])).status_code == 405
+    assert strict.post(reverse("task-kill", args=[task.id])).status_code == 403
+    task.refresh_from_db()
+    assert task.status == Status.SUBMITTED
+
+
+def test_nobody_kills_another_users_task(client, bob, task):
+    client.force_login(bob)
+    assert client.post(reverse("task-kill", args=[task.id])).status_code == 404
+    task.refresh_from_db()
+    assert task.status == Status.SUBMITTED
