@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import socket
 import threading
 
@@ -42,10 +43,19 @@ def _beat() -> None:
     mid = machine_id()
     while not _stop.wait(settings.SIMDECK_HEARTBEAT_SECONDS):
         try:
-            Machine.objects.filter(pk=mid).update(last_heartbeat_at=timezone.now())
+            alive = Machine.objects.filter(pk=mid, state=Machine.State.ONLINE).update(
+                last_heartbeat_at=timezone.now()
+            )
         except Exception:  # a database restart must not end the heartbeat
             log.exception("Heartbeat of machine %s failed; retrying", mid)
             close_old_connections()
+            continue
+        if not alive:
+            # Stopped, lost or reclaimed: whoever decided it, this machine is
+            # no longer wanted. A warm shutdown lets a running task wrap up.
+            log.warning("Machine %s is no longer online; shutting down", mid)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 @signals.worker_ready.connect
