@@ -15,6 +15,8 @@ import datetime as dt
 from django.db import models, transaction
 from django.utils import timezone
 
+from tasks_app import live
+
 
 class Status(models.TextChoices):
     PENDING_INPUT = "pending-input", "Waiting for Input"
@@ -275,6 +277,10 @@ def transition(
             actor=actor,
             machine=by_machine,
         )
+        # Viewers learn of it once it is committed, never before.
+        queue_changed = old == S.SUBMITTED or (new == S.SUBMITTED and old != S.PENDING_INPUT)
+        args = (task.pk, task.machine_group_id, task.owner_id, new.value if hasattr(new, "value") else new)
+        transaction.on_commit(lambda: live.task_changed(*args, left_queue=queue_changed))
     for name, value in values.items():
         if not hasattr(value, "resolve_expression"):  # F() etc.: re-read if needed
             setattr(task, name, value)

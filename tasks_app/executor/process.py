@@ -32,10 +32,35 @@ class Outcome:
     stopped: str | None = None  # why it was stopped, when it was
 
 
-def _pump(pipe: BinaryIO, sink: BinaryIO) -> None:
-    for line in iter(pipe.readline, b""):
-        sink.write(line)
+# Sink for complete lines as they arrive (the live log); see tasks_app.live.
+Publish = Callable[[bytes], object]
+# A line longer than this is published in pieces rather than held back.
+MAX_PENDING = 1 << 20
+
+
+def _pump(pipe: BinaryIO, sink: BinaryIO, publish: Publish | None) -> None:
+    """Copy a pipe to its log file byte for byte, publishing whole lines in batches.
+
+    Reading whatever is available (not line by line) batches by itself: a
+    quiet simulator's line goes out at once, a chatty one's thousands of
+    lines a second go out a few dozen kilobytes at a time.
+    """
+    fd = pipe.fileno()
+    pending = b""
+    while chunk := os.read(fd, 1 << 16):
+        sink.write(chunk)
         sink.flush()
+        if publish is None:
+            continue
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1
+        if cut == 0 and len(pending) > MAX_PENDING:
+            cut = len(pending)
+        if cut:
+            publish(pending[:cut])
+            pending = pending[cut:]
+    if pending and publish is not None:
+        publish(pending + b"\n")
     pipe.close()
 
 
@@ -67,6 +92,7 @@ def run_invocations(
     base_env: dict[str, str] | None = None,
     grace_seconds: float = 10.0,
     poll_seconds: float = 1.0,
+    publish: Callable[[str, bytes], object] | None = None,
 ) -> Outcome:
     """Run the command lines in order, stopping at the first that fails."""
     env = dict(os.environ if base_env is None else base_env)
@@ -83,8 +109,8 @@ def run_invocations(
                 start_new_session=True,
             )
             pumps = [
-                threading.Thread(target=_pump, args=(proc.stdout, out), daemon=True),
-                threading.Thread(target=_pump, args=(proc.stderr, err), daemon=True),
+                threading.Thread(target=_pump, args=(pipe, sink, _for(publish, name)), daemon=True)
+                for pipe, sink, name in ((proc.stdout, out, "stdout"), (proc.stderr, err, "stderr"))
             ]
             for t in pumps:
                 t.start()
@@ -109,6 +135,10 @@ def run_invocations(
             if exit_code != 0:
                 return Outcome(exit_code)
     return Outcome(exit_code)
+
+
+def _for(publish: Callable[[str, bytes], object] | None, stream: str) -> Publish | None:
+    return None if publish is None else (lambda data: publish(stream, data))
 
 
 def tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:

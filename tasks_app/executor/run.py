@@ -29,7 +29,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from tasks_app import archives, lifecycle, storage
+from tasks_app import archives, lifecycle, live, storage
 from tasks_app import simulators as sims
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.lifecycle import Status
@@ -136,7 +136,9 @@ class Execution:
             self.should_stop,
             base_env=self.environment(),
             grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
+            publish=lambda stream, data: live.append_log(self.task.id, stream, data),
         )
+        live.end_log(self.task.id)
         self.finish(outcome)
         self.cleanup()
 

@@ -1,0 +1,170 @@
+"""Live logs, statuses and queue positions over real WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import websockets
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+
+import simdeck
+from console.asgi import application
+from tasks_app import lifecycle, services
+from tasks_app.lifecycle import Status
+from tasks_app.models import APIKey, Task
+from tests.helpers import ROOT, wait_for
+
+INPUT = ROOT / "examples" / "commands-mesh-solve"
+
+
+def ws_url(stack, path: str) -> str:
+    return stack.url.replace("http://", "ws://") + path
+
+
+async def frames(url: str, key: str, *, limit: float = 60, stop=None) -> list[dict]:
+    """Read JSON frames until the server closes (or ``stop(frame)`` says so)."""
+    got = []
+    async with websockets.connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {key}"},
+        origin=url.split("/ws/")[0].replace("ws", "http", 1),
+    ) as ws:
+        try:
+            async with asyncio.timeout(limit):
+                async for message in ws:
+                    frame = json.loads(message)
+                    got.append(frame)
+                    if stop and stop(frame):
+                        break
+        except websockets.ConnectionClosed:
+            pass
+    return got
+
+
+def lines_of(batches: list[dict]) -> list[str]:
+    text = "".join(f["text"] for f in batches if f["type"] == "lines" and f["stream"] == "stdout")
+    return text.splitlines()
+
+
+# -- consumers in-process -------------------------------------------------------
+
+
+@pytest.fixture
+def queued_task(alice):
+    group = services.create_group(alice, machine_type="c2-standard-4", name="lab")
+    task = Task.objects.create(owner=alice, project=group.project, machine_group=group, simulator="commands")
+    lifecycle.transition(task, Status.SUBMITTED, reason="queued")
+    return task
+
+
+def connect(path: str, headers=None) -> tuple[bool, object]:
+    async def attempt():
+        communicator = WebsocketCommunicator(
+            application, path, headers=[(b"origin", b"http://localhost"), *(headers or [])]
+        )
+        connected, code = await communicator.connect()
+        await communicator.disconnect()
+        return connected, code
+
+    return async_to_sync(attempt)()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_socket_is_refused_without_a_login_or_key(queued_task):
+    assert connect(f"/ws/tasks/{queued_task.id}/") == (False, 4404)
+    assert connect(f"/ws/tasks/{queued_task.id}/logs/") == (False, 4404)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_socket_to_another_users_task_is_refused(queued_task, bob):
+    _, key = APIKey.issue(bob, "bob")
+    assert connect(f"/ws/tasks/{queued_task.id}/", [(b"authorization", f"Bearer {key}".encode())])[0] is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_owner_gets_the_status_and_garbage_closes_the_socket(queued_task, alice_key):
+    async def talk():
+        communicator = WebsocketCommunicator(
+            application,
+            f"/ws/tasks/{queued_task.id}/?format=json",
+            headers=[(b"origin", b"http://localhost"), (b"authorization", f"Bearer {alice_key}".encode())],
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        first = json.loads(await communicator.receive_from())
+        await communicator.send_to(text_data="\x00 not a request")
+        closed = await communicator.receive_output()
+        await communicator.disconnect()
+        return first, closed
+
+    first, closed = async_to_sync(talk)()
+    assert first["status"] == "submitted" and first["position_in_queue"] == 0
+    assert closed == {
+        "type": "websocket.close",
+        "code": 4400,
+        "reason": "This socket only sends; do not write to it.",
+    }
+
+
+def test_a_foreign_origin_is_refused():
+    async def attempt():
+        communicator = WebsocketCommunicator(
+            application, "/ws/tasks/x/", headers=[(b"origin", b"http://evil.example")]
+        )
+        connected, _ = await communicator.connect()
+        return connected
+
+    assert async_to_sync(attempt)() is False
+
+
+# -- end to end through daphne and real workers ----------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_late_joiner_gets_the_backlog_then_live_lines_with_no_gap_or_duplicate(
+    stack, client_for, alice_key
+):
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = simdeck.simulators.Commands().run(
+        input_dir=INPUT,
+        commands=["for i in $(seq 1 400); do echo line-$i; sleep 0.005; done"],
+        on=mg,
+    )
+    wait_for(lambda: Task.objects.get(pk=task.id).status == Status.STARTED, 30, message="the task to start")
+    url = ws_url(stack, f"/ws/tasks/{task.id}/logs/?format=json")
+    # Join late, read a little, drop the connection, then resume where we were.
+    first = async_to_sync(frames)(
+        url, alice_key, stop=lambda f: f["type"] == "lines" and "line-50\n" in f["text"]
+    )
+    last_id = [f for f in first if f["type"] == "lines"][-1]["id"]
+    rest = async_to_sync(frames)(url + f"&after={last_id}", alice_key)
+    assert rest[-1] == {"type": "end"}
+    assert lines_of(first + rest) == [f"line-{i}" for i in range(1, 401)]
+    assert task.wait(polling_period=0.3, silent_mode=True) == "success"
+    # After the end, a new viewer still gets the log, from storage or the stream.
+    again = async_to_sync(frames)(url, alice_key)
+    assert lines_of(again)[-1] == "line-400"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_watcher_of_the_last_queued_task_sees_the_queue_drain(stack, client_for, alice_key):
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    blocker = simdeck.simulators.Commands().run(input_dir=INPUT, commands=["sleep 3"], on=mg)
+    wait_for(lambda: Task.objects.get(pk=blocker.id).status == Status.STARTED, 30, message="the blocker")
+    tasks = [simdeck.simulators.Commands().run(input_dir=INPUT, commands=["true"], on=mg) for _ in range(20)]
+    last = tasks[-1]
+    url = ws_url(stack, f"/ws/tasks/{last.id}/?format=json")
+    seen = async_to_sync(frames)(url, alice_key, stop=lambda f: f.get("status") not in (None, "submitted"))
+    positions = [f["position_in_queue"] for f in seen if f.get("position_in_queue") is not None]
+    # Each departure from the queue is announced once; the watcher sees every step.
+    assert positions[0] == 19
+    assert positions[-1] == 0
+    assert positions == sorted(positions, reverse=True)
+    assert set(range(0, 20)) <= set(positions)
