@@ -62,10 +62,18 @@ def worker_command(machine: Machine) -> list[str]:
     ]
 
 
-def _cpu_set(vcpus: int) -> list[int] | None:
+def cpu_set(vcpus: int, slot: int) -> list[int] | None:
+    """The cores a machine is pinned to, or None to share all of them.
+
+    Pin only where the host has more cores than the type asks for; machines
+    take consecutive slices in turn, so two small machines do not share one
+    core while another sits idle.
+    """
     available = sorted(os.sched_getaffinity(0))
-    # Pin only where the host has the cores; on a smaller host, share them.
-    return available[:vcpus] if vcpus < len(available) else None
+    if vcpus >= len(available):
+        return None
+    start = (slot * vcpus) % len(available)
+    return [available[(start + i) % len(available)] for i in range(vcpus)]
 
 
 class LocalProvider:
@@ -191,7 +199,7 @@ class LocalProvider:
         )
         logfile.close()
         machine_type = settings.SIMDECK_MACHINE_TYPES.get(group.machine_type, {})
-        cpus = _cpu_set(int(machine_type.get("vcpus", 0)) or 1)
+        cpus = cpu_set(int(machine_type.get("vcpus", 0)) or 1, slot=machine.pk)
         if cpus:
             psutil.Process(proc.pid).cpu_affinity(cpus)
         Machine.objects.filter(pk=machine.pk).update(pid=proc.pid)
