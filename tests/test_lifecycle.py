@@ -145,16 +145,3 @@ def test_nothing_else_writes_the_status_column():
             elif re.search(r"\btask\.status\s*=[^=]", line):
                 offenders.append(f"{path.name}:{lineno}: {line.strip()}")
     assert offenders == []
-
-
-def test_small_machines_are_pinned_to_different_cores(monkeypatch):
-    import os
-
-    from tasks_app.providers.local import cpu_set
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert cpu_set(1, slot=0) == [0]
-    assert cpu_set(1, slot=1) == [1]
-    assert cpu_set(2, slot=1) == [2, 3]
-    assert cpu_set(2, slot=2) == [0, 1]
-    assert cpu_set(4, slot=5) is None  # the type asks for the whole host: share it
