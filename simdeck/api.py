@@ -1,8 +1,8 @@
 """The HTTP conversation with a Simdeck server.
 
 One small wrapper over httpx: it adds the API key, turns error bodies into
-:class:`~simdeck.errors.SimdeckError` with the server's message, and retries
-idempotent requests with backoff while the server is restarting.
+typed :mod:`simdeck.errors` with the server's message, and retries requests
+that are safe to repeat with backoff while the server is restarting.
 """
 
 from __future__ import annotations
@@ -14,10 +14,15 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from simdeck import config
-from simdeck.errors import AuthenticationFailed, NotFound, ServerUnreachable, SimdeckError
+from simdeck import config, errors
+from simdeck.errors import ServerUnreachable
 
+# Attempts per request that is safe to repeat; the CLI lowers it so that a
+# dead server is reported in about a second.
+DEFAULT_RETRIES = 5
 RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.WriteTimeout)
+# Repeating these changes nothing the first one did not.
+IDEMPOTENT = {"GET", "PUT", "DELETE"}
 
 
 class Client:
@@ -41,16 +46,25 @@ class Client:
         try:
             body = response.json()
             message, code, field = body.get("message"), body.get("error", "error"), body.get("field")
-        except ValueError:
+        except (ValueError, AttributeError):
             message, code, field = None, "error", None
-        message = message or f"The server answered {response.status_code} {response.reason_phrase}."
-        cls = {401: AuthenticationFailed, 404: NotFound}.get(response.status_code, SimdeckError)
+        if not message:
+            message = f"The server at {self.url} answered {response.status_code} {response.reason_phrase}."
+            if response.status_code == 404:
+                message += " Is this the address of a Simdeck server?"
+        cls = errors.for_status(response.status_code)
         raise cls(message, code=code, status=response.status_code, field=field)
+
+    def _unreachable(self, exc: Exception) -> ServerUnreachable:
+        return ServerUnreachable(
+            f"Cannot reach the Simdeck server at {self.url} ({type(exc).__name__}). "
+            "Is it running? Start it with 'make run', or set SIMDECK_URL."
+        )
 
     def request(self, method: str, path: str, *, retry: bool | None = None, **kwargs) -> httpx.Response:
         """Send a request; retry on connection trouble when it is safe to repeat."""
-        retry = method in ("GET", "PUT", "DELETE") if retry is None else retry
-        attempts = self.retries if retry else 1
+        retry = method in IDEMPOTENT if retry is None else retry
+        attempts = max(1, self.retries) if retry else 1
         delay = 0.5
         for attempt in range(attempts):
             try:
@@ -58,12 +72,11 @@ class Client:
                 break
             except RETRYABLE as exc:
                 if attempt + 1 >= attempts:
-                    raise ServerUnreachable(
-                        f"Cannot reach the Simdeck server at {self.url} ({type(exc).__name__}). "
-                        "Is it running? Start it with 'make run', or set SIMDECK_API_URL."
-                    ) from None
+                    raise self._unreachable(exc) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
+            except httpx.TransportError as exc:  # e.g. a malformed address
+                raise self._unreachable(exc) from None
         self._raise_for(response)
         return response
 
@@ -77,7 +90,11 @@ class Client:
         return self.request("PUT", path, json=json, **kwargs).json()
 
     def patch(self, path: str, json: Any = None, **kwargs) -> Any:
+        # A merge of the same keys twice gives the same result: safe to repeat.
         return self.request("PATCH", path, json=json, retry=True, **kwargs).json()
+
+    def delete(self, path: str, **kwargs) -> Any:
+        return self.request("DELETE", path, **kwargs).json()
 
     def upload(self, path: str, stream: Iterator[bytes], headers: dict[str, str]) -> Any:
         # Not retried: the body is a one-shot stream. The caller starts over.
@@ -87,24 +104,29 @@ class Client:
         self, path: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None = None
     ) -> int:
         """Stream a file into ``sink``; returns its size."""
-        with self.http.stream("GET", path, timeout=httpx.Timeout(60.0, connect=5.0)) as response:
-            if not response.is_success:
-                response.read()
-                self._raise_for(response)
-            total = int(response.headers["Content-Length"]) if "Content-Length" in response.headers else None
-            done = 0
-            for chunk in response.iter_bytes(1 << 20):
-                sink.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
+        try:
+            with self.http.stream("GET", path, timeout=httpx.Timeout(60.0, connect=5.0)) as response:
+                if not response.is_success:
+                    response.read()
+                    self._raise_for(response)
+                length = response.headers.get("Content-Length")
+                total = int(length) if length else None
+                done = 0
+                for chunk in response.iter_bytes(1 << 20):
+                    sink.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
         return done
 
 
 @functools.cache
 def default_client() -> Client:
-    return Client()
+    return Client(retries=DEFAULT_RETRIES)
 
 
 def client() -> Client:
+    """The client every object shares, configured from the environment or the config file."""
     return default_client()

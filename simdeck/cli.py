@@ -1,134 +1,207 @@
-"""The ``simdeck`` command line."""
+"""The ``simdeck`` command line.
+
+Results go to stdout (tables on a terminal, ``--json`` for scripts),
+messages to stderr. Every failure is one line starting with ``Error:`` and
+an exit code that says what kind it was:
+
+    0  done                         4  no valid API key, or not allowed
+    1  done, but not as hoped       5  the server cannot be reached
+       (e.g. a kill not confirmed   6  refused: e.g. the task is not running
+       within --wait-timeout)       7  the server failed
+    2  bad usage or invalid input  130 interrupted (Ctrl+C)
+    3  no such task, group or file
+
+``SIMDECK_DEBUG=1`` shows the traceback of unexpected errors.
+"""
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Column, Table
+from rich import box
+from rich.table import Table
+from rich.text import Text
 
-from simdeck import api, config
+from simdeck import api, cli_resources, cli_tasks, config, projects
+from simdeck.cli_common import err, note, out, print_json
 from simdeck.errors import SimdeckError
-from simdeck.tasks import Task
 
-app = typer.Typer(help="Submit, follow and collect Simdeck simulation tasks.", no_args_is_help=True)
-tasks_app = typer.Typer(help="List, inspect, kill and download tasks.", no_args_is_help=True)
-auth_app = typer.Typer(help="Which server and API key the client uses.", no_args_is_help=True)
-app.add_typer(tasks_app, name="tasks")
+app = typer.Typer(
+    help="Submit, follow and collect Simdeck simulation tasks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+auth_app = typer.Typer(help="Which server and API key the command line uses.", no_args_is_help=True)
+projects_app = typer.Typer(help="Projects your tasks are filed in.", no_args_is_help=True)
+simulators_app = typer.Typer(help="Simulators the server offers.", no_args_is_help=True)
+app.add_typer(cli_tasks.app, name="tasks")
+app.add_typer(cli_resources.app, name="resources")
+app.add_typer(projects_app, name="projects")
+app.add_typer(simulators_app, name="simulators")
 app.add_typer(auth_app, name="auth")
-out = Console()
-err = Console(stderr=True)
+app.command("logs")(cli_tasks.logs)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 
 
-@tasks_app.command("list")
-def list_tasks(
-    last_n: Annotated[int, typer.Option("--last-n", "-n", help="How many recent tasks.")] = 10,
-    task_id: Annotated[list[str] | None, typer.Option("--id", "-i", help="Show these tasks only.")] = None,
-    status: Annotated[str | None, typer.Option("--status", "-s")] = None,
-    project: Annotated[str | None, typer.Option("--project-name", "-p")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-):
-    """The most recent tasks with their status."""
-    client = api.client()
-    if task_id:
-        items = [client.get(f"/tasks/{i}") for i in task_id]
-    else:
-        params = {
-            "limit": last_n,
-            **({"status": status} if status else {}),
-            **({"project": project} if project else {}),
-        }
-        items = client.get("/tasks", params=params)["items"]
+# -- projects and simulators ---------------------------------------------------------
+
+
+@projects_app.command("list")
+def list_projects(as_json: JsonOption = False):
+    """Projects you have tasks or machine groups in."""
+    items = api.client().get("/projects")
     if as_json:
-        print(json.dumps(items, indent=2))
+        print_json(items)
         return
-    table = Table("Simulator", "Status", "Machine group", "Created", "Ended")
-    table.columns.insert(0, Column("ID", no_wrap=True, min_width=25))
-    for t in items:
-        table.add_row(
-            t["id"],
-            t["simulator"],
-            t["status_label"],
-            t["machine_group"],
-            t["created_at"][:19],
-            (t["ended_at"] or "")[:19],
-        )
+    if not items:
+        out.print("No projects yet; the first run() creates one.")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("Project", overflow="fold")
+    for column in ("Tasks", "Not ended", "Succeeded", "Failed"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for p in items:
+        table.add_row(p["name"], str(p["num_tasks"]), str(p["active"]), str(p["succeeded"]), str(p["failed"]))
     out.print(table)
 
 
-@tasks_app.command("info")
-def info(task_id: str, as_json: Annotated[bool, typer.Option("--json")] = False):
-    """Status, guidance and timeline of one task."""
-    data = Task(task_id).get_info()
+@projects_app.command("download")
+def download_project(
+    name: str,
+    output_dir: Annotated[str | None, typer.Option("--dir", help="Folder to download into.")] = None,
+):
+    """Download the outputs of a project's successful tasks, each into its own folder."""
+    projects.Project(name).download_outputs(output_dir=output_dir)
+
+
+@simulators_app.command("list")
+def list_simulators(as_json: JsonOption = False):
+    """The simulators this server offers, and whether its own host has them."""
+    items = api.client().get("/simulators")
     if as_json:
-        print(json.dumps(data, indent=2))
+        print_json(items)
         return
-    out.print(f"[bold]{data['id']}[/bold]  {data['status_label']} ({data['status']})")
-    out.print(f"  What happened: {data['guidance']['what_happened']}")
-    out.print(f"  Why:           {data['guidance']['why']}")
-    out.print(f"  What to do:    {data['guidance']['what_to_do']}")
-    if data["error_detail"]:
-        out.print(f"  Error: {data['error_detail']}", markup=False)
-    table = Table("When", "Status", "Reason")
-    for e in data["events"]:
-        table.add_row(e["at"][:19], e["label"], e["reason"])
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("Name", no_wrap=True)
+    table.add_column("Simulator", no_wrap=True)
+    table.add_column("Version on the server", no_wrap=True)
+    for s in items:
+        version = s["version"] if s["available"] else Text(f"missing: {s['problem']}", style="yellow")
+        table.add_row(s["name"], s["label"], version)
     out.print(table)
 
 
-@tasks_app.command("kill")
-def kill(task_id: str, wait_timeout: Annotated[float | None, typer.Option("--wait-timeout", "-w")] = None):
-    """Kill a task."""
-    result = Task(task_id).kill(wait_timeout=wait_timeout)
-    if wait_timeout is not None and not result:
-        raise typer.Exit(1)
-
-
-@tasks_app.command("download")
-def download(
-    task_id: str,
-    filenames: Annotated[list[str] | None, typer.Option("--filenames", help="Only these files.")] = None,
-    output_dir: Annotated[str | None, typer.Option("--dir")] = None,
-):
-    """Download a task's outputs."""
-    target = Task(task_id).download_outputs(filenames=filenames, output_dir=output_dir)
-    err.print(f"Outputs of {task_id} are in {target}")
-
-
-@app.command("logs")
-def logs(
-    task_id: str,
-    stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr instead of stdout.")] = False,
-):
-    """Print a finished task's log."""
-    api.client().download(f"/tasks/{task_id}/logs/{'stderr' if stderr else 'stdout'}", sys.stdout.buffer)
+# -- auth ------------------------------------------------------------------------------
 
 
 @auth_app.command("login")
 def login(
-    api_key: Annotated[str, typer.Option(prompt=True, hide_input=True)],
-    url: Annotated[str, typer.Option(help="The server's address.")] = config.DEFAULT_URL,
+    url: Annotated[str | None, typer.Option(help="The server's address.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Your API key (asked for when left out).")] = None,
 ):
-    """Store the server address and API key for later commands."""
-    who = api.Client(url=url, api_key=api_key).get("/whoami")
+    """Check an API key against the server and store both for later commands."""
+    url = (url or config.load().url).rstrip("/")
+    if not api_key:
+        if not sys.stdin.isatty():
+            api_key = sys.stdin.readline().strip()
+        else:
+            api_key = typer.prompt("API key", hide_input=True, err=True).strip()
+    who = api.Client(url=url, api_key=api_key, retries=api.DEFAULT_RETRIES).get("/whoami")
     path = config.save(url, api_key)
-    err.print(f"Logged in to {url} as {who['username']}; settings saved in {path}.")
+    note(f"Logged in to {url} as {who['username']}; saved in {path}.")
+
+
+@auth_app.command("logout")
+def logout():
+    """Forget the stored API key."""
+    path = config.forget_key()
+    if path is None:
+        note("No API key was stored.")
+    else:
+        note(f"Removed the API key from {path}.")
+    if os.environ.get("SIMDECK_API_KEY"):
+        note("SIMDECK_API_KEY is still set in this shell; unset it too.", "yellow")
 
 
 @auth_app.command("whoami")
-def whoami():
+def whoami(as_json: JsonOption = False):
+    """Who the API key belongs to, on which server."""
+    settings = config.load()
     who = api.client().get("/whoami")
-    out.print(f"{who['username']} at {api.client().url}")
+    if as_json:
+        print_json(
+            {**who, "url": settings.url, "url_from": settings.url_source, "key_from": settings.key_source}
+        )
+        return
+    out.print(f"{who['username']}{' (staff)' if who['is_staff'] else ''} at {settings.url}")
+    note(f"Address from {settings.url_source}, API key from {settings.key_source}.", "dim")
+
+
+# -- running it ----------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(Text.assemble(("Error: ", "bold red"), message), soft_wrap=True)
+    sys.exit(code)
+
+
+def _with_watch_default(argv: list[str]) -> list[str]:
+    """Give ``tasks list -w`` its default period when no number follows.
+
+    Click cannot parse an option whose value is optional, so the command
+    line is completed before it parses it.
+    """
+    if argv[:2] != ["tasks", "list"]:
+        return argv
+    done = []
+    for i, arg in enumerate(argv):
+        done.append(arg)
+        if arg in ("-w", "--watch"):
+            try:
+                float(argv[i + 1] if i + 1 < len(argv) else "")
+            except ValueError:
+                done.append("5")
+    return done
 
 
 def main() -> None:
+    api.DEFAULT_RETRIES = 3  # report a dead server in about a second, not ten
+    debug = bool(os.environ.get("SIMDECK_DEBUG"))
     try:
-        app()
+        code = app(args=_with_watch_default(sys.argv[1:]), standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:  # bad usage: the command line's own message, exit code 2
+        show = getattr(exc, "show", None)
+        if show:
+            show()
+        else:
+            _fail(exc.format_message(), exc.exit_code)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("Interrupted.")
+        sys.exit(130)
     except SimdeckError as exc:
-        err.print(f"[red]Error:[/red] {exc}", highlight=False)
-        sys.exit(2)
+        _fail(str(exc), exc.exit_code)
+    except (TypeError, ValueError) as exc:
+        # Raised by the client's own checks (metadata, ids, names) before any request.
+        if debug:
+            raise
+        _fail(str(exc), 2)
+    except OSError as exc:
+        if debug:
+            raise
+        _fail(str(exc), 1)
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc}. Run with SIMDECK_DEBUG=1 to see where.", 1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

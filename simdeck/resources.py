@@ -1,4 +1,10 @@
-"""Machine groups: pools of machines that run tasks, started and terminated by you."""
+"""Machine groups: pools of machines that run tasks, started and terminated by you.
+
+mg = simdeck.resources.MachineGroup("c2-standard-4", num_machines=2)
+mg.start()
+...
+mg.terminate()
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ class MachineGroup:
     """A named pool of ``num_machines`` identical machines.
 
     Nothing is created on the server until :meth:`start` (or a ``run()``
-    that targets the group) asks for it.
+    that targets the group) asks for it. ``max_idle_time`` and
+    ``auto_terminate_minutes`` are minutes: the group stops itself after
+    that long without a task, or after that long in all.
     """
 
     def __init__(
@@ -23,11 +31,17 @@ class MachineGroup:
         spot: bool = False,
         data_disk_gb: int = 10,
         auto_resize_disk_max_gb: int | None = None,
-        max_idle_time: int | None = 3,
-        auto_terminate_minutes: int | None = None,
+        max_idle_time: float | None = 3,
+        auto_terminate_minutes: float | None = None,
+        *,
         name: str | None = None,
         project: str | None = None,
+        resubmit_on_preemption: bool = False,
     ):
+        if not isinstance(num_machines, int) or num_machines < 1:
+            raise ValueError(f"num_machines must be a whole number of at least 1, not {num_machines!r}.")
+        if not 1 <= data_disk_gb <= 65536:
+            raise ValueError(f"data_disk_gb must be between 1 and 65536, not {data_disk_gb!r}.")
         self.machine_type = machine_type
         self.num_machines = num_machines
         self.spot = spot
@@ -36,13 +50,16 @@ class MachineGroup:
         self.max_idle_time = max_idle_time
         self.auto_terminate_minutes = auto_terminate_minutes
         self.project = project
+        self.resubmit_on_preemption = resubmit_on_preemption
         self._name = name
         self._info: dict | None = None
         self._client = api.client()
 
     @classmethod
     def _from_info(cls, info: dict) -> MachineGroup:
-        group = cls(
+        group = cls.__new__(ElasticMachineGroup if info.get("max_machines") is not None else MachineGroup)
+        MachineGroup.__init__(
+            group,
             info["machine_type"],
             num_machines=info["num_machines"],
             spot=info["spot"],
@@ -52,62 +69,83 @@ class MachineGroup:
             auto_terminate_minutes=info["auto_terminate_minutes"],
             name=info["name"],
             project=info["project"],
+            resubmit_on_preemption=info.get("resubmit_on_preemption", False),
         )
+        if isinstance(group, ElasticMachineGroup):
+            group.min_machines = info["min_machines"]
+            group.max_machines = info["max_machines"]
         group._info = info
         return group
 
     def __repr__(self) -> str:
         return (
-            f"MachineGroup(name={self._name!r}, machine_type={self.machine_type!r}, "
+            f"{type(self).__name__}(name={self._name!r}, machine_type={self.machine_type!r}, "
             f"num_machines={self.num_machines})"
         )
 
     # -- server state --------------------------------------------------------
 
+    def _request_body(self) -> dict:
+        return {
+            "machine_type": self.machine_type,
+            "name": self._name,
+            "project": self.project,
+            "num_machines": self.num_machines,
+            "spot": self.spot,
+            "data_disk_gb": self.data_disk_gb,
+            "auto_resize_disk_max_gb": self.auto_resize_disk_max_gb,
+            "max_idle_time": self.max_idle_time,
+            "auto_terminate_minutes": self.auto_terminate_minutes,
+            "resubmit_on_preemption": self.resubmit_on_preemption,
+        }
+
     def _create(self) -> dict:
-        self._info = self._client.post(
-            "/machine-groups",
-            json={
-                "machine_type": self.machine_type,
-                "name": self._name,
-                "project": self.project,
-                "num_machines": self.num_machines,
-                "spot": self.spot,
-                "data_disk_gb": self.data_disk_gb,
-                "auto_resize_disk_max_gb": self.auto_resize_disk_max_gb,
-                "max_idle_time": self.max_idle_time,
-                "auto_terminate_minutes": self.auto_terminate_minutes,
-            },
-        )
+        self._info = self._client.post("/machine-groups", json=self._request_body())
         self._name = self._info["name"]
         return self._info
 
     def refresh(self) -> dict:
+        """Ask the server for the group's current state; returns it."""
         if self._name is None:
             raise SimdeckError("This machine group has not been created yet; call start() first.")
         self._info = self._client.get(f"/machine-groups/{self._name}")
         return self._info
 
     @property
-    def name(self) -> str | None:
-        return self._name
-
-    @property
     def id(self) -> int | None:
         return self._info["id"] if self._info else None
 
     @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
     def status(self) -> str:
+        """``not created``, ``created``, ``started``, ``terminating`` or ``terminated``."""
         return self.refresh()["state"] if self._name else "not created"
 
     @property
+    def info(self) -> dict:
+        return self.refresh()
+
+    @property
     def n_vcpus(self) -> int:
+        """vCPUs of one machine."""
         return (self._info or self.refresh())["n_vcpus"]
+
+    @property
+    def memory_gb(self) -> float:
+        """Memory of one machine, in GB."""
+        return (self._info or self.refresh())["memory_gb"]
+
+    @property
+    def _wanted_online(self) -> int:
+        return self.num_machines
 
     # -- actions -------------------------------------------------------------
 
     def start(self, wait: bool = True, timeout: float = 120.0) -> MachineGroup:
-        """Create the group if needed and bring its machines up."""
+        """Create the group if needed and bring its machines up; with ``wait``, until they are online."""
         if self._info is None and self._name is not None:
             try:
                 self.refresh()
@@ -116,24 +154,25 @@ class MachineGroup:
         if self._info is None:
             self._create()
         self._info = self._client.post(f"/machine-groups/{self._name}/start")
-        print(
-            f"Starting machine group {self._name} ({self.num_machines} × {self.machine_type})…",
-            file=sys.stderr,
-        )
+        print(f"Starting machine group {self._name} ({self._describe()})…", file=sys.stderr)
         if wait:
             deadline = time.monotonic() + timeout
-            while self._info["machines_online"] < self.num_machines:
+            while self._info["machines_online"] < self._wanted_online:
                 if time.monotonic() > deadline:
                     raise SimdeckError(
                         f"Machine group {self._name} has {self._info['machines_online']} of "
-                        f"{self.num_machines} machines online after {timeout:.0f} s; see the console."
+                        f"{self._wanted_online} machines online after {timeout:.0f} s; see the console."
                     )
                 time.sleep(0.5)
                 self.refresh()
             print(f"Machine group {self._name} is up.", file=sys.stderr)
         return self
 
+    def _describe(self) -> str:
+        return f"{self.num_machines} × {self.machine_type}{', spot' if self.spot else ''}"
+
     def ensure_started(self) -> None:
+        """Start the group unless it is started (used by ``run()``)."""
         if self._info is None or self._info["state"] == "created":
             self.start(wait=False)
 
@@ -145,14 +184,77 @@ class MachineGroup:
         print(f"Machine group {self._name} is terminating.", file=sys.stderr)
 
 
-def get() -> list[MachineGroup]:
-    """Your machine groups that are not terminated."""
-    return [MachineGroup._from_info(info) for info in api.client().get("/machine-groups")]
+class ElasticMachineGroup(MachineGroup):
+    """A group that grows from ``min_machines`` towards ``max_machines`` while tasks wait,
+    and shrinks back when machines idle."""
+
+    def __init__(
+        self,
+        machine_type: str,
+        min_machines: int = 1,
+        max_machines: int = 2,
+        spot: bool = False,
+        data_disk_gb: int = 10,
+        auto_resize_disk_max_gb: int | None = None,
+        max_idle_time: float | None = 3,
+        auto_terminate_minutes: float | None = None,
+        *,
+        name: str | None = None,
+        project: str | None = None,
+        resubmit_on_preemption: bool = False,
+    ):
+        if not isinstance(min_machines, int) or min_machines < 1:
+            raise ValueError(f"min_machines must be a whole number of at least 1, not {min_machines!r}.")
+        if not isinstance(max_machines, int) or max_machines < min_machines:
+            raise ValueError(
+                f"max_machines must be at least min_machines ({min_machines}), not {max_machines!r}."
+            )
+        super().__init__(
+            machine_type,
+            num_machines=min_machines,
+            spot=spot,
+            data_disk_gb=data_disk_gb,
+            auto_resize_disk_max_gb=auto_resize_disk_max_gb,
+            max_idle_time=max_idle_time,
+            auto_terminate_minutes=auto_terminate_minutes,
+            name=name,
+            project=project,
+            resubmit_on_preemption=resubmit_on_preemption,
+        )
+        self.min_machines = min_machines
+        self.max_machines = max_machines
+
+    def _request_body(self) -> dict:
+        return {
+            **super()._request_body(),
+            "min_machines": self.min_machines,
+            "max_machines": self.max_machines,
+        }
+
+    @property
+    def _wanted_online(self) -> int:
+        return self.min_machines
+
+    def _describe(self) -> str:
+        return (
+            f"{self.min_machines} to {self.max_machines} × {self.machine_type}{', spot' if self.spot else ''}"
+        )
+
+
+def get(include_terminated: bool = False) -> list[MachineGroup]:
+    """Your machine groups (not terminated ones, unless asked), newest first."""
+    params = {"include_terminated": include_terminated}
+    return [MachineGroup._from_info(info) for info in api.client().get("/machine-groups", params=params)]
 
 
 def get_by_name(name: str) -> MachineGroup:
+    """The machine group called ``name``; raises NotFound otherwise."""
     return MachineGroup._from_info(api.client().get(f"/machine-groups/{name}"))
 
 
 def machine_types() -> list[dict]:
+    """The machine types this server offers: name, vcpus, memory_gb."""
     return api.client().get("/machine-types")
+
+
+__all__ = ["ElasticMachineGroup", "MachineGroup", "get", "get_by_name", "machine_types"]

@@ -1,7 +1,17 @@
-"""Simulators: each ``run()`` uploads an input folder and creates a new task."""
+"""Simulators: each ``run()`` uploads an input folder and creates a new task.
+
+    sim = simdeck.simulators.SplishSplash()
+    task = sim.run(input_dir="scene/", sim_config_filename="config.json", on=machine_group)
+
+``SplishSplash`` and ``Commands`` are always here; any other simulator the
+server offers (see :func:`list`) is reachable by its name, e.g.
+``simdeck.simulators.Simulator("gromacs")``.
+"""
 
 from __future__ import annotations
 
+import builtins
+import functools
 import hashlib
 import os
 import sys
@@ -18,7 +28,7 @@ from simdeck.tasks import Task
 CHUNK = 1 << 20
 
 
-def _input_files(input_dir: Path) -> list[Path]:
+def _input_files(input_dir: Path) -> builtins.list[Path]:
     if not input_dir.exists():
         raise FileNotFoundError(f"The input folder {input_dir} does not exist; check the path.")
     if not input_dir.is_dir():
@@ -31,7 +41,7 @@ def _input_files(input_dir: Path) -> list[Path]:
     return files
 
 
-def _zip(input_dir: Path, files: list[Path]) -> tuple[Path, int, str]:
+def _zip(input_dir: Path, files: builtins.list[Path]) -> tuple[Path, int, str]:
     fd, name = tempfile.mkstemp(prefix="simdeck-input-", suffix=".zip")
     os.close(fd)
     path = Path(name)
@@ -52,14 +62,33 @@ def _stream(path: Path, on_chunk) -> Iterator[bytes]:
             yield chunk
 
 
+@functools.cache
+def _offered(url: str) -> dict[str, dict]:
+    """The simulators a server offers, asked once per server."""
+    return {s["name"]: s for s in api.client().get("/simulators")}
+
+
 class Simulator:
+    """Any simulator the server offers, by name; subclasses add their own parameters."""
+
     name = ""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        if name:
+            self.name = name.lower()
+        if not self.name:
+            raise ValueError(
+                "Name the simulator, e.g. Simulator('commands'); simulators.list() has them all."
+            )
         self._client = api.client()
 
-    def _parameters(self, **kwargs) -> dict:
-        return {k: v for k, v in kwargs.items() if v is not None}
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()" if type(self) is not Simulator else f"Simulator({self.name!r})"
+
+    @property
+    def version(self) -> str | None:
+        """The version the server's host has (machines report their own when a task starts)."""
+        return _offered(self._client.url).get(self.name, {}).get("version")
 
     def run(
         self,
@@ -68,17 +97,28 @@ class Simulator:
         *,
         project: str | None = None,
         resubmit_on_preemption: bool = False,
-        time_to_live: str | None = None,
+        time_to_live: str | int | None = None,
         metadata: dict[str, str] | None = None,
         **parameters,
     ) -> Task:
-        """Submit the simulation in ``input_dir`` to machine group ``on``; returns its new task."""
+        """Submit the simulation in ``input_dir`` to machine group ``on``; returns its new task.
+
+        ``on`` is a :class:`MachineGroup` (started here if it is not) or a
+        group's name; without it the server's ``default`` group runs it.
+        ``time_to_live`` limits the computation (``"90s"``, ``"10m"``,
+        ``"1h30m"``); ``metadata`` tags the task with string pairs.
+        Every call makes a new task, even with the same arguments.
+        """
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        from simdeck.tasks import check_metadata
 
         input_dir = Path(input_dir)
         files = _input_files(input_dir)
-        params = self._parameters(**parameters)
+        params = {k: v for k, v in parameters.items() if v is not None}
         self._check_local(input_dir, params)
+        if metadata is not None:
+            check_metadata(metadata)
         if isinstance(on, MachineGroup):
             on.ensure_started()
             group_name = on.name
@@ -93,16 +133,21 @@ class Simulator:
                 "parameters": params,
                 "project": project,
                 "resubmit_on_preemption": resubmit_on_preemption,
-                "time_to_live": time_to_live,
+                "time_to_live": str(time_to_live) if time_to_live is not None else None,
                 "metadata": metadata,
             },
         )
         task = Task(task_info["id"])
-        print(f"■ Task {task.id} created: {self.name} on machine group {group_name}.", file=sys.stderr)
-        print(f"  Input folder: {input_dir.resolve()}", file=sys.stderr)
+        say = functools.partial(print, file=sys.stderr)
+        version = f" {self.version}" if self.version else ""
+        say(f"■ Task {task.id} created.")
+        say(f"  Simulator:      {task_info['simulator']}{version}")
+        say(f"  Input folder:   {input_dir.resolve()} ({len(files)} files)")
+        say(f"  Machine group:  {task_info['machine_group']} ({task_info['machine_type']})")
+        say(f"  Project:        {task_info['project']}")
         if time_to_live:
-            print(f"  Time to live: {time_to_live}", file=sys.stderr)
-        print(f"  Resubmit on preemption: {'yes' if resubmit_on_preemption else 'no'}", file=sys.stderr)
+            say(f"  Time to live:   {time_to_live}")
+        say(f"  Resubmitted if its machine is lost: {'yes' if resubmit_on_preemption else 'no'}")
         archive, size, digest = _zip(input_dir, files)
         try:
             with Progress(
@@ -113,7 +158,7 @@ class Simulator:
                 transient=True,
                 disable=not sys.stderr.isatty(),
             ) as bar:
-                job = bar.add_task("Uploading input", total=size)
+                job = bar.add_task("Uploading the input", total=size)
                 detail = self._client.upload(
                     task_info["upload_url"].removeprefix("/api/v1"),
                     _stream(archive, lambda n: bar.advance(job, n)),
@@ -125,16 +170,22 @@ class Simulator:
                 )
         finally:
             archive.unlink(missing_ok=True)
+        say(f"  Input uploaded: {size} bytes zipped.")
         position = detail.get("position_in_queue")
         if position is not None:
-            print(f"  Tasks ahead in the queue: {position}", file=sys.stderr)
-        print(
-            "  Follow it with:\n"
-            f"    simdeck tasks list --id {task.id}\n"
-            f"    simdeck logs {task.id}\n"
-            f"    simdeck tasks info {task.id}",
-            file=sys.stderr,
-        )
+            say(f"  Tasks ahead of it in the queue: {position}")
+        elif detail["status"] != "submitted":
+            say(f"  It is {detail['status_label']}: {detail['guidance']['what_happened']}")
+        follow = [
+            (f"simdeck tasks list --id {task.id}", "its status"),
+            (f"simdeck logs {task.id}", "its stdout and stderr, live"),
+            (f"simdeck tasks list-files {task.id}", "its files while it runs"),
+            (f"simdeck tasks info {task.id}", "everything about it"),
+        ]
+        width = max(len(command) for command, _ in follow)
+        say("  To follow it:")
+        for command, what in follow:
+            say(f"    {command.ljust(width)}   # {what}")
         return task
 
     def _check_local(self, input_dir: Path, params: dict) -> None:
@@ -142,11 +193,26 @@ class Simulator:
 
 
 class SplishSplash(Simulator):
-    """SPlisHSPlasH, the SPH fluid simulator; ``sim_config_filename`` names the scene file."""
+    """SPlisHSPlasH, the SPH fluid simulator.
+
+    ``sim_config_filename`` names the scene (JSON) inside ``input_dir``; it
+    may be left out when the folder holds exactly one JSON file.
+    """
 
     name = "splishsplash"
 
-    def run(self, input_dir, on=None, *, sim_config_filename: str, **kwargs) -> Task:  # type: ignore[override]
+    def run(  # type: ignore[override]
+        self, input_dir, on=None, *, sim_config_filename: str | None = None, **kwargs
+    ) -> Task:
+        if sim_config_filename is None:
+            scenes = sorted(p.name for p in Path(input_dir).glob("*.json"))
+            if len(scenes) != 1:
+                found = ", ".join(scenes) if scenes else "none"
+                raise ValueError(
+                    "Name the scene file with sim_config_filename=...; "
+                    f"JSON files at the top of {input_dir}: {found}."
+                )
+            sim_config_filename = scenes[0]
         return super().run(input_dir, on, sim_config_filename=sim_config_filename, **kwargs)
 
     def _check_local(self, input_dir: Path, params: dict) -> None:
@@ -163,15 +229,32 @@ class Commands(Simulator):
 
     name = "commands"
 
-    def run(self, input_dir, on=None, *, commands: list[str], **kwargs) -> Task:  # type: ignore[override]
+    def run(self, input_dir, on=None, *, commands: builtins.list[str] | str, **kwargs) -> Task:  # type: ignore[override]
         if isinstance(commands, str):
             commands = [commands]
         return super().run(input_dir, on, commands=[*commands], **kwargs)
 
 
-def list() -> list[dict]:
-    """The simulators the server offers."""
+# Named like the builtin on purpose: scripts written for the seeds' service call simulators.list().
+def list() -> builtins.list[dict]:
+    """The simulators the server offers: name, label, version, and whether its host has them."""
     return api.client().get("/simulators")
+
+
+def __getattr__(attr: str) -> type[Simulator]:
+    """``simulators.Gromacs`` for any simulator the server offers that has no class here."""
+    if not attr[:1].isupper():
+        raise AttributeError(attr)
+    try:
+        offered = _offered(api.client().url)
+    except SimdeckError:
+        raise AttributeError(attr) from None
+    name = attr.lower()
+    if name not in offered:
+        raise AttributeError(
+            f"The server offers no simulator called {attr!r}; it offers: {', '.join(sorted(offered))}."
+        )
+    return type(attr, (Simulator,), {"name": name, "__doc__": offered[name].get("label", attr)})
 
 
 __all__ = ["Commands", "SimdeckError", "Simulator", "SplishSplash", "list"]

@@ -1,24 +1,33 @@
 """Tasks: follow, wait for, kill and collect what a ``run()`` started.
 
 A :class:`Task` is only a handle on a task id; any number of them may point
-at the same task and none of them copies it. Every property asks the server.
+at the same task and none of them copies it. Every question asks the server,
+so the answer is always current.
+
+    task = simdeck.tasks.Task("i4ir3kvv62odsfrhko4y8w2an")
+    task.wait()
+    if task.status == "completed":
+        task.download_outputs()
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
+import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from simdeck import api
-from simdeck.errors import SimdeckError
-
-OUTPUT_ROOT = Path("simdeck_output")
+from simdeck import api, render
+from simdeck.errors import InvalidTaskId, NotFound, Refused, ServerError, ServerUnreachable, SimdeckError
 
 # The seeds' and the hosted service's spellings, mapped to ours.
 ALIASES = {
@@ -43,7 +52,31 @@ TERMINAL = {
     "executor-failed",
     "ttl-exceeded",
 }
+# Not ended yet: waiting for input, queued or on a machine.
+ACTIVE_STATUSES = {
+    "pending-input",
+    "submitted",
+    "preparing-to-compute",
+    "started",
+    "finalizing",
+    "pending-kill",
+}
+# On a machine: what is_running() answers true for.
 RUNNING = {"preparing-to-compute", "started", "finalizing", "pending-kill"}
+# While these last, the simulator may be printing: wait() follows its logs.
+COMPUTING = {"started", "pending-kill", "finalizing"}
+TASK_ID = re.compile(r"[a-z0-9]{25}")
+# The names a task's logs go by among its files, on the machine and in its outputs.
+LOG_FILES = ("stdout.txt", "stderr.txt")
+# How long wait() keeps trying while the server is away (a restart, a network blip).
+MAX_OUTAGE_SECONDS = 15 * 60
+FOLLOW_LINES = 50
+FAILURE_LINES = 10
+
+
+def output_root() -> Path:
+    """Where downloads go unless told otherwise: ``SIMDECK_OUTPUT_DIR`` or ``simdeck_output``."""
+    return Path(os.environ.get("SIMDECK_OUTPUT_DIR") or "simdeck_output")
 
 
 def canonical(status: str) -> str:
@@ -54,12 +87,12 @@ def canonical(status: str) -> str:
 class TaskStatus(str):
     """A status string that also equals its other spellings (``"completed"`` == ``"success"``)."""
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         if isinstance(other, str):
             return canonical(self) == canonical(other)
         return NotImplemented
 
-    def __ne__(self, other) -> bool:
+    def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)
         return result if result is NotImplemented else not result
 
@@ -67,15 +100,184 @@ class TaskStatus(str):
         return hash(canonical(self))
 
 
+# -- what the server tells about a task ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+    what_happened: str
+    why: str
+    what_to_do: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusPeriod:
+    """One status in the task's timeline: when it began and how long it lasted (seconds)."""
+
+    status: TaskStatus
+    label: str
+    at: dt.datetime
+    duration: float | None
+    ongoing: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeBreakdown:
+    """Seconds spent in each phase; None for a phase the task has not reached."""
+
+    waiting_for_input: float | None
+    in_queue: float | None
+    preparing: float | None
+    computing: float | None
+    finalizing: float | None
+
+
+class TaskInfo(Mapping):
+    """Everything the server knows about a task, at the moment it was asked.
+
+    Read it by attribute (``info.machine_type``, ``info.time_breakdown.computing``)
+    or, as the JSON the API sent, by key (``info["status"]``).
+    ``str(info)`` is the same readable summary as ``Task.summary``.
+    """
+
+    def __init__(self, data: dict):
+        self._data = data
+        self.id: str = data["id"]
+        self.status = TaskStatus(data["status"])
+        self.status_label: str = data["status_label"]
+        self.is_terminal: bool = data["is_terminal"]
+        self.is_failed: bool = self.is_terminal and canonical(self.status) != "success"
+        self.guidance = Guidance(**data["guidance"])
+        self.simulator: str = data["simulator"]
+        self.simulator_version: str = data["simulator_version"]
+        self.parameters: dict = data["parameters"]
+        self.metadata: dict[str, str] = data["metadata"]
+        self.project: str = data["project"]
+        self.owner: str = data["owner"]
+        self.machine_group: str = data["machine_group"]
+        self.machine_type: str = data["machine_type"]
+        self.machine: str | None = data["machine"]
+        self.attempt: int = data["attempt"]
+        self.resubmit_on_preemption: bool = data["resubmit_on_preemption"]
+        self.time_to_live: int | None = data["time_to_live_seconds"]
+        self.created_at = render.parse_time(data["created_at"])
+        self.queued_at = render.parse_time(data["queued_at"])
+        self.preparing_at = render.parse_time(data["preparing_at"])
+        self.started_at = render.parse_time(data["started_at"])
+        self.finalizing_at = render.parse_time(data["finalizing_at"])
+        self.ended_at = render.parse_time(data["ended_at"])
+        self.exit_code: int | None = data["exit_code"]
+        self.error_detail: str = data["error_detail"]
+        self.input_size: int | None = data["input_size"]
+        self.output_size: int | None = data["output_size"]
+        self.output_files: int | None = data["output_files"]
+        self.output_archive_size: int | None = data.get("output_archive_size")
+        self.outputs_available: bool = data.get("outputs_available", False)
+        self.position_in_queue: int | None = data.get("position_in_queue")
+        self.timeline = [
+            StatusPeriod(
+                status=TaskStatus(step["status"]),
+                label=step["label"],
+                at=render.parse_time(step["at"]),
+                duration=step["duration_seconds"],
+                ongoing=step["ongoing"],
+            )
+            for step in data.get("timeline", [])
+        ]
+        self.time_breakdown = TimeBreakdown(**data["time_breakdown"])
+        self.total_time: float = data["total_time_seconds"]
+        self.computation_time: float | None = data["computation_time_seconds"]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"TaskInfo(id={self.id!r}, status={str(self.status)!r})"
+
+    def __str__(self) -> str:
+        return self.summary
+
+    @property
+    def summary(self) -> str:
+        """Readable text: status and guidance, where it runs, timeline, time breakdown, outputs."""
+        return render.to_text(render.task_summary(self))
+
+    def to_dict(self) -> dict:
+        return dict(self._data)
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    """A file of a running task, on its machine."""
+
+    path: str
+    size: int
+    modified: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFile:
+    path: str
+    size: int
+    compressed_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputInfo:
+    """The files of a task's outputs; ``str()`` gives a table of them."""
+
+    files: list[OutputFile]
+    total_size: int
+    archive_size: int
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    def __str__(self) -> str:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, show_footer=True)
+        table.add_column("File", footer=f"{self.n_files} files")
+        table.add_column("Size", justify="right", footer=render.size(self.total_size))
+        table.add_column("Zipped", justify="right", footer=render.size(self.archive_size))
+        for f in self.files:
+            table.add_row(f.path, render.size(f.size), render.size(f.compressed_size))
+        return render.to_text(table)
+
+
+def _remote_file(item: dict) -> RemoteFile:
+    modified = dt.datetime.fromtimestamp(item["modified"], dt.UTC)
+    return RemoteFile(path=item["path"], size=item["size"], modified=modified)
+
+
+# -- the task ----------------------------------------------------------------------
+
+
 class Task:
+    """A handle on one task, by id."""
+
     def __init__(self, task_id: str):
+        task_id = str(task_id).strip()
+        if not TASK_ID.fullmatch(task_id):
+            raise InvalidTaskId(
+                f"{task_id!r} is not a task id: task ids are 25 lowercase letters and digits.",
+                code="not_found",
+            )
         self.id = task_id
         self._client = api.client()
 
     def __repr__(self) -> str:
         return f"Task({self.id!r})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other.id == self.id
 
     def __hash__(self) -> int:
@@ -83,157 +285,361 @@ class Task:
 
     # -- state ---------------------------------------------------------------
 
-    def get_info(self) -> dict:
+    def get_info(self) -> TaskInfo:
         """Everything the server knows of the task, fresh."""
-        return self._client.get(f"/tasks/{self.id}")
+        return TaskInfo(self._client.get(f"/tasks/{self.id}"))
 
     @property
-    def info(self) -> dict:
+    def info(self) -> TaskInfo:
         return self.get_info()
 
     @property
+    def summary(self) -> str:
+        """Readable text: status and guidance, where it runs, timeline, time breakdown, outputs."""
+        return str(self.get_info())
+
+    def print_summary(self) -> None:
+        print(self.summary, end="")
+
+    def _state(self) -> dict:
+        # The lightest question: status and queue position only.
+        return self._client.get(f"/tasks/{self.id}/position")
+
+    @property
     def status(self) -> TaskStatus:
-        return TaskStatus(self.get_info()["status"])
+        return TaskStatus(self._state()["status"])
 
     def is_terminal(self) -> bool:
+        """Has the task ended, however it ended?"""
         return canonical(self.status) in TERMINAL
 
     def is_running(self) -> bool:
+        """Is the task on a machine (preparing, computing, finalizing or being killed)?"""
         return canonical(self.status) in RUNNING
 
     def is_failed(self) -> bool:
+        """Did the task end in any other way than success?"""
         status = canonical(self.status)
         return status in TERMINAL and status != "success"
 
     def get_position_in_queue(self) -> int | None:
-        return self._client.get(f"/tasks/{self.id}/position")["position_in_queue"]
+        """How many tasks are ahead of this one in its group's queue; None when it is not queued."""
+        return self._state()["position_in_queue"]
+
+    def get_computation_time(self) -> float | None:
+        """Seconds the simulation has computed (so far), or None before it started."""
+        return self.get_info().computation_time
+
+    def get_total_time(self) -> float:
+        """Seconds from submission to the end (or to now, while it lasts)."""
+        return self.get_info().total_time
 
     # -- waiting -------------------------------------------------------------
 
     def wait(
         self, polling_period: float = 1.0, silent_mode: bool = False, download_std_on_completion: bool = True
     ) -> TaskStatus:
-        """Block until the task reaches a final status, and return it.
+        """Block until the task ends, and return its final status.
 
-        Interrupting the wait (Ctrl+C) leaves the task running on its machine;
-        use :meth:`sync_context` to kill it instead.
+        Prints each status change with what happened, the number of tasks
+        ahead while queued, and the last lines of stdout/stderr while it
+        computes. At the end stdout.txt and stderr.txt are in the task's
+        output folder; when it failed, the end of stderr is printed.
+
+        The task is never touched: interrupting the wait (Ctrl+C) leaves it
+        running; use :meth:`sync_context` to kill it instead. While the
+        server is unreachable (a restart) the wait keeps trying, with
+        backoff, for up to 15 minutes.
         """
-        last = None
-        last_position = None
-        while True:
-            info = self.get_info()
-            status = info["status"]
-            if status != last:
-                if not silent_mode:
-                    _clear_line()
-                    print(f"■ Task {self.id}: {info['status_label']}. {info['guidance']['what_happened']}")
-                last = status
-            if canonical(status) in TERMINAL:
-                break
-            if status == "submitted" and not silent_mode:
-                position = info.get("position_in_queue")
-                if position != last_position:
-                    _status_line(f"  Tasks ahead in the queue: {position}")
-                    last_position = position
-            time.sleep(polling_period)
+        from simdeck.follow import WaitDisplay
+
+        display = WaitDisplay(self, silent=silent_mode)
+        outage: float | None = None
+        backoff = polling_period
+        status = None
+        try:
+            with display:
+                while True:
+                    try:
+                        state = self._state()
+                        if outage is not None:
+                            display.reconnected()
+                            outage, backoff = None, polling_period
+                        status = state["status"]
+                        display.update(status, state["position_in_queue"])
+                        if status in TERMINAL:
+                            break
+                    except (ServerUnreachable, ServerError) as exc:
+                        now = time.monotonic()
+                        outage = outage or now
+                        if now - outage > MAX_OUTAGE_SECONDS:
+                            raise
+                        display.disconnected(exc)
+                        time.sleep(backoff)
+                        backoff = min(backoff * 2, 30.0)
+                        continue
+                    time.sleep(polling_period)
+        except KeyboardInterrupt:
+            display.interrupted()
+            raise
         if download_std_on_completion:
-            self._download_logs(silent_mode)
-        if status != "success" and not silent_mode and info.get("error_detail"):
-            print(info["error_detail"])
+            self._download_logs()
+        display.finished(status, self.get_info())
         return TaskStatus(status)
 
-    def wait_for_status(self, status: str, polling_period: float = 1.0) -> TaskStatus:
-        """Block until the task is in ``status`` (or has ended); returns its status."""
+    def wait_for_status(
+        self, status: str, polling_period: float = 1.0, timeout: float | None = None
+    ) -> TaskStatus:
+        """Block until the task is in ``status`` or has ended; returns the status it is in.
+
+        With ``timeout`` (seconds), returns the current status once it has passed.
+        """
         wanted = canonical(status)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             current = self.status
             if canonical(current) == wanted or canonical(current) in TERMINAL:
+                return current
+            if deadline is not None and time.monotonic() >= deadline:
                 return current
             time.sleep(polling_period)
 
     @contextlib.contextmanager
     def sync_context(self) -> Iterator[Task]:
-        """Inside this block, an interruption or an error kills the task."""
+        """Inside this block, an interruption (Ctrl+C) or an error kills the task, then goes on."""
         try:
             yield self
         except BaseException:
-            self.kill()
+            with contextlib.suppress(SimdeckError):
+                self.kill(wait_timeout=None)
             raise
 
-    def kill(self, wait_timeout: float | None = None) -> bool | None:
-        """Kill the task. With ``wait_timeout``, wait for it and say if it ended killed."""
+    def kill(self, wait_timeout: float | None = 1, verbose: bool = True) -> bool | None:
+        """Kill the task, unless it has ended already.
+
+        A queued task ends at once; a running one is stopped by its machine.
+        With ``wait_timeout`` (seconds) waits that long for it to be killed
+        and returns whether it is; with None returns at once (None).
+        """
         answer = self._client.post(f"/tasks/{self.id}/kill", retry=True)
-        print(answer["message"], file=sys.stderr)
+        if verbose:
+            print(answer["message"], file=sys.stderr)
         if wait_timeout is None:
             return None
         deadline = time.monotonic() + wait_timeout
-        while time.monotonic() < deadline:
-            if canonical(self.status) != "pending-kill":
-                break
-            time.sleep(0.5)
-        return canonical(self.status) == "killed"
+        status = canonical(answer["status"])
+        while status == "pending-kill" and time.monotonic() < deadline:
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            status = canonical(self.status)
+        return status == "killed"
 
-    # -- outputs -------------------------------------------------------------
+    # -- logs and files on the machine -----------------------------------------
 
-    def _output_dir(self, output_dir: str | Path | None) -> Path:
-        return Path(output_dir) if output_dir else OUTPUT_ROOT / self.id / "outputs"
+    def read_logs(
+        self,
+        offsets: dict[str, int | None],
+        tail_lines: int = 0,
+    ) -> dict:
+        """New text of the logs since ``offsets`` ({"stdout": n, "stderr": m}; None for a tail)."""
+        params: dict[str, Any] = {"stream": list(offsets), "tail_lines": tail_lines}
+        for stream, offset in offsets.items():
+            if offset is not None:
+                params[f"{stream}_offset"] = offset
+        return self._client.get(f"/tasks/{self.id}/logs", params=params)
 
-    def _download_logs(self, silent: bool) -> None:
-        target = self._output_dir(None)
-        target.mkdir(parents=True, exist_ok=True)
-        for stream in ("stdout", "stderr"):
+    def stream_logs(
+        self,
+        streams: tuple[str, ...] = ("stdout", "stderr"),
+        follow: bool = True,
+        polling_period: float = 1.0,
+        tail_lines: int | None = None,
+    ) -> Iterator[tuple[str, str]]:
+        """Yield ``(stream, text)`` pieces of the logs, from the start (or the last ``tail_lines``).
+
+        With ``follow`` keeps going while the task runs and stops once it
+        has ended and everything was read; nothing is lost or repeated at
+        the moment it leaves its machine.
+        """
+        offsets: dict[str, int | None] = {s: (None if tail_lines else 0) for s in streams}
+        while True:
+            answer = self.read_logs(offsets, tail_lines=tail_lines or 0)
+            pending = False
+            for stream in streams:
+                chunk = answer[stream]
+                if chunk["text"]:
+                    yield stream, chunk["text"]
+                offsets[stream] = chunk["next_offset"]
+                pending = pending or chunk["next_offset"] < chunk["size"]
+            ended = answer["status"] in TERMINAL and not answer["live"]
+            if pending:
+                continue  # more is there already: no need to sleep
+            if ended or not follow:
+                return
+            time.sleep(polling_period)
+
+    def _machine(self, what: str, **params) -> dict:
+        return self._client.get(f"/tasks/{self.id}/machine/{what}", params=params)
+
+    def list_files(self) -> list[RemoteFile]:
+        """The files of the running task on its machine (stdout.txt and stderr.txt are its logs)."""
+        return [_remote_file(f) for f in self._machine("files")["files"]]
+
+    def last_modified_file(self) -> RemoteFile | None:
+        """The file the running task changed most recently."""
+        item = self._machine("last-modified-file")["file"]
+        return _remote_file(item) if item else None
+
+    def top(self) -> dict:
+        """The running task's processes (CPU, memory) and its machine's load."""
+        return self._machine("top")
+
+    def iter_tail(
+        self, files: list[str], lines: int = 10, follow: bool = False, polling_period: float = 1.0
+    ) -> Iterator[tuple[str, str]]:
+        """Yield ``(file, text)``: the last ``lines`` of each file, then (following) what they gain."""
+        answer = self._machine("tail", path=files, lines=lines)
+        offsets: list[int | None] = []
+        for item in answer["files"]:
+            if item["missing"]:
+                raise NotFound(f"Task {self.id} has no file {item['path']!r} on its machine (yet).")
+            yield item["path"], item["text"]
+            offsets.append(item["next_offset"])
+        while follow:
+            time.sleep(polling_period)
             try:
-                with open(target / f"{stream}.txt", "wb") as sink:
+                answer = self._machine("tail", path=files, offset=offsets, lines=lines)
+            except Refused as exc:
+                if exc.code != "not_running":
+                    raise
+                # It left its machine. Its logs are stored by now: print what the
+                # last look missed. Other files are in its outputs.
+                for path, offset in zip(files, offsets, strict=True):
+                    stream = path.removesuffix(".txt")
+                    if path in LOG_FILES and offset is not None:
+                        chunk = self.read_logs({stream: offset})[stream]
+                        while chunk["text"]:
+                            yield path, chunk["text"]
+                            chunk = self.read_logs({stream: chunk["next_offset"]})[stream]
+                return
+            for i, item in enumerate(answer["files"]):
+                if item["missing"]:
+                    continue
+                if item["text"]:
+                    yield item["path"], item["text"]
+                offsets[i] = item["next_offset"]
+
+    def tail_files(
+        self, files: str | list[str], lines: int = 10, follow: bool = False
+    ) -> dict[str, str] | None:
+        """The last ``lines`` lines of files of the running task ({file: text}).
+
+        With ``follow``, prints them and then every new line until the task
+        stops running (or Ctrl+C), and returns None.
+        """
+        names = [files] if isinstance(files, str) else list(files)
+        if not follow:
+            return dict(self.iter_tail(names, lines))
+        last = None
+        for path, text in self.iter_tail(names, lines, follow=True):
+            if len(names) > 1 and path != last:
+                print(f"==> {path} <==")
+                last = path
+            print(text, end="", flush=True)
+        return None
+
+    # -- outputs and inputs -----------------------------------------------------
+
+    def _download_logs(self) -> Path | None:
+        target = output_root() / self.id / "outputs"
+        got = None
+        for stream in ("stdout", "stderr"):
+            path = target / f"{stream}.txt"
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                with open(path, "wb") as sink:
                     self._client.download(f"/tasks/{self.id}/logs/{stream}", sink)
+                got = target
             except SimdeckError:
-                (target / f"{stream}.txt").unlink(missing_ok=True)
-        if not silent:
-            print(f"  Logs saved in {target}/")
+                path.unlink(missing_ok=True)  # a task that never ran has no logs
+        return got
+
+    def get_output_info(self) -> OutputInfo:
+        """The output files with their sizes, without downloading them."""
+        data = self._client.get(f"/tasks/{self.id}/outputs/files")
+        return OutputInfo(
+            files=[OutputFile(**f) for f in data["files"]],
+            total_size=data["total_size"],
+            archive_size=data["archive_size"],
+        )
 
     def download_outputs(
         self,
-        filenames: list[str] | None = None,
-        output_dir: str | Path | None = None,
+        filenames: list[str] | str | os.PathLike | None = None,
+        output_dir: str | os.PathLike | None = None,
         uncompress: bool = True,
+        rm_downloaded_zip_archive: bool = True,
         rm_remote_files: bool = False,
     ) -> Path:
-        """Fetch the outputs (and logs) into ``output_dir``; returns that folder."""
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+        """Fetch the outputs (with stdout.txt and stderr.txt) and return the folder they are in.
 
-        target = self._output_dir(output_dir)
+        The folder is ``output_dir``, by default ``simdeck_output/<task id>/outputs``.
+        With ``filenames`` (a list of paths within the outputs) only those
+        files are fetched. A single string or path given first is taken as
+        the folder, as scripts written for the hosted service do.
+        Without ``uncompress`` the zip archive itself is kept there.
+        """
+        if isinstance(filenames, (str, os.PathLike)) and output_dir is None:
+            filenames, output_dir = None, filenames
+        target = Path(output_dir) if output_dir else output_root() / self.id / "outputs"
         target.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(suffix=".zip", dir=target, delete=False) as tmp:
-            archive = Path(tmp.name)
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                transient=True,
-                disable=not sys.stderr.isatty(),
-            ) as bar:
-                job = bar.add_task(f"Downloading outputs of {self.id}", total=None)
-                self._client.download(
-                    f"/tasks/{self.id}/outputs",
-                    tmp,
-                    lambda done, total: bar.update(job, completed=done, total=total),
-                )
-        if not uncompress:
-            final = target / "outputs.zip"
-            archive.replace(final)
-            return final
-        with zipfile.ZipFile(archive) as zf:
-            names = zf.namelist()
-            wanted = names if filenames is None else [n for n in names if n in set(filenames)]
-            missing = set(filenames or []) - set(wanted)
-            for name in wanted:
-                _extract_member(zf, name, target)
-        archive.unlink()
-        if missing:
-            raise SimdeckError(f"Not among the outputs of {self.id}: {', '.join(sorted(missing))}.")
+        if filenames:
+            for name in filenames:
+                dest = _inside(target, name)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                _fetch(self._client, f"/tasks/{self.id}/outputs/files/{name}", dest, f"Downloading {name}")
+        else:
+            self._fetch_archive(
+                f"/tasks/{self.id}/outputs", target, "outputs", uncompress, rm_downloaded_zip_archive
+            )
+        print(f"Outputs of task {self.id} are in {target}/", file=sys.stderr)
         if rm_remote_files:
-            self._client.request("DELETE", f"/tasks/{self.id}/outputs")
+            self.remove_remote_files()
         return target
+
+    def download_inputs(
+        self,
+        output_dir: str | os.PathLike | None = None,
+        uncompress: bool = True,
+        rm_downloaded_zip_archive: bool = True,
+    ) -> Path:
+        """Fetch the input files as uploaded; by default into ``simdeck_output/<task id>/inputs``."""
+        target = Path(output_dir) if output_dir else output_root() / self.id / "inputs"
+        target.mkdir(parents=True, exist_ok=True)
+        self._fetch_archive(
+            f"/tasks/{self.id}/input", target, "inputs", uncompress, rm_downloaded_zip_archive
+        )
+        print(f"Inputs of task {self.id} are in {target}/", file=sys.stderr)
+        return target
+
+    def _fetch_archive(self, path: str, target: Path, what: str, uncompress: bool, remove_zip: bool) -> None:
+        archive = target / f"{what}.zip"
+        _fetch(self._client, path, archive, f"Downloading {what} of {self.id}")
+        if not uncompress:
+            return
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                _extract_member(zf, info, target)
+        if remove_zip:
+            archive.unlink()
+
+    def remove_remote_files(self) -> dict:
+        """Delete the task's stored outputs and input from the server (its logs stay)."""
+        answer = self._client.delete(f"/tasks/{self.id}/outputs")
+        print(
+            f"Removed the stored files of task {self.id} ({render.size(answer['freed_bytes'])}).",
+            file=sys.stderr,
+        )
+        return answer
 
     # -- metadata ------------------------------------------------------------
 
@@ -242,84 +648,160 @@ class Task:
 
     def set_metadata(self, metadata: dict[str, str]) -> dict[str, str]:
         """Replace the task's metadata; keys and values must be non-empty strings."""
-        _check_metadata(metadata)
+        check_metadata(metadata)
         return self._client.put(f"/tasks/{self.id}/metadata", json={"metadata": metadata})
 
     def update_metadata(self, metadata: dict[str, str]) -> dict[str, str]:
         """Add or change keys, keeping the others."""
-        _check_metadata(metadata)
+        check_metadata(metadata)
         return self._client.patch(f"/tasks/{self.id}/metadata", json={"metadata": metadata})
 
+    def unset_metadata(self, *keys: str) -> dict[str, str]:
+        """Remove keys; returns what is left."""
+        return self._client.delete(f"/tasks/{self.id}/metadata", params={"key": list(keys)})
 
-def _check_metadata(metadata: dict) -> None:
+
+def check_metadata(metadata: object) -> None:
+    """Refuse, before sending anything, what the server would refuse, naming the culprit."""
     if not isinstance(metadata, dict):
-        raise TypeError(f"Metadata must be a dict of strings, not {type(metadata).__name__}.")
+        raise TypeError(f"Metadata is a dict of strings to strings, not a {type(metadata).__name__}.")
     for key, value in metadata.items():
         if not isinstance(key, str):
-            raise TypeError(f"Metadata key {key!r} must be a string (convert it with str()).")
-        if not isinstance(value, str):
             raise TypeError(
-                f"Metadata value of {key!r} must be a string, not {type(value).__name__}: {value!r}."
+                f"Metadata key {key!r} is a {type(key).__name__}; keys must be strings (use str({key!r}))."
             )
         if not key.strip():
-            raise ValueError("Metadata keys must not be empty.")
+            raise ValueError(f"Metadata key {key!r} is empty; give every value a name.")
+        if not isinstance(value, str):
+            raise TypeError(
+                f"Metadata value of {key!r} is a {type(value).__name__} ({value!r}); "
+                f"values must be strings (use str({value!r}))."
+            )
         if not value:
-            raise ValueError(f"Metadata value of {key!r} must not be empty.")
+            raise ValueError(f"Metadata value of {key!r} is empty; leave the key out instead.")
 
 
-def _extract_member(zf: zipfile.ZipFile, name: str, target: Path) -> None:
+def _inside(target: Path, name: str) -> Path:
     dest = (target / name).resolve()
     if not dest.is_relative_to(target.resolve()):
         raise SimdeckError(f"Refusing to write {name!r} outside {target}.")
-    if name.endswith("/"):
+    return dest
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    dest = _inside(target, info.filename)
+    if info.is_dir():
         dest.mkdir(parents=True, exist_ok=True)
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with zf.open(name) as src, open(dest, "wb") as out:
+    with zf.open(info) as src, open(dest, "wb") as out:
         shutil.copyfileobj(src, out)
 
 
-def _status_line(text: str) -> None:
-    if sys.stdout.isatty():
-        print(f"\r\033[K{text}", end="", flush=True)
-    else:
-        print(text)
+def _fetch(client: api.Client, path: str, dest: Path, description: str) -> None:
+    """Download to ``dest`` through a temporary file, with a progress bar on a terminal."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    fd, tmp_name = tempfile.mkstemp(prefix=".simdeck-", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with (
+            os.fdopen(fd, "wb") as sink,
+            Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                transient=True,
+                disable=not sys.stderr.isatty(),
+            ) as bar,
+        ):
+            job = bar.add_task(description, total=None)
+            client.download(path, sink, lambda done, total: bar.update(job, completed=done, total=total))
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _clear_line() -> None:
-    if sys.stdout.isatty():
-        print("\r\033[K", end="")
+# -- many tasks ------------------------------------------------------------------------
+
+PAGE = 500
 
 
-def get(last_n: int = 5, status: str | None = None, project: str | None = None) -> list[Task]:
-    """The ``last_n`` most recent tasks, optionally of one status or project."""
-    params: dict = {"limit": max(1, min(last_n, 500))}
+def _params(status: str | list[str] | None, project: str | None, metadata: dict[str, str] | None) -> dict:
+    params: dict[str, Any] = {}
     if status:
-        params["status"] = status
+        params["status"] = [status] if isinstance(status, str) else list(status)
     if project:
         params["project"] = project
-    page = api.client().get("/tasks", params=params)
-    return [Task(item["id"]) for item in page["items"][:last_n]]
+    if metadata:
+        check_metadata(metadata)
+        params["metadata"] = [f"{k}={v}" for k, v in metadata.items()]
+    return params
 
 
-def get_all(status: str | None = None, project: str | None = None) -> list[Task]:
-    """Every task, page by page."""
-    params: dict = {"limit": 500}
-    if status:
-        params["status"] = status
-    if project:
-        params["project"] = project
-    tasks: list[Task] = []
-    while True:
-        page = api.client().get("/tasks", params=params)
-        tasks.extend(Task(item["id"]) for item in page["items"])
+def summaries(params: dict, limit: int | None) -> Iterator[dict]:
+    """Tasks as the list endpoint describes them, newest first, page by page, at most ``limit``.
+
+    ``params`` are the endpoint's filters (status, project, metadata, id, …).
+    """
+    client = api.client()
+    seen = 0
+    params = dict(params)
+    while limit is None or seen < limit:
+        params["limit"] = PAGE if limit is None else min(PAGE, limit - seen)
+        page = client.get("/tasks", params=params)
+        yield from page["items"]
+        seen += len(page["items"])
         if not page["next_cursor"]:
-            return tasks
+            return
         params["cursor"] = page["next_cursor"]
 
 
-def get_tasks(last_n: int = 10, status: str | None = None, project: str | None = None) -> list[Task]:
+def get(
+    last_n: int = 5,
+    status: str | list[str] | None = None,
+    project: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> list[Task]:
+    """The ``last_n`` most recent tasks, newest first, optionally filtered.
+
+    ``status`` accepts every spelling (``"completed"`` means success);
+    ``metadata`` keeps tasks whose metadata has all the given pairs.
+    """
+    if last_n < 1:
+        raise ValueError(f"last_n must be at least 1 (got {last_n}); use get_all() for every task.")
+    return [Task(t["id"]) for t in summaries(_params(status, project, metadata), last_n)]
+
+
+def get_all(
+    status: str | list[str] | None = None,
+    project: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> list[Task]:
+    """Every task that matches, newest first, fetched page by page."""
+    return [Task(t["id"]) for t in summaries(_params(status, project, metadata), None)]
+
+
+def get_tasks(
+    last_n: int = 10,
+    status: str | list[str] | None = None,
+    project: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> list[Task]:
     """``last_n`` recent tasks, or all of them when ``last_n <= 0``."""
     if last_n <= 0:
-        return get_all(status=status, project=project)
-    return get(last_n=last_n, status=status, project=project)
+        return get_all(status=status, project=project, metadata=metadata)
+    return get(last_n=last_n, status=status, project=project, metadata=metadata)
+
+
+__all__ = [
+    "OutputInfo",
+    "RemoteFile",
+    "Task",
+    "TaskInfo",
+    "TaskStatus",
+    "get",
+    "get_all",
+    "get_tasks",
+]

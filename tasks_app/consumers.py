@@ -146,6 +146,10 @@ class TaskLogConsumer(_TaskSocket):
             if not backlog and Status(self.task.status) in TERMINAL:
                 await self.send_stored_tail()
                 return
+            if not self.json:
+                # The page's log view is replaced by the backlog on every
+                # (re)connect, so a reconnect neither repeats nor skips lines.
+                await self.send('<div id="log-lines" hx-swap-oob="innerHTML"></div>')
             for entry_id, fields in reversed(backlog):
                 if not await self.deliver(entry_id, fields):
                     return

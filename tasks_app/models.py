@@ -161,6 +161,12 @@ class Task(models.Model):
     output_size = models.BigIntegerField(null=True, blank=True)
     output_files = models.PositiveIntegerField(null=True, blank=True)
 
+    # A resubmission points at the task it repeats; the original lists its
+    # resubmissions through ``resubmissions``. Deleting one keeps the other.
+    resubmitted_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resubmissions"
+    )
+
     objects = TaskQuerySet.as_manager()
 
     class Meta:
@@ -177,6 +183,8 @@ class Task(models.Model):
                 condition=models.Q(status=Status.SUBMITTED),
             ),
             GinIndex(fields=["metadata"], name="task_metadata"),
+            # Recently ended tasks: the overview's counts, chart and failures, a group's history.
+            models.Index(fields=["-ended_at"], name="task_ended", condition=models.Q(ended_at__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -297,3 +305,32 @@ class APIKey(models.Model):
             return None
         cls.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
         return key.user
+
+
+class SavedView(models.Model):
+    """A named filter of the tasks table: the query string it stands for.
+
+    Personal unless ``project`` is set, in which case everyone who sees that
+    project sees the view too. At most one default per user: the table opens
+    with it when no filter is given.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="saved_views")
+    name = models.CharField(max_length=100)
+    query = models.CharField(max_length=2000, blank=True)
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="saved_views"
+    )
+    is_default = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="saved_view_name_per_owner"),
+            models.UniqueConstraint(
+                fields=["owner"], condition=models.Q(is_default=True), name="one_default_view_per_owner"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name

@@ -312,10 +312,17 @@ def reclaim_machine(machine: Machine, *, reason: str = "", actor=None) -> None:
             status=409,
         )
     reason = reason or f"Spot machine {machine.name} was reclaimed."
-    if _machine_gone(machine, Machine.State.RECLAIMED, Status.SPOT_PREEMPTED, reason, actor=actor):
-        Activity.objects.create(
-            kind="machine-reclaimed", group=machine.group, machine=machine, actor=actor, message=reason
+    if not _machine_gone(machine, Machine.State.RECLAIMED, Status.SPOT_PREEMPTED, reason, actor=actor):
+        machine.refresh_from_db()
+        raise Refused(
+            f"Machine {machine.name} is {machine.get_state_display().lower()}; only a running machine "
+            "can be reclaimed.",
+            code="conflict",
+            status=409,
         )
+    Activity.objects.create(
+        kind="machine-reclaimed", group=machine.group, machine=machine, actor=actor, message=reason
+    )
 
 
 def _machine_gone(machine: Machine, state: str, ending: Status, reason: str, actor=None) -> bool:
@@ -402,3 +409,281 @@ def validate_metadata(metadata: dict) -> dict:
                 f"Metadata {key!r} is too long (keys 200, values 10000 characters).", field="metadata"
             )
     return dict(metadata)
+
+
+# -- reading tasks for the client and the CLI ------------------------------------
+#
+# What the API's task pages, file listings and live views need beyond the
+# model: the timeline with durations, stored outputs and logs, and questions
+# to the machine running a task.
+
+# Which phase of the time breakdown each status counts towards. A kill keeps
+# the simulator running until the machine stops it, so it counts as computing.
+PHASE_OF: dict[Status, str] = {
+    Status.PENDING_INPUT: "waiting_for_input",
+    Status.SUBMITTED: "in_queue",
+    Status.PREPARING: "preparing",
+    Status.STARTED: "computing",
+    Status.PENDING_KILL: "computing",
+    Status.FINALIZING: "finalizing",
+}
+PHASES = ("waiting_for_input", "in_queue", "preparing", "computing", "finalizing")
+
+# Late imports keep this section self-contained; default_storage is used
+# directly for sizes and deletions, which tasks_app.storage does not wrap.
+from django.core.files.storage import default_storage  # noqa: E402
+
+
+def timeline(task: Task, events: list | None = None, now: dt.datetime | None = None) -> list[dict]:
+    """Each status the task went through, when it began and how long it lasted.
+
+    The first entry is the task's creation (waiting for input), which has no
+    event of its own. The last one lasts until now unless it is an ending.
+    """
+    now = now or timezone.now()
+    events = list(task.events.all()) if events is None else events
+    steps = [(Status.PENDING_INPUT, task.created_at)] + [(Status(e.to_status), e.at) for e in events]
+    entries = []
+    for i, (status, at) in enumerate(steps):
+        following = steps[i + 1][1] if i + 1 < len(steps) else None
+        last = following is None
+        ongoing = last and status not in lifecycle.TERMINAL
+        if following is not None:
+            duration = (following - at).total_seconds()
+        elif ongoing:
+            duration = (now - at).total_seconds()
+        else:
+            duration = None  # an ending lasts forever; it has no duration
+        entries.append(
+            {
+                "status": status.value,
+                "label": status.label,
+                "at": at,
+                "duration_seconds": duration,
+                "ongoing": ongoing,
+            }
+        )
+    return entries
+
+
+def time_breakdown(entries: list[dict]) -> dict[str, float | None]:
+    """Seconds spent in each phase; None for a phase the task never reached."""
+    totals: dict[str, float | None] = dict.fromkeys(PHASES)
+    for entry in entries:
+        phase = PHASE_OF.get(Status(entry["status"]))
+        if phase and entry["duration_seconds"] is not None:
+            totals[phase] = (totals[phase] or 0.0) + entry["duration_seconds"]
+    return totals
+
+
+def total_time(task: Task, now: dt.datetime | None = None) -> float:
+    """Seconds from creation to the end, or to now while it lasts."""
+    return ((task.ended_at or now or timezone.now()) - task.created_at).total_seconds()
+
+
+def visible_projects(user):
+    """Projects the user has something in (all of them for staff).
+
+    Issue 7 turns projects into teams with members; this then moves to
+    :mod:`tasks_app.access` as a role check.
+    """
+    from django.db.models import Q
+
+    qs = Project.objects.all()
+    if user.is_staff:
+        return qs
+    return qs.filter(Q(created_by=user) | Q(tasks__owner=user) | Q(machine_groups__owner=user)).distinct()
+
+
+# Outputs and inputs in storage. Sizes and deletions go straight to Django's
+# storage API, which tasks_app.storage wraps only for names and uploads.
+
+
+def missing_outputs(task: Task) -> Refused:
+    """The refusal that says why a task has no outputs to give."""
+    status = Status(task.status)
+    if task.output_files is not None:
+        why = "its outputs were removed from the server"
+    elif status in lifecycle.TERMINAL:
+        why = f"it ended as {status.label} without storing outputs"
+    else:
+        why = f"it is {status.label}; outputs are stored when it finishes"
+    return Refused(f"Task {task.id} has no outputs: {why}.", code="no_outputs", status=404)
+
+
+def output_listing(task: Task) -> dict:
+    """Files in the task's output archive, with their sizes, read from the archive's index."""
+    import zipfile
+
+    if not storage.exists(task.output_path):
+        raise missing_outputs(task)
+    with storage.open_file(task.output_path) as f, zipfile.ZipFile(f) as zf:
+        files = [
+            {"path": i.filename, "size": i.file_size, "compressed_size": i.compress_size}
+            for i in zf.infolist()
+            if not i.is_dir()
+        ]
+    return {
+        "files": files,
+        "total_size": sum(f["size"] for f in files),
+        "archive_size": default_storage.size(task.output_path),
+    }
+
+
+def open_output_file(task: Task, path: str):
+    """A stream of one file of the outputs and its size; the caller closes it."""
+    import zipfile
+
+    if not storage.exists(task.output_path):
+        raise missing_outputs(task)
+    f = storage.open_file(task.output_path)
+    try:
+        zf = zipfile.ZipFile(f)
+        try:
+            info = zf.getinfo(path)
+        except KeyError:
+            raise Refused(
+                f"Task {task.id} has no output file {path!r}; list them with get_output_info().",
+                code="not_found",
+                field="path",
+                status=404,
+            ) from None
+        return zf.open(info), info.file_size, f
+    except BaseException:
+        f.close()
+        raise
+
+
+def remove_outputs(task: Task, *, actor=None) -> dict:
+    """Delete the task's stored input and output archives to free space; logs stay."""
+    if Status(task.status) not in lifecycle.TERMINAL:
+        raise Refused(
+            f"Task {task.id} is {task.get_status_display()}; its files can be removed once it has ended.",
+            code="conflict",
+            status=409,
+        )
+    removed, freed = [], 0
+    for name in (task.output_path, task.input_path):
+        if storage.exists(name):
+            freed += default_storage.size(name)
+            default_storage.delete(name)
+            removed.append(name)
+    Task.objects.filter(pk=task.pk).update(output_path="", input_path="")
+    task.output_path = task.input_path = ""
+    return {"removed": removed, "freed_bytes": freed}
+
+
+def unset_metadata(task: Task, keys: list[str], *, actor=None) -> dict:
+    """Remove the given keys from the task's metadata; returns what is left."""
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().get(pk=task.pk)
+        new = {k: v for k, v in locked.metadata.items() if k not in set(keys)}
+        Task.objects.filter(pk=task.pk).update(metadata=new)
+    task.metadata = new
+    return new
+
+
+# Asking the machine that runs a task.
+
+# Long enough for a machine busy computing to answer, short enough for a CLI.
+MACHINE_ANSWER_SECONDS = 4.0
+
+
+class NotRunning(Refused):
+    """The task is not on a machine, so there is nothing to look at there."""
+
+    def __init__(self, task: Task):
+        status = Status(task.status)
+        if status in lifecycle.TERMINAL:
+            hint = f"Its files are in its outputs: simdeck tasks download {task.id}"
+        else:
+            hint = "Try again once it is In Progress."
+        super().__init__(
+            f"Task {task.id} is not running (it is {status.label}), so there is nothing to look at "
+            f"on a machine. {hint}",
+            code="not_running",
+            status=409,
+        )
+
+
+def ask_machine(task: Task, op: str, **params) -> dict:
+    """Ask the worker running ``task`` a question (see :mod:`tasks_app.executor.inspect`)."""
+    from console.celery import app
+    from tasks_app.executor import inspect
+
+    machine = task.machine
+    if Status(task.status) not in lifecycle.ON_MACHINE or machine is None or not machine.hostname:
+        raise NotRunning(task)
+    node = f"{machine.name}@{machine.hostname}"
+    replies = app.control.broadcast(
+        inspect.COMMAND,
+        arguments={"task_id": task.id, "op": op, "params": params},
+        destination=[node],
+        reply=True,
+        timeout=MACHINE_ANSWER_SECONDS,
+        limit=1,
+    )
+    answer = next((r[node] for r in replies or [] if node in r), None)
+    if answer is None:
+        raise Refused(
+            f"Machine {machine.name} did not answer within {MACHINE_ANSWER_SECONDS:.0f} s; "
+            "it may be overloaded or gone. Try again in a moment.",
+            code="machine_unavailable",
+            status=503,
+        )
+    if answer.get("ok"):
+        return answer
+    if answer.get("error") == "not_here":
+        task.refresh_from_db()  # it moved on while we asked
+        raise NotRunning(task)
+    if answer.get("error") == "invalid":
+        raise Refused(answer.get("message", "Invalid request."), field=answer.get("field"))
+    raise Refused(
+        f"Machine {machine.name} could not answer: {answer.get('message') or answer.get('error')}",
+        code="machine_error",
+        status=502,
+    )
+
+
+def read_logs(
+    task: Task, offsets: dict[str, int | None], *, tail_lines: int = 0, max_bytes: int = 64 * 1024
+) -> dict:
+    """New text of the task's logs since ``offsets`` (stream -> byte offset, None for a tail).
+
+    While the task is on a machine the machine answers; afterwards the
+    stored logs do. Offsets mean the same bytes in both, so a reader that
+    follows a task across its end loses nothing and sees nothing twice.
+    """
+    from tasks_app.executor import inspect
+
+    streams = [s for s in ("stdout", "stderr") if s in offsets]
+    if Status(task.status) in lifecycle.ON_MACHINE:
+        try:
+            answer = ask_machine(
+                task,
+                "read",
+                files=[{"path": f"{s}.txt", "offset": offsets[s]} for s in streams],
+                lines=tail_lines,
+                max_bytes=max_bytes,
+            )
+        except NotRunning:
+            pass  # it just ended: the stored logs have the same bytes
+        else:
+            chunks = {}
+            for stream, item in zip(streams, answer["files"], strict=True):
+                chunks[stream] = _empty_chunk(offsets[stream]) if item.get("missing") else item
+            return {"status": task.status, "live": True, **chunks}
+    chunks = {}
+    for stream in streams:
+        name = storage.log_name(task.id, stream)
+        if not storage.exists(name):
+            chunks[stream] = _empty_chunk(offsets[stream])
+            continue
+        size = default_storage.size(name)
+        with storage.open_file(name) as f:
+            chunks[stream] = inspect.read_text(f, size, offsets[stream], tail_lines, max_bytes)
+    return {"status": task.status, "live": False, **chunks}
+
+
+def _empty_chunk(offset: int | None) -> dict:
+    return {"offset": offset or 0, "next_offset": offset or 0, "size": 0, "text": ""}

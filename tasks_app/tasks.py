@@ -4,6 +4,7 @@ from celery import shared_task
 from django.conf import settings
 
 from tasks_app import scheduler, services
+from tasks_app.executor import inspect as _inspect  # noqa: F401  (registers the remote-control command)
 from tasks_app.executor import machine as _machine  # noqa: F401  (connects the worker signals)
 from tasks_app.executor.machine import current_machine
 from tasks_app.executor.run import execute_next

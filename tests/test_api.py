@@ -91,7 +91,8 @@ def test_an_upload_queues_the_task_and_records_the_event(api, group, django_capt
     assert body["status"] == "submitted"
     assert body["position_in_queue"] == 0
     assert [e["to_status"] for e in body["events"]] == ["submitted"]
-    assert len(callbacks) == 1  # the message to the machines, sent after commit
+    # The message to the machines and the live status push, both after commit.
+    assert len(callbacks) == 2
 
 
 def test_a_truncated_upload_is_refused_and_the_task_keeps_waiting(api, group):

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.core.files.storage import default_storage
 from ninja import Field, Schema
 
-from tasks_app import lifecycle
+from tasks_app import lifecycle, services, storage
 
 
 class Error(Schema):
     error: str = Field(description="A stable code, e.g. 'not_found', 'invalid', 'bad_upload'.")
     message: str = Field(description="What is wrong and what to do about it.")
     field: str | None = None
+
+
+class WhoAmIOut(Schema):
+    username: str
+    is_staff: bool
 
 
 class GuidanceOut(Schema):
@@ -56,6 +62,7 @@ class TaskOut(Schema):
     project: str
     owner: str
     machine_group: str
+    machine_type: str
     machine: str | None
     attempt: int
     resubmit_on_preemption: bool
@@ -94,13 +101,50 @@ class TaskOut(Schema):
         return obj.machine_group.name
 
     @staticmethod
+    def resolve_machine_type(obj) -> str:
+        return obj.machine_group.machine_type
+
+    @staticmethod
     def resolve_machine(obj) -> str | None:
         return obj.machine.name if obj.machine_id else None
+
+
+class TimelineEntryOut(Schema):
+    status: str
+    label: str
+    at: datetime
+    duration_seconds: float | None = Field(description="Null for the final status of an ended task.")
+    ongoing: bool
+
+
+class TimeBreakdownOut(Schema):
+    """Seconds in each phase; null for a phase the task has not reached."""
+
+    waiting_for_input: float | None
+    in_queue: float | None
+    preparing: float | None
+    computing: float | None
+    finalizing: float | None
+
+
+def _timeline(obj) -> list[dict]:
+    # Several fields derive from the timeline; build it once per task.
+    if not hasattr(obj, "_timeline"):
+        obj._events = list(obj.events.select_related("actor", "machine"))
+        obj._timeline = services.timeline(obj, obj._events)
+    return obj._timeline
 
 
 class TaskDetailOut(TaskOut):
     position_in_queue: int | None
     events: list[EventOut]
+    timeline: list[TimelineEntryOut]
+    time_breakdown: TimeBreakdownOut
+    total_time_seconds: float
+    computation_time_seconds: float | None
+    outputs_available: bool
+    output_archive_size: int | None = Field(description="Size of the zipped outputs, in bytes.")
+    inputs_available: bool
 
     @staticmethod
     def resolve_position_in_queue(obj) -> int | None:
@@ -108,7 +152,36 @@ class TaskDetailOut(TaskOut):
 
     @staticmethod
     def resolve_events(obj):
-        return list(obj.events.select_related("actor", "machine"))
+        _timeline(obj)
+        return obj._events
+
+    @staticmethod
+    def resolve_timeline(obj) -> list[dict]:
+        return _timeline(obj)
+
+    @staticmethod
+    def resolve_time_breakdown(obj) -> dict:
+        return services.time_breakdown(_timeline(obj))
+
+    @staticmethod
+    def resolve_total_time_seconds(obj) -> float:
+        return services.total_time(obj)
+
+    @staticmethod
+    def resolve_computation_time_seconds(obj) -> float | None:
+        return services.time_breakdown(_timeline(obj))["computing"]
+
+    @staticmethod
+    def resolve_outputs_available(obj) -> bool:
+        return storage.exists(obj.output_path)
+
+    @staticmethod
+    def resolve_output_archive_size(obj) -> int | None:
+        return default_storage.size(obj.output_path) if storage.exists(obj.output_path) else None
+
+    @staticmethod
+    def resolve_inputs_available(obj) -> bool:
+        return storage.exists(obj.input_path)
 
 
 class TaskPage(Schema):
@@ -116,6 +189,30 @@ class TaskPage(Schema):
     next_cursor: str | None = Field(
         description="Pass as `cursor` to get the next page; null on the last page."
     )
+
+
+class TaskFilters(Schema):
+    """Filters of the task list; all given ones must match."""
+
+    status: list[str] | None = Field(
+        None,
+        description="Statuses to include (repeat, or separate with commas). Aliases work: "
+        "'completed' is 'success', 'in-queue' is 'submitted', 'executer-…' is 'executor-…'.",
+    )
+    id: list[str] | None = Field(None, description="Only these task ids.")
+    project: str | None = Field(None, description="Project name.")
+    simulator: str | None = Field(None, description="Simulator name, e.g. splishsplash.")
+    machine_group: str | None = Field(None, description="Machine group name.")
+    owner: str | None = Field(None, description="Username of the task's owner.")
+    metadata: list[str] | None = Field(None, description="key=value pairs that must all match.")
+    created_after: datetime | None = Field(
+        None, description="Created at or after this time (ISO 8601; UTC when no zone is given)."
+    )
+    created_before: datetime | None = Field(
+        None, description="Created before this time (ISO 8601; UTC when no zone is given)."
+    )
+    limit: int = Field(50, ge=1, le=500, description="Tasks per page.")
+    cursor: str | None = Field(None, description="The next_cursor of the previous page.")
 
 
 class TaskIn(Schema):
@@ -134,6 +231,12 @@ class TaskCreated(TaskOut):
     position_in_queue: int | None = None
 
 
+class PositionOut(Schema):
+    id: str
+    status: str
+    position_in_queue: int | None = Field(description="Tasks ahead in the queue; null when not queued.")
+
+
 class KillOut(Schema):
     id: str
     status: str
@@ -141,8 +244,104 @@ class KillOut(Schema):
     message: str
 
 
+class KillManyIn(Schema):
+    ids: list[str] = Field(default_factory=list, description="Tasks to kill.")
+    all: bool = Field(False, description="Kill every task of yours that has not ended.")
+    project: str | None = Field(None, description="With all: only the tasks of this project.")
+
+
 class MetadataIn(Schema):
-    metadata: dict
+    metadata: dict = Field(examples=[{"viscosity": "0.01", "run": "2"}])
+
+
+class OutputFileOut(Schema):
+    path: str
+    size: int
+    compressed_size: int
+
+
+class OutputListingOut(Schema):
+    files: list[OutputFileOut]
+    total_size: int = Field(description="Bytes once unzipped.")
+    archive_size: int = Field(description="Bytes of the zip archive.")
+
+
+class RemovedOut(Schema):
+    removed: list[str]
+    freed_bytes: int
+
+
+class LogChunkOut(Schema):
+    offset: int = Field(description="Byte offset where `text` begins.")
+    next_offset: int = Field(description="Pass this back as the offset to get what follows.")
+    size: int = Field(description="Size of the whole log so far, in bytes.")
+    text: str
+
+
+class LogsOut(Schema):
+    status: str
+    live: bool = Field(description="True when read from the machine running the task.")
+    stdout: LogChunkOut | None = None
+    stderr: LogChunkOut | None = None
+
+
+class MachineFileOut(Schema):
+    path: str
+    size: int
+    modified: float = Field(description="Seconds since the epoch.")
+
+
+class MachineFilesOut(Schema):
+    files: list[MachineFileOut]
+    truncated: bool
+
+
+class LastModifiedOut(Schema):
+    file: MachineFileOut | None
+    now: float = Field(description="The machine's clock, seconds since the epoch.")
+
+
+class TailedFileOut(Schema):
+    path: str
+    missing: bool = False
+    offset: int | None = None
+    next_offset: int | None = None
+    size: int | None = None
+    text: str | None = None
+
+
+class TailOut(Schema):
+    files: list[TailedFileOut]
+
+
+class ProcessOut(Schema):
+    pid: int
+    ppid: int
+    name: str
+    command: str
+    status: str
+    cpu_percent: float
+    memory_bytes: int
+    threads: int
+    started: float
+
+
+class TopOut(Schema):
+    processes: list[ProcessOut]
+    cpus: int
+    load_average: list[float]
+    memory_total_bytes: int
+    memory_available_bytes: int
+    now: float
+
+
+class ProjectOut(Schema):
+    name: str
+    created_at: datetime
+    num_tasks: int
+    active: int = Field(description="Tasks waiting, queued or on a machine.")
+    succeeded: int
+    failed: int = Field(description="Tasks that ended in any other way than success.")
 
 
 class MachineTypeOut(Schema):
@@ -167,7 +366,9 @@ class GroupIn(Schema):
     spot: bool = False
     data_disk_gb: int = 10
     auto_resize_disk_max_gb: int | None = None
-    max_idle_time: float | None = Field(3, description="Minutes without a task before the group stops itself.")
+    max_idle_time: float | None = Field(
+        3, description="Minutes without a task before the group stops itself."
+    )
     auto_terminate_minutes: float | None = Field(None, description="Minutes until the group stops itself.")
     min_machines: int | None = Field(None, description="Elastic groups: fewest machines kept.")
     max_machines: int | None = Field(None, description="Elastic groups: most machines while tasks wait.")
@@ -240,7 +441,9 @@ class StatusOut(Schema):
     value: str
     label: str
     terminal: bool
+    failure: bool = Field(description="An ending other than success.")
     next: list[str]
+    aliases: list[str] = Field(description="Other spellings accepted wherever a status is given.")
     what_happened: str
     why: str
     what_to_do: str

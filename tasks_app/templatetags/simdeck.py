@@ -5,6 +5,8 @@ import datetime as dt
 from django import template
 from django.utils import timezone
 
+from tasks_app.lifecycle import Status
+
 register = template.Library()
 
 
@@ -13,7 +15,13 @@ def duration(value) -> str:
     """A timedelta as '2h 03m', '4m 05s' or '12s'."""
     if value is None:
         return "—"
-    seconds = int(value.total_seconds()) if isinstance(value, dt.timedelta) else int(value)
+    exact = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    if 0 < exact < 0.1:
+        return "<0.1s"
+    if 0 < exact < 10 and exact != int(exact):
+        # Short phases are common (a queue with a free machine); "0s" would hide them.
+        return f"{exact:.1f}s"
+    seconds = int(exact)
     h, rem = divmod(max(seconds, 0), 3600)
     m, s = divmod(rem, 60)
     if h:
@@ -55,7 +63,62 @@ _TONES = {
 }
 
 
+def tone_of(status: str) -> str:
+    return _TONES.get(status, ("ended", "⊘"))[0]
+
+
 @register.inclusion_tag("tasks/_badge.html")
-def status_badge(status: str, label: str):
+def status_badge(status: str, label: str = ""):
     tone, glyph = _TONES.get(status, ("ended", "⊘"))
+    if not label:
+        try:
+            label = Status(status).label
+        except ValueError:
+            label = status
     return {"tone": tone, "glyph": glyph, "label": label, "status": status}
+
+
+@register.inclusion_tag("_diagram.html")
+def lifecycle_diagram(diagram, caption: str = ""):
+    """The lifecycle as an SVG; see :mod:`tasks_app.views.diagram`."""
+    return {"d": diagram, "caption": caption}
+
+
+@register.filter
+def get_item(mapping, key):
+    """``mapping[key]`` in a template, or None."""
+    try:
+        return mapping.get(key)
+    except AttributeError:
+        return None
+
+
+@register.simple_tag(takes_context=True)
+def query(context, **changes) -> str:
+    """The current query string with ``changes`` applied (None or "" removes a key)."""
+    params = context["request"].GET.copy()
+    if "after" not in changes:
+        params.pop("after", None)  # another filter or order starts again at the top
+    for key, value in changes.items():
+        params.pop(key, None)
+        if value not in (None, ""):
+            params[key] = value
+    encoded = params.urlencode()
+    return f"?{encoded}" if encoded else "?"
+
+
+@register.filter
+def age(value) -> str:
+    """How long ago ``value`` was, short: '12s ago'."""
+    if value is None:
+        return "never"
+    return f"{duration(timezone.now() - value)} ago"
+
+
+@register.simple_tag
+def time_left(group) -> str:
+    """How long a started group has before its time to live ends it."""
+    if not group.auto_terminate_minutes or not group.started_at:
+        return "no limit"
+    end = group.started_at + dt.timedelta(minutes=group.auto_terminate_minutes)
+    return duration(max(end - timezone.now(), dt.timedelta(0)))

@@ -1,0 +1,62 @@
+"""Machine groups: create, start, look up and terminate pools of machines."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja import Router
+from ninja.responses import Status as Reply
+
+from tasks_app import access, services
+from tasks_app.api import schemas as s
+from tasks_app.api.common import ERRORS
+
+router = Router(tags=["machine groups"])
+
+
+def _groups(user):
+    return access.visible_groups(user).select_related("project").prefetch_related("machines")
+
+
+@router.get("", response={200: list[s.GroupOut], **ERRORS})
+def list_groups(request: HttpRequest, include_terminated: bool = False, project: str | None = None):
+    """Your machine groups, newest first; terminated ones only when asked."""
+    qs = _groups(request.user).order_by("-created_at")
+    if not include_terminated:
+        qs = qs.exclude(state="terminated")
+    if project:
+        qs = qs.filter(project__name=project)
+    return list(qs)
+
+
+@router.post("", response={201: s.GroupOut, **ERRORS})
+def create_group(request: HttpRequest, payload: s.GroupIn):
+    """Create a machine group; with ``start`` its machines come up right away.
+
+    Give ``min_machines`` and ``max_machines`` for an elastic group.
+    """
+    data = payload.dict()
+    start = data.pop("start")
+    group = services.create_group(request.user, **data)
+    if start:
+        services.start_group(group)
+    return Reply(201, _groups(request.user).get(pk=group.pk))
+
+
+@router.get("/{ref}", response={200: s.GroupOut, **ERRORS})
+def get_group(request: HttpRequest, ref: str):
+    """A machine group by name or id."""
+    return _groups(request.user).get(pk=access.group_for(request.user, ref).pk)
+
+
+@router.post("/{ref}/start", response={200: s.GroupOut, **ERRORS})
+def start_group(request: HttpRequest, ref: str):
+    group = services.start_group(access.group_for(request.user, ref))
+    return _groups(request.user).get(pk=group.pk)
+
+
+@router.post("/{ref}/terminate", response={200: s.GroupOut, **ERRORS})
+def terminate_group(request: HttpRequest, ref: str):
+    """Take the group down: queued tasks end as zombies, running ones are stopped."""
+    group = access.group_for(request.user, ref)
+    services.terminate_group(group, actor=request.user, reason=f"Terminated by {request.user.username}.")
+    return _groups(request.user).get(pk=group.pk)

@@ -1,0 +1,232 @@
+"""Tasks: list, create, upload the input, look up, kill, and their metadata."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+
+from django.conf import settings
+from django.http import FileResponse, HttpRequest
+from ninja import Query, Router
+from ninja.responses import Status as Reply
+
+from tasks_app import access, lifecycle, services, storage
+from tasks_app.api import schemas as s
+from tasks_app.api.common import ERRORS, task_for, tasks_for
+from tasks_app.models import Task
+
+router = Router(tags=["tasks"])
+
+
+# -- listing -------------------------------------------------------------------
+
+
+def _encode_cursor(task: Task) -> str:
+    raw = f"{task.created_at.isoformat()}|{task.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        created, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return dt.datetime.fromisoformat(created), task_id
+    except ValueError:
+        raise services.Refused("The cursor is not one this API gave out.", field="cursor") from None
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeated parameters and comma-separated ones, alike."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def filter_tasks(qs, f: s.TaskFilters):
+    statuses = _split(f.status)
+    if statuses:
+        try:
+            qs = qs.filter(status__in=[lifecycle.parse_status(x) for x in statuses])
+        except ValueError as exc:
+            raise services.Refused(str(exc), field="status") from None
+    if f.id:
+        qs = qs.filter(id__in=_split(f.id))
+    if f.project:
+        qs = qs.filter(project__name=f.project)
+    if f.simulator:
+        qs = qs.filter(simulator=f.simulator.lower())
+    if f.machine_group:
+        qs = qs.filter(machine_group__name=f.machine_group)
+    if f.owner:
+        qs = qs.filter(owner__username=f.owner)
+    for pair in f.metadata or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise services.Refused(f"Write metadata filters as key=value, not {pair!r}.", field="metadata")
+        qs = qs.filter(metadata__contains={key: value})
+    if f.created_after:
+        qs = qs.filter(created_at__gte=_aware(f.created_after))
+    if f.created_before:
+        qs = qs.filter(created_at__lt=_aware(f.created_before))
+    return qs
+
+
+@router.get("", response={200: s.TaskPage, **ERRORS})
+def list_tasks(request: HttpRequest, filters: Query[s.TaskFilters]):
+    """Tasks newest first, a page at a time.
+
+    Pages are cut by a cursor (the creation time and id of the last task
+    seen), so a page never repeats or skips a task while new ones arrive,
+    and no page costs more than the one before it.
+    """
+    qs = filter_tasks(tasks_for(request.user), filters)
+    if filters.cursor:
+        created, task_id = _decode_cursor(filters.cursor)
+        qs = qs.filter(created_at__lte=created).exclude(created_at=created, id__gte=task_id)
+    limit = filters.limit
+    items = list(qs.order_by("-created_at", "-id")[: limit + 1])
+    next_cursor = _encode_cursor(items[limit - 1]) if len(items) > limit else None
+    return {"items": items[:limit], "next_cursor": next_cursor}
+
+
+# -- submitting ----------------------------------------------------------------
+
+
+@router.post("", response={201: s.TaskCreated, **ERRORS})
+def create_task(request: HttpRequest, payload: s.TaskIn):
+    """Create a task waiting for its input; then PUT the input archive to ``upload_url``."""
+    group = access.group_for(request.user, payload.machine_group)
+    task = services.create_task(
+        request.user,
+        simulator=payload.simulator,
+        parameters=payload.parameters,
+        machine_group=group,
+        input_files=payload.input_files,
+        project=payload.project,
+        resubmit_on_preemption=payload.resubmit_on_preemption,
+        time_to_live=payload.time_to_live,
+        metadata=payload.metadata,
+    )
+    task = task_for(request.user, task.pk)
+    task.upload_url = f"/api/v1/tasks/{task.id}/input"
+    return Reply(201, task)
+
+
+@router.put("/{task_id}/input", response={200: s.TaskDetailOut, **ERRORS})
+def upload_input(request: HttpRequest, task_id: str):
+    """The input folder as one zip archive, as the raw request body.
+
+    Send the archive's size in ``X-Archive-Size`` and its SHA-256 (hex) in
+    ``X-Content-SHA256``; the task joins its group's queue once both match
+    what arrived.
+    """
+    task = access.task_for(request.user, task_id)
+    try:
+        size = int(request.headers.get("X-Archive-Size", ""))
+    except ValueError:
+        raise services.Refused("Send the archive's size in X-Archive-Size.", field="X-Archive-Size") from None
+    limit = settings.SIMDECK_MAX_UPLOAD_BYTES
+    if size > limit:
+        # Said before a byte is read, so a client does not upload gigabytes in vain.
+        raise services.Refused(
+            f"The input archive has {size} bytes; this server accepts at most {limit}.",
+            code="too_large",
+            field="X-Archive-Size",
+            status=413,
+        )
+    sha256 = request.headers.get("X-Content-SHA256", "")
+    if len(sha256) != 64:
+        raise services.Refused(
+            "Send the archive's SHA-256 (hex) in X-Content-SHA256.", field="X-Content-SHA256"
+        )
+    chunks = iter(lambda: request.read(storage.CHUNK), b"")
+    services.accept_input(task, chunks, size=size, sha256=sha256, actor=request.user)
+    return task_for(request.user, task.pk)
+
+
+@router.get("/{task_id}/input", response={200: None, **ERRORS}, tags=["files"])
+def download_input(request: HttpRequest, task_id: str):
+    """The input archive as it was uploaded."""
+    task = access.task_for(request.user, task_id)
+    if not storage.exists(task.input_path):
+        why = "was removed from the server" if task.input_size is not None else "has not been uploaded"
+        raise services.Refused(f"The input of task {task.id} {why}.", code="no_inputs", status=404)
+    return FileResponse(
+        storage.open_file(task.input_path), as_attachment=True, filename=f"{task.id}-input.zip"
+    )
+
+
+# -- killing many (before /{task_id}, which would take the path "kill" as an id) --
+
+
+@router.post("/kill", response={200: list[s.KillOut], **ERRORS})
+def kill_many(request: HttpRequest, payload: s.KillManyIn):
+    """Kill the listed tasks, or with ``all`` every task of yours that has not ended."""
+    if payload.all:
+        qs = access.visible_tasks(request.user).filter(owner=request.user)
+        if payload.project:
+            qs = qs.filter(project__name=payload.project)
+        results = services.kill_all(qs, actor=request.user)
+    elif payload.ids:
+        results = []
+        for task_id in payload.ids:
+            task = access.task_for(request.user, task_id)
+            results.append((task.id, *services.kill_task(task, actor=request.user)))
+    else:
+        raise services.Refused("Name the tasks to kill in ids, or set all.", field="ids")
+    status = dict(Task.objects.filter(pk__in=[r[0] for r in results]).values_list("id", "status"))
+    return [{"id": i, "status": status[i], "changed": c, "message": m} for i, c, m in results]
+
+
+# -- one task --------------------------------------------------------------------
+
+
+@router.get("/{task_id}", response={200: s.TaskDetailOut, **ERRORS})
+def get_task(request: HttpRequest, task_id: str):
+    """Everything about a task: status and guidance, timeline, time breakdown, outputs."""
+    return task_for(request.user, task_id)
+
+
+@router.get("/{task_id}/position", response={200: s.PositionOut, **ERRORS})
+def task_position(request: HttpRequest, task_id: str):
+    """How many tasks are ahead of this one in its group's queue (null when not queued)."""
+    task = access.task_for(request.user, task_id)
+    return {"id": task.id, "status": task.status, "position_in_queue": task.position_in_queue()}
+
+
+@router.post("/{task_id}/kill", response={200: s.KillOut, **ERRORS})
+def kill_task(request: HttpRequest, task_id: str):
+    """Kill a task: a queued one ends at once, a running one is stopped by its machine."""
+    task = access.task_for(request.user, task_id)
+    changed, message = services.kill_task(task, actor=request.user)
+    return {"id": task.id, "status": task.status, "changed": changed, "message": message}
+
+
+# -- metadata ----------------------------------------------------------------------
+
+
+@router.get("/{task_id}/metadata", response={200: dict[str, str], **ERRORS}, tags=["metadata"])
+def get_metadata(request: HttpRequest, task_id: str):
+    return access.task_for(request.user, task_id).metadata
+
+
+@router.put("/{task_id}/metadata", response={200: dict[str, str], **ERRORS}, tags=["metadata"])
+def set_metadata(request: HttpRequest, task_id: str, payload: s.MetadataIn):
+    """Replace all metadata of the task."""
+    task = access.task_for(request.user, task_id)
+    return services.set_metadata(task, payload.metadata, actor=request.user, merge=False)
+
+
+@router.patch("/{task_id}/metadata", response={200: dict[str, str], **ERRORS}, tags=["metadata"])
+def update_metadata(request: HttpRequest, task_id: str, payload: s.MetadataIn):
+    """Add or change the given keys, keeping the others."""
+    task = access.task_for(request.user, task_id)
+    return services.set_metadata(task, payload.metadata, actor=request.user, merge=True)
+
+
+@router.delete("/{task_id}/metadata", response={200: dict[str, str], **ERRORS}, tags=["metadata"])
+def unset_metadata(request: HttpRequest, task_id: str, key: list[str] = Query(...)):
+    """Remove the given keys (repeat ``key``); keys that are not set are ignored."""
+    task = access.task_for(request.user, task_id)
+    return services.unset_metadata(task, key, actor=request.user)

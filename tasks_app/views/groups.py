@@ -1,0 +1,143 @@
+"""Machine group pages: the list, a new group, one group, start and terminate."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import F, Func, IntegerField, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from tasks_app import access, lifecycle, services
+from tasks_app.forms import GroupForm, add_refusal
+from tasks_app.lifecycle import Status
+from tasks_app.models import Machine, Task
+from tasks_app.views.common import page_or_partial
+
+QUEUE_SHOWN = 50
+RUNNING_SHOWN = 50
+ENDED_SHOWN = 20
+ALIVE = [Machine.State.PROVISIONING, Machine.State.ONLINE, Machine.State.STOPPING]
+
+
+def _count(queryset) -> Subquery:
+    """A correlated COUNT(*) of ``queryset`` (already filtered by its group), as a column."""
+    # Func rather than Count: an aggregate would add a GROUP BY and count per row.
+    counted = queryset.order_by().annotate(n=Func(F("pk"), function="COUNT")).values("n")
+    return Coalesce(Subquery(counted[:1], output_field=IntegerField()), 0)
+
+
+def with_counts(groups):
+    """Groups with their online machines, queued and running tasks.
+
+    One subquery per count rather than joins: a join of machines and tasks
+    would multiply rows, and each count here is answered from an index.
+    """
+    tasks = Task.objects.filter(machine_group=OuterRef("pk"))
+    return groups.annotate(
+        online=_count(Machine.objects.filter(group=OuterRef("pk"), state=Machine.State.ONLINE)),
+        queued=_count(tasks.filter(status=Status.SUBMITTED)),
+        running=_count(tasks.filter(status__in=lifecycle.ON_MACHINE)),
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def group_list(request: HttpRequest) -> HttpResponse:
+    """Every group, with a form for a new one that checks like the API does."""
+    form = GroupForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                group = services.create_group(request.user, **form.service_arguments())
+            except services.Refused as exc:
+                add_refusal(form, exc)
+            else:
+                if form.cleaned_data["start"]:
+                    services.start_group(group)
+                messages.success(request, f"Machine group {group.name} created.")
+                return redirect("group-detail", ref=group.name)
+        status = 422
+    groups = with_counts(access.visible_groups(request.user).select_related("project")).order_by(
+        "-created_at"
+    )
+    context = {"groups": groups, "form": form, "now": timezone.now()}
+    return page_or_partial(request, "groups/group_list.html", "create", context, status=status)
+
+
+@login_required
+@require_GET
+def group_detail(request: HttpRequest, ref: str) -> HttpResponse:
+    group = access.group_for(request.user, ref)
+    current = Task.objects.filter(machine=OuterRef("pk"), status__in=lifecycle.ON_MACHINE)
+    machines = list(
+        group.machines.annotate(current_task=Subquery(current.values("id")[:1])).order_by("-created_at")[:100]
+    )
+    queue = list(
+        Task.objects.queued_in(group.pk).select_related("owner").order_by("queued_at", "id")[:QUEUE_SHOWN]
+    )
+    running = list(
+        group.tasks.filter(status__in=lifecycle.ON_MACHINE)
+        .select_related("owner", "machine")
+        .order_by("preparing_at")[:RUNNING_SHOWN]
+    )
+    ended = list(
+        group.tasks.filter(status__in=lifecycle.TERMINAL)
+        .select_related("owner")
+        .order_by("-ended_at")[:ENDED_SHOWN]
+    )
+    queued = len(queue) if len(queue) < QUEUE_SHOWN else Task.objects.queued_in(group.pk).count()
+    online = sum(m.state == Machine.State.ONLINE for m in machines)
+    running_count = (
+        len(running)
+        if len(running) < RUNNING_SHOWN
+        else group.tasks.filter(status__in=lifecycle.ON_MACHINE).count()
+    )
+    counts = {"online": online, "queued": queued, "running": running_count}
+    context = {
+        "group": group,
+        "machines": machines,
+        "queue": queue,
+        "running": running,
+        "ended": ended,
+        "counts": counts,
+        "now": timezone.now(),
+        "activities": list(group.activities.order_by("-at")[:10]),
+    }
+    return page_or_partial(request, "groups/group_detail.html", "machines", context)
+
+
+@login_required
+@require_POST
+def group_start(request: HttpRequest, ref: str) -> HttpResponse:
+    group = access.group_for(request.user, ref)
+    try:
+        services.start_group(group)
+    except services.Refused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Machine group {group.name} is starting its machines.")
+    return redirect("group-detail", ref=group.name)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def group_terminate(request: HttpRequest, ref: str) -> HttpResponse:
+    """GET: what terminating would do, to confirm. POST: do it."""
+    group = access.group_for(request.user, ref)
+    if request.method == "POST":
+        if group.is_accepting_tasks:
+            services.terminate_group(
+                group, actor=request.user, reason=f"Terminated by {request.user.username}."
+            )
+            messages.success(request, f"Machine group {group.name} is terminating.")
+        return redirect("group-detail", ref=group.name)
+    queued = group.tasks.filter(status__in=[Status.PENDING_INPUT, Status.SUBMITTED]).count()
+    running = group.tasks.filter(status__in=[Status.PREPARING, Status.STARTED, Status.PENDING_KILL]).count()
+    finalizing = group.tasks.filter(status=Status.FINALIZING).count()
+    context = {"group": group, "queued": queued, "running": running, "finalizing": finalizing}
+    return render(request, "groups/group_terminate.html", context)

@@ -1,0 +1,179 @@
+"""The overview, projects, the status reference and the account page."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, DurationField, Exists, ExpressionWrapper, F, OuterRef, Q, Sum
+from django.db.models.functions import TruncHour
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from tasks_app import access, lifecycle, services
+from tasks_app.forms import APIKeyForm
+from tasks_app.lifecycle import Status
+from tasks_app.models import APIKey, Machine, MachineGroup, Task
+from tasks_app.templatetags.simdeck import tone_of
+from tasks_app.views import diagram
+from tasks_app.views.groups import with_counts
+
+CHART_HOURS = 24
+CHART_W, CHART_H = 480, 120
+
+
+@login_required
+@require_GET
+def overview(request: HttpRequest) -> HttpResponse:
+    """What is going on now: counts, what runs, queues, failures, throughput, machines."""
+    now = timezone.now()
+    day_ago = now - dt.timedelta(hours=CHART_HOURS)
+    tasks = access.visible_tasks(request.user)
+    # Active tasks are few and indexed by status; ended ones are counted for the last day
+    # only, which keeps this page fast with millions of tasks.
+    rows = (
+        tasks.filter(Q(status__in=lifecycle.ACTIVE) | Q(ended_at__gte=day_ago))
+        .values("status")
+        .annotate(n=Count("pk"))
+    )
+    counts = {r["status"]: r["n"] for r in rows}
+    by_status = [
+        {"status": s, "n": counts.get(s.value, 0), "active": s in lifecycle.ACTIVE}
+        for s in Status
+        if counts.get(s.value) or s in lifecycle.ACTIVE
+    ]
+    running = list(
+        tasks.filter(status__in=lifecycle.ON_MACHINE)
+        .select_related("machine_group", "owner", "machine")
+        .order_by("preparing_at")[:10]
+    )
+    groups = list(
+        with_counts(access.visible_groups(request.user).filter(state=MachineGroup.State.STARTED)).order_by(
+            "name"
+        )
+    )
+    failures = list(
+        tasks.filter(status__in=lifecycle.FAILURES, ended_at__gte=now - dt.timedelta(days=7))
+        .select_related("machine_group", "owner")
+        .order_by("-ended_at")[:5]
+    )
+    busy = Task.objects.filter(machine=OuterRef("pk"), status__in=lifecycle.ON_MACHINE)
+    machines = Machine.objects.filter(
+        group__in=access.visible_groups(request.user), state=Machine.State.ONLINE
+    ).aggregate(total=Count("pk"), busy=Count("pk", filter=Q(Exists(busy))))
+    machines["idle"] = machines["total"] - machines["busy"]
+    context = {
+        "by_status": by_status,
+        "running": running,
+        "groups": groups,
+        "failures": failures,
+        "machines": machines,
+        "chart": _hourly_chart(tasks, now),
+    }
+    return render(request, "overview.html", context)
+
+
+def _hourly_chart(tasks, now: dt.datetime) -> dict:
+    """Tasks that ended in each of the last 24 hours, as bars for a small SVG."""
+    start = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=CHART_HOURS - 1)
+    rows = (
+        tasks.filter(ended_at__gte=start)
+        .annotate(hour=TruncHour("ended_at"))
+        .values("hour")
+        .annotate(n=Count("pk"), ok=Count("pk", filter=Q(status=Status.SUCCESS)))
+    )
+    per_hour = {r["hour"]: r for r in rows}
+    top = max([r["n"] for r in rows] or [0]) or 1
+    slot = CHART_W / CHART_HOURS
+    bars = []
+    for i in range(CHART_HOURS):
+        hour = start + dt.timedelta(hours=i)
+        row = per_hour.get(hour, {"n": 0, "ok": 0})
+        height = round(row["n"] / top * (CHART_H - 20))
+        ok_height = round(row["ok"] / top * (CHART_H - 20))
+        bars.append(
+            {
+                "x": round(i * slot + 1, 1),
+                "w": round(slot - 2, 1),
+                "y": CHART_H - 14 - height,
+                "h": height,
+                "ok_y": CHART_H - 14 - ok_height,
+                "ok_h": ok_height,
+                "n": row["n"],
+                "ok": row["ok"],
+                "hour": hour,
+                "label": i % 6 == 0,
+            }
+        )
+    return {"bars": bars, "top": top, "w": CHART_W, "h": CHART_H, "total": sum(b["n"] for b in bars)}
+
+
+@login_required
+@require_GET
+def project_list(request: HttpRequest) -> HttpResponse:
+    """Projects with their tasks by status group and the compute time they used."""
+    mine = Q() if request.user.is_staff else Q(tasks__owner=request.user)
+    on_machine = ExpressionWrapper(
+        F("tasks__ended_at") - F("tasks__preparing_at"), output_field=DurationField()
+    )
+    projects = (
+        services.visible_projects(request.user)
+        .annotate(
+            total=Count("tasks", filter=mine),
+            active=Count("tasks", filter=mine & Q(tasks__status__in=lifecycle.ACTIVE)),
+            succeeded=Count("tasks", filter=mine & Q(tasks__status=Status.SUCCESS)),
+            failed=Count("tasks", filter=mine & Q(tasks__status__in=lifecycle.FAILURES)),
+            compute=Sum(on_machine, filter=mine & Q(tasks__preparing_at__isnull=False)),
+        )
+        .order_by("name")
+    )
+    return render(request, "projects.html", {"projects": projects})
+
+
+@login_required
+@require_GET
+def status_reference(request: HttpRequest) -> HttpResponse:
+    rows = [
+        {
+            "status": st,
+            "guidance": lifecycle.GUIDANCE[st],
+            "terminal": st in lifecycle.TERMINAL,
+            "next": sorted(lifecycle.TRANSITIONS[st], key=list(Status).index),
+        }
+        for st in Status
+    ]
+    tones = {s.value: tone_of(s.value) for s in Status}
+    return render(request, "statuses.html", {"rows": rows, "diagram": diagram.build([], tones)})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account(request: HttpRequest) -> HttpResponse:
+    """The user's API keys: create one (its secret is shown once), revoke one."""
+    form = APIKeyForm(request.POST or None)
+    secret = None
+    if request.method == "POST" and form.is_valid():
+        key, secret = APIKey.issue(request.user, form.cleaned_data["name"])
+        form = APIKeyForm()
+    keys = request.user.api_keys.order_by("revoked_at", "-created_at")
+    # The secret goes only into this one response, never into a message or the session.
+    response = render(request, "account.html", {"form": form, "keys": keys, "secret": secret})
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    key = get_object_or_404(APIKey, pk=key_id, user=request.user)
+    if key.revoked_at is None:
+        APIKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+        messages.success(request, f"Key “{key.name}” revoked; clients using it are refused from now on.")
+    return redirect("account")
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return redirect("overview")

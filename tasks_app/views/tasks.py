@@ -1,0 +1,446 @@
+"""Task pages: the table, one task, its logs, files, metadata and actions."""
+
+from __future__ import annotations
+
+import zipfile
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from tasks_app import access, lifecycle, services, storage
+from tasks_app import simulators as sims
+from tasks_app.forms import (
+    SORTS,
+    STATUS_GROUPS,
+    BulkForm,
+    MetadataEntryForm,
+    ResubmitForm,
+    SavedViewForm,
+    TaskFilterForm,
+)
+from tasks_app.lifecycle import Status
+from tasks_app.models import Activity, MachineGroup, Task
+from tasks_app.resubmit import resubmit
+from tasks_app.views import bulk, diagram, logs, table, waiting
+from tasks_app.views.common import page_or_partial, trigger, wants_partial
+
+HISTORY_SHOWN = 10
+# htmx stops an ``every`` poll when the answer has this status; an ended task never changes.
+STOP_POLLING = 286
+
+# -- the table -------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def task_list(request: HttpRequest) -> HttpResponse:
+    saved_views = list(bulk.visible_views(request.user).order_by("name"))
+    if not request.GET:
+        # A bare visit opens the user's default view, in the address so it shows.
+        default = next((v for v in saved_views if v.is_default and v.owner_id == request.user.pk), None)
+        if default and default.query:
+            return redirect(reverse("task-list") + f"?{default.query}")
+    form = TaskFilterForm(request.GET)
+    tasks = access.visible_tasks(request.user).select_related("machine_group", "project", "owner")
+    if form.is_valid():
+        tasks = table.filtered(tasks, form)
+        sort, column = form.cleaned_data["sort"], form.cleaned_data["col"]
+    else:
+        tasks, sort, column = tasks.none(), "-created", ""
+    page = table.paginate(tasks, sort, request.GET.get("after", ""))
+    context = {
+        "form": form,
+        "page": page,
+        "column": column,
+        "sort": sort,
+        "sorts": SORTS,
+        "status_groups": [(k, v[0]) for k, v in STATUS_GROUPS.items()],
+        "statuses": list(Status),
+        "projects": services.visible_projects(request.user).order_by("name").values_list("name", flat=True),
+        "groups": access.visible_groups(request.user).order_by("name").values_list("name", flat=True),
+        "simulators": sorted(sims.REGISTRY),
+        "query": _query_without(request, "after", "clear"),
+        "saved_views": saved_views,
+        "bulk_form": BulkForm(initial={"filter": _query_without(request, "after", "clear")}),
+        "view_form": SavedViewForm(initial={"query": _query_without(request, "after", "clear")}),
+    }
+    return page_or_partial(request, "tasks/task_list.html", "results", context)
+
+
+def _query_without(request: HttpRequest, *names: str) -> str:
+    """The current filter as a query string, minus ``names`` (for links that change them)."""
+    return urlencode([(k, v) for k, v in request.GET.items() if k not in names and v])
+
+
+# -- one task --------------------------------------------------------------------
+
+
+def _header_context(task: Task, message: str = "") -> dict:
+    position = task.position_in_queue()
+    return {
+        "task": task,
+        "guidance": task.guidance,
+        "position": position,
+        "wait": waiting.why_waiting(task, position),
+        "killable": task.status_enum in lifecycle.ACTIVE - {Status.PENDING_KILL, Status.FINALIZING},
+        "message": message,
+    }
+
+
+@login_required
+@require_GET
+def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
+    task = access.task_for(request.user, task_id)
+    if wants_partial(request):
+        # The header polls while the task is active; it needs nothing else.
+        response = page_or_partial(request, "tasks/task_detail.html", "header", _header_context(task))
+        if task.is_terminal:
+            response.status_code = STOP_POLLING
+        return response
+    events = list(task.events.select_related("actor", "machine"))
+    steps = services.timeline(task, events)
+    breakdown = services.time_breakdown(steps)
+    path = [s["status"] for s in steps]
+    context = _header_context(task) | {
+        "events": events,
+        "steps": list(zip(steps, [None, *events], strict=True)),
+        "bar": _bar(breakdown),
+        "diagram": diagram.build(path, _tones()),
+        "metadata": _metadata_context(task),
+        "resubmissions": list(task.resubmissions.order_by("created_at").values_list("id", flat=True)),
+        "original_id": task.resubmitted_from_id,
+        "has_input": bool(task.input_path),
+        "has_outputs": bool(task.output_path),
+        "streams": logs.STREAMS,
+        # While a machine holds the task its log is followed live (WebSocket, see
+        # tasks_app.consumers); once stored, it is paged from storage.
+        "live_logs": task.status_enum in lifecycle.ON_MACHINE,
+    }
+    return render(request, "tasks/task_detail.html", context)
+
+
+PHASE_LABELS = {
+    "waiting_for_input": "Waiting for input",
+    "in_queue": "In queue",
+    "preparing": "Preparing",
+    "computing": "Computing",
+    "finalizing": "Finalizing",
+}
+
+
+def _bar(breakdown: dict[str, float | None]) -> list[dict]:
+    total = sum(v or 0 for v in breakdown.values()) or 1
+    return [
+        {"phase": phase, "label": PHASE_LABELS[phase], "seconds": seconds, "percent": 100 * seconds / total}
+        for phase, seconds in breakdown.items()
+        if seconds is not None
+    ]
+
+
+def _tones() -> dict[str, str]:
+    from tasks_app.templatetags.simdeck import tone_of
+
+    return {s.value: tone_of(s.value) for s in Status}
+
+
+@login_required
+@require_POST
+def task_kill(request: HttpRequest, task_id: str) -> HttpResponse:
+    task = access.task_for(request.user, task_id)
+    changed, message = services.kill_task(task, actor=request.user)
+    if not request.htmx:
+        messages.info(request, message)
+        return redirect("task-detail", task_id=task.id)
+    task.refresh_from_db()
+    response = render(request, "tasks/task_detail.html#header", _header_context(task, message))
+    return trigger(response, "task-changed", task.id) if changed else response
+
+
+# -- logs ------------------------------------------------------------------------
+
+
+def _int(value: str | None, default: int = 0) -> int:
+    try:
+        return max(0, int(value or default))
+    except ValueError:
+        return default
+
+
+@login_required
+@require_GET
+def task_logs(request: HttpRequest, task_id: str) -> HttpResponse:
+    """A page of a stored log: from an offset, filtered by text, or around the first error."""
+    task = access.task_for(request.user, task_id)
+    stream = request.GET.get("stream", "stdout")
+    if stream not in logs.STREAMS:
+        raise Http404("No such log.")
+    query = request.GET.get("q", "").strip()[:200]
+    offset = _int(request.GET.get("offset"))
+    lines = min(_int(request.GET.get("lines"), logs.LINES_PER_PAGE) or logs.LINES_PER_PAGE, 2000)
+    if request.GET.get("find") == "error":
+        log = logs.first_error(task.id, stream, offset=offset)
+    elif query:
+        log = logs.search(task.id, stream, query, offset=offset, lines=lines)
+    else:
+        log = logs.read_page(task.id, stream, offset=offset, lines=lines)
+    context = {
+        "task": task,
+        "log": log,
+        "streams": logs.STREAMS,
+        "lines": lines,
+        "live": task.status_enum in lifecycle.ON_MACHINE,
+    }
+    return page_or_partial(request, "tasks/task_logs.html", "log", context)
+
+
+@login_required
+@require_GET
+def task_log_download(request: HttpRequest, task_id: str, stream: str) -> HttpResponse:
+    task = access.task_for(request.user, task_id)
+    if stream not in logs.STREAMS or not storage.exists(storage.log_name(task.id, stream)):
+        raise Http404("This task has no stored log of that name.")
+    query = request.GET.get("q", "").strip()[:200]
+    suffix = "-filtered" if query else ""
+    response = StreamingHttpResponse(logs.stream_lines(task.id, stream, query), content_type="text/plain")
+    response["Content-Disposition"] = f'attachment; filename="{task.id}-{stream}{suffix}.txt"'
+    return response
+
+
+# -- files -----------------------------------------------------------------------
+
+ARCHIVES = {"input": "input_path", "outputs": "output_path"}
+
+
+def _archive_name(task: Task, which: str) -> str:
+    if which not in ARCHIVES:
+        raise Http404("No such archive.")
+    name = getattr(task, ARCHIVES[which])
+    if not storage.exists(name):
+        raise Http404("These files are not stored (any more).")
+    return name
+
+
+@login_required
+@require_GET
+def task_files(request: HttpRequest, task_id: str) -> HttpResponse:
+    """The input and output files with their sizes, read from the archives' indexes."""
+    task = access.task_for(request.user, task_id)
+    listings = []
+    for which, label in (("outputs", "Outputs"), ("input", "Input")):
+        name = getattr(task, ARCHIVES[which])
+        entry = {"which": which, "label": label, "files": None, "archive_size": None}
+        if storage.exists(name):
+            with storage.open_file(name) as f, zipfile.ZipFile(f) as zf:
+                entry["files"] = [
+                    {"path": i.filename, "size": i.file_size} for i in zf.infolist() if not i.is_dir()
+                ]
+            entry["archive_size"] = default_storage.size(name)
+            entry["total"] = sum(x["size"] for x in entry["files"])
+        listings.append(entry)
+    context = {"task": task, "listings": listings}
+    return page_or_partial(request, "tasks/task_files.html", "files", context)
+
+
+@login_required
+@require_GET
+def task_archive_download(request: HttpRequest, task_id: str, which: str) -> HttpResponse:
+    task = access.task_for(request.user, task_id)
+    name = _archive_name(task, which)
+    return FileResponse(storage.open_file(name), as_attachment=True, filename=f"{task.id}-{which}.zip")
+
+
+@login_required
+@require_GET
+def task_file_download(request: HttpRequest, task_id: str, which: str, path: str) -> HttpResponse:
+    """One file out of an archive, unpacked on the way."""
+    task = access.task_for(request.user, task_id)
+    archive = storage.open_file(_archive_name(task, which))
+    try:
+        zf = zipfile.ZipFile(archive)
+        info = zf.getinfo(path)
+        member = zf.open(info)
+    except (KeyError, zipfile.BadZipFile):
+        archive.close()
+        raise Http404("No such file in this archive.") from None
+
+    def chunks():
+        try:
+            while chunk := member.read(1 << 20):
+                yield chunk
+        finally:
+            member.close()
+            archive.close()
+
+    response = StreamingHttpResponse(chunks(), content_type="application/octet-stream")
+    response["Content-Length"] = str(info.file_size)
+    filename = path.rsplit("/", 1)[-1].replace('"', "")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+# -- metadata --------------------------------------------------------------------
+
+
+def _metadata_context(task: Task, form: MetadataEntryForm | None = None, editing: str = "") -> dict:
+    history = list(
+        Activity.objects.filter(task=task, kind="metadata-edited")
+        .select_related("actor")
+        .order_by("-at", "-id")[:HISTORY_SHOWN]
+    )
+    return {
+        "task": task,
+        "items": sorted(task.metadata.items()),
+        "form": form or MetadataEntryForm(),
+        "editing": editing,
+        "history": history,
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def task_metadata(request: HttpRequest, task_id: str) -> HttpResponse:
+    """Add or change one key (POST), or show the editor, with ``edit=KEY`` to edit a key in place."""
+    task = access.task_for(request.user, task_id)
+    if request.method == "GET":
+        key = request.GET.get("edit", "")
+        form = None
+        if key in task.metadata:
+            form = MetadataEntryForm(initial={"original": key, "key": key, "value": task.metadata[key]})
+        return page_or_partial(
+            request, "tasks/task_metadata.html", "metadata", _metadata_context(task, form, key)
+        )
+    form = MetadataEntryForm(request.POST)
+    status = 200
+    if form.is_valid():
+        before = dict(task.metadata)
+        key, original = form.cleaned_data["key"], form.cleaned_data["original"]
+        try:
+            services.set_metadata(task, {key: form.cleaned_data["value"]}, actor=request.user, merge=True)
+            if original and original != key:
+                services.unset_metadata(task, [original], actor=request.user)
+        except services.Refused as exc:
+            form.add_error(None, str(exc))
+            status = 422
+        else:
+            _record_edit(task, request.user, before)
+            form = None
+    else:
+        status = 422
+    editing = request.POST.get("original", "") if form is not None else ""
+    if not request.htmx and status == 200:
+        return redirect(reverse("task-detail", args=[task.id]) + "#metadata")
+    context = _metadata_context(task, form, editing)
+    # htmx swaps only successful answers by default; errors are part of the editor here.
+    response = page_or_partial(request, "tasks/task_metadata.html", "metadata", context, status=status)
+    return trigger(response, "metadata-changed", task.id) if status == 200 else response
+
+
+@login_required
+@require_POST
+def task_metadata_delete(request: HttpRequest, task_id: str) -> HttpResponse:
+    task = access.task_for(request.user, task_id)
+    key = request.POST.get("key", "")
+    if key in task.metadata:
+        before = dict(task.metadata)
+        services.unset_metadata(task, [key], actor=request.user)
+        _record_edit(task, request.user, before)
+    if not request.htmx:
+        return redirect(reverse("task-detail", args=[task.id]) + "#metadata")
+    response = render(request, "tasks/task_metadata.html#metadata", _metadata_context(task))
+    return trigger(response, "metadata-changed", task.id)
+
+
+def _record_edit(task: Task, user, before: dict) -> None:
+    after = dict(task.metadata)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if not changed:
+        return
+    Activity.objects.create(
+        kind="metadata-edited",
+        task=task,
+        actor=user,
+        message=f"Metadata changed: {', '.join(changed)}.",
+        data={"before": before, "after": after},
+    )
+
+
+# -- resubmission ----------------------------------------------------------------
+
+
+def _accepting_groups(user):
+    return (
+        access.visible_groups(user)
+        .filter(state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED])
+        .order_by("name")
+    )
+
+
+@login_required
+@require_POST
+def task_resubmit(request: HttpRequest, task_id: str) -> HttpResponse:
+    """The same task again, unchanged."""
+    task = access.task_for(request.user, task_id)
+    try:
+        new = resubmit(task, actor=request.user)
+    except services.Refused as exc:
+        messages.error(request, str(exc))
+        return _to(request, reverse("task-detail", args=[task.id]))
+    messages.success(request, f"Resubmitted as task {new.id}.")
+    return _to(request, reverse("task-detail", args=[new.id]))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def task_resubmit_edit(request: HttpRequest, task_id: str) -> HttpResponse:
+    """Resubmit with edits: parameters, group, time to live and metadata prefilled."""
+    import json
+
+    task = access.task_for(request.user, task_id)
+    groups = _accepting_groups(request.user)
+    if request.method == "POST":
+        form = ResubmitForm(request.POST, groups=groups)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                new = resubmit(
+                    task,
+                    actor=request.user,
+                    parameters=data["parameters"],
+                    machine_group=data["machine_group"],
+                    time_to_live=data["time_to_live"] or 0,
+                    metadata=data["metadata"],
+                )
+            except services.Refused as exc:
+                from tasks_app.forms import add_refusal
+
+                add_refusal(form, exc)
+            else:
+                messages.success(request, f"Resubmitted as task {new.id}.")
+                return _to(request, reverse("task-detail", args=[new.id]))
+    else:
+        initial_group = task.machine_group if task.machine_group.is_accepting_tasks else groups.first()
+        form = ResubmitForm(
+            groups=groups,
+            initial={
+                "parameters": json.dumps(task.parameters, indent=2),
+                "machine_group": initial_group,
+                "time_to_live": f"{task.time_to_live_seconds}s" if task.time_to_live_seconds else "",
+                "metadata": json.dumps(task.metadata, indent=2),
+            },
+        )
+    return page_or_partial(request, "tasks/task_resubmit.html", "form", {"task": task, "form": form})
+
+
+def _to(request: HttpRequest, url: str) -> HttpResponse:
+    """Go to ``url``: a redirect, or for htmx a full navigation to it."""
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return redirect(url)

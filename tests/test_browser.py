@@ -1,0 +1,181 @@
+"""The console in a real browser: Debian's Chromium, driven by Playwright,
+against pytest-django's live server (a real server on the test database).
+
+Tasks are made through the services and moved with ``lifecycle.transition``;
+no machine runs. Skipped when /usr/bin/chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tasks_app import lifecycle, live, services
+from tasks_app.lifecycle import Status
+from tasks_app.models import MachineGroup, Task
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) is not installed"
+    ),
+]
+
+HAPPY = [Status.SUBMITTED, Status.PREPARING, Status.STARTED, Status.FINALIZING, Status.SUCCESS]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop running in this thread for as
+    # long as the browser lives; the ORM calls the tests (and the database
+    # flush between them) make meanwhile are ordinary blocking ones.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser, live_server, alice, monkeypatch):
+    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
+    # Live pushes go through async_to_sync, which refuses to run beside Playwright's loop.
+    monkeypatch.setattr(live, "task_changed", lambda *args, **kwargs: None)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "wonderland-42")
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/tasks/$"))
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def group(alice):
+    return services.create_group(alice, machine_type="c2-standard-4", name="lab", project="dambreak")
+
+
+def make_task(owner, group, to=(Status.SUBMITTED,), metadata=None):
+    task = Task.objects.create(
+        owner=owner, project=group.project, machine_group=group, simulator="commands", metadata=metadata or {}
+    )
+    for status in to:
+        lifecycle.transition(task, status, reason=f"to {status.value}")
+    return task
+
+
+def test_filtering_the_table_updates_rows_and_the_address(page, live_server, alice, group):
+    queued = make_task(alice, group)
+    done = make_task(alice, group, to=HAPPY)
+    page.goto(f"{live_server.url}/tasks/")
+    rows = page.locator("#task-rows")
+    assert queued.id in rows.inner_text() and done.id in rows.inner_text()
+    page.select_option("#f-status", "success")
+    page.wait_for_url(re.compile(r".*status=success.*"))
+    page.wait_for_function(f"!document.querySelector('#task-rows').innerText.includes('{queued.id}')")
+    assert done.id in rows.inner_text()
+    page.go_back()
+    page.wait_for_function(f"document.querySelector('#task-rows').innerText.includes('{queued.id}')")
+    assert "status=success" not in page.url
+
+
+def test_opening_a_task_shows_its_guidance(page, live_server, alice, group):
+    task = make_task(alice, group)
+    page.goto(f"{live_server.url}/tasks/")
+    page.click(f"text={task.id}")
+    page.wait_for_url(re.compile(rf".*/tasks/{task.id}/$"))
+    header = page.locator("#task-header")
+    assert lifecycle.GUIDANCE[Status.SUBMITTED].what_happened in header.inner_text()
+    assert "has not been started" in header.inner_text()
+
+
+def test_editing_metadata_inline(page, live_server, alice, group):
+    task = make_task(alice, group, metadata={"case": "dam"})
+    page.goto(f"{live_server.url}/tasks/{task.id}/")
+    editor = page.locator("#metadata")
+    editor.get_by_label("Key").fill("note")
+    editor.get_by_label("Value").fill("<script>alert(1)</script>")
+    editor.get_by_role("button", name="Add").click()
+    page.wait_for_function(
+        "document.querySelector('#metadata').innerText.includes('<script>alert(1)</script>')"
+    )
+    editor.get_by_role("link", name="Edit case").click()
+    page.locator("#metadata tr.editing input[name=value]").fill("")
+    page.locator("#metadata tr.editing").get_by_role("button", name="Save").click()
+    page.wait_for_selector("#metadata .field-error")
+    assert "cannot be blank" in page.locator("#metadata").inner_text()
+    task.refresh_from_db()
+    assert task.metadata == {"case": "dam", "note": "<script>alert(1)</script>"}
+
+
+def test_killing_a_queued_task_changes_its_badge(page, live_server, alice, group):
+    task = make_task(alice, group)
+    page.goto(f"{live_server.url}/tasks/{task.id}/")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Kill task").click()
+    page.wait_for_function("document.querySelector('#task-header .badge').innerText.includes('Killed')")
+    assert "killed before it ran" in page.locator("#task-header").inner_text()
+    task.refresh_from_db()
+    assert task.status == Status.KILLED
+
+
+def test_terminating_a_group_after_confirming(page, live_server, alice, group):
+    services.start_group(group)
+    queued = make_task(alice, group)
+    page.goto(f"{live_server.url}/machine-groups/lab/")
+    page.get_by_role("link", name="Terminate…").click()
+    assert "Machine Terminated in Queue" in page.content()
+    page.get_by_role("button", name="Terminate lab").click()
+    page.wait_for_url(re.compile(r".*/machine-groups/lab/$"))
+    assert "Terminating" in page.locator("main").inner_text()
+    group.refresh_from_db()
+    queued.refresh_from_db()
+    assert group.state == MachineGroup.State.TERMINATING and queued.status == Status.ZOMBIE
+
+
+def test_the_table_is_usable_on_a_phone(browser, live_server, page, alice, group):
+    make_task(alice, group)
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.goto(f"{live_server.url}/tasks/")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400, "the page scrolls sideways on a phone"
+
+
+def test_a_bulk_kill_previews_then_kills_the_selected_rows(page, live_server, alice, group):
+    a, b, c = (make_task(alice, group) for _ in range(3))
+    page.goto(f"{live_server.url}/tasks/")
+    page.get_by_label(f"Select {a.id}").check()
+    page.get_by_label(f"Select {b.id}").check()
+    page.get_by_role("button", name="Preview…").click()
+    page.wait_for_selector("#bulk-preview .bulk-preview")
+    assert "2 tasks selected" in page.locator("#bulk-preview").inner_text()
+    page.get_by_role("button", name="Kill 2 tasks").click()
+    page.wait_for_selector(".notice-success")
+    statuses = [Task.objects.get(pk=t.pk).status for t in (a, b, c)]
+    assert statuses == [Status.KILLED, Status.KILLED, Status.SUBMITTED]
