@@ -91,10 +91,10 @@ class TaskEventsConsumer(_TaskSocket):
             if self.json:
                 await self.send(json.dumps({"type": "position", "position_in_queue": position}))
             else:
-                await self.send(f'<strong id="queue-position" hx-swap-oob="true">{position}</strong>')
+                await self.send_state(position)
 
-    async def send_state(self) -> None:
-        task, position = await self._reload()
+    async def send_state(self, position: int | None = None) -> None:
+        task, position = await self._reload(position)
         if self.json:
             await self.send(
                 json.dumps(
@@ -108,16 +108,22 @@ class TaskEventsConsumer(_TaskSocket):
                 )
             )
         else:
-            html = await database_sync_to_async(render_to_string)(
-                "tasks/task_detail.html#header",
-                {"task": task, "guidance": task.guidance, "position": position},
+            html = await database_sync_to_async(_render_header)(task, position)
+            await self.send(
+                '<section id="task-header" class="card task-header" aria-live="polite" hx-swap-oob="true">'
+                f"{html}</section>"
             )
-            await self.send(f'<section id="task-header" class="card" hx-swap-oob="true">{html}</section>')
 
     @database_sync_to_async
-    def _reload(self):
+    def _reload(self, position: int | None):
         task = access.task_for(self.task.owner, self.task_id)
-        return task, task.position_in_queue()
+        return task, task.position_in_queue() if position is None else position
+
+
+def _render_header(task, position: int | None) -> str:
+    from tasks_app.views.tasks import header_context
+
+    return render_to_string("tasks/task_detail.html#header", header_context(task, position=position))
 
 
 class TaskLogConsumer(_TaskSocket):

@@ -17,8 +17,10 @@ in the stored log files.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import threading
 
 import redis
 from asgiref.sync import async_to_sync
@@ -80,26 +82,42 @@ def end_log(task_id: str) -> None:
 
 def task_changed(task_id: str, group_id: int, owner_id: int, status: str, left_queue: bool) -> None:
     """Tell viewers a task changed status (called after the change committed)."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
     event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
-    send = async_to_sync(layer.group_send)
+    messages = [
+        (name, event) for name in (task_group(task_id), machine_group_group(group_id), owner_group(owner_id))
+    ]
+    if left_queue:
+        messages.append((machine_group_group(group_id), queue_order(group_id)))
     try:
-        for name in (task_group(task_id), machine_group_group(group_id), owner_group(owner_id)):
-            send(name, event)
-        if left_queue:
-            queue_moved(group_id)
+        _send(messages)
     except Exception:  # the live view is a convenience; the change itself is stored
         log.warning("Could not publish the change of task %s", task_id, exc_info=True)
 
 
-def queue_moved(group_id: int) -> None:
-    """Send the group's queue order once; each viewer finds its own position in it."""
+def queue_order(group_id: int) -> dict:
+    """The group's queue order, sent once; each viewer finds its own position in it."""
     from tasks_app.models import Task
 
-    order = list(
-        Task.objects.queued_in(group_id).order_by("queued_at", "id").values_list("id", flat=True)[:10_000]
-    )
+    order = Task.objects.queued_in(group_id).order_by("queued_at", "id").values_list("id", flat=True)
+    return {"type": "queue.moved", "order": list(order[:10_000])}
+
+
+def _send(messages: list[tuple[str, dict]]) -> None:
     layer = get_channel_layer()
-    async_to_sync(layer.group_send)(machine_group_group(group_id), {"type": "queue.moved", "order": order})
+    if layer is None:
+        return
+
+    async def send_all() -> None:
+        for group, message in messages:
+            await layer.group_send(group, message)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: plain synchronous code
+        async_to_sync(send_all)()
+        return
+    # Synchronous code running under an event loop (e.g. a thread driving a
+    # browser) cannot block that loop; send from a helper thread instead.
+    helper = threading.Thread(target=async_to_sync(send_all), daemon=True)
+    helper.start()
+    helper.join(timeout=5)

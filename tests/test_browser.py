@@ -179,3 +179,44 @@ def test_a_bulk_kill_previews_then_kills_the_selected_rows(page, live_server, al
     page.wait_for_selector(".notice-success")
     statuses = [Task.objects.get(pk=t.pk).status for t in (a, b, c)]
     assert statuses == [Status.KILLED, Status.KILLED, Status.SUBMITTED]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_a_running_tasks_page_follows_its_log_and_status_without_reloading(
+    browser, stack, alice, alice_key, client_for
+):
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+    import simdeck
+    from tests.helpers import ROOT, wait_for
+
+    # The web server checks with the production hashers, not the tests' fast one.
+    hasher = PBKDF2PasswordHasher()
+    alice.password = hasher.encode("wonderland-42", hasher.salt())
+    alice.save(update_fields=["password"])
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = simdeck.simulators.Commands().run(
+        input_dir=ROOT / "examples" / "commands-mesh-solve",
+        commands=["sleep 2; for i in $(seq 1 40); do echo tick-$i; sleep 0.1; done"],
+        on=mg,
+    )
+    wait_for(lambda: Task.objects.get(pk=task.id).status == Status.STARTED, 30, message="the task to start")
+
+    page = browser.new_page()
+    page.goto(f"{stack.url}/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "wonderland-42")
+    page.click("button[type=submit]")
+    page.goto(f"{stack.url}/tasks/{task.id}/")
+    page.evaluate("window.stillTheSamePage = true")
+    page.wait_for_function(
+        "document.querySelector('#log-lines').textContent.includes('tick-20')", timeout=30_000
+    )
+    page.locator("#task-header .badge", has_text="Success").wait_for(timeout=30_000)
+    assert page.evaluate("window.stillTheSamePage") is True, "the page was reloaded"
+    text = page.locator("#log-lines").text_content()
+    ticks = re.findall(r"tick-(\d+)", text)
+    assert ticks == [str(i) for i in range(1, len(ticks) + 1)], "lines arrive in order, none twice"
+    page.close()

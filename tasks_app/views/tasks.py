@@ -81,8 +81,14 @@ def _query_without(request: HttpRequest, *names: str) -> str:
 # -- one task --------------------------------------------------------------------
 
 
-def _header_context(task: Task, message: str = "") -> dict:
-    position = task.position_in_queue()
+def header_context(task: Task, message: str = "", position: int | None = None) -> dict:
+    """What the task header partial needs; the live socket renders it too.
+
+    ``position`` may be given when the caller already knows it (the socket
+    learns it from the queue order broadcast once for all viewers).
+    """
+    if position is None:
+        position = task.position_in_queue()
     return {
         "task": task,
         "guidance": task.guidance,
@@ -99,7 +105,7 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
     task = access.task_for(request.user, task_id)
     if wants_partial(request):
         # The header polls while the task is active; it needs nothing else.
-        response = page_or_partial(request, "tasks/task_detail.html", "header", _header_context(task))
+        response = page_or_partial(request, "tasks/task_detail.html", "header", header_context(task))
         if task.is_terminal:
             response.status_code = STOP_POLLING
         return response
@@ -107,7 +113,7 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
     steps = services.timeline(task, events)
     breakdown = services.time_breakdown(steps)
     path = [s["status"] for s in steps]
-    context = _header_context(task) | {
+    context = header_context(task) | {
         "events": events,
         "steps": list(zip(steps, [None, *events], strict=True)),
         "bar": _bar(breakdown),
@@ -158,7 +164,7 @@ def task_kill(request: HttpRequest, task_id: str) -> HttpResponse:
         messages.info(request, message)
         return redirect("task-detail", task_id=task.id)
     task.refresh_from_db()
-    response = render(request, "tasks/task_detail.html#header", _header_context(task, message))
+    response = render(request, "tasks/task_detail.html#header", header_context(task, message))
     return trigger(response, "task-changed", task.id) if changed else response
 
 
