@@ -201,10 +201,14 @@ def test_a_spot_task_without_resubmission_stays_preempted(stack, alice_client):
     mg = start_group(spot=True)
     task = submit(mg, "sleep 300")
     wait_status(task, Status.STARTED)
-    assert stack.manage("reclaim", machine_of(task).name).returncode == 0
+    machine = machine_of(task).name
+    alice_client.post(f"/machine-groups/{mg.name}/machines/{machine}/reclaim")  # the API's way
     assert task.wait(polling_period=0.3, silent_mode=True) == "spot-instance-preempted"
-    assert processes_of(task.id) == []
-    assert stack.manage("reclaim", machine_of(task).name).returncode != 0  # already gone
+    wait_for(lambda: processes_of(task.id) == [], 20, message="the reclaimed machine's processes to go")
+    again = stack.manage("reclaim", machine)  # the operator's way, too late
+    assert again.returncode != 0 and "only a running machine" in again.stderr
+    with pytest.raises(simdeck.SimdeckError, match="only a running machine"):
+        alice_client.post(f"/machine-groups/{mg.name}/machines/{machine}/reclaim")
 
 
 def test_a_killed_worker_is_replaced_and_its_task_resubmitted(stack, alice_client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
 from ninja import Router
 from ninja.responses import Status as Reply
 
@@ -59,4 +60,19 @@ def terminate_group(request: HttpRequest, ref: str):
     """Take the group down: queued tasks end as zombies, running ones are stopped."""
     group = access.group_for(request.user, ref)
     services.terminate_group(group, actor=request.user, reason=f"Terminated by {request.user.username}.")
+    return _groups(request.user).get(pk=group.pk)
+
+
+@router.post("/{ref}/machines/{machine}/reclaim", response={200: s.GroupOut, **ERRORS})
+def reclaim_machine(request: HttpRequest, ref: str, machine: str):
+    """Reclaim one spot machine, as a cloud provider would (rehearsals).
+
+    Its task becomes *Spot Reclaimed* and goes back to the front of the queue
+    when it was submitted with resubmission on; the group gets a replacement.
+    """
+    group = access.group_for(request.user, ref)
+    target = get_object_or_404(group.machines.select_related("group"), name=machine)
+    services.reclaim_machine(
+        target, actor=request.user, reason=f"Spot machine {machine} was reclaimed by {request.user.username}."
+    )
     return _groups(request.user).get(pk=group.pk)

@@ -186,7 +186,7 @@ class LocalProvider:
     def spawn(self, group: MachineGroup) -> Machine:
         machine = Machine.objects.create(group=group, name=f"{group.name}-{secrets.token_hex(3)}")
         machine.group = group
-        env = dict(os.environ, SIMDECK_MACHINE_ID=str(machine.pk))
+        env = dict(os.environ, SIMDECK_MACHINE_ID=str(machine.pk), SIMDECK_INSTANCE=instance())
         logfile = open(self.log_dir / f"{machine.name}.log", "ab")
         proc = subprocess.Popen(
             worker_command(machine),
@@ -279,16 +279,24 @@ class LocalProvider:
         self.reap_exited()
 
 
+def instance() -> str:
+    """What tells this instance's processes from another's on the same host."""
+    return str(settings.SIMDECK_HOME)
+
+
 def kill_machine(machine_id: int) -> None:
     """SIGKILL every process of a machine: the worker, its pool and any simulator.
 
-    They all carry the machine's id in their environment, which finds them
-    even after the worker died and they were re-parented.
+    They all carry the machine's id and this instance's home in their
+    environment, which finds them even after the worker died and they were
+    re-parented, and never touches another instance's machine of the same id.
     """
+    marker = {"SIMDECK_MACHINE_ID": str(machine_id), "SIMDECK_INSTANCE": instance()}
     mine = []
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get("SIMDECK_MACHINE_ID") == str(machine_id):
+            env = proc.environ()
+            if all(env.get(k) == v for k, v in marker.items()):
                 mine.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
