@@ -211,6 +211,16 @@ def test_a_spot_task_without_resubmission_stays_preempted(stack, alice_client):
         alice_client.post(f"/machine-groups/{mg.name}/machines/{machine}/reclaim")
 
 
+def test_spot_rehearsals_reclaim_machines_at_random(stack, alice_client):
+    # About one machine in five reclaimed at each half-second check.
+    stack.restart_provider(SIMDECK_SPOT_RECLAIM_RATE="1440")
+    mg = start_group(spot=True)
+    task = submit(mg, "sleep 300")
+    assert task.wait(polling_period=0.3, silent_mode=True) == "spot-instance-preempted"
+    assert "at random" in Task.objects.get(pk=task.id).error_detail
+    assert Activity.objects.filter(group__name=mg.name, kind="machine-reclaimed").exists()
+
+
 def test_a_killed_worker_is_replaced_and_its_task_resubmitted(stack, alice_client):
     mg = start_group()
     task = submit(mg, "sleep 3; echo done", resubmit_on_preemption=True)
