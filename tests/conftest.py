@@ -8,6 +8,7 @@ database and the configured (or embedded) Redis.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -98,7 +99,12 @@ class Stack:
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.home / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env | (env or {}), stdout=log, stderr=subprocess.STDOUT
+            argv,
+            cwd=ROOT,
+            env=self.env | (env or {}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # stopped as a group, with whatever it forked
         )
         log.close()
         self.procs.append(proc)
@@ -110,7 +116,7 @@ class Stack:
 
     def restart_provider(self, **env: str) -> None:
         """A new provider whose machines get ``env`` added to their environment."""
-        self.provider.terminate()
+        _signal_group(self.provider, signal.SIGTERM)
         self.provider.wait(timeout=60)
         self.procs.remove(self.provider)
         self.start_provider(**env)
@@ -160,12 +166,20 @@ class Stack:
         ):
             time.sleep(0.3)
         for proc in reversed(self.procs):
-            proc.terminate()
+            _signal_group(proc, signal.SIGTERM)
         for proc in self.procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass
+            _signal_group(proc, signal.SIGKILL)  # e.g. Celery's embedded beat
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ class Command(BaseCommand):
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # we stop them ourselves, in order
                 )
-        self.stdout.write(
+        self.say(
             "\n".join(
                 [
                     "",
@@ -91,7 +91,7 @@ class Command(BaseCommand):
             while not stop:
                 for name, proc in procs.items():
                     if proc.poll() is not None:
-                        self.stderr.write(
+                        self.say(
                             f"The {name} stopped (exit code {proc.returncode}); see "
                             f"{logs / (name.replace(' ', '-') + '.log')}. Stopping everything."
                         )
@@ -99,7 +99,7 @@ class Command(BaseCommand):
                         break
                 time.sleep(0.5)
         finally:
-            self.stdout.write("Stopping Simdeck…")
+            self.say("Stopping Simdeck…")
             # The provider first: it lets the machines wrap up their tasks.
             for name in ("local provider", "scheduler", "web server"):
                 _stop(procs[name], timeout=45 if name == "local provider" else 15)
@@ -109,7 +109,15 @@ class Command(BaseCommand):
                 embedded.stop_redis(home)
             if not os.environ.get("DATABASE_URL"):
                 embedded.stop_postgres(home)
-            self.stdout.write("Stopped.")
+            self.say("Stopped.")
+
+    def say(self, text: str) -> None:
+        """Print, but never let a closed terminal or pipe stop the shutdown."""
+        try:
+            self.stdout.write(text)
+            self.stdout.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
 
     def ensure_admin(self, home: Path, url: str) -> str:
         from simdeck import config as client_config
@@ -126,7 +134,7 @@ class Command(BaseCommand):
         password_file.chmod(0o600)
         _, key = APIKey.issue(user, "first key")
         saved = client_config.save(url, key)
-        self.stdout.write(
+        self.say(
             f"Created the first admin account: {ADMIN} / {password}\n"
             f"and its API key (shown once, saved for the client and CLI in {saved}):\n{key}"
         )
@@ -150,11 +158,21 @@ class Command(BaseCommand):
 
 
 def _stop(proc: subprocess.Popen, timeout: float) -> None:
-    if proc.poll() is not None:
+    """SIGTERM a child's whole session, SIGKILL what is left after ``timeout``.
+
+    Signalling the group, not only the process, also reaches what it forked
+    (Celery's embedded beat, for one), which would otherwise outlive it.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
         return
-    proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
