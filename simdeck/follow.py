@@ -97,6 +97,9 @@ class WaitDisplay:
         if self.silent:
             return
         if status != self.status:
+            if self.status in self.computing:
+                # Lines printed before the change come before the news of it.
+                self.follow_logs()
             self.status = status
             self.print_new_steps()
         if status == "submitted" and position != self.position:
