@@ -279,7 +279,7 @@ def transition(
         )
         # Viewers learn of it once it is committed, never before.
         queue_changed = old == S.SUBMITTED or (new == S.SUBMITTED and old != S.PENDING_INPUT)
-        args = (task.pk, task.machine_group_id, task.owner_id, new.value if hasattr(new, "value") else new)
+        args = (task.pk, task.machine_group_id, task.owner_id, Status(new).value)
         transaction.on_commit(lambda: live.task_changed(*args, left_queue=queue_changed))
     for name, value in values.items():
         if not hasattr(value, "resolve_expression"):  # F() etc.: re-read if needed

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Iterable
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
@@ -428,10 +429,6 @@ PHASE_OF: dict[Status, str] = {
     Status.FINALIZING: "finalizing",
 }
 PHASES = ("waiting_for_input", "in_queue", "preparing", "computing", "finalizing")
-
-# Late imports keep this section self-contained; default_storage is used
-# directly for sizes and deletions, which tasks_app.storage does not wrap.
-from django.core.files.storage import default_storage  # noqa: E402
 
 
 def timeline(task: Task, events: list | None = None, now: dt.datetime | None = None) -> list[dict]:
