@@ -242,6 +242,27 @@ class TaskEvent(models.Model):
         return Status(self.to_status).label
 
 
+class ResourceSample(models.Model):
+    """What a running task used at one moment: CPU, memory and its work disk.
+
+    Written by the machine while the simulation runs, kept after it ends, so
+    the task page can draw resource use over time.
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="resource_samples")
+    at = models.DateTimeField(default=timezone.now)
+    cpu_percent = models.FloatField(help_text="Of one core; 200 means two cores busy.")
+    memory_bytes = models.BigIntegerField()
+    disk_bytes = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["task", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} at {self.at:%H:%M:%S}: {self.cpu_percent:.0f}% CPU"
+
+
 class Activity(models.Model):
     """Something worth telling that is not a status change: a disk resized,
     a machine reclaimed, a group stopping itself. Shown on task and group pages."""
