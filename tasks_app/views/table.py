@@ -13,11 +13,13 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from tasks_app.forms import TaskFilterForm
+from tasks_app.models import Comment
 
 PAGE_SIZE = 50
 
@@ -55,11 +57,25 @@ def filtered(tasks: QuerySet, form: TaskFilterForm) -> QuerySet:
     if data["until"]:
         end = dt.datetime.combine(data["until"] + dt.timedelta(days=1), dt.time.min, tz)
         tasks = tasks.filter(created_at__lt=end)
+    if data.get("review"):
+        tasks = tasks.filter(review_state=data["review"])
     if data["meta"]:
         key, value = data["meta"]
         # Containment uses the GIN index on metadata.
         tasks = tasks.filter(metadata__contains={key: value})
     return tasks
+
+
+def with_comment_counts(tasks: QuerySet) -> QuerySet:
+    """Each task with ``comment_count``: a subquery per row on the (task, created_at) index."""
+    counts = (
+        Comment.objects.filter(task=OuterRef("pk"))
+        .order_by()
+        .values("task")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return tasks.annotate(comment_count=Coalesce(Subquery(counts), 0))
 
 
 def _encode(values: list) -> str:
@@ -117,4 +133,7 @@ def _after(keys: list[str], values: list, desc: bool) -> Q:
         for prev, value in zip(keys[:i], values[:i], strict=True):
             step &= Q(**{prev: value})
         condition |= step
-    return condition
+    # The same bound on the leading key alone, implied by the OR above: PostgreSQL
+    # cannot start an index scan from an OR, so without it a deep page reads
+    # (and throws away) every row before the cursor.
+    return Q(**{f"{keys[0]}__{op}e": values[0]}) & condition
