@@ -52,6 +52,10 @@ class WaitDisplay:
         self.partial = {"stdout": "", "stderr": ""}
         self.computing = COMPUTING
         self.away = False
+        # True when log lines are pushed in (``feed``) rather than fetched here.
+        self.lines_fed = False
+        self.fed: list[tuple[str, str]] = []
+        self.flushed = False
 
     # -- lifetime ----------------------------------------------------------------
 
@@ -132,6 +136,8 @@ class WaitDisplay:
     def follow_logs(self) -> None:
         from simdeck.tasks import FOLLOW_LINES
 
+        if self.lines_fed:
+            return  # the lines arrive through feed()
         first = self.offsets["stdout"] is None
         try:
             answer = self.task.read_logs(self.offsets, tail_lines=FOLLOW_LINES if first else 0)
@@ -141,9 +147,31 @@ class WaitDisplay:
         for stream in ("stdout", "stderr"):
             chunk = answer[stream]
             self.offsets[stream] = chunk["next_offset"]
-            text = self.partial[stream] + chunk["text"]
-            *lines, self.partial[stream] = text.split("\n")
-            new.extend((stream, line) for line in lines)
+            new.extend(self.whole_lines(stream, chunk["text"]))
+        self.show_lines(new)
+
+    def whole_lines(self, stream: str, text: str) -> list[tuple[str, str]]:
+        text = self.partial[stream] + text
+        *lines, self.partial[stream] = text.split("\n")
+        return [(stream, line) for line in lines]
+
+    def feed(self, pieces: list[tuple[str, str]]) -> None:
+        """Log text pushed by the server; shown at the next ``flush_lines``."""
+        for stream, text in pieces:
+            self.fed.extend(self.whole_lines(stream, text))
+
+    def flush_lines(self) -> None:
+        from simdeck.tasks import FOLLOW_LINES
+
+        new, self.fed = self.fed, []
+        if not self.flushed:
+            # What was printed before the wait began: its end only, as over HTTP.
+            new = new[-FOLLOW_LINES:]
+            self.flushed = True
+        self.show_lines(new)
+        self.refresh()
+
+    def show_lines(self, new: list[tuple[str, str]]) -> None:
         self.recent.extend(new)
         if self.live_mode or not new:
             return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 
 import pytest
 import websockets
@@ -12,9 +14,10 @@ from channels.testing import WebsocketCommunicator
 
 import simdeck
 from console.asgi import application
-from tasks_app import lifecycle, services
+from tasks_app import consumers, lifecycle, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Task
+from tests.client_fixtures import UNTIL_STOPPED, stop, wait_until_printed
 from tests.helpers import ROOT, wait_for
 
 INPUT = ROOT / "examples" / "commands-mesh-solve"
@@ -24,9 +27,12 @@ def ws_url(stack, path: str) -> str:
     return stack.url.replace("http://", "ws://") + path
 
 
-async def frames(url: str, key: str, *, limit: float = 60, stop=None) -> list[dict]:
-    """Read JSON frames until the server closes (or ``stop(frame)`` says so)."""
-    got = []
+async def frames(url: str, key: str, *, limit: float = 60, stop=None, into: list | None = None) -> list[dict]:
+    """Read JSON frames until the server closes (or ``stop(frame)`` says so).
+
+    ``into``: a list the frames are appended to as they arrive (for another thread to watch).
+    """
+    got = [] if into is None else into
     async with websockets.connect(
         url,
         additional_headers={"Authorization": f"Bearer {key}"},
@@ -45,8 +51,14 @@ async def frames(url: str, key: str, *, limit: float = 60, stop=None) -> list[di
 
 
 def lines_of(batches: list[dict]) -> list[str]:
-    text = "".join(f["text"] for f in batches if f["type"] == "lines" and f["stream"] == "stdout")
+    text = "".join(
+        text for f in batches if f["type"] == "lines" for stream, text in f["parts"] if stream == "stdout"
+    )
     return text.splitlines()
+
+
+def lines_text(frame: dict) -> str:
+    return "".join(text for _stream, text in frame["parts"])
 
 
 # -- consumers in-process -------------------------------------------------------
@@ -139,11 +151,11 @@ def test_a_late_joiner_gets_the_backlog_then_live_lines_with_no_gap_or_duplicate
     url = ws_url(stack, f"/ws/tasks/{task.id}/logs/?format=json")
     # Join late, read a little, drop the connection, then resume where we were.
     first = async_to_sync(frames)(
-        url, alice_key, stop=lambda f: f["type"] == "lines" and "line-50\n" in f["text"]
+        url, alice_key, stop=lambda f: f["type"] == "lines" and "line-50\n" in lines_text(f)
     )
     last_id = [f for f in first if f["type"] == "lines"][-1]["id"]
     rest = async_to_sync(frames)(url + f"&after={last_id}", alice_key)
-    assert rest[-1] == {"type": "end"}
+    assert rest[-1]["type"] == "end"
     assert lines_of(first + rest) == [f"line-{i}" for i in range(1, 401)]
     assert task.wait(polling_period=0.3, silent_mode=True) == "success"
     # After the end, a new viewer still gets the log, from storage or the stream.
@@ -156,15 +168,49 @@ def test_a_late_joiner_gets_the_backlog_then_live_lines_with_no_gap_or_duplicate
 def test_a_watcher_of_the_last_queued_task_sees_the_queue_drain(stack, client_for, alice_key):
     client_for(alice_key)
     mg = simdeck.resources.MachineGroup("n2-standard-2").start()
-    blocker = simdeck.simulators.Commands().run(input_dir=INPUT, commands=["sleep 3"], on=mg)
-    wait_for(lambda: Task.objects.get(pk=blocker.id).status == Status.STARTED, 30, message="the blocker")
+    blocker = simdeck.simulators.Commands().run(input_dir=INPUT, commands=[UNTIL_STOPPED], on=mg)
+    wait_until_printed(stack, blocker.id, steps=1)
     tasks = [simdeck.simulators.Commands().run(input_dir=INPUT, commands=["true"], on=mg) for _ in range(20)]
     last = tasks[-1]
     url = ws_url(stack, f"/ws/tasks/{last.id}/?format=json")
-    seen = async_to_sync(frames)(url, alice_key, stop=lambda f: f.get("status") not in (None, "submitted"))
+    seen: list[dict] = []
+    watcher = threading.Thread(
+        target=async_to_sync(frames),
+        args=(url, alice_key),
+        kwargs={"stop": lambda f: f.get("status") not in (None, "submitted"), "into": seen, "limit": 100},
+    )
+    watcher.start()
+    wait_for(lambda: seen, 30, message="the watcher to connect")
+    stop(stack, blocker.id)  # the queue starts to drain only now
+    watcher.join(timeout=110)
     positions = [f["position_in_queue"] for f in seen if f.get("position_in_queue") is not None]
     # Each departure from the queue is announced once; the watcher sees every step.
     assert positions[0] == 19
     assert positions[-1] == 0
     assert positions == sorted(positions, reverse=True)
     assert set(range(0, 20)) <= set(positions)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_a_simulator_printing_very_fast_reaches_a_viewer_in_few_frames_every_line_once_in_order(
+    stack, client_for, alice_key
+):
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    # 30,000 lines in bursts of 100, about ten thousand a second.
+    burst = 'seq -f "fast-%g" $((k*100+1)) $((k*100+100))'
+    task = simdeck.simulators.Commands().run(
+        input_dir=INPUT, commands=[f"sleep 2; for k in $(seq 0 299); do {burst}; sleep 0.01; done"], on=mg
+    )
+    wait_for(lambda: Task.objects.get(pk=task.id).status == Status.STARTED, 60, message="the task to start")
+    url = ws_url(stack, f"/ws/tasks/{task.id}/logs/?format=json&after=0-0")
+    started = time.monotonic()
+    got = async_to_sync(frames)(url, alice_key, limit=150)
+    followed = time.monotonic() - started
+    assert got[0]["type"] == "begin" and got[-1]["type"] == "end"
+    assert lines_of(got) == [f"fast-{i}" for i in range(1, 30_001)]
+    batches = [f for f in got if f["type"] == "lines"]
+    # At most one frame per FRAME_SECONDS, so far fewer frames than lines.
+    assert len(batches) <= followed / consumers.FRAME_SECONDS + 5
+    assert len(batches) < 30_000 / 20
