@@ -1,27 +1,95 @@
-"""Who may see and change what: one place every door goes through.
+"""Who may see and change what: the one layer every door goes through.
 
-Querysets are scoped to what the user may see; an object outside that scope
-answers 404, so an id from elsewhere reveals nothing.
+A project is a team. Each member has a role in it (:class:`~tasks_app.models.Role`):
+
+- **viewer** sees the project's tasks, machine groups, members and activity;
+- **member** also submits tasks, edits metadata, comments, reviews and
+  kills (or removes the files of) the tasks they own;
+- **maintainer** also kills any task of the project, creates, starts and
+  terminates its machine groups, and manages its members.
+
+Staff may do everything everywhere. Querysets are scoped to the projects the
+user belongs to; an object outside that scope answers 404 (so an id from
+another team reveals nothing), an object in scope that the role does not
+allow acting on answers 403 (:class:`PermissionDenied`).
 """
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.db.models import Subquery
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 
-from tasks_app.models import MachineGroup, Task
+from tasks_app.models import ROLE_RANK, MachineGroup, Membership, Project, Role, Task
+
+VIEWER, MEMBER, MAINTAINER = Role.VIEWER, Role.MEMBER, Role.MAINTAINER
+
+# The least role each action needs, by the kind of object it is done to.
+# "own" actions need MEMBER on one's own task and MAINTAINER on anyone else's.
+TASK_ACTIONS: dict[str, Role | str] = {
+    "view": VIEWER,
+    "edit": MEMBER,  # metadata
+    "comment": MEMBER,
+    "review": MEMBER,
+    "resubmit": MEMBER,
+    "kill": "own",
+    "remove-files": "own",
+    "upload": "own",
+}
+PROJECT_ACTIONS: dict[str, Role] = {
+    "view": VIEWER,
+    "submit": MEMBER,
+    "comment": MEMBER,
+    "review": MEMBER,
+    "manage-groups": MAINTAINER,
+    "manage-members": MAINTAINER,
+}
+GROUP_ACTIONS: dict[str, Role] = {
+    "view": VIEWER,
+    "submit": MEMBER,
+    "manage": MAINTAINER,  # start, terminate, reclaim machines
+}
+
+# What a refusal says the user would need, in words.
+NEEDS = {VIEWER: "a viewer", MEMBER: "a member", MAINTAINER: "a maintainer"}
+
+
+# -- scopes ----------------------------------------------------------------------
+
+
+def _member_projects(user) -> Subquery:
+    return Subquery(Membership.objects.filter(user=user).values("project_id"))
+
+
+def visible_projects(user):
+    """Projects the user is a member of, in any role (all of them for staff)."""
+    if not user.is_authenticated:
+        return Project.objects.none()
+    qs = Project.objects.all()
+    return qs if user.is_staff else qs.filter(pk__in=_member_projects(user))
 
 
 def visible_tasks(user):
+    """Tasks of the user's projects (all tasks for staff)."""
+    if not user.is_authenticated:
+        return Task.objects.none()
     qs = Task.objects.all()
-    return qs if user.is_staff else qs.filter(owner=user)
+    return qs if user.is_staff else qs.filter(project_id__in=_member_projects(user))
 
 
 def visible_groups(user):
+    """Machine groups of the user's projects (all groups for staff)."""
+    if not user.is_authenticated:
+        return MachineGroup.objects.none()
     qs = MachineGroup.objects.all()
-    return qs if user.is_staff else qs.filter(owner=user)
+    return qs if user.is_staff else qs.filter(project_id__in=_member_projects(user))
 
 
 def task_for(user, task_id: str) -> Task:
+    if "\x00" in str(task_id):  # PostgreSQL refuses NUL in text: no object has such an id
+        raise_not_found()
     return get_object_or_404(
         visible_tasks(user).select_related("machine_group", "project", "owner"), pk=task_id
     )
@@ -29,7 +97,192 @@ def task_for(user, task_id: str) -> Task:
 
 def group_for(user, ref: str | int) -> MachineGroup:
     """A machine group by id or by name."""
-    qs = visible_groups(user)
+    qs = visible_groups(user).select_related("project")
+    if "\x00" in str(ref):
+        raise_not_found()
     if isinstance(ref, int) or str(ref).isdigit():
         return get_object_or_404(qs, pk=int(ref))
     return get_object_or_404(qs, name=ref)
+
+
+def project_for(user, ref: str | int) -> Project:
+    """A project by name, or by id when no project has that name."""
+    qs = visible_projects(user)
+    if "\x00" in str(ref):
+        raise_not_found()
+    found = qs.filter(name=str(ref)).first()
+    if found is None and str(ref).isdigit():
+        found = qs.filter(pk=int(ref)).first()
+    if found is None:
+        raise_not_found()
+    return found
+
+
+def raise_not_found():
+    raise Http404("No such object, or it is not yours to see.")
+
+
+# -- roles and actions -------------------------------------------------------------
+
+
+def role_in(user, project: Project | int) -> Role | None:
+    """The user's role in ``project``, or None when not a member."""
+    if not user.is_authenticated:
+        return None
+    project_id = project if isinstance(project, int) else project.pk
+    role = Membership.objects.filter(user=user, project_id=project_id).values_list("role", flat=True).first()
+    return Role(role) if role else None
+
+
+def roles_of(user) -> dict[int, Role]:
+    """Every project id the user belongs to, with the role: one query, for lists."""
+    if not user.is_authenticated:
+        return {}
+    return {p: Role(r) for p, r in Membership.objects.filter(user=user).values_list("project_id", "role")}
+
+
+def _project_id(obj) -> int:
+    return obj.pk if isinstance(obj, Project) else obj.project_id
+
+
+def _needed(action: str, obj) -> Role | str:
+    table = (
+        TASK_ACTIONS
+        if isinstance(obj, Task)
+        else PROJECT_ACTIONS
+        if isinstance(obj, Project)
+        else GROUP_ACTIONS
+        if isinstance(obj, MachineGroup)
+        else None
+    )
+    if table is None or action not in table:
+        raise ValueError(f"No rule for {action!r} on {type(obj).__name__}; add one to tasks_app.access.")
+    return table[action]
+
+
+def can(user, action: str, obj, *, roles: dict[int, Role] | None = None) -> bool:
+    """May ``user`` do ``action`` to ``obj`` (a task, project or machine group)?
+
+    Give ``roles`` (from :func:`roles_of`) when asking about many objects,
+    to ask the database once.
+    """
+    needed = _needed(action, obj)
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_staff:
+        return True
+    project_id = _project_id(obj)
+    role = roles.get(project_id) if roles is not None else role_in(user, project_id)
+    if role is None:
+        return False
+    if needed == "own":
+        needed = MEMBER if obj.owner_id == user.pk else MAINTAINER
+    return ROLE_RANK[role] >= ROLE_RANK[needed]
+
+
+def allowed(user, obj, *, roles: dict[int, Role] | None = None) -> set[str]:
+    """Every action ``user`` may do to ``obj``: for pages that show or hide buttons."""
+    if roles is None and not user.is_staff:
+        roles = {_project_id(obj): role_in(user, _project_id(obj))}
+        roles = {k: v for k, v in roles.items() if v is not None}
+    table = (
+        TASK_ACTIONS
+        if isinstance(obj, Task)
+        else PROJECT_ACTIONS
+        if isinstance(obj, Project)
+        else GROUP_ACTIONS
+    )
+    return {action for action in table if can(user, action, obj, roles=roles)}
+
+
+def actionable(user, action: str, tasks):
+    """The tasks of ``tasks`` the user may do ``action`` to, as a queryset (for bulk actions)."""
+    if action not in TASK_ACTIONS:
+        raise ValueError(f"No rule for {action!r} on Task; add one to tasks_app.access.")
+    needed = TASK_ACTIONS[action]
+    if not user.is_authenticated:
+        return tasks.none()
+    if user.is_staff:
+        return tasks
+    ranks = {r: ROLE_RANK[r] for r in Role}
+
+    def projects(least: Role) -> Subquery:
+        roles = [r for r, rank in ranks.items() if rank >= ROLE_RANK[least]]
+        return Subquery(Membership.objects.filter(user=user, role__in=roles).values("project_id"))
+
+    if needed == "own":
+        from django.db.models import Q
+
+        return tasks.filter(
+            Q(project_id__in=projects(MAINTAINER)) | Q(owner=user, project_id__in=projects(MEMBER))
+        )
+    return tasks.filter(project_id__in=projects(needed))
+
+
+def require(user, action: str, obj) -> None:
+    """Raise PermissionDenied (403) unless ``user`` may do ``action`` to ``obj``.
+
+    Call it on an object found through the scoped lookups above, so an object
+    the user may not even see has already answered 404.
+    """
+    if can(user, action, obj):
+        return
+    raise PermissionDenied(refusal(user, action, obj))
+
+
+def refusal(user, action: str, obj) -> str:
+    """Why ``user`` may not do ``action``, and who could."""
+    needed = _needed(action, obj)
+    project = obj if isinstance(obj, Project) else obj.project
+    role = role_in(user, project)
+    if needed == "own":
+        what = {"kill": "kill", "remove-files": "remove the files of", "upload": "upload the input of"}[
+            action
+        ]
+        if action == "upload":
+            return f"Only the owner of task {obj.id} can upload its input."
+        return (
+            f"Members can {what} their own tasks only; task {obj.id} belongs to "
+            f"{obj.owner.username}. Ask a maintainer of project {project.name!r}."
+        )
+    doing = {
+        "edit": "edit metadata",
+        "submit": "submit tasks",
+        "manage": "start or terminate machine groups",
+        "manage-groups": "create or change machine groups",
+        "manage-members": "manage members",
+    }.get(action, action)
+    you = f"you are {NEEDS[role]}" if role else "you are not a member"
+    return f"To {doing} in project {project.name!r} you need to be {NEEDS[needed]} ({you})."
+
+
+# -- personal projects and membership changes ----------------------------------------
+
+
+def personal_project(user) -> Project:
+    """The user's own project, made (with the user as maintainer) the first time it is needed."""
+    found = Project.objects.filter(personal_owner=user).first()
+    if found is not None:
+        return found
+    base = f"{user.username}-default"
+    for attempt in range(20):
+        name = base if attempt == 0 else f"{base}-{attempt + 1}"
+        try:
+            with transaction.atomic():
+                project = Project.objects.create(name=name, created_by=user, personal_owner=user)
+                Membership.objects.create(project=project, user=user, role=MAINTAINER, added_by=user)
+                return project
+        except IntegrityError:
+            # Someone made it at the same moment, or the name is taken by another project.
+            found = Project.objects.filter(personal_owner=user).first()
+            if found is not None:
+                return found
+    raise RuntimeError(f"Could not find a free name for the personal project of {user.username}.")
+
+
+def new_project(user, name: str) -> Project:
+    """A new team project with ``user`` as its first maintainer."""
+    with transaction.atomic():
+        project = Project.objects.create(name=name, created_by=user)
+        Membership.objects.create(project=project, user=user, role=MAINTAINER, added_by=user)
+    return project

@@ -1,0 +1,139 @@
+"""Quotas: how many machines may run at once, and how long groups and tasks may live.
+
+Each user and each project has the three limits. A :class:`~tasks_app.models.Quota`
+row sets them for one user or project (an empty field there means no limit);
+without a row the site defaults apply (``SIMDECK_QUOTA_MAX_MACHINES``,
+``SIMDECK_QUOTA_MAX_GROUP_TTL_MINUTES``, ``SIMDECK_QUOTA_MAX_TASK_TTL_SECONDS``,
+unset meaning no limit). A request over any limit is refused with a message
+naming the quota and by how much it is exceeded.
+
+Machines "running" are those of started machine groups, counted as the
+group's machine count (its maximum for an elastic group, which may grow to
+it at any time), so a limit holds before the provider brings them up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db.models import Q, Sum
+from django.db.models.functions import Coalesce
+
+from tasks_app.models import MachineGroup, Project, Quota
+from tasks_app.services import Refused
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_machines: int | None
+    max_group_ttl_minutes: float | None
+    max_task_ttl_seconds: int | None
+
+
+def site_defaults() -> Limits:
+    return Limits(
+        getattr(settings, "SIMDECK_QUOTA_MAX_MACHINES", None),
+        getattr(settings, "SIMDECK_QUOTA_MAX_GROUP_TTL_MINUTES", None),
+        getattr(settings, "SIMDECK_QUOTA_MAX_TASK_TTL_SECONDS", None),
+    )
+
+
+def _limits(row: Quota | None) -> Limits:
+    if row is None:
+        return site_defaults()
+    return Limits(row.max_machines, row.max_group_ttl_minutes, row.max_task_ttl_seconds)
+
+
+def for_user(user) -> Limits:
+    return _limits(Quota.objects.filter(user=user).first())
+
+
+def for_project(project: Project) -> Limits:
+    return _limits(Quota.objects.filter(project=project).first())
+
+
+def _holders(user, project: Project) -> list[tuple[str, Limits]]:
+    """Whose limits apply, named as a refusal names them (one query for both)."""
+    rows = {(q.project_id, q.user_id): q for q in Quota.objects.filter(Q(project=project) | Q(user=user))}
+    by_project = next((q for (p, _), q in rows.items() if p == project.pk), None)
+    by_user = next((q for (_, u), q in rows.items() if u == user.pk), None)
+    return [(f"Project {project.name!r}", _limits(by_project)), (f"User {user.username!r}", _limits(by_user))]
+
+
+def _machines_of(group: MachineGroup) -> int:
+    return group.max_machines if group.is_elastic else group.num_machines
+
+
+def running_machines(**scope) -> int:
+    """Machines counted against a quota: those of started groups matching ``scope``."""
+    started = MachineGroup.objects.filter(state=MachineGroup.State.STARTED, **scope)
+    fixed = started.filter(max_machines__isnull=True).aggregate(n=Coalesce(Sum("num_machines"), 0))["n"]
+    elastic = started.filter(max_machines__isnull=False).aggregate(n=Coalesce(Sum("max_machines"), 0))["n"]
+    return fixed + elastic
+
+
+def check_start(group: MachineGroup) -> None:
+    """Refuse to start ``group`` when its machines would exceed its project's or owner's quota.
+
+    Call inside a transaction holding a lock on the project row, so two
+    starts at once cannot both squeeze under the limit.
+    """
+    adding = _machines_of(group)
+    scopes = {
+        "Project": {"project_id": group.project_id},
+        "User": {"owner_id": group.owner_id},
+    }
+    for who, limits in _holders(group.owner, group.project):
+        limit = limits.max_machines
+        if limit is None:
+            continue
+        total = running_machines(**scopes[who.split()[0]]) + adding
+        if total > limit:
+            raise Refused(
+                f"{who} may run at most {limit} machine{'s' if limit != 1 else ''} at once; "
+                f"starting machine group {group.name} ({adding} machine{'s' if adding != 1 else ''}) "
+                f"would bring it to {total} ({total - limit} over). Terminate a group or ask an "
+                "administrator for a larger quota.",
+                code="quota_exceeded",
+                field="num_machines",
+                status=403,
+            )
+
+
+def group_ttl(user, project: Project, minutes: float | None) -> float | None:
+    """The machine group time to live to use: the requested one, or the quota's when none was asked."""
+    for who, limits in _holders(user, project):
+        limit = limits.max_group_ttl_minutes
+        if limit is None:
+            continue
+        if minutes is None:
+            minutes = limit
+        elif minutes > limit:
+            raise Refused(
+                f"{who} may keep a machine group for at most {limit:g} minutes; this group asks for "
+                f"{minutes:g} ({minutes - limit:g} over). Give a shorter auto_terminate_minutes.",
+                code="quota_exceeded",
+                field="auto_terminate_minutes",
+                status=403,
+            )
+    return minutes
+
+
+def task_ttl(user, project: Project, seconds: int | None) -> int | None:
+    """The task time to live to use: the requested one, or the quota's when none was asked."""
+    for who, limits in _holders(user, project):
+        limit = limits.max_task_ttl_seconds
+        if limit is None:
+            continue
+        if seconds is None:
+            seconds = limit
+        elif seconds > limit:
+            raise Refused(
+                f"{who} may give a task at most {limit} s to live; this task asks for {seconds} s "
+                f"({seconds - limit} s over). Give a shorter time_to_live.",
+                code="quota_exceeded",
+                field="time_to_live",
+                status=403,
+            )
+    return seconds

@@ -1,0 +1,85 @@
+"""A project's members: who is in the team and with which role.
+
+Every member sees the list; maintainers (and staff) add people, change
+roles and remove people. Each change is audited (see :mod:`tasks_app.teams`).
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from tasks_app import access, audit, quotas, teams
+from tasks_app.forms import MemberForm, RoleForm, add_refusal
+from tasks_app.models import Activity, Role
+from tasks_app.services import Refused
+
+CHANGES_SHOWN = 20
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_members(request: HttpRequest, ref: str) -> HttpResponse:
+    """The member list; POST adds someone (maintainers only)."""
+    project = access.project_for(request.user, ref)
+    can_manage = access.can(request.user, "manage-members", project)
+    form = MemberForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        access.require(request.user, "manage-members", project)
+        if form.is_valid():
+            try:
+                teams.add_member(
+                    project, form.cleaned_data["username"], form.cleaned_data["role"], actor=request.user
+                )
+            except Refused as exc:
+                add_refusal(form, exc)
+            else:
+                messages.success(request, f"{form.cleaned_data['username']} is now in {project.name}.")
+                return redirect("project-members", ref=project.name)
+        status = 422
+    changes = (
+        Activity.objects.filter(project=project, kind__in=audit.MEMBERSHIP_KINDS)
+        .select_related("actor")
+        .order_by("-at", "-id")[:CHANGES_SHOWN]
+    )
+    context = {
+        "project": project,
+        "members": teams.members(project),
+        "roles": Role.choices,
+        "my_role": access.role_in(request.user, project),
+        "can_manage": can_manage,
+        "form": form,
+        "changes": changes,
+        "project_quota": quotas.for_project(project),
+        "running_machines": quotas.running_machines(project_id=project.pk),
+    }
+    return render(request, "projects/members.html", context, status=status)
+
+
+@login_required
+@require_POST
+def project_member(request: HttpRequest, ref: str, username: str) -> HttpResponse:
+    """Change one member's role, or with ``remove`` take them out (maintainers only)."""
+    project = access.project_for(request.user, ref)
+    access.require(request.user, "manage-members", project)
+    try:
+        user = teams.find_user(username)
+        if request.POST.get("remove"):
+            teams.remove_member(project, user, actor=request.user)
+            messages.success(request, f"{username} was removed from {project.name}.")
+        else:
+            form = RoleForm(request.POST)
+            if not form.is_valid():
+                raise Refused("Choose a role: viewer, member or maintainer.", field="role")
+            teams.change_role(project, user, form.cleaned_data["role"], actor=request.user)
+            messages.success(request, f"{username} is now {form.cleaned_data['role']} of {project.name}.")
+    except Refused as exc:
+        messages.error(request, str(exc))
+    # Someone who just removed themselves can no longer see the project.
+    if access.visible_projects(request.user).filter(pk=project.pk).exists():
+        return redirect("project-members", ref=project.name)
+    return redirect("project-list")
