@@ -1,0 +1,135 @@
+"""Dispatch latency: from submitting a task through the API to its simulator process running.
+
+The simulator stamps the wall clock the moment it starts (``date`` writing
+a file), and the benchmark compares that with the clock read just before
+the first HTTP call of the submission. Tasks go one at a time, each after
+the previous one ended, so the machine is idle every time. The baseline is
+bare Celery: ``delay()`` of a task that runs the same command, on the same
+Redis, with a worker started the way a machine is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from bench import harness
+from bench.harness import percentiles, result
+
+TITLE = "Dispatch latency"
+WARMUP = 3
+
+
+def stamp_command(path: Path) -> str:
+    return f"date +%s.%N > {path}.tmp && mv {path}.tmp {path}"
+
+
+def wait_stamp(path: Path, timeout: float = 60) -> float:
+    """The epoch second written to ``path`` by the simulator, once it appears."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"No simulator started within {timeout} s (waited for {path}).")
+        time.sleep(0.001)
+    return float(path.read_text())
+
+
+def measure_simdeck(count: int, out: Path) -> tuple[list[float], dict[str, list[float]]]:
+    import httpx  # noqa: F401  (through harness.api_client)
+
+    from tasks_app.lifecycle import TERMINAL
+    from tasks_app.models import Task
+
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = {
+        "request until the task exists": [],
+        "input stored and queued": [],
+        "token delivery and claim": [],
+        "input fetch and extract": [],
+        "process spawn": [],
+    }
+    with harness.Stack(machines=1) as stack, harness.api_client(stack) as client:
+        for i in range(WARMUP + count):
+            stamp = out / f"simdeck-{i}"
+            submitted = time.time()
+            task_id = harness.submit_commands(client, stack.group_name, [stamp_command(stamp)])
+            began = wait_stamp(stamp)
+            deadline = time.monotonic() + 60
+            while Task.objects.filter(pk=task_id).values_list("status", flat=True).get() not in TERMINAL:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Task {task_id} did not end; logs:\n{stack.logs()}")
+                time.sleep(0.01)
+            if i < WARMUP:
+                continue
+            latencies.append(began - submitted)
+            t = Task.objects.get(pk=task_id)
+            marks = [
+                submitted,
+                t.created_at.timestamp(),
+                t.submitted_at.timestamp(),
+                t.preparing_at.timestamp(),
+                t.started_at.timestamp(),
+                began,
+            ]
+            for name, (a, b) in zip(stages, zip(marks, marks[1:], strict=False), strict=True):
+                stages[name].append(b - a)
+    return latencies, stages
+
+
+def measure_bare(count: int, out: Path) -> list[float]:
+    from django.conf import settings
+
+    from bench.bare_celery import Workers
+
+    latencies: list[float] = []
+    queue = f"bench-bare-dispatch-{os.getpid()}"
+    with Workers(settings.CELERY_BROKER_URL, queue, 1, harness.home() / "logs") as workers:
+        for i in range(WARMUP + count):
+            stamp = out / f"bare-{i}"
+            submitted = time.time()
+            outcome = workers.run(["sh", "-c", stamp_command(stamp)])
+            began = wait_stamp(stamp)
+            outcome.get(timeout=60)
+            if i >= WARMUP:
+                latencies.append(began - submitted)
+    return latencies
+
+
+def run(quick: bool = False) -> list[dict]:
+    harness.setup_django()
+    count = 5 if quick else 200
+    out = harness.home() / "dispatch"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    try:
+        ours, stages = measure_simdeck(count, out)
+        bare = measure_bare(count, out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    p_ours, p_bare = percentiles(ours), percentiles(bare)
+    note = f"{count} tasks, one at a time on an idle 1-machine group"
+    figures = [
+        result(
+            "dispatch",
+            f"submit to process start, {p}",
+            "ms",
+            p_ours[p] * 1000,
+            p_bare[p] * 1000,
+            baseline_name="bare Celery delay()",
+            note=note,
+        )
+        for p in ("p50", "p95", "p99")
+    ]
+    for name, values in stages.items():
+        figures.append(
+            result("dispatch", f"stage p50: {name}", "ms", percentiles(values)["p50"] * 1000, note=note)
+        )
+    return figures
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    raise SystemExit(main(["dispatch"]))

@@ -1,0 +1,1 @@
+"""A running Simdeck on this host, for the test suite and the benchmarks."""

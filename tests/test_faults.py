@@ -1,0 +1,391 @@
+"""Faults on purpose: killed machines, garbage output, a web server restart.
+
+Each test breaks a real running Simdeck the way life does and then checks
+that nothing was lost: every task reaches a final status that says what
+happened, no task runs to success twice, logs survive, clients carry on.
+The longer versions (20 kills, Redis and PostgreSQL restarts, a flood of
+1,000 submissions) are in ``bench/chaos.py`` (``make chaos``). Filling a
+task's disk is covered in test_statuses_for_real.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import websockets
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+
+import simdeck
+from tasks_app import lifecycle
+from tasks_app.lifecycle import Status
+from tasks_app.models import Machine, MachineGroup, Task, TaskEvent
+from tasks_app.testing.stack import signal_group
+from tests.helpers import ROOT, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.timeout(300)]
+
+INPUT = ROOT / "examples" / "commands-mesh-solve"
+
+
+@pytest.fixture
+def alice_client(client_for, alice_key):
+    return client_for(alice_key)
+
+
+def submit(mg, *commands: str, input_dir: Path = INPUT, **options) -> simdeck.tasks.Task:
+    return simdeck.simulators.Commands().run(input_dir=input_dir, commands=list(commands), on=mg, **options)
+
+
+def online(group_name: str) -> int:
+    return Machine.objects.filter(group__name=group_name, state=Machine.State.ONLINE).count()
+
+
+def processes_of(task_ids: set[str]) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SIMDECK_TASK_ID") in task_ids:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+# -- machines killed mid-task ---------------------------------------------------------
+
+
+async def frames_until_closed(url: str, key: str, attached: threading.Event, limit: float) -> tuple:
+    """JSON log frames until the server closes the socket; ``attached`` once lines flow."""
+    frames = []
+    async with websockets.connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {key}"},
+        origin=url.split("/ws/")[0].replace("ws", "http", 1),
+    ) as ws:
+        try:
+            async with asyncio.timeout(limit):
+                async for message in ws:
+                    frames.append(json.loads(message))
+                    if frames[-1]["type"] == "lines":
+                        attached.set()
+        except TimeoutError:
+            return frames, None
+        return frames, ws.close_code
+
+
+class Followers:
+    """A task followed as users follow it: its log socket, ``simdeck logs`` and ``wait()``."""
+
+    def __init__(self, stack, task, key: str, tmp_path: Path):
+        self.attached = threading.Event()
+        self.pool = concurrent.futures.ThreadPoolExecutor()
+        url = stack.url.replace("http://", "ws://") + f"/ws/tasks/{task.id}/logs/?format=json"
+        self.socket = self.pool.submit(lambda: asyncio.run(frames_until_closed(url, key, self.attached, 150)))
+        self.waiter = self.pool.submit(task.wait, polling_period=0.5, silent_mode=True)
+        self.printed = tmp_path / "cli-logs.txt"
+        with open(self.printed, "w") as out:
+            self.cli = subprocess.Popen(
+                [str(Path(sys.executable).parent / "simdeck"), "logs", task.id],
+                env=dict(os.environ, NO_COLOR="1"),
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+    def following(self) -> bool:
+        return "tick-" in self.printed.read_text() and self.attached.is_set()
+
+    def results(self) -> tuple:
+        try:
+            frames, code = self.socket.result(timeout=150)
+            _, cli_err = self.cli.communicate(timeout=150)
+            return frames, code, cli_err, self.waiter.result(timeout=150)
+        finally:
+            self.cli.kill()
+            self.pool.shutdown(wait=False)
+
+
+def test_sigkilled_machines_lose_no_task_run_none_twice_and_end_their_logs(
+    stack, alice_client, alice_key, tmp_path
+):
+    from tasks_app.providers.local import kill_machine
+
+    ledger = tmp_path / "ledger.txt"  # outside every work directory: survives the machines
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=2).start()
+    wait_for(lambda: online(mg.name) == 2, 60, message="two machines online")
+    # Followed while its machine dies; not resubmitted, so its log must end.
+    followed = submit(mg, "for i in $(seq 1 3000); do echo tick-$i; sleep 0.1; done")
+    work = f"echo start $SIMDECK_TASK_ID >> {ledger}; sleep 2; echo done $SIMDECK_TASK_ID >> {ledger}"
+    tasks = [followed] + [submit(mg, work, resubmit_on_preemption=i % 2 == 0) for i in range(10)]
+    ids = [t.id for t in tasks]
+
+    victims: dict[str, int] = {}  # task id -> the machine killed under it
+    followed_row = wait_for(
+        lambda: Task.objects.filter(pk=followed.id, status=Status.STARTED).select_related("machine").first(),
+        90,
+        message="the followed task to start",
+    )
+    followers = Followers(stack, followed, alice_key, tmp_path)
+    wait_for(followers.following, 60, message="its log followed")
+    kill_machine(followed_row.machine_id)  # the worker, its pool and the simulator at once
+    victims[followed.id] = followed_row.machine_id
+    for resubmitted in (True, False):  # one kill of each kind among the batch
+        # A task that started a moment ago, so the kill lands well inside its sleep.
+        running = wait_for(
+            lambda resubmitted=resubmitted: (
+                Task.objects.filter(
+                    pk__in=ids,
+                    status=Status.STARTED,
+                    resubmit_on_preemption=resubmitted,
+                    started_at__gt=timezone.now() - dt.timedelta(seconds=1),
+                )
+                .exclude(pk__in=victims)
+                .select_related("machine")
+                .first()
+            ),
+            90,
+            interval=0.05,
+            message="a task that just started",
+        )
+        os.kill(running.machine.pid, signal.SIGKILL)
+        victims[running.id] = running.machine_id
+    for machine_id in victims.values():
+        wait_for(
+            lambda m=machine_id: Machine.objects.get(pk=m).state == Machine.State.LOST,
+            30,
+            message="the killed machine to be found lost",
+        )
+
+    frames, code, cli_err, waited = followers.results()
+    assert waited == Status.EXECUTOR_TERMINATED
+    assert code == 1000, f"the log socket did not end: {[f['type'] for f in frames][-5:]}"
+    # The mark is in the stream itself (not only inferred from the status), so
+    # a follower resuming by entry id is told as well.
+    assert frames[-1]["type"] == "end" and frames[-1]["id"] != "0-0"
+    shown = "".join(text for f in frames if f["type"] == "lines" for _, text in f["parts"])
+    assert shown.startswith("tick-1\n")
+    assert followers.cli.returncode == 0, cli_err[-2000:]
+    assert f"ended as {Status.EXECUTOR_TERMINATED.value}" in cli_err
+    assert followers.printed.read_text().startswith("tick-1\n")
+
+    final = wait_for(
+        lambda: (
+            (rows := dict(Task.objects.filter(pk__in=ids).values_list("id", "status")))
+            and all(Status(s) in lifecycle.TERMINAL for s in rows.values())
+            and rows
+        ),
+        180,
+        message="every task to end",
+    )
+    done = re.findall(r"^done (\w+)$", ledger.read_text(), re.M)
+    for task in tasks:
+        row = Task.objects.get(pk=task.id)
+        history = list(row.events.values_list("to_status", flat=True))
+        if task.id not in victims:
+            assert final[task.id] == Status.SUCCESS, (task.id, history)
+            assert row.attempt == 1
+        elif row.resubmit_on_preemption:
+            assert final[task.id] == Status.SUCCESS, (task.id, history)
+            assert row.attempt == 2
+            assert row.machine_id != victims[task.id]
+            assert Status.EXECUTOR_TERMINATED in history
+        else:
+            assert final[task.id] == Status.EXECUTOR_TERMINATED, (task.id, history)
+            assert "exited" in row.error_detail or "gone" in row.error_detail
+        assert history.count(Status.SUCCESS) <= 1
+        assert done.count(task.id) == (1 if final[task.id] == Status.SUCCESS else 0), (task.id, done)
+    assert TaskEvent.objects.filter(task_id__in=ids, to_status=Status.SUCCESS).count() == list(
+        final.values()
+    ).count(Status.SUCCESS)
+    wait_for(lambda: online(mg.name) == 2, 60, message="the group back to its size")
+    assert set(Machine.objects.filter(pk__in=victims.values()).values_list("state", flat=True)) == {
+        Machine.State.LOST
+    }
+    wait_for(lambda: processes_of(set(ids)) == [], 20, message="no simulator left behind")
+
+
+# -- what a simulator may print ---------------------------------------------------------
+
+GARBAGE_SCRIPT = """\
+import sys
+out = sys.stdout.buffer
+out.write(bytes(range(256)) * 4 + b"\\n")
+out.write(b"invalid \\xff\\xfe\\xc3\\x28 utf-8 and \\x00\\x00 nuls\\n")
+out.write(b"A" * 10_000_000 + b"\\n")
+out.write(b"done\\n")
+out.flush()
+sys.stderr.buffer.write(b"\\x80\\x81 warning \\x00\\n")
+"""
+EXPECTED_STDOUT = (
+    bytes(range(256)) * 4
+    + b"\n"
+    + b"invalid \xff\xfe\xc3\x28 utf-8 and \x00\x00 nuls\n"
+    + b"A" * 10_000_000
+    + b"\n"
+    + b"done\n"
+)
+
+
+def logged_in(stack, user) -> httpx.Client:
+    """A browser's session on the stack's console, made the way a login makes it."""
+    from django.conf import settings
+    from django.test import Client
+
+    session = Client()
+    session.force_login(user)
+    cookie = session.cookies[settings.SESSION_COOKIE_NAME].value
+    return httpx.Client(base_url=stack.url, timeout=60, cookies={settings.SESSION_COOKIE_NAME: cookie})
+
+
+async def follow_log(url: str, key: str, limit: float = 120) -> list:
+    """Every frame of a log socket until the server ends it."""
+    frames = []
+    async with websockets.connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {key}"},
+        origin=url.split("/ws/")[0].replace("ws", "http", 1),
+        max_size=None,  # a browser takes frames of any size
+    ) as ws:
+        try:
+            async with asyncio.timeout(limit):
+                async for message in ws:
+                    frames.append(message)
+        except TimeoutError:
+            return [frames, None]
+        return [frames, ws.close_code]
+
+
+def test_binary_garbage_and_a_10_mb_line_are_logged_whole(stack, alice, alice_client, alice_key, tmp_path):
+    scene = tmp_path / "garbage"
+    scene.mkdir()
+    (scene / "garbage.py").write_text(GARBAGE_SCRIPT)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = submit(mg, "python garbage.py", "echo second command", input_dir=scene)
+    ws = stack.url.replace("http://", "ws://") + f"/ws/tasks/{task.id}/logs/"
+    wait_for(
+        lambda: Task.objects.get(pk=task.id).status != Status.SUBMITTED, 60, message="a machine to take it"
+    )
+    frames, code = async_to_sync(follow_log)(ws + "?format=json", alice_key, limit=60)
+    parsed = [json.loads(f) for f in frames]
+    assert code == 1000, f"the log socket stalled after {[(f['type'], len(str(f))) for f in parsed]}"
+    assert parsed[-1]["type"] == "end"
+    stdout = "".join(t for f in parsed if f["type"] == "lines" for s, t in f["parts"] if s == "stdout")
+    assert stdout.count("A") >= 10_000_000
+    assert stdout.endswith("done\nsecond command\n")
+    assert "\ufffd" in stdout  # invalid bytes shown as replacement characters, not an error
+
+    assert task.wait(polling_period=0.3, silent_mode=True) == "success"
+    stored = alice_client.http.get(f"/tasks/{task.id}/logs/stdout")
+    assert stored.status_code == 200
+    assert stored.content == EXPECTED_STDOUT + b"second command\n"
+    assert alice_client.http.get(f"/tasks/{task.id}/logs/stderr").content == b"\x80\x81 warning \x00\n"
+    outputs = Path(task.download_outputs())
+    assert (outputs / "stdout.txt").read_bytes() == EXPECTED_STDOUT + b"second command\n"
+
+    web = logged_in(stack, alice)
+    for path in (
+        f"/tasks/{task.id}/",
+        f"/tasks/{task.id}/logs?stream=stdout",
+        f"/tasks/{task.id}/logs?stream=stdout&offset=1030",
+        f"/tasks/{task.id}/logs?stream=stdout&q=done",
+        f"/tasks/{task.id}/logs?stream=stderr",
+    ):
+        page = web.get(path)
+        assert page.status_code == 200, (path, page.text[:300])
+    assert "done" in web.get(f"/tasks/{task.id}/logs?stream=stdout&q=done").text
+    download = web.get(f"/tasks/{task.id}/logs/stdout.txt")
+    assert download.status_code == 200 and download.content == EXPECTED_STDOUT + b"second command\n"
+    # The page's own socket (HTML fragments) replays the ended log without breaking.
+    html, code = async_to_sync(follow_log)(ws, alice_key)
+    assert code == 1000 and "log-end" in html[-1]
+    assert sum(frame.count("A") for frame in html) >= 1000
+
+
+# -- the web server restarts under its clients ------------------------------------------
+
+
+def restart_web(stack) -> None:
+    web = next(p for p in stack.procs if "daphne" in p.args or "console.webserver" in p.args)
+    signal_group(web, signal.SIGTERM)
+    try:
+        web.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        signal_group(web, signal.SIGKILL)
+        web.wait(timeout=10)
+    stack.procs.remove(web)
+    py = sys.executable
+    argv = [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(stack.port), "console.asgi:application"]
+    proc = stack.spawn("web", argv)
+    stack.procs.remove(proc)
+    stack.procs.insert(0, proc)  # stopped last, as before
+
+
+CLIENT = """\
+import sys, simdeck
+task = simdeck.tasks.Task(sys.argv[2])
+if sys.argv[1] == "wait":
+    print(task.wait(polling_period=0.3, silent_mode=True), flush=True)
+else:
+    with open(sys.argv[3], "w") as out:
+        for stream, text in task.stream_logs(("stdout",), polling_period=0.3):
+            out.write(text)
+            out.flush()
+"""
+
+
+def test_clients_carry_on_through_a_web_server_restart(stack, alice_client, alice_key, tmp_path):
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = submit(mg, "for i in $(seq 1 300); do echo line-$i; sleep 0.04; done")
+    env = dict(os.environ, SIMDECK_API_URL=stack.url, SIMDECK_API_KEY=alice_key)
+    followed = tmp_path / "followed.txt"
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT, what, task.id, str(followed)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for what in ("wait", "logs")
+    ]
+    try:
+        wait_for(
+            lambda: "line-20\n" in followed.read_text() if followed.exists() else False,
+            60,
+            message="the follower to get going",
+        )
+        restart_web(stack)
+        wait_for(lambda: _up(stack.url), 60, message="the web server back")
+        waiter, follower = (c.communicate(timeout=120) for c in clients)
+    finally:
+        for c in clients:
+            c.kill()
+    assert waiter[0].strip() == "success", waiter[1][-2000:]
+    assert clients[1].returncode == 0, follower[1][-2000:]
+    assert followed.read_text().splitlines() == [f"line-{i}" for i in range(1, 301)]
+    assert Task.objects.get(pk=task.id).status == Status.SUCCESS
+    assert MachineGroup.objects.get(name=mg.name).state == MachineGroup.State.STARTED
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/api/v1/statuses", timeout=2).status_code == 200
+    except httpx.TransportError:
+        time.sleep(0.2)
+        return False
