@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint format clean-venv
+.PHONY: run test bench chaos lint format clean-venv
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Simdeck needs Python 3.11 or newer.")'
@@ -24,6 +24,14 @@ run: $(VENV)/.installed
 # Tests keep their own SIMDECK_HOME, so they never touch a running instance's data.
 test: $(VENV)/.installed-dev
 	SIMDECK_HOME=$(CURDIR)/.simdeck-test $(PY) -m pytest $(ARGS)
+
+# Benchmarks against bare Celery, in a database of their own; see docs/benchmarks.md.
+bench: $(VENV)/.installed-dev
+	$(PY) -m bench $(ARGS)
+
+# Long fault runs (killed machines, Redis and PostgreSQL restarts, a flood) on private servers.
+chaos: $(VENV)/.installed-dev
+	$(PY) -m bench.chaos $(ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

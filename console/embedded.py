@@ -783,6 +783,10 @@ def _redis_server_bin() -> Path:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As redis-server binds: connections of a server just stopped linger
+        # in TIME_WAIT on its port, and must not make a restart move it away
+        # from the processes that still use its address.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

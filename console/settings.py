@@ -49,6 +49,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "console.middleware.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
@@ -72,8 +73,23 @@ TEMPLATES = [
 
 DATABASE_URL = env.str("DATABASE_URL", default="") or embedded.start_postgres(SIMDECK_HOME)
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The web server answers on many threads (Django's, and Channels' for the
+# database work of WebSockets); with persistent connections each of them would
+# hold one open, and a burst of requests could use up what PostgreSQL allows.
+# So it borrows connections from a bounded pool for one request at a time
+# (console/asgi.py turns SIMDECK_DB_POOL on). Forking processes such as Celery
+# workers must not share a pool: they keep persistent connections of their own.
+if env.bool("SIMDECK_DB_POOL", default=False):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": env.int("SIMDECK_DB_POOL_SIZE", default=8),
+        # Waiting longer than this for a free connection fails the request.
+        "timeout": env.float("SIMDECK_DB_POOL_TIMEOUT", default=20.0),
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="") or embedded.start_redis(SIMDECK_HOME)
@@ -81,7 +97,17 @@ REDIS_URL = env.str("REDIS_URL", default="") or embedded.start_redis(SIMDECK_HOM
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # A consumer waits for messages with 5 s blocking pops; redis-py's default
+        # read timeout is 5 s too, which would end every quiet socket with a timeout.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+    }
+}
+# Shared by every web server process: login throttling counts failures here.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.str("SIMDECK_QUEUE_PREFIX", default="simdeck"),
     }
 }
 
@@ -120,12 +146,53 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
+# SIMDECK_PRODUCTION=1: the console is reached over HTTPS (usually a reverse
+# proxy terminating TLS in front of daphne). It turns on secure cookies, the
+# redirect to HTTPS and HSTS; each may still be set on its own.
+PRODUCTION = env.bool("SIMDECK_PRODUCTION", default=False)
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
+SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=PRODUCTION)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# htmx takes the CSRF token from the page, never from the cookie.
+CSRF_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=PRODUCTION)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
+# Behind a proxy, the header telling that the client came over HTTPS, e.g.
+# X-Forwarded-Proto. Set it only when the proxy always overwrites that header.
+if _proxy_header := env.str("SECURE_PROXY_SSL_HEADER", default=""):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Pages may load scripts, styles, images and connections from this server only;
+# templates hold no inline script or style. See console.middleware.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+# Form fields and JSON bodies; input archives stream past this (SIMDECK_MAX_UPLOAD_BYTES).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+
+# Login throttling (tasks_app.login_throttle): per username and client address.
+SIMDECK_LOGIN_FAILURES = env.int("SIMDECK_LOGIN_FAILURES", default=5)
+SIMDECK_LOGIN_FAILURES_PER_ADDRESS = env.int("SIMDECK_LOGIN_FAILURES_PER_ADDRESS", default=50)
+SIMDECK_LOGIN_WINDOW_SECONDS = env.int("SIMDECK_LOGIN_WINDOW_SECONDS", default=15 * 60)
+SIMDECK_LOGIN_LOCKOUT_SECONDS = env.int("SIMDECK_LOGIN_LOCKOUT_SECONDS", default=15 * 60)
+# Behind a reverse proxy, the request header holding the client's address
+# (as Django names it, e.g. HTTP_X_FORWARDED_FOR); empty: the connection's address.
+SIMDECK_CLIENT_IP_HEADER = env.str("SIMDECK_CLIENT_IP_HEADER", default="")
 
 # Celery: the broker carries one queue per machine group. A task message is
 # acknowledged only after the task ran, so a machine that dies gives its
@@ -138,6 +205,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery closes a worker's database connection before and after every task
+# unless told to reuse it: a new connection per task is most of what a short
+# task costs a machine. Tasks check theirs first (close_old_connections).
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # Queue names start with this, so instances sharing one broker keep apart.
 SIMDECK_QUEUE_PREFIX = env.str("SIMDECK_QUEUE_PREFIX", default="simdeck")
 CELERY_TASK_DEFAULT_QUEUE = f"{SIMDECK_QUEUE_PREFIX}.control"
@@ -159,6 +230,16 @@ SIMDECK_MACHINE_LOST_SECONDS = env.float("SIMDECK_MACHINE_LOST_SECONDS", default
 # How often the scheduler checks group limits, lost machines and lost queue messages.
 SIMDECK_HOUSEKEEPING_SECONDS = env.float("SIMDECK_HOUSEKEEPING_SECONDS", default=5.0)
 CELERY_BEAT_SCHEDULE["housekeeping"]["schedule"] = SIMDECK_HOUSEKEEPING_SECONDS
+# An open WebSocket checks this often that its viewer may still see the task
+# (API key not revoked, user active, still a member of the project).
+SIMDECK_WS_RECHECK_SECONDS = env.float("SIMDECK_WS_RECHECK_SECONDS", default=5.0)
+# Site-wide quotas for every user and project without quotas of their own; unset = no limit.
+SIMDECK_QUOTA_MAX_MACHINES = env.int("SIMDECK_QUOTA_MAX_MACHINES", default=None)
+SIMDECK_QUOTA_MAX_GROUP_TTL_MINUTES = env.float("SIMDECK_QUOTA_MAX_GROUP_TTL_MINUTES", default=None)
+SIMDECK_QUOTA_MAX_TASK_TTL_SECONDS = env.int("SIMDECK_QUOTA_MAX_TASK_TTL_SECONDS", default=None)
+# How often a running task's CPU, memory and disk are recorded at first; the
+# interval doubles as the task ages (see tasks_app.executor.sampling).
+SIMDECK_RESOURCE_SAMPLE_SECONDS = env.float("SIMDECK_RESOURCE_SAMPLE_SECONDS", default=10.0)
 # Spot rehearsals: the chance per machine and hour that the local provider reclaims it.
 SIMDECK_SPOT_RECLAIM_RATE = env.float("SIMDECK_SPOT_RECLAIM_RATE", default=0.0)
 # What a "GB" of disk and of memory is. Rehearsals and tests shrink them to

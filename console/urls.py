@@ -2,12 +2,24 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from tasks_app.accounts import ThrottledAdminLoginForm
 from tasks_app.api.endpoints import api
+from tasks_app.views import accounts
+
+# The admin site's own login is another door for guessing passwords.
+admin.site.login_form = ThrottledAdminLoginForm
 
 urlpatterns = [
     path("", include("tasks_app.urls")),
     path("api/v1/", api.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", accounts.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path(
+        "accounts/password/done/",
+        auth_views.PasswordChangeDoneView.as_view(),
+        name="password_change_done",
+    ),
+    path("people/", accounts.people, name="people"),
     path("admin/", admin.site.urls),
 ]

@@ -69,6 +69,11 @@ class Client:
         for attempt in range(attempts):
             try:
                 response = self.http.request(method, path, **kwargs)
+                if response.status_code == 503 and attempt + 1 < attempts and _busy(response):
+                    # The server is up but too busy, or its database restarts: ask again shortly.
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10)
+                    continue
                 break
             except RETRYABLE as exc:
                 if attempt + 1 >= attempts:
@@ -120,6 +125,14 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
         return done
+
+
+def _busy(response: httpx.Response) -> bool:
+    """A 503 of the server itself, not of a task's machine (which a retry would not wake)."""
+    try:
+        return response.json().get("error") == "unavailable"
+    except (ValueError, AttributeError):
+        return False
 
 
 @functools.cache

@@ -160,7 +160,8 @@ def terminate(
     if all_ == bool(names):
         raise InvalidInput("Name the machine groups to terminate, or give --all (not both).")
     if all_:
-        names = [g["name"] for g in client.get("/machine-groups")]
+        # Only the caller's own: teammates' groups in shared projects are theirs to stop.
+        names = [g["name"] for g in client.get("/machine-groups", params={"mine": True})]
         if not names:
             note("You have no machine group to terminate.")
             return

@@ -10,6 +10,7 @@ server offers (see :func:`list`) is reachable by its name, e.g.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import functools
 import hashlib
@@ -26,6 +27,8 @@ from simdeck.resources import MachineGroup
 from simdeck.tasks import Task
 
 CHUNK = 1 << 20
+# Zipped inputs up to this size travel inside the request that creates the task.
+INLINE_INPUT_MAX_BYTES = 1 << 20
 
 
 def _input_files(input_dir: Path) -> builtins.list[Path]:
@@ -124,19 +127,25 @@ class Simulator:
             group_name = on.name
         else:
             group_name = on or "default"
-        task_info = self._client.post(
-            "/tasks",
-            json={
-                "simulator": self.name,
-                "machine_group": group_name,
-                "input_files": [f.relative_to(input_dir).as_posix() for f in files],
-                "parameters": params,
-                "project": project,
-                "resubmit_on_preemption": resubmit_on_preemption,
-                "time_to_live": str(time_to_live) if time_to_live is not None else None,
-                "metadata": metadata,
-            },
-        )
+        archive, size, digest = _zip(input_dir, files)
+        body = {
+            "simulator": self.name,
+            "machine_group": group_name,
+            "input_files": [f.relative_to(input_dir).as_posix() for f in files],
+            "parameters": params,
+            "project": project,
+            "resubmit_on_preemption": resubmit_on_preemption,
+            "time_to_live": str(time_to_live) if time_to_live is not None else None,
+            "metadata": metadata,
+        }
+        if size <= INLINE_INPUT_MAX_BYTES:
+            # One request creates and queues the task; larger inputs are uploaded after.
+            body |= {"input_archive": base64.b64encode(archive.read_bytes()).decode(), "input_sha256": digest}
+        try:
+            task_info = self._client.post("/tasks", json=body)
+        except BaseException:
+            archive.unlink(missing_ok=True)
+            raise
         task = Task(task_info["id"])
         say = functools.partial(print, file=sys.stderr)
         version = f" {self.version}" if self.version else ""
@@ -148,7 +157,7 @@ class Simulator:
         if time_to_live:
             say(f"  Time to live:   {time_to_live}")
         say(f"  Resubmitted if its machine is lost: {'yes' if resubmit_on_preemption else 'no'}")
-        archive, size, digest = _zip(input_dir, files)
+        detail = task_info
         try:
             with Progress(
                 "[progress.description]{task.description}",
@@ -156,18 +165,19 @@ class Simulator:
                 DownloadColumn(),
                 TransferSpeedColumn(),
                 transient=True,
-                disable=not sys.stderr.isatty(),
+                disable=not sys.stderr.isatty() or task_info["upload_url"] is None,
             ) as bar:
                 job = bar.add_task("Uploading the input", total=size)
-                detail = self._client.upload(
-                    task_info["upload_url"].removeprefix("/api/v1"),
-                    _stream(archive, lambda n: bar.advance(job, n)),
-                    headers={
-                        "Content-Length": str(size),
-                        "X-Archive-Size": str(size),
-                        "X-Content-SHA256": digest,
-                    },
-                )
+                if task_info["upload_url"] is not None:
+                    detail = self._client.upload(
+                        task_info["upload_url"].removeprefix("/api/v1"),
+                        _stream(archive, lambda n: bar.advance(job, n)),
+                        headers={
+                            "Content-Length": str(size),
+                            "X-Archive-Size": str(size),
+                            "X-Content-SHA256": digest,
+                        },
+                    )
         finally:
             archive.unlink(missing_ok=True)
         say(f"  Input uploaded: {size} bytes zipped.")

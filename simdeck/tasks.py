@@ -24,10 +24,14 @@ import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simdeck import api, render
+from simdeck import stream as live
 from simdeck.errors import InvalidTaskId, NotFound, Refused, ServerError, ServerUnreachable, SimdeckError
+
+if TYPE_CHECKING:
+    from simdeck.follow import WaitDisplay
 
 # The seeds' and the hosted service's spellings, mapped to ours.
 ALIASES = {
@@ -70,6 +74,10 @@ TASK_ID = re.compile(r"[a-z0-9]{25}")
 LOG_FILES = ("stdout.txt", "stderr.txt")
 # How long wait() keeps trying while the server is away (a restart, a network blip).
 MAX_OUTAGE_SECONDS = 15 * 60
+# wait(): with no news for this long, the status is asked for once over HTTP.
+QUIET_CHECK_SECONDS = 10.0
+# wait(): how long the last lines may take to arrive after the task left its machine.
+LOG_DRAIN_SECONDS = 5.0
 FOLLOW_LINES = 50
 FAILURE_LINES = 10
 
@@ -354,31 +362,12 @@ class Task:
         from simdeck.follow import WaitDisplay
 
         display = WaitDisplay(self, silent=silent_mode)
-        outage: float | None = None
-        backoff = polling_period
-        status = None
         try:
             with display:
-                while True:
-                    try:
-                        state = self._state()
-                        if outage is not None:
-                            display.reconnected()
-                            outage, backoff = None, polling_period
-                        status = state["status"]
-                        display.update(status, state["position_in_queue"])
-                        if status in TERMINAL:
-                            break
-                    except (ServerUnreachable, ServerError) as exc:
-                        now = time.monotonic()
-                        outage = outage or now
-                        if now - outage > MAX_OUTAGE_SECONDS:
-                            raise
-                        display.disconnected(exc)
-                        time.sleep(backoff)
-                        backoff = min(backoff * 2, 30.0)
-                        continue
-                    time.sleep(polling_period)
+                try:
+                    status = self._wait_live(display, polling_period)
+                except live.Unavailable:
+                    status = self._wait_polling(display, polling_period)
         except KeyboardInterrupt:
             display.interrupted()
             raise
@@ -386,6 +375,101 @@ class Task:
             self._download_logs()
         display.finished(status, self.get_info())
         return TaskStatus(status)
+
+    def _wait_live(self, display: WaitDisplay, polling_period: float) -> str:
+        """Wait on what the server pushes: status changes, queue moves, log lines.
+
+        Log lines are shown at most every ``polling_period`` (the display
+        keeps up with any simulator). Raises :class:`live.Unavailable`
+        when WebSockets do not reach the server.
+        """
+        options = {
+            "lost": display.disconnected,
+            "back": display.reconnected,
+            "max_outage": MAX_OUTAGE_SECONDS,
+        }
+        events = live.Socket(self._client, lambda: f"/ws/tasks/{self.id}/?format=json", **options).open()
+        display.lines_fed = True
+        logs: live.LogFollower | None = None
+        status = position = None
+        next_flush = 0.0
+        try:
+            while True:
+                frame = events.recv(timeout=0.1 if logs else QUIET_CHECK_SECONDS)
+                new_status, new_position = status, position
+                if frame is None and logs is None:
+                    # Quiet for a while: ask once, in case an event went astray.
+                    try:
+                        state = self._state()
+                    except (ServerUnreachable, ServerError):
+                        continue  # the socket notices an outage and says so
+                    new_status, new_position = state["status"], state["position_in_queue"]
+                elif frame is not None and frame.get("type") == "status":
+                    new_status, new_position = frame["status"], frame["position_in_queue"]
+                elif frame is not None and frame.get("type") == "position":
+                    new_position = frame["position_in_queue"]
+                if new_status in COMPUTING and logs is None and not display.silent:
+                    logs = live.LogFollower(self._client, self.id, from_start=False, **options).open()
+                if logs is not None:
+                    leaving = new_status not in COMPUTING
+                    if not self._read_log_frames(logs, display, LOG_DRAIN_SECONDS if leaving else 0.0):
+                        logs.close()
+                        logs = None
+                    if leaving and logs is not None:
+                        logs.close()
+                        logs = None
+                    if leaving or time.monotonic() >= next_flush:
+                        display.flush_lines()
+                        next_flush = time.monotonic() + polling_period
+                if (new_status, new_position) != (status, position):
+                    status, position = new_status, new_position
+                    display.update(status, position)
+                if status in TERMINAL:
+                    return status
+        finally:
+            events.close()
+            if logs is not None:
+                logs.close()
+
+    @staticmethod
+    def _read_log_frames(logs: live.LogFollower, display: WaitDisplay, drain: float) -> bool:
+        """Pass the frames that arrived to the display; with ``drain``, wait up to that long for the end.
+
+        Returns False once the log has ended.
+        """
+        deadline = time.monotonic() + drain
+        while True:
+            pieces = logs.read(timeout=max(0.0, deadline - time.monotonic()))
+            if pieces is None:
+                return False
+            if not pieces:
+                return True
+            display.feed(pieces)
+
+    def _wait_polling(self, display: WaitDisplay, polling_period: float) -> str:
+        """Ask for the status every ``polling_period``; used where WebSockets do not get through."""
+        outage: float | None = None
+        backoff = polling_period
+        while True:
+            try:
+                state = self._state()
+                if outage is not None:
+                    display.reconnected()
+                    outage, backoff = None, polling_period
+                status = state["status"]
+                display.update(status, state["position_in_queue"])
+                if status in TERMINAL:
+                    return status
+            except (ServerUnreachable, ServerError) as exc:
+                now = time.monotonic()
+                outage = outage or now
+                if now - outage > MAX_OUTAGE_SECONDS:
+                    raise
+                display.disconnected(exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            time.sleep(polling_period)
 
     def wait_for_status(
         self, status: str, polling_period: float = 1.0, timeout: float | None = None
@@ -458,8 +542,17 @@ class Task:
 
         With ``follow`` keeps going while the task runs and stops once it
         has ended and everything was read; nothing is lost or repeated at
-        the moment it leaves its machine.
+        the moment it leaves its machine. A task that has not ended is
+        followed over the server's WebSocket (lines arrive as printed, and
+        a reconnect resumes after the last line received); where WebSockets
+        do not get through, the logs are asked for every ``polling_period``.
         """
+        if follow and not tail_lines and not self.is_terminal():
+            try:
+                yield from live.follow_log(self._client, self.id, streams, self.is_terminal)
+                return
+            except live.Unavailable:
+                pass  # nothing was yielded: read it all over HTTP instead
         offsets: dict[str, int | None] = {s: (None if tail_lines else 0) for s in streams}
         while True:
             answer = self.read_logs(offsets, tail_lines=tail_lines or 0)

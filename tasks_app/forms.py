@@ -15,6 +15,7 @@ from django.conf import settings
 
 from tasks_app import lifecycle, services
 from tasks_app.lifecycle import Status
+from tasks_app.models import Role, Task
 
 # Status groups a filter may name besides single statuses.
 STATUS_GROUPS: dict[str, tuple[str, frozenset[Status]]] = {
@@ -58,6 +59,9 @@ class TaskFilterForm(forms.Form):
         required=False, label="Metadata", max_length=500, help_text="key=value, e.g. case=dambreak"
     )
     col = forms.CharField(required=False, label="Metadata column", max_length=200)
+    review = forms.ChoiceField(
+        required=False, label="Review", choices=[("", "Any review"), *Task.Review.choices]
+    )
     sort = forms.ChoiceField(required=False, choices=list(SORTS.items()), label="Sort")
 
     def clean_q(self) -> str:
@@ -285,3 +289,14 @@ class SavedViewForm(forms.Form):
         if data.get("share") and not data.get("project"):
             self.add_error("project", "Name the project to share the view with.")
         return data
+
+
+class MemberForm(forms.Form):
+    """Adding someone to a project; :func:`teams.add_member` checks the name."""
+
+    username = forms.CharField(max_length=150, label="Username")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER, label="Role")
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices, label="Role")

@@ -277,10 +277,27 @@ def transition(
             actor=actor,
             machine=by_machine,
         )
+        if new in FAILURES and new != S.KILLED:
+            # The project's activity feed tells of failures next to what people did
+            # (a kill is told by whoever killed it).
+            from tasks_app.models import Activity
+
+            Activity.objects.create(
+                kind="failed",
+                project_id=task.project_id,
+                task_id=task.pk,
+                message=f"Task {task.pk} ended as {Status(new).label}.",
+                data={"before": old.value, "after": Status(new).value},
+            )
         # Viewers learn of it once it is committed, never before.
         queue_changed = old == S.SUBMITTED or (new == S.SUBMITTED and old != S.PENDING_INPUT)
         args = (task.pk, task.machine_group_id, task.owner_id, Status(new).value)
-        transaction.on_commit(lambda: live.task_changed(*args, left_queue=queue_changed))
+        project = task.project_id
+        transaction.on_commit(lambda: live.task_changed(*args, left_queue=queue_changed, project_id=project))
+        if new in TERMINAL and old in (S.PENDING_INPUT, S.SUBMITTED):
+            # No machine holds it to close its log (it may hold an earlier
+            # attempt's lines); whoever follows it must still be told it ended.
+            transaction.on_commit(lambda: live.close_log(task.pk))
     for name, value in values.items():
         if not hasattr(value, "resolve_expression"):  # F() etc.: re-read if needed
             setattr(task, name, value)

@@ -6,7 +6,7 @@ Two paths, each chosen for what it carries:
   order, gives every batch an id a viewer can resume from, and lets a viewer
   who joins late read what was already printed before following new lines,
   so nothing is lost or shown twice, across reconnects too.
-* **Status changes and queue moves** go through the Channels layer to groups
+* **Status changes, queue moves and resource samples** go through the Channels layer to groups
   named after the task, its machine group and its owner; consumers render
   them for the browser or pass them on as JSON.
 
@@ -18,12 +18,14 @@ in the stored log files.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
+import os
 import threading
+import time
 
 import redis
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
@@ -33,6 +35,19 @@ log = logging.getLogger(__name__)
 STREAM_MAXLEN = 20_000
 # A finished task's stream lingers this long for viewers still attached.
 STREAM_TTL_SECONDS = 3600
+# While Redis is unreachable, lines wait (up to this much per task) and are
+# retried at most this often.
+UNSENT_MAX_BYTES = 8 << 20
+# The largest stream entry. Output without newlines (a 10 MB line) is stored
+# in pieces this size, so that no frame a viewer is sent grows past what the
+# WebSocket server will send (1 MiB by default, after JSON or HTML escaping).
+ENTRY_MAX_BYTES = 64 * 1024
+RETRY_SECONDS = 1.0
+
+# Lines Redis did not take yet, per task; the stdout and stderr readers share them.
+_unsent: dict[str, list[tuple[str, bytes]]] = {}
+_retry_at: dict[str, float] = {}
+_publishing = threading.Lock()
 
 
 def log_stream_key(task_id: str) -> str:
@@ -51,47 +66,166 @@ def owner_group(user_id: int) -> str:
     return f"owner.{user_id}"
 
 
+def project_group(project_id: int) -> str:
+    return f"project.{project_id}"
+
+
+# Every status change, for pages of staff users (who see every task).
+ALL_TASKS_GROUP = "tasks.all"
+
+
 @functools.cache
 def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
+def begin_log(task_id: str) -> None:
+    """Start the task's stream afresh: a follower that sees this mark has every line since."""
+    key = log_stream_key(task_id)
+    with _publishing:
+        _unsent.pop(task_id, None)
+        try:
+            pipe = _redis().pipeline()
+            pipe.delete(key)  # a resubmitted task's earlier attempt is in its stored log
+            pipe.xadd(key, {"s": "begin", "d": b""}, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("Could not open the log stream of task %s", task_id, exc_info=True)
+
+
 def append_log(task_id: str, stream: str, data: bytes) -> str | None:
-    """Add a batch of complete lines of ``stream`` ('stdout' or 'stderr'); returns its id."""
-    try:
-        entry = _redis().xadd(
-            log_stream_key(task_id), {"s": stream, "d": data}, maxlen=STREAM_MAXLEN, approximate=True
-        )
-        return entry.decode()
-    except redis.RedisError:
-        log.warning("Could not publish log lines of task %s", task_id, exc_info=True)
-        return None
+    """Add a batch of complete lines of ``stream`` ('stdout' or 'stderr'); returns its id.
+
+    When Redis cannot be reached the batch is kept (up to ``UNSENT_MAX_BYTES``
+    per task, newest kept) and sent before the next one, so followers see
+    the lines late rather than never. Retries wait ``RETRY_SECONDS``: a
+    chatty simulator must not stall on a dead connection.
+    """
+    with _publishing:
+        pending = _unsent.setdefault(task_id, [])
+        pending.extend((stream, piece) for piece in entry_pieces(data))
+        if time.monotonic() < _retry_at.get(task_id, 0.0):
+            _trim(pending)
+            return None
+        try:
+            pipe = _redis().pipeline(transaction=False)
+            for name, chunk in pending:
+                pipe.xadd(
+                    log_stream_key(task_id), {"s": name, "d": chunk}, maxlen=STREAM_MAXLEN, approximate=True
+                )
+            ids = pipe.execute()
+        except redis.RedisError:
+            if task_id not in _retry_at:
+                log.warning("Could not publish log lines of task %s; keeping them", task_id, exc_info=True)
+            _retry_at[task_id] = time.monotonic() + RETRY_SECONDS
+            _trim(pending)
+            return None
+        _unsent.pop(task_id, None)
+        if _retry_at.pop(task_id, None) is not None:
+            log.info("Log lines of task %s flow again", task_id)
+        return ids[-1].decode()
+
+
+def entry_pieces(data: bytes, size: int = ENTRY_MAX_BYTES) -> list[bytes]:
+    """``data`` cut into entries of at most ``size`` bytes, never inside a UTF-8 character.
+
+    A viewer's frame holds whole entries; small entries keep every frame
+    under the WebSocket server's message limit, however long a line is.
+    """
+    pieces = []
+    while len(data) > size:
+        cut = size
+        # Back off over continuation bytes (0b10xxxxxx) to the start of a character.
+        while cut > size - 4 and data[cut] & 0xC0 == 0x80:
+            cut -= 1
+        pieces.append(data[:cut])
+        data = data[cut:]
+    pieces.append(data)
+    return pieces
+
+
+def _trim(pending: list[tuple[str, bytes]]) -> None:
+    """Forget the oldest unsent batches beyond the cap (the stored log keeps them)."""
+    size = sum(len(d) for _, d in pending)
+    while len(pending) > 1 and size > UNSENT_MAX_BYTES:
+        size -= len(pending.pop(0)[1])
 
 
 def end_log(task_id: str) -> None:
     """Mark the stream finished, so followers stop, and let it expire."""
     key = log_stream_key(task_id)
+    with _publishing:
+        pending = _unsent.pop(task_id, [])
+        _retry_at.pop(task_id, None)
+        try:
+            pipe = _redis().pipeline()
+            for name, chunk in pending:
+                pipe.xadd(key, {"s": name, "d": chunk}, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.xadd(key, {"s": "end", "d": b""}, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.expire(key, STREAM_TTL_SECONDS)
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("Could not close the log stream of task %s", task_id, exc_info=True)
+
+
+# Adds the end mark unless the stream already ends with one, in one step, so
+# two closers (the machine, the reaper) never leave two marks.
+_CLOSE_SCRIPT = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] and last[1][2][2] == 'end' then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 's', 'end', 'd', '')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def close_log(task_id: str) -> None:
+    """End the stream of a task whose machine will never write to it again.
+
+    For tasks that ended without a machine to close their log: one lost
+    with its machine, one ended while still queued. Followers stop; a
+    stream that already ended is left as it is.
+    """
     try:
-        pipe = _redis().pipeline()
-        pipe.xadd(key, {"s": "end", "d": b""}, maxlen=STREAM_MAXLEN, approximate=True)
-        pipe.expire(key, STREAM_TTL_SECONDS)
-        pipe.execute()
+        _redis().eval(_CLOSE_SCRIPT, 1, log_stream_key(task_id), STREAM_MAXLEN, STREAM_TTL_SECONDS)
     except redis.RedisError:
         log.warning("Could not close the log stream of task %s", task_id, exc_info=True)
 
 
-def task_changed(task_id: str, group_id: int, owner_id: int, status: str, left_queue: bool) -> None:
-    """Tell viewers a task changed status (called after the change committed)."""
+def task_changed(
+    task_id: str,
+    group_id: int,
+    owner_id: int,
+    status: str,
+    left_queue: bool,
+    project_id: int | None = None,
+) -> None:
+    """Tell viewers a task changed status (called after the change committed).
+
+    Pages listing many tasks (the table, the overview) listen on the project
+    groups of the projects their user belongs to (staff: on ``tasks.all``);
+    they treat the event as a prompt to re-read what changed through the
+    access layer, never as data to show.
+    """
     event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
-    messages = [
-        (name, event) for name in (task_group(task_id), machine_group_group(group_id), owner_group(owner_id))
-    ]
+    names = [task_group(task_id), machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
+    if project_id is not None:
+        names.append(project_group(project_id))
+    messages = [(name, event) for name in names]
     if left_queue:
         messages.append((machine_group_group(group_id), queue_order(group_id)))
     try:
         _send(messages)
     except Exception:  # the live view is a convenience; the change itself is stored
         log.warning("Could not publish the change of task %s", task_id, exc_info=True)
+
+
+def resources_sampled(task_id: str) -> None:
+    """Tell the task's viewers a resource sample was written (they read it from the database)."""
+    try:
+        _send([(task_group(task_id), {"type": "resources.sampled", "task": task_id})])
+    except Exception:  # the sample itself is stored
+        log.warning("Could not publish the resource use of task %s", task_id, exc_info=True)
 
 
 def queue_order(group_id: int) -> dict:
@@ -103,21 +237,78 @@ def queue_order(group_id: int) -> dict:
 
 
 def _send(messages: list[tuple[str, dict]]) -> None:
+    """Hand ``messages`` to the publishing loop, which sends them in the order given.
+
+    The caller does not wait for Redis: a status change, an API answer or a
+    machine's next step never waits on viewers. One queue, drained by one
+    coroutine, keeps every change in the order it was made.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
-
-    async def send_all() -> None:
-        for group, message in messages:
-            await layer.group_send(group, message)
-
+    loop = _publishing_loop()
+    _pending.acquire()  # released once sent; a stuck Redis stops the senders at the cap
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # the usual case: plain synchronous code
-        async_to_sync(send_all)()
-        return
-    # Synchronous code running under an event loop (e.g. a thread driving a
-    # browser) cannot block that loop; send from a helper thread instead.
-    helper = threading.Thread(target=async_to_sync(send_all), daemon=True)
-    helper.start()
-    helper.join(timeout=5)
+        loop.call_soon_threadsafe(_outbox[1].put_nowait, (layer, messages))
+    except BaseException:
+        _pending.release()
+        raise
+
+
+async def _deliver(outbox: asyncio.Queue) -> None:
+    while True:
+        layer, messages = await outbox.get()
+        try:
+            for group, message in messages:
+                # A stuck Redis costs the viewers a message, never the sender's time.
+                await asyncio.wait_for(layer.group_send(group, message), timeout=5)
+        except Exception:  # the live view is a convenience; the change itself is stored
+            log.warning("Could not publish %s live messages", len(messages), exc_info=True)
+        finally:
+            _pending.release()
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until every message handed over so far is sent (or ``timeout``); True if all were."""
+    deadline = time.monotonic() + timeout
+    taken = 0
+    try:
+        while taken < PENDING_MAX:
+            if not _pending.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            taken += 1
+        return True
+    finally:
+        for _ in range(taken):
+            _pending.release()
+
+
+# At most this many sends wait for Redis; beyond, senders wait for room.
+PENDING_MAX = 10_000
+_pending = threading.BoundedSemaphore(PENDING_MAX)
+_outbox: tuple[int, asyncio.Queue] | None = None
+_loop_lock = threading.Lock()
+_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
+
+
+def _publishing_loop() -> asyncio.AbstractEventLoop:
+    """An event loop of this process's own, running in a thread, for sending from sync code.
+
+    A fresh loop per send (``async_to_sync``) would open a new Redis
+    connection each time, about ten times the cost of the send itself; one
+    loop keeps its connections. It also serves sync code that runs under
+    another event loop, which must not be blocked. A forked child (a Celery
+    pool process) does not inherit the thread, so it starts its own.
+    """
+    global _loop, _outbox, _pending
+    with _loop_lock:
+        if _loop is None or _loop[0] != os.getpid() or _loop[1].is_closed():
+            loop = asyncio.new_event_loop()
+            if _loop is not None and _loop[0] != os.getpid():
+                _pending = threading.BoundedSemaphore(PENDING_MAX)  # the parent's count is not ours
+            _outbox = (os.getpid(), asyncio.Queue())
+            loop.create_task(_deliver(_outbox[1]))
+            threading.Thread(target=loop.run_forever, name="live-publisher", daemon=True).start()
+            _loop = (os.getpid(), loop)
+            atexit.register(flush, 2.0)  # what is still on its way when the process ends
+        return _loop[1]

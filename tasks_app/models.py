@@ -6,6 +6,7 @@ here writes ``Task.status`` directly.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import secrets
 import string
@@ -29,12 +30,100 @@ def new_task_id() -> str:
 
 
 class Project(models.Model):
+    """A team: its members (with their roles), its tasks and its machine groups.
+
+    Every user has one personal project (``personal_owner`` set), made the
+    first time it is needed; it is where tasks go when no project is named.
+    """
+
     name = models.CharField(max_length=128, unique=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
+    personal_owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="personal_project",
+    )
 
     def __str__(self) -> str:
         return self.name
+
+
+class Role(models.TextChoices):
+    """What a member may do in a project; each role includes the ones before it."""
+
+    VIEWER = "viewer", "Viewer"
+    MEMBER = "member", "Member"
+    MAINTAINER = "maintainer", "Maintainer"
+
+    @property
+    def rank(self) -> int:
+        return ROLE_RANK[self]
+
+
+ROLE_RANK = {Role.VIEWER: 1, Role.MEMBER: 2, Role.MAINTAINER: 3}
+
+
+class Membership(models.Model):
+    """One user's role in one project.
+
+    viewer: reads everything in the project. member: also submits tasks,
+    edits metadata, comments, reviews and kills their own tasks. maintainer:
+    also kills any task, manages the project's machine groups and members.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    added_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_project")]
+        indexes = [models.Index(fields=["user", "project"], name="membership_user_project")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project}: {self.role}"
+
+
+class Quota(models.Model):
+    """Limits for one user or one project (exactly one of the two is set).
+
+    An empty limit means no limit of this record; the site-wide defaults
+    (``SIMDECK_QUOTA_*`` settings) apply where no record says otherwise.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="quota"
+    )
+    project = models.OneToOneField(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="quota"
+    )
+    max_machines = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Machines running at once, over all machine groups."
+    )
+    max_group_ttl_minutes = models.FloatField(
+        null=True, blank=True, help_text="Longest time to live of a machine group, in minutes."
+    )
+    max_task_ttl_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Longest time to live of a task, in seconds."
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user__isnull=False, project__isnull=True)
+                | models.Q(user__isnull=True, project__isnull=False),
+                name="quota_for_user_or_project",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"quota of {self.user or self.project}"
 
 
 class MachineGroup(models.Model):
@@ -167,6 +256,19 @@ class Task(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resubmissions"
     )
 
+    class Review(models.TextChoices):
+        UNREVIEWED = "unreviewed", "Unreviewed"
+        APPROVED = "approved", "Approved"
+        NEEDS_ATTENTION = "needs-attention", "Needs attention"
+
+    review_state = models.CharField(
+        max_length=20, choices=Review.choices, default=Review.UNREVIEWED, db_index=True
+    )
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
     objects = TaskQuerySet.as_manager()
 
     class Meta:
@@ -264,12 +366,38 @@ class ResourceSample(models.Model):
 
 
 class Activity(models.Model):
-    """Something worth telling that is not a status change: a disk resized,
-    a machine reclaimed, a group stopping itself. Shown on task and group pages."""
+    """Something worth telling that is not a status change, and the audit trail.
+
+    Machine-side news (a disk resized, a machine reclaimed, a group stopping
+    itself) and what people did: ``actor`` is who, ``kind`` what, and for
+    audited changes ``data`` holds ``{"before": …, "after": …}``. ``project``
+    is set on every row written for a person's action, so a project's feed is
+    one indexed query. Kinds written by people's actions (see ``AUDITED``):
+    ``submitted``, ``failed``, ``killed``, ``metadata-edited``,
+    ``group-terminated``, ``role-changed``, ``member-added``,
+    ``member-removed``, ``commented``, ``reviewed``. Shown on task, group and
+    project pages.
+    """
+
+    AUDITED = (
+        "submitted",
+        "failed",
+        "killed",
+        "metadata-edited",
+        "group-terminated",
+        "role-changed",
+        "member-added",
+        "member-removed",
+        "commented",
+        "reviewed",
+    )
 
     at = models.DateTimeField(default=timezone.now)
     kind = models.CharField(max_length=40)
     message = models.TextField()
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="activities"
+    )
     task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.CASCADE, related_name="activities")
     group = models.ForeignKey(
         MachineGroup, null=True, blank=True, on_delete=models.CASCADE, related_name="activities"
@@ -280,10 +408,34 @@ class Activity(models.Model):
 
     class Meta:
         ordering = ["at", "id"]
-        indexes = [models.Index(fields=["task", "at"]), models.Index(fields=["group", "at"])]
+        indexes = [
+            models.Index(fields=["task", "at"]),
+            models.Index(fields=["group", "at"]),
+            models.Index(fields=["project", "-at"], name="activity_project_feed"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
+
+
+class Comment(models.Model):
+    """A note on a task. ``body`` is Markdown source; pages render it sanitised."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="comments")
+    body = models.TextField(max_length=20000)
+    created_at = models.DateTimeField(default=timezone.now)
+    edited_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["task", "created_at"], name="comment_task_created")]
+
+    def __str__(self) -> str:
+        return f"{self.author} on {self.task_id}"
+
+
+LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 
 
 class APIKey(models.Model):
@@ -315,17 +467,37 @@ class APIKey(models.Model):
         return key, secret
 
     @classmethod
-    def authenticate(cls, secret: str):
-        """The active user owning ``secret``, or None."""
+    def find(cls, secret: str) -> APIKey | None:
+        """The active key ``secret`` is, with its active user, or None; marks it used."""
         key = (
             cls.objects.select_related("user")
             .filter(digest=cls.hash(secret), revoked_at__isnull=True, user__is_active=True)
             .first()
         )
-        if key is None:
-            return None
-        cls.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
-        return key.user
+        now = timezone.now()
+        # The account page shows the minute; writing it on every request would
+        # add a write to each read of the API.
+        if key is not None and (key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION):
+            cls.objects.filter(pk=key.pk).update(last_used_at=now)
+            key.last_used_at = now
+        return key
+
+    @classmethod
+    def authenticate(cls, secret: str):
+        """The active user owning ``secret``, or None."""
+        key = cls.find(secret)
+        return key.user if key is not None else None
+
+    def revoke(self) -> bool:
+        """Refuse this key from now on: the next request, and open sockets within seconds.
+
+        Returns False when it was already revoked.
+        """
+        now = timezone.now()
+        if not APIKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=now):
+            return False
+        self.revoked_at = now
+        return True
 
 
 class SavedView(models.Model):

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 
 from django.conf import settings
-from django.db.models import Max, Q
+from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from tasks_app import lifecycle, services
@@ -48,8 +48,13 @@ def _limit_reached(group: MachineGroup, now: dt.datetime) -> str | None:
             ttl = _minutes(group.auto_terminate_minutes)
             return f"Machine group {group.name} reached its time to live of {ttl}."
     if group.max_idle_time_minutes is not None and not group.tasks.filter(status__in=BUSY).exists():
+        # Idle time counts from the first machine online: a group whose
+        # machines are still booting has had no chance to work yet.
+        first_online = group.machines.aggregate(first=Min("online_at"))["first"]
+        if first_online is None:
+            return None
         last = group.tasks.aggregate(last=Max("ended_at"))["last"]
-        idle_since = max(filter(None, [group.started_at, last]))
+        idle_since = max(filter(None, [group.started_at, first_online, last]))
         if now - idle_since > dt.timedelta(minutes=group.max_idle_time_minutes):
             return f"Machine group {group.name} was idle for {_minutes(group.max_idle_time_minutes)}."
     return None

@@ -13,11 +13,12 @@ import secrets
 from collections.abc import Iterable
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from tasks_app import lifecycle, storage
+from tasks_app import audit, lifecycle, live, storage
 from tasks_app import simulators as sims
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Project, Task
@@ -38,15 +39,42 @@ class Refused(Exception):
 PROJECT_NAME = re.compile(r"^[\w.\- ]{1,128}$")
 
 
-def project_for(user, name: str | None) -> Project:
-    """The named project, created on first use; the user's own by default."""
-    name = (name or f"{user.username}-default").strip()
+def project_to_use(user, name: str | None, action: str = "submit") -> Project:
+    """The project a new task or group goes into: the user's personal one by default.
+
+    A name no project has yet makes a new project with the user as its
+    maintainer. An existing project needs the role ``action`` asks for
+    (see :mod:`tasks_app.access`); one the user cannot see is refused as
+    unknown, like any object of another team.
+    """
+    from django.db import IntegrityError
+
+    from tasks_app import access
+
+    if not (name or "").strip():
+        return access.personal_project(user)
+    name = name.strip()
     if not PROJECT_NAME.match(name):
         raise Refused(
             "A project name has 1 to 128 letters, digits, spaces, dots, dashes or underscores.",
             field="project",
         )
-    project, _ = Project.objects.get_or_create(name=name, defaults={"created_by": user})
+    project = Project.objects.filter(name=name).first()
+    if project is None:
+        try:
+            return access.new_project(user, name)
+        except IntegrityError:  # made by someone else a moment ago
+            project = Project.objects.get(name=name)
+    if not access.visible_projects(user).filter(pk=project.pk).exists():
+        raise Refused(
+            f"Project {name!r} is taken by a team you are not in; choose another name, "
+            "or ask one of its maintainers to add you.",
+            field="project",
+            code="not_found",
+            status=404,
+        )
+    if not access.can(user, action, project):
+        raise Refused(access.refusal(user, action, project), field="project", code="forbidden", status=403)
     return project
 
 
@@ -130,10 +158,14 @@ def create_group(
         raise Refused(
             f"A machine group named {name!r} already exists.", field="name", code="conflict", status=409
         )
+    from tasks_app import quotas
+
+    target = project_to_use(user, project, "manage-groups")
+    auto_terminate_minutes = quotas.group_ttl(user, target, auto_terminate_minutes)
     return MachineGroup.objects.create(
         name=name,
         owner=user,
-        project=project_for(user, project),
+        project=target,
         machine_type=machine_type,
         num_machines=num_machines,
         spot=spot,
@@ -148,10 +180,19 @@ def create_group(
 
 
 def start_group(group: MachineGroup) -> MachineGroup:
-    """Ask for the group's machines; its provider brings them up."""
-    updated = MachineGroup.objects.filter(pk=group.pk, state=MachineGroup.State.CREATED).update(
-        state=MachineGroup.State.STARTED, started_at=timezone.now()
-    )
+    """Ask for the group's machines (within the quotas); its provider brings them up."""
+    from tasks_app import quotas
+
+    with transaction.atomic():
+        # One start at a time per project and per owner, so quotas hold.
+        Project.objects.select_for_update().filter(pk=group.project_id).first()
+        get_user_model().objects.select_for_update().filter(pk=group.owner_id).first()
+        group.refresh_from_db()
+        if group.state == MachineGroup.State.CREATED:
+            quotas.check_start(group)
+        updated = MachineGroup.objects.filter(pk=group.pk, state=MachineGroup.State.CREATED).update(
+            state=MachineGroup.State.STARTED, started_at=timezone.now()
+        )
     group.refresh_from_db()
     if not updated and group.state != MachineGroup.State.STARTED:
         raise Refused(
@@ -182,15 +223,28 @@ def terminate_group(
         if not updated:
             return group
         why = reason or f"Machine group {group.name} was terminated."
-        for task in Task.objects.filter(
-            machine_group=group, status__in=[Status.PENDING_INPUT, Status.SUBMITTED]
-        ):
-            lifecycle.transition(task, Status.ZOMBIE, reason=why, actor=actor)
-        for task in Task.objects.filter(
-            machine_group=group, status__in=[Status.PREPARING, Status.STARTED, Status.PENDING_KILL]
-        ):
-            new = Status.KILLED if task.status == Status.PENDING_KILL else ending
-            lifecycle.transition(task, new, reason=why, actor=actor, error_detail=why)
+        if actor is not None:
+            audit.record(
+                "group-terminated",
+                actor,
+                why,
+                group=group,
+                before=MachineGroup.State.STARTED if group.started_at else MachineGroup.State.CREATED,
+                after=MachineGroup.State.TERMINATING,
+            )
+        # Its tasks end with it, in the same transaction: nobody sees the
+        # group down with a task still queued. Locked in one statement, in id
+        # order, and each machine locks one task at a time, so this cannot
+        # close a cycle of waits; accept_input() locks the group before its
+        # task, as here. (It used to lock the task first: a deadlock.)
+        ends = dict.fromkeys([Status.PENDING_INPUT, Status.SUBMITTED], Status.ZOMBIE)
+        ends |= dict.fromkeys([Status.PREPARING, Status.STARTED], ending)
+        ends[Status.PENDING_KILL] = Status.KILLED
+        tasks = Task.objects.select_for_update().filter(machine_group=group, status__in=list(ends))
+        for task in tasks.order_by("id"):
+            new = ends[Status(task.status)]
+            detail = {} if new == Status.ZOMBIE else {"error_detail": why}
+            lifecycle.transition(task, new, reason=why, actor=actor, **detail)
     return group
 
 
@@ -227,15 +281,23 @@ def create_task(
             status=409,
         )
     metadata = validate_metadata(metadata or {})
+    from tasks_app import access, quotas
+
+    if not access.can(user, "submit", machine_group):
+        raise Refused(
+            access.refusal(user, "submit", machine_group), field="machine_group", code="forbidden", status=403
+        )
+    target = project_to_use(user, project, "submit")
+    ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
     return Task.objects.create(
         owner=user,
-        project=project_for(user, project),
+        project=target,
         machine_group=machine_group,
         simulator=adapter.name,
         parameters=parameters,
         metadata=metadata,
         resubmit_on_preemption=resubmit_on_preemption or machine_group.resubmit_on_preemption,
-        time_to_live_seconds=parse_duration(time_to_live),
+        time_to_live_seconds=ttl,
     )
 
 
@@ -258,14 +320,35 @@ def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str,
     except storage.UploadError as exc:
         raise Refused(str(exc), code="bad_upload", field="input") from None
     with transaction.atomic():
-        Task.objects.filter(pk=task.pk).update(input_path=name, input_size=size, input_sha256=digest)
-        group = MachineGroup.objects.select_for_update().get(pk=task.machine_group_id)
+        # The group before the task, in the order terminate_group() locks them,
+        # or the two could wait on each other. A shared lock: uploads to one
+        # group need not wait for each other, only for a termination.
+        group = lock_group_shared(task.machine_group_id)
+        stored = {"input_path": name, "input_size": size, "input_sha256": digest}
         if not group.is_accepting_tasks:
+            Task.objects.filter(pk=task.pk).update(**stored)
             lifecycle.transition(task, Status.ZOMBIE, reason=f"Machine group {group.name} was terminated.")
             return task
-        lifecycle.transition(task, Status.SUBMITTED, reason="Input received; queued.", actor=actor)
+        # Registered first, the token leaves on commit before viewers hear of
+        # the change: a machine waits on it, a browser can wait a moment more.
+        # Should the move lose a race, a machine drops the spare token.
         enqueue(task, group)
+        moved = lifecycle.transition(
+            task, Status.SUBMITTED, reason="Input received; queued.", actor=actor, **stored
+        )
+        if not moved:
+            Task.objects.filter(pk=task.pk).update(**stored)
+        else:
+            audit.record(
+                "submitted", actor or task.owner, f"Task {task.id} submitted to {group.name}.", task=task
+            )
     return task
+
+
+def lock_group_shared(group_id: int) -> MachineGroup:
+    """The group, locked against a change of state until the transaction ends."""
+    table = MachineGroup._meta.db_table
+    return MachineGroup.objects.raw(f"SELECT * FROM {table} WHERE id = %s FOR SHARE", [group_id])[0]
 
 
 def enqueue(task: Task, group: MachineGroup) -> None:
@@ -337,6 +420,8 @@ def _machine_gone(machine: Machine, state: str, ending: Status, reason: str, act
         for task in Task.objects.filter(machine=machine, status__in=lifecycle.ON_MACHINE):
             if task.status == Status.PENDING_KILL:
                 lifecycle.transition(task, Status.KILLED, reason=reason, by_machine=machine, actor=actor)
+                if state == Machine.State.LOST:
+                    transaction.on_commit(lambda task_id=task.pk: live.close_log(task_id))
                 continue
             if ending not in lifecycle.TRANSITIONS[Status(task.status)]:
                 continue
@@ -348,6 +433,10 @@ def _machine_gone(machine: Machine, state: str, ending: Status, reason: str, act
             if task.resubmit_on_preemption and group.is_accepting_tasks:
                 lifecycle.transition(task, Status.SUBMITTED, reason="Resubmitted after losing its machine.")
                 enqueue(task, group)
+            elif state == Machine.State.LOST:
+                # A lost machine never closes the log it was writing. A
+                # resubmitted task's next attempt opens its stream afresh.
+                transaction.on_commit(lambda task_id=task.pk: live.close_log(task_id))
     return True
 
 
@@ -368,6 +457,10 @@ def kill_task(task: Task, *, actor=None) -> tuple[bool, str]:
             return False, f"Task {task.id} is {status.label} and cannot be killed now; try again in a moment."
         who = actor.username if actor else "the system"
         if lifecycle.transition(task, new, reason=f"Kill requested by {who}.", actor=actor):
+            if actor is not None:
+                audit.record(
+                    "killed", actor, f"Task {task.id} killed by {who}.", task=task, before=status, after=new
+                )
             if new == Status.KILLED:
                 return True, f"Task {task.id} was killed before it ran."
             return True, f"Task {task.id} is being stopped by its machine."
@@ -384,15 +477,34 @@ def kill_all(tasks, *, actor=None) -> list[tuple[str, bool, str]]:
 # -- metadata ------------------------------------------------------------------
 
 
-def set_metadata(task: Task, metadata: dict, *, actor=None, merge: bool) -> dict:
-    """Replace (or, with ``merge``, update) a task's metadata; returns the result."""
+def set_metadata(task: Task, metadata: dict, *, actor=None, merge: bool, remove: Iterable[str] = ()) -> dict:
+    """Replace (or, with ``merge``, update) a task's metadata; returns the result.
+
+    ``remove`` drops keys in the same change (a renamed key is one edit).
+    """
     metadata = validate_metadata(metadata)
     with transaction.atomic():
         locked = Task.objects.select_for_update().get(pk=task.pk)
         new = {**locked.metadata, **metadata} if merge else metadata
+        new = {k: v for k, v in new.items() if k not in set(remove) or k in metadata}
         Task.objects.filter(pk=task.pk).update(metadata=new)
+        _audit_metadata(task, actor, locked.metadata, new)
     task.metadata = new
     return new
+
+
+def _audit_metadata(task: Task, actor, before: dict, after: dict) -> None:
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if actor is None or not changed:
+        return
+    audit.record(
+        "metadata-edited",
+        actor,
+        f"Metadata changed: {', '.join(changed)}.",
+        task=task,
+        before=dict(before),
+        after=dict(after),
+    )
 
 
 def validate_metadata(metadata: dict) -> dict:
@@ -476,20 +588,6 @@ def time_breakdown(entries: list[dict]) -> dict[str, float | None]:
 def total_time(task: Task, now: dt.datetime | None = None) -> float:
     """Seconds from creation to the end, or to now while it lasts."""
     return ((task.ended_at or now or timezone.now()) - task.created_at).total_seconds()
-
-
-def visible_projects(user):
-    """Projects the user has something in (all of them for staff).
-
-    Issue 7 turns projects into teams with members; this then moves to
-    :mod:`tasks_app.access` as a role check.
-    """
-    from django.db.models import Q
-
-    qs = Project.objects.all()
-    if user.is_staff:
-        return qs
-    return qs.filter(Q(created_by=user) | Q(tasks__owner=user) | Q(machine_groups__owner=user)).distinct()
 
 
 # Outputs and inputs in storage. Sizes and deletions go straight to Django's
@@ -576,6 +674,7 @@ def unset_metadata(task: Task, keys: list[str], *, actor=None) -> dict:
         locked = Task.objects.select_for_update().get(pk=task.pk)
         new = {k: v for k, v in locked.metadata.items() if k not in set(keys)}
         Task.objects.filter(pk=task.pk).update(metadata=new)
+        _audit_metadata(task, actor, locked.metadata, new)
     task.metadata = new
     return new
 

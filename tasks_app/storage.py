@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from django.core.files import File
 from django.core.files.storage import default_storage
+
+from tasks_app import archives
 
 CHUNK = 1 << 20
 
@@ -61,11 +64,23 @@ def receive_upload(
         if digest.hexdigest() != expected_sha256.lower():
             raise UploadError("The upload is corrupt: its SHA-256 checksum does not match. Submit again.")
         spool.seek(0)
+        _check_archive(spool)
+        spool.seek(0)
         name = input_name(task_id)
         if default_storage.exists(name):
             default_storage.delete(name)
         stored = default_storage.save(name, File(spool))
     return stored, size, digest.hexdigest()
+
+
+def _check_archive(spool: BinaryIO) -> None:
+    """Refuse at once what a machine would refuse to unpack, before it waits in a queue."""
+    try:
+        archives.list_files(spool)
+    except archives.UnsafeArchive as exc:
+        raise UploadError(f"{exc} Zip the input folder's own files, without links.") from None
+    except zipfile.BadZipFile:
+        raise UploadError("The input is not a zip archive; send the input folder zipped.") from None
 
 
 def save_file(name: str, path: Path) -> str:

@@ -1,7 +1,8 @@
 """Celery task definitions: what machines and the scheduler execute."""
 
-from celery import shared_task
+from celery import shared_task, signals
 from django.conf import settings
+from django.db import close_old_connections
 
 from tasks_app import scheduler, services
 from tasks_app.executor import inspect as _inspect  # noqa: F401  (registers the remote-control command)
@@ -14,6 +15,13 @@ from tasks_app.executor.run import execute_next
 def run_next(group_id: int) -> str | None:
     """A task waits in this machine's group: claim the head of the queue and run it."""
     return execute_next(group_id, current_machine())
+
+
+@signals.task_prerun.connect
+def _usable_connection(**_) -> None:
+    # The database connection is kept from task to task (CELERY_DB_REUSE_MAX):
+    # drop it if it broke or aged since, e.g. across a database restart.
+    close_old_connections()
 
 
 @shared_task(name="simdeck.clean_abandoned_uploads")

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from tasks_app import views
+from tasks_app.views import review
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -16,9 +17,16 @@ urlpatterns = [
     path("tasks/<str:task_id>/resubmit/edit", views.task_resubmit_edit, name="task-resubmit-edit"),
     path("tasks/<str:task_id>/metadata", views.task_metadata, name="task-metadata"),
     path("tasks/<str:task_id>/metadata/delete", views.task_metadata_delete, name="task-metadata-delete"),
+    path("tasks/<str:task_id>/comments", review.task_comments, name="task-comments"),
+    path("tasks/<str:task_id>/comments/<int:comment_id>/edit", review.comment_edit, name="comment-edit"),
+    path(
+        "tasks/<str:task_id>/comments/<int:comment_id>/delete", review.comment_delete, name="comment-delete"
+    ),
+    path("tasks/<str:task_id>/review", review.task_review, name="task-review"),
     path("tasks/<str:task_id>/logs", views.task_logs, name="task-logs"),
     path("tasks/<str:task_id>/logs/<str:stream>.txt", views.task_log_download, name="task-log-download"),
     path("tasks/<str:task_id>/files", views.task_files, name="task-files"),
+    path("tasks/<str:task_id>/resources", views.task_resources, name="task-resources"),
     path("tasks/<str:task_id>/files/<str:which>.zip", views.task_archive_download, name="task-archive"),
     path("tasks/<str:task_id>/files/<str:which>/<path:path>", views.task_file_download, name="task-file"),
     path("machine-groups/", views.group_list, name="group-list"),
@@ -26,6 +34,9 @@ urlpatterns = [
     path("machine-groups/<str:ref>/start", views.group_start, name="group-start"),
     path("machine-groups/<str:ref>/terminate", views.group_terminate, name="group-terminate"),
     path("projects/", views.project_list, name="project-list"),
+    path("projects/<str:ref>/members/", views.project_members, name="project-members"),
+    path("projects/<str:ref>/members/<str:username>", views.project_member, name="project-member"),
+    path("projects/<str:ref>/activity/", review.project_activity, name="project-activity"),
     path("statuses/", views.status_reference, name="status-reference"),
     path("account/", views.account, name="account"),
     path("account/keys/<int:key_id>/revoke", views.api_key_revoke, name="api-key-revoke"),

@@ -8,21 +8,13 @@ database and the configured (or embedded) Redis.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-from urllib.parse import quote
 
-import httpx
 import pytest
 from django.conf import settings
 from django.db import connection
 
-from tasks_app.models import APIKey, MachineGroup
-from tests.helpers import ROOT
+from tasks_app.models import APIKey
+from tasks_app.testing.stack import ProcessStack as Stack
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -51,137 +43,6 @@ def alice_key(alice) -> str:
     return APIKey.issue(alice, "tests")[1]
 
 
-def database_url() -> str:
-    """The URL of the database the tests use, for processes we start."""
-    d = connection.settings_dict
-    user = quote(d.get("USER") or "", safe="")
-    password = quote(d.get("PASSWORD") or "", safe="")
-    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
-    port = f":{d['PORT']}" if d.get("PORT") else ""
-    # A unix-socket host (the embedded server) travels as ?host=, which
-    # django-environ hands to psycopg unchanged.
-    socket_dir = d.get("OPTIONS", {}).get("host") or (
-        d.get("HOST") if (d.get("HOST") or "").startswith("/") else ""
-    )
-    if socket_dir:
-        return f"postgres://{auth}/{d['NAME']}?host={quote(socket_dir)}"
-    return f"postgres://{auth}{d.get('HOST') or ''}{port}/{d['NAME']}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Stack:
-    """A running Simdeck: web server and local provider as real processes."""
-
-    def __init__(self, home: Path):
-        self.home = home
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = dict(
-            os.environ,
-            DATABASE_URL=database_url(),
-            REDIS_URL=settings.REDIS_URL,
-            SIMDECK_HOME=str(home),
-            SECRET_KEY=settings.SECRET_KEY,
-            CONN_MAX_AGE="0",
-            SIMDECK_KILL_GRACE_SECONDS="3",
-            SIMDECK_HEARTBEAT_SECONDS="1",
-            SIMDECK_HOUSEKEEPING_SECONDS="1",
-            SIMDECK_MACHINE_LOST_SECONDS="6",
-            SIMDECK_QUEUE_PREFIX=f"test{self.port}",
-        )
-        self.procs: list[subprocess.Popen] = []
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.home / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=self.env | (env or {}),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # stopped as a group, with whatever it forked
-        )
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def start_provider(self, **env: str) -> None:
-        argv = [sys.executable, "manage.py", "runprovider", "--interval", "0.5"]
-        self.provider = self.spawn("provider", argv, env)
-
-    def restart_provider(self, **env: str) -> None:
-        """A new provider whose machines get ``env`` added to their environment."""
-        _signal_group(self.provider, signal.SIGTERM)
-        self.provider.wait(timeout=60)
-        self.procs.remove(self.provider)
-        self.start_provider(**env)
-
-    def start(self) -> Stack:
-        py = sys.executable
-        self.spawn(
-            "web", [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "console.asgi:application"]
-        )
-        self.start_provider()
-        self.spawn(
-            "scheduler",
-            [py, "-m", "celery", "-A", "console", "worker", "--beat", "--queues", f"test{self.port}.control"]
-            + ["--concurrency", "1", "--hostname", f"scheduler-{self.port}@%h", "--without-gossip"]
-            + ["--without-mingle", "--loglevel", "INFO"],
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.url + "/api/v1/statuses", timeout=1)
-                return self
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError(f"The web server did not come up; see {self.home / 'web.log'}")
-
-    def manage(self, *args: str) -> subprocess.CompletedProcess:
-        """Run a management command against the stack, as an operator would."""
-        return subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True
-        )
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.home.glob("*.log")
-        )
-
-    def stop(self) -> None:
-        # Terminate the groups first so the provider stops its machines.
-        for group in MachineGroup.objects.exclude(state=MachineGroup.State.TERMINATED):
-            from tasks_app import services
-
-            services.terminate_group(group, reason="Test finished.")
-        deadline = time.monotonic() + 40
-        while (
-            MachineGroup.objects.exclude(state=MachineGroup.State.TERMINATED).exists()
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.3)
-        for proc in reversed(self.procs):
-            _signal_group(proc, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(proc, signal.SIGKILL)  # e.g. Celery's embedded beat
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture
 def stack(transactional_db, tmp_path, monkeypatch):
     home = tmp_path / "simdeck-home"
@@ -189,7 +50,7 @@ def stack(transactional_db, tmp_path, monkeypatch):
     monkeypatch.setattr(settings, "SIMDECK_HOME", home)
     s = Stack(home)
     # What this process sends to the machines must reach the stack's queues.
-    monkeypatch.setattr(settings, "SIMDECK_QUEUE_PREFIX", f"test{s.port}")
+    monkeypatch.setattr(settings, "SIMDECK_QUEUE_PREFIX", s.queue_prefix)
     s.start()
     yield s
     s.stop()

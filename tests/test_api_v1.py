@@ -352,7 +352,7 @@ def test_kill_many_by_id_or_all(api, group):
 def test_projects_count_the_tasks_you_may_see(api, group, client, bob):
     queued_task(api, project="wind")
     done = finished_task(api, {"stdout.txt": b""})
-    Task.objects.filter(pk=done.pk).update(project=services.project_for(done.owner, "wind"))
+    Task.objects.filter(pk=done.pk).update(project=services.project_to_use(done.owner, "wind"))
     projects = api.get("/api/v1/projects").json()
     assert [(p["name"], p["num_tasks"], p["active"], p["succeeded"], p["failed"]) for p in projects] == [
         ("alice-default", 0, 0, 0, 0),

@@ -153,7 +153,7 @@ def test_a_group_past_its_time_to_live_stops_itself(stack, alice_client):
 
 
 def test_an_idle_group_stops_itself(stack, alice_client):
-    mg = start_group(max_idle_time=0.05)  # 3 seconds
+    mg = start_group(max_idle_time=0.1)  # 6 seconds from its machine coming online
     task = submit(mg, "true")
     assert task.wait(polling_period=0.3, silent_mode=True) == "success"
     wait_for(lambda: mg.status == "terminated", 40, message="the idle group to terminate")

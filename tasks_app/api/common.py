@@ -8,7 +8,7 @@ from tasks_app import access
 from tasks_app.api import schemas as s
 
 # Documented on every operation that can refuse; the body is always s.Error.
-ERRORS = {400: s.Error, 401: s.Error, 404: s.Error, 409: s.Error, 413: s.Error}
+ERRORS = {400: s.Error, 401: s.Error, 403: s.Error, 404: s.Error, 409: s.Error, 413: s.Error}
 MACHINE_ERRORS = {**ERRORS, 502: s.Error, 503: s.Error}
 
 

@@ -14,21 +14,24 @@ questions (statuses, machine types, simulators) and serves the docs page.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import ninja
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.utils.html import escape
 from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.openapi.docs import DocsBase
 from ninja.security import HttpBearer
+from psycopg_pool import PoolTimeout
 
 from tasks_app import lifecycle, services
 from tasks_app import simulators as sims
-from tasks_app.api import files, groups, projects, tasks
+from tasks_app.api import files, groups, projects, review, tasks
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS
 from tasks_app.lifecycle import Status
@@ -72,6 +75,8 @@ class OfflineSwagger(DocsBase):
         return HttpResponse(html)
 
 
+log = logging.getLogger(__name__)
+
 api = NinjaAPI(
     title="Simdeck API",
     version="1",
@@ -108,6 +113,12 @@ def _not_found(request, exc):
     return _error(request, 404, "not_found", "No such object, or it is not yours to see. Check the id.")
 
 
+@api.exception_handler(PermissionDenied)
+def _forbidden(request, exc: PermissionDenied):
+    # The object is visible, so saying why it is refused leaks nothing new.
+    return _error(request, 403, "forbidden", str(exc) or "Your role does not allow this.")
+
+
 @api.exception_handler(AuthenticationError)
 def _unauthenticated(request, exc):
     return _error(
@@ -140,6 +151,40 @@ def _too_big(request, exc):
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     return _error(
         request, 413, "too_large", f"The request body is larger than this server accepts ({limit} bytes)."
+    )
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unreachable(request, exc):
+    # Both pass, so the client is told to ask again shortly: a burst of
+    # requests waited too long for a database connection, or the database restarts.
+    if isinstance(exc.__cause__, PoolTimeout):
+        log.warning("Request to %s refused: no database connection came free in time", request.path)
+        message = (
+            "The server is too busy to take this request now; nothing was done. Try again in a few seconds."
+        )
+    else:
+        log.warning("Request to %s failed: the database is unreachable (%s)", request.path, exc)
+        message = (
+            "The server cannot reach its database at the moment (it may be restarting). "
+            "Try again in a few seconds."
+        )
+    response = _error(request, 503, "unavailable", message)
+    response["Retry-After"] = "5"
+    return response
+
+
+@api.exception_handler(DataError)
+def _unstorable(request, exc):
+    # The database refused a value the schema let through: a NUL character
+    # in a text, a number beyond its column's range.
+    return _error(
+        request,
+        400,
+        "invalid",
+        "A value in the request cannot be stored: it holds a NUL character (\\0) or a number "
+        "out of range. Remove the character or use a smaller number.",
     )
 
 
@@ -214,6 +259,7 @@ def docs_asset(request: HttpRequest, name: str):
 
 api.add_router("/tasks", tasks.router)
 api.add_router("/tasks", files.router)
+api.add_router("/tasks", review.router)
 api.add_router("/machine-groups", groups.router)
 api.add_router("/projects", projects.router)
 

@@ -9,10 +9,9 @@ task is not on a machine.
 from __future__ import annotations
 
 from django.http import FileResponse, HttpRequest, StreamingHttpResponse
-from django.utils.http import content_disposition_header
 from ninja import Query, Router
 
-from tasks_app import access, services, storage
+from tasks_app import access, downloads, services, storage
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS, MACHINE_ERRORS
 
@@ -39,6 +38,7 @@ def download_outputs(request: HttpRequest, task_id: str):
 def remove_outputs(request: HttpRequest, task_id: str):
     """Delete the stored input and output archives of an ended task; its logs stay."""
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "remove-files", task)
     return services.remove_outputs(task, actor=request.user)
 
 
@@ -64,7 +64,7 @@ def download_output_file(request: HttpRequest, task_id: str, path: str):
 
     response = StreamingHttpResponse(stream(), content_type="application/octet-stream")
     response["Content-Length"] = str(size)
-    response["Content-Disposition"] = content_disposition_header(True, path.rsplit("/", 1)[-1])
+    response["Content-Disposition"] = downloads.attachment(path)
     return response
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db import transaction
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Router
@@ -19,9 +20,16 @@ def _groups(user):
 
 
 @router.get("", response={200: list[s.GroupOut], **ERRORS})
-def list_groups(request: HttpRequest, include_terminated: bool = False, project: str | None = None):
-    """Your machine groups, newest first; terminated ones only when asked."""
+def list_groups(
+    request: HttpRequest, include_terminated: bool = False, project: str | None = None, mine: bool = False
+):
+    """Machine groups of your projects, newest first; terminated ones only when asked.
+
+    ``mine`` keeps only the groups you created.
+    """
     qs = _groups(request.user).order_by("-created_at")
+    if mine:
+        qs = qs.filter(owner=request.user)
     if not include_terminated:
         qs = qs.exclude(state="terminated")
     if project:
@@ -33,13 +41,17 @@ def list_groups(request: HttpRequest, include_terminated: bool = False, project:
 def create_group(request: HttpRequest, payload: s.GroupIn):
     """Create a machine group; with ``start`` its machines come up right away.
 
-    Give ``min_machines`` and ``max_machines`` for an elastic group.
+    Give ``min_machines`` and ``max_machines`` for an elastic group. Creating
+    a group in a project needs the maintainer role there (your personal
+    project by default); quotas limit its time to live and, on start, the
+    machines running at once.
     """
     data = payload.dict()
     start = data.pop("start")
-    group = services.create_group(request.user, **data)
-    if start:
-        services.start_group(group)
+    with transaction.atomic():  # a start refused by a quota leaves no group behind
+        group = services.create_group(request.user, **data)
+        if start:
+            services.start_group(group)
     return Reply(201, _groups(request.user).get(pk=group.pk))
 
 
@@ -51,7 +63,10 @@ def get_group(request: HttpRequest, ref: str):
 
 @router.post("/{ref}/start", response={200: s.GroupOut, **ERRORS})
 def start_group(request: HttpRequest, ref: str):
-    group = services.start_group(access.group_for(request.user, ref))
+    """Bring the group's machines up, within your and the project's machine quota."""
+    group = access.group_for(request.user, ref)
+    access.require(request.user, "manage", group)
+    services.start_group(group)
     return _groups(request.user).get(pk=group.pk)
 
 
@@ -59,6 +74,7 @@ def start_group(request: HttpRequest, ref: str):
 def terminate_group(request: HttpRequest, ref: str):
     """Take the group down: queued tasks end as zombies, running ones are stopped."""
     group = access.group_for(request.user, ref)
+    access.require(request.user, "manage", group)
     services.terminate_group(group, actor=request.user, reason=f"Terminated by {request.user.username}.")
     return _groups(request.user).get(pk=group.pk)
 
@@ -71,6 +87,7 @@ def reclaim_machine(request: HttpRequest, ref: str, machine: str):
     when it was submitted with resubmission on; the group gets a replacement.
     """
     group = access.group_for(request.user, ref)
+    access.require(request.user, "manage", group)
     target = get_object_or_404(group.machines.select_related("group"), name=machine)
     services.reclaim_machine(
         target, actor=request.user, reason=f"Spot machine {machine} was reclaimed by {request.user.username}."

@@ -1,37 +1,72 @@
-"""Projects: the folders tasks and machine groups are filed in."""
+"""Projects: the teams tasks and machine groups belong to, and their members."""
 
 from __future__ import annotations
 
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.http import HttpRequest
-from django.shortcuts import get_object_or_404
 from ninja import Router
+from ninja.responses import Status as Reply
 
-from tasks_app import lifecycle, services
+from tasks_app import access, lifecycle, teams
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS
 from tasks_app.lifecycle import Status
+from tasks_app.models import Membership
 
 router = Router(tags=["projects"])
 
 
 def _projects(user):
-    # Count only the tasks this user may see: a project is shared, its tasks need not be.
-    mine = Q() if user.is_staff else Q(tasks__owner=user)
-    return services.visible_projects(user).annotate(
-        num_tasks=Count("tasks", filter=mine, distinct=True),
-        active=Count("tasks", filter=mine & Q(tasks__status__in=lifecycle.ACTIVE), distinct=True),
-        succeeded=Count("tasks", filter=mine & Q(tasks__status=Status.SUCCESS), distinct=True),
-        failed=Count("tasks", filter=mine & Q(tasks__status__in=lifecycle.FAILURES), distinct=True),
+    role = Membership.objects.filter(project=OuterRef("pk"), user=user).values("role")[:1]
+    return access.visible_projects(user).annotate(
+        role=Subquery(role),
+        num_tasks=Count("tasks", distinct=True),
+        active=Count("tasks", filter=Q(tasks__status__in=lifecycle.ACTIVE), distinct=True),
+        succeeded=Count("tasks", filter=Q(tasks__status=Status.SUCCESS), distinct=True),
+        failed=Count("tasks", filter=Q(tasks__status__in=lifecycle.FAILURES), distinct=True),
     )
 
 
 @router.get("", response={200: list[s.ProjectOut], **ERRORS})
 def list_projects(request: HttpRequest):
-    """Projects you have tasks or machine groups in, by name."""
+    """Projects you are a member of, by name, with your role and their tasks by outcome."""
     return list(_projects(request.user).order_by("name"))
 
 
-@router.get("/{name}", response={200: s.ProjectOut, **ERRORS})
-def get_project(request: HttpRequest, name: str):
-    return get_object_or_404(_projects(request.user), name=name)
+@router.get("/{ref}", response={200: s.ProjectOut, **ERRORS})
+def get_project(request: HttpRequest, ref: str):
+    """A project by name (or id)."""
+    return _projects(request.user).get(pk=access.project_for(request.user, ref).pk)
+
+
+@router.get("/{ref}/members", response={200: list[s.MemberOut], **ERRORS})
+def list_members(request: HttpRequest, ref: str):
+    """Who is in the project, with which role. Every member may look."""
+    return list(teams.members(access.project_for(request.user, ref)))
+
+
+@router.post("/{ref}/members", response={201: s.MemberOut, **ERRORS})
+def add_member(request: HttpRequest, ref: str, payload: s.MemberIn):
+    """Add a user with a role (or change the role of one already in). Maintainers only."""
+    project = access.project_for(request.user, ref)
+    access.require(request.user, "manage-members", project)
+    membership = teams.add_member(project, payload.username, payload.role, actor=request.user)
+    return Reply(201, teams.members(project).get(pk=membership.pk))
+
+
+@router.patch("/{ref}/members/{username}", response={200: s.MemberOut, **ERRORS})
+def change_role(request: HttpRequest, ref: str, username: str, payload: s.RoleIn):
+    """Give a member another role. Maintainers only; a project keeps at least one maintainer."""
+    project = access.project_for(request.user, ref)
+    access.require(request.user, "manage-members", project)
+    membership = teams.change_role(project, teams.find_user(username), payload.role, actor=request.user)
+    return teams.members(project).get(pk=membership.pk)
+
+
+@router.delete("/{ref}/members/{username}", response={204: None, **ERRORS})
+def remove_member(request: HttpRequest, ref: str, username: str):
+    """Take a user out of the project. Maintainers only; a project keeps at least one maintainer."""
+    project = access.project_for(request.user, ref)
+    access.require(request.user, "manage-members", project)
+    teams.remove_member(project, teams.find_user(username), actor=request.user)
+    return Reply(204, None)

@@ -78,10 +78,12 @@ class TaskOut(Schema):
     input_size: int | None
     output_size: int | None
     output_files: int | None
+    review_state: str = Field(description="unreviewed, approved or needs-attention.")
 
     @staticmethod
     def resolve_status_label(obj) -> str:
-        return obj.get_status_display()
+        # get_status_display() rebuilds a mapping of the choices on every call: pages of tasks add up.
+        return lifecycle.Status(obj.status).label
 
     @staticmethod
     def resolve_guidance(obj) -> dict:
@@ -205,6 +207,7 @@ class TaskFilters(Schema):
     machine_group: str | None = Field(None, description="Machine group name.")
     owner: str | None = Field(None, description="Username of the task's owner.")
     metadata: list[str] | None = Field(None, description="key=value pairs that must all match.")
+    review: str | None = Field(None, description="Review state: unreviewed, approved or needs-attention.")
     created_after: datetime | None = Field(
         None, description="Created at or after this time (ISO 8601; UTC when no zone is given)."
     )
@@ -224,10 +227,19 @@ class TaskIn(Schema):
     resubmit_on_preemption: bool = False
     time_to_live: str | None = Field(None, examples=["90s", "10m", "1h30m"])
     metadata: dict[str, str] | None = None
+    input_archive: str | None = Field(
+        None,
+        description=(
+            "A small input folder sent along: the zip archive, base64-encoded, at most "
+            "1 MiB once decoded. The task is queued at once and nothing is uploaded after. "
+            "Leave it out for larger inputs and PUT the archive to upload_url."
+        ),
+    )
+    input_sha256: str | None = Field(None, description="SHA-256 (hex) of the archive in input_archive.")
 
 
 class TaskCreated(TaskOut):
-    upload_url: str
+    upload_url: str | None = Field(description="Where to PUT the input archive; null when it came inline.")
     position_in_queue: int | None = None
 
 
@@ -235,6 +247,39 @@ class PositionOut(Schema):
     id: str
     status: str
     position_in_queue: int | None = Field(description="Tasks ahead in the queue; null when not queued.")
+
+
+class ResourcePointOut(Schema):
+    at: datetime = Field(description="The middle of the stretch of samples this point sums up.")
+    samples: int = Field(description="How many samples the stretch holds.")
+    cpu_percent: float = Field(description="Average CPU over the stretch, percent of one core.")
+    cpu_percent_max: float = Field(description="Highest CPU of a sample in the stretch.")
+    memory_bytes: int = Field(description="Highest resident memory in the stretch.")
+    disk_bytes: int = Field(description="Largest work directory in the stretch.")
+
+
+class ResourceSampleOut(Schema):
+    at: datetime
+    cpu_percent: float = Field(description="Percent of one core: 200 means two cores busy.")
+    memory_bytes: int
+    disk_bytes: int
+
+
+class ResourcePeaksOut(Schema):
+    cpu_percent: float
+    memory_bytes: int
+    disk_bytes: int
+
+
+class ResourcesOut(Schema):
+    id: str
+    status: str
+    samples: int = Field(description="Samples recorded for the task.")
+    started: datetime | None = Field(description="The first sample's time; null before the first.")
+    span_seconds: float = Field(description="From the first sample to the last.")
+    latest: ResourceSampleOut | None = Field(description="The last sample: what the task uses now.")
+    peak: ResourcePeaksOut
+    points: list[ResourcePointOut] = Field(description="The samples in order, cut into `points` stretches.")
 
 
 class KillOut(Schema):
@@ -336,12 +381,45 @@ class TopOut(Schema):
 
 
 class ProjectOut(Schema):
+    id: int
     name: str
     created_at: datetime
+    personal: bool = Field(description="A user's own project, where tasks go when no project is named.")
+    role: str | None = Field(
+        description="Your role in it: viewer, member or maintainer (null for staff who are not members)."
+    )
     num_tasks: int
     active: int = Field(description="Tasks waiting, queued or on a machine.")
     succeeded: int
     failed: int = Field(description="Tasks that ended in any other way than success.")
+
+    @staticmethod
+    def resolve_personal(obj) -> bool:
+        return obj.personal_owner_id is not None
+
+
+class MemberOut(Schema):
+    username: str
+    role: str = Field(description="viewer, member or maintainer.")
+    added_by: str | None
+    added_at: datetime
+
+    @staticmethod
+    def resolve_username(obj) -> str:
+        return obj.user.username
+
+    @staticmethod
+    def resolve_added_by(obj) -> str | None:
+        return obj.added_by.username if obj.added_by else None
+
+
+class MemberIn(Schema):
+    username: str
+    role: str = Field("member", description="viewer, member or maintainer.")
+
+
+class RoleIn(Schema):
+    role: str = Field(description="viewer, member or maintainer.")
 
 
 class MachineTypeOut(Schema):

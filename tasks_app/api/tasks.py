@@ -6,11 +6,12 @@ import base64
 import datetime as dt
 
 from django.conf import settings
+from django.db import transaction
 from django.http import FileResponse, HttpRequest
 from ninja import Query, Router
 from ninja.responses import Status as Reply
 
-from tasks_app import access, lifecycle, services, storage
+from tasks_app import access, lifecycle, resource_use, services, storage
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS, task_for, tasks_for
 from tasks_app.models import Task
@@ -65,6 +66,13 @@ def filter_tasks(qs, f: s.TaskFilters):
         if not sep or not key:
             raise services.Refused(f"Write metadata filters as key=value, not {pair!r}.", field="metadata")
         qs = qs.filter(metadata__contains={key: value})
+    if f.review:
+        if f.review not in Task.Review.values:
+            choices = ", ".join(Task.Review.values)
+            raise services.Refused(
+                f"Unknown review state {f.review!r}; choose one of: {choices}.", field="review"
+            )
+        qs = qs.filter(review_state=f.review)
     if f.created_after:
         qs = qs.filter(created_at__gte=_aware(f.created_after))
     if f.created_before:
@@ -93,23 +101,65 @@ def list_tasks(request: HttpRequest, filters: Query[s.TaskFilters]):
 # -- submitting ----------------------------------------------------------------
 
 
+# Inputs up to this size may come inside the POST that creates the task
+# (base64 adds a third, and the body must stay under DATA_UPLOAD_MAX_MEMORY_SIZE).
+INLINE_INPUT_MAX_BYTES = 1024 * 1024
+
+
+def _inline_input(payload: s.TaskIn) -> bytes | None:
+    """The input archive sent inside the request, checked for size; None when it was not."""
+    if payload.input_archive is None:
+        return None
+    try:
+        data = base64.b64decode(payload.input_archive, validate=True)
+    except ValueError:
+        raise services.Refused(
+            "input_archive is not valid base64; send the zipped input folder base64-encoded.",
+            field="input_archive",
+        ) from None
+    if len(data) > INLINE_INPUT_MAX_BYTES:
+        raise services.Refused(
+            f"The inline input has {len(data)} bytes; at most {INLINE_INPUT_MAX_BYTES} may come "
+            "inside the request. Leave input_archive out and PUT the archive to upload_url.",
+            code="too_large",
+            field="input_archive",
+            status=413,
+        )
+    if not payload.input_sha256 or len(payload.input_sha256) != 64:
+        raise services.Refused(
+            "Send the SHA-256 (hex) of the archive in input_sha256 along with input_archive.",
+            field="input_sha256",
+        )
+    return data
+
+
 @router.post("", response={201: s.TaskCreated, **ERRORS})
 def create_task(request: HttpRequest, payload: s.TaskIn):
-    """Create a task waiting for its input; then PUT the input archive to ``upload_url``."""
+    """Create a task. With ``input_archive`` it is queued at once; otherwise it waits for its
+    input: PUT the archive to ``upload_url``."""
+    inline = _inline_input(payload)
+    # services.create_task() checks that the user may submit to the group.
     group = access.group_for(request.user, payload.machine_group)
-    task = services.create_task(
-        request.user,
-        simulator=payload.simulator,
-        parameters=payload.parameters,
-        machine_group=group,
-        input_files=payload.input_files,
-        project=payload.project,
-        resubmit_on_preemption=payload.resubmit_on_preemption,
-        time_to_live=payload.time_to_live,
-        metadata=payload.metadata,
-    )
-    task = task_for(request.user, task.pk)
-    task.upload_url = f"/api/v1/tasks/{task.id}/input"
+    # With its input inline, a task that cannot take it is not made at all.
+    with transaction.atomic():
+        task = services.create_task(
+            request.user,
+            simulator=payload.simulator,
+            parameters=payload.parameters,
+            machine_group=group,
+            input_files=payload.input_files,
+            project=payload.project,
+            resubmit_on_preemption=payload.resubmit_on_preemption,
+            time_to_live=payload.time_to_live,
+            metadata=payload.metadata,
+        )
+        if inline is not None:
+            services.accept_input(
+                task, [inline], size=len(inline), sha256=payload.input_sha256, actor=request.user
+            )
+    # Everything the answer shows is at hand: no need to read the task again.
+    task.owner, task.machine_group = request.user, group
+    task.upload_url = None if inline is not None else f"/api/v1/tasks/{task.id}/input"
     return Reply(201, task)
 
 
@@ -122,6 +172,7 @@ def upload_input(request: HttpRequest, task_id: str):
     what arrived.
     """
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "upload", task)
     try:
         size = int(request.headers.get("X-Archive-Size", ""))
     except ValueError:
@@ -162,7 +213,11 @@ def download_input(request: HttpRequest, task_id: str):
 
 @router.post("/kill", response={200: list[s.KillOut], **ERRORS})
 def kill_many(request: HttpRequest, payload: s.KillManyIn):
-    """Kill the listed tasks, or with ``all`` every task of yours that has not ended."""
+    """Kill the listed tasks, or with ``all`` every task of yours that has not ended.
+
+    A listed task your role does not let you kill is left alone and answered
+    with ``changed: false`` and the reason; one you cannot see answers 404.
+    """
     if payload.all:
         qs = access.visible_tasks(request.user).filter(owner=request.user)
         if payload.project:
@@ -170,9 +225,13 @@ def kill_many(request: HttpRequest, payload: s.KillManyIn):
         results = services.kill_all(qs, actor=request.user)
     elif payload.ids:
         results = []
-        for task_id in payload.ids:
-            task = access.task_for(request.user, task_id)
-            results.append((task.id, *services.kill_task(task, actor=request.user)))
+        tasks = [access.task_for(request.user, task_id) for task_id in payload.ids]
+        roles = access.roles_of(request.user)
+        for task in tasks:
+            if access.can(request.user, "kill", task, roles=roles):
+                results.append((task.id, *services.kill_task(task, actor=request.user)))
+            else:
+                results.append((task.id, False, access.refusal(request.user, "kill", task)))
     else:
         raise services.Refused("Name the tasks to kill in ids, or set all.", field="ids")
     status = dict(Task.objects.filter(pk__in=[r[0] for r in results]).values_list("id", "status"))
@@ -195,10 +254,41 @@ def task_position(request: HttpRequest, task_id: str):
     return {"id": task.id, "status": task.status, "position_in_queue": task.position_in_queue()}
 
 
+@router.get("/{task_id}/resources", response={200: s.ResourcesOut, **ERRORS})
+def task_resources(
+    request: HttpRequest,
+    task_id: str,
+    points: int = Query(
+        resource_use.POINTS,
+        ge=1,
+        le=resource_use.MAX_POINTS,
+        description="At most this many points: the samples are cut into stretches of equal count.",
+    ),
+):
+    """CPU, memory and work disk of the task over time, recorded by its machine while it ran."""
+    task = access.task_for(request.user, task_id)
+    usage = resource_use.usage(task.id, points)
+    return {
+        "id": task.id,
+        "status": task.status,
+        "samples": usage.samples,
+        "started": usage.started,
+        "span_seconds": usage.span_seconds,
+        "latest": usage.latest,
+        "peak": {
+            "cpu_percent": usage.peak_cpu_percent,
+            "memory_bytes": usage.peak_memory_bytes,
+            "disk_bytes": usage.peak_disk_bytes,
+        },
+        "points": usage.points,
+    }
+
+
 @router.post("/{task_id}/kill", response={200: s.KillOut, **ERRORS})
 def kill_task(request: HttpRequest, task_id: str):
     """Kill a task: a queued one ends at once, a running one is stopped by its machine."""
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "kill", task)
     changed, message = services.kill_task(task, actor=request.user)
     return {"id": task.id, "status": task.status, "changed": changed, "message": message}
 
@@ -215,6 +305,7 @@ def get_metadata(request: HttpRequest, task_id: str):
 def set_metadata(request: HttpRequest, task_id: str, payload: s.MetadataIn):
     """Replace all metadata of the task."""
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "edit", task)
     return services.set_metadata(task, payload.metadata, actor=request.user, merge=False)
 
 
@@ -222,6 +313,7 @@ def set_metadata(request: HttpRequest, task_id: str, payload: s.MetadataIn):
 def update_metadata(request: HttpRequest, task_id: str, payload: s.MetadataIn):
     """Add or change the given keys, keeping the others."""
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "edit", task)
     return services.set_metadata(task, payload.metadata, actor=request.user, merge=True)
 
 
@@ -229,4 +321,5 @@ def update_metadata(request: HttpRequest, task_id: str, payload: s.MetadataIn):
 def unset_metadata(request: HttpRequest, task_id: str, key: list[str] = Query(...)):
     """Remove the given keys (repeat ``key``); keys that are not set are ignored."""
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "edit", task)
     return services.unset_metadata(task, key, actor=request.user)

@@ -23,15 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from tasks_app import archives, lifecycle, live, storage
 from tasks_app import simulators as sims
 from tasks_app.executor.process import Outcome, run_invocations, tail
+from tasks_app.executor.sampling import ResourceMeter
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, Task
 
@@ -40,6 +39,25 @@ log = logging.getLogger(__name__)
 STDERR_TAIL_LINES = 20
 # Measuring a large work directory costs a walk of its tree; do it this often.
 DISK_CHECK_SECONDS = 2.0
+# A task on a machine outlives a database restart this long: its steps wait
+# for the database to come back rather than leave the task stuck midway.
+DATABASE_OUTAGE_SECONDS = 600.0
+
+
+def through_outage(action, what: str):
+    """``action()``, repeated while the database cannot be reached (a restart)."""
+    deadline = time.monotonic() + DATABASE_OUTAGE_SECONDS
+    pause = 0.5
+    while True:
+        try:
+            return action()
+        except (OperationalError, InterfaceError):
+            if time.monotonic() > deadline:
+                raise
+            log.warning("The database is unreachable while %s; trying again", what, exc_info=True)
+            connection.close()  # a broken connection is never reopened by itself
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 class RuntimeFailure(Exception):
@@ -54,22 +72,6 @@ def directory_size(path: Path) -> int:
                 total += os.lstat(os.path.join(root, name)).st_size
             except FileNotFoundError:
                 pass  # removed while we looked
-    return total
-
-
-def tree_memory(pid: int) -> int:
-    """Resident memory of a process and everything below it, in bytes."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 
@@ -92,13 +94,31 @@ class Execution:
         self.memory_limit = int(float(spec.get("memory_gb", 0)) * settings.SIMDECK_MEMORY_GB_BYTES) or None
         self.failure: str | None = None  # set by a watch that stopped the task
         self.next_disk_check = 0.0
+        self.meter: ResourceMeter | None = None  # set when the simulator starts
 
     # -- moves ---------------------------------------------------------------
 
     def move(self, new: Status, reason: str, **fields) -> bool:
-        moved = lifecycle.transition(self.task, new, reason=reason, by_machine=self.machine, **fields)
+        old = Status(self.task.status)
+        tries = 0
+
+        def attempt() -> bool:
+            nonlocal tries
+            tries += 1
+            moved = lifecycle.transition(
+                self.task, new, reason=reason, by_machine=self.machine, expected=old, **fields
+            )
+            if not moved:
+                self.task.refresh_from_db(fields=["status"])
+            return moved
+
+        moved = through_outage(attempt, f"moving task {self.task.id} to {new.value}")
+        if not moved and tries > 1 and self.task.status == new:
+            # The connection broke after the commit went through: the move is ours.
+            log.info("Task %s reached %s before the database went away", self.task.id, new.value)
+            through_outage(self.task.refresh_from_db, f"reading task {self.task.id}")
+            return True
         if not moved:
-            self.task.refresh_from_db(fields=["status"])
             log.info("Task %s is now %s; %s not applied", self.task.id, self.task.status, new.value)
         return moved
 
@@ -119,6 +139,7 @@ class Execution:
             simulator, invocations = self.prepare()
         except RuntimeFailure as exc:
             self.fail_runtime(str(exc))
+            live.close_log(self.task.id)  # followers of an earlier attempt learn it ended
             self.cleanup()
             return
         version = simulator.version()
@@ -126,8 +147,11 @@ class Execution:
             Status.STARTED, f"{simulator.label} started (version {version}).", simulator_version=version
         ):
             self.finish_kill()
+            live.close_log(self.task.id)
             self.cleanup()
             return
+        self.meter = ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
+        live.begin_log(self.task.id)
         outcome = run_invocations(
             invocations,
             self.workdir,
@@ -189,29 +213,50 @@ class Execution:
     # -- watching the running simulation --------------------------------------
 
     def should_stop(self, pid: int) -> str | None:
-        """Asked about once a second while the simulator runs; a reason stops it."""
+        """Asked about once a second while the simulator runs; a reason stops it.
+
+        It also measures the resources the simulation uses and records them
+        now and then (see :mod:`tasks_app.executor.sampling`).
+        """
+        try:
+            return self.watch(pid)
+        except DatabaseError:
+            # Restarting, most likely: the simulation goes on and the next
+            # look, a second later, tries again on a fresh connection.
+            log.warning("Could not look at task %s; carrying on", self.task.id, exc_info=True)
+            connection.close()
+            return None
+
+    def watch(self, pid: int) -> str | None:
         status = Task.objects.filter(pk=self.task.id).values_list("status", flat=True).first()
         if status != Status.STARTED:
             return f"the task became {status}"
         ttl = self.task.time_to_live_seconds
         if ttl and (timezone.now() - self.task.started_at).total_seconds() > ttl:
             return "time to live exceeded"
-        if self.memory_limit:
-            used = tree_memory(pid)
-            if used > self.memory_limit:
-                self.failure = (
-                    f"The simulation used {used / 2**30:.2f} GB of memory, more than the "
-                    f"{self.group.machine_type} machine's {self.memory_limit / 2**30:.2f} GB. "
-                    "Use a machine type with more memory."
-                )
-                return "memory limit exceeded"
+        meter = self.meter or ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
+        self.meter = meter
+        used = meter.tick(pid)
+        if self.memory_limit and used > self.memory_limit:
+            self.failure = (
+                f"The simulation used {used / 2**30:.2f} GB of memory, more than the "
+                f"{self.group.machine_type} machine's {self.memory_limit / 2**30:.2f} GB. "
+                "Use a machine type with more memory."
+            )
+            meter.record()  # the moment it was stopped is the one worth seeing
+            return "memory limit exceeded"
+        stop = None
         if time.monotonic() >= self.next_disk_check:
             self.next_disk_check = time.monotonic() + DISK_CHECK_SECONDS
-            return self.check_disk()
-        return None
+            stop = self.check_disk()
+        if stop or meter.due():
+            meter.record()
+        return stop
 
     def check_disk(self) -> str | None:
         used = directory_size(self.workdir)
+        if self.meter:
+            self.meter.disk_bytes = used
         while used > self.disk_limit and self.disk_limit < self.disk_max:
             # Auto-resize: grow by the group's base size, up to its maximum.
             unit = settings.SIMDECK_DISK_GB_BYTES
@@ -238,10 +283,11 @@ class Execution:
     # -- endings ---------------------------------------------------------------
 
     def finish(self, outcome: Outcome) -> None:
-        self.task.refresh_from_db(fields=["status"])
         if outcome.stopped is None:
+            # The move to finalizing is guarded: a kill that came meanwhile makes it fail.
             self.finish_normally(outcome)
             return
+        through_outage(lambda: self.task.refresh_from_db(fields=["status"]), f"reading task {self.task.id}")
         # Stopped from outside or by a watch. Whatever it wrote so far is kept.
         status = Status(self.task.status)
         if self.failure and status == Status.STARTED:
@@ -270,26 +316,33 @@ class Execution:
             self.finish_kill()
             return
         try:
-            self.store()
+            stored = self.store(record=False)
         except OSError as exc:
             self.fail_runtime(f"The outputs could not be stored: {exc}")
             return
+        # What was stored is written with the final status, in the same update.
         if outcome.exit_code == 0:
-            self.move(Status.SUCCESS, "Outputs stored.")
-            return
-        detail = f"The simulator exited with code {outcome.exit_code}."
-        stderr = tail(self.stderr, STDERR_TAIL_LINES)
-        if stderr:
-            detail += f" Last lines of stderr:\n{stderr}"
-        self.move(Status.FAILED, f"Exit code {outcome.exit_code}.", error_detail=detail)
+            moved = self.move(Status.SUCCESS, "Outputs stored.", **stored)
+        else:
+            detail = f"The simulator exited with code {outcome.exit_code}."
+            stderr = tail(self.stderr, STDERR_TAIL_LINES)
+            if stderr:
+                detail += f" Last lines of stderr:\n{stderr}"
+            moved = self.move(Status.FAILED, f"Exit code {outcome.exit_code}.", error_detail=detail, **stored)
+        if not moved:  # ended otherwise meanwhile (its group terminated): the outputs are still there
+            through_outage(lambda: Task.objects.filter(pk=self.task.id).update(**stored), "recording outputs")
 
-    def store(self, logs_only: bool = False) -> None:
-        """Upload logs, and the files the simulation made or changed."""
+    def store(self, logs_only: bool = False, record: bool = True) -> dict:
+        """Upload logs, and the files the simulation made or changed.
+
+        Returns the task's fields that describe the stored outputs; with
+        ``record`` they are written at once, otherwise the caller writes them.
+        """
         for stream, path in (("stdout", self.stdout), ("stderr", self.stderr)):
             if path.exists():
                 storage.save_file(storage.log_name(self.task.id, stream), path)
         if logs_only:
-            return
+            return {}
         files = [(p, n) for p, n in ((self.stdout, "stdout.txt"), (self.stderr, "stderr.txt")) if p.exists()]
         size = sum(p.stat().st_size for p, _ in files)
         for path in sorted(self.workdir.rglob("*")):
@@ -305,7 +358,10 @@ class Execution:
         with open(archive, "wb") as out:
             count = archives.write_zip(out, files)
         name = storage.save_file(storage.output_name(self.task.id), archive)
-        Task.objects.filter(pk=self.task.id).update(output_path=name, output_size=size, output_files=count)
+        fields = {"output_path": name, "output_size": size, "output_files": count}
+        if record:
+            through_outage(lambda: Task.objects.filter(pk=self.task.id).update(**fields), "recording outputs")
+        return fields
 
     def cleanup(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
@@ -318,6 +374,22 @@ def claim_next(group_id: int, machine: Machine) -> Task | None:
     other; the guarded move makes each claim exactly-once.
     """
     with transaction.atomic():
+        # The machine first, as services._machine_gone() locks it before its
+        # tasks: a machine reclaimed or lost a moment ago must not take a task
+        # that nobody would then end. The token goes back for another machine.
+        online = (
+            Machine.objects.select_for_update(no_key=True)
+            .filter(pk=machine.pk, state=Machine.State.ONLINE)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if online is None:
+            from tasks_app import services
+
+            log.warning("Machine %s is no longer online; its token goes back to the queue", machine.name)
+            group = machine.group
+            transaction.on_commit(lambda: services.publish_tokens(group, 1))
+            return None
         task = (
             Task.objects.select_for_update(skip_locked=True)
             .filter(machine_group_id=group_id, status=Status.SUBMITTED)
@@ -326,15 +398,16 @@ def claim_next(group_id: int, machine: Machine) -> Task | None:
         )
         if task is None:
             return None
+        # The row is locked: its attempt count is the one to add to, and the
+        # task in hand is what the database now holds, without reading it again.
         lifecycle.transition(
             task,
             Status.PREPARING,
             reason=f"Picked up by machine {machine.name}.",
             by_machine=machine,
             machine=machine,
-            attempt=F("attempt") + 1,
+            attempt=task.attempt + 1,
         )
-    task.refresh_from_db()
     return task
 
 

@@ -13,6 +13,8 @@ helpers they share: :mod:`.table` (filters and keyset pagination),
 from tasks_app.views.bulk import saved_view_create, saved_view_delete, task_bulk, task_export
 from tasks_app.views.groups import group_detail, group_list, group_start, group_terminate
 from tasks_app.views.pages import account, api_key_revoke, home, overview, project_list, status_reference
+from tasks_app.views.projects import project_member, project_members
+from tasks_app.views.resources import task_resources
 from tasks_app.views.tasks import (
     task_archive_download,
     task_detail,
@@ -38,6 +40,8 @@ __all__ = [
     "home",
     "overview",
     "project_list",
+    "project_member",
+    "project_members",
     "saved_view_create",
     "saved_view_delete",
     "status_reference",
@@ -53,6 +57,7 @@ __all__ = [
     "task_logs",
     "task_metadata",
     "task_metadata_delete",
+    "task_resources",
     "task_resubmit",
     "task_resubmit_edit",
 ]

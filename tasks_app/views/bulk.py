@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET, require_POST
 from tasks_app import access, lifecycle, services
 from tasks_app.forms import BulkForm, SavedViewForm, TaskFilterForm
 from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, SavedView
+from tasks_app.models import SavedView
 from tasks_app.resubmit import resubmit
 from tasks_app.views import table
 from tasks_app.views.common import page_or_partial
@@ -66,6 +66,8 @@ ACTIONABLE = {
     "resubmit": lambda qs: qs.filter(status__in=lifecycle.TERMINAL).exclude(input_path=""),
     "export": lambda qs: qs,
 }
+# What each action needs of the user's role on a task (see tasks_app.access).
+PERMISSION = {"kill": "kill", "metadata": "edit", "resubmit": "resubmit"}
 
 
 @login_required
@@ -83,10 +85,14 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
     if action == "export":
         return _csv_response(tasks.order_by("-created_at", "-id"))
     matching = tasks.count()
-    actionable = ACTIONABLE[action](tasks)
+    # Rows the user's role does not allow are left out, and the preview says how many.
+    permitted = access.actionable(request.user, PERMISSION[action], tasks)
+    not_allowed = matching - permitted.count()
+    actionable = ACTIONABLE[action](permitted)
     if not form.cleaned_data["confirm"]:
         context |= {
             "matching": matching,
+            "not_allowed": not_allowed,
             "actionable": actionable.count(),
             "limit": BULK_LIMIT,
             "action_label": BulkForm.ACTIONS[action],
@@ -94,7 +100,10 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
         }
         return page_or_partial(request, "tasks/task_bulk.html", "preview", context)
     done = _apply(request, action, actionable.order_by("created_at")[:BULK_LIMIT], form)
-    messages.success(request, f"{BulkForm.ACTIONS[action]}: {done} task{'s' if done != 1 else ''} done.")
+    skipped = f" {not_allowed} skipped: your role does not allow it there." if not_allowed else ""
+    messages.success(
+        request, f"{BulkForm.ACTIONS[action]}: {done} task{'s' if done != 1 else ''} done.{skipped}"
+    )
     url = reverse("task-list") + (f"?{form.cleaned_data['filter']}" if form.cleaned_data["filter"] else "")
     if request.htmx:
         response = HttpResponse(status=204)
@@ -110,20 +119,11 @@ def _apply(request: HttpRequest, action: str, tasks, form: BulkForm) -> int:
             changed, _ = services.kill_task(task, actor=request.user)
             done += changed
         elif action == "metadata":
-            before = dict(task.metadata)
             key, value = form.cleaned_data["key"].strip(), form.cleaned_data["value"]
             try:
                 services.set_metadata(task, {key: value}, actor=request.user, merge=True)
             except services.Refused:
                 continue
-            if before != task.metadata:
-                Activity.objects.create(
-                    kind="metadata-edited",
-                    task=task,
-                    actor=request.user,
-                    message=f"Metadata changed: {key} (bulk).",
-                    data={"before": before, "after": dict(task.metadata)},
-                )
             done += 1
         elif action == "resubmit":
             try:
@@ -188,7 +188,7 @@ def task_export(request: HttpRequest) -> HttpResponse:
 
 
 def visible_views(user) -> QuerySet:
-    projects = services.visible_projects(user).values("pk")
+    projects = access.visible_projects(user).values("pk")
     return SavedView.objects.filter(Q(owner=user) | Q(project__in=projects)).select_related(
         "owner", "project"
     )
@@ -211,7 +211,7 @@ def saved_view_create(request: HttpRequest) -> HttpResponse:
     data = form.cleaned_data
     project = None
     if data["share"]:
-        project = services.visible_projects(request.user).filter(name=data["project"]).first()
+        project = access.visible_projects(request.user).filter(name=data["project"]).first()
         if project is None:
             messages.error(request, f"You have no project named {data['project']!r} to share with.")
             return redirect(reverse("task-list") + f"?{clean_query(data['query'])}")

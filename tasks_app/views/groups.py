@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.db.models import F, Func, IntegerField, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
@@ -53,15 +54,18 @@ def group_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             try:
-                group = services.create_group(request.user, **form.service_arguments())
+                with transaction.atomic():  # a start refused by a quota leaves no group behind
+                    group = services.create_group(request.user, **form.service_arguments())
+                    if form.cleaned_data["start"]:
+                        services.start_group(group)
             except services.Refused as exc:
                 add_refusal(form, exc)
+                # A role or a quota that refuses is not a typing mistake: say so in the status too.
+                status = exc.status if exc.status in (403, 404) else 422
             else:
-                if form.cleaned_data["start"]:
-                    services.start_group(group)
                 messages.success(request, f"Machine group {group.name} created.")
                 return redirect("group-detail", ref=group.name)
-        status = 422
+        status = status if status != 200 else 422
     groups = with_counts(access.visible_groups(request.user).select_related("project")).order_by(
         "-created_at"
     )
@@ -73,6 +77,15 @@ def group_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def group_detail(request: HttpRequest, ref: str) -> HttpResponse:
     group = access.group_for(request.user, ref)
+    context = group_context(group) | {
+        "activities": list(group.activities.order_by("-at")[:10]),
+        "can_manage": access.can(request.user, "manage", group),
+    }
+    return page_or_partial(request, "groups/group_detail.html", "machines", context)
+
+
+def group_context(group) -> dict:
+    """The group's machines, queue, running and ended tasks; its live socket renders them too."""
     current = Task.objects.filter(machine=OuterRef("pk"), status__in=lifecycle.ON_MACHINE)
     machines = list(
         group.machines.annotate(current_task=Subquery(current.values("id")[:1])).order_by("-created_at")[:100]
@@ -98,7 +111,7 @@ def group_detail(request: HttpRequest, ref: str) -> HttpResponse:
         else group.tasks.filter(status__in=lifecycle.ON_MACHINE).count()
     )
     counts = {"online": online, "queued": queued, "running": running_count}
-    context = {
+    return {
         "group": group,
         "machines": machines,
         "queue": queue,
@@ -106,15 +119,14 @@ def group_detail(request: HttpRequest, ref: str) -> HttpResponse:
         "ended": ended,
         "counts": counts,
         "now": timezone.now(),
-        "activities": list(group.activities.order_by("-at")[:10]),
     }
-    return page_or_partial(request, "groups/group_detail.html", "machines", context)
 
 
 @login_required
 @require_POST
 def group_start(request: HttpRequest, ref: str) -> HttpResponse:
     group = access.group_for(request.user, ref)
+    access.require(request.user, "manage", group)
     try:
         services.start_group(group)
     except services.Refused as exc:
@@ -129,6 +141,7 @@ def group_start(request: HttpRequest, ref: str) -> HttpResponse:
 def group_terminate(request: HttpRequest, ref: str) -> HttpResponse:
     """GET: what terminating would do, to confirm. POST: do it."""
     group = access.group_for(request.user, ref)
+    access.require(request.user, "manage", group)
     if request.method == "POST":
         if group.is_accepting_tasks:
             services.terminate_group(

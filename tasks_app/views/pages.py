@@ -6,17 +6,17 @@ import datetime as dt
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, DurationField, Exists, ExpressionWrapper, F, OuterRef, Q, Sum
+from django.db.models import Count, DurationField, Exists, ExpressionWrapper, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import TruncHour
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from tasks_app import access, lifecycle, services
+from tasks_app import access, lifecycle
 from tasks_app.forms import APIKeyForm
 from tasks_app.lifecycle import Status
-from tasks_app.models import APIKey, Machine, MachineGroup, Task
+from tasks_app.models import APIKey, Machine, MachineGroup, Membership, Task
 from tasks_app.templatetags.simdeck import tone_of
 from tasks_app.views import diagram
 from tasks_app.views.groups import with_counts
@@ -29,9 +29,14 @@ CHART_W, CHART_H = 480, 120
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     """What is going on now: counts, what runs, queues, failures, throughput, machines."""
+    return render(request, "overview.html", overview_context(request.user))
+
+
+def overview_context(user) -> dict:
+    """What the overview shows ``user``; its live socket renders the same (``live_pages``)."""
     now = timezone.now()
     day_ago = now - dt.timedelta(hours=CHART_HOURS)
-    tasks = access.visible_tasks(request.user)
+    tasks = access.visible_tasks(user)
     # Active tasks are few and indexed by status; ended ones are counted for the last day
     # only, which keeps this page fast with millions of tasks.
     rows = (
@@ -51,9 +56,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         .order_by("preparing_at")[:10]
     )
     groups = list(
-        with_counts(access.visible_groups(request.user).filter(state=MachineGroup.State.STARTED)).order_by(
-            "name"
-        )
+        with_counts(access.visible_groups(user).filter(state=MachineGroup.State.STARTED)).order_by("name")
     )
     failures = list(
         tasks.filter(status__in=lifecycle.FAILURES, ended_at__gte=now - dt.timedelta(days=7))
@@ -62,10 +65,10 @@ def overview(request: HttpRequest) -> HttpResponse:
     )
     busy = Task.objects.filter(machine=OuterRef("pk"), status__in=lifecycle.ON_MACHINE)
     machines = Machine.objects.filter(
-        group__in=access.visible_groups(request.user), state=Machine.State.ONLINE
+        group__in=access.visible_groups(user), state=Machine.State.ONLINE
     ).aggregate(total=Count("pk"), busy=Count("pk", filter=Q(Exists(busy))))
     machines["idle"] = machines["total"] - machines["busy"]
-    context = {
+    return {
         "by_status": by_status,
         "running": running,
         "groups": groups,
@@ -73,7 +76,6 @@ def overview(request: HttpRequest) -> HttpResponse:
         "machines": machines,
         "chart": _hourly_chart(tasks, now),
     }
-    return render(request, "overview.html", context)
 
 
 def _hourly_chart(tasks, now: dt.datetime) -> dict:
@@ -114,19 +116,20 @@ def _hourly_chart(tasks, now: dt.datetime) -> dict:
 @login_required
 @require_GET
 def project_list(request: HttpRequest) -> HttpResponse:
-    """Projects with their tasks by status group and the compute time they used."""
-    mine = Q() if request.user.is_staff else Q(tasks__owner=request.user)
+    """The user's projects: tasks by status group, compute time used, and the user's role."""
     on_machine = ExpressionWrapper(
         F("tasks__ended_at") - F("tasks__preparing_at"), output_field=DurationField()
     )
+    role = Membership.objects.filter(project=OuterRef("pk"), user=request.user).values("role")[:1]
     projects = (
-        services.visible_projects(request.user)
+        access.visible_projects(request.user)
         .annotate(
-            total=Count("tasks", filter=mine),
-            active=Count("tasks", filter=mine & Q(tasks__status__in=lifecycle.ACTIVE)),
-            succeeded=Count("tasks", filter=mine & Q(tasks__status=Status.SUCCESS)),
-            failed=Count("tasks", filter=mine & Q(tasks__status__in=lifecycle.FAILURES)),
-            compute=Sum(on_machine, filter=mine & Q(tasks__preparing_at__isnull=False)),
+            role=Subquery(role),
+            total=Count("tasks"),
+            active=Count("tasks", filter=Q(tasks__status__in=lifecycle.ACTIVE)),
+            succeeded=Count("tasks", filter=Q(tasks__status=Status.SUCCESS)),
+            failed=Count("tasks", filter=Q(tasks__status__in=lifecycle.FAILURES)),
+            compute=Sum(on_machine, filter=Q(tasks__preparing_at__isnull=False)),
         )
         .order_by("name")
     )
@@ -169,8 +172,7 @@ def account(request: HttpRequest) -> HttpResponse:
 @require_POST
 def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     key = get_object_or_404(APIKey, pk=key_id, user=request.user)
-    if key.revoked_at is None:
-        APIKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+    if key.revoke():
         messages.success(request, f"Key “{key.name}” revoked; clients using it are refused from now on.")
     return redirect("account")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import zipfile
 
 from django.contrib import messages
@@ -13,7 +14,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from tasks_app import access, lifecycle, services, storage
+from tasks_app import access, downloads, lifecycle, services, storage
 from tasks_app import simulators as sims
 from tasks_app.forms import (
     SORTS,
@@ -25,10 +26,11 @@ from tasks_app.forms import (
     TaskFilterForm,
 )
 from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, MachineGroup, Task
+from tasks_app.models import Activity, MachineGroup, Membership, Role, Task
 from tasks_app.resubmit import resubmit
-from tasks_app.views import bulk, diagram, logs, table, waiting
+from tasks_app.views import bulk, diagram, filetree, logs, review, table, waiting
 from tasks_app.views.common import page_or_partial, trigger, wants_partial
+from tasks_app.views.resources import resources_context
 
 HISTORY_SHOWN = 10
 # htmx stops an ``every`` poll when the answer has this status; an ended task never changes.
@@ -53,19 +55,25 @@ def task_list(request: HttpRequest) -> HttpResponse:
         sort, column = form.cleaned_data["sort"], form.cleaned_data["col"]
     else:
         tasks, sort, column = tasks.none(), "-created", ""
-    page = table.paginate(tasks, sort, request.GET.get("after", ""))
+    page = table.paginate(table.with_comment_counts(tasks), sort, request.GET.get("after", ""))
     context = {
         "form": form,
         "page": page,
+        "review_states": Task.Review.choices,
         "column": column,
         "sort": sort,
         "sorts": SORTS,
         "status_groups": [(k, v[0]) for k, v in STATUS_GROUPS.items()],
         "statuses": list(Status),
-        "projects": services.visible_projects(request.user).order_by("name").values_list("name", flat=True),
+        "projects": access.visible_projects(request.user).order_by("name").values_list("name", flat=True),
         "groups": access.visible_groups(request.user).order_by("name").values_list("name", flat=True),
         "simulators": sorted(sims.REGISTRY),
         "query": _query_without(request, "after", "clear"),
+        # The table's live socket follows this filter and page (see tasks_app.live_pages).
+        "live_query": urlencode(
+            [(k, v) for k, v in request.GET.items() if k != "clear" and v]
+            + [("rendered", f"{time.time():.3f}")]
+        ),
         "saved_views": saved_views,
         "bulk_form": BulkForm(initial={"filter": _query_without(request, "after", "clear")}),
         "view_form": SavedViewForm(initial={"query": _query_without(request, "after", "clear")}),
@@ -81,20 +89,24 @@ def _query_without(request: HttpRequest, *names: str) -> str:
 # -- one task --------------------------------------------------------------------
 
 
-def header_context(task: Task, message: str = "", position: int | None = None) -> dict:
+def header_context(task: Task, message: str = "", position: int | None = None, *, user=None) -> dict:
     """What the task header partial needs; the live socket renders it too.
 
     ``position`` may be given when the caller already knows it (the socket
-    learns it from the queue order broadcast once for all viewers).
+    learns it from the queue order broadcast once for all viewers). ``user``
+    is who looks: buttons their role does not allow are left out.
     """
     if position is None:
         position = task.position_in_queue()
+    allowed = access.allowed(user, task) if user is not None else set()
     return {
         "task": task,
         "guidance": task.guidance,
         "position": position,
         "wait": waiting.why_waiting(task, position),
-        "killable": task.status_enum in lifecycle.ACTIVE - {Status.PENDING_KILL, Status.FINALIZING},
+        "killable": "kill" in allowed
+        and task.status_enum in lifecycle.ACTIVE - {Status.PENDING_KILL, Status.FINALIZING},
+        "allowed": allowed,
         "message": message,
     }
 
@@ -105,7 +117,9 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
     task = access.task_for(request.user, task_id)
     if wants_partial(request):
         # The header polls while the task is active; it needs nothing else.
-        response = page_or_partial(request, "tasks/task_detail.html", "header", header_context(task))
+        response = page_or_partial(
+            request, "tasks/task_detail.html", "header", header_context(task, user=request.user)
+        )
         if task.is_terminal:
             response.status_code = STOP_POLLING
         return response
@@ -113,12 +127,12 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
     steps = services.timeline(task, events)
     breakdown = services.time_breakdown(steps)
     path = [s["status"] for s in steps]
-    context = header_context(task) | {
+    context = header_context(task, user=request.user) | {
         "events": events,
         "steps": list(zip(steps, [None, *events], strict=True)),
         "bar": _bar(breakdown),
         "diagram": diagram.build(path, _tones()),
-        "metadata": _metadata_context(task),
+        "metadata": _metadata_context(task, user=request.user),
         "resubmissions": list(task.resubmissions.order_by("created_at").values_list("id", flat=True)),
         "original_id": task.resubmitted_from_id,
         "has_input": bool(task.input_path),
@@ -128,6 +142,8 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
         # tasks_app.consumers); once stored, it is paged from storage.
         "live_logs": task.status_enum in lifecycle.ON_MACHINE,
     }
+    context |= resources_context(task)
+    context |= review.review_context(request.user, task, allowed=context["allowed"])
     return render(request, "tasks/task_detail.html", context)
 
 
@@ -140,13 +156,30 @@ PHASE_LABELS = {
 }
 
 
+# The narrowest a phase is drawn, in percent of the bar, so a short one stays visible.
+PHASE_MIN_PERCENT = 0.8
+
+
 def _bar(breakdown: dict[str, float | None]) -> list[dict]:
+    """Phases as SVG rectangles (positions in percent): no inline style for the CSP to refuse."""
     total = sum(v or 0 for v in breakdown.values()) or 1
-    return [
-        {"phase": phase, "label": PHASE_LABELS[phase], "seconds": seconds, "percent": 100 * seconds / total}
-        for phase, seconds in breakdown.items()
-        if seconds is not None
-    ]
+    phases = [(phase, seconds) for phase, seconds in breakdown.items() if seconds is not None]
+    widths = [max(100 * seconds / total, PHASE_MIN_PERCENT) for _, seconds in phases]
+    scale = 100 / (sum(widths) or 1)
+    bar, offset = [], 0.0
+    for (phase, seconds), width in zip(phases, widths, strict=True):
+        bar.append(
+            {
+                "phase": phase,
+                "label": PHASE_LABELS[phase],
+                "seconds": seconds,
+                "percent": 100 * seconds / total,
+                "x": round(offset, 3),
+                "width": round(width * scale, 3),
+            }
+        )
+        offset += width * scale
+    return bar
 
 
 def _tones() -> dict[str, str]:
@@ -159,12 +192,15 @@ def _tones() -> dict[str, str]:
 @require_POST
 def task_kill(request: HttpRequest, task_id: str) -> HttpResponse:
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "kill", task)
     changed, message = services.kill_task(task, actor=request.user)
     if not request.htmx:
         messages.info(request, message)
         return redirect("task-detail", task_id=task.id)
     task.refresh_from_db()
-    response = render(request, "tasks/task_detail.html#header", header_context(task, message))
+    response = render(
+        request, "tasks/task_detail.html#header", header_context(task, message, user=request.user)
+    )
     return trigger(response, "task-changed", task.id) if changed else response
 
 
@@ -235,7 +271,7 @@ def _archive_name(task: Task, which: str) -> str:
 @login_required
 @require_GET
 def task_files(request: HttpRequest, task_id: str) -> HttpResponse:
-    """The input and output files with their sizes, read from the archives' indexes."""
+    """The input and output files as folder trees with sizes, read from the archives' indexes."""
     task = access.task_for(request.user, task_id)
     listings = []
     for which, label in (("outputs", "Outputs"), ("input", "Input")):
@@ -243,11 +279,10 @@ def task_files(request: HttpRequest, task_id: str) -> HttpResponse:
         entry = {"which": which, "label": label, "files": None, "archive_size": None}
         if storage.exists(name):
             with storage.open_file(name) as f, zipfile.ZipFile(f) as zf:
-                entry["files"] = [
-                    {"path": i.filename, "size": i.file_size} for i in zf.infolist() if not i.is_dir()
-                ]
+                entry["files"] = [(i.filename, i.file_size) for i in zf.infolist() if not i.is_dir()]
             entry["archive_size"] = default_storage.size(name)
-            entry["total"] = sum(x["size"] for x in entry["files"])
+            entry["total"] = sum(size for _, size in entry["files"])
+            entry["tree"] = filetree.rows(entry["files"])
         listings.append(entry)
     context = {"task": task, "listings": listings}
     return page_or_partial(request, "tasks/task_files.html", "files", context)
@@ -285,15 +320,16 @@ def task_file_download(request: HttpRequest, task_id: str, which: str, path: str
 
     response = StreamingHttpResponse(chunks(), content_type="application/octet-stream")
     response["Content-Length"] = str(info.file_size)
-    filename = path.rsplit("/", 1)[-1].replace('"', "")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Content-Disposition"] = downloads.attachment(path)
     return response
 
 
 # -- metadata --------------------------------------------------------------------
 
 
-def _metadata_context(task: Task, form: MetadataEntryForm | None = None, editing: str = "") -> dict:
+def _metadata_context(
+    task: Task, form: MetadataEntryForm | None = None, editing: str = "", *, user=None
+) -> dict:
     history = list(
         Activity.objects.filter(task=task, kind="metadata-edited")
         .select_related("actor")
@@ -305,6 +341,7 @@ def _metadata_context(task: Task, form: MetadataEntryForm | None = None, editing
         "form": form or MetadataEntryForm(),
         "editing": editing,
         "history": history,
+        "can_edit": user is not None and access.can(user, "edit", task),
     }
 
 
@@ -316,32 +353,33 @@ def task_metadata(request: HttpRequest, task_id: str) -> HttpResponse:
     if request.method == "GET":
         key = request.GET.get("edit", "")
         form = None
-        if key in task.metadata:
+        if key in task.metadata and access.can(request.user, "edit", task):
             form = MetadataEntryForm(initial={"original": key, "key": key, "value": task.metadata[key]})
-        return page_or_partial(
-            request, "tasks/task_metadata.html", "metadata", _metadata_context(task, form, key)
-        )
+        else:
+            key = ""
+        context = _metadata_context(task, form, key, user=request.user)
+        return page_or_partial(request, "tasks/task_metadata.html", "metadata", context)
+    access.require(request.user, "edit", task)
     form = MetadataEntryForm(request.POST)
     status = 200
     if form.is_valid():
-        before = dict(task.metadata)
         key, original = form.cleaned_data["key"], form.cleaned_data["original"]
         try:
-            services.set_metadata(task, {key: form.cleaned_data["value"]}, actor=request.user, merge=True)
-            if original and original != key:
-                services.unset_metadata(task, [original], actor=request.user)
+            renamed = [original] if original and original != key else []
+            services.set_metadata(
+                task, {key: form.cleaned_data["value"]}, actor=request.user, merge=True, remove=renamed
+            )
         except services.Refused as exc:
             form.add_error(None, str(exc))
             status = 422
         else:
-            _record_edit(task, request.user, before)
             form = None
     else:
         status = 422
     editing = request.POST.get("original", "") if form is not None else ""
     if not request.htmx and status == 200:
         return redirect(reverse("task-detail", args=[task.id]) + "#metadata")
-    context = _metadata_context(task, form, editing)
+    context = _metadata_context(task, form, editing, user=request.user)
     # htmx swaps only successful answers by default; errors are part of the editor here.
     response = page_or_partial(request, "tasks/task_metadata.html", "metadata", context, status=status)
     return trigger(response, "metadata-changed", task.id) if status == 200 else response
@@ -351,40 +389,29 @@ def task_metadata(request: HttpRequest, task_id: str) -> HttpResponse:
 @require_POST
 def task_metadata_delete(request: HttpRequest, task_id: str) -> HttpResponse:
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "edit", task)
     key = request.POST.get("key", "")
     if key in task.metadata:
-        before = dict(task.metadata)
         services.unset_metadata(task, [key], actor=request.user)
-        _record_edit(task, request.user, before)
     if not request.htmx:
         return redirect(reverse("task-detail", args=[task.id]) + "#metadata")
-    response = render(request, "tasks/task_metadata.html#metadata", _metadata_context(task))
+    context = _metadata_context(task, user=request.user)
+    response = render(request, "tasks/task_metadata.html#metadata", context)
     return trigger(response, "metadata-changed", task.id)
-
-
-def _record_edit(task: Task, user, before: dict) -> None:
-    after = dict(task.metadata)
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    if not changed:
-        return
-    Activity.objects.create(
-        kind="metadata-edited",
-        task=task,
-        actor=user,
-        message=f"Metadata changed: {', '.join(changed)}.",
-        data={"before": before, "after": after},
-    )
 
 
 # -- resubmission ----------------------------------------------------------------
 
 
 def _accepting_groups(user):
-    return (
-        access.visible_groups(user)
-        .filter(state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED])
-        .order_by("name")
+    """Groups still taking tasks that the user may submit to."""
+    groups = access.visible_groups(user).filter(
+        state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED]
     )
+    if not user.is_staff:
+        submitters = Membership.objects.filter(user=user).exclude(role=Role.VIEWER).values("project_id")
+        groups = groups.filter(project_id__in=submitters)
+    return groups.order_by("name")
 
 
 @login_required
@@ -392,6 +419,7 @@ def _accepting_groups(user):
 def task_resubmit(request: HttpRequest, task_id: str) -> HttpResponse:
     """The same task again, unchanged."""
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "resubmit", task)
     try:
         new = resubmit(task, actor=request.user)
     except services.Refused as exc:
@@ -408,6 +436,7 @@ def task_resubmit_edit(request: HttpRequest, task_id: str) -> HttpResponse:
     import json
 
     task = access.task_for(request.user, task_id)
+    access.require(request.user, "resubmit", task)
     groups = _accepting_groups(request.user)
     if request.method == "POST":
         form = ResubmitForm(request.POST, groups=groups)

@@ -51,7 +51,8 @@ class Command(BaseCommand):
 
         python = sys.executable
         children = {
-            "web server": [python, "-m", "daphne", "-b", host, "-p", str(port), "console.asgi:application"],
+            # Several daphne processes on one socket (SIMDECK_WEB_PROCESSES); see console/webserver.py.
+            "web server": [python, "-m", "console.webserver", "--host", host, "--port", str(port)],
             "scheduler": [
                 python, "-m", "celery", "-A", "console", "worker", "--beat",
                 "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--concurrency", "1",
