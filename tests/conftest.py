@@ -13,6 +13,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from tasks_app import services
 from tasks_app.models import APIKey
 from tasks_app.testing.stack import ProcessStack as Stack
 
@@ -41,6 +42,32 @@ def bob(django_user_model):
 @pytest.fixture
 def alice_key(alice) -> str:
     return APIKey.issue(alice, "tests")[1]
+
+
+@pytest.fixture
+def api(client, alice_key):
+    """The test client speaking to the API as alice."""
+    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {alice_key}"
+    return client
+
+
+@pytest.fixture
+def logged_in(client, alice):
+    """The test client with alice logged in to the console."""
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def group(alice):
+    """A machine group of project "dambreak", created but not started."""
+    return services.create_group(alice, machine_type="c2-standard-4", name="lab", project="dambreak")
+
+
+@pytest.fixture
+def no_broker(monkeypatch):
+    """For tests that run no machine: what would be queued for one goes nowhere."""
+    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
 
 
 @pytest.fixture

@@ -17,12 +17,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def api(client, alice_key):
-    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {alice_key}"
-    return client
-
-
-@pytest.fixture
 def group(alice):
     return services.start_group(services.create_group(alice, machine_type="c2-standard-4", name="lab"))
 

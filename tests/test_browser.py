@@ -77,11 +77,6 @@ def page(browser, live_server, alice, monkeypatch):
     context.close()
 
 
-@pytest.fixture
-def group(alice):
-    return services.create_group(alice, machine_type="c2-standard-4", name="lab", project="dambreak")
-
-
 def make_task(owner, group, to=(Status.SUBMITTED,), metadata=None):
     task = Task.objects.create(
         owner=owner, project=group.project, machine_group=group, simulator="commands", metadata=metadata or {}

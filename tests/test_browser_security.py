@@ -65,11 +65,6 @@ def watched(browser, live_server, alice, monkeypatch):  # noqa: F811 - the brows
     context.close()
 
 
-@pytest.fixture
-def group(alice):
-    return services.create_group(alice, machine_type="c2-standard-4", name="lab", project="dambreak")
-
-
 def assert_inert(page) -> None:
     assert page.dialogs == [], f"a dialog opened: {page.dialogs}"
     assert page.evaluate("window.__xss") is None, "injected code ran"

@@ -8,28 +8,11 @@ import io
 import pytest
 from django.urls import reverse
 
-from tasks_app import services
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, SavedView, Task
 from tests.test_console_pages import HAPPY, make_task, store_input
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
-
-
-@pytest.fixture
-def group(alice):
-    return services.create_group(alice, machine_type="c2-standard-4", name="lab", project="dambreak")
-
-
-@pytest.fixture
-def logged_in(client, alice):
-    client.force_login(alice)
-    return client
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 def test_a_bulk_kill_previews_the_count_then_acts_on_confirmation(logged_in, alice, group):

@@ -9,28 +9,12 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.urls import reverse
 
-from tasks_app import services, storage
+from tasks_app import storage
 from tasks_app.models import Task
 from tasks_app.views import filetree
 from tests.test_console_pages import HAPPY, make_task, store_input, zip_bytes
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
-
-
-@pytest.fixture
-def group(alice):
-    return services.create_group(alice, machine_type="c2-standard-4", name="lab", project="dambreak")
-
-
-@pytest.fixture
-def logged_in(client, alice):
-    client.force_login(alice)
-    return client
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 def store_outputs(task, files: dict[str, bytes]) -> None:

@@ -23,20 +23,9 @@ from tasks_app import lifecycle, services, storage
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, APIKey, Machine, MachineGroup, Task
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 HAPPY = [Status.SUBMITTED, Status.PREPARING, Status.STARTED, Status.FINALIZING, Status.SUCCESS]
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    # Console tests run no machines: queue messages would go nowhere.
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
-
-
-@pytest.fixture
-def group(alice):
-    return services.create_group(alice, machine_type="c2-standard-4", name="lab", project="dambreak")
 
 
 def make_task(owner, group, *, to=(Status.SUBMITTED,), simulator="commands", metadata=None, at=None):
@@ -80,12 +69,6 @@ def store_input(task, files=None):
 
 def store_log(task, stream, text: str):
     default_storage.save(storage.log_name(task.id, stream), ContentFile(text.encode()))
-
-
-@pytest.fixture
-def logged_in(client, alice):
-    client.force_login(alice)
-    return client
 
 
 # -- the tasks table ----------------------------------------------------------------

@@ -31,22 +31,8 @@ from tests.test_console_pages import HAPPY, make_task
 RUNNING = HAPPY[:3]
 MB = 2**20
 
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    # No machine runs in most of these tests: queue messages would go nowhere.
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
-
-
-@pytest.fixture
-def group(alice):
-    return services.create_group(alice, machine_type="c2-standard-4", name="lab", project="dambreak")
-
-
-@pytest.fixture
-def logged_in(client, alice):
-    client.force_login(alice)
-    return client
+# No machine runs in most of these tests: queue messages would go nowhere.
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 def add_samples(task, count: int, *, every: float = 10.0, start=None) -> None:

@@ -18,14 +18,9 @@ from tasks_app import access, lifecycle, review, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, APIKey, Comment, Membership, Role, Task
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
 
 
 @pytest.fixture

@@ -22,11 +22,8 @@ from tasks_app import access, lifecycle, services, teams
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, APIKey, MachineGroup, Membership, Project, Quota, Role, Task
 
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    # No machines here: what would be queued for them goes nowhere.
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
+# No machine runs in most of these tests: queue messages would go nowhere.
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 @pytest.fixture
