@@ -145,17 +145,17 @@ def _project_id(obj) -> int:
     return obj.pk if isinstance(obj, Project) else obj.project_id
 
 
+def _actions(obj) -> dict[str, Role | str]:
+    """The rule table for the kind of ``obj``; empty for a kind with no rules."""
+    for kind, table in ((Task, TASK_ACTIONS), (Project, PROJECT_ACTIONS), (MachineGroup, GROUP_ACTIONS)):
+        if isinstance(obj, kind):
+            return table
+    return {}
+
+
 def _needed(action: str, obj) -> Role | str:
-    table = (
-        TASK_ACTIONS
-        if isinstance(obj, Task)
-        else PROJECT_ACTIONS
-        if isinstance(obj, Project)
-        else GROUP_ACTIONS
-        if isinstance(obj, MachineGroup)
-        else None
-    )
-    if table is None or action not in table:
+    table = _actions(obj)
+    if action not in table:
         raise ValueError(f"No rule for {action!r} on {type(obj).__name__}; add one to tasks_app.access.")
     return table[action]
 
@@ -183,16 +183,9 @@ def can(user, action: str, obj, *, roles: dict[int, Role] | None = None) -> bool
 def allowed(user, obj, *, roles: dict[int, Role] | None = None) -> set[str]:
     """Every action ``user`` may do to ``obj``: for pages that show or hide buttons."""
     if roles is None and not user.is_staff:
-        roles = {_project_id(obj): role_in(user, _project_id(obj))}
-        roles = {k: v for k, v in roles.items() if v is not None}
-    table = (
-        TASK_ACTIONS
-        if isinstance(obj, Task)
-        else PROJECT_ACTIONS
-        if isinstance(obj, Project)
-        else GROUP_ACTIONS
-    )
-    return {action for action in table if can(user, action, obj, roles=roles)}
+        role = role_in(user, _project_id(obj))  # one query, for every action below
+        roles = {_project_id(obj): role} if role else {}
+    return {action for action in _actions(obj) if can(user, action, obj, roles=roles)}
 
 
 def actionable(user, action: str, tasks):

@@ -26,6 +26,7 @@ from django.db import connections
 
 from console import embedded
 from tasks_app import services
+from tasks_app.executor.process import stop_process_group
 from tasks_app.models import APIKey, MachineGroup
 
 ADMIN = "admin"
@@ -103,7 +104,8 @@ class Command(BaseCommand):
             self.say("Stopping Simdeck…")
             # The provider first: it lets the machines wrap up their tasks.
             for name in ("local provider", "scheduler", "web server"):
-                _stop(procs[name], timeout=45 if name == "local provider" else 15)
+                # Signalling the group also reaches what a child forked (Celery's embedded beat).
+                stop_process_group(procs[name], grace_seconds=45 if name == "local provider" else 15)
             connections.close_all()
             # Embedded servers are ours to stop; configured ones are not.
             if not os.environ.get("REDIS_URL"):
@@ -156,24 +158,3 @@ class Command(BaseCommand):
                 max_idle_time=None,
             )
         services.start_group(group)
-
-
-def _stop(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM a child's whole session, SIGKILL what is left after ``timeout``.
-
-    Signalling the group, not only the process, also reaches what it forked
-    (Celery's embedded beat, for one), which would otherwise outlive it.
-    """
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
