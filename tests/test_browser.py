@@ -68,10 +68,7 @@ def page(browser, live_server, alice, monkeypatch):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(10_000)
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "wonderland-42")
-    page.click("button[type=submit]")
+    log_in(page, live_server.url)
     page.wait_for_url(re.compile(r".*/tasks/$"))
     yield page
     context.close()
@@ -176,11 +173,16 @@ def test_a_bulk_kill_previews_then_kills_the_selected_rows(page, live_server, al
     assert statuses == [Status.KILLED, Status.KILLED, Status.SUBMITTED]
 
 
-@pytest.mark.e2e
-@pytest.mark.timeout(180)
-def test_a_running_tasks_page_follows_its_log_and_status_without_reloading(
-    browser, stack, alice, alice_key, client_for
-):
+def log_in(page, base_url: str) -> None:
+    """Log alice in through the console's login form."""
+    page.goto(f"{base_url}/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "wonderland-42")
+    page.click("button[type=submit]")
+
+
+def running_task(alice, alice_key, client_for, command: str, timeout: float):
+    """A task of ``command`` on a new group of the stack, once it has started."""
     from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
     import simdeck
@@ -193,17 +195,24 @@ def test_a_running_tasks_page_follows_its_log_and_status_without_reloading(
     client_for(alice_key)
     mg = simdeck.resources.MachineGroup("n2-standard-2").start()
     task = simdeck.simulators.Commands().run(
-        input_dir=ROOT / "examples" / "commands-mesh-solve",
-        commands=["sleep 2; for i in $(seq 1 40); do echo tick-$i; sleep 0.1; done"],
-        on=mg,
+        input_dir=ROOT / "examples" / "commands-mesh-solve", commands=[command], on=mg
     )
-    wait_for(lambda: Task.objects.get(pk=task.id).status == Status.STARTED, 30, message="the task to start")
+    wait_for(
+        lambda: Task.objects.get(pk=task.id).status == Status.STARTED, timeout, message="the task to start"
+    )
+    return task
 
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_a_running_tasks_page_follows_its_log_and_status_without_reloading(
+    browser, stack, alice, alice_key, client_for
+):
+    task = running_task(
+        alice, alice_key, client_for, "sleep 2; for i in $(seq 1 40); do echo tick-$i; sleep 0.1; done", 30
+    )
     page = browser.new_page()
-    page.goto(f"{stack.url}/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "wonderland-42")
-    page.click("button[type=submit]")
+    log_in(page, stack.url)
     page.goto(f"{stack.url}/tasks/{task.id}/")
     page.evaluate("window.stillTheSamePage = true")
     expect(page.locator("#log-lines")).to_contain_text("tick-20", timeout=30_000)
@@ -220,30 +229,12 @@ def test_a_running_tasks_page_follows_its_log_and_status_without_reloading(
 def test_a_flood_of_log_lines_keeps_the_page_to_its_last_lines_and_the_table_follows(
     browser, stack, alice, alice_key, client_for
 ):
-    from django.contrib.auth.hashers import PBKDF2PasswordHasher
-
-    import simdeck
     from tasks_app.consumers import PAGE_LINES
-    from tests.helpers import ROOT, wait_for
 
-    hasher = PBKDF2PasswordHasher()
-    alice.password = hasher.encode("wonderland-42", hasher.salt())
-    alice.save(update_fields=["password"])
-    client_for(alice_key)
-    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
-    task = simdeck.simulators.Commands().run(
-        input_dir=ROOT / "examples" / "commands-mesh-solve",
-        commands=["sleep 4; seq -f 'flood-%g' 1 12000; sleep 4"],
-        on=mg,
-    )
-    wait_for(lambda: Task.objects.get(pk=task.id).status == Status.STARTED, 60, message="the task to start")
-
+    task = running_task(alice, alice_key, client_for, "sleep 4; seq -f 'flood-%g' 1 12000; sleep 4", 60)
     context = browser.new_context()
     log_page = context.new_page()
-    log_page.goto(f"{stack.url}/accounts/login/")
-    log_page.fill("#id_username", "alice")
-    log_page.fill("#id_password", "wonderland-42")
-    log_page.click("button[type=submit]")
+    log_in(log_page, stack.url)
     table = context.new_page()
     table.goto(f"{stack.url}/tasks/")
     expect(table.locator(f"#status-{task.id}")).to_contain_text("In Progress")

@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 from tasks_app import live, review, services, storage
 from tasks_app.lifecycle import Status
 from tasks_app.models import Comment, Task
-from tests.test_browser import HAPPY, browser, make_task  # noqa: F401 - the browser fixture
+from tests.test_browser import HAPPY, browser, log_in, make_task  # noqa: F401 - the browser fixture
 from tests.test_browser import pytestmark as browser_marks
 
 pytestmark = browser_marks
@@ -56,10 +56,7 @@ def watched(browser, live_server, alice, monkeypatch):  # noqa: F811 - the brows
         "console",
         lambda m: page.csp_console.append(m.text) if "Content Security Policy" in m.text else None,
     )
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "wonderland-42")
-    page.click("button[type=submit]")
+    log_in(page, live_server.url)
     page.wait_for_url(re.compile(r".*/tasks/$"))
     yield page
     context.close()
