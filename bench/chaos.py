@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tasks_app.testing.clients import WATCHING_CLIENT
+
 SCENARIOS = ("kills", "redis", "postgres", "flood")
 
 
@@ -229,19 +231,6 @@ def kills(run: Run, times: int = 20) -> str:
     return f"{times} kills; {_tally(final)}; {again} tasks ran again on another machine"
 
 
-# Two clients of the watched task, as users run them: one waits for its end,
-# one prints its log into a file.
-CLIENT = """\
-import sys, simdeck
-task = simdeck.tasks.Task(sys.argv[2])
-if sys.argv[1] == "wait":
-    print(task.wait(polling_period=0.5, silent_mode=True), flush=True)
-else:
-    with open(sys.argv[3], "w") as out:
-        for stream, text in task.stream_logs(("stdout",), polling_period=0.5):
-            out.write(text)
-            out.flush()
-"""
 # The watched task prints until told to stop (by a file outside its work
 # directory), so it runs across the restart however slow the machine is.
 WATCHED_MAX_LINES = 20_000
@@ -270,7 +259,7 @@ def _restart_midway(run: Run, restart, name: str) -> str:
     )
     clients = [
         subprocess.Popen(
-            [sys.executable, "-c", CLIENT, what, watched, str(followed)],
+            [sys.executable, "-c", WATCHING_CLIENT, what, watched, str(followed), "0.5"],
             cwd=run.home,
             env=env,
             stdout=subprocess.PIPE,

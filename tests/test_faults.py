@@ -34,6 +34,7 @@ import simdeck
 from tasks_app import lifecycle
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, MachineGroup, Task, TaskEvent
+from tasks_app.testing.clients import WATCHING_CLIENT
 from tasks_app.testing.stack import signal_group
 from tests.helpers import ROOT, wait_for
 
@@ -335,19 +336,6 @@ def restart_web(stack) -> None:
     stack.procs.insert(0, proc)  # stopped last, as before
 
 
-CLIENT = """\
-import sys, simdeck
-task = simdeck.tasks.Task(sys.argv[2])
-if sys.argv[1] == "wait":
-    print(task.wait(polling_period=0.3, silent_mode=True), flush=True)
-else:
-    with open(sys.argv[3], "w") as out:
-        for stream, text in task.stream_logs(("stdout",), polling_period=0.3):
-            out.write(text)
-            out.flush()
-"""
-
-
 def test_clients_carry_on_through_a_web_server_restart(stack, alice_client, alice_key, tmp_path):
     mg = simdeck.resources.MachineGroup("n2-standard-2").start()
     task = submit(mg, "for i in $(seq 1 300); do echo line-$i; sleep 0.04; done")
@@ -355,7 +343,7 @@ def test_clients_carry_on_through_a_web_server_restart(stack, alice_client, alic
     followed = tmp_path / "followed.txt"
     clients = [
         subprocess.Popen(
-            [sys.executable, "-c", CLIENT, what, task.id, str(followed)],
+            [sys.executable, "-c", WATCHING_CLIENT, what, task.id, str(followed), "0.3"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,

@@ -1,1 +1,1 @@
-"""A running Simdeck on this host, for the test suite and the benchmarks."""
+"""A running Simdeck on this host and clients of it, for the test suite and the benchmarks."""
