@@ -126,6 +126,11 @@ class WaitDisplay:
             self.printed_steps = len(info.timeline) - 1
         else:
             steps = steps[self.printed_steps :]
+        # The timeline may already be ahead of the status this update is about;
+        # later steps wait for their own update, after the lines printed before them.
+        reached = next((i for i, step in enumerate(steps) if step.status == self.status), None)
+        if reached is not None:
+            steps = steps[: reached + 1]
         for step in steps:
             line = Text("■ ", style=render.status_style(step.status))
             line.append(step.label, style=f"bold {render.status_style(step.status)}")

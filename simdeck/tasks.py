@@ -69,6 +69,8 @@ ACTIVE_STATUSES = {
 RUNNING = {"preparing-to-compute", "started", "finalizing", "pending-kill"}
 # While these last, the simulator may be printing: wait() follows its logs.
 COMPUTING = {"started", "pending-kill", "finalizing"}
+# While the simulator runs its log is open; from finalizing on it has ended.
+LOG_OPEN = {"started", "pending-kill"}
 TASK_ID = re.compile(r"[a-z0-9]{25}")
 # The names a task's logs go by among its files, on the machine and in its outputs.
 LOG_FILES = ("stdout.txt", "stderr.txt")
@@ -408,10 +410,12 @@ class Task:
                     new_status, new_position = frame["status"], frame["position_in_queue"]
                 elif frame is not None and frame.get("type") == "position":
                     new_position = frame["position_in_queue"]
-                if new_status in COMPUTING and logs is None and not display.silent:
+                if new_status in LOG_OPEN and logs is None and not display.silent:
                     logs = live.LogFollower(self._client, self.id, from_start=False, **options).open()
                 if logs is not None:
-                    leaving = new_status not in COMPUTING
+                    # Status and lines come on two sockets: once the simulator has
+                    # exited, its last lines are taken before the news is shown.
+                    leaving = new_status not in LOG_OPEN
                     if not self._read_log_frames(logs, display, LOG_DRAIN_SECONDS if leaving else 0.0):
                         logs.close()
                         logs = None

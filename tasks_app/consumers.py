@@ -145,6 +145,8 @@ class _TaskSocket(LiveSocket):
 class TaskEventsConsumer(_TaskSocket):
     """Status changes and the queue position of one task."""
 
+    shown_status: str | None = None  # the status whose timeline the page holds
+
     async def started(self) -> None:
         self.groups_joined = [
             live.task_group(self.task_id),
@@ -198,11 +200,16 @@ class TaskEventsConsumer(_TaskSocket):
                 )
             )
         else:
-            html = await database_sync_to_async(_render_header)(task, position, self.scope["user"])
-            await self.send(
+            header = await database_sync_to_async(_render_header)(task, position, self.scope["user"])
+            html = (
                 '<section id="task-header" class="card task-header" aria-live="polite" hx-swap-oob="true">'
-                f"{html}</section>"
+                f"{header}</section>"
             )
+            if task.status != self.shown_status:
+                # Queue moves only touch the header; a new status also adds a timeline row.
+                html += await database_sync_to_async(_render_timeline)(task)
+                self.shown_status = task.status
+            await self.send(html)
 
     @database_sync_to_async
     def _reload(self, position: int | None):
@@ -216,6 +223,19 @@ def _render_header(task, position: int | None, user) -> str:
 
     context = header_context(task, position=position, user=user)
     return render_to_string("tasks/task_detail.html#header", context)
+
+
+def _render_timeline(task) -> str:
+    from tasks_app.views.tasks import timeline_context
+
+    context = timeline_context(task) | {"oob": True}
+    timeline = render_to_string("tasks/task_detail.html#timeline", context)
+    path = render_to_string("tasks/task_detail.html#path", context)
+    return (
+        '<section id="task-timeline" class="card" aria-labelledby="timeline-h" hx-swap-oob="true">'
+        f"{timeline}</section>"
+        f'<section id="task-path" class="card" aria-labelledby="path-h" hx-swap-oob="true">{path}</section>'
+    )
 
 
 def _render_resources(task_id: str) -> str:
@@ -402,8 +422,8 @@ class TaskLogConsumer(_TaskSocket):
             removals.append(
                 '<p id="log-hidden" class="notice small" hx-swap-oob="true">'
                 f"Earlier lines are hidden to keep this page fast; it shows the last {PAGE_LINES:,} "
-                "lines. The whole log can be downloaded here once the task leaves its machine; "
-                f"meanwhile <code>simdeck logs {escape(self.task_id)}</code> prints all of it.</p>"
+                "lines. Download the whole log with the links above, or print it with "
+                f"<code>simdeck logs {escape(self.task_id)}</code>.</p>"
             )
         pres = "".join(f'<pre class="log-{stream}">{escape(text)}</pre>' for stream, text in parts)
         return (

@@ -17,6 +17,7 @@ from playwright.sync_api import expect
 from tasks_app import lifecycle, live, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import MachineGroup, Task
+from tests.client_fixtures import stop
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -217,6 +218,10 @@ def test_a_running_tasks_page_follows_its_log_and_status_without_reloading(
     page.evaluate("window.stillTheSamePage = true")
     expect(page.locator("#log-lines")).to_contain_text("tick-20", timeout=30_000)
     page.locator("#task-header .badge", has_text="Success").wait_for(timeout=30_000)
+    # The timeline and the path on the diagram follow the status too.
+    expect(page.locator("#task-timeline tbody")).to_contain_text("Finalizing")
+    expect(page.locator("#task-timeline tbody tr").last).to_contain_text("Success")
+    expect(page.locator("#task-timeline .phase-legend")).to_contain_text("Computing")
     assert page.evaluate("window.stillTheSamePage") is True, "the page was reloaded"
     text = page.locator("#log-lines").text_content()
     ticks = re.findall(r"tick-(\d+)", text)
@@ -231,7 +236,10 @@ def test_a_flood_of_log_lines_keeps_the_page_to_its_last_lines_and_the_table_fol
 ):
     from tasks_app.consumers import PAGE_LINES
 
-    task = running_task(alice, alice_key, client_for, "sleep 4; seq -f 'flood-%g' 1 12000; sleep 4", 60)
+    until_stopped = "while [ ! -f stop ]; do sleep 0.2; done"
+    task = running_task(
+        alice, alice_key, client_for, f"sleep 4; seq -f 'flood-%g' 1 12000; {until_stopped}", 60
+    )
     context = browser.new_context()
     log_page = context.new_page()
     log_in(log_page, stack.url)
@@ -245,6 +253,14 @@ def test_a_flood_of_log_lines_keeps_the_page_to_its_last_lines_and_the_table_fol
     shown = [int(n) for n in re.findall(r"flood-(\d+)", log_page.locator("#log-lines").text_content())]
     assert len(shown) <= PAGE_LINES
     assert shown == list(range(12001 - len(shown), 12001)), "the last lines, in order, none twice"
+    # All of it can be downloaded while the task runs: read from its machine.
+    link = log_page.locator("#logs a[download]", has_text="stdout")
+    download = log_page.request.get(stack.url + link.get_attribute("href"))
+    assert download.ok and "-stdout-so-far.txt" in download.headers["content-disposition"]
+    assert download.text().splitlines() == [f"flood-{i}" for i in range(1, 12001)]
+    filtered = log_page.request.get(stack.url + link.get_attribute("href") + "?q=flood-1199")
+    assert filtered.text().splitlines() == ["flood-1199", *(f"flood-1199{i}" for i in range(10))]
+    stop(stack, task.id)
     # The table's row follows the task to its end without a reload.
     expect(table.locator(f"#status-{task.id}")).to_contain_text("Success", timeout=60_000)
     context.close()

@@ -121,6 +121,40 @@ def test_the_owner_gets_the_status_and_garbage_closes_the_socket(queued_task, al
     }
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_page_gets_its_header_timeline_and_path_again_when_the_status_changes(
+    queued_task, alice, alice_key
+):
+    async def talk():
+        communicator = WebsocketCommunicator(
+            application,
+            f"/ws/tasks/{queued_task.id}/",
+            headers=[(b"origin", b"http://localhost"), (b"authorization", f"Bearer {alice_key}".encode())],
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        first = await communicator.receive_from()
+        await asyncio.to_thread(services.kill_task, queued_task, actor=alice)
+        after = await communicator.receive_from(timeout=10)
+        await communicator.disconnect()
+        return first, after
+
+    first, after = async_to_sync(talk)()
+    for frame in (first, after):
+        assert (
+            '<section id="task-header" class="card task-header" aria-live="polite" hx-swap-oob="true">'
+            in frame
+        )
+        assert (
+            '<section id="task-timeline" class="card" aria-labelledby="timeline-h" hx-swap-oob="true">'
+            in frame
+        )
+        assert '<section id="task-path" class="card" aria-labelledby="path-h" hx-swap-oob="true">' in frame
+    before, now = (frame.split('id="task-timeline"')[1].split("</section>")[0] for frame in (first, after))
+    assert now.count("<tr>") == before.count("<tr>") + 1
+    assert "Killed" not in before and "Kill requested by alice." in now
+
+
 def test_a_foreign_origin_is_refused():
     async def attempt():
         communicator = WebsocketCommunicator(

@@ -9,6 +9,7 @@ it exactly.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import signal
@@ -64,6 +65,32 @@ def _pump(pipe: BinaryIO, sink: BinaryIO, publish: Publish | None) -> None:
     pipe.close()
 
 
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # Linux
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """Make the command's first process die with the process that started it.
+
+    If the machine's worker is killed (SIGKILL, the OOM killer), nothing is
+    left to watch the simulator: it would run on unsupervised and could
+    finish its work a second time next to the attempt that replaces it. The
+    kernel kills it instead; the provider sweeps up anything it started.
+    """
+    if _prctl is None:
+        return None
+
+    def setup() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before the line above took effect
+            os._exit(1)
+
+    return setup
+
+
 def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
     """SIGTERM the command's whole group, then SIGKILL what is left after the grace period."""
     try:
@@ -107,6 +134,7 @@ def run_invocations(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=_dies_with(os.getpid()),
             )
             pumps = [
                 threading.Thread(target=_pump, args=(pipe, sink, _for(publish, name)), daemon=True)

@@ -8,6 +8,7 @@ so the reader can continue; nothing ever holds the whole file.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from typing import BinaryIO
 
 from django.core.files.storage import default_storage
 
-from tasks_app import storage
+from tasks_app import services, storage
+
+log = logging.getLogger(__name__)
 
 STREAMS = ("stdout", "stderr")
 LINES_PER_PAGE = 200
@@ -171,3 +174,40 @@ def stream_lines(task_id: str, stream: str, query: str = "") -> Iterator[bytes]:
         for _, raw in _lines_from(f, 0, size):
             if needle in raw.lower():
                 yield raw + b"\n"
+
+
+def stream_running(task, stream: str, query: str = "") -> Iterator[bytes]:
+    """A log still on the task's machine, as far as it goes now, read from there in pieces.
+
+    The first piece is read before anything is sent, so a machine that
+    cannot answer gives an error page rather than an empty file. When the
+    task leaves its machine meanwhile, the same offsets continue in storage.
+    """
+    from tasks_app.executor.inspect import MAX_READ_BYTES
+
+    def piece(offset: int) -> dict:
+        return services.read_logs(task, {stream: offset}, max_bytes=MAX_READ_BYTES)[stream]
+
+    first = piece(0)
+    needle = query.lower()
+
+    def pieces() -> Iterator[bytes]:
+        chunk, offset, rest = first, 0, ""
+        while True:
+            if not needle:
+                yield chunk["text"].encode()
+            else:
+                *lines, rest = (rest + chunk["text"]).split("\n")
+                yield "".join(f"{line}\n" for line in lines if needle in line.lower()).encode()
+            if chunk["next_offset"] <= offset or chunk["next_offset"] >= chunk["size"]:
+                break
+            offset = chunk["next_offset"]
+            try:
+                chunk = piece(offset)
+            except services.Refused as exc:
+                log.warning("Log download of task %s cut short at byte %d: %s", task.id, offset, exc)
+                return
+        if needle and needle in rest.lower():
+            yield f"{rest}\n".encode()
+
+    return pieces()

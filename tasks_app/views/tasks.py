@@ -111,6 +111,20 @@ def header_context(task: Task, message: str = "", position: int | None = None, *
     }
 
 
+def timeline_context(task: Task) -> dict:
+    """The timeline, the time bar and the path on the diagram; the live socket renders them too."""
+    events = list(task.events.select_related("actor", "machine"))
+    steps = services.timeline(task, events)
+    path = [s["status"] for s in steps]
+    return {
+        "task": task,
+        "events": events,
+        "steps": list(zip(steps, [None, *events], strict=True)),
+        "bar": _bar(services.time_breakdown(steps)),
+        "diagram": diagram.build(path, _tones()),
+    }
+
+
 @login_required
 @require_GET
 def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
@@ -123,25 +137,21 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
         if task.is_terminal:
             response.status_code = STOP_POLLING
         return response
-    events = list(task.events.select_related("actor", "machine"))
-    steps = services.timeline(task, events)
-    breakdown = services.time_breakdown(steps)
-    path = [s["status"] for s in steps]
-    context = header_context(task, user=request.user) | {
-        "events": events,
-        "steps": list(zip(steps, [None, *events], strict=True)),
-        "bar": _bar(breakdown),
-        "diagram": diagram.build(path, _tones()),
-        "metadata": _metadata_context(task, user=request.user),
-        "resubmissions": list(task.resubmissions.order_by("created_at").values_list("id", flat=True)),
-        "original_id": task.resubmitted_from_id,
-        "has_input": bool(task.input_path),
-        "has_outputs": bool(task.output_path),
-        "streams": logs.STREAMS,
-        # While a machine holds the task its log is followed live (WebSocket, see
-        # tasks_app.consumers); once stored, it is paged from storage.
-        "live_logs": task.status_enum in lifecycle.ON_MACHINE,
-    }
+    context = (
+        header_context(task, user=request.user)
+        | timeline_context(task)
+        | {
+            "metadata": _metadata_context(task, user=request.user),
+            "resubmissions": list(task.resubmissions.order_by("created_at").values_list("id", flat=True)),
+            "original_id": task.resubmitted_from_id,
+            "has_input": bool(task.input_path),
+            "has_outputs": bool(task.output_path),
+            "streams": logs.STREAMS,
+            # While a machine holds the task its log is followed live (WebSocket, see
+            # tasks_app.consumers); once stored, it is paged from storage.
+            "live_logs": task.status_enum in lifecycle.ON_MACHINE,
+        }
+    )
     context |= resources_context(task)
     context |= review.review_context(request.user, task, allowed=context["allowed"])
     return render(request, "tasks/task_detail.html", context)
@@ -244,12 +254,23 @@ def task_logs(request: HttpRequest, task_id: str) -> HttpResponse:
 @login_required
 @require_GET
 def task_log_download(request: HttpRequest, task_id: str, stream: str) -> HttpResponse:
+    """A log, whole or filtered: from storage, or from the machine while the task is on one."""
     task = access.task_for(request.user, task_id)
-    if stream not in logs.STREAMS or not storage.exists(storage.log_name(task.id, stream)):
-        raise Http404("This task has no stored log of that name.")
+    if stream not in logs.STREAMS:
+        raise Http404("A task's logs are stdout and stderr.")
     query = request.GET.get("q", "").strip()[:200]
     suffix = "-filtered" if query else ""
-    response = StreamingHttpResponse(logs.stream_lines(task.id, stream, query), content_type="text/plain")
+    if storage.exists(storage.log_name(task.id, stream)):
+        body = logs.stream_lines(task.id, stream, query)
+    elif task.status_enum in lifecycle.ON_MACHINE:
+        try:
+            body = logs.stream_running(task, stream, query)
+        except services.Refused as exc:
+            return HttpResponse(str(exc), status=exc.status, content_type="text/plain")
+        suffix += "-so-far"
+    else:
+        raise Http404("This task has no stored log of that name.")
+    response = StreamingHttpResponse(body, content_type="text/plain")
     response["Content-Disposition"] = f'attachment; filename="{task.id}-{stream}{suffix}.txt"'
     return response
 
