@@ -80,7 +80,7 @@ def stack(transactional_db, tmp_path, monkeypatch):
     monkeypatch.setattr(settings, "SIMDECK_QUEUE_PREFIX", s.queue_prefix)
     s.start()
     yield s
-    s.stop()
+    s.kill()
 
 
 @pytest.fixture

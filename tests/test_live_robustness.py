@@ -151,7 +151,7 @@ def redis_stack(transactional_db, tmp_path, monkeypatch, private_redis):
     monkeypatch.setattr(settings, "SIMDECK_QUEUE_PREFIX", s.queue_prefix)
     s.start()
     yield s
-    s.stop()
+    s.kill()
 
 
 def console_session(user) -> dict[str, str]:

@@ -291,7 +291,11 @@ def kill_machine(machine_id: int) -> None:
     environment, which finds them even after the worker died and they were
     re-parented, and never touches another instance's machine of the same id.
     """
-    marker = {"SIMDECK_MACHINE_ID": str(machine_id), "SIMDECK_INSTANCE": instance()}
+    kill_marked({"SIMDECK_MACHINE_ID": str(machine_id), "SIMDECK_INSTANCE": instance()})
+
+
+def kill_marked(marker: dict[str, str]) -> None:
+    """SIGKILL every process whose environment holds ``marker``, and wait for them."""
     mine = []
     for proc in psutil.process_iter():
         try:
