@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench chaos lint format clean-venv
+.PHONY: run test bench chaos screenshots lint format clean-venv
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Simdeck needs Python 3.11 or newer.")'
@@ -32,6 +32,10 @@ bench: $(VENV)/.installed-dev
 # Long fault runs (killed machines, Redis and PostgreSQL restarts, a flood) on private servers.
 chaos: $(VENV)/.installed-dev
 	$(PY) -m bench.chaos $(ARGS)
+
+# docs/screenshots/ from a private demo instance (real tasks; Debian's Chromium).
+screenshots: $(VENV)/.installed-dev
+	$(PY) scripts/screenshots.py --demo $(ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
