@@ -101,7 +101,14 @@ class Stack:
     runs the machines of every started group it finds there.
     """
 
-    def __init__(self, machines: int = 2, machine_type: str | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        machines: int = 2,
+        machine_type: str | None = None,
+        env: dict[str, str] | None = None,
+        username: str = "bench",
+        group_name: str | None = None,
+    ):
         setup_django()
         from django.conf import settings
 
@@ -124,8 +131,9 @@ class Stack:
         self.env = self._processes.env
         self.home = self._processes.home
         self.port = self._processes.port
-        self.group_name = f"bench-{self.port}-{secrets.token_hex(2)}"
+        self.group_name = group_name or f"bench-{self.port}-{secrets.token_hex(2)}"
         self.api_key = ""
+        self.username = username
         self.user = None
         self.group = None
 
@@ -144,7 +152,7 @@ class Stack:
             state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED]
         ):
             services.terminate_group(group, reason="Left over by an interrupted benchmark.")
-        self.user, _ = get_user_model().objects.get_or_create(username="bench")
+        self.user, _ = get_user_model().objects.get_or_create(username=self.username)
         self.api_key = APIKey.issue(self.user, f"benchmark {self.group_name}")[1]
         self.group = services.create_group(
             self.user,
