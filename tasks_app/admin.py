@@ -1,0 +1,77 @@
+"""The admin site for staff: projects and their members (read only), quotas, API keys.
+
+Members are managed in the console or with ``manage.py members`` (see
+tasks_app.teams), never here: those paths keep a maintainer in every
+project and record each change of role in the audit trail.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from tasks_app.models import APIKey, Membership, Project, Quota
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    fields = ("user", "role", "added_by", "added_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ("name", "personal_owner", "created_by", "created_at")
+    list_select_related = ("personal_owner", "created_by")
+    search_fields = ("name",)
+    readonly_fields = ("created_by", "created_at", "personal_owner")
+    inlines = [MembershipInline]
+
+
+class QuotaForm(forms.ModelForm):
+    class Meta:
+        model = Quota
+        fields = ("user", "project", "max_machines", "max_group_ttl_minutes", "max_task_ttl_seconds")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if bool(data.get("user")) == bool(data.get("project")):
+            raise forms.ValidationError("A quota is for one user or for one project: choose one of the two.")
+        return data
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    form = QuotaForm
+    list_display = ("__str__", "max_machines", "max_group_ttl_minutes", "max_task_ttl_seconds")
+    list_select_related = ("user", "project")
+    autocomplete_fields = ("user", "project")
+    search_fields = ("user__username", "project__name")
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(admin.ModelAdmin):
+    """Keys can be seen and revoked, never made here: a key is shown once, to its owner."""
+
+    list_display = ("name", "user", "hint", "created_at", "last_used_at", "revoked_at")
+    list_select_related = ("user",)
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "user__username", "hint")
+    fields = ("user", "name", "hint", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected keys")
+    def revoke(self, request, queryset) -> None:
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)
