@@ -28,15 +28,6 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 DEMO_USER = "ada"
@@ -50,7 +41,6 @@ LONG_RUN = ["python make_mesh.py", "for i in $(seq 1 300); do echo run $i; pytho
 @contextlib.contextmanager
 def demo_instance() -> Iterator[tuple[str, str, str]]:
     """A private running instance with a lab's tasks on it: yields its URL, a user and a password."""
-    sys.path.insert(0, str(ROOT))
     os.environ.setdefault("SIMDECK_BENCH_DB", "simdeck_screenshots")
     os.environ.setdefault("SIMDECK_BENCH_HOME", str(ROOT / ".simdeck-screenshots"))
     from bench.harness import Stack, setup_django
@@ -113,6 +103,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT))  # the project's packages, from a script in scripts/
     if args.demo:
         with demo_instance() as (url, user, password):
             photograph(url, user, password, args.out)
@@ -125,12 +116,14 @@ def main() -> None:
 def photograph(url: str, user: str, password: str, out: Path) -> None:
     """The main pages, logged in as ``user``, on a laptop's screen and the tasks table on a phone's."""
 
+    from tasks_app.testing.browser import launch
+
     def shot(page, name: str, full: bool = True) -> None:
         page.wait_for_load_state("networkidle")
         page.screenshot(path=out / f"{name}.png", full_page=full)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(f"{url}/accounts/login/")
         shot(page, "login", full=False)
