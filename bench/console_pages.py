@@ -1,6 +1,7 @@
 """Console pages at scale: server time of the main pages with 100,000 tasks (or a million).
 
-The benchmark database gets N tasks (``--tasks``, 100,000 by default) in
+The benchmark database gets N tasks (``--tasks``, 100,000 by default, a
+million with ``python -m bench --large``) in
 eight projects of three owners each, on sixteen machine groups, created over
 the last sixty days: metadata, statuses over the whole lifecycle (most ended,
 a few hundred waiting or running among the newest), every status change as
@@ -21,6 +22,7 @@ the 95th percentile of the server time against the console's target of
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from urllib.parse import urlencode
 
@@ -390,7 +392,9 @@ def run(quick: bool = False, tasks: int | None = None) -> list[dict]:
     from django.conf import settings
 
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
-    n = tasks or (2_000 if quick else 100_000)
+    # ``python -m bench --large`` asks for full-size data sets: a million tasks.
+    large = os.environ.get("SIMDECK_BENCH_LARGE") == "1"
+    n = tasks or (2_000 if quick else 1_000_000 if large else 100_000)
     requests = 5 if quick else REQUESTS
     n, fill_seconds = fill(n)
     staff, owners, _projects, _groups = _people()

@@ -284,9 +284,23 @@ class Task(models.Model):
                 name="task_queue",
                 condition=models.Q(status=Status.SUBMITTED),
             ),
-            GinIndex(fields=["metadata"], name="task_metadata"),
+            # Metadata filters are containment (``@>``) only: jsonb_path_ops indexes each
+            # key-value path once, smaller and more exact than the default opclass.
+            GinIndex(fields=["metadata"], name="task_metadata", opclasses=["jsonb_path_ops"]),
             # Recently ended tasks: the overview's counts, chart and failures, a group's history.
             models.Index(fields=["-ended_at"], name="task_ended", condition=models.Q(ended_at__isnull=False)),
+            # Tasks on machines, a few among millions: each group's running count, and the
+            # overview's longest-running list, without visiting every task of a status.
+            models.Index(
+                fields=["machine_group"],
+                name="task_group_on_machine",
+                condition=models.Q(status__in=sorted(lifecycle.ON_MACHINE)),
+            ),
+            models.Index(
+                fields=["preparing_at"],
+                name="task_on_machine",
+                condition=models.Q(status__in=sorted(lifecycle.ON_MACHINE)),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -319,6 +333,33 @@ class Task(models.Model):
         if not self.preparing_at:
             return None
         return (self.ended_at or timezone.now()) - self.preparing_at
+
+
+class ProjectStatusCount(models.Model):
+    """A change in how many tasks of a project are in one status, and in their compute time.
+
+    The sum of a project's rows per status is its count, whatever the number of
+    tasks. Rows are written only by triggers on the task table (migration
+    ``0005``), so every path that changes tasks is counted, and folded into one
+    row per project and status by :func:`tasks_app.task_counts.fold`.
+    """
+
+    # No foreign key constraint: checking it would take a lock on the project's
+    # row for every status change. A project's rows sum to zero once its tasks
+    # are gone, and folding then removes them.
+    project = models.ForeignKey(
+        Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="status_counts"
+    )
+    status = models.CharField(max_length=40, choices=Status.choices)
+    tasks = models.BigIntegerField()
+    # Time on a machine (preparing to end) of the tasks that ended there.
+    compute = models.DurationField()
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "status"], name="status_count_project")]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} {self.status}: {self.tasks:+d}"
 
 
 class TaskEvent(models.Model):

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db.models import Max, Min, Q
 from django.utils import timezone
 
-from tasks_app import lifecycle, services
+from tasks_app import lifecycle, services, task_counts
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
 
@@ -107,4 +107,5 @@ def housekeeping() -> dict:
         "groups_stopped": enforce_group_limits(),
         "machines_lost": reap_lost_machines(),
         "tokens_restored": restore_lost_tokens(),
+        "task_counts_folded": task_counts.fold(),
     }

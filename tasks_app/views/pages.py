@@ -6,14 +6,14 @@ import datetime as dt
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, DurationField, Exists, ExpressionWrapper, F, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, OuterRef, Q, Subquery
 from django.db.models.functions import TruncHour
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from tasks_app import access, lifecycle
+from tasks_app import access, lifecycle, task_counts
 from tasks_app.forms import APIKeyForm
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Machine, MachineGroup, Membership, Task
@@ -116,23 +116,15 @@ def _hourly_chart(tasks, now: dt.datetime) -> dict:
 @login_required
 @require_GET
 def project_list(request: HttpRequest) -> HttpResponse:
-    """The user's projects: tasks by status group, compute time used, and the user's role."""
-    on_machine = ExpressionWrapper(
-        F("tasks__ended_at") - F("tasks__preparing_at"), output_field=DurationField()
-    )
+    """The user's projects: tasks by status group, compute time used, and the user's role.
+
+    The numbers come from the per-project summary the database keeps up to
+    date (:mod:`tasks_app.task_counts`), never from counting the tasks.
+    """
     role = Membership.objects.filter(project=OuterRef("pk"), user=request.user).values("role")[:1]
-    projects = (
-        access.visible_projects(request.user)
-        .annotate(
-            role=Subquery(role),
-            total=Count("tasks"),
-            active=Count("tasks", filter=Q(tasks__status__in=lifecycle.ACTIVE)),
-            succeeded=Count("tasks", filter=Q(tasks__status=Status.SUCCESS)),
-            failed=Count("tasks", filter=Q(tasks__status__in=lifecycle.FAILURES)),
-            compute=Sum(on_machine, filter=Q(tasks__preparing_at__isnull=False)),
-        )
-        .order_by("name")
-    )
+    projects = task_counts.project_totals(
+        access.visible_projects(request.user).annotate(role=Subquery(role))
+    ).order_by("name")
     return render(request, "projects.html", {"projects": projects})
 
 
