@@ -2,13 +2,14 @@
 
 This module is the only place that changes ``Task.status``. A move is one
 guarded ``UPDATE ... WHERE status = <old>`` (compare-and-set) together with
-the event row that records it, in one transaction. When two processes race
+the event row that records it, in one SQL statement. When two processes race
 (a worker starting a task while a user kills it), exactly one update matches
 and the other learns it lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 
@@ -264,20 +265,26 @@ def transition(
         # it was, so the task keeps its place ahead of later submissions.
         values["machine"] = None
         values["ended_at"] = None
-    with transaction.atomic():
-        updated = Task.objects.filter(pk=task.pk, status=old).update(**values)
-        if updated != 1:
+    event = TaskEvent(
+        task_id=task.pk,
+        from_status=old,
+        to_status=new,
+        at=now,
+        reason=reason,
+        actor=actor,
+        machine=by_machine,
+    )
+    reported = new in FAILURES and new != S.KILLED
+    # One statement moves the task and writes its event (see _move_and_record).
+    # Standing alone it is a transaction of its own, one round trip to the
+    # database; an activity row to write with it, or a caller's transaction
+    # (a claim, an upload), makes it part of a larger one. No savepoint is
+    # needed: an update that matches nothing is no error, and any error
+    # undoes the whole.
+    with transaction.atomic(savepoint=False) if reported else contextlib.nullcontext():
+        if not _move_and_record(Task.objects.filter(pk=task.pk, status=old), values, event):
             return False
-        TaskEvent.objects.create(
-            task_id=task.pk,
-            from_status=old,
-            to_status=new,
-            at=now,
-            reason=reason,
-            actor=actor,
-            machine=by_machine,
-        )
-        if new in FAILURES and new != S.KILLED:
+        if reported:
             # The project's activity feed tells of failures next to what people did
             # (a kill is told by whoever killed it).
             from tasks_app.models import Activity
@@ -302,3 +309,89 @@ def transition(
         if not hasattr(value, "resolve_expression"):  # F() etc.: re-read if needed
             setattr(task, name, value)
     return True
+
+
+def _move_and_record(guarded, values: dict, event) -> bool:
+    """The guarded update of ``guarded`` (one task) and the insert of ``event``, as one statement.
+
+    ``WITH moved AS (UPDATE ... RETURNING id) INSERT ... SELECT ... FROM moved``:
+    the event is written exactly when the update matched, so a move that
+    lost its race writes nothing, and a move on a machine costs one round
+    trip instead of four (BEGIN, UPDATE, INSERT, COMMIT). The update stays an
+    ordinary UPDATE of the task table, which its triggers see as any other.
+    Returns whether the task moved.
+    """
+    from django.db import connections
+    from django.db.models.sql import UpdateQuery
+
+    query = guarded.query.chain(UpdateQuery)
+    query.add_update_values(values)
+    update_sql, update_params = query.get_compiler(guarded.db).as_sql()
+    connection = connections[guarded.db]
+    fields = [f for f in type(event)._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    event_params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields]
+    pk = connection.ops.quote_name(guarded.model._meta.pk.column)
+    sql = (
+        f"WITH moved AS ({update_sql} RETURNING {pk}) "
+        f"INSERT INTO {connection.ops.quote_name(type(event)._meta.db_table)} ({columns}) "
+        f"SELECT {placeholders} FROM moved RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*update_params, *event_params])
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    event.pk = row[0]
+    return True
+
+
+def transition_many(
+    tasks: list, new: Status, *, reason: str = "", actor=None, at: dt.datetime | None = None, **fields
+):
+    """Move ``tasks``, all in one status, to ``new`` together: one guarded update, one insert of events.
+
+    For tasks this transaction made or holds locked (a batch submission), so
+    none can have moved meanwhile: should any have, IllegalTransition is
+    raised and the caller's transaction rolls back. Endings and returns to
+    the queue have per-task consequences (the activity feed, closing logs,
+    queue order) and go through :func:`transition` one at a time.
+    """
+    from django.db.models import F, Value
+    from django.db.models.functions import Coalesce
+
+    from tasks_app.models import Task, TaskEvent
+
+    if not tasks:
+        return
+    old = Status(tasks[0].status)
+    if any(t.status != old for t in tasks):
+        raise IllegalTransition("The tasks to move together must all be in one status.")
+    if new not in TRANSITIONS[old] or new in TERMINAL or (new == S.SUBMITTED and old != S.PENDING_INPUT):
+        raise IllegalTransition(f"Tasks cannot go from {old.value} to {Status(new).value} together.")
+    now = at or timezone.now()
+    values = dict(fields, status=new, status_changed_at=now)
+    if new in PHASE_FIELD:
+        values[PHASE_FIELD[new]] = now
+    if new == S.SUBMITTED:
+        # A place in the queue the caller gave (the order of a batch) is kept.
+        values["queued_at"] = Coalesce(F("queued_at"), Value(now))
+    ids = [t.pk for t in tasks]
+    with transaction.atomic(savepoint=False):
+        if Task.objects.filter(pk__in=ids, status=old).update(**values) != len(ids):
+            raise IllegalTransition(f"Some of the tasks left {old.value} while being moved together.")
+        TaskEvent.objects.bulk_create(
+            TaskEvent(task_id=pk, from_status=old, to_status=new, at=now, reason=reason, actor=actor)
+            for pk in ids
+        )
+        changed = [(t.pk, t.machine_group_id, t.owner_id, t.project_id) for t in tasks]
+        queue_changed = old == S.SUBMITTED
+        transaction.on_commit(
+            lambda: live.tasks_changed(changed, Status(new).value, left_queue=queue_changed)
+        )
+    for task in tasks:
+        for name, value in values.items():
+            if not hasattr(value, "resolve_expression"):
+                setattr(task, name, value)
+        task.queued_at = task.queued_at or (now if new == S.SUBMITTED else None)

@@ -205,19 +205,47 @@ def task_changed(
     Pages listing many tasks (the table, the overview) listen on the project
     groups of the projects their user belongs to (staff: on ``tasks.all``);
     they treat the event as a prompt to re-read what changed through the
-    access layer, never as data to show.
+    access layer, never as data to show. So only the task's own group hears
+    of every change; the groups of many tasks get wake-ups, at most one per
+    ``WAKE_SECONDS`` each (see :func:`_send`).
     """
     event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
-    names = [task_group(task_id), machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
+    names = [machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
     if project_id is not None:
         names.append(project_group(project_id))
-    messages = [(name, event) for name in names]
-    if left_queue:
+    messages = [(task_group(task_id), event)]
+    if left_queue and _listened(machine_group_group(group_id)):
         messages.append((machine_group_group(group_id), queue_order(group_id)))
     try:
-        _send(messages)
+        _send(messages, wakes=[(name, event) for name in names])
     except Exception:  # the live view is a convenience; the change itself is stored
         log.warning("Could not publish the change of task %s", task_id, exc_info=True)
+
+
+def tasks_changed(changed: list[tuple[str, int, int, int | None]], status: str, left_queue: bool) -> None:
+    """:func:`task_changed` for many tasks that moved together, e.g. a batch submission.
+
+    ``changed`` holds (task, machine group, owner, project) ids. Each task's
+    own group hears of its task; a group that lists many tasks hears once,
+    of the last of its tasks (its pages re-read what they show anyway).
+    """
+    messages, last = [], {}
+    for task_id, group_id, owner_id, project_id in changed:
+        event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
+        messages.append((task_group(task_id), event))
+        names = [machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
+        if project_id is not None:
+            names.append(project_group(project_id))
+        last |= dict.fromkeys(names, event)
+    if left_queue:
+        groups = {c[1] for c in changed}
+        messages += [
+            (machine_group_group(g), queue_order(g)) for g in groups if _listened(machine_group_group(g))
+        ]
+    try:
+        _send(messages, wakes=list(last.items()))
+    except Exception:  # the live view is a convenience; the change itself is stored
+        log.warning("Could not publish the change of %s tasks", len(changed), exc_info=True)
 
 
 def resources_sampled(task_id: str) -> None:
@@ -228,6 +256,26 @@ def resources_sampled(task_id: str) -> None:
         log.warning("Could not publish the resource use of task %s", task_id, exc_info=True)
 
 
+def _listened(group: str) -> bool:
+    """Whether anyone has joined ``group``; True when that cannot be told.
+
+    A queue order is read from the database and sent at every move of the
+    queue; with nobody watching the group (most of the time: a sweep runs
+    unattended) a look at the channel layer's record of the group's members,
+    one Redis call, saves both. A viewer joining a moment later reads its
+    position itself when it connects.
+    """
+    layer = get_channel_layer()
+    hosts = getattr(layer, "hosts", None)
+    key = getattr(layer, "_group_key", None)  # channels_redis: the sorted set of the group's channels
+    if key is None or not hosts or len(hosts) != 1 or hosts[0].get("address") != settings.REDIS_URL:
+        return True
+    try:
+        return bool(_redis().exists(key(group)))
+    except redis.RedisError:
+        return True
+
+
 def queue_order(group_id: int) -> dict:
     """The group's queue order, sent once; each viewer finds its own position in it."""
     from tasks_app.models import Task
@@ -236,8 +284,20 @@ def queue_order(group_id: int) -> dict:
     return {"type": "queue.moved", "order": list(order[:10_000])}
 
 
-def _send(messages: list[tuple[str, dict]]) -> None:
+# A group that lists many tasks is woken at most this often: a machine that
+# moves hundreds of tasks a second sends each of those groups about ten
+# messages a second rather than a thousand, and every page reading them
+# refreshes at most once a second anyway (tasks_app.live_pages).
+WAKE_SECONDS = 0.1
+
+
+def _send(messages: list[tuple[str, dict]], wakes: list[tuple[str, dict]] = ()) -> None:
     """Hand ``messages`` to the publishing loop, which sends them in the order given.
+
+    ``wakes`` are messages that only prompt their group to look again (a
+    page re-reads what it shows): a group woken less than ``WAKE_SECONDS``
+    ago gets the latest of them once that time is up, so each change still
+    reaches it within ``WAKE_SECONDS``, coalesced with the others.
 
     The caller does not wait for Redis: a status change, an API answer or a
     machine's next step never waits on viewers. One queue, drained by one
@@ -249,23 +309,53 @@ def _send(messages: list[tuple[str, dict]]) -> None:
     loop = _publishing_loop()
     _pending.acquire()  # released once sent; a stuck Redis stops the senders at the cap
     try:
-        loop.call_soon_threadsafe(_outbox[1].put_nowait, (layer, messages))
+        loop.call_soon_threadsafe(_outbox[1].put_nowait, (layer, messages, list(wakes)))
     except BaseException:
         _pending.release()
         raise
 
 
+# Wake-ups held back, by group (touched by the publishing loop only), and
+# when each group was last woken, in the loop's clock.
+_owed: dict[str, tuple] = {}
+_woken: dict[str, float] = {}
+
+
 async def _deliver(outbox: asyncio.Queue) -> None:
+    loop = asyncio.get_running_loop()
     while True:
-        layer, messages = await outbox.get()
+        layer, messages, wakes = await outbox.get()
         try:
             for group, message in messages:
                 # A stuck Redis costs the viewers a message, never the sender's time.
                 await asyncio.wait_for(layer.group_send(group, message), timeout=5)
+            for group, message in wakes:
+                if group in _owed:  # one is already due: this one replaces it
+                    _owed[group] = (layer, message)
+                    continue
+                wait = _woken.get(group, -WAKE_SECONDS) + WAKE_SECONDS - loop.time()
+                if wait > 0:
+                    _owed[group] = (layer, message)
+                    loop.call_later(wait, lambda g=group: loop.create_task(_wake_owed(g)))
+                    continue
+                if len(_woken) > 10_000:  # forget groups not woken lately
+                    for name in [n for n, at in _woken.items() if at < loop.time() - WAKE_SECONDS]:
+                        del _woken[name]
+                _woken[group] = loop.time()
+                await asyncio.wait_for(layer.group_send(group, message), timeout=5)
         except Exception:  # the live view is a convenience; the change itself is stored
-            log.warning("Could not publish %s live messages", len(messages), exc_info=True)
+            log.warning("Could not publish %s live messages", len(messages) + len(wakes), exc_info=True)
         finally:
             _pending.release()
+
+
+async def _wake_owed(group: str) -> None:
+    layer, message = _owed.pop(group)
+    _woken[group] = asyncio.get_running_loop().time()
+    try:
+        await asyncio.wait_for(layer.group_send(group, message), timeout=5)
+    except Exception:  # the live view is a convenience; the change itself is stored
+        log.warning("Could not wake the live group %s", group, exc_info=True)
 
 
 def flush(timeout: float = 5.0) -> bool:
@@ -277,10 +367,14 @@ def flush(timeout: float = 5.0) -> bool:
             if not _pending.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 return False
             taken += 1
-        return True
     finally:
         for _ in range(taken):
             _pending.release()
+    while _owed:  # wake-ups held back, due within WAKE_SECONDS
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 # At most this many sends wait for Redis; beyond, senders wait for room.
@@ -307,6 +401,8 @@ def _publishing_loop() -> asyncio.AbstractEventLoop:
             if _loop is not None and _loop[0] != os.getpid():
                 _pending = threading.BoundedSemaphore(PENDING_MAX)  # the parent's count is not ours
             _outbox = (os.getpid(), asyncio.Queue())
+            _owed.clear()  # a parent's held-back wake-ups are its own loop's to send
+            _woken.clear()
             loop.create_task(_deliver(_outbox[1]))
             threading.Thread(target=loop.run_forever, name="live-publisher", daemon=True).start()
             _loop = (os.getpid(), loop)
