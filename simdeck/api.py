@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -125,6 +126,11 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
         return done
+
+
+def request_key() -> dict[str, str]:
+    """A fresh key for a request that makes something: sent again, it makes nothing twice."""
+    return {"Idempotency-Key": str(uuid.uuid4())}
 
 
 def _busy(response: httpx.Response) -> bool:

@@ -29,6 +29,8 @@ from simdeck.tasks import Task
 CHUNK = 1 << 20
 # Zipped inputs up to this size travel inside the request that creates the task.
 INLINE_INPUT_MAX_BYTES = 1 << 20
+# The most tasks the server creates in one batch request.
+BATCH_MAX_TASKS = 1000
 
 
 def _input_files(input_dir: Path) -> builtins.list[Path]:
@@ -65,10 +67,14 @@ def _stream(path: Path, on_chunk) -> Iterator[bytes]:
             yield chunk
 
 
-@functools.cache
-def _offered(url: str) -> dict[str, dict]:
+_OFFERED: dict[str, dict[str, dict]] = {}
+
+
+def _offered(client: api.Client) -> dict[str, dict]:
     """The simulators a server offers, asked once per server."""
-    return {s["name"]: s for s in api.client().get("/simulators")}
+    if client.url not in _OFFERED:
+        _OFFERED[client.url] = {s["name"]: s for s in client.get("/simulators")}
+    return _OFFERED[client.url]
 
 
 class Simulator:
@@ -91,7 +97,7 @@ class Simulator:
     @property
     def version(self) -> str | None:
         """The version the server's host has (machines report their own when a task starts)."""
-        return _offered(self._client.url).get(self.name, {}).get("version")
+        return _offered(self._client).get(self.name, {}).get("version")
 
     def run(
         self,
@@ -142,7 +148,9 @@ class Simulator:
             # One request creates and queues the task; larger inputs are uploaded after.
             body |= {"input_archive": base64.b64encode(archive.read_bytes()).decode(), "input_sha256": digest}
         try:
-            task_info = self._client.post("/tasks", json=body)
+            # The key makes the request safe to send again: after a timeout or a
+            # server restart the server answers with the task it made, if it made one.
+            task_info = self._client.post("/tasks", json=body, headers=api.request_key(), retry=True)
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
@@ -197,6 +205,83 @@ class Simulator:
         for command, what in follow:
             say(f"    {command.ljust(width)}   # {what}")
         return task
+
+    def run_many(
+        self,
+        input_dir: str | os.PathLike,
+        sweep: builtins.list[dict],
+        on: MachineGroup | str | None = None,
+        *,
+        project: str | None = None,
+        resubmit_on_preemption: bool = False,
+        time_to_live: str | int | None = None,
+        metadata: dict[str, str] | builtins.list[dict[str, str]] | None = None,
+    ) -> builtins.list[Task]:
+        """Submit one task per parameter set in ``sweep``, all on the input in ``input_dir``.
+
+        ``sweep`` holds the keyword arguments :meth:`run` would take as
+        parameters, one dict per task. ``metadata`` is one dict for every
+        task or a list of one dict per task. The tasks are created in one
+        request per thousand, all or none: a refused parameter set refuses
+        its request, and the error names its index. Returns the tasks in
+        the order of ``sweep``.
+        """
+        from simdeck.tasks import check_metadata
+
+        input_dir = Path(input_dir)
+        files = _input_files(input_dir)
+        sweep = [{k: v for k, v in params.items() if v is not None} for params in sweep]
+        if not sweep:
+            return []
+        for params in sweep:
+            self._check_local(input_dir, params)
+        tags = metadata if isinstance(metadata, builtins.list) else [metadata] * len(sweep)
+        if len(tags) != len(sweep):
+            raise ValueError(f"Give one metadata dict per task: {len(sweep)} tasks, {len(tags)} dicts.")
+        for tag in tags:
+            if tag is not None:
+                check_metadata(tag)
+        if isinstance(on, MachineGroup):
+            on.ensure_started()
+            group_name = on.name
+        else:
+            group_name = on or "default"
+        archive, size, digest = _zip(input_dir, files)
+        try:
+            data = archive.read_bytes()
+        finally:
+            archive.unlink(missing_ok=True)
+        body = {
+            "machine_group": group_name,
+            "input_files": [f.relative_to(input_dir).as_posix() for f in files],
+        }
+        if size <= INLINE_INPUT_MAX_BYTES:
+            body |= {"input_archive": base64.b64encode(data).decode(), "input_sha256": digest}
+        specs = [
+            {
+                "simulator": self.name,
+                "parameters": params,
+                "project": project,
+                "resubmit_on_preemption": resubmit_on_preemption,
+                "time_to_live": str(time_to_live) if time_to_live is not None else None,
+                "metadata": tag,
+            }
+            for params, tag in zip(sweep, tags, strict=True)
+        ]
+        created = []
+        for start in range(0, len(specs), BATCH_MAX_TASKS):
+            created += self._client.post(
+                "/tasks/batch",
+                json=body | {"tasks": specs[start : start + BATCH_MAX_TASKS]},
+                headers=api.request_key(),
+                retry=True,
+            )["tasks"]
+        headers = {"Content-Length": str(size), "X-Archive-Size": str(size), "X-Content-SHA256": digest}
+        for item in created:
+            if item["upload_url"] is not None:
+                self._client.upload(item["upload_url"].removeprefix("/api/v1"), iter([data]), headers=headers)
+        print(f"■ {len(created)} tasks created on {group_name}.", file=sys.stderr)
+        return [Task(item["id"]) for item in created]
 
     def _check_local(self, input_dir: Path, params: dict) -> None:
         """Catch mistakes before uploading anything."""
@@ -256,7 +341,7 @@ def __getattr__(attr: str) -> type[Simulator]:
     if not attr[:1].isupper():
         raise AttributeError(attr)
     try:
-        offered = _offered(api.client().url)
+        offered = _offered(api.client())
     except SimdeckError:
         raise AttributeError(attr) from None
     name = attr.lower()

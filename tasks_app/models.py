@@ -269,9 +269,21 @@ class Task(models.Model):
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
 
+    # The client's key for the request that made the task (``Idempotency-Key``):
+    # a request sent again after a timeout or a restart finds its task instead
+    # of making a second one.
+    request_key = models.CharField(max_length=100, null=True, blank=True, editable=False)
+
     objects = TaskQuerySet.as_manager()
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "request_key"],
+                name="one_task_per_request_key",
+                condition=models.Q(request_key__isnull=False),
+            )
+        ]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="task_owner_created"),
             models.Index(fields=["project", "-created_at"], name="task_project_created"),

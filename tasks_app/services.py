@@ -262,8 +262,13 @@ def create_task(
     resubmit_on_preemption: bool = False,
     time_to_live: str | int | None = None,
     metadata: dict | None = None,
+    request_key: str | None = None,
 ) -> Task:
-    """A new task waiting for its input. Every call makes a new task."""
+    """A new task waiting for its input. Every call makes a new task.
+
+    ``request_key`` is the client's key for its request; a second task with
+    the same key of the same user violates a constraint (see the API).
+    """
     try:
         adapter = sims.get(simulator)
         parameters = adapter.validate(dict(parameters or {}), list(input_files))
@@ -298,6 +303,7 @@ def create_task(
         metadata=metadata,
         resubmit_on_preemption=resubmit_on_preemption or machine_group.resubmit_on_preemption,
         time_to_live_seconds=ttl,
+        request_key=request_key,
     )
 
 
@@ -343,6 +349,144 @@ def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str,
                 "submitted", actor or task.owner, f"Task {task.id} submitted to {group.name}.", task=task
             )
     return task
+
+
+# The most tasks one batch request may create.
+BATCH_MAX_TASKS = 1000
+
+
+def batch_key(request_key: str, index: int) -> str:
+    """The key of one task of a batch request: the request's, with the task's index."""
+    return f"{request_key}#{index}"
+
+
+def create_tasks(
+    user,
+    specs: list[dict],
+    *,
+    machine_group: MachineGroup,
+    input_files: list[str],
+    input_archive: bytes | None = None,
+    input_sha256: str = "",
+    request_key: str | None = None,
+) -> list[Task]:
+    """Many tasks at once, all or none, sharing one machine group and one input archive.
+
+    Each spec holds what :func:`create_task` takes besides the group and
+    the input (``simulator``, ``parameters``, ``project``, ``time_to_live``,
+    ``metadata``, ``resubmit_on_preemption``) and is checked as it would
+    check it; the first spec refused refuses the batch, its index named in
+    the message and in ``field`` (``tasks.<index>.<field>``). With the
+    archive the tasks are queued at once; without, each waits for its input.
+    """
+    from tasks_app import access, quotas
+
+    if not specs:
+        raise Refused("The batch holds no tasks; give at least one in tasks.", field="tasks")
+    if len(specs) > BATCH_MAX_TASKS:
+        raise Refused(
+            f"A batch holds at most {BATCH_MAX_TASKS} tasks; this one has {len(specs)}. Split it.",
+            field="tasks",
+        )
+    if not input_files:
+        raise Refused("The input folder is empty; add the files the simulation needs.", field="input_files")
+    if not machine_group.is_accepting_tasks:
+        raise Refused(
+            f"Machine group {machine_group.name} is terminated; start a new group and submit there.",
+            code="terminated",
+            field="machine_group",
+            status=409,
+        )
+    if not access.can(user, "submit", machine_group):
+        raise Refused(
+            access.refusal(user, "submit", machine_group), field="machine_group", code="forbidden", status=403
+        )
+    digest = ""
+    if input_archive is not None:
+        try:
+            digest = storage.check_input(input_archive)
+        except storage.UploadError as exc:
+            raise Refused(str(exc), code="bad_upload", field="input_archive") from None
+        if digest != input_sha256.lower():
+            raise Refused(
+                "The inline input is corrupt: its SHA-256 checksum does not match input_sha256.",
+                code="bad_upload",
+                field="input_archive",
+            )
+    # A sweep names the same few projects and limits over and over: each is looked up once.
+    projects: dict[str, Project] = {}
+    ttls: dict[tuple[int, int | None], int | None] = {}
+    tasks = []
+    for index, spec in enumerate(specs):
+        try:
+            try:
+                adapter = sims.get(spec["simulator"])
+                parameters = adapter.validate(dict(spec.get("parameters") or {}), list(input_files))
+            except sims.UnknownSimulator as exc:
+                raise Refused(str(exc), field="simulator", code="unknown_simulator") from None
+            except sims.InvalidParameters as exc:
+                raise Refused(str(exc), field=exc.field) from None
+            metadata = validate_metadata(spec.get("metadata") or {})
+            name = (spec.get("project") or "").strip()
+            if name not in projects:
+                projects[name] = project_to_use(user, name, "submit")
+            target = projects[name]
+            asked = (target.pk, parse_duration(spec.get("time_to_live")))
+            if asked not in ttls:
+                ttls[asked] = quotas.task_ttl(user, target, asked[1])
+        except Refused as exc:
+            field = f"tasks.{index}.{exc.field}" if exc.field else f"tasks.{index}"
+            raise Refused(
+                f"Task {index} of the batch: {exc}", code=exc.code, field=field, status=exc.status
+            ) from None
+        tasks.append(
+            Task(
+                owner=user,
+                project=target,
+                machine_group=machine_group,
+                simulator=adapter.name,
+                parameters=parameters,
+                metadata=metadata,
+                resubmit_on_preemption=bool(spec.get("resubmit_on_preemption"))
+                or machine_group.resubmit_on_preemption,
+                time_to_live_seconds=ttls[asked],
+                request_key=batch_key(request_key, index) if request_key else None,
+            )
+        )
+    with transaction.atomic():
+        # The group before its tasks, as accept_input() and terminate_group() lock them.
+        group = lock_group_shared(machine_group.pk)
+        if not group.is_accepting_tasks:
+            raise Refused(
+                f"Machine group {group.name} was terminated meanwhile; start a new group and submit there.",
+                code="terminated",
+                field="machine_group",
+                status=409,
+            )
+        if input_archive is not None:
+            now = timezone.now()
+            for position, task in enumerate(tasks):
+                task.input_path = storage.save_input(task.id, input_archive)
+                task.input_size, task.input_sha256 = len(input_archive), digest
+                # Queued in the order given, though all at once (see lifecycle.transition_many).
+                task.queued_at = now + dt.timedelta(microseconds=position)
+        Task.objects.bulk_create(tasks)
+        if input_archive is None:
+            return tasks
+        lifecycle.transition_many(tasks, Status.SUBMITTED, reason="Input received; queued.", actor=user)
+        transaction.on_commit(lambda: publish_tokens(group, len(tasks)))
+        Activity.objects.bulk_create(
+            Activity(
+                kind="submitted",
+                actor=user,
+                message=f"Task {task.id} submitted to {group.name}.",
+                project_id=task.project_id,
+                task=task,
+                data={},
+            )
+            for task in tasks
+        )
+    return tasks
 
 
 def lock_group_shared(group_id: int) -> MachineGroup:

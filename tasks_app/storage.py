@@ -73,6 +73,21 @@ def receive_upload(
     return stored, size, digest.hexdigest()
 
 
+def check_input(data: bytes) -> str:
+    """Check an input archive held in memory as :func:`receive_upload` does; returns its SHA-256."""
+    import io
+
+    _check_archive(io.BytesIO(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_input(task_id: str, data: bytes) -> str:
+    """Store an input archive already checked (see :func:`check_input`); returns its storage name."""
+    from django.core.files.base import ContentFile
+
+    return default_storage.save(input_name(task_id), ContentFile(data))
+
+
 def _check_archive(spool: BinaryIO) -> None:
     """Refuse at once what a machine would refuse to unpack, before it waits in a queue."""
     try:

@@ -235,6 +235,14 @@ API: dict[tuple[str, str], Rule] = {
             "project": "team",
         },
     ),
+    ("POST", "/api/v1/tasks/batch"): Rule(
+        scoped("member"),
+        data=lambda w: {
+            "machine_group": w.group.name,
+            "input_files": ["run.sh"],
+            "tasks": [{"simulator": "commands", "parameters": {"commands": ["echo hi"]}, "project": "team"}],
+        },
+    ),
     ("PUT", TASK + "/input"): Rule(scoped("maintainer")),  # only its owner uploads the input
     ("GET", TASK + "/input"): Rule(scoped("viewer")),
     # Listed tasks the role may not kill are answered one by one, unchanged.

@@ -238,6 +238,43 @@ class TaskIn(Schema):
     input_sha256: str | None = Field(None, description="SHA-256 (hex) of the archive in input_archive.")
 
 
+class TaskSpecIn(Schema):
+    """One task of a batch: what differs from task to task in a sweep."""
+
+    simulator: str = Field(examples=["splishsplash", "commands"])
+    parameters: dict = Field(default_factory=dict, examples=[{"commands": ["python solve.py --re 100"]}])
+    project: str | None = None
+    resubmit_on_preemption: bool = False
+    time_to_live: str | None = Field(None, examples=["90s", "10m", "1h30m"])
+    metadata: dict[str, str] | None = None
+
+
+class TaskBatchIn(Schema):
+    machine_group: str = Field(description="Name or id of the machine group every task runs on.")
+    input_files: list[str] = Field(description="Relative paths of the files in the shared input archive.")
+    tasks: list[TaskSpecIn] = Field(description="The tasks, at most 1000; each gets the same input.")
+    input_archive: str | None = Field(
+        None,
+        description=(
+            "The input folder every task gets: the zip archive, base64-encoded, at most 1 MiB once "
+            "decoded. The tasks are queued at once. Leave it out for larger inputs and PUT the "
+            "archive to each task's upload_url."
+        ),
+    )
+    input_sha256: str | None = Field(None, description="SHA-256 (hex) of the archive in input_archive.")
+
+
+class TaskBatchItemOut(Schema):
+    id: str
+    status: str
+    upload_url: str | None = Field(description="Where to PUT the input archive; null when it came inline.")
+
+
+class TaskBatchCreated(Schema):
+    machine_group: str
+    tasks: list[TaskBatchItemOut] = Field(description="The new tasks, in the order they were given.")
+
+
 class TaskCreated(TaskOut):
     upload_url: str | None = Field(description="Where to PUT the input archive; null when it came inline.")
     position_in_queue: int | None = None

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import re
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import FileResponse, HttpRequest
-from ninja import Query, Router
+from ninja import Header, Query, Router
 from ninja.responses import Status as Reply
 
 from tasks_app import access, lifecycle, resource_use, services, storage
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS, task_for, tasks_for
+from tasks_app.lifecycle import Status
 from tasks_app.models import Task
 
 router = Router(tags=["tasks"])
@@ -106,7 +108,7 @@ def list_tasks(request: HttpRequest, filters: Query[s.TaskFilters]):
 INLINE_INPUT_MAX_BYTES = 1024 * 1024
 
 
-def _inline_input(payload: s.TaskIn) -> bytes | None:
+def _inline_input(payload: s.TaskIn | s.TaskBatchIn) -> bytes | None:
     """The input archive sent inside the request, checked for size; None when it was not."""
     if payload.input_archive is None:
         return None
@@ -133,34 +135,138 @@ def _inline_input(payload: s.TaskIn) -> bytes | None:
     return data
 
 
+REQUEST_KEY = re.compile(r"[A-Za-z0-9._:-]{8,80}")
+
+
+KEY_HEADER = Header(
+    None,
+    alias="Idempotency-Key",
+    description="The client's key for this request (8 to 80 of A-Z a-z 0-9 . _ : -, e.g. a UUID): "
+    "sent again with the same key, the request answers with what it made the first time.",
+)
+
+
+def _request_key(key: str | None) -> str | None:
+    """The client's ``Idempotency-Key`` header, checked; None when it sent none."""
+    if key is None:
+        return None
+    if not REQUEST_KEY.fullmatch(key):
+        raise services.Refused(
+            "The Idempotency-Key header must be 8 to 80 letters, digits or . _ : - "
+            "(a UUID is a good key); send a new one for each new request.",
+            field="Idempotency-Key",
+        )
+    return key
+
+
+def _made_by(request: HttpRequest, key: str | None, group_name: str) -> list[Task]:
+    """The tasks an earlier request with this key made (in order), or none.
+
+    A key stands for one request: used again for another, it is refused.
+    """
+    if key is None:
+        return []
+    earlier = list(
+        Task.objects.filter(owner=request.user, request_key__in=[key, services.batch_key(key, 0)])
+        .select_related("machine_group")
+        .only("id", "request_key", "machine_group__name")
+    )
+    if not earlier:
+        return []
+    if earlier[0].machine_group.name != group_name:
+        raise services.Refused(
+            f"Idempotency-Key {key} was used for another request (task {earlier[0].id}); "
+            "send a new key for each new request.",
+            code="conflict",
+            field="Idempotency-Key",
+            status=409,
+        )
+    if earlier[0].request_key == key:
+        return earlier
+    batch = Task.objects.filter(owner=request.user, request_key__startswith=f"{key}#")
+    return sorted(batch, key=lambda t: int(t.request_key.rsplit("#", 1)[1]))
+
+
+def _created(task: Task) -> Task:
+    """A task as ``POST /tasks`` answers it; ``upload_url`` while it waits for its input."""
+    task.upload_url = f"/api/v1/tasks/{task.id}/input" if task.status == Status.PENDING_INPUT else None
+    return task
+
+
 @router.post("", response={201: s.TaskCreated, **ERRORS})
-def create_task(request: HttpRequest, payload: s.TaskIn):
+def create_task(request: HttpRequest, payload: s.TaskIn, idempotency_key: str | None = KEY_HEADER):
     """Create a task. With ``input_archive`` it is queued at once; otherwise it waits for its
-    input: PUT the archive to ``upload_url``."""
+    input: PUT the archive to ``upload_url``.
+
+    With an ``Idempotency-Key`` header, the same request sent again (after a
+    timeout, a restart) answers with the task the first one made.
+    """
     inline = _inline_input(payload)
+    key = _request_key(idempotency_key)
     # services.create_task() checks that the user may submit to the group.
     group = access.group_for(request.user, payload.machine_group)
+    if earlier := _made_by(request, key, group.name):
+        return Reply(201, _created(task_for(request.user, earlier[0].id)))
     # With its input inline, a task that cannot take it is not made at all.
-    with transaction.atomic():
-        task = services.create_task(
-            request.user,
-            simulator=payload.simulator,
-            parameters=payload.parameters,
-            machine_group=group,
-            input_files=payload.input_files,
-            project=payload.project,
-            resubmit_on_preemption=payload.resubmit_on_preemption,
-            time_to_live=payload.time_to_live,
-            metadata=payload.metadata,
-        )
-        if inline is not None:
-            services.accept_input(
-                task, [inline], size=len(inline), sha256=payload.input_sha256, actor=request.user
+    try:
+        with transaction.atomic():
+            task = services.create_task(
+                request.user,
+                simulator=payload.simulator,
+                parameters=payload.parameters,
+                machine_group=group,
+                input_files=payload.input_files,
+                project=payload.project,
+                resubmit_on_preemption=payload.resubmit_on_preemption,
+                time_to_live=payload.time_to_live,
+                metadata=payload.metadata,
+                request_key=key,
             )
+            if inline is not None:
+                services.accept_input(
+                    task, [inline], size=len(inline), sha256=payload.input_sha256, actor=request.user
+                )
+    except IntegrityError:
+        # The same request, sent twice at once: the other one made the task.
+        if earlier := _made_by(request, key, group.name):
+            return Reply(201, _created(task_for(request.user, earlier[0].id)))
+        raise
     # Everything the answer shows is at hand: no need to read the task again.
     task.owner, task.machine_group = request.user, group
-    task.upload_url = None if inline is not None else f"/api/v1/tasks/{task.id}/input"
-    return Reply(201, task)
+    return Reply(201, _created(task))
+
+
+@router.post("/batch", response={201: s.TaskBatchCreated, **ERRORS})
+def create_batch(request: HttpRequest, payload: s.TaskBatchIn, idempotency_key: str | None = KEY_HEADER):
+    """Create many tasks in one request, all or none: a parameter sweep over one input.
+
+    Every task is checked as ``POST /tasks`` checks one; the first refused
+    refuses the whole batch, and the answer names its index (the message
+    starts "Task <index> of the batch", ``field`` is ``tasks.<index>.<field>``).
+    With ``input_archive`` the tasks are queued at once; otherwise PUT the
+    archive to each task's ``upload_url``.
+    """
+    inline = _inline_input(payload)
+    key = _request_key(idempotency_key)
+    group = access.group_for(request.user, payload.machine_group)
+    tasks = _made_by(request, key, group.name)
+    if not tasks:
+        try:
+            tasks = services.create_tasks(
+                request.user,
+                [spec.model_dump() for spec in payload.tasks],
+                machine_group=group,
+                input_files=payload.input_files,
+                input_archive=inline,
+                input_sha256=payload.input_sha256 or "",
+                request_key=key,
+            )
+        except IntegrityError:
+            # The same batch, sent twice at once: the other one made the tasks.
+            if not (tasks := _made_by(request, key, group.name)):
+                raise
+    items = [{"id": t.id, "status": t.status, "upload_url": _created(t).upload_url} for t in tasks]
+    return Reply(201, {"machine_group": group.name, "tasks": items})
 
 
 @router.put("/{task_id}/input", response={200: s.TaskDetailOut, **ERRORS})

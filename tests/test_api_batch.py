@@ -1,0 +1,184 @@
+"""Submitting many tasks in one request: a parameter sweep over one input, all or none."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from tasks_app import services
+from tasks_app.lifecycle import Status
+from tasks_app.models import Activity, Quota, Task, TaskEvent
+from tests.test_api import upload, zipped
+
+pytestmark = pytest.mark.django_db
+
+INPUT = zipped({"run.sh": b"echo hi"})
+
+
+@pytest.fixture
+def group(alice):
+    return services.start_group(services.create_group(alice, machine_type="c2-standard-4", name="lab"))
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """How many "a task waits" tokens went to the machines."""
+    counts = []
+    monkeypatch.setattr(services, "publish_tokens", lambda group, count: counts.append(count))
+    return counts
+
+
+def sweep(values, **item) -> list[dict]:
+    return [{"simulator": "commands", "parameters": {"commands": [f"echo {v}"]}} | item for v in values]
+
+
+def batch(api, tasks: list[dict], data: bytes | None = INPUT, **overrides):
+    body = {"machine_group": "lab", "input_files": ["run.sh"], "tasks": tasks}
+    if data is not None:
+        body |= {
+            "input_archive": base64.b64encode(data).decode(),
+            "input_sha256": hashlib.sha256(data).hexdigest(),
+        }
+    return api.post("/api/v1/tasks/batch", body | overrides, content_type="application/json")
+
+
+def test_a_batch_creates_and_queues_every_task_in_order(
+    api, group, published, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = batch(api, sweep([1, 2, 3], metadata={"sweep": "re"}))
+    assert response.status_code == 201, response.content
+    items = response.json()["tasks"]
+    assert [i["status"] for i in items] == ["submitted"] * 3
+    assert all(i["upload_url"] is None for i in items)
+    tasks = {t.id: t for t in Task.objects.all()}
+    assert [tasks[i["id"]].parameters["commands"] for i in items] == [["echo 1"], ["echo 2"], ["echo 3"]]
+    task = tasks[items[0]["id"]]
+    assert task.metadata == {"sweep": "re"}
+    assert task.queued_at is not None and task.input_size == len(INPUT)
+    # Each task has its own stored input, its event and its audit line, as when submitted alone.
+    assert b"".join(api.get(f"/api/v1/tasks/{task.id}/input").streaming_content) == INPUT
+    assert list(task.events.values_list("from_status", "to_status")) == [
+        (Status.PENDING_INPUT, Status.SUBMITTED)
+    ]
+    assert Activity.objects.filter(kind="submitted").count() == 3
+    assert published == [3]
+    # Queued in the order given.
+    queue = list(Task.objects.queued_in(group.pk).order_by("queued_at", "id").values_list("id", flat=True))
+    assert queue == [i["id"] for i in items]
+
+
+def test_without_an_input_each_task_waits_for_its_own_upload(
+    api, group, published, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        items = batch(api, sweep([1, 2]), data=None).json()["tasks"]
+        assert [i["status"] for i in items] == ["pending-input"] * 2
+        assert upload(api, items[1]["id"], INPUT).status_code == 200
+    assert Task.objects.get(pk=items[1]["id"]).status == Status.SUBMITTED
+    assert published == [1]
+
+
+def test_a_bad_item_refuses_the_batch_and_names_its_index(api, group, published):
+    tasks = sweep([1, 2, 3])
+    tasks[2]["parameters"] = {"commands": []}
+    response = batch(api, tasks)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "invalid"
+    assert body["field"] == "tasks.2.commands"
+    assert body["message"].startswith("Task 2 of the batch: ")
+    assert not Task.objects.exists() and not TaskEvent.objects.exists()
+    assert published == []
+
+
+def test_a_malformed_item_is_refused_with_its_index(api, group):
+    response = batch(api, [*sweep([1]), {"parameters": {}}])
+    assert response.status_code == 400
+    assert response.json()["field"] == "tasks.1.simulator"
+    assert not Task.objects.exists()
+
+
+def test_a_project_of_another_team_is_refused(api, group, bob):
+    services.project_to_use(bob, "secret")
+    response = batch(api, sweep([1]) + sweep([2], project="secret"))
+    assert response.status_code == 404
+    assert response.json()["field"] == "tasks.1.project"
+    assert not Task.objects.exists()
+
+
+def test_a_group_of_another_team_is_not_found(api, bob):
+    services.create_group(bob, machine_type="c2-standard-4", name="lab")
+    response = batch(api, sweep([1]))
+    assert response.status_code == 404
+    assert not Task.objects.exists()
+
+
+def test_a_time_to_live_over_the_quota_refuses_the_batch(api, group, alice):
+    project = services.project_to_use(alice, None)
+    Quota.objects.create(project=project, max_task_ttl_seconds=600)
+    response = batch(api, sweep([1]) + sweep([2], time_to_live="15m"))
+    assert response.status_code == 403
+    body = response.json()
+    assert body["error"] == "quota_exceeded"
+    assert body["field"] == "tasks.1.time_to_live"
+    assert "(300 s over)" in body["message"]
+    assert not Task.objects.exists()
+    # Within the quota, tasks without a time to live get the quota's.
+    assert batch(api, sweep([1])).status_code == 201
+    assert Task.objects.get().time_to_live_seconds == 600
+
+
+def test_a_corrupt_shared_input_is_refused(api, group):
+    response = batch(api, sweep([1]), input_sha256="0" * 64)
+    assert response.status_code == 400
+    assert response.json()["field"] == "input_archive"
+    assert not Task.objects.exists()
+
+
+def test_a_batch_to_a_terminated_group_is_refused(api, group):
+    services.terminate_group(group)
+    response = batch(api, sweep([1]))
+    assert response.status_code == 409
+    assert not Task.objects.exists()
+
+
+def test_an_empty_or_oversized_batch_is_refused(api, group):
+    assert batch(api, []).json()["field"] == "tasks"
+    too_many = sweep(range(services.BATCH_MAX_TASKS + 1))
+    response = batch(api, too_many)
+    assert response.status_code == 400 and "at most" in response.json()["message"]
+
+
+class _ThroughTestClient:
+    """The Python client's HTTP calls, answered by this process's server through Django's test client."""
+
+    def __init__(self, api):
+        self.api = api
+
+    def post(self, path: str, json=None, headers=None, retry=False):
+        response = self.api.post(f"/api/v1{path}", json, content_type="application/json", headers=headers)
+        assert response.status_code == 201, response.content
+        return response.json()
+
+
+def test_the_python_client_submits_a_sweep_in_one_request(api, group, tmp_path, monkeypatch):
+    from simdeck import simulators
+
+    monkeypatch.setenv("SIMDECK_URL", "http://simdeck.invalid")
+    (tmp_path / "run.sh").write_text("echo hi\n")
+    sim = simulators.Commands()
+    sim._client = _ThroughTestClient(api)
+    tasks = sim.run_many(
+        tmp_path,
+        [{"commands": [f"sh run.sh {re}"]} for re in (100, 200)],
+        on="lab",
+        metadata=[{"re": "100"}, {"re": "200"}],
+    )
+    stored = {t.id: t for t in Task.objects.all()}
+    assert [stored[t.id].metadata for t in tasks] == [{"re": "100"}, {"re": "200"}]
+    assert {t.status for t in stored.values()} == {Status.SUBMITTED}
+    with pytest.raises(ValueError, match="one metadata dict per task"):
+        sim.run_many(tmp_path, [{"commands": ["true"]}], on="lab", metadata=[{}, {}])
