@@ -33,7 +33,7 @@ from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
-from tasks_app import access, live, storage
+from tasks_app import access, live, log_hub, storage
 from tasks_app.lifecycle import TERMINAL, Status
 from tasks_app.models import APIKey, ResourceSample, Task
 
@@ -46,9 +46,11 @@ CLOSE_UNAVAILABLE = 1011
 # A late joiner first gets at most this many batches of what was printed.
 BACKLOG_BATCHES = 200
 # At most one log frame per viewer this often; entries meanwhile are combined.
-FRAME_SECONDS = 0.1
+FRAME_SECONDS = log_hub.FRAME_SECONDS
 # Stream entries read (and combined into frames) at a time.
-READ_COUNT = 2000
+READ_COUNT = log_hub.READ_COUNT
+# A viewer that hears nothing this long asks whether its task ended unnoticed.
+QUIET_SECONDS = log_hub.BLOCK_MS / 1000
 # A frame takes no more entries once its text reaches this many characters.
 # Entries are at most live.ENTRY_MAX_BYTES, so escaped for JSON or HTML a frame
 # stays below daphne's 1 MiB message limit: larger messages are silently dropped.
@@ -293,6 +295,8 @@ class TaskLogConsumer(_TaskSocket):
         follower = getattr(self, "follower", None)
         if follower:
             follower.cancel()
+        if getattr(self, "subscription", None):
+            self.subscription.close()
         if getattr(self, "redis", None):
             await self.redis.aclose()
 
@@ -309,25 +313,57 @@ class TaskLogConsumer(_TaskSocket):
             try:
                 if after is None:
                     after = await self.send_backlog(key)
-                    if after is None:
-                        return
-                    continue
-                answer = await self.redis.xread({key: after}, block=15_000, count=READ_COUNT)
+                elif self.subscription is None or self.subscription.lagging or not self.caught_up:
+                    after = await self.catch_up(key, after)
+                else:
+                    after = await self.take_batches(after)
+                if after is None:
+                    return
             except (redis.RedisError, OSError):
                 # Redis is down or restarting: keep the socket, try again from where we were.
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX_SECONDS)
                 continue
             pause = RETRY_MIN_SECONDS
-            entries = [entry for _key, found in answer for entry in found]
+
+    subscription: log_hub.Subscription | None = None
+    caught_up = False
+
+    async def catch_up(self, key: str, after: str) -> str | None:
+        """Read on our own up to where this process's reader of the stream stands, then join it.
+
+        Returns the last entry sent (None once the log ended).
+        """
+        self.caught_up = False
+        if self.subscription is None or self.subscription.lagging:
+            if self.subscription is not None:
+                self.subscription.close()
+            self.subscription = log_hub.LogHub.subscribe(key, after)
+        since = log_hub.id_key(self.subscription.since)
+        while log_hub.id_key(after) < since:
+            entries = await self.redis.xrange(
+                key, min=f"({after}", max=self.subscription.since, count=READ_COUNT
+            )
             if not entries:
-                if await self.ended_quietly():
-                    return
-                continue
+                break  # trimmed meanwhile: the batches continue from the hub
             after = entries[-1][0].decode()
             if not await self.deliver(entries):
-                return
-            await asyncio.sleep(FRAME_SECONDS)
+                return None
+        self.caught_up = True
+        return after
+
+    async def take_batches(self, after: str) -> str | None:
+        """The reader's next batches, without what we sent already; returns the last entry sent."""
+        entries = await self.subscription.next(QUIET_SECONDS)
+        if entries is None:
+            return None if await self.ended_quietly() else after
+        seen = log_hub.id_key(after)
+        entries = [entry for entry in entries if log_hub.id_key(entry[0]) > seen]
+        if not entries:
+            return after
+        if not await self.deliver(entries):
+            return None
+        return entries[-1][0].decode()
 
     async def ended_quietly(self) -> bool:
         """After a quiet spell: end the log of a task that ended without its end mark.

@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 
 import simdeck
 from console.asgi import application
-from tasks_app import consumers, lifecycle, services
+from tasks_app import consumers, lifecycle, live, log_hub, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Task
 from tests.client_fixtures import UNTIL_STOPPED, stop, wait_until_printed
@@ -153,6 +153,73 @@ def test_the_page_gets_its_header_timeline_and_path_again_when_the_status_change
     before, now = (frame.split('id="task-timeline"')[1].split("</section>")[0] for frame in (first, after))
     assert now.count("<tr>") == before.count("<tr>") + 1
     assert "Killed" not in before and "Kill requested by alice." in now
+
+
+def _started(task):
+    for status in (Status.PREPARING, Status.STARTED):
+        lifecycle.transition(task, status, reason="for the test")
+    return task
+
+
+async def _follow(path: str, key: str) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(
+        application,
+        path,
+        headers=[(b"origin", b"http://localhost"), (b"authorization", f"Bearer {key}".encode())],
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def _until_end(communicator, into: list[dict]) -> None:
+    while True:
+        frame = json.loads(await communicator.receive_from(timeout=20))
+        into.append(frame)
+        if frame["type"] == "end":
+            return
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("waiting", [log_hub.MAX_WAITING, 0], ids=["shared-reader", "always-catching-up"])
+def test_viewers_of_one_task_share_one_reader_and_each_gets_every_line_once(
+    queued_task, alice_key, monkeypatch, waiting
+):
+    """With ``waiting`` 0 every batch makes a viewer fall behind and read on its own: still exact."""
+    monkeypatch.setattr(log_hub, "MAX_WAITING", waiting)
+    task = _started(queued_task)
+    live.begin_log(task.id)
+    for i in range(1, 101):
+        live.append_log(task.id, "stdout", f"line {i}\n".encode())
+
+    async def talk():
+        first, second = [], []
+        early = await _follow(f"/ws/tasks/{task.id}/logs/?format=json&after=0-0", alice_key)
+        for i in range(101, 201):
+            live.append_log(task.id, "stdout", f"line {i}\n".encode())
+            if i == 150:
+                late = await _follow(f"/ws/tasks/{task.id}/logs/?format=json&after=0-0", alice_key)
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.5)  # both have caught up and joined the reader
+        readers = [
+            len(hub.subscribers)
+            for (_loop, key), hub in log_hub.LogHub.hubs.items()
+            if key == live.log_stream_key(task.id)
+        ]
+        live.end_log(task.id)
+        await asyncio.gather(_until_end(early, first), _until_end(late, second))
+        for communicator in (early, late):
+            await communicator.disconnect()
+        return first, second, readers
+
+    first, second, readers = async_to_sync(talk)()
+    assert readers == [2], "one reader of the stream, shared by both viewers"
+    expected = [f"line {i}" for i in range(1, 201)]
+    for frames in (first, second):
+        assert lines_of(frames) == expected
+    assert not [
+        hub for (_loop, key), hub in log_hub.LogHub.hubs.items() if key == live.log_stream_key(task.id)
+    ]
 
 
 def test_a_foreign_origin_is_refused():
