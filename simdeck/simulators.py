@@ -31,6 +31,37 @@ CHUNK = 1 << 20
 INLINE_INPUT_MAX_BYTES = 1 << 20
 # The most tasks the server creates in one batch request.
 BATCH_MAX_TASKS = 1000
+# A sweep's first request holds this many tasks, each next one twice as many
+# (up to BATCH_MAX_TASKS): the group's machines start on the first tasks
+# while the rest are still being created.
+FIRST_BATCH_TASKS = 50
+
+
+def _batches(count: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each request of a sweep of ``count`` tasks: 50, 100, 200, ... 1000 each."""
+    start, size = 0, FIRST_BATCH_TASKS
+    while start < count:
+        yield start, min(start + size, count)
+        start, size = start + size, min(size * 2, BATCH_MAX_TASKS)
+
+
+def _refused_after(exc: SimdeckError, start: int, created: builtins.list[Task]) -> None:
+    """Tell of the tasks the requests before the refused one created: they exist and run."""
+    exc.created = created
+    if not created:
+        return
+    if exc.field and exc.field.startswith("tasks."):
+        # The server counts within its request; the caller counts in the sweep.
+        index, _, rest = exc.field.removeprefix("tasks.").partition(".")
+        if index.isdigit():
+            exc.field = f"tasks.{int(index) + start}" + (f".{rest}" if rest else "")
+            exc.args = (
+                str(exc).replace(f"Task {index} of the batch", f"Task {int(index) + start} of the sweep", 1),
+            )
+    exc.add_note(
+        f"The {len(created)} tasks before it were created and go on ({created[0].id} ... "
+        f"{created[-1].id}); the error's `created` lists them."
+    )
 
 
 def _input_files(input_dir: Path) -> builtins.list[Path]:
@@ -221,10 +252,15 @@ class Simulator:
 
         ``sweep`` holds the keyword arguments :meth:`run` would take as
         parameters, one dict per task. ``metadata`` is one dict for every
-        task or a list of one dict per task. The tasks are created in one
-        request per thousand, all or none: a refused parameter set refuses
-        its request, and the error names its index. Returns the tasks in
-        the order of ``sweep``.
+        task or a list of one dict per task. Returns the tasks in the order
+        of ``sweep``.
+
+        The tasks are created in requests of growing size (50, 100, 200, ...
+        up to a thousand), each all or none, so the machines start on the
+        first tasks while the others are being created. A refused parameter
+        set refuses its request, and the error names its index in the
+        sweep; the tasks of the requests before it exist and run, and the
+        error's ``created`` lists them.
         """
         from simdeck.tasks import check_metadata
 
@@ -268,18 +304,26 @@ class Simulator:
             }
             for params, tag in zip(sweep, tags, strict=True)
         ]
-        created = []
-        for start in range(0, len(specs), BATCH_MAX_TASKS):
-            created += self._client.post(
-                "/tasks/batch",
-                json=body | {"tasks": specs[start : start + BATCH_MAX_TASKS]},
-                headers=api.request_key(),
-                retry=True,
-            )["tasks"]
         headers = {"Content-Length": str(size), "X-Archive-Size": str(size), "X-Content-SHA256": digest}
-        for item in created:
-            if item["upload_url"] is not None:
-                self._client.upload(item["upload_url"].removeprefix("/api/v1"), iter([data]), headers=headers)
+        created = []
+        for start, end in _batches(len(specs)):
+            try:
+                batch = self._client.post(
+                    "/tasks/batch",
+                    json=body | {"tasks": specs[start:end]},
+                    headers=api.request_key(),
+                    retry=True,
+                )["tasks"]
+            except SimdeckError as exc:
+                _refused_after(exc, start, [Task(item["id"]) for item in created])
+                raise
+            # A larger input goes to each task of the request before the next request.
+            for item in batch:
+                if item["upload_url"] is not None:
+                    self._client.upload(
+                        item["upload_url"].removeprefix("/api/v1"), iter([data]), headers=headers
+                    )
+            created += batch
         print(f"■ {len(created)} tasks created on {group_name}.", file=sys.stderr)
         return [Task(item["id"]) for item in created]
 

@@ -347,6 +347,60 @@ def _move_and_record(guarded, values: dict, event) -> bool:
     return True
 
 
+def claim_head(group_id: int, machine, *, reason: str, at: dt.datetime | None = None):
+    """Move the head of the group's queue to preparing-to-compute on ``machine``.
+
+    Returns ``(task, online)``: the task now held by the machine, or None
+    when the queue is empty or the machine is no longer online (``online``
+    tells which). It is :func:`transition` from submitted for whichever task
+    heads the queue, in one statement: lock the machine, pick the head with
+    ``SKIP LOCKED`` (machines claim side by side without waiting on each
+    other), move it, write its event, and read it back. The machine row is
+    locked before any task, as ``services._machine_gone()`` locks them, so a
+    machine lost or reclaimed a moment ago takes no task that nobody would
+    then end; a task killed meanwhile no longer matches and is passed over.
+    """
+    from django.db import connections
+
+    from tasks_app.models import Machine, Task, TaskEvent
+
+    now = at or timezone.now()
+    connection = connections[Task.objects.db]
+    q = connection.ops.quote_name
+    columns = [f.column for f in Task._meta.concrete_fields]
+    sql = f"""
+        WITH machine AS MATERIALIZED (
+            SELECT id FROM {q(Machine._meta.db_table)} WHERE id = %s AND state = %s FOR NO KEY UPDATE
+        ), head AS (
+            SELECT id FROM {q(Task._meta.db_table)}
+            WHERE machine_group_id = %s AND status = %s AND EXISTS (SELECT FROM machine)
+            ORDER BY queued_at, id LIMIT 1 FOR UPDATE SKIP LOCKED
+        ), moved AS (
+            UPDATE {q(Task._meta.db_table)} AS task
+            SET status = %s, status_changed_at = %s, {q(PHASE_FIELD[S.PREPARING])} = %s, machine_id = %s,
+                attempt = task.attempt + 1
+            FROM head WHERE task.id = head.id AND task.status = %s
+            RETURNING {", ".join(f"task.{q(c)}" for c in columns)}
+        ), recorded AS (
+            INSERT INTO {q(TaskEvent._meta.db_table)}
+                (task_id, from_status, to_status, at, reason, machine_id)
+            SELECT id, %s, %s, %s, %s, %s FROM moved
+        )
+        SELECT moved.*, EXISTS (SELECT FROM machine) AS machine_online
+        FROM (SELECT) AS one LEFT JOIN moved ON true
+    """
+    params = [machine.pk, machine.State.ONLINE, group_id, S.SUBMITTED.value]
+    params += [S.PREPARING.value, now, now, machine.pk, S.SUBMITTED.value]
+    params += [S.SUBMITTED.value, S.PREPARING.value, now, reason, machine.pk]
+    (task,) = Task.objects.raw(sql, params)
+    if task.pk is None:
+        return None, task.machine_online
+    # Viewers learn of it once it is committed, never before.
+    args = (task.pk, task.machine_group_id, task.owner_id, S.PREPARING.value)
+    transaction.on_commit(lambda: live.task_changed(*args, left_queue=True, project_id=task.project_id))
+    return task, True
+
+
 def transition_many(
     tasks: list, new: Status, *, reason: str = "", actor=None, at: dt.datetime | None = None, **fields
 ):

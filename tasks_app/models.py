@@ -271,8 +271,8 @@ class Task(models.Model):
 
     # The client's key for the request that made the task (``Idempotency-Key``):
     # a request sent again after a timeout or a restart finds its task instead
-    # of making a second one.
-    request_key = models.CharField(max_length=100, null=True, blank=True, editable=False)
+    # of making a second one. NULL, not "", for no key: the unique constraint skips NULLs.
+    request_key = models.CharField(max_length=100, null=True, blank=True, editable=False)  # noqa: DJ001
 
     objects = TaskQuerySet.as_manager()
 

@@ -182,3 +182,59 @@ def test_the_python_client_submits_a_sweep_in_one_request(api, group, tmp_path, 
     assert {t.status for t in stored.values()} == {Status.SUBMITTED}
     with pytest.raises(ValueError, match="one metadata dict per task"):
         sim.run_many(tmp_path, [{"commands": ["true"]}], on="lab", metadata=[{}, {}])
+
+
+class _CountingClient(_ThroughTestClient):
+    """Records the size of each batch request; refuses the one holding ``refuse_at`` (a sweep index)."""
+
+    def __init__(self, api, refuse_at=None):
+        super().__init__(api)
+        self.sizes, self.refuse_at = [], refuse_at
+
+    def post(self, path, json=None, headers=None, retry=False):
+        from simdeck.errors import InvalidInput
+
+        start = sum(self.sizes)
+        self.sizes.append(len(json["tasks"]))
+        if self.refuse_at is not None and start <= self.refuse_at < start + len(json["tasks"]):
+            index = self.refuse_at - start
+            raise InvalidInput(
+                f"Task {index} of the batch: no commands.", field=f"tasks.{index}.commands", status=400
+            )
+        return super().post(path, json, headers, retry)
+
+
+def test_a_sweep_goes_out_in_growing_requests_so_machines_start_early(api, group, tmp_path, monkeypatch):
+    from simdeck import simulators
+
+    monkeypatch.setenv("SIMDECK_URL", "http://simdeck.invalid")
+    (tmp_path / "run.sh").write_text("echo hi\n")
+    sim = simulators.Commands()
+    sim._client = _CountingClient(api)
+    tasks = sim.run_many(tmp_path, [{"commands": [f"sh run.sh {n}"]} for n in range(170)], on="lab")
+    assert sim._client.sizes == [50, 100, 20]
+    stored = dict(Task.objects.values_list("id", "parameters"))
+    assert [stored[t.id]["commands"] for t in tasks] == [[f"sh run.sh {n}"] for n in range(170)]
+    queue = Task.objects.order_by("queued_at", "id").values_list("id", flat=True)
+    assert list(queue) == [t.id for t in tasks]
+
+
+def test_a_sweep_refused_in_a_later_request_names_the_index_and_the_tasks_created(
+    api, group, tmp_path, monkeypatch
+):
+    from simdeck import simulators
+    from simdeck.errors import InvalidInput
+
+    monkeypatch.setenv("SIMDECK_URL", "http://simdeck.invalid")
+    (tmp_path / "run.sh").write_text("echo hi\n")
+    sim = simulators.Commands()
+    sim._client = _CountingClient(api, refuse_at=60)
+    with pytest.raises(InvalidInput) as refused:
+        sim.run_many(tmp_path, [{"commands": ["sh run.sh"]}] * 200, on="lab")
+    assert sim._client.sizes == [50, 100]  # nothing sent after the refused request
+    assert refused.value.field == "tasks.60.commands"
+    assert str(refused.value).startswith("Task 60 of the sweep")
+    assert [t.id for t in refused.value.created] == list(
+        Task.objects.order_by("queued_at").values_list("id", flat=True)
+    )
+    assert len(refused.value.created) == 50

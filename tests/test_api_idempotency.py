@@ -150,7 +150,7 @@ class LosesTheFirstAnswer(httpx.BaseTransport):
 
 @pytest.fixture
 def wsgi_app():
-    """Django as a WSGI app in this process, keeping the test's database connection (as its test client does)."""
+    """Django as a WSGI app in this process, keeping the test's database connection (as the test client)."""
     from django.core.signals import request_finished, request_started
     from django.db import close_old_connections
 

@@ -145,3 +145,55 @@ def test_nothing_else_writes_the_status_column():
             elif re.search(r"\btask\.status\s*=[^=]", line):
                 offenders.append(f"{path.name}:{lineno}: {line.strip()}")
     assert offenders == []
+
+
+def online_machine(group, name="m1"):
+    from tasks_app.models import Machine
+
+    return Machine.objects.create(group=group, name=name, state=Machine.State.ONLINE)
+
+
+@pytest.mark.django_db
+def test_a_claim_takes_the_head_of_the_queue_and_records_it(alice, group):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    machine = online_machine(group)
+    first, second = make_task(alice, group, Status.SUBMITTED), make_task(alice, group, Status.SUBMITTED)
+    now = timezone.now()
+    Task.objects.filter(pk=second.pk).update(queued_at=now)
+    Task.objects.filter(pk=first.pk).update(queued_at=now - dt.timedelta(seconds=1), attempt=1)
+    claimed, online = lifecycle.claim_head(group.pk, machine, reason="Picked up.")
+    assert online and claimed.pk == first.pk
+    assert (claimed.status, claimed.machine_id, claimed.attempt) == (Status.PREPARING, machine.pk, 2)
+    assert claimed.parameters == {} and claimed.preparing_at is not None  # read back as the ORM would
+    stored = Task.objects.get(pk=first.pk)
+    assert (stored.status, stored.machine_id, stored.attempt) == (Status.PREPARING, machine.pk, 2)
+    event = TaskEvent.objects.get(task=first)
+    assert (event.from_status, event.to_status, event.machine_id) == (
+        Status.SUBMITTED,
+        Status.PREPARING,
+        machine.pk,
+    )
+    assert Task.objects.get(pk=second.pk).status == Status.SUBMITTED
+
+
+@pytest.mark.django_db
+def test_a_claim_passes_over_tasks_that_left_the_queue_and_finds_it_empty(alice, group):
+    machine = online_machine(group)
+    make_task(alice, group, Status.KILLED)
+    assert lifecycle.claim_head(group.pk, machine, reason="Picked up.") == (None, True)
+    assert not TaskEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_machine_no_longer_online_claims_nothing(alice, group):
+    from tasks_app.models import Machine
+
+    machine = online_machine(group)
+    task = make_task(alice, group, Status.SUBMITTED)
+    Machine.objects.filter(pk=machine.pk).update(state=Machine.State.RECLAIMED)
+    assert lifecycle.claim_head(group.pk, machine, reason="Picked up.") == (None, False)
+    assert Task.objects.get(pk=task.pk).status == Status.SUBMITTED
+    assert not TaskEvent.objects.exists()
