@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python -m bench [NAMES...] [--quick] [--large]``.
+"""Run the benchmarks: ``python -m bench [NAMES...] [--quick]``.
 
 Prints every figure with its baseline and ratio. A full run merges its
 figures into ``bench/results/latest.json`` and rewrites the results table of
@@ -125,7 +125,7 @@ def print_table(figures: list[dict]) -> None:
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
-        f"Measured {report['ran_at']} with `python -m bench{' --large' if report.get('large') else ''}`, "
+        f"Measured {report['ran_at']} with `python -m bench`, "
         f"on {m['cpu']}, {m['usable_cores']} of {m['cores']} cores usable, {m['memory_gb']} GB memory, "
         f"{m['os']}, Python {m['python']}, PostgreSQL {m['postgresql']}, Redis {m['redis']}; "
         f"load average {', '.join(map(str, m['load_average']))} when the run began.",
@@ -164,17 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
-    parser.add_argument(
-        "--large",
-        action="store_true",
-        help="full-size data sets where a benchmark scales one down by default",
-    )
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="write the figures here instead of bench/results/")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and stop")
     args = parser.parse_args(argv)
-    if args.large:
-        os.environ["SIMDECK_BENCH_LARGE"] = "1"
 
     modules = available()
     if args.list:
@@ -190,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "ran_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": args.quick,
-        "large": args.large,
         "machine": machine(),
         "benchmarks": {},
     }
