@@ -7,11 +7,12 @@ database and the configured (or embedded) Redis.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 
 from tasks_app import services
 from tasks_app.models import APIKey
@@ -27,6 +28,21 @@ def pytest_sessionfinish(session, exitstatus):
         embedded.stop_redis(settings.SIMDECK_HOME)
     if not os.environ.get("DATABASE_URL"):
         embedded.stop_postgres(settings.SIMDECK_HOME)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_connected(django_db_setup, django_db_blocker):
+    """At the end, close what still holds the test database open, so it can be dropped.
+
+    A thread of this process that ran a consumer's database call keeps its
+    connection; nothing else would close it before the database is dropped.
+    """
+    yield
+    with django_db_blocker.unblock(), contextlib.suppress(DatabaseError), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture
