@@ -98,6 +98,14 @@ def _stream(path: Path, on_chunk) -> Iterator[bytes]:
             yield chunk
 
 
+def _group_name(on: MachineGroup | str | None) -> str:
+    """The group to run on, by name: a MachineGroup is started first; none means ``default``."""
+    if isinstance(on, MachineGroup):
+        on.ensure_started()
+        return on.name
+    return on or "default"
+
+
 _OFFERED: dict[str, dict[str, dict]] = {}
 
 
@@ -159,11 +167,7 @@ class Simulator:
         self._check_local(input_dir, params)
         if metadata is not None:
             check_metadata(metadata)
-        if isinstance(on, MachineGroup):
-            on.ensure_started()
-            group_name = on.name
-        else:
-            group_name = on or "default"
+        group_name = _group_name(on)
         archive, size, digest = _zip(input_dir, files)
         body = {
             "simulator": self.name,
@@ -277,11 +281,7 @@ class Simulator:
         for tag in tags:
             if tag is not None:
                 check_metadata(tag)
-        if isinstance(on, MachineGroup):
-            on.ensure_started()
-            group_name = on.name
-        else:
-            group_name = on or "default"
+        group_name = _group_name(on)
         archive, size, digest = _zip(input_dir, files)
         try:
             data = archive.read_bytes()

@@ -251,6 +251,36 @@ def terminate_group(
 # -- tasks ---------------------------------------------------------------------
 
 
+def _checked_parameters(simulator: str, parameters: dict | None, input_files: list[str]):
+    """The simulator's adapter and the parameters as it validated them."""
+    try:
+        adapter = sims.get(simulator)
+        return adapter, adapter.validate(dict(parameters or {}), list(input_files))
+    except sims.UnknownSimulator as exc:
+        raise Refused(str(exc), field="simulator", code="unknown_simulator") from None
+    except sims.InvalidParameters as exc:
+        raise Refused(str(exc), field=exc.field) from None
+
+
+def _check_submission(user, machine_group: MachineGroup, input_files: list[str]) -> None:
+    """What every submission needs whatever its tasks: an input, an open group, the right to use it."""
+    from tasks_app import access
+
+    if not input_files:
+        raise Refused("The input folder is empty; add the files the simulation needs.", field="input_files")
+    if not machine_group.is_accepting_tasks:
+        raise Refused(
+            f"Machine group {machine_group.name} is terminated; start a new group and submit there.",
+            code="terminated",
+            field="machine_group",
+            status=409,
+        )
+    if not access.can(user, "submit", machine_group):
+        raise Refused(
+            access.refusal(user, "submit", machine_group), field="machine_group", code="forbidden", status=403
+        )
+
+
 def create_task(
     user,
     *,
@@ -269,29 +299,11 @@ def create_task(
     ``request_key`` is the client's key for its request; a second task with
     the same key of the same user violates a constraint (see the API).
     """
-    try:
-        adapter = sims.get(simulator)
-        parameters = adapter.validate(dict(parameters or {}), list(input_files))
-    except sims.UnknownSimulator as exc:
-        raise Refused(str(exc), field="simulator", code="unknown_simulator") from None
-    except sims.InvalidParameters as exc:
-        raise Refused(str(exc), field=exc.field) from None
-    if not input_files:
-        raise Refused("The input folder is empty; add the files the simulation needs.", field="input_files")
-    if not machine_group.is_accepting_tasks:
-        raise Refused(
-            f"Machine group {machine_group.name} is terminated; start a new group and submit there.",
-            code="terminated",
-            field="machine_group",
-            status=409,
-        )
+    adapter, parameters = _checked_parameters(simulator, parameters, input_files)
     metadata = validate_metadata(metadata or {})
-    from tasks_app import access, quotas
+    _check_submission(user, machine_group, input_files)
+    from tasks_app import quotas
 
-    if not access.can(user, "submit", machine_group):
-        raise Refused(
-            access.refusal(user, "submit", machine_group), field="machine_group", code="forbidden", status=403
-        )
     target = project_to_use(user, project, "submit")
     ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
     return Task.objects.create(
@@ -379,7 +391,7 @@ def create_tasks(
     the message and in ``field`` (``tasks.<index>.<field>``). With the
     archive the tasks are queued at once; without, each waits for its input.
     """
-    from tasks_app import access, quotas
+    from tasks_app import quotas
 
     if not specs:
         raise Refused("The batch holds no tasks; give at least one in tasks.", field="tasks")
@@ -388,19 +400,7 @@ def create_tasks(
             f"A batch holds at most {BATCH_MAX_TASKS} tasks; this one has {len(specs)}. Split it.",
             field="tasks",
         )
-    if not input_files:
-        raise Refused("The input folder is empty; add the files the simulation needs.", field="input_files")
-    if not machine_group.is_accepting_tasks:
-        raise Refused(
-            f"Machine group {machine_group.name} is terminated; start a new group and submit there.",
-            code="terminated",
-            field="machine_group",
-            status=409,
-        )
-    if not access.can(user, "submit", machine_group):
-        raise Refused(
-            access.refusal(user, "submit", machine_group), field="machine_group", code="forbidden", status=403
-        )
+    _check_submission(user, machine_group, input_files)
     digest = ""
     if input_archive is not None:
         try:
@@ -419,13 +419,7 @@ def create_tasks(
     tasks = []
     for index, spec in enumerate(specs):
         try:
-            try:
-                adapter = sims.get(spec["simulator"])
-                parameters = adapter.validate(dict(spec.get("parameters") or {}), list(input_files))
-            except sims.UnknownSimulator as exc:
-                raise Refused(str(exc), field="simulator", code="unknown_simulator") from None
-            except sims.InvalidParameters as exc:
-                raise Refused(str(exc), field=exc.field) from None
+            adapter, parameters = _checked_parameters(spec["simulator"], spec.get("parameters"), input_files)
             metadata = validate_metadata(spec.get("metadata") or {})
             name = (spec.get("project") or "").strip()
             if name not in projects:

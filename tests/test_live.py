@@ -84,6 +84,18 @@ def connect(path: str, headers=None) -> tuple[bool, object]:
     return async_to_sync(attempt)()
 
 
+async def _follow(path: str, key: str) -> WebsocketCommunicator:
+    """A socket opened as the holder of API key ``key``."""
+    communicator = WebsocketCommunicator(
+        application,
+        path,
+        headers=[(b"origin", b"http://localhost"), (b"authorization", f"Bearer {key}".encode())],
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_socket_is_refused_without_a_login_or_key(queued_task):
     assert connect(f"/ws/tasks/{queued_task.id}/") == (False, 4404)
@@ -99,13 +111,7 @@ def test_a_socket_to_another_users_task_is_refused(queued_task, bob):
 @pytest.mark.django_db(transaction=True)
 def test_the_owner_gets_the_status_and_garbage_closes_the_socket(queued_task, alice_key):
     async def talk():
-        communicator = WebsocketCommunicator(
-            application,
-            f"/ws/tasks/{queued_task.id}/?format=json",
-            headers=[(b"origin", b"http://localhost"), (b"authorization", f"Bearer {alice_key}".encode())],
-        )
-        connected, _ = await communicator.connect()
-        assert connected
+        communicator = await _follow(f"/ws/tasks/{queued_task.id}/?format=json", alice_key)
         first = json.loads(await communicator.receive_from())
         await communicator.send_to(text_data="\x00 not a request")
         closed = await communicator.receive_output()
@@ -126,13 +132,7 @@ def test_the_page_gets_its_header_timeline_and_path_again_when_the_status_change
     queued_task, alice, alice_key
 ):
     async def talk():
-        communicator = WebsocketCommunicator(
-            application,
-            f"/ws/tasks/{queued_task.id}/",
-            headers=[(b"origin", b"http://localhost"), (b"authorization", f"Bearer {alice_key}".encode())],
-        )
-        connected, _ = await communicator.connect()
-        assert connected
+        communicator = await _follow(f"/ws/tasks/{queued_task.id}/", alice_key)
         first = await communicator.receive_from()
         await asyncio.to_thread(services.kill_task, queued_task, actor=alice)
         after = await communicator.receive_from(timeout=10)
@@ -159,17 +159,6 @@ def _started(task):
     for status in (Status.PREPARING, Status.STARTED):
         lifecycle.transition(task, status, reason="for the test")
     return task
-
-
-async def _follow(path: str, key: str) -> WebsocketCommunicator:
-    communicator = WebsocketCommunicator(
-        application,
-        path,
-        headers=[(b"origin", b"http://localhost"), (b"authorization", f"Bearer {key}".encode())],
-    )
-    connected, _ = await communicator.connect()
-    assert connected
-    return communicator
 
 
 async def _until_end(communicator, into: list[dict]) -> None:
