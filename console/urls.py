@@ -23,3 +23,5 @@ urlpatterns = [
     path("people/", accounts.people, name="people"),
     path("admin/", admin.site.urls),
 ]
+
+handler404 = "tasks_app.api.endpoints.not_found"

@@ -207,19 +207,10 @@ def task_changed(
     they treat the event as a prompt to re-read what changed through the
     access layer, never as data to show. So only the task's own group hears
     of every change; the groups of many tasks get wake-ups, at most one per
-    ``WAKE_SECONDS`` each (see :func:`_send`).
+    ``WAKE_SECONDS`` each (see :func:`_send`). Groups nobody is in are
+    skipped (see :func:`_listened`).
     """
-    event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
-    names = [machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
-    if project_id is not None:
-        names.append(project_group(project_id))
-    messages = [(task_group(task_id), event)]
-    if left_queue and _listened(machine_group_group(group_id)):
-        messages.append((machine_group_group(group_id), queue_order(group_id)))
-    try:
-        _send(messages, wakes=[(name, event) for name in names])
-    except Exception:  # the live view is a convenience; the change itself is stored
-        log.warning("Could not publish the change of task %s", task_id, exc_info=True)
+    tasks_changed([(task_id, group_id, owner_id, project_id)], status, left_queue)
 
 
 def tasks_changed(changed: list[tuple[str, int, int, int | None]], status: str, left_queue: bool) -> None:
@@ -229,21 +220,25 @@ def tasks_changed(changed: list[tuple[str, int, int, int | None]], status: str, 
     own group hears of its task; a group that lists many tasks hears once,
     of the last of its tasks (its pages re-read what they show anyway).
     """
-    messages, last = [], {}
-    for task_id, group_id, owner_id, project_id in changed:
-        event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
-        messages.append((task_group(task_id), event))
-        names = [machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
-        if project_id is not None:
-            names.append(project_group(project_id))
-        last |= dict.fromkeys(names, event)
-    if left_queue:
-        groups = {c[1] for c in changed}
-        messages += [
-            (machine_group_group(g), queue_order(g)) for g in groups if _listened(machine_group_group(g))
-        ]
     try:
-        _send(messages, wakes=list(last.items()))
+        messages, last = [], {}
+        for task_id, group_id, owner_id, project_id in changed:
+            event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
+            messages.append((task_group(task_id), event))
+            names = [machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
+            if project_id is not None:
+                names.append(project_group(project_id))
+            last |= dict.fromkeys(names, event)
+        listened = _listened({name for name, _ in messages} | set(last))
+        messages = [(name, event) for name, event in messages if name in listened]
+        if left_queue:
+            groups = {c[1] for c in changed}
+            messages += [
+                (machine_group_group(g), queue_order(g)) for g in groups if machine_group_group(g) in listened
+            ]
+        wakes = [(name, event) for name, event in last.items() if name in listened]
+        if messages or wakes:
+            _send(messages, wakes=wakes)
     except Exception:  # the live view is a convenience; the change itself is stored
         log.warning("Could not publish the change of %s tasks", len(changed), exc_info=True)
 
@@ -251,29 +246,40 @@ def tasks_changed(changed: list[tuple[str, int, int, int | None]], status: str, 
 def resources_sampled(task_id: str) -> None:
     """Tell the task's viewers a resource sample was written (they read it from the database)."""
     try:
-        _send([(task_group(task_id), {"type": "resources.sampled", "task": task_id})])
+        if _listened({task_group(task_id)}):
+            _send([(task_group(task_id), {"type": "resources.sampled", "task": task_id})])
     except Exception:  # the sample itself is stored
         log.warning("Could not publish the resource use of task %s", task_id, exc_info=True)
 
 
-def _listened(group: str) -> bool:
-    """Whether anyone has joined ``group``; True when that cannot be told.
+def _listened(groups: set[str]) -> set[str]:
+    """Which of ``groups`` anyone has joined, in one Redis round trip; all of them when that cannot be told.
 
-    A queue order is read from the database and sent at every move of the
-    queue; with nobody watching the group (most of the time: a sweep runs
-    unattended) a look at the channel layer's record of the group's members,
-    one Redis call, saves both. A viewer joining a moment later reads its
-    position itself when it connects.
+    Most groups have nobody in them most of the time: every task has a group
+    of its own, and a sweep runs unattended. A send costs two Redis calls
+    and a hop to the publishing loop even when nobody receives it; a look at
+    the channel layer's record of each group's members (one pipelined call)
+    saves all that, and saves reading a queue order nobody would see.
+    Nothing is missed by skipping: the change is committed before this look,
+    and a viewer joins its groups before it reads what it shows, so one who
+    joins after the look reads the change itself.
     """
     layer = get_channel_layer()
+    if layer is None:
+        return set()
     hosts = getattr(layer, "hosts", None)
     key = getattr(layer, "_group_key", None)  # channels_redis: the sorted set of the group's channels
     if key is None or not hosts or len(hosts) != 1 or hosts[0].get("address") != settings.REDIS_URL:
-        return True
+        return groups
+    ordered = sorted(groups)
     try:
-        return bool(_redis().exists(key(group)))
+        pipe = _redis().pipeline(transaction=False)
+        for group in ordered:
+            pipe.exists(key(group))
+        found = pipe.execute()
     except redis.RedisError:
-        return True
+        return groups
+    return {group for group, present in zip(ordered, found, strict=True) if present}
 
 
 def queue_order(group_id: int) -> dict:

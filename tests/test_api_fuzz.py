@@ -145,3 +145,13 @@ def test_a_nul_character_is_refused_with_a_message_not_a_server_error(client, wo
     answer = client.get("/api/v1/tasks?owner=al%00ice", headers={"Authorization": f"Bearer {world}"})
     assert answer.status_code == 400, answer.content[:300]
     assert "NUL" in answer.json()["message"]
+
+
+def test_a_path_no_route_matches_gets_the_api_error_shape_not_a_page(client, world):
+    key = {"Authorization": f"Bearer {world}"}
+    answer = client.get("/api/v1/tasks/abc/outputs/files/name%0A", headers=key)
+    assert answer.status_code == 404
+    assert answer["Content-Type"] == "application/json; charset=utf-8"
+    assert answer.json()["error"] == "not_found" and "openapi.json" in answer.json()["message"]
+    page = client.get("/no-such-page/")
+    assert page.status_code == 404 and page["Content-Type"].startswith("text/html")

@@ -112,6 +112,28 @@ def test_a_command_that_exits_3_fails_with_its_exit_code_and_stderr(stack, clien
     assert "never" not in (outputs / "stdout.txt").read_text()
 
 
+def test_a_task_over_in_a_moment_records_every_step_and_a_longer_one_shows_it_runs(
+    stack, client_for, alice_key
+):
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    sim = simdeck.simulators.Commands()
+    quick = sim.run(input_dir=EXAMPLES / "commands-mesh-solve", commands=["true"], on=mg)
+    assert quick.wait(polling_period=0.2, silent_mode=True) == "success"
+    assert statuses_of(quick.id) == HAPPY_PATH
+    done = Task.objects.get(pk=quick.id)
+    assert done.preparing_at <= done.started_at <= done.finalizing_at <= done.ended_at
+    assert done.simulator_version and done.output_path
+
+    slow = sim.run(input_dir=EXAMPLES / "commands-mesh-solve", commands=["sleep 5"], on=mg)
+    # Started is written while the command runs, not only with its ending.
+    running = lambda: Task.objects.get(pk=slow.id).status == Status.STARTED  # noqa: E731
+    wait_for(running, 4.5, message="started while running")
+    assert Task.objects.get(pk=slow.id).ended_at is None
+    assert slow.wait(polling_period=0.2, silent_mode=True) == "success"
+    assert statuses_of(slow.id) == HAPPY_PATH
+
+
 def test_a_terminated_group_takes_no_new_tasks(stack, client_for, alice_key):
     client_for(alice_key)
     mg = simdeck.resources.MachineGroup("n2-standard-2")

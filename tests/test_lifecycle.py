@@ -1,13 +1,17 @@
 """The lifecycle: allowed moves work, others are refused, races have one winner."""
 
+import datetime as dt
 import threading
 
 import pytest
 from django.db import connection, connections
+from django.db.models import F
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from tasks_app import lifecycle, services
 from tasks_app.lifecycle import Status, transition
-from tasks_app.models import Task, TaskEvent
+from tasks_app.models import Machine, Task, TaskEvent
 
 ALL_MOVES = [(old, new) for old in Status for new in Status]
 
@@ -100,6 +104,51 @@ def test_moves_stamp_the_phase_timestamps(alice, group):
     transition(task, Status.SUCCESS)
     task.refresh_from_db()
     assert task.queued_at <= task.preparing_at <= task.started_at <= task.finalizing_at <= task.ended_at
+
+
+@pytest.mark.django_db
+def test_a_move_through_statuses_records_each_with_its_time_in_one_write(alice, group):
+    task = make_task(alice, group, Status.PREPARING)
+    spawned = timezone.now() - dt.timedelta(milliseconds=30)
+    exited = spawned + dt.timedelta(milliseconds=10)
+    steps = [(Status.STARTED, "started", spawned), (Status.FINALIZING, "exited", exited)]
+    with CaptureQueriesContext(connection) as queries:
+        assert transition(task, Status.SUCCESS, reason="stored", passing=steps, exit_code=0)
+    assert len(queries) == 1
+    task.refresh_from_db()
+    assert (task.status, task.exit_code) == (Status.SUCCESS, 0)
+    assert (task.started_at, task.finalizing_at) == (spawned, exited)
+    assert exited < task.ended_at == task.status_changed_at
+    events = list(TaskEvent.objects.filter(task=task).values_list("from_status", "to_status", "reason", "at"))
+    assert events == [
+        (Status.PREPARING, Status.STARTED, "started", spawned),
+        (Status.STARTED, Status.FINALIZING, "exited", exited),
+        (Status.FINALIZING, Status.SUCCESS, "stored", task.ended_at),
+    ]
+
+
+@pytest.mark.django_db
+def test_a_move_through_statuses_is_refused_whole_or_lost_whole(alice, group):
+    task = make_task(alice, group, Status.PREPARING)
+    now = timezone.now()
+    with pytest.raises(lifecycle.IllegalTransition):  # preparing cannot go straight to finalizing
+        transition(task, Status.SUCCESS, passing=[(Status.FINALIZING, "", now)])
+    stale = Task.objects.get(pk=task.pk)
+    assert transition(task, Status.PENDING_KILL, reason="user")
+    steps = [(Status.STARTED, "", now), (Status.FINALIZING, "", now)]
+    assert not transition(stale, Status.SUCCESS, passing=steps)
+    events = TaskEvent.objects.filter(task=task).values_list("to_status", flat=True)
+    assert list(events) == [Status.PENDING_KILL]
+
+
+@pytest.mark.django_db
+def test_a_move_may_write_expressions_and_model_instances(alice, group):
+    task = make_task(alice, group, Status.SUBMITTED)
+    machine = Machine.objects.create(group=group, name="m-1", state=Machine.State.ONLINE)
+    assert transition(task, Status.PREPARING, by_machine=machine, machine=machine, attempt=F("attempt") + 1)
+    task.refresh_from_db()
+    assert (task.status, task.machine, task.attempt) == (Status.PREPARING, machine, 1)
+    assert TaskEvent.objects.get(task=task).machine == machine
 
 
 @pytest.mark.django_db(transaction=True)

@@ -10,6 +10,7 @@ import time
 import pytest
 import websockets
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 import simdeck
@@ -125,6 +126,28 @@ def test_the_owner_gets_the_status_and_garbage_closes_the_socket(queued_task, al
         "code": 4400,
         "reason": "This socket only sends; do not write to it.",
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_changes_are_sent_only_to_groups_someone_is_in(queued_task, alice_key):
+    """Nobody watches most tasks: their groups are skipped, and a viewer still gets every change."""
+    watched, alone = live.task_group(queued_task.id), live.task_group("nobody-watches-this")
+
+    async def watch():
+        communicator = await _follow(f"/ws/tasks/{queued_task.id}/?format=json", alice_key)
+        first = json.loads(await communicator.receive_from())
+        listened = await asyncio.to_thread(live._listened, {watched, alone})
+        await database_sync_to_async(lifecycle.transition)(queued_task, Status.KILLED, reason="user")
+        changed = json.loads(await communicator.receive_from(timeout=10))
+        await communicator.disconnect()
+        return first, listened, changed
+
+    assert live._listened({watched, alone}) == set()
+    first, listened, changed = async_to_sync(watch)()
+    assert first["status"] == "submitted"
+    assert listened == {watched}
+    assert changed["status"] == "killed"
+    assert live._listened({watched}) == set()  # left with the viewer
 
 
 @pytest.mark.django_db(transaction=True)

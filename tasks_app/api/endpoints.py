@@ -103,6 +103,26 @@ def _error(request, status: int, code: str, message: str, field: str | None = No
     return api.create_response(request, {"error": code, "message": message, "field": field}, status=status)
 
 
+def not_found(request, exception=None):
+    """The site's 404: JSON in the API's error shape under ``/api/``, the console's page elsewhere.
+
+    A path no route matches (a file name with a line break in it, say)
+    never reaches the API's own handlers, yet an API client must still get
+    an answer it can read.
+    """
+    if request.path.startswith("/api/"):
+        return _error(
+            request,
+            404,
+            "not_found",
+            "No API endpoint matches this path. Check it against /api/v1/openapi.json "
+            "and percent-encode the names in it.",
+        )
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
 @api.exception_handler(services.Refused)
 def _refused(request, exc: services.Refused):
     return _error(request, exc.status, exc.code, str(exc), exc.field)

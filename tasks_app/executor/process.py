@@ -152,9 +152,14 @@ def run_invocations(
     base_env: dict[str, str] | None = None,
     grace_seconds: float = 10.0,
     poll_seconds: float = 1.0,
+    first_look_seconds: float | None = None,
     publish: Callable[[str, bytes], object] | None = None,
 ) -> Outcome:
-    """Run the command lines in order, stopping at the first that fails."""
+    """Run the command lines in order, stopping at the first that fails.
+
+    ``should_stop`` is asked every ``poll_seconds`` while a command runs,
+    the first time ``first_look_seconds`` after its spawn when given.
+    """
     env = dict(os.environ if base_env is None else base_env)
     with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
         exit_code: int | None = 0
@@ -177,8 +182,10 @@ def run_invocations(
             for t in pumps:
                 t.start()
             stopped = None
+            wait = poll_seconds if first_look_seconds is None else first_look_seconds
             with _exit_watch(proc) as ended:
-                while (exit_code := ended(poll_seconds)) is None:
+                while (exit_code := ended(wait)) is None:
+                    wait = poll_seconds
                     stopped = should_stop(proc.pid)
                     if stopped:
                         stop_process_group(proc, grace_seconds)

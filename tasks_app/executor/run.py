@@ -18,6 +18,7 @@ that is what happened.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import shutil
@@ -47,6 +48,12 @@ DATABASE_OUTAGE_SECONDS = 600.0
 # A machine goes on from task to task by itself (see execute_next) for at
 # most this long before it hands back to Celery.
 CHAIN_SECONDS = 10.0
+# A command still running this long after its spawn has its task moved to
+# started; one that ended sooner is recorded with its ending (record_start).
+START_RECORD_SECONDS = 0.05
+# Outputs up to this size (logs included) are stored before the task leaves
+# started, and it moves through finalizing to its ending in one update.
+QUICK_STORE_BYTES = 4 << 20
 
 
 def through_outage(action, what: str):
@@ -148,15 +155,10 @@ class Execution:
             self.cleanup()
             return
         version = simulator.version()
-        if not self.move(
-            Status.STARTED, f"{simulator.label} started (version {version}).", simulator_version=version
-        ):
-            self.finish_kill()
-            live.close_log(self.task.id)
-            self.cleanup()
-            return
+        self.start = (f"{simulator.label} started (version {version}).", {"simulator_version": version})
         self.meter = ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
         live.begin_log(self.task.id)
+        self.spawned_at = timezone.now()
         outcome = run_invocations(
             invocations,
             self.workdir,
@@ -165,11 +167,34 @@ class Execution:
             self.should_stop,
             base_env=self.environment(),
             grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
+            first_look_seconds=START_RECORD_SECONDS,
             publish=lambda stream, data: live.append_log(self.task.id, stream, data),
         )
         live.end_log(self.task.id)
         self.finish(outcome)
         self.cleanup()
+
+    def record_start(self) -> bool:
+        """Move the task to started (once), dated when its first command was spawned.
+
+        It is not written before the spawn but at the first look at the
+        running command (``START_RECORD_SECONDS`` later), or, for a command
+        that is over by then, together with its ending (:meth:`start_steps`):
+        a task of a few milliseconds then costs one status write, not three.
+        A kill or a termination that came while it was preparing makes this
+        move fail, and the command is stopped at once.
+        """
+        if self.task.status == Status.STARTED:
+            return True
+        reason, fields = self.start
+        return self.move(Status.STARTED, reason, at=self.spawned_at, **fields)
+
+    def start_steps(self) -> tuple[list, dict]:
+        """The started step still to record on the way to an ending, and its fields."""
+        if self.task.status == Status.STARTED:
+            return [], {}
+        reason, fields = self.start
+        return [(Status.STARTED, reason, self.spawned_at)], fields
 
     def prepare(self):
         if self.base.exists():
@@ -233,6 +258,8 @@ class Execution:
             return None
 
     def watch(self, pid: int) -> str | None:
+        if self.task.status != Status.STARTED and not self.record_start():
+            return f"the task became {self.task.status}"
         status = Task.objects.filter(pk=self.task.id).values_list("status", flat=True).first()
         if status != Status.STARTED:
             return f"the task became {status}"
@@ -315,39 +342,70 @@ class Execution:
             self.store(logs_only=True)
 
     def finish_normally(self, outcome: Outcome) -> None:
-        reason = f"The simulator exited with code {outcome.exit_code}."
-        if not self.move(Status.FINALIZING, reason, exit_code=outcome.exit_code):
+        exited, exited_at = f"The simulator exited with code {outcome.exit_code}.", timezone.now()
+        outputs = self.outputs()
+        if outputs[1] <= QUICK_STORE_BYTES:
+            self.finish_quickly(outcome, (exited, exited_at), outputs)
+            return
+        if not self.move_to_finalizing(outcome, exited):
             self.store(logs_only=True)
             self.finish_kill()
             return
         try:
-            stored = self.store(record=False)
+            stored = self.store(record=False, outputs=outputs)
         except OSError as exc:
             self.fail_runtime(f"The outputs could not be stored: {exc}")
             return
         # What was stored is written with the final status, in the same update.
-        if outcome.exit_code == 0:
-            moved = self.move(Status.SUCCESS, "Outputs stored.", **stored)
-        else:
-            detail = f"The simulator exited with code {outcome.exit_code}."
-            stderr = tail(self.stderr, STDERR_TAIL_LINES)
-            if stderr:
-                detail += f" Last lines of stderr:\n{stderr}"
-            moved = self.move(Status.FAILED, f"Exit code {outcome.exit_code}.", error_detail=detail, **stored)
-        if not moved:  # ended otherwise meanwhile (its group terminated): the outputs are still there
+        ending, reason, fields = self.ending(outcome)
+        if not self.move(ending, reason, **fields, **stored):
+            # Ended otherwise meanwhile (its group terminated): the outputs are still there.
             through_outage(lambda: Task.objects.filter(pk=self.task.id).update(**stored), "recording outputs")
 
-    def store(self, logs_only: bool = False, record: bool = True) -> dict:
-        """Upload logs, and the files the simulation made or changed.
+    def move_to_finalizing(self, outcome: Outcome, exited: str) -> bool:
+        steps, fields = self.start_steps()
+        return self.move(Status.FINALIZING, exited, passing=steps, exit_code=outcome.exit_code, **fields)
 
-        Returns the task's fields that describe the stored outputs; with
-        ``record`` they are written at once, otherwise the caller writes them.
+    def finish_quickly(self, outcome: Outcome, exit_step: tuple[str, dt.datetime], outputs: tuple) -> None:
+        """Store small outputs first, then move through finalizing to the ending in one update.
+
+        Storing a few kilobytes takes less time than a status change, so the
+        task is not shown as finalizing while it happens; its timeline still
+        has the finalizing step, at the moment the simulator exited. A kill
+        that arrives meanwhile wins: the outputs are kept and the kill ends it.
         """
-        for stream, path in (("stdout", self.stdout), ("stderr", self.stderr)):
-            if path.exists():
-                storage.save_file(storage.log_name(self.task.id, stream), path)
-        if logs_only:
-            return {}
+        exited, exited_at = exit_step
+        try:
+            stored = self.store(record=False, outputs=outputs)
+        except OSError as exc:
+            if self.move_to_finalizing(outcome, exited):
+                self.fail_runtime(f"The outputs could not be stored: {exc}")
+            else:
+                self.finish_kill()
+            return
+        steps, fields = self.start_steps()
+        steps.append((Status.FINALIZING, exited, exited_at))
+        ending, reason, end_fields = self.ending(outcome)
+        fields |= end_fields | stored | {"exit_code": outcome.exit_code}
+        if not self.move(ending, reason, passing=steps, **fields):
+            through_outage(
+                lambda: Task.objects.filter(pk=self.task.id).update(exit_code=outcome.exit_code, **stored),
+                "recording outputs",
+            )
+            self.finish_kill()
+
+    def ending(self, outcome: Outcome) -> tuple[Status, str, dict]:
+        """The final status of a simulation that exited by itself, its reason and its fields."""
+        if outcome.exit_code == 0:
+            return Status.SUCCESS, "Outputs stored.", {}
+        detail = f"The simulator exited with code {outcome.exit_code}."
+        stderr = tail(self.stderr, STDERR_TAIL_LINES)
+        if stderr:
+            detail += f" Last lines of stderr:\n{stderr}"
+        return Status.FAILED, f"Exit code {outcome.exit_code}.", {"error_detail": detail}
+
+    def outputs(self) -> tuple[list[tuple[Path, str]], int]:
+        """The files to store as outputs (logs, and what the simulation made or changed), and their size."""
         files = [(p, n) for p, n in ((self.stdout, "stdout.txt"), (self.stderr, "stderr.txt")) if p.exists()]
         size = sum(p.stat().st_size for p, _ in files)
         for path in sorted(self.workdir.rglob("*")):
@@ -359,6 +417,20 @@ class Execution:
                 continue  # an input the simulation left untouched
             files.append((path, rel))
             size += st.st_size
+        return files, size
+
+    def store(self, logs_only: bool = False, record: bool = True, outputs: tuple | None = None) -> dict:
+        """Upload logs, and the files the simulation made or changed.
+
+        Returns the task's fields that describe the stored outputs; with
+        ``record`` they are written at once, otherwise the caller writes them.
+        """
+        for stream, path in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if path.exists():
+                storage.save_file(storage.log_name(self.task.id, stream), path)
+        if logs_only:
+            return {}
+        files, size = outputs or self.outputs()
         archive = self.base / "outputs.zip"
         with open(archive, "wb") as out:
             count = archives.write_zip(out, files)
