@@ -239,6 +239,7 @@ def transition(
     expected: Status | None = None,
     at: dt.datetime | None = None,
     passing: list[tuple[Status, str, dt.datetime]] = (),
+    in_attempt: int | None = None,
     **fields,
 ) -> bool:
     """Move ``task`` to ``new`` if it is still in the status we last saw.
@@ -251,7 +252,10 @@ def transition(
     ``(status, reason, at)``, each recorded by the same update with an event
     of its own: a machine whose simulation was over in a moment, with little
     to store, moves it from preparing through started and finalizing to its
-    ending in one write instead of three.
+    ending in one write instead of three. ``in_attempt`` guards the move
+    further: the task must still be in that attempt (a machine's moves: a
+    task reclaimed and claimed again meanwhile, by another machine, back in
+    the same status, is no longer this machine's to move).
     """
     from tasks_app.models import Task, TaskEvent
 
@@ -295,7 +299,7 @@ def transition(
     # needed: an update that matches nothing is no error, and any error
     # undoes the whole.
     with transaction.atomic(savepoint=False) if reported else contextlib.nullcontext():
-        if not _move_and_record(Task, task.pk, old, values, events):
+        if not _move_and_record(Task, task.pk, old, values, events, in_attempt):
             return False
         if reported:
             # The project's activity feed tells of failures next to what people did
@@ -324,7 +328,7 @@ def transition(
     return True
 
 
-def _move_and_record(model, pk, old: Status, values: dict, events: list) -> bool:
+def _move_and_record(model, pk, old: Status, values: dict, events: list, in_attempt: int | None) -> bool:
     """The guarded update of task ``pk`` from ``old`` and the insert of ``events``, as one statement.
 
     ``WITH moved AS (UPDATE ... RETURNING id) INSERT ... SELECT ... FROM moved``:
@@ -337,7 +341,7 @@ def _move_and_record(model, pk, old: Status, values: dict, events: list) -> bool
     from django.db import connections
 
     connection = connections[model.objects.db]
-    update_sql, update_params = _guarded_update(model, pk, old, values, connection)
+    update_sql, update_params = _guarded_update(model, pk, old, in_attempt, values, connection)
     pk_column = connection.ops.quote_name(model._meta.pk.column)
     event_model = type(events[0])
     fields = [f for f in event_model._meta.concrete_fields if not f.primary_key]
@@ -356,17 +360,21 @@ def _move_and_record(model, pk, old: Status, values: dict, events: list) -> bool
         return cursor.fetchone() is not None
 
 
-def _guarded_update(model, pk, old: Status, values: dict, connection) -> tuple[str, list]:
-    """``UPDATE ... SET values WHERE pk = pk AND status = old``, written out directly.
+def _guarded_update(model, pk, old: Status, in_attempt: int | None, values: dict, connection):
+    """``UPDATE ... SET values WHERE pk = pk AND status = old [AND attempt = in_attempt]``, written out.
 
     A machine moves every task it runs several times; building the same
     statement through a queryset costs more Python than the database takes
     to run it. Values that are expressions (``F()``) go through the ORM.
+    Returns the SQL and its parameters.
     """
+    guard = {model._meta.pk.name: pk, "status": old.value}
+    if in_attempt is not None:
+        guard["attempt"] = in_attempt
     if any(hasattr(value, "resolve_expression") for value in values.values()):
         from django.db.models.sql import UpdateQuery
 
-        guarded = model.objects.filter(pk=pk, status=old)
+        guarded = model.objects.filter(**guard)
         query = guarded.query.chain(UpdateQuery)
         query.add_update_values(values)
         return query.get_compiler(guarded.db).as_sql()
@@ -378,11 +386,9 @@ def _guarded_update(model, pk, old: Status, values: dict, connection) -> tuple[s
             value = value.prepare_database_save(field)
         sets.append(f"{q(field.column)} = %s")
         params.append(field.get_db_prep_save(value, connection))
-    sql = (
-        f"UPDATE {q(model._meta.db_table)} SET {', '.join(sets)} "
-        f"WHERE {q(model._meta.pk.column)} = %s AND {q(model._meta.get_field('status').column)} = %s"
-    )
-    return sql, [*params, pk, old.value]
+    where = " AND ".join(f"{q(model._meta.get_field(name).column)} = %s" for name in guard)
+    sql = f"UPDATE {q(model._meta.db_table)} SET {', '.join(sets)} WHERE {where}"
+    return sql, [*params, *guard.values()]
 
 
 def claim_head(group_id: int, machine, *, reason: str, at: dt.datetime | None = None):

@@ -142,6 +142,17 @@ def test_a_move_through_statuses_is_refused_whole_or_lost_whole(alice, group):
 
 
 @pytest.mark.django_db
+def test_a_machine_cannot_move_a_task_that_was_claimed_again_meanwhile(alice, group):
+    # Reclaimed while preparing, back in the queue, claimed again: the same status, another attempt.
+    task = make_task(alice, group, Status.PREPARING)
+    Task.objects.filter(pk=task.pk).update(attempt=2)
+    assert not transition(task, Status.STARTED, in_attempt=1)
+    assert not transition(task, Status.STARTED, in_attempt=1, attempt=F("attempt"))  # through the ORM
+    assert Task.objects.get(pk=task.pk).status == Status.PREPARING
+    assert transition(task, Status.STARTED, in_attempt=2)
+
+
+@pytest.mark.django_db
 def test_a_move_may_write_expressions_and_model_instances(alice, group):
     task = make_task(alice, group, Status.SUBMITTED)
     machine = Machine.objects.create(group=group, name="m-1", state=Machine.State.ONLINE)

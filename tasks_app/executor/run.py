@@ -118,7 +118,13 @@ class Execution:
             nonlocal tries
             tries += 1
             moved = lifecycle.transition(
-                self.task, new, reason=reason, by_machine=self.machine, expected=old, **fields
+                self.task,
+                new,
+                reason=reason,
+                by_machine=self.machine,
+                expected=old,
+                in_attempt=self.task.attempt,
+                **fields,
             )
             if not moved:
                 self.task.refresh_from_db(fields=["status"])
