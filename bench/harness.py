@@ -148,6 +148,10 @@ class Stack:
         self._prefix = settings.SIMDECK_QUEUE_PREFIX
         settings.SIMDECK_QUEUE_PREFIX = self._processes.queue_prefix
         # Groups an interrupted run left started would get machines from our provider.
+        # The console benchmark's generated groups hold no machines: they are put back as they were.
+        from bench.console_pages import PREFIX
+
+        MachineGroup.objects.filter(name__startswith=f"{PREFIX}-").update(state=MachineGroup.State.TERMINATED)
         for group in MachineGroup.objects.filter(
             state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED]
         ):

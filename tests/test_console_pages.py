@@ -501,6 +501,23 @@ def test_nobody_terminates_another_users_group(client, bob, group):
     assert client.post(reverse("group-start", args=["lab"])).status_code == 404
 
 
+def test_the_group_list_counts_the_queues_of_groups_that_are_up(logged_in, alice):
+    from tasks_app.views.groups import with_counts
+
+    up = services.create_group(alice, machine_type="c2-standard-4", name="up")
+    services.start_group(up)
+    make_task(alice, up)
+    make_task(alice, up, to=(Status.SUBMITTED, Status.PREPARING, Status.STARTED))
+    down = services.create_group(alice, machine_type="c2-standard-4", name="down")
+    make_task(alice, down)
+    services.terminate_group(down)
+    MachineGroup.objects.filter(pk=down.pk).update(state=MachineGroup.State.TERMINATED)
+    counts = {g.name: (g.queued, g.running) for g in with_counts(MachineGroup.objects.all())}
+    assert counts == {"up": (1, 1), "down": (0, 0)}
+    page = logged_in.get(reverse("group-list")).content.decode()
+    assert "up" in page and "down" in page
+
+
 def test_the_group_list_keeps_its_queries_constant(logged_in, alice, django_assert_max_num_queries):
     for i in range(8):
         services.create_group(alice, machine_type="c2-standard-4", name=f"g{i}")
