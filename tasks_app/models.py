@@ -215,7 +215,10 @@ class Task(models.Model):
     id = models.CharField(primary_key=True, max_length=ID_LENGTH, default=new_task_id)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="tasks")
-    machine_group = models.ForeignKey(MachineGroup, on_delete=models.PROTECT, related_name="tasks")
+    # Indexed by task_group_created, which starts with it: one index less to write at every move.
+    machine_group = models.ForeignKey(
+        MachineGroup, on_delete=models.PROTECT, related_name="tasks", db_index=False
+    )
     machine = models.ForeignKey(
         Machine, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks"
     )
@@ -301,6 +304,12 @@ class Task(models.Model):
             GinIndex(fields=["metadata"], name="task_metadata", opclasses=["jsonb_path_ops"]),
             # Recently ended tasks: the overview's counts, chart and failures, a group's history.
             models.Index(fields=["-ended_at"], name="task_ended", condition=models.Q(ended_at__isnull=False)),
+            # A group's latest successes: a queued task's start estimate (views/waiting.py).
+            models.Index(
+                fields=["machine_group", "-ended_at"],
+                name="task_group_succeeded",
+                condition=models.Q(status=Status.SUCCESS),
+            ),
             # Tasks on machines, a few among millions: each group's running count, and the
             # overview's longest-running list, without visiting every task of a status.
             models.Index(
