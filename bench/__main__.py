@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(modules)}")
     chosen = {n: modules[n] for n in (args.names or modules)}
 
+    harness.stop_on_sigterm()
     harness.setup_django()
     report = {
         "ran_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

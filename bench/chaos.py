@@ -455,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    from bench.harness import stop_on_sigterm
+
+    stop_on_sigterm()
     home = Path(tempfile.mkdtemp(prefix="simdeck-chaos-"))
     os.chmod(home, 0o755)  # the embedded PostgreSQL runs as its own user
     failures = 0

@@ -11,6 +11,8 @@ import atexit
 import logging
 import os
 import secrets
+import signal
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +34,16 @@ TEST_TUNING = (
 def home() -> Path:
     """Where benchmarks keep their data: never the instance's nor the tests' home."""
     return Path(os.environ.get("SIMDECK_BENCH_HOME") or ROOT / ".simdeck-bench").resolve()
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``pkill``) stop a run as Ctrl+C does: through its cleanups.
+
+    Left to its default, SIGTERM ends the process at once and leaves the
+    stack it started (web server, scheduler, provider, machines) running on
+    the benchmark database, where the next run's provider competes with it.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def setup_django() -> None:
