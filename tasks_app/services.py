@@ -262,6 +262,15 @@ def _checked_parameters(simulator: str, parameters: dict | None, input_files: li
         raise Refused(str(exc), field=exc.field) from None
 
 
+def _terminated(group: MachineGroup, how: str) -> Refused:
+    return Refused(
+        f"Machine group {group.name} {how}; start a new group and submit there.",
+        code="terminated",
+        field="machine_group",
+        status=409,
+    )
+
+
 def _check_submission(user, machine_group: MachineGroup, input_files: list[str]) -> None:
     """What every submission needs whatever its tasks: an input, an open group, the right to use it."""
     from tasks_app import access
@@ -269,12 +278,7 @@ def _check_submission(user, machine_group: MachineGroup, input_files: list[str])
     if not input_files:
         raise Refused("The input folder is empty; add the files the simulation needs.", field="input_files")
     if not machine_group.is_accepting_tasks:
-        raise Refused(
-            f"Machine group {machine_group.name} is terminated; start a new group and submit there.",
-            code="terminated",
-            field="machine_group",
-            status=409,
-        )
+        raise _terminated(machine_group, "is terminated")
     if not access.can(user, "submit", machine_group):
         raise Refused(
             access.refusal(user, "submit", machine_group), field="machine_group", code="forbidden", status=403
@@ -451,12 +455,7 @@ def create_tasks(
         # The group before its tasks, as accept_input() and terminate_group() lock them.
         group = lock_group_shared(machine_group.pk)
         if not group.is_accepting_tasks:
-            raise Refused(
-                f"Machine group {group.name} was terminated meanwhile; start a new group and submit there.",
-                code="terminated",
-                field="machine_group",
-                status=409,
-            )
+            raise _terminated(group, "was terminated meanwhile")
         if input_archive is not None:
             now = timezone.now()
             for position, task in enumerate(tasks):

@@ -127,8 +127,7 @@ def test_a_task_over_in_a_moment_records_every_step_and_a_longer_one_shows_it_ru
 
     slow = sim.run(input_dir=EXAMPLES / "commands-mesh-solve", commands=["sleep 5"], on=mg)
     # Started is written while the command runs, not only with its ending.
-    running = lambda: Task.objects.get(pk=slow.id).status == Status.STARTED  # noqa: E731
-    wait_for(running, 4.5, message="started while running")
+    wait_for(lambda: Task.objects.get(pk=slow.id).status == Status.STARTED, 4.5, message="started, running")
     assert Task.objects.get(pk=slow.id).ended_at is None
     assert slow.wait(polling_period=0.2, silent_mode=True) == "success"
     assert statuses_of(slow.id) == HAPPY_PATH

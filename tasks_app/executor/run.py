@@ -351,7 +351,7 @@ class Execution:
         exited, exited_at = f"The simulator exited with code {outcome.exit_code}.", timezone.now()
         outputs = self.outputs()
         if outputs[1] <= QUICK_STORE_BYTES:
-            self.finish_quickly(outcome, (exited, exited_at), outputs)
+            self.finish_quickly(outcome, exited, exited_at, outputs)
             return
         if not self.move_to_finalizing(outcome, exited):
             self.store(logs_only=True)
@@ -372,7 +372,7 @@ class Execution:
         steps, fields = self.start_steps()
         return self.move(Status.FINALIZING, exited, passing=steps, exit_code=outcome.exit_code, **fields)
 
-    def finish_quickly(self, outcome: Outcome, exit_step: tuple[str, dt.datetime], outputs: tuple) -> None:
+    def finish_quickly(self, outcome: Outcome, exited: str, exited_at: dt.datetime, outputs: tuple) -> None:
         """Store small outputs first, then move through finalizing to the ending in one update.
 
         Storing a few kilobytes takes less time than a status change, so the
@@ -380,7 +380,6 @@ class Execution:
         has the finalizing step, at the moment the simulator exited. A kill
         that arrives meanwhile wins: the outputs are kept and the kill ends it.
         """
-        exited, exited_at = exit_step
         try:
             stored = self.store(record=False, outputs=outputs)
         except OSError as exc:
