@@ -90,6 +90,12 @@ if env.bool("SIMDECK_DB_POOL", default=False):
     }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# A machine claims and moves tasks with the same few statements thousands of
+# times; bound on the server (tasks_app.lifecycle), they are prepared after a
+# few runs on a connection and not planned again. Django turns preparing off
+# for the sake of transaction-mode poolers (PgBouncer): turn it off there too.
+if env.bool("SIMDECK_DB_PREPARED_STATEMENTS", default=True):
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="") or embedded.start_redis(SIMDECK_HOME)

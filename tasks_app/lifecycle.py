@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 
 from django.db import models, transaction
 from django.utils import timezone
@@ -355,9 +356,54 @@ def _move_and_record(model, pk, old: Status, values: dict, events: list, in_atte
     earlier = "".join(f", passed{i} AS ({insert})" for i, insert in enumerate(inserts[:-1]))
     sql = f"WITH moved AS ({update_sql} RETURNING {pk_column}){earlier} {inserts[-1]} RETURNING 1"
     event_params = [f.get_db_prep_save(getattr(e, f.attname), connection) for e in events for f in fields]
-    with connection.cursor() as cursor:
+    with _prepared_cursor(connection) as cursor:
         cursor.execute(sql, [*update_params, *event_params])
         return cursor.fetchone() is not None
+
+
+def _prepared_cursor(connection):
+    """A cursor whose statements PostgreSQL keeps prepared on ``connection``.
+
+    Django binds parameters on the client, so the server parses and plans
+    every statement anew. A machine runs the same claim and the same few
+    moves thousands of times, and planning them took as long as running
+    them. Bound on the server, psycopg prepares a statement once it has
+    run a few times on a connection (``prepare_threshold``, set in
+    console/settings.py) and from then on sends only its parameters.
+    """
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.ensure_connection()
+    # Wrapped as Django wraps its own: errors translated, queries logged in DEBUG.
+    return connection._prepare_cursor(ServerBindingCursor(connection.connection))
+
+
+def _task_from_row(connection, row):
+    """A Task from a row of all its concrete columns, in field order, as a queryset would build it."""
+    from tasks_app.models import Task
+
+    values = list(row)
+    for i, converters in _task_converters(connection.alias):
+        for convert, expression in converters:
+            values[i] = convert(values[i], expression, connection)
+    return Task.from_db(connection.alias, None, values)
+
+
+@functools.cache
+def _task_converters(alias: str) -> list:
+    """``(index, [(converter, column)])`` for the Task columns whose database value needs converting."""
+    from django.db import connections
+
+    from tasks_app.models import Task
+
+    connection = connections[alias]
+    found = []
+    for i, field in enumerate(Task._meta.concrete_fields):
+        column = field.get_col(Task._meta.db_table)
+        converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if converters:
+            found.append((i, [(convert, column) for convert in converters]))
+    return found
 
 
 def _guarded_update(model, pk, old: Status, in_attempt: int | None, values: dict, connection):
@@ -406,43 +452,64 @@ def claim_head(group_id: int, machine, *, reason: str, at: dt.datetime | None = 
     """
     from django.db import connections
 
-    from tasks_app.models import Machine, Task, TaskEvent
+    from tasks_app.models import Task
 
     now = at or timezone.now()
     connection = connections[Task.objects.db]
-    q = connection.ops.quote_name
-    columns = [f.column for f in Task._meta.concrete_fields]
-    sql = f"""
-        WITH machine AS MATERIALIZED (
-            SELECT id FROM {q(Machine._meta.db_table)} WHERE id = %s AND state = %s FOR NO KEY UPDATE
-        ), head AS (
-            SELECT id FROM {q(Task._meta.db_table)}
-            WHERE machine_group_id = %s AND status = %s AND EXISTS (SELECT FROM machine)
-            ORDER BY queued_at, id LIMIT 1 FOR UPDATE SKIP LOCKED
-        ), moved AS (
-            UPDATE {q(Task._meta.db_table)} AS task
-            SET status = %s, status_changed_at = %s, {q(PHASE_FIELD[S.PREPARING])} = %s, machine_id = %s,
-                attempt = task.attempt + 1
-            FROM head WHERE task.id = head.id AND task.status = %s
-            RETURNING {", ".join(f"task.{q(c)}" for c in columns)}
-        ), recorded AS (
-            INSERT INTO {q(TaskEvent._meta.db_table)}
-                (task_id, from_status, to_status, at, reason, machine_id)
-            SELECT id, %s, %s, %s, %s, %s FROM moved
-        )
-        SELECT moved.*, EXISTS (SELECT FROM machine) AS machine_online
-        FROM (SELECT) AS one LEFT JOIN moved ON true
-    """
-    params = [machine.pk, machine.State.ONLINE, group_id, S.SUBMITTED.value]
-    params += [S.PREPARING.value, now, now, machine.pk, S.SUBMITTED.value]
-    params += [S.SUBMITTED.value, S.PREPARING.value, now, reason, machine.pk]
-    (task,) = Task.objects.raw(sql, params)
-    if task.pk is None:
-        return None, task.machine_online
+    sql = _claim_sql(connection.alias)
+    params = [machine.pk, group_id, now, now, machine.pk, now, reason, machine.pk]
+    with _prepared_cursor(connection) as cursor:
+        cursor.execute(sql, params)
+        *row, online = cursor.fetchone()
+    if row[0] is None:
+        return None, online
+    task = _task_from_row(connection, row)
     # Viewers learn of it once it is committed, never before.
     args = (task.pk, task.machine_group_id, task.owner_id, S.PREPARING.value)
     transaction.on_commit(lambda: live.task_changed(*args, left_queue=True, project_id=task.project_id))
     return task, True
+
+
+@functools.cache
+def _claim_sql(alias: str) -> str:
+    """The statement of :func:`claim_head`, written once per database."""
+    from django.db import connections
+
+    from tasks_app.models import Machine, Task, TaskEvent
+
+    connection = connections[alias]
+    q = connection.ops.quote_name
+    columns = [f.column for f in Task._meta.concrete_fields]
+    # The statuses are written into the statement, not passed: prepared once,
+    # its plan is made for any parameters, and only a known status lets it
+    # use the partial index of the queue (task_queue, status = 'submitted').
+    online, submitted, preparing = (_literal(v) for v in (Machine.State.ONLINE, S.SUBMITTED, S.PREPARING))
+    return f"""
+        WITH machine AS MATERIALIZED (
+            SELECT id FROM {q(Machine._meta.db_table)} WHERE id = %s AND state = {online} FOR NO KEY UPDATE
+        ), head AS (
+            SELECT id FROM {q(Task._meta.db_table)}
+            WHERE machine_group_id = %s AND status = {submitted} AND EXISTS (SELECT FROM machine)
+            ORDER BY queued_at, id LIMIT 1 FOR UPDATE SKIP LOCKED
+        ), moved AS (
+            UPDATE {q(Task._meta.db_table)} AS task
+            SET status = {preparing}, status_changed_at = %s, {q(PHASE_FIELD[S.PREPARING])} = %s,
+                machine_id = %s, attempt = task.attempt + 1
+            FROM head WHERE task.id = head.id AND task.status = {submitted}
+            RETURNING {", ".join(f"task.{q(c)}" for c in columns)}
+        ), recorded AS (
+            INSERT INTO {q(TaskEvent._meta.db_table)}
+                (task_id, from_status, to_status, at, reason, machine_id)
+            SELECT id, {submitted}, {preparing}, %s, %s, %s FROM moved
+        )
+        SELECT moved.*, EXISTS (SELECT FROM machine) AS machine_online
+        FROM (SELECT) AS one LEFT JOIN moved ON true
+    """
+
+
+def _literal(value: str) -> str:
+    """``value`` as an SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def transition_many(

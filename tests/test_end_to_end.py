@@ -169,6 +169,18 @@ def test_a_second_delivery_of_a_queue_message_does_not_run_a_task_again(stack, c
     assert Path(task.download_outputs()).joinpath("stdout.txt").read_text() == "ran\n"
 
 
+def test_a_machine_takes_its_groups_tokens_one_at_a_time_until_none_is_left(group, settings):
+    """A machine going on from task to task takes each token off the broker itself, as Celery would."""
+    import secrets
+
+    from tasks_app import services
+    from tasks_app.executor.run import take_token
+
+    settings.SIMDECK_QUEUE_PREFIX = f"test-tokens-{secrets.token_hex(4)}"
+    services.publish_tokens(group, 3)
+    assert [take_token(group) for _ in range(4)] == [True, True, True, False]
+
+
 def test_a_machine_without_the_simulator_ends_the_task_with_a_runtime_error(stack, client_for, alice_key):
     stack.restart_provider(SIMDECK_SPLASH_BIN="/opt/nowhere/splash")
     client_for(alice_key)

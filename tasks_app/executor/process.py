@@ -43,30 +43,48 @@ Publish = Callable[[bytes], object]
 MAX_PENDING = 1 << 20
 
 
-def _pump(pipe: BinaryIO, sink: BinaryIO, publish: Publish | None) -> None:
-    """Copy a pipe to its log file byte for byte, publishing whole lines in batches.
+class _Pump:
+    """Copies a pipe to its log file byte for byte, publishing whole lines in batches.
 
     Reading whatever is available (not line by line) batches by itself: a
     quiet simulator's line goes out at once, a chatty one's thousands of
-    lines a second go out a few dozen kilobytes at a time.
+    lines a second go out a few dozen kilobytes at a time. It is driven by
+    the thread that watches the command during its first look, then, if the
+    pipe is still open, by a thread of its own (:meth:`run`).
     """
-    fd = pipe.fileno()
-    pending = b""
-    while chunk := os.read(fd, 1 << 16):
-        sink.write(chunk)
-        sink.flush()
-        if publish is None:
-            continue
-        pending += chunk
-        cut = pending.rfind(b"\n") + 1
-        if cut == 0 and len(pending) > MAX_PENDING:
-            cut = len(pending)
-        if cut:
-            publish(pending[:cut])
-            pending = pending[cut:]
-    if pending and publish is not None:
-        publish(pending + b"\n")
-    pipe.close()
+
+    def __init__(self, pipe: BinaryIO, sink: BinaryIO, publish: Publish | None):
+        self.pipe, self.fd, self.sink, self.publish = pipe, pipe.fileno(), sink, publish
+        self.pending = b""
+        self.closed = False
+
+    def read(self) -> bool:
+        """Copy what the pipe holds (waiting for something, or its end); False once it ended."""
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            self.close()
+            return False
+        self.sink.write(chunk)
+        self.sink.flush()
+        if self.publish is not None:
+            self.pending += chunk
+            cut = self.pending.rfind(b"\n") + 1
+            if cut == 0 and len(self.pending) > MAX_PENDING:
+                cut = len(self.pending)
+            if cut:
+                self.publish(self.pending[:cut])
+                self.pending = self.pending[cut:]
+        return True
+
+    def close(self) -> None:
+        if self.pending and self.publish is not None:
+            self.publish(self.pending + b"\n")
+        self.pipe.close()
+        self.closed = True
+
+    def run(self) -> None:
+        while self.read():
+            pass
 
 
 _PR_SET_PDEATHSIG = 1
@@ -119,9 +137,17 @@ def _spawn_args(argv: list[str], env: dict[str, str]) -> tuple[list[str], Callab
     found goes the old way, so it fails as it always did.
     """
     setpriv = _setpriv()
-    if setpriv and shutil.which(argv[0], path=os.pathsep.join(os.get_exec_path(env))):
+    path = os.pathsep.join(os.get_exec_path(env))
+    found = _on_path(argv[0], path) if os.sep not in argv[0] else shutil.which(argv[0], path=path)
+    if setpriv and found:
         return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
     return argv, _dies_with(os.getpid())
+
+
+@functools.lru_cache(maxsize=256)
+def _on_path(command: str, path: str) -> bool:
+    """Whether the command ``command`` is on ``path``: a machine starts the same few over and over."""
+    return shutil.which(command, path=path) is not None
 
 
 def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
@@ -176,23 +202,30 @@ def run_invocations(
                 preexec_fn=setup,
             )
             pumps = [
-                threading.Thread(target=_pump, args=(pipe, sink, _for(publish, name)), daemon=True)
+                _Pump(pipe, sink, _for(publish, name))
                 for pipe, sink, name in ((proc.stdout, out, "stdout"), (proc.stderr, err, "stderr"))
             ]
-            for t in pumps:
-                t.start()
             stopped = None
-            wait = poll_seconds if first_look_seconds is None else first_look_seconds
-            with _exit_watch(proc) as ended:
-                while (exit_code := ended(wait)) is None:
-                    wait = poll_seconds
+            with _exit_watch(proc) as watch:
+                # The first look copies the output in this thread while it
+                # waits: a command over by then (most of a sweep of tiny
+                # tasks) costs no thread at all.
+                wait = poll_seconds if first_look_seconds is None else first_look_seconds
+                exit_code = watch.ended(wait, pumps) if watch.inline else None
+                threads = [threading.Thread(target=p.run, daemon=True) for p in pumps if not p.closed]
+                for t in threads:
+                    t.start()
+                if not watch.inline:
+                    exit_code = watch.ended(wait)
+                while exit_code is None:
                     stopped = should_stop(proc.pid)
                     if stopped:
                         stop_process_group(proc, grace_seconds)
                         exit_code = proc.wait()
                         break
+                    exit_code = watch.ended(poll_seconds)
             deadline = time.monotonic() + 5
-            for t in pumps:
+            for t in threads:
                 # A grandchild may still hold the pipe open; do not hang on it.
                 t.join(timeout=max(0.0, deadline - time.monotonic()))
             if stopped:
@@ -202,32 +235,63 @@ def run_invocations(
     return Outcome(exit_code)
 
 
-@contextlib.contextmanager
-def _exit_watch(proc: subprocess.Popen):
-    """``ended(timeout)``: the exit code once ``proc`` ends within ``timeout`` seconds, else None.
+class _ExitWatch:
+    """Waits for a command to end, noticing it the moment it does where the system allows.
 
     ``Popen.wait(timeout)`` polls with growing sleeps, so a command of a few
     milliseconds is noticed up to several milliseconds late. A pidfd (Linux
-    5.3 and later) becomes readable the moment the process exits.
+    5.3 and later) becomes readable the moment the process exits, and can be
+    waited on together with the command's pipes (``inline``).
     """
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        pidfd = None
 
-    def ended(timeout: float) -> int | None:
-        if pidfd is not None:
-            return proc.wait() if select.select([pidfd], [], [], timeout)[0] else None
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
         try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
+            self.pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None
+        self.inline = self.pidfd is not None
 
+    def ended(self, timeout: float, pumps: list[_Pump] = ()) -> int | None:
+        """The exit code once the command ends within ``timeout`` seconds, else None.
+
+        With ``pumps`` (``inline`` only) their pipes are copied meanwhile; it
+        then returns once the command and its pipes have all ended, or when
+        the time is up.
+        """
+        if self.pidfd is None:
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        deadline = time.monotonic() + timeout
+        by_fd = {p.fd: p for p in pumps}
+        exit_code = None
+        while True:
+            fds = [fd for fd, p in by_fd.items() if not p.closed]
+            if exit_code is None:
+                fds.append(self.pidfd)
+            remaining = deadline - time.monotonic()
+            if not fds or remaining <= 0:
+                return exit_code
+            for fd in select.select(fds, [], [], remaining)[0]:
+                if fd == self.pidfd:
+                    exit_code = self.proc.wait()
+                else:
+                    by_fd[fd].read()
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+
+
+@contextlib.contextmanager
+def _exit_watch(proc: subprocess.Popen):
+    watch = _ExitWatch(proc)
     try:
-        yield ended
+        yield watch
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
+        watch.close()
 
 
 def _for(publish: Callable[[str, bytes], object] | None, stream: str) -> Publish | None:

@@ -19,12 +19,14 @@ that is what happened.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
@@ -70,6 +72,17 @@ def through_outage(action, what: str):
             connection.close()  # a broken connection is never reopened by itself
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+
+@functools.cache
+def _machine_environment() -> dict[str, str]:
+    """The environment every simulation on this machine starts from: the machine's own, less its secrets."""
+    env = dict(os.environ)
+    # Command lines say "python": give them this machine's interpreter.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    for name in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "CELERY_BROKER_URL"):
+        env.pop(name, None)
+    return env
 
 
 class RuntimeFailure(Exception):
@@ -232,19 +245,7 @@ class Execution:
         return simulator, invocations
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        # Command lines say "python": give them this machine's interpreter.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env["SIMDECK_TASK_ID"] = self.task.id
-        for name in (
-            "DJANGO_SETTINGS_MODULE",
-            "DATABASE_URL",
-            "REDIS_URL",
-            "SECRET_KEY",
-            "CELERY_BROKER_URL",
-        ):
-            env.pop(name, None)
-        return env
+        return _machine_environment() | {"SIMDECK_TASK_ID": self.task.id}
 
     # -- watching the running simulation --------------------------------------
 
@@ -439,7 +440,7 @@ class Execution:
         archive = self.base / "outputs.zip"
         with open(archive, "wb") as out:
             count = archives.write_zip(out, files)
-        name = storage.save_file(storage.output_name(self.task.id), archive)
+        name = storage.save_file(storage.output_name(self.task.id), archive, move=True)
         fields = {"output_path": name, "output_size": size, "output_files": count}
         if record:
             through_outage(lambda: Task.objects.filter(pk=self.task.id).update(**fields), "recording outputs")
@@ -473,14 +474,36 @@ def take_token(group: MachineGroup) -> bool:
     before its claim commits, the scheduler re-announces the task
     (``restore_lost_tokens``), as it does for any token that went missing.
     """
-    from console.celery import app
-
     try:
+        client = _broker_redis()
+        if client is not None:
+            # kombu keeps a queue's messages of the default priority in a
+            # list named after it and consumes from its right end.
+            return client.rpop(group.queue_name) is not None
+        from console.celery import app
+
         with app.pool.acquire(block=True) as conn:
             return conn.default_channel.basic_get(group.queue_name, no_ack=True) is not None
     except Exception:  # the broker is away: the worker takes the next token once it is back
         log.warning("Could not take a token of group %s", group.name, exc_info=True)
         return False
+
+
+@functools.cache
+def _broker_redis():
+    """A client of the broker when it is Redis, kept for the process; None for other brokers.
+
+    Taking a token through kombu builds a channel and a client each time,
+    which cost more than the pop itself.
+    """
+    import redis
+
+    from console.celery import app
+
+    url = app.conf.broker_url
+    if urlsplit(url).scheme not in ("redis", "rediss"):
+        return None
+    return redis.Redis.from_url(url)
 
 
 def execute_next(group_id: int, machine: Machine) -> str | None:
