@@ -304,6 +304,12 @@ class Task(models.Model):
             GinIndex(fields=["metadata"], name="task_metadata", opclasses=["jsonb_path_ops"]),
             # Recently ended tasks: the overview's counts, chart and failures, a group's history.
             models.Index(fields=["-ended_at"], name="task_ended", condition=models.Q(ended_at__isnull=False)),
+            # The latest failures, wherever the successes around them are: the overview's list.
+            models.Index(
+                fields=["-ended_at"],
+                name="task_failed_ended",
+                condition=models.Q(status__in=sorted(lifecycle.FAILURES)),
+            ),
             # A group's latest successes: a queued task's start estimate (views/waiting.py).
             models.Index(
                 fields=["machine_group", "-ended_at"],
@@ -381,6 +387,30 @@ class ProjectStatusCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project_id} {self.status}: {self.tasks:+d}"
+
+
+class ProjectHourCount(models.Model):
+    """A change in how many tasks of a project ended in one hour with one final status.
+
+    Kept as :class:`ProjectStatusCount` is (triggers, migration ``0009``, and
+    :func:`tasks_app.task_counts.fold`), so the overview counts and charts the
+    tasks that ended in the last day from a few rows per hour rather than
+    from every one of those tasks.
+    """
+
+    project = models.ForeignKey(
+        Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="hour_counts"
+    )
+    # The hour (UTC) the tasks ended in.
+    hour = models.DateTimeField()
+    status = models.CharField(max_length=40, choices=Status.choices)
+    tasks = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["hour", "project"], name="hour_count_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} {self.hour:%Y-%m-%d %H}h {self.status}: {self.tasks:+d}"
 
 
 class TaskEvent(models.Model):

@@ -1,4 +1,4 @@
-"""How many tasks each project has in each status, and their compute time, without counting them.
+"""How many tasks each project has in each status, and how many ended each hour, without counting them.
 
 Triggers on the task table (migration ``0005_project_status_counts``) append
 a row to :class:`~tasks_app.models.ProjectStatusCount` for every change:
@@ -11,6 +11,11 @@ million, and appending never makes two workers wait for one counter row.
 replacing the rows of each (project, status) by their sum; :func:`rebuild`
 counts everything again from the task table, e.g. after restoring a backup
 (``manage.py taskcounts --rebuild``).
+
+:class:`~tasks_app.models.ProjectHourCount` is kept the same way (migration
+``0009_project_hour_counts``) for the tasks that ended, by the hour they
+ended in and their final status: the overview reads the last day from it
+(:func:`ended_by_hour`).
 """
 
 from __future__ import annotations
@@ -19,17 +24,18 @@ import datetime as dt
 
 from django.db import connection, transaction
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum, Value
-from django.db.models.functions import Coalesce, NullIf
+from django.db.models.functions import Coalesce, NullIf, TruncHour
 
 from tasks_app import lifecycle
 from tasks_app.lifecycle import Status
-from tasks_app.models import ProjectStatusCount, Task
+from tasks_app.models import ProjectHourCount, ProjectStatusCount, Task
 
 # Folding and rebuilding take this advisory lock, so they never interleave:
 # a fold's sums landing in the middle of a rebuild would be counted twice.
 _LOCK = 0x7461736B  # "task"
 
 COUNTS = ProjectStatusCount._meta.db_table
+HOURS = ProjectHourCount._meta.db_table
 TASKS = Task._meta.db_table
 
 
@@ -62,7 +68,26 @@ def fold() -> int:
             SELECT (SELECT count(*) FROM folded) - (SELECT count(*) FROM summed)
             """
         )
-        return cursor.fetchone()[0]
+        folded = cursor.fetchone()[0]
+        cursor.execute(
+            f"""
+            WITH several AS (
+                SELECT project_id, hour, status FROM {HOURS}
+                GROUP BY project_id, hour, status HAVING count(*) > 1
+            ), folded AS (
+                DELETE FROM {HOURS} c USING several s
+                WHERE c.project_id = s.project_id AND c.hour = s.hour AND c.status = s.status
+                RETURNING c.project_id, c.hour, c.status, c.tasks
+            ), summed AS (
+                INSERT INTO {HOURS} (project_id, hour, status, tasks)
+                SELECT project_id, hour, status, sum(tasks) FROM folded
+                GROUP BY project_id, hour, status HAVING sum(tasks) <> 0
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM folded) - (SELECT count(*) FROM summed)
+            """
+        )
+        return folded + cursor.fetchone()[0]
 
 
 def rebuild() -> None:
@@ -80,6 +105,14 @@ def rebuild() -> None:
             INSERT INTO {COUNTS} (project_id, status, tasks, compute)
             SELECT project_id, status, count(*), sum(coalesce(ended_at - preparing_at, interval '0'))
             FROM {TASKS} GROUP BY project_id, status
+            """
+        )
+        cursor.execute(f"DELETE FROM {HOURS}")
+        cursor.execute(
+            f"""
+            INSERT INTO {HOURS} (project_id, hour, status, tasks)
+            SELECT project_id, date_trunc('hour', ended_at, 'UTC'), status, count(*)
+            FROM {TASKS} WHERE ended_at IS NOT NULL GROUP BY 1, 2, 3
             """
         )
 
@@ -119,3 +152,25 @@ def project_totals(projects):
         failed=number(**{f"{status}__in": lifecycle.FAILURES}),
         compute=NullIf(Sum("status_counts__compute"), Value(dt.timedelta(0))),
     )
+
+
+def ended_by_hour(since: dt.datetime, project_ids=None) -> dict[tuple[dt.datetime, str], int]:
+    """{(hour, final status): tasks} of the tasks that ended in the hours from ``since`` on.
+
+    ``since`` is the start of an hour (UTC); ``project_ids`` (ids or a
+    subquery) limits it to those projects. Pairs with no tasks are left out.
+    """
+    rows = ProjectHourCount.objects.filter(hour__gte=since)
+    if project_ids is not None:
+        rows = rows.filter(project_id__in=project_ids)
+    rows = rows.values("hour", "status").annotate(n=Sum("tasks"))
+    return {(r["hour"], r["status"]): r["n"] for r in rows if r["n"]}
+
+
+def ended_by_hour_counted(since: dt.datetime, project_ids=None) -> dict[tuple[dt.datetime, str], int]:
+    """The same as :func:`ended_by_hour`, counted from the task table (slow; for checks and tests)."""
+    tasks = Task.objects.filter(ended_at__gte=since)
+    if project_ids is not None:
+        tasks = tasks.filter(project_id__in=project_ids)
+    rows = tasks.annotate(hour=TruncHour("ended_at", tzinfo=dt.UTC)).values("hour", "status")
+    return {(r["hour"], r["status"]): r["n"] for r in rows.annotate(n=Count("pk"))}

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from tasks_app import lifecycle, services, storage
 from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, APIKey, Machine, MachineGroup, Task
+from tasks_app.models import Activity, APIKey, Machine, MachineGroup, ProjectHourCount, Task
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
@@ -541,6 +541,21 @@ def test_the_overview_counts_links_and_charts(logged_in, alice, group, django_as
         "&#x27;", "'"
     )
     assert "<svg" in html and "2 in all" in html
+
+
+def test_the_overview_reads_the_tasks_that_ended_from_the_hourly_summary(logged_in, alice, bob, group):
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    # Not a task anywhere: the page shows what the summary says, for the user's projects only.
+    ProjectHourCount.objects.create(project=group.project, hour=hour, status=Status.KILLED, tasks=1000)
+    other = services.create_group(bob, machine_type="c2-standard-4", name="other", project="sweeps")
+    ProjectHourCount.objects.create(project=other.project, hour=hour, status=Status.KILLED, tasks=5)
+    # Before the chart's first hour: not shown.
+    a_day_ago = hour - dt.timedelta(hours=24)
+    ProjectHourCount.objects.create(project=group.project, hour=a_day_ago, status=Status.FAILED, tasks=7)
+    context = logged_in.get(reverse("overview")).context
+    counts = {row["status"]: row["n"] for row in context["by_status"]}
+    assert counts[Status.KILLED] == 1000 and Status.FAILED not in counts
+    assert context["chart"]["total"] == context["chart"]["bars"][-1]["n"] == 1000
 
 
 def test_projects_list_counts_and_compute_time(logged_in, alice, group, django_assert_max_num_queries):

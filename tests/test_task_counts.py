@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from tasks_app import scheduler, services, task_counts
 from tasks_app.lifecycle import Status, transition
-from tasks_app.models import ProjectStatusCount, Task
+from tasks_app.models import ProjectHourCount, ProjectStatusCount, Task
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
@@ -32,8 +32,12 @@ def make_task(owner, group, to=(), *, start=None) -> Task:
     return task
 
 
+EVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def assert_counts_match():
     assert task_counts.current() == task_counts.counted()
+    assert task_counts.ended_by_hour(EVER) == task_counts.ended_by_hour_counted(EVER)
 
 
 def test_counts_follow_transitions_bulk_kills_and_deletions(alice, bob, group):
@@ -65,18 +69,40 @@ def test_counts_follow_transitions_bulk_kills_and_deletions(alice, bob, group):
     Task.objects.all().delete()
     task_counts.fold()
     assert task_counts.current() == {} and not ProjectStatusCount.objects.exists()
+    assert not ProjectHourCount.objects.exists()
+
+
+def test_ended_tasks_are_counted_in_the_hour_they_ended(alice, bob, group):
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=5)
+    late = make_task(alice, group, HAPPY, start=hour + dt.timedelta(minutes=59, seconds=30))
+    make_task(alice, group, [*HAPPY[:4], Status.FAILED], start=hour)
+    make_task(alice, group, HAPPY[:3], start=hour)
+    next_hour = hour + dt.timedelta(hours=1)
+    assert task_counts.ended_by_hour(hour) == {(next_hour, Status.SUCCESS): 1, (hour, Status.FAILED): 1}
+    assert task_counts.ended_by_hour(next_hour) == {(next_hour, Status.SUCCESS): 1}
+    # Moved by hand, in time and to another status: counted where it is now.
+    Task.objects.filter(pk=late.pk).update(ended_at=hour, status=Status.KILLED)
+    assert task_counts.ended_by_hour(hour) == {(hour, Status.KILLED): 1, (hour, Status.FAILED): 1}
+    other = services.create_group(bob, machine_type="c2-standard-4", name="other", project="sweeps")
+    make_task(bob, other, HAPPY, start=hour)
+    assert task_counts.ended_by_hour(hour, [other.project_id]) == {(hour, Status.SUCCESS): 1}
+    assert_counts_match()
 
 
 def test_fold_leaves_one_row_per_project_and_status(alice, group):
+    start = timezone.now() - dt.timedelta(hours=1)
     for _ in range(3):
-        make_task(alice, group, HAPPY)
+        make_task(alice, group, HAPPY, start=start)
     before = task_counts.current()
     assert ProjectStatusCount.objects.filter(project=group.project, status=Status.SUCCESS).count() > 1
     assert task_counts.fold() > 0
     assert task_counts.current() == before
     pairs = ProjectStatusCount.objects.values_list("project_id", "status")
     assert len(pairs) == len(set(pairs)) == len(before)
+    hours = ProjectHourCount.objects.values_list("project_id", "hour", "status")
+    assert len(hours) == len(set(hours)) == 1
     assert task_counts.fold() == 0
+    assert_counts_match()
 
 
 def test_the_housekeeping_folds_the_counts(alice, group, monkeypatch):
@@ -91,11 +117,12 @@ def test_rebuild_repairs_counts_that_drifted(alice, group):
     ProjectStatusCount.objects.create(
         project=group.project, status=Status.FAILED, tasks=7, compute=dt.timedelta(0)
     )
-    with pytest.raises(CommandError, match="1 counts differ"):
+    ProjectHourCount.objects.create(project=group.project, hour=EVER, status=Status.FAILED, tasks=2)
+    with pytest.raises(CommandError, match="2 counts differ"):
         call_command("taskcounts")
     call_command("taskcounts", rebuild=True)
     assert_counts_match()
-    assert ProjectStatusCount.objects.count() == 1
+    assert ProjectStatusCount.objects.count() == ProjectHourCount.objects.count() == 1
 
 
 def test_the_projects_page_reads_the_counts(logged_in, alice, group, django_assert_max_num_queries):

@@ -1,11 +1,15 @@
+import datetime as dt
+
 from django.core.management.base import BaseCommand, CommandError
 
 from tasks_app import task_counts
 
+EVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
 
 class Command(BaseCommand):
     help = (
-        "Check the per-project task counts by status against the task table; "
+        "Check the per-project task counts (by status, and ended by hour) against the task table; "
         "--rebuild counts them again, --fold compacts them."
     )
 
@@ -19,15 +23,21 @@ class Command(BaseCommand):
             self.stdout.write("Task counts rebuilt from the task table.")
         if fold:
             self.stdout.write(f"{task_counts.fold()} rows folded.")
-        kept, actual = task_counts.current(), task_counts.counted()
+        wrong = self.differences(task_counts.current(), task_counts.counted(), "project {} {}")
+        wrong += self.differences(
+            task_counts.ended_by_hour(EVER),
+            task_counts.ended_by_hour_counted(EVER),
+            "ended {:%Y-%m-%d %H}h {}",
+        )
+        if wrong:
+            raise CommandError(f"{wrong} counts differ from the task table; run with --rebuild.")
+        self.stdout.write("Task counts match the task table.")
+
+    def differences(self, kept: dict, actual: dict, label: str) -> int:
+        """Print the keys where ``kept`` and ``actual`` differ; how many they are."""
         wrong = sorted(
             set(kept) ^ set(actual) | {k for k in kept.keys() & actual.keys() if kept[k] != actual[k]}
         )
-        if wrong:
-            for project_id, status in wrong:
-                self.stdout.write(
-                    f"project {project_id} {status}: kept {kept.get((project_id, status))}, "
-                    f"counted {actual.get((project_id, status))}"
-                )
-            raise CommandError(f"{len(wrong)} counts differ from the task table; run with --rebuild.")
-        self.stdout.write(f"Task counts match the task table ({len(kept)} project and status pairs).")
+        for key in wrong:
+            self.stdout.write(f"{label.format(*key)}: kept {kept.get(key)}, counted {actual.get(key)}")
+        return len(wrong)
