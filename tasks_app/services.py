@@ -500,12 +500,29 @@ def publish_tokens(group: MachineGroup, count: int) -> None:
     the queue in the database, so the order is the database's. Many go out
     in one Redis pipeline (kombu's publish batch), not a round trip each.
     """
+    from celery.utils import uuid
+
     from console.celery import app
     from tasks_app.tasks import run_next
 
+    # The messages are those apply_async() sends, built and published a level
+    # below it: for a sweep of a thousand tasks, apply_async's routing, its
+    # settings lookups and the queue's declaration on every message took
+    # half the time the server spent creating the tasks.
+    queue = app.amqp.queues[group.queue_name]
     with app.producer_or_acquire() as producer, producer.batch():
+        producer.maybe_declare(queue)
         for _ in range(count):
-            run_next.apply_async(args=[group.pk], queue=group.queue_name, producer=producer)
+            headers, properties, body, _sent = app.amqp.as_task_v2(uuid(), run_next.name, args=(group.pk,))
+            producer.publish(
+                body,
+                exchange="",  # the default exchange: straight to the queue of that name
+                routing_key=queue.name,
+                headers=headers,
+                serializer=app.conf.task_serializer,
+                retry=True,
+                **properties,
+            )
 
 
 def clean_abandoned_uploads(older_than_minutes: int) -> int:
