@@ -85,7 +85,8 @@ def begin_log(task_id: str) -> None:
     with _publishing:
         _unsent.pop(task_id, None)
         try:
-            pipe = _redis().pipeline()
+            # No MULTI: a follower that looks between the two sees no stream, and waits for one.
+            pipe = _redis().pipeline(transaction=False)
             pipe.delete(key)  # a resubmitted task's earlier attempt is in its stored log
             pipe.xadd(key, {"s": "begin", "d": b""}, maxlen=STREAM_MAXLEN, approximate=True)
             pipe.execute()
@@ -158,7 +159,7 @@ def end_log(task_id: str) -> None:
         pending = _unsent.pop(task_id, [])
         _retry_at.pop(task_id, None)
         try:
-            pipe = _redis().pipeline()
+            pipe = _redis().pipeline(transaction=False)  # in order, which is all followers need
             for name, chunk in pending:
                 pipe.xadd(key, {"s": name, "d": chunk}, maxlen=STREAM_MAXLEN, approximate=True)
             pipe.xadd(key, {"s": "end", "d": b""}, maxlen=STREAM_MAXLEN, approximate=True)
