@@ -120,6 +120,10 @@ def test_every_error_has_the_same_shape(api, group, settings):
     anonymous = Client()
     assert_error(anonymous.get("/api/v1/tasks"), 401, "unauthenticated")
     assert_error(api.get("/api/v1/tasks/" + "a" * 25), 404, "not_found")
+    # Paths of actions, read as task ids: no such task, as for any other id.
+    assert_error(api.get("/api/v1/tasks/kill"), 404, "not_found")
+    assert_error(api.get("/api/v1/tasks/batch"), 404, "not_found")
+    assert_error(anonymous.get("/api/v1/tasks/kill"), 401, "unauthenticated")
     message = assert_error(api.get("/api/v1/no-such-thing"), 404, "not_found")
     assert "/api/v1/docs" in message
     assert_error(anonymous.delete("/api/v1/tasks/x/y/z"), 404, "not_found")

@@ -347,6 +347,19 @@ def kill_many(request: HttpRequest, payload: s.KillManyIn):
 # -- one task --------------------------------------------------------------------
 
 
+# "batch" and "kill" name actions above, and their paths match before
+# /{task_id}. Read as a task id, which is what a GET of them asks for, they
+# name no task: the answer is GET /{task_id}'s 404, not a 405 of the action.
+@router.get("/batch", response={200: s.TaskDetailOut, **ERRORS}, include_in_schema=False)
+def get_task_named_batch(request: HttpRequest):
+    return task_for(request.user, "batch")
+
+
+@router.get("/kill", response={200: s.TaskDetailOut, **ERRORS}, include_in_schema=False)
+def get_task_named_kill(request: HttpRequest):
+    return task_for(request.user, "kill")
+
+
 @router.get("/{task_id}", response={200: s.TaskDetailOut, **ERRORS})
 def get_task(request: HttpRequest, task_id: str):
     """Everything about a task: status and guidance, timeline, time breakdown, outputs."""
