@@ -79,10 +79,20 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
-def begin_log(task_id: str) -> None:
-    """Start the task's stream afresh: a follower that sees this mark has every line since."""
+def begin_log(task_id: str, *, first_attempt: bool = False) -> None:
+    """Start the task's stream afresh: a follower that sees this mark has every line since.
+
+    The stream of a first attempt does not exist yet, and a follower waits
+    for it to appear: its mark goes out with the first lines, or with the
+    end, in the same round trip. A later attempt's stream still holds the
+    lines and the end mark of the one before, and is started over at once.
+    """
     key = log_stream_key(task_id)
     with _publishing:
+        _retry_at.pop(task_id, None)
+        if first_attempt:
+            _unsent[task_id] = [("begin", b"")]
+            return
         _unsent.pop(task_id, None)
         try:
             # No MULTI: a follower that looks between the two sees no stream, and waits for one.
@@ -273,10 +283,17 @@ def _listened(groups: set[str]) -> set[str]:
     if key is None or not hosts or len(hosts) != 1 or hosts[0].get("address") != settings.REDIS_URL:
         return groups
     ordered = sorted(groups)
+    if not ordered:
+        return set()
+    keys = [key(group) for group in ordered]
     try:
-        pipe = _redis().pipeline(transaction=False)
-        for group in ordered:
-            pipe.exists(key(group))
+        client = _redis()
+        # One count for all of them first: in an unattended sweep it is zero.
+        if not client.exists(*keys):
+            return set()
+        pipe = client.pipeline(transaction=False)
+        for name in keys:
+            pipe.exists(name)
         found = pipe.execute()
     except redis.RedisError:
         return groups

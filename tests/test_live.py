@@ -234,6 +234,31 @@ def test_viewers_of_one_task_share_one_reader_and_each_gets_every_line_once(
     ]
 
 
+@pytest.mark.django_db
+def test_a_first_attempts_stream_starts_with_its_first_lines_or_with_its_end(alice):
+    group = services.create_group(alice, machine_type="c2-standard-4", name="lab")
+    chatty, quiet = (
+        Task.objects.create(owner=alice, project=group.project, machine_group=group, simulator="commands")
+        for _ in range(2)
+    )
+
+    def marks(task) -> list[bytes]:
+        return [fields[b"s"] for _id, fields in live._redis().xrange(live.log_stream_key(task.id))]
+
+    for task in (chatty, quiet):
+        live.begin_log(task.id, first_attempt=True)
+        assert marks(task) == []  # nothing written yet: a follower waits for the stream to appear
+    live.append_log(chatty.id, "stdout", b"one\n")
+    live.append_log(chatty.id, "stdout", b"two\n")
+    live.end_log(chatty.id)
+    live.end_log(quiet.id)
+    assert marks(chatty) == [b"begin", b"stdout", b"stdout", b"end"]
+    assert marks(quiet) == [b"begin", b"end"]
+    # A later attempt's stream holds the one before: it is started over at once.
+    live.begin_log(chatty.id)
+    assert marks(chatty) == [b"begin"]
+
+
 def test_a_foreign_origin_is_refused():
     async def attempt():
         communicator = WebsocketCommunicator(

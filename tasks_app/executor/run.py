@@ -176,7 +176,7 @@ class Execution:
         version = simulator.version()
         self.start = (f"{simulator.label} started (version {version}).", {"simulator_version": version})
         self.meter = ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
-        live.begin_log(self.task.id)
+        live.begin_log(self.task.id, first_attempt=self.task.attempt == 1)
         self.spawned_at = timezone.now()
         outcome = run_invocations(
             invocations,
