@@ -354,6 +354,8 @@ def test_a_revoked_key_is_refused_at_once_and_closes_its_open_socket(team, alice
         await communicator.disconnect()
         again = WebsocketCommunicator(application, f"/ws/tasks/{task.id}/?format=json", headers=headers)
         refused = await again.connect(timeout=30)
+        # Ended here, not left to be cancelled when the event loop closes.
+        await again.disconnect()
         return closed, refused
 
     closed, refused = async_to_sync(watch_then_revoke)()
@@ -382,6 +384,7 @@ def test_a_member_taken_out_of_the_project_loses_the_socket(team, alice, bob, se
         while True:  # log frames may come first
             output = await communicator.receive_output(timeout=30)
             if output["type"] == "websocket.close":
+                await communicator.disconnect()
                 return output
 
     assert async_to_sync(watch)() == {"type": "websocket.close", "code": 4403}
