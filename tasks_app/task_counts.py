@@ -40,7 +40,7 @@ TASKS = Task._meta.db_table
 
 
 def fold() -> int:
-    """Replace the rows of every (project, status) that has several by their sum.
+    """Replace the rows of every (project, status) and (project, hour, status) that has several by their sum.
 
     Returns how many rows were folded away (0 when another fold is running).
     Rows appended while it runs are left for the next fold.
@@ -49,45 +49,37 @@ def fold() -> int:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_LOCK])
         if not cursor.fetchone()[0]:
             return 0
-        cursor.execute(
-            f"""
-            WITH several AS (
-                SELECT project_id, status FROM {COUNTS} GROUP BY project_id, status HAVING count(*) > 1
-            ), folded AS (
-                DELETE FROM {COUNTS} c USING several s
-                WHERE c.project_id = s.project_id AND c.status = s.status
-                RETURNING c.project_id, c.status, c.tasks, c.compute
-            ), summed AS (
-                INSERT INTO {COUNTS} (project_id, status, tasks, compute)
-                SELECT project_id, status, sum(tasks), sum(compute) FROM folded
-                GROUP BY project_id, status
-                -- A pair with no tasks left (e.g. its tasks were deleted) goes away.
-                HAVING sum(tasks) <> 0 OR sum(compute) <> interval '0'
-                RETURNING 1
-            )
-            SELECT (SELECT count(*) FROM folded) - (SELECT count(*) FROM summed)
-            """
+        statuses = _fold(cursor, COUNTS, ["project_id", "status"], {"tasks": "0", "compute": "interval '0'"})
+        return statuses + _fold(cursor, HOURS, ["project_id", "hour", "status"], {"tasks": "0"})
+
+
+def _fold(cursor, table: str, keys: list[str], sums: dict[str, str]) -> int:
+    """Fold ``table``'s rows per ``keys`` into one summing the columns of ``sums`` (column: its zero).
+
+    A key whose sums are all zero (e.g. its tasks were deleted) goes away.
+    Returns how many rows fewer there are.
+    """
+    key = ", ".join(keys)
+    summed = ", ".join(f"sum({column})" for column in sums)
+    cursor.execute(
+        f"""
+        WITH several AS (
+            SELECT {key} FROM {table} GROUP BY {key} HAVING count(*) > 1
+        ), folded AS (
+            DELETE FROM {table} c USING several s
+            WHERE {" AND ".join(f"c.{k} = s.{k}" for k in keys)}
+            RETURNING {", ".join(f"c.{column}" for column in [*keys, *sums])}
+        ), summed AS (
+            INSERT INTO {table} ({key}, {", ".join(sums)})
+            SELECT {key}, {summed} FROM folded
+            GROUP BY {key}
+            HAVING {" OR ".join(f"sum({column}) <> {zero}" for column, zero in sums.items())}
+            RETURNING 1
         )
-        folded = cursor.fetchone()[0]
-        cursor.execute(
-            f"""
-            WITH several AS (
-                SELECT project_id, hour, status FROM {HOURS}
-                GROUP BY project_id, hour, status HAVING count(*) > 1
-            ), folded AS (
-                DELETE FROM {HOURS} c USING several s
-                WHERE c.project_id = s.project_id AND c.hour = s.hour AND c.status = s.status
-                RETURNING c.project_id, c.hour, c.status, c.tasks
-            ), summed AS (
-                INSERT INTO {HOURS} (project_id, hour, status, tasks)
-                SELECT project_id, hour, status, sum(tasks) FROM folded
-                GROUP BY project_id, hour, status HAVING sum(tasks) <> 0
-                RETURNING 1
-            )
-            SELECT (SELECT count(*) FROM folded) - (SELECT count(*) FROM summed)
-            """
-        )
-        return folded + cursor.fetchone()[0]
+        SELECT (SELECT count(*) FROM folded) - (SELECT count(*) FROM summed)
+        """
+    )
+    return cursor.fetchone()[0]
 
 
 def rebuild() -> None:
@@ -154,22 +146,28 @@ def project_totals(projects):
     )
 
 
-def ended_by_hour(since: dt.datetime, project_ids=None) -> dict[tuple[dt.datetime, str], int]:
-    """{(hour, final status): tasks} of the tasks that ended in the hours from ``since`` on.
+def ended_by_hour(since: dt.datetime | None = None, project_ids=None) -> dict[tuple[dt.datetime, str], int]:
+    """{(hour, final status): tasks} of the tasks that ended in the hours from ``since`` on (all without).
 
     ``since`` is the start of an hour (UTC); ``project_ids`` (ids or a
     subquery) limits it to those projects. Pairs with no tasks are left out.
     """
-    rows = ProjectHourCount.objects.filter(hour__gte=since)
+    rows = ProjectHourCount.objects.all()
+    if since is not None:
+        rows = rows.filter(hour__gte=since)
     if project_ids is not None:
         rows = rows.filter(project_id__in=project_ids)
     rows = rows.values("hour", "status").annotate(n=Sum("tasks"))
     return {(r["hour"], r["status"]): r["n"] for r in rows if r["n"]}
 
 
-def ended_by_hour_counted(since: dt.datetime, project_ids=None) -> dict[tuple[dt.datetime, str], int]:
+def ended_by_hour_counted(
+    since: dt.datetime | None = None, project_ids=None
+) -> dict[tuple[dt.datetime, str], int]:
     """The same as :func:`ended_by_hour`, counted from the task table (slow; for checks and tests)."""
-    tasks = Task.objects.filter(ended_at__gte=since)
+    tasks = Task.objects.filter(ended_at__isnull=False)
+    if since is not None:
+        tasks = tasks.filter(ended_at__gte=since)
     if project_ids is not None:
         tasks = tasks.filter(project_id__in=project_ids)
     rows = tasks.annotate(hour=TruncHour("ended_at", tzinfo=dt.UTC)).values("hour", "status")

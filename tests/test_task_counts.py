@@ -37,7 +37,7 @@ EVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 def assert_counts_match():
     assert task_counts.current() == task_counts.counted()
-    assert task_counts.ended_by_hour(EVER) == task_counts.ended_by_hour_counted(EVER)
+    assert task_counts.ended_by_hour() == task_counts.ended_by_hour_counted()
 
 
 def test_counts_follow_transitions_bulk_kills_and_deletions(alice, bob, group):

@@ -250,7 +250,10 @@ class _ExitWatch:
             self.pidfd: int | None = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
             self.pidfd = None
-        self.inline = self.pidfd is not None
+
+    @property
+    def inline(self) -> bool:
+        return self.pidfd is not None
 
     def ended(self, timeout: float, pumps: list[_Pump] = ()) -> int | None:
         """The exit code once the command ends within ``timeout`` seconds, else None.

@@ -503,7 +503,8 @@ def _broker_redis():
     url = app.conf.broker_url
     if urlsplit(url).scheme not in ("redis", "rediss"):
         return None
-    return redis.Redis.from_url(url)
+    # Timeouts as for the live log's client: a broker that stops answering must not hang the machine.
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
 def execute_next(group_id: int, machine: Machine) -> str | None:

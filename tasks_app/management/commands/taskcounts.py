@@ -1,10 +1,6 @@
-import datetime as dt
-
 from django.core.management.base import BaseCommand, CommandError
 
 from tasks_app import task_counts
-
-EVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class Command(BaseCommand):
@@ -25,8 +21,8 @@ class Command(BaseCommand):
             self.stdout.write(f"{task_counts.fold()} rows folded.")
         wrong = self.differences(task_counts.current(), task_counts.counted(), "project {} {}")
         wrong += self.differences(
-            task_counts.ended_by_hour(EVER),
-            task_counts.ended_by_hour_counted(EVER),
+            task_counts.ended_by_hour(),
+            task_counts.ended_by_hour_counted(),
             "ended {:%Y-%m-%d %H}h {}",
         )
         if wrong:
