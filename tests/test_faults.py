@@ -220,6 +220,24 @@ def test_sigkilled_machines_lose_no_task_run_none_twice_and_end_their_logs(
     wait_for(lambda: processes_of(set(ids)) == [], 20, message="no simulator left behind")
 
 
+def test_a_simulator_does_not_outlive_the_pool_process_that_ran_it(stack, alice_client):
+    """Celery replaces a pool process that died (killed, out of memory); the new one ends its orphans."""
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start()
+    task = submit(mg, "sleep 300")
+    row = wait_for(
+        lambda: Task.objects.filter(pk=task.id, status=Status.STARTED).select_related("machine").first(),
+        90,
+        message="the task to start",
+    )
+    simulator = wait_for(lambda: processes_of({task.id}), 30, message="its simulator")
+    pool = [p for p in psutil.Process(row.machine.pid).children() if p.pid != simulator[0].pid]
+    assert len(pool) == 1, pool
+    pool[0].kill()
+    wait_for(lambda: processes_of({task.id}) == [], 60, message="the orphaned simulator ended")
+    # The machine itself lives on: only its pool process was replaced.
+    assert Machine.objects.get(pk=row.machine_id).state == Machine.State.ONLINE
+
+
 # -- what a simulator may print ---------------------------------------------------------
 
 GARBAGE_SCRIPT = """\

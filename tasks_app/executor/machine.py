@@ -75,6 +75,24 @@ def _online(**_):
     log.info("Machine %s is online", mid)
 
 
+@signals.worker_process_init.connect
+def _sweep_leftovers(**_):
+    """A new pool process ends the simulators an earlier one of this machine left running.
+
+    The pool process runs one task at a time, and Celery starts another
+    only when the one before died (killed, out of memory): any simulator of
+    this machine still running then belongs to a task nobody watches, and
+    would otherwise run on to its end. (When the whole worker dies, the
+    provider sweeps.)
+    """
+    marker = {name: os.environ.get(name) for name in ("SIMDECK_MACHINE_ID", "SIMDECK_INSTANCE")}
+    if None in marker.values():
+        return  # not a machine its provider can tell apart
+    from tasks_app.providers.local import kill_marked
+
+    kill_marked(marker, having=("SIMDECK_TASK_ID",))
+
+
 @signals.worker_shutdown.connect
 def _offline(**_):
     mid = machine_id()

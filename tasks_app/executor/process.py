@@ -10,12 +10,9 @@ it exactly.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import functools
 import os
 import select
-import shutil
 import signal
 import subprocess
 import threading
@@ -87,69 +84,6 @@ class _Pump:
             pass
 
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # Linux
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _dies_with(parent: int) -> Callable[[], None] | None:
-    """Make the command's first process die with the process that started it.
-
-    If the machine's worker is killed (SIGKILL, the OOM killer), nothing is
-    left to watch the simulator: it would run on unsupervised and could
-    finish its work a second time next to the attempt that replaces it. The
-    kernel kills it instead; the provider sweeps up anything it started.
-    """
-    if _prctl is None:
-        return None
-
-    def setup() -> None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # it died before the line above took effect
-            os._exit(1)
-
-    return setup
-
-
-@functools.cache
-def _setpriv() -> str | None:
-    """util-linux's ``setpriv``, if it can set the parent-death signal on this host."""
-    path = shutil.which("setpriv")
-    if path is None or _prctl is None:
-        return None
-    try:
-        check = subprocess.run([path, "--pdeathsig", "KILL", "--", "sh", "-c", ":"], capture_output=True)
-    except OSError:
-        return None
-    return path if check.returncode == 0 else None
-
-
-def _spawn_args(argv: list[str], env: dict[str, str]) -> tuple[list[str], Callable[[], None] | None]:
-    """The command line to start and the ``preexec_fn``, so the command dies with this process.
-
-    ``setpriv --pdeathsig KILL -- <command>`` sets the same signal as
-    :func:`_dies_with` and then becomes the command (same pid, same process
-    group). Without a Python ``preexec_fn`` the worker starts it with vfork
-    instead of fork, a few milliseconds less for every command a machine
-    runs: most of what a tiny task costs to spawn. A command that cannot be
-    found goes the old way, so it fails as it always did.
-    """
-    setpriv = _setpriv()
-    path = os.pathsep.join(os.get_exec_path(env))
-    found = _on_path(argv[0], path) if os.sep not in argv[0] else shutil.which(argv[0], path=path)
-    if setpriv and found:
-        return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
-    return argv, _dies_with(os.getpid())
-
-
-@functools.lru_cache(maxsize=256)
-def _on_path(command: str, path: str) -> bool:
-    """Whether the command ``command`` is on ``path``: a machine starts the same few over and over."""
-    return shutil.which(command, path=path) is not None
-
-
 def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
     """SIGTERM the command's whole group, then SIGKILL what is left after the grace period."""
     try:
@@ -190,16 +124,17 @@ def run_invocations(
     with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
         exit_code: int | None = 0
         for inv in invocations:
-            argv, setup = _spawn_args(inv.argv, env | inv.env)
+            # No preexec_fn: without one the worker starts the command with
+            # vfork, not a fork of its whole memory. What ends a command whose
+            # machine died is the provider's sweep (providers.local).
             proc = subprocess.Popen(
-                argv,
+                inv.argv,
                 cwd=cwd,
                 env=env | inv.env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=setup,
             )
             pumps = [
                 _Pump(pipe, sink, _for(publish, name))

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -79,6 +80,7 @@ def cpu_set(vcpus: int, slot: int) -> list[int] | None:
 class LocalProvider:
     def __init__(self) -> None:
         self.processes: dict[int, subprocess.Popen] = {}
+        self.exits: dict[int, int] = {}  # machine id -> a pidfd of its worker, where the system has them
         self.interval = 1.0
         self.stopping: dict[int, float] = {}
         self.log_dir = Path(settings.SIMDECK_HOME) / "logs" / "machines"
@@ -103,8 +105,20 @@ class LocalProvider:
             except Exception:  # a database blip must not take the machines down
                 log.exception("Reconciliation failed; retrying")
                 close_old_connections()
-            time.sleep(interval)
+            self.wait_for_exit(interval)
         self.shutdown()
+
+    def wait_for_exit(self, timeout: float) -> None:
+        """Sleep until the next round, or until a worker exits, whichever comes first.
+
+        A worker killed mid-task leaves its simulator running, orphaned. It
+        is swept (:meth:`reap_exited`) the moment the worker is gone, so it
+        has no time to finish its work beside the attempt that replaces it.
+        """
+        if not self.exits:
+            time.sleep(timeout)
+            return
+        select.select(list(self.exits.values()), [], [], timeout)
 
     def reconcile(self) -> None:
         self.reap_exited()
@@ -204,6 +218,10 @@ class LocalProvider:
             psutil.Process(proc.pid).cpu_affinity(cpus)
         Machine.objects.filter(pk=machine.pk).update(pid=proc.pid)
         self.processes[machine.pk] = proc
+        try:
+            self.exits[machine.pk] = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            pass  # no pidfds here: exits are seen at the next round
         log.info("Started machine %s (pid %s) for group %s", machine.name, proc.pid, group.name)
         return machine
 
@@ -239,7 +257,9 @@ class LocalProvider:
                 continue
             del self.processes[mid]
             self.stopping.pop(mid, None)
-            kill_machine(mid)  # anything it left behind
+            if mid in self.exits:
+                os.close(self.exits.pop(mid))
+            kill_machine(mid)  # anything it left behind, its simulator first of all
             machine = Machine.objects.filter(pk=mid).first()
             if machine is None:
                 continue
@@ -294,13 +314,13 @@ def kill_machine(machine_id: int) -> None:
     kill_marked({"SIMDECK_MACHINE_ID": str(machine_id), "SIMDECK_INSTANCE": instance()})
 
 
-def kill_marked(marker: dict[str, str]) -> None:
-    """SIGKILL every process whose environment holds ``marker``, and wait for them."""
+def kill_marked(marker: dict[str, str], having: tuple[str, ...] = ()) -> None:
+    """SIGKILL every process whose environment holds ``marker`` and the names ``having``; wait for them."""
     mine = []
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
-            if all(env.get(k) == v for k, v in marker.items()):
+            if all(env.get(k) == v for k, v in marker.items()) and all(k in env for k in having):
                 mine.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -309,4 +329,15 @@ def kill_marked(marker: dict[str, str]) -> None:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(mine, timeout=5)
+    # Dead is enough: an orphan's zombie waits for whoever adopted it, which
+    # may take seconds, and sweeps of other machines must not wait on that.
+    deadline = time.monotonic() + 5
+    while (mine := [p for p in mine if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
