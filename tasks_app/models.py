@@ -257,7 +257,7 @@ class Task(models.Model):
     # A resubmission points at the task it repeats; the original lists its
     # resubmissions through ``resubmissions``. Deleting one keeps the other.
     resubmitted_from = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resubmissions"
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resubmissions", db_index=False
     )
 
     class Review(models.TextChoices):
@@ -265,11 +265,14 @@ class Task(models.Model):
         APPROVED = "approved", "Approved"
         NEEDS_ATTENTION = "needs-attention", "Needs attention"
 
-    review_state = models.CharField(
-        max_length=20, choices=Review.choices, default=Review.UNREVIEWED, db_index=True
-    )
+    review_state = models.CharField(max_length=20, choices=Review.choices, default=Review.UNREVIEWED)
     reviewed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
 
@@ -329,6 +332,21 @@ class Task(models.Model):
                 name="task_on_machine",
                 condition=models.Q(status__in=sorted(lifecycle.ON_MACHINE)),
             ),
+            # Columns most tasks leave empty are indexed where they are set
+            # (see migration 0011): the others are no entry to write at each move.
+            models.Index(
+                fields=["review_state", "-created_at"],
+                name="task_reviewed",
+                condition=~models.Q(review_state="unreviewed"),
+            ),
+            models.Index(
+                fields=["resubmitted_from"],
+                name="task_resubmitted_from",
+                condition=models.Q(resubmitted_from__isnull=False),
+            ),
+            models.Index(
+                fields=["reviewed_by"], name="task_reviewed_by", condition=models.Q(reviewed_by__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:
@@ -375,8 +393,9 @@ class ProjectStatusCount(models.Model):
     # No foreign key constraint: checking it would take a lock on the project's
     # row for every status change. A project's rows sum to zero once its tasks
     # are gone, and folding then removes them.
+    # Looked up through status_count_project, which starts with it.
     project = models.ForeignKey(
-        Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="status_counts"
+        Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="status_counts", db_index=False
     )
     status = models.CharField(max_length=40, choices=Status.choices)
     tasks = models.BigIntegerField()
@@ -417,17 +436,24 @@ class ProjectHourCount(models.Model):
 class TaskEvent(models.Model):
     """One status change; the task's timeline, append-only."""
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
+    # Looked up through the index on (task, at) below, which also serves the foreign key.
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events", db_index=False)
     from_status = models.CharField(max_length=40, choices=Status.choices, blank=True)
     to_status = models.CharField(max_length=40, choices=Status.choices)
     at = models.DateTimeField(default=timezone.now)
     reason = models.TextField(blank=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # Set for changes people made, not for a machine's: indexed where set.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, db_index=False
+    )
     machine = models.ForeignKey(Machine, null=True, blank=True, on_delete=models.SET_NULL)
 
     class Meta:
         ordering = ["at", "id"]
-        indexes = [models.Index(fields=["task", "at"])]
+        indexes = [
+            models.Index(fields=["task", "at"]),
+            models.Index(fields=["actor"], name="event_actor", condition=models.Q(actor__isnull=False)),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_id}: {self.from_status or '—'} → {self.to_status}"

@@ -86,6 +86,29 @@ def test_the_table_filters_by_status_group(logged_in, alice, group):
     assert done.id in html and failed.id not in html
 
 
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("ab", {"ab0", "ab9x", "abz", "abzz1"}),
+        ("ab9", {"ab9x"}),
+        ("abz", {"abz", "abzz1"}),
+        ("abzz", {"abzz1"}),
+        ("z", {"zz"}),
+        ("a", {"a9", "ab0", "ab9x", "abz", "abzz1", "ac"}),
+        ("b", set()),
+        ("é", set()),
+    ],
+)
+def test_an_id_prefix_is_a_range_with_the_right_ends(alice, group, prefix, expected):
+    from tasks_app.views.table import id_prefix
+
+    for task_id in ["a9", "ab0", "ab9x", "abz", "abzz1", "ac", "zz", "9z"]:
+        Task.objects.create(
+            id=task_id, owner=alice, project=group.project, machine_group=group, simulator="commands"
+        )
+    assert set(Task.objects.filter(id_prefix(prefix)).values_list("id", flat=True)) == expected
+
+
 def test_the_table_filters_by_metadata_id_prefix_owner_and_dates(logged_in, alice, bob, group):
     a = make_task(alice, group, metadata={"case": "dambreak"})
     b = make_task(alice, group, metadata={"case": "wave"}, at=timezone.now() - dt.timedelta(days=10))
