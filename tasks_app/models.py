@@ -395,7 +395,11 @@ class ProjectStatusCount(models.Model):
     # are gone, and folding then removes them.
     # Looked up through status_count_project, which starts with it.
     project = models.ForeignKey(
-        Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="status_counts", db_index=False
+        Project,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="status_counts",
+        db_index=False,
     )
     status = models.CharField(max_length=40, choices=Status.choices)
     tasks = models.BigIntegerField()

@@ -138,5 +138,12 @@ def open_file(name: str) -> BinaryIO:
     return default_storage.open(name, "rb")
 
 
+def open_local(name: str) -> BinaryIO:
+    """:func:`open_file`, straight from the folder when storage is local (a machine opens every input)."""
+    if isinstance(default_storage, FileSystemStorage):
+        return open(default_storage.path(name), "rb")
+    return open_file(name)
+
+
 def exists(name: str) -> bool:
     return bool(name) and default_storage.exists(name)

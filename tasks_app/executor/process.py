@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -84,6 +86,20 @@ class _Pump:
             pass
 
 
+@functools.lru_cache(maxsize=256)
+def _found(command: str, path: str | None) -> str | None:
+    """Where ``command`` is on ``path``, or None to let the system look.
+
+    The system tries every folder of the path in turn, one failed start
+    each, for every command a machine runs; the answer is the same each time.
+    """
+    if os.sep in command:
+        return None
+    found = shutil.which(command, path=path)
+    # A relative folder on the path means the work directory, which the command starts in.
+    return found if found and os.path.isabs(found) else None
+
+
 def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
     """SIGTERM the command's whole group, then SIGKILL what is left after the grace period."""
     try:
@@ -129,6 +145,7 @@ def run_invocations(
             # machine died is the provider's sweep (providers.local).
             proc = subprocess.Popen(
                 inv.argv,
+                executable=_found(inv.argv[0], (env | inv.env).get("PATH")),
                 cwd=cwd,
                 env=env | inv.env,
                 stdin=subprocess.DEVNULL,

@@ -218,8 +218,9 @@ class Execution:
     def prepare(self):
         if self.base.exists():
             shutil.rmtree(self.base)
-        self.workdir.mkdir(parents=True)
-        self.logdir.mkdir(parents=True)
+        self.base.parent.mkdir(parents=True, exist_ok=True)  # the machine's folder, made once
+        for folder in (self.base, self.workdir, self.logdir):
+            folder.mkdir()
         missing = f"The simulator is not available on machine {self.machine.name}"
         try:
             simulator = sims.get(self.task.simulator)
@@ -227,7 +228,7 @@ class Execution:
         except (sims.UnknownSimulator, sims.SimulatorMissing) as exc:
             raise RuntimeFailure(f"{missing}: {exc}") from exc
         try:
-            with storage.open_file(self.task.input_path) as archive:
+            with storage.open_local(self.task.input_path) as archive:
                 files = archives.safe_extract(archive, self.workdir)
         except (OSError, archives.UnsafeArchive, ValueError) as exc:
             raise RuntimeFailure(
@@ -358,13 +359,13 @@ class Execution:
             self.store(logs_only=True)
             self.finish_kill()
             return
+        ending, reason, fields = self.ending(outcome)  # before the logs go to storage
         try:
             stored = self.store(record=False, outputs=outputs)
         except OSError as exc:
             self.fail_runtime(f"The outputs could not be stored: {exc}")
             return
         # What was stored is written with the final status, in the same update.
-        ending, reason, fields = self.ending(outcome)
         if not self.move(ending, reason, **fields, **stored):
             # Ended otherwise meanwhile (its group terminated): the outputs are still there.
             through_outage(lambda: Task.objects.filter(pk=self.task.id).update(**stored), "recording outputs")
@@ -381,6 +382,7 @@ class Execution:
         has the finalizing step, at the moment the simulator exited. A kill
         that arrives meanwhile wins: the outputs are kept and the kill ends it.
         """
+        ending, reason, end_fields = self.ending(outcome)  # before the logs go to storage
         try:
             stored = self.store(record=False, outputs=outputs)
         except OSError as exc:
@@ -391,7 +393,6 @@ class Execution:
             return
         steps, fields = self.start_steps()
         steps.append((Status.FINALIZING, exited, exited_at))
-        ending, reason, end_fields = self.ending(outcome)
         fields |= end_fields | stored | {"exit_code": outcome.exit_code}
         if not self.move(ending, reason, passing=steps, **fields):
             through_outage(
@@ -412,13 +413,14 @@ class Execution:
 
     def outputs(self) -> tuple[list[tuple[Path, str]], int]:
         """The files to store as outputs (logs, and what the simulation made or changed), and their size."""
-        files = [(p, n) for p, n in ((self.stdout, "stdout.txt"), (self.stderr, "stderr.txt")) if p.exists()]
-        size = sum(p.stat().st_size for p, _ in files)
-        for path in sorted(self.workdir.rglob("*")):
-            if not path.is_file() or path.is_symlink():
+        files, size = [], 0
+        for path, name in ((self.stdout, "stdout.txt"), (self.stderr, "stderr.txt")):
+            try:
+                size += path.stat().st_size
+            except FileNotFoundError:
                 continue
-            rel = path.relative_to(self.workdir).as_posix()
-            st = path.stat()
+            files.append((path, name))
+        for path, rel, st in sorted(_walk_files(self.workdir, "")):
             if self.inputs.get(rel) == (st.st_size, st.st_mtime_ns):
                 continue  # an input the simulation left untouched
             files.append((path, rel))
@@ -430,24 +432,38 @@ class Execution:
 
         Returns the task's fields that describe the stored outputs; with
         ``record`` they are written at once, otherwise the caller writes them.
+        The logs are moved into storage, last: read anything of them before.
         """
+        fields = {}
+        if not logs_only:
+            files, size = outputs or self.outputs()
+            archive = self.base / "outputs.zip"
+            with open(archive, "wb") as out:
+                count = archives.write_zip(out, files)
+            name = storage.save_file(storage.output_name(self.task.id), archive, move=True)
+            fields = {"output_path": name, "output_size": size, "output_files": count}
         for stream, path in (("stdout", self.stdout), ("stderr", self.stderr)):
-            if path.exists():
-                storage.save_file(storage.log_name(self.task.id, stream), path)
-        if logs_only:
-            return {}
-        files, size = outputs or self.outputs()
-        archive = self.base / "outputs.zip"
-        with open(archive, "wb") as out:
-            count = archives.write_zip(out, files)
-        name = storage.save_file(storage.output_name(self.task.id), archive, move=True)
-        fields = {"output_path": name, "output_size": size, "output_files": count}
-        if record:
+            try:
+                storage.save_file(storage.log_name(self.task.id, stream), path, move=True)
+            except FileNotFoundError:
+                pass  # the simulator never started
+        if fields and record:
             through_outage(lambda: Task.objects.filter(pk=self.task.id).update(**fields), "recording outputs")
         return fields
 
     def cleanup(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _walk_files(folder: Path, prefix: str):
+    """``(path, relative name, stat)`` of the regular files under ``folder``, links left out."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            rel = f"{prefix}{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk_files(Path(entry.path), f"{rel}/")
+            elif entry.is_file(follow_symlinks=False):
+                yield Path(entry.path), rel, entry.stat(follow_symlinks=False)
 
 
 def claim_next(group_id: int, machine: Machine) -> Task | None:
