@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 from channels.layers import get_channel_layer
@@ -163,20 +165,31 @@ def _trim(pending: list[tuple[str, bytes]]) -> None:
 
 
 def end_log(task_id: str) -> None:
-    """Mark the stream finished, so followers stop, and let it expire."""
-    key = log_stream_key(task_id)
+    """Mark the stream finished, so followers stop, and let it expire.
+
+    Inside :func:`together` the mark waits for the end of the block.
+    """
     with _publishing:
         pending = _unsent.pop(task_id, [])
         _retry_at.pop(task_id, None)
-        try:
-            pipe = _redis().pipeline(transaction=False)  # in order, which is all followers need
-            for name, chunk in pending:
-                pipe.xadd(key, {"s": name, "d": chunk}, maxlen=STREAM_MAXLEN, approximate=True)
-            pipe.xadd(key, {"s": "end", "d": b""}, maxlen=STREAM_MAXLEN, approximate=True)
-            pipe.expire(key, STREAM_TTL_SECONDS)
-            pipe.execute()
-        except redis.RedisError:
-            log.warning("Could not close the log stream of task %s", task_id, exc_info=True)
+    held = _holding()
+    if held is not None:
+        held.ends.append((task_id, pending))
+        return
+    try:
+        pipe = _redis().pipeline(transaction=False)  # in order, which is all followers need
+        _end_commands(pipe, task_id, pending)
+        pipe.execute()
+    except redis.RedisError:
+        log.warning("Could not close the log stream of task %s", task_id, exc_info=True)
+
+
+def _end_commands(pipe, task_id: str, pending: list[tuple[str, bytes]]) -> None:
+    key = log_stream_key(task_id)
+    for name, chunk in pending:
+        pipe.xadd(key, {"s": name, "d": chunk}, maxlen=STREAM_MAXLEN, approximate=True)
+    pipe.xadd(key, {"s": "end", "d": b""}, maxlen=STREAM_MAXLEN, approximate=True)
+    pipe.expire(key, STREAM_TTL_SECONDS)
 
 
 # Adds the end mark unless the stream already ends with one, in one step, so
@@ -232,26 +245,44 @@ def tasks_changed(changed: list[tuple[str, int, int, int | None]], status: str, 
     of the last of its tasks (its pages re-read what they show anyway).
     """
     try:
-        messages, last = [], {}
-        for task_id, group_id, owner_id, project_id in changed:
-            event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
-            messages.append((task_group(task_id), event))
-            names = [machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
-            if project_id is not None:
-                names.append(project_group(project_id))
-            last |= dict.fromkeys(names, event)
-        listened = _listened({name for name, _ in messages} | set(last))
-        messages = [(name, event) for name, event in messages if name in listened]
-        if left_queue:
-            groups = {c[1] for c in changed}
-            messages += [
-                (machine_group_group(g), queue_order(g)) for g in groups if machine_group_group(g) in listened
-            ]
-        wakes = [(name, event) for name, event in last.items() if name in listened]
-        if messages or wakes:
-            _send(messages, wakes=wakes)
+        groups, deliver = _change_messages(changed, status, left_queue)
+        held = _holding()
+        if held is not None:
+            held.changes.append((groups, deliver))
+        else:
+            deliver(_listened(groups))
     except Exception:  # the live view is a convenience; the change itself is stored
         log.warning("Could not publish the change of %s tasks", len(changed), exc_info=True)
+
+
+def _change_messages(changed, status: str, left_queue: bool):
+    """The groups that may hear of a change, and what sends it to those of them anyone is in."""
+    messages, last = [], {}
+    for task_id, group_id, owner_id, project_id in changed:
+        event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
+        messages.append((task_group(task_id), event))
+        names = [machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
+        if project_id is not None:
+            names.append(project_group(project_id))
+        last |= dict.fromkeys(names, event)
+
+    def deliver(listened: set[str]) -> None:
+        try:
+            found = [(name, event) for name, event in messages if name in listened]
+            if left_queue:
+                queues = {c[1] for c in changed}
+                found += [
+                    (machine_group_group(g), queue_order(g))
+                    for g in queues
+                    if machine_group_group(g) in listened
+                ]
+            wakes = [(name, event) for name, event in last.items() if name in listened]
+            if found or wakes:
+                _send(found, wakes=wakes)
+        except Exception:  # the live view is a convenience; the change itself is stored
+            log.warning("Could not publish the change of %s tasks", len(changed), exc_info=True)
+
+    return {name for name, _ in messages} | set(last), deliver
 
 
 def resources_sampled(task_id: str) -> None:
@@ -275,29 +306,113 @@ def _listened(groups: set[str]) -> set[str]:
     and a viewer joins its groups before it reads what it shows, so one who
     joins after the look reads the change itself.
     """
+    keys = _member_keys(groups)
+    if keys is None:
+        return set() if get_channel_layer() is None else groups
+    if not keys:
+        return set()
+    try:
+        # One count for all of them first: in an unattended sweep it is zero.
+        if not _redis().exists(*keys.values()):
+            return set()
+        return _which_listened(keys)
+    except redis.RedisError:
+        return groups
+
+
+def _member_keys(groups: set[str]) -> dict[str, str] | None:
+    """The Redis key of the channel layer's member set of each of ``groups``; None if none can be read."""
     layer = get_channel_layer()
     if layer is None:
-        return set()
+        return None
     hosts = getattr(layer, "hosts", None)
     key = getattr(layer, "_group_key", None)  # channels_redis: the sorted set of the group's channels
     if key is None or not hosts or len(hosts) != 1 or hosts[0].get("address") != settings.REDIS_URL:
-        return groups
-    ordered = sorted(groups)
-    if not ordered:
-        return set()
-    keys = [key(group) for group in ordered]
+        return None
+    return {group: key(group) for group in sorted(groups)}
+
+
+def _which_listened(keys: dict[str, str]) -> set[str]:
+    pipe = _redis().pipeline(transaction=False)
+    for name in keys.values():
+        pipe.exists(name)
+    return {group for group, present in zip(keys, pipe.execute(), strict=True) if present}
+
+
+# -- holding: what a machine sends for a tiny task, in one round trip ---------------
+
+_held = threading.local()
+
+
+class _Held:
+    """Log ends and status changes waiting for the end of a :func:`together` block."""
+
+    def __init__(self) -> None:
+        self.ends: list[tuple[str, list[tuple[str, bytes]]]] = []
+        self.changes: list[tuple[set[str], Callable[[set[str]], None]]] = []
+
+    def send(self) -> None:
+        if not self.ends and not self.changes:
+            return
+        checks = []
+        try:
+            pipe = _redis().pipeline(transaction=False)
+            for task_id, pending in self.ends:
+                _end_commands(pipe, task_id, pending)
+            for groups, deliver in self.changes:
+                keys = _member_keys(groups)
+                if keys:
+                    pipe.exists(*keys.values())
+                    checks.append((keys, deliver))
+                else:
+                    deliver(set() if keys is not None or get_channel_layer() is None else groups)
+            results = pipe.execute() if len(pipe) else []
+            counts = results[len(results) - len(checks) :]
+        except redis.RedisError:
+            log.warning("Could not send the held ends of %s logs", len(self.ends), exc_info=True)
+            for keys, deliver in checks:
+                deliver(set(keys))  # as _listened does when it cannot tell
+            return
+        for (keys, deliver), count in zip(checks, counts, strict=True):
+            try:
+                deliver(_which_listened(keys) if count else set())
+            except redis.RedisError:
+                deliver(set(keys))
+
+
+def _holding() -> _Held | None:
+    return getattr(_held, "work", None)
+
+
+@contextlib.contextmanager
+def together():
+    """Hold the log ends and status changes of the block, and send them at its end in one round trip.
+
+    A machine that claims a tiny task and ends it a few milliseconds later
+    would otherwise make three round trips to Redis for it: one to ask who
+    hears of the claim, one to end the log, one to ask who hears of the
+    ending. A block inside another joins it; :func:`release` sends what is
+    held at once and ends the holding early (a task that runs for a while
+    is shown at once).
+    """
+    if _holding() is not None:
+        yield
+        return
+    work = _held.work = _Held()
     try:
-        client = _redis()
-        # One count for all of them first: in an unattended sweep it is zero.
-        if not client.exists(*keys):
-            return set()
-        pipe = client.pipeline(transaction=False)
-        for name in keys:
-            pipe.exists(name)
-        found = pipe.execute()
-    except redis.RedisError:
-        return groups
-    return {group for group, present in zip(ordered, found, strict=True) if present}
+        yield
+    finally:
+        if _holding() is work:
+            _held.work = None
+            work.send()
+
+
+def release() -> None:
+    """Send what the current :func:`together` block holds, now, and hold nothing more in it."""
+    work = _holding()
+    if work is not None:
+        _held.work = None
+        work.send()
 
 
 def queue_order(group_id: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -257,6 +258,83 @@ def test_a_first_attempts_stream_starts_with_its_first_lines_or_with_its_end(ali
     # A later attempt's stream holds the one before: it is started over at once.
     live.begin_log(chatty.id)
     assert marks(chatty) == [b"begin"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ends_and_changes_held_together_go_out_at_the_end_of_the_block_or_on_release(alice):
+    from channels.layers import get_channel_layer
+
+    group = services.create_group(alice, machine_type="c2-standard-4", name="lab")
+    first, second = (
+        Task.objects.create(owner=alice, project=group.project, machine_group=group, simulator="commands")
+        for _ in range(2)
+    )
+
+    def marks(task) -> list[bytes]:
+        return [fields[b"s"] for _id, fields in live._redis().xrange(live.log_stream_key(task.id))]
+
+    def changed(task, status: str) -> None:
+        live.task_changed(task.id, group.pk, alice.pk, status, left_queue=False)
+
+    def held_once() -> list:
+        """Steps of a tiny task's machine, with what a viewer could see at each point."""
+        seen = []
+        with live.together():
+            live.begin_log(first.id, first_attempt=True)
+            changed(first, "preparing-to-compute")
+            live.append_log(first.id, "stdout", b"one\n")  # lines are never held
+            live.end_log(first.id)
+            changed(first, "success")
+            seen.append(marks(first))
+            seen.append(len(live._holding().changes))  # both changes wait as well
+            seen.append("block ends")
+        seen.append(marks(first))
+        return seen
+
+    def released() -> list:
+        seen = []
+        with live.together():
+            changed(second, "preparing-to-compute")
+            with live.together():  # joins the outer block
+                changed(second, "started")
+            seen.append(len(live._holding().changes))
+            seen.append("release")
+            live.release()
+            live.end_log(second.id)  # no longer held
+            seen.append(marks(second)[-1])
+            changed(second, "success")
+        return seen
+
+    async def watch():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        for task in (first, second):
+            await layer.group_add(live.task_group(task.id), channel)
+
+        async def heard() -> list[str]:
+            assert await asyncio.to_thread(live.flush)
+            got = []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    got.append((await asyncio.wait_for(layer.receive(channel), 0.5))["status"])
+            return got
+
+        try:
+            steps = await asyncio.to_thread(held_once)
+            after_first = await heard()
+            more = await asyncio.to_thread(released)
+            after_second = await heard()
+        finally:
+            for task in (first, second):
+                await layer.group_discard(live.task_group(task.id), channel)
+        return steps, after_first, more, after_second
+
+    steps, after_first, more, after_second = async_to_sync(watch)()
+    # Inside the block the end mark waited; it went out with the changes at its end.
+    assert steps == [[b"begin", b"stdout"], 2, "block ends", [b"begin", b"stdout", b"end"]]
+    assert after_first == ["preparing-to-compute", "success"]
+    assert more == [2, "release", b"end"]
+    assert after_second == ["preparing-to-compute", "started", "success"]
 
 
 def test_a_foreign_origin_is_refused():

@@ -56,6 +56,9 @@ START_RECORD_SECONDS = 0.05
 # Outputs up to this size (logs included) are stored before the task leaves
 # started, and it moves through finalizing to its ending in one update.
 QUICK_STORE_BYTES = 4 << 20
+# Inputs up to this size are fetched before viewers are told of the claim,
+# which then goes to Redis with the task's next news (see claim_and_run).
+HELD_INPUT_BYTES = 1 << 20
 
 
 def through_outage(action, what: str):
@@ -227,6 +230,8 @@ class Execution:
             simulator.version()
         except (sims.UnknownSimulator, sims.SimulatorMissing) as exc:
             raise RuntimeFailure(f"{missing}: {exc}") from exc
+        if (self.task.input_size or 0) > HELD_INPUT_BYTES:
+            live.release()  # fetching takes a while: the claim is shown now
         try:
             with storage.open_local(self.task.input_path) as archive:
                 files = archives.safe_extract(archive, self.workdir)
@@ -266,6 +271,7 @@ class Execution:
             return None
 
     def watch(self, pid: int) -> str | None:
+        live.release()  # still running: what is held about it is shown now
         if self.task.status != Status.STARTED and not self.record_start():
             return f"the task became {self.task.status}"
         status = Task.objects.filter(pk=self.task.id).values_list("status", flat=True).first()
@@ -359,6 +365,7 @@ class Execution:
             self.store(logs_only=True)
             self.finish_kill()
             return
+        live.release()  # storing takes a while: finalizing is shown now
         ending, reason, fields = self.ending(outcome)  # before the logs go to storage
         try:
             stored = self.store(record=False, outputs=outputs)
@@ -540,19 +547,33 @@ def execute_next(group_id: int, machine: Machine) -> str | None:
     if machine.group_id != group_id:
         log.warning("Machine %s got a token for group %s; dropped", machine.name, group_id)
         return None
-    task = claim_next(group_id, machine)
-    if task is None:
-        log.info("Nothing queued in group %s; token dropped", group_id)
+    first = claim_and_run(group_id, machine)
+    if first is None:
         return None
-    first = task.id
     until = time.monotonic() + CHAIN_SECONDS
-    while True:
-        Execution(task, machine).run()
-        if time.monotonic() > until or not take_token(machine.group):
-            return first
+    while time.monotonic() <= until and take_token(machine.group):
         # No task_prerun between these claims to look at the connection: a
         # database restart meanwhile is waited out here.
-        task = through_outage(lambda: claim_next(group_id, machine), "claiming the next task")
+        if claim_and_run(group_id, machine, wait_out_outages=True) is None:
+            break
+    return first
+
+
+def claim_and_run(group_id: int, machine: Machine, wait_out_outages: bool = False) -> str | None:
+    """Claim the head of the group's queue and run it; its id, or None when the queue was empty.
+
+    What viewers and log followers are told of the task waits and goes to
+    Redis at once at the end (``live.together``): for a tiny task, the
+    claim, the end of its log and its ending in one round trip. A task
+    still running at its first look is shown at once (:meth:`Execution.watch`).
+    """
+    with live.together():
+        if wait_out_outages:
+            task = through_outage(lambda: claim_next(group_id, machine), "claiming the next task")
+        else:
+            task = claim_next(group_id, machine)
         if task is None:
             log.info("Nothing queued in group %s; token dropped", group_id)
-            return first
+            return None
+        Execution(task, machine).run()
+        return task.id
