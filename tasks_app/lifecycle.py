@@ -258,7 +258,7 @@ def transition(
     task reclaimed and claimed again meanwhile, by another machine, back in
     the same status, is no longer this machine's to move).
     """
-    from tasks_app.models import Task, TaskEvent
+    from tasks_app.models import Task
 
     old = Status(expected or task.status)
     now = at or timezone.now()
@@ -266,22 +266,15 @@ def transition(
     steps.append((Status(new), reason, now))
     values = dict(fields, status=new, status_changed_at=now)
     events, before = [], old
+    actor_id = actor.pk if actor is not None else None
+    machine_id = by_machine.pk if by_machine is not None else None
     for status, why, when in steps:
         if status not in TRANSITIONS[before]:
             raise IllegalTransition(f"A task cannot go from {before.value} to {status.value}.")
         if status in PHASE_FIELD:
             values[PHASE_FIELD[status]] = when
-        events.append(
-            TaskEvent(
-                task_id=task.pk,
-                from_status=before,
-                to_status=status,
-                at=when,
-                reason=why,
-                actor=actor,
-                machine=by_machine,
-            )
-        )
+        # The event's columns, in the order of EVENT_COLUMNS.
+        events.append((task.pk, before.value, status.value, when, why, actor_id, machine_id))
         before = status
     if new in TERMINAL:
         values["ended_at"] = now
@@ -329,6 +322,10 @@ def transition(
     return True
 
 
+# The columns of an event row, as transition() lists them.
+EVENT_COLUMNS = ("task_id", "from_status", "to_status", "at", "reason", "actor_id", "machine_id")
+
+
 def _move_and_record(model, pk, old: Status, values: dict, events: list, in_attempt: int | None) -> bool:
     """The guarded update of task ``pk`` from ``old`` and the insert of ``events``, as one statement.
 
@@ -337,28 +334,63 @@ def _move_and_record(model, pk, old: Status, values: dict, events: list, in_atte
     lost its race writes nothing, and a move on a machine costs one round
     trip instead of four (BEGIN, UPDATE, INSERT, COMMIT). The update stays an
     ordinary UPDATE of the task table, which its triggers see as any other.
-    Returns whether the task moved.
+    ``events`` are rows of :data:`EVENT_COLUMNS`. Returns whether the task moved.
     """
     from django.db import connections
 
     connection = connections[model.objects.db]
-    update_sql, update_params = _guarded_update(model, pk, old, in_attempt, values, connection)
-    pk_column = connection.ops.quote_name(model._meta.pk.column)
-    event_model = type(events[0])
-    fields = [f for f in event_model._meta.concrete_fields if not f.primary_key]
-    table = connection.ops.quote_name(event_model._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    if any(hasattr(value, "resolve_expression") for value in values.values()):
+        update_sql, update_params = _expression_update(model, pk, old, in_attempt, values)
+        sql = _with_events(update_sql, model, len(events), connection)
+    else:
+        sql, fields = _move_sql(model, connection.alias, tuple(values), in_attempt is not None, len(events))
+        update_params = [
+            field.get_db_prep_save(
+                value.prepare_database_save(field) if hasattr(value, "prepare_database_save") else value,
+                connection,
+            )
+            for field, value in zip(fields, values.values(), strict=True)
+        ]
+        update_params += [pk, old.value] if in_attempt is None else [pk, old.value, in_attempt]
+    with _prepared_cursor(connection) as cursor:
+        cursor.execute(sql, [*update_params, *(value for event in events for value in event)])
+        return cursor.fetchone() is not None
+
+
+@functools.cache
+def _move_sql(model, alias: str, names: tuple[str, ...], attempt_guard: bool, count: int):
+    """The statement of a move that sets ``names`` and records ``count`` events, with the fields it sets.
+
+    A machine moves every task it runs the same few ways: building the
+    statement anew each time cost more Python than the database takes to
+    run it.
+    """
+    from django.db import connections
+
+    connection = connections[alias]
+    q = connection.ops.quote_name
+    fields = [model._meta.get_field(name) for name in names]
+    guard = [model._meta.pk.column, "status"] + (["attempt"] if attempt_guard else [])
+    update = (
+        f"UPDATE {q(model._meta.db_table)} SET {', '.join(f'{q(f.column)} = %s' for f in fields)} "
+        f"WHERE {' AND '.join(f'{q(column)} = %s' for column in guard)}"
+    )
+    return _with_events(update, model, count, connection), fields
+
+
+def _with_events(update_sql: str, model, count: int, connection) -> str:
+    """``update_sql`` made to record ``count`` events of the task it moves, and answer whether it did."""
+    from tasks_app.models import TaskEvent
+
+    q = connection.ops.quote_name
+    table = q(TaskEvent._meta.db_table)
+    columns = ", ".join(q(column) for column in EVENT_COLUMNS)
+    placeholders = ", ".join(["%s"] * len(EVENT_COLUMNS))
     # One INSERT per event, each typed by its target columns (a UNION of
     # rows would type a NULL as text). The last one answers whether it moved.
-    inserts = [
-        f"INSERT INTO {table} ({columns}) SELECT {', '.join(['%s'] * len(fields))} FROM moved" for _ in events
-    ]
-    earlier = "".join(f", passed{i} AS ({insert})" for i, insert in enumerate(inserts[:-1]))
-    sql = f"WITH moved AS ({update_sql} RETURNING {pk_column}){earlier} {inserts[-1]} RETURNING 1"
-    event_params = [f.get_db_prep_save(getattr(e, f.attname), connection) for e in events for f in fields]
-    with _prepared_cursor(connection) as cursor:
-        cursor.execute(sql, [*update_params, *event_params])
-        return cursor.fetchone() is not None
+    insert = f"INSERT INTO {table} ({columns}) SELECT {placeholders} FROM moved"
+    earlier = "".join(f", passed{i} AS ({insert})" for i in range(count - 1))
+    return f"WITH moved AS ({update_sql} RETURNING {q(model._meta.pk.column)}){earlier} {insert} RETURNING 1"
 
 
 def _prepared_cursor(connection):
@@ -406,35 +438,18 @@ def _task_converters(alias: str) -> list:
     return found
 
 
-def _guarded_update(model, pk, old: Status, in_attempt: int | None, values: dict, connection):
-    """``UPDATE ... SET values WHERE pk = pk AND status = old [AND attempt = in_attempt]``, written out.
+def _expression_update(model, pk, old: Status, in_attempt: int | None, values: dict):
+    """``UPDATE ... SET values WHERE pk AND status = old [AND attempt]`` through the ORM, for values
+    that are expressions (``F()``). Returns the SQL and its parameters."""
+    from django.db.models.sql import UpdateQuery
 
-    A machine moves every task it runs several times; building the same
-    statement through a queryset costs more Python than the database takes
-    to run it. Values that are expressions (``F()``) go through the ORM.
-    Returns the SQL and its parameters.
-    """
     guard = {model._meta.pk.name: pk, "status": old.value}
     if in_attempt is not None:
         guard["attempt"] = in_attempt
-    if any(hasattr(value, "resolve_expression") for value in values.values()):
-        from django.db.models.sql import UpdateQuery
-
-        guarded = model.objects.filter(**guard)
-        query = guarded.query.chain(UpdateQuery)
-        query.add_update_values(values)
-        return query.get_compiler(guarded.db).as_sql()
-    q = connection.ops.quote_name
-    sets, params = [], []
-    for name, value in values.items():
-        field = model._meta.get_field(name)
-        if hasattr(value, "prepare_database_save"):  # a model instance: its key
-            value = value.prepare_database_save(field)
-        sets.append(f"{q(field.column)} = %s")
-        params.append(field.get_db_prep_save(value, connection))
-    where = " AND ".join(f"{q(model._meta.get_field(name).column)} = %s" for name in guard)
-    sql = f"UPDATE {q(model._meta.db_table)} SET {', '.join(sets)} WHERE {where}"
-    return sql, [*params, *guard.values()]
+    guarded = model.objects.filter(**guard)
+    query = guarded.query.chain(UpdateQuery)
+    query.add_update_values(values)
+    return query.get_compiler(guarded.db).as_sql()
 
 
 def claim_head(group_id: int, machine, *, reason: str, at: dt.datetime | None = None):
