@@ -350,15 +350,19 @@ class _Held:
     def __init__(self) -> None:
         self.ends: list[tuple[str, list[tuple[str, bytes]]]] = []
         self.changes: list[tuple[set[str], Callable[[set[str]], None]]] = []
+        self.pops: list[tuple[str, list]] = []
 
     def send(self) -> None:
-        if not self.ends and not self.changes:
+        if not self.ends and not self.changes and not self.pops:
             return
         checks = []
         try:
             pipe = _redis().pipeline(transaction=False)
             for task_id, pending in self.ends:
                 _end_commands(pipe, task_id, pending)
+            popped_from = len(pipe)
+            for key, _slot in self.pops:
+                pipe.rpop(key)
             for groups, deliver in self.changes:
                 keys = _member_keys(groups)
                 if keys:
@@ -368,6 +372,8 @@ class _Held:
                     deliver(set() if keys is not None or get_channel_layer() is None else groups)
             results = pipe.execute() if len(pipe) else []
             counts = results[len(results) - len(checks) :]
+            for (_key, slot), popped in zip(self.pops, results[popped_from:], strict=False):
+                slot.append(popped)
         except redis.RedisError:
             log.warning("Could not send the held ends of %s logs", len(self.ends), exc_info=True)
             for keys, deliver in checks:
@@ -405,6 +411,21 @@ def together():
         if _holding() is work:
             _held.work = None
             work.send()
+
+
+def pop_later(key: str) -> Callable[[], bytes | None] | None:
+    """Pop the right end of the list ``key`` with what the current :func:`together` block sends.
+
+    Returns a function that gives what was popped once the block has ended
+    (None if the list was empty or Redis could not be reached), or None when
+    no block holds anything: then pop it yourself.
+    """
+    work = _holding()
+    if work is None:
+        return None
+    slot: list = []
+    work.pops.append((key, slot))
+    return lambda: slot[0] if slot else None
 
 
 def release() -> None:

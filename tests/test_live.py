@@ -337,6 +337,23 @@ def test_ends_and_changes_held_together_go_out_at_the_end_of_the_block_or_on_rel
     assert after_second == ["preparing-to-compute", "started", "success"]
 
 
+def test_a_pop_waits_for_the_end_of_the_block_like_the_rest():
+    key = f"{live.log_stream_key('pop')}:tokens"
+    client = live._redis()
+    client.delete(key)
+    client.rpush(key, b"first", b"second")
+    try:
+        assert live.pop_later(key) is None  # nothing held: the caller pops itself
+        with live.together():
+            popped = live.pop_later(key)
+            empty = live.pop_later(f"{key}:none")
+            assert client.llen(key) == 2
+        assert (popped(), empty()) == (b"second", None)
+        assert client.lrange(key, 0, -1) == [b"first"]
+    finally:
+        client.delete(key)
+
+
 def test_a_foreign_origin_is_refused():
     async def attempt():
         communicator = WebsocketCommunicator(

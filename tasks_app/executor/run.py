@@ -547,25 +547,27 @@ def execute_next(group_id: int, machine: Machine) -> str | None:
     if machine.group_id != group_id:
         log.warning("Machine %s got a token for group %s; dropped", machine.name, group_id)
         return None
-    first = claim_and_run(group_id, machine)
-    if first is None:
-        return None
     until = time.monotonic() + CHAIN_SECONDS
-    while time.monotonic() <= until and take_token(machine.group):
+    first, more = claim_and_run(group_id, machine, until)
+    while more:
         # No task_prerun between these claims to look at the connection: a
         # database restart meanwhile is waited out here.
-        if claim_and_run(group_id, machine, wait_out_outages=True) is None:
-            break
+        _, more = claim_and_run(group_id, machine, until, wait_out_outages=True)
     return first
 
 
-def claim_and_run(group_id: int, machine: Machine, wait_out_outages: bool = False) -> str | None:
-    """Claim the head of the group's queue and run it; its id, or None when the queue was empty.
+def claim_and_run(
+    group_id: int, machine: Machine, until: float, wait_out_outages: bool = False
+) -> tuple[str | None, bool]:
+    """Claim the head of the group's queue and run it; then, before ``until``, take the next token.
 
-    What viewers and log followers are told of the task waits and goes to
-    Redis at once at the end (``live.together``): for a tiny task, the
-    claim, the end of its log and its ending in one round trip. A task
-    still running at its first look is shown at once (:meth:`Execution.watch`).
+    Returns the task's id (None when the queue was empty) and whether a
+    token was taken for the next claim. What viewers and log followers are
+    told of the task waits and goes to Redis at once at the end
+    (``live.together``), with the next token when the broker is the same
+    Redis: for a tiny task, the claim, the end of its log, its ending and
+    the next token in one round trip. A task still running at its first
+    look is shown at once (:meth:`Execution.watch`).
     """
     with live.together():
         if wait_out_outages:
@@ -574,6 +576,17 @@ def claim_and_run(group_id: int, machine: Machine, wait_out_outages: bool = Fals
             task = claim_next(group_id, machine)
         if task is None:
             log.info("Nothing queued in group %s; token dropped", group_id)
-            return None
+            return None, False
         Execution(task, machine).run()
-        return task.id
+        if time.monotonic() > until:
+            return task.id, False
+        popped = live.pop_later(machine.group.queue_name) if _broker_is_live_redis() else None
+    return task.id, popped() is not None if popped else take_token(machine.group)
+
+
+@functools.cache
+def _broker_is_live_redis() -> bool:
+    """Whether the broker is the Redis the live log uses, so tokens can travel with its messages."""
+    from console.celery import app
+
+    return app.conf.broker_url == settings.REDIS_URL
