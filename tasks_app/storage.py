@@ -85,10 +85,31 @@ def check_input(data: bytes) -> str:
 
 
 def save_input(task_id: str, data: bytes) -> str:
-    """Store an input archive already checked (see :func:`check_input`); returns its storage name."""
+    """Store an input archive already checked (see :func:`check_input`); returns its storage name.
+
+    A sweep stores its input once for each of its tasks: in a local folder
+    the file is written straight to its new place, without the storage
+    API's checks of the name and search for a free one (a new task's name
+    is its own).
+    """
     from django.core.files.base import ContentFile
 
-    return default_storage.save(input_name(task_id), ContentFile(data))
+    name = input_name(task_id)
+    plain = isinstance(default_storage, FileSystemStorage) and (
+        default_storage.file_permissions_mode is None and default_storage.directory_permissions_mode is None
+    )
+    if plain:
+        path = Path(default_storage.path(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            pass  # left by a batch that was rolled back: the storage API picks another name
+        else:
+            with open(fd, "wb") as out:
+                out.write(data)
+            return name
+    return default_storage.save(name, ContentFile(data))
 
 
 def _check_archive(spool: BinaryIO) -> None:

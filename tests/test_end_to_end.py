@@ -181,6 +181,28 @@ def test_a_machine_takes_its_groups_tokens_one_at_a_time_until_none_is_left(grou
     assert [take_token(group) for _ in range(4)] == [True, True, True, False]
 
 
+def test_a_batch_of_tokens_is_celery_messages_each_with_an_id_of_its_own(group, settings):
+    """The tokens of a sweep are built once and copied; each copy must still be a message of its own."""
+    import secrets
+
+    from console.celery import app
+    from tasks_app import services
+
+    settings.SIMDECK_QUEUE_PREFIX = f"test-tokens-{secrets.token_hex(4)}"
+    services.publish_tokens(group, 3)
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        messages = [channel.basic_get(group.queue_name, no_ack=True) for _ in range(4)]
+    assert messages[3] is None
+    ids = set()
+    for message in messages[:3]:
+        args, kwargs, _embed = message.decode()
+        assert (message.headers["task"], args, kwargs) == ("simdeck.run_next", [group.pk], {})
+        assert message.headers["id"] == message.headers["root_id"] == message.properties["correlation_id"]
+        ids.add(message.headers["id"])
+    assert len(ids) == 3
+
+
 def test_a_machine_without_the_simulator_ends_the_task_with_a_runtime_error(stack, client_for, alice_key):
     stack.restart_provider(SIMDECK_SPLASH_BIN="/opt/nowhere/splash")
     client_for(alice_key)
