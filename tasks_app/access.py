@@ -16,9 +16,10 @@ allow acting on answers 403 (:class:`PermissionDenied`).
 
 from __future__ import annotations
 
+from django.contrib.postgres.expressions import ArraySubquery
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import Subquery
+from django.db.models import BooleanField, F, Func, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
@@ -76,7 +77,22 @@ def visible_tasks(user):
     if not user.is_authenticated:
         return Task.objects.none()
     qs = Task.objects.all()
-    return qs if user.is_staff else qs.filter(project_id__in=_member_projects(user))
+    if user.is_staff:
+        return qs
+    # ``= ANY(ARRAY(subquery))``: PostgreSQL reads the user's projects once
+    # and checks each task against that list. ``IN (subquery)`` let it look
+    # up the membership again for every task it walked past, which made a
+    # member's newest tasks slow to find behind many newer ones of others.
+    projects = ArraySubquery(Membership.objects.filter(user=user).values("project_id"))
+    return qs.filter(
+        Func(
+            F("project_id"),
+            projects,
+            arg_joiner=" = ANY(",
+            template="(%(expressions)s))",
+            output_field=BooleanField(),
+        )
+    )
 
 
 def visible_groups(user):
