@@ -439,8 +439,10 @@ def _task_converters(alias: str) -> list:
 
 
 def _expression_update(model, pk, old: Status, in_attempt: int | None, values: dict):
-    """``UPDATE ... SET values WHERE pk AND status = old [AND attempt]`` through the ORM, for values
-    that are expressions (``F()``). Returns the SQL and its parameters."""
+    """The guarded update of :func:`_move_sql` compiled by the ORM, for values that are expressions.
+
+    Returns the SQL and its parameters.
+    """
     from django.db.models.sql import UpdateQuery
 
     guard = {model._meta.pk.name: pk, "status": old.value}

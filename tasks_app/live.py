@@ -369,11 +369,12 @@ class _Held:
                     pipe.exists(*keys.values())
                     checks.append((keys, deliver))
                 else:
-                    deliver(set() if keys is not None or get_channel_layer() is None else groups)
+                    deliver(_listened(groups))  # nobody to ask about, or no way to ask: no round trip
             results = pipe.execute() if len(pipe) else []
             counts = results[len(results) - len(checks) :]
-            for (_key, slot), popped in zip(self.pops, results[popped_from:], strict=False):
-                slot.append(popped)
+            popped = results[popped_from : popped_from + len(self.pops)]
+            for (_key, slot), value in zip(self.pops, popped, strict=True):
+                slot.append(value)
         except redis.RedisError:
             log.warning("Could not send the held ends of %s logs", len(self.ends), exc_info=True)
             for keys, deliver in checks:

@@ -6,6 +6,7 @@ local folder and an S3-compatible bucket shared by machines on many hosts.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -122,25 +123,25 @@ def _check_archive(spool: BinaryIO) -> None:
         raise UploadError("The input is not a zip archive; send the input folder zipped.") from None
 
 
-def save_file(name: str, path: Path, *, move: bool = False) -> str:
+def save_file(name: str, path: Path) -> str:
     """Store the file at ``path`` as ``name``, in place of what was stored there; returns the name.
 
-    In a local folder the file is copied next to its place and renamed over
-    it, so a reader sees the old file or the new one, never a part; with
-    ``move`` it is renamed straight there when both are on one filesystem
-    (``path`` is then gone). A machine stores a task's logs and outputs
-    this way: through the storage API, checking for the old file, deleting
-    it and saving anew cost more than the rest of a tiny task's storing.
+    In a local folder the file is renamed over its place when both are on
+    one filesystem (``path`` is then gone), otherwise copied next to it and
+    renamed over it: a reader sees the old file or the new one, never a
+    part. A machine stores a task's logs and outputs this way: through the
+    storage API, checking for the old file, deleting it and saving anew
+    cost more than the rest of a tiny task's storing.
     """
     if isinstance(default_storage, FileSystemStorage):
         target = Path(default_storage.path(name))
         target.parent.mkdir(parents=True, exist_ok=True)
-        if move:
-            try:
-                os.replace(path, target)
-                return name
-            except OSError:  # another filesystem: copied below
-                pass
+        try:
+            os.replace(path, target)
+            return name
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
         partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
         try:
             shutil.copyfile(path, partial)

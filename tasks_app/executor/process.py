@@ -143,11 +143,12 @@ def run_invocations(
             # No preexec_fn: without one the worker starts the command with
             # vfork, not a fork of its whole memory. What ends a command whose
             # machine died is the provider's sweep (providers.local).
+            command_env = env | inv.env
             proc = subprocess.Popen(
                 inv.argv,
-                executable=_found(inv.argv[0], (env | inv.env).get("PATH")),
+                executable=_found(inv.argv[0], command_env.get("PATH")),
                 cwd=cwd,
-                env=env | inv.env,
+                env=command_env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -447,11 +447,11 @@ class Execution:
             archive = self.base / "outputs.zip"
             with open(archive, "wb") as out:
                 count = archives.write_zip(out, files)
-            name = storage.save_file(storage.output_name(self.task.id), archive, move=True)
+            name = storage.save_file(storage.output_name(self.task.id), archive)
             fields = {"output_path": name, "output_size": size, "output_files": count}
         for stream, path in (("stdout", self.stdout), ("stderr", self.stderr)):
             try:
-                storage.save_file(storage.log_name(self.task.id, stream), path, move=True)
+                storage.save_file(storage.log_name(self.task.id, stream), path)
             except FileNotFoundError:
                 pass  # the simulator never started
         if fields and record:
@@ -581,7 +581,8 @@ def claim_and_run(
         if time.monotonic() > until:
             return task.id, False
         popped = live.pop_later(machine.group.queue_name) if _broker_is_live_redis() else None
-    return task.id, popped() is not None if popped else take_token(machine.group)
+    took = (popped() is not None) if popped else take_token(machine.group)
+    return task.id, took
 
 
 @functools.cache
