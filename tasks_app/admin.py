@@ -1,4 +1,4 @@
-"""The admin site for staff: projects and their members (read only), quotas, API keys.
+"""The admin site for staff: projects and their members (read only), quotas, API keys, group network.
 
 Members are managed in the console or with ``manage.py members`` (see
 tasks_app.teams), never here: those paths keep a maintainer in every
@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from tasks_app.models import APIKey, Membership, Project, Quota
+from tasks_app.models import APIKey, MachineGroup, Membership, Project, Quota
 
 
 class MembershipInline(admin.TabularInline):
@@ -54,6 +54,25 @@ class QuotaAdmin(admin.ModelAdmin):
     list_select_related = ("user", "project")
     autocomplete_fields = ("user", "project")
     search_fields = ("user__username", "project__name")
+
+
+@admin.register(MachineGroup)
+class MachineGroupAdmin(admin.ModelAdmin):
+    """Groups are made and ended by their members; here staff decide only whether their simulations
+    may reach the network (sandboxes have none by default)."""
+
+    list_display = ("name", "project", "provider", "machine_type", "state", "allow_network")
+    list_select_related = ("project",)
+    list_filter = ("state", "allow_network", "provider")
+    search_fields = ("name", "project__name")
+    fields = ("name", "project", "owner", "provider", "machine_type", "state", "allow_network")
+    readonly_fields = ("name", "project", "owner", "provider", "machine_type", "state")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(APIKey)

@@ -154,6 +154,12 @@ class MachineGroup(models.Model):
     max_idle_time_minutes = models.FloatField(null=True, blank=True, default=3)
     auto_terminate_minutes = models.FloatField(null=True, blank=True)
     resubmit_on_preemption = models.BooleanField(default=False)
+    # Simulations see only loopback unless an admin lets this group's reach out (admin site only).
+    allow_network = models.BooleanField(
+        default=False,
+        help_text="Let this group's simulations open outbound network connections. "
+        "Only an admin can set it; the task pages say so.",
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.CREATED)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -225,6 +231,8 @@ class Task(models.Model):
     )
     simulator = models.CharField(max_length=64)
     simulator_version = models.CharField(max_length=64, blank=True)
+    # Whether its simulator ran in a sandbox (None until it starts); off only where an admin turned them off.
+    sandboxed = models.BooleanField(null=True, blank=True)
     parameters = models.JSONField(default=dict, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
 

@@ -57,6 +57,9 @@ class TaskOut(Schema):
     guidance: GuidanceOut
     simulator: str
     simulator_version: str
+    sandboxed: bool | None = Field(
+        None, description="Whether its simulator ran in a sandbox; null until it starts."
+    )
     parameters: dict
     metadata: dict[str, str]
     project: str

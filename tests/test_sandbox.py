@@ -1,0 +1,246 @@
+"""Hostile simulations: each tries to reach what is not its own, through the API, on a real machine.
+
+Every test submits a real task whose commands attack the platform, then
+checks from the host that the attempt got nothing and that the platform
+is unharmed. A task prints what it managed to do; the checks read its
+stored logs and the host itself, never the task's own word alone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import psutil
+import pytest
+from django.conf import settings
+
+import simdeck
+from tasks_app import sandbox
+from tasks_app.lifecycle import Status
+from tasks_app.models import Machine, Task
+from tests.helpers import ROOT, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+INPUT = ROOT / "examples" / "commands-mesh-solve"
+
+
+@pytest.fixture
+def mg(client_for, alice_key, stack):
+    client_for(alice_key)
+    group = simdeck.resources.MachineGroup("n2-standard-2").start()
+    wait_for(
+        lambda: Machine.objects.filter(group__name=group.name, state=Machine.State.ONLINE).exists(),
+        60,
+        message="a machine online",
+    )
+    return group
+
+
+def run(mg, *commands: str, expect: str = "success") -> tuple[simdeck.tasks.Task, str]:
+    """Run the commands as a task; its final status must be ``expect``. Returns the task and its stdout."""
+    task = simdeck.simulators.Commands().run(input_dir=INPUT, commands=list(commands), on=mg)
+    status = task.wait(polling_period=0.2, silent_mode=True)
+    assert status == expect, (status, task.get_info()["error_detail"])
+    return task, stdout_of(task)
+
+
+def stdout_of(task) -> str:
+    from simdeck import api
+
+    return api.client().request("GET", f"/tasks/{task.id}/logs/stdout").text
+
+
+def stack_processes(stack) -> list[int]:
+    return [p.pid for p in stack.procs] + list(
+        Machine.objects.filter(state=Machine.State.ONLINE).values_list("pid", flat=True)
+    )
+
+
+def test_the_platform_s_secrets_and_files_are_out_of_reach(stack, mg):
+    secret_key = stack.home / "secret_key"
+    secret_key.write_text("not-for-simulations")
+    password = stack.home / "admin-password.txt"
+    password.write_text("hunter2-admin")
+    _, out = run(
+        mg,
+        f"cat {secret_key} {password} || true",
+        f"ls {stack.home} {settings.BASE_DIR} {Path.home()} || true",
+        f"cat {settings.BASE_DIR}/manage.py || true",
+        "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | sort -u; echo ENV; env | cut -d= -f1 | sort",
+    )
+    assert "not-for-simulations" not in out
+    assert "hunter2-admin" not in out
+    assert "DJANGO_SETTINGS_MODULE" not in out
+    assert "DATABASE_URL" not in out and "SECRET_KEY" not in out and "REDIS_URL" not in out
+    names = set(out.split("ENV\n", 1)[1].split())
+    assert names <= {"PATH", "HOME", "TMPDIR", "LANG", "USER", "PWD", "SHLVL", "SIMDECK_TASK_ID"} | set(
+        sandbox.THREAD_VARIABLES
+    ), names
+
+
+def test_another_project_s_inputs_and_outputs_cannot_be_found(stack, mg, client_for, alice_key):
+    marker = f"bob-secret-{secrets.token_hex(6)}"
+    theirs, _ = run(mg, f"echo {marker} > result.txt")
+    _, out = run(
+        mg,
+        f"find / -xdev 2>/dev/null | grep -c {theirs.id} || true",
+        f"grep -rl {marker} / 2>/dev/null | head -3 || true",
+        "find / -name '*.zip' 2>/dev/null | head -3",
+    )
+    lines = out.split()
+    assert lines[0] == "0", out
+    assert marker not in out
+    assert theirs.id not in out
+
+
+def test_no_service_of_the_platform_can_be_reached(stack, mg):
+    from urllib.parse import urlsplit
+
+    ports = {urlsplit(stack.url).port, 5432, 6379, 5672}
+    redis = urlsplit(settings.REDIS_URL)
+    ports.add(redis.port or 6379)
+    probe = (
+        "import socket\n"
+        f"for port in {sorted(ports)}:\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', port), timeout=2).close(); print('OPEN', port)\n"
+        "    except OSError as exc: print('closed', port, exc)\n"
+        "try:\n"
+        "    socket.create_connection(('1.1.1.1', 53), timeout=2); print('OPEN outside')\n"
+        "except OSError as exc: print('closed outside', exc)\n"
+    )
+    _, out = run(mg, f'python -c "{probe}"')
+    assert "OPEN" not in out, out
+    assert out.count("closed") == len(ports) + 1
+
+
+def test_writes_outside_its_folder_land_nowhere_on_the_host(stack, mg):
+    name = f"hostile-{secrets.token_hex(6)}"
+    targets = [stack.home / name, Path("/etc") / name, Path("/tmp") / name, stack.home / "storage" / name]
+    _, out = run(
+        mg, "; ".join(f"(echo x > {t} && echo WROTE {t}) 2>&1" for t in targets) + "; echo ok > mine.txt"
+    )
+    for target in targets:
+        assert not target.exists(), target
+    # Its private /tmp took the write; the host's did not.
+    assert f"WROTE /tmp/{name}" in out
+    assert f"WROTE {stack.home}" not in out and "WROTE /etc" not in out
+
+
+def test_background_processes_end_with_their_task(stack, mg):
+    task, _ = run(mg, "for i in $(seq 300); do sleep 600 & done; echo started")
+    uid = sandbox.owner()[0]
+    left = [
+        p
+        for p in psutil.process_iter(["name", "uids"])
+        if p.info["name"] == "sleep" and p.info["uids"] and p.info["uids"].real == uid
+    ]
+    assert left == []
+
+
+def test_killing_every_process_it_sees_harms_nothing(stack, mg):
+    before = stack_processes(stack)
+    run(
+        mg,
+        "kill -9 -1; for p in /proc/[0-9]*; do kill -9 ${p#/proc/} 2>/dev/null; done; true",
+        expect="failed",
+    )
+    for pid in before:
+        assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE, pid
+    _, out = run(mg, "echo the next task runs")
+    assert "the next task runs" in out
+
+
+def test_its_processes_are_not_root_and_have_no_capabilities(stack, mg):
+    task = simdeck.simulators.Commands().run(input_dir=INPUT, commands=["sleep 30 & sleep 30; true"], on=mg)
+    wait_for(lambda: Task.objects.get(pk=task.id).status == Status.STARTED, 60, message="the task to start")
+
+    def sleepers():
+        found = []
+        for proc in psutil.process_iter(["name"]):
+            try:
+                if proc.info["name"] == "sleep" and proc.environ().get("SIMDECK_TASK_ID") == task.id:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    found = wait_for(lambda: len(sleepers()) == 2 and sleepers(), 30, message="the task's processes")
+    for proc in found:
+        assert proc.uids().real != 0 and proc.uids().effective != 0
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caps = dict(line.split(":\t") for line in status.splitlines() if line.startswith("Cap"))
+        assert int(caps["CapEff"], 16) == 0 and int(caps["CapPrm"], 16) == 0, caps
+        assert "NoNewPrivs:\t1" in status
+    task.kill(wait_timeout=30)
+    assert wait_for(lambda: sleepers() == [], 20, message="the killed task's processes gone")
+
+
+def test_a_memory_hog_ends_executor_failed_naming_the_limit(stack, mg, client_for, alice_key):
+    stack.restart_provider(SIMDECK_MEMORY_GB_BYTES=str(64 * 2**20))  # 1 "GB" = 64 MiB
+    small = simdeck.resources.MachineGroup("e2-micro").start()
+    task, _ = run(
+        small, "python -c 'big = bytearray(300 * 2**20); print(len(big))'", expect="executor-failed"
+    )
+    detail = task.get_info()["error_detail"]
+    assert "memory" in detail and "machine type" in detail
+    _, out = run(small, "echo still here")
+    assert "still here" in out
+
+
+def test_a_fork_bomb_ends_executor_failed_naming_the_limit(stack, mg):
+    task, _ = run(mg, "bomb() { bomb | bomb & }; bomb; sleep 30", expect="executor-failed")
+    detail = task.get_info()["error_detail"]
+    assert "processes" in detail
+    uid = sandbox.owner()[0]
+    assert wait_for(
+        lambda: (
+            not [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+        ),
+        20,
+        message="no process of the bomb left",
+    )
+    _, out = run(mg, "echo next")
+    assert "next" in out
+
+
+def test_a_task_says_whether_it_ran_in_a_sandbox(stack, mg):
+    task, _ = run(mg, "true")
+    assert task.get_info()["sandboxed"] is True
+    assert Task.objects.get(pk=task.id).sandboxed is True
+
+
+def test_the_sandbox_is_checked_before_machines_start(settings, tmp_path):
+    settings.SIMDECK_WORK_DIR = tmp_path
+    sandbox.check.cache_clear()
+    try:
+        assert "bubblewrap" in sandbox.check()
+        settings.SIMDECK_SANDBOX_BWRAP = str(tmp_path / "no-bwrap")
+        sandbox.bwrap_path.cache_clear()
+        sandbox.check.cache_clear()
+        with pytest.raises(sandbox.SandboxUnavailable, match="SIMDECK_SANDBOX_BWRAP"):
+            sandbox.check()
+    finally:
+        sandbox.bwrap_path.cache_clear()
+        sandbox.check.cache_clear()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the cgroup files are root's to write")
+def test_cgroups_hold_a_machine_s_simulations(tmp_path):
+    limits = sandbox.Limits(memory_bytes=64 << 20, vcpus=1, pids=16)
+    groups = sandbox.Cgroups(f"test-{secrets.token_hex(3)}", limits)
+    if not groups.dirs:
+        pytest.skip("no writable cgroups on this host")
+    try:
+        import subprocess
+
+        with groups.entered():
+            proc = subprocess.Popen(["sh", "-c", "for i in $(seq 40); do sleep 2 & done; wait"])
+        proc.wait()
+        assert "pids" in groups.hit()
+        assert groups.hit() == []
+    finally:
+        groups.close()
