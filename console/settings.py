@@ -7,6 +7,7 @@ used, and started if they are not running yet, so ``manage.py`` in a second
 shell reaches the same data as the running instance.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -18,6 +19,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 SIMDECK_HOME = Path(env.str("SIMDECK_HOME", default=str(BASE_DIR / ".simdeck"))).resolve()
 SIMDECK_HOME.mkdir(parents=True, exist_ok=True)
+# Every team's inputs and outputs live here: no other account of the host may look in
+# (the embedded PostgreSQL's own user passes through by group, see console/embedded.py).
+if SIMDECK_HOME.stat().st_uid == os.getuid():
+    SIMDECK_HOME.chmod(SIMDECK_HOME.stat().st_mode & 0o770)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="") or embedded.secret_key(SIMDECK_HOME)
@@ -142,7 +147,11 @@ STORAGES = {
     # S3-compatible backend can replace the local folder.
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": str(SIMDECK_HOME / "storage")},
+        "OPTIONS": {
+            "location": str(SIMDECK_HOME / "storage"),
+            "directory_permissions_mode": 0o700,
+            "file_permissions_mode": 0o600,
+        },
     },
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"

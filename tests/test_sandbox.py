@@ -244,3 +244,64 @@ def test_cgroups_hold_a_machine_s_simulations(tmp_path):
         assert groups.hit() == []
     finally:
         groups.close()
+
+
+def test_machines_do_not_start_where_no_sandbox_can_be_made(transactional_db, tmp_path, alice, monkeypatch):
+    from tasks_app import services
+    from tasks_app.models import Activity
+    from tasks_app.testing.stack import ProcessStack
+
+    monkeypatch.setattr(settings, "SIMDECK_HOME", tmp_path)
+    stack = ProcessStack(tmp_path / "home", env={"SIMDECK_SANDBOX_BWRAP": str(tmp_path / "no-bwrap")})
+    monkeypatch.setattr(settings, "SIMDECK_QUEUE_PREFIX", stack.queue_prefix)
+    stack.start()
+    try:
+        group = services.create_group(alice, machine_type="n2-standard-2", name="nosandbox", project="lab")
+        services.start_group(group)
+        refusal = wait_for(
+            lambda: Activity.objects.filter(group=group, kind="machines-refused").first(),
+            30,
+            message="the group told why its machines cannot start",
+        )
+        assert "SIMDECK_SANDBOX_BWRAP" in refusal.message
+        assert not Machine.objects.filter(group=group).exists()
+        assert Activity.objects.filter(group=group, kind="machines-refused").count() == 1  # said once
+    finally:
+        stack.kill()
+
+
+def test_without_a_sandbox_tasks_say_so_and_admins_see_a_banner(
+    transactional_db, tmp_path, monkeypatch, client
+):
+    from django.contrib.auth import get_user_model
+
+    from tasks_app.testing.stack import ProcessStack
+
+    monkeypatch.setattr(settings, "SIMDECK_HOME", tmp_path)
+    stack = ProcessStack(tmp_path / "home", env={"SIMDECK_SANDBOX": "off"})
+    monkeypatch.setattr(settings, "SIMDECK_QUEUE_PREFIX", stack.queue_prefix)
+    stack.start()
+    try:
+        admin = get_user_model().objects.create_superuser("root-admin", "", "pw-for-tests-42")
+        member = get_user_model().objects.create_user("member", password="pw-for-tests-42")
+        from tasks_app.models import APIKey
+
+        monkeypatch.setenv("SIMDECK_API_URL", stack.url)
+        monkeypatch.setenv("SIMDECK_API_KEY", APIKey.issue(admin, "tests")[1])
+        monkeypatch.setenv("SIMDECK_CONFIG", str(tmp_path / "client.json"))
+        from simdeck import api
+
+        api.default_client.cache_clear()
+        group = simdeck.resources.MachineGroup("n2-standard-2").start()
+        task, out = run(group, "id -u")
+        assert task.get_info()["sandboxed"] is False
+        assert out.strip() == str(os.geteuid())  # the machine's own user: what the banner warns of
+        monkeypatch.setattr(settings, "SIMDECK_SANDBOX", False)
+        client.force_login(admin)
+        page = client.get(f"/tasks/{task.id}/").content.decode()
+        assert 'id="sandbox-off"' in page and "ran without a sandbox" in page
+        client.force_login(member)
+        assert 'id="sandbox-off"' not in client.get("/").content.decode()
+    finally:
+        api.default_client.cache_clear()
+        stack.kill()

@@ -25,7 +25,7 @@ from django.core.management.base import BaseCommand
 from django.db import connections
 
 from console import embedded
-from tasks_app import services
+from tasks_app import sandbox, services
 from tasks_app.executor.process import stop_process_group
 from tasks_app.models import APIKey, MachineGroup
 
@@ -49,6 +49,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         login_note = self.ensure_admin(home, url)
         self.ensure_default_group()
+        sandbox_note = sandbox_status()
 
         python = sys.executable
         children = {
@@ -81,6 +82,7 @@ class Command(BaseCommand):
                     f"  {login_note}",
                     f"  API docs: {url}/api/v1/docs",
                     f"  Data: {home}   Logs: {logs}",
+                    f"  {sandbox_note}",
                     "  Press Ctrl+C to stop.",
                     "",
                 ]
@@ -137,6 +139,13 @@ class Command(BaseCommand):
         password_file.chmod(0o600)
         _, key = APIKey.issue(user, "first key")
         saved = client_config.save(url, key)
+        # Shown only on the operator's terminal: never into a log that `make run | tee` keeps.
+        if not self.stdout.isatty():
+            self.say(
+                f"Created the first admin account, {ADMIN}; its password is in {password_file} and "
+                f"its API key in {saved}, both readable only by you."
+            )
+            return f"Log in as {ADMIN}; the password is in {password_file}."
         self.say(
             f"Created the first admin account: {ADMIN} / {password}\n"
             f"and its API key (shown once, saved for the client and CLI in {saved}):\n{key}"
@@ -158,3 +167,13 @@ class Command(BaseCommand):
                 max_idle_time=None,
             )
         services.start_group(group)
+
+
+def sandbox_status() -> str:
+    """One line on how simulations are isolated here, or why machines will not start."""
+    if not sandbox.enabled():
+        return "Sandbox: OFF (SIMDECK_SANDBOX=off): simulations run with the machines' own rights."
+    try:
+        return f"Sandbox: {sandbox.check()}."
+    except sandbox.SandboxUnavailable as exc:
+        return f"NO SANDBOX, so no machine will start: {exc}"
