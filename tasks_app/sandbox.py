@@ -443,6 +443,14 @@ class Cgroups:
                 group.rmdir()
 
 
+def remove_cgroups(machine_name: str) -> None:
+    """Remove a machine's cgroups once it stops (they are empty by then)."""
+    for controller, path in _own_cgroups().items():
+        base = CGROUP_ROOT / controller if controller else CGROUP_ROOT
+        with contextlib.suppress(OSError):
+            (base / path.lstrip("/") / "simdeck" / machine_name).rmdir()
+
+
 @functools.cache
 def cgroups(machine_name: str, limits: Limits) -> Cgroups:
     """The machine's cgroups, made once per process (a pool process runs one task at a time)."""

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from tasks_app import sandbox
 from tasks_app.models import Machine
 
 log = logging.getLogger(__name__)
@@ -102,3 +103,4 @@ def _offline(**_):
     Machine.objects.filter(pk=mid, state__in=[Machine.State.ONLINE, Machine.State.STOPPING]).update(
         state=Machine.State.STOPPED, stopped_at=timezone.now()
     )
+    sandbox.remove_cgroups(current_machine().name)
