@@ -57,8 +57,11 @@ def run(quick: bool = False) -> list[dict]:
         sandbox.hand_over(work)
         limits = sandbox.Limits.for_machine_type(settings.SIMDECK_DEFAULT_MACHINE_TYPE)
         groups = sandbox.Cgroups(f"bench-{time.time_ns()}", limits)
+        (base / "tmp").mkdir()
+        sandbox.hand_over(base / "tmp")
         box = sandbox.Box(
             workdir=work,
+            tmp=base / "tmp",
             identity=sandbox.write_identity(base / "identity"),
             env=sandbox.environment(limits, {}),
             limits=limits,

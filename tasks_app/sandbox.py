@@ -7,8 +7,9 @@ it may touch is decided here and nowhere else:
   and a network namespace with nothing but loopback unless an admin
   allowed the group outbound network;
 - its own folder only: the task's work folder (writable, at ``/task``) and a
-  private ``/tmp``; ``/usr``, the library folders, a few files of ``/etc``
-  and the simulator's install read-only; nothing of the platform (data
+  ``/tmp`` of its own (kept from one of its commands to the next);
+  ``/usr``, the library folders, a few files of ``/etc`` and the
+  simulator's install read-only; nothing of the platform (data
   folder, other tasks, the checkout, configuration, environment);
 - not root, no capabilities, no new privileges, a session of its own, and
   gone with its machine (``--die-with-parent``); when its main command
@@ -51,8 +52,8 @@ log = logging.getLogger(__name__)
 
 # Where the task's work folder is, as the simulation sees it.
 WORKDIR = "/task"
-# The simulation's /tmp, in memory, private to it.
-TMP_SIZE_BYTES = 1 << 30
+# A /tmp in memory, where a sandbox is made without a task (the check).
+TMP_SIZE_BYTES = 64 << 20
 # The largest file a simulation may write; the work disk's own limit stays.
 FILE_SIZE_BYTES = 64 << 30
 # Processes and threads a simulation may have at once, per vCPU of its machine type.
@@ -221,6 +222,7 @@ def command(
     env: dict[str, str],
     read_only: list[Path],
     limits: Limits,
+    tmp: Path | None = None,
     network: bool = False,
     held_by_cgroups: bool = False,
 ) -> list[str]:
@@ -228,7 +230,8 @@ def command(
 
     ``identity`` is a folder holding the sandbox's ``passwd`` and ``group``
     (:func:`write_identity`). ``env`` is all the simulation's environment.
-    With ``held_by_cgroups`` the machine's cgroups hold memory and
+    ``tmp`` is the task's own ``/tmp``, kept from one command to the next
+    (else a small one in memory). With ``held_by_cgroups`` the machine's cgroups hold memory and
     processes; otherwise resource limits do.
     """
     args = [
@@ -253,7 +256,10 @@ def command(
     if network and Path("/etc/resolv.conf").exists():
         args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
     args += ["--proc", "/proc", "--dev", "/dev"]
-    args += ["--perms", "1777", "--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
+    if tmp is None:
+        args += ["--perms", "1777", "--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
+    else:
+        args += ["--bind", str(tmp), "/tmp"]
     args += ["--bind", str(workdir), WORKDIR, "--chdir", WORKDIR, "--clearenv"]
     for name, value in env.items():
         args += ["--setenv", name, value]
@@ -510,6 +516,7 @@ class Box:
     """One task's sandbox on a machine: how its commands start, and which limits they reached."""
 
     workdir: Path
+    tmp: Path
     identity: Path
     env: dict[str, str]
     limits: Limits
@@ -521,6 +528,7 @@ class Box:
         return command(
             argv,
             workdir=self.workdir,
+            tmp=self.tmp,
             identity=self.identity,
             env=self.env | env,
             read_only=self.read_only,

@@ -86,12 +86,17 @@ def test_another_project_s_inputs_and_outputs_cannot_be_found(stack, mg, client_
     theirs, _ = run(mg, f"echo {marker} > result.txt")
     _, out = run(
         mg,
-        f"find / -xdev 2>/dev/null | grep -c {theirs.id} || true",
-        f"grep -rl {marker} / 2>/dev/null | head -3 || true",
+        f"find / -path /proc -prune -o -print 2>/dev/null | grep -c {theirs.id} || true",
+        # Contents too, but not of the system's own files nor of endless devices; its own
+        # /tmp holds a control, which the search must find.
+        f"echo control-{marker[4:]} > /tmp/control.txt; grep -rl --devices=skip"
+        + "".join(f" --exclude-dir={d}" for d in ("proc", "sys", "dev", "usr", ".venv", ".pyenv"))
+        + f" -e {marker} -e control-{marker[4:]} / 2>/dev/null | head -3 || true",
         "find / -name '*.zip' 2>/dev/null | head -3",
     )
     lines = out.split()
     assert lines[0] == "0", out
+    assert "/tmp/control.txt" in out
     assert marker not in out
     assert theirs.id not in out
 

@@ -112,6 +112,7 @@ class Execution:
         base = Path(settings.SIMDECK_WORK_DIR) / machine.name / task.id
         self.base = base
         self.workdir = base / "work"
+        self.tmpdir = base / "tmp"  # the sandbox's /tmp
         self.logdir = base / "logs"
         self.stdout = self.logdir / "stdout.txt"
         self.stderr = self.logdir / "stderr.txt"
@@ -229,7 +230,7 @@ class Execution:
         if self.base.exists():
             shutil.rmtree(self.base)
         self.base.parent.mkdir(parents=True, exist_ok=True)  # the machine's folder, made once
-        for folder in (self.base, self.workdir, self.logdir):
+        for folder in (self.base, self.workdir, self.tmpdir, self.logdir):
             folder.mkdir(mode=0o700)
         missing = f"The simulator is not available on machine {self.machine.name}"
         try:
@@ -267,11 +268,13 @@ class Execution:
     def make_box(self, simulator: sims.Simulator) -> sandbox.Box:
         """The task's sandbox: its work folder handed to the sandbox user, the machine's limits."""
         sandbox.hand_over(self.workdir)
+        sandbox.hand_over(self.tmpdir)
         machine_dir = self.base.parent
         cgroups = sandbox.cgroups(self.machine.name, self.limits)
         cgroups.hit()  # what an earlier task reached is not this one's
         return sandbox.Box(
             workdir=self.workdir,
+            tmp=self.tmpdir,
             identity=_identity(machine_dir),
             env=sandbox.environment(self.limits, {"SIMDECK_TASK_ID": self.task.id}),
             limits=self.limits,
@@ -360,7 +363,7 @@ class Execution:
         return False
 
     def check_disk(self) -> str | None:
-        used = directory_size(self.workdir)
+        used = directory_size(self.workdir) + directory_size(self.tmpdir)
         if self.meter:
             self.meter.disk_bytes = used
         while used > self.disk_limit and self.disk_limit < self.disk_max:
