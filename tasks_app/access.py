@@ -23,6 +23,7 @@ from django.db.models import BooleanField, F, Func, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
+from tasks_app import inputs
 from tasks_app.models import ROLE_RANK, MachineGroup, Membership, Project, Role, Task
 
 VIEWER, MEMBER, MAINTAINER = Role.VIEWER, Role.MEMBER, Role.MAINTAINER
@@ -104,7 +105,7 @@ def visible_groups(user):
 
 
 def task_for(user, task_id: str) -> Task:
-    if "\x00" in str(task_id):  # PostgreSQL refuses NUL in text: no object has such an id
+    if inputs.text_problem(str(task_id)):  # a text PostgreSQL cannot store: no object has such an id
         raise_not_found()
     return get_object_or_404(
         visible_tasks(user).select_related("machine_group", "project", "owner"), pk=task_id
@@ -114,7 +115,7 @@ def task_for(user, task_id: str) -> Task:
 def group_for(user, ref: str | int) -> MachineGroup:
     """A machine group by id or by name."""
     qs = visible_groups(user).select_related("project")
-    if "\x00" in str(ref):
+    if inputs.text_problem(str(ref)):
         raise_not_found()
     if isinstance(ref, int) or str(ref).isdigit():
         return get_object_or_404(qs, pk=int(ref))
@@ -124,7 +125,7 @@ def group_for(user, ref: str | int) -> MachineGroup:
 def project_for(user, ref: str | int) -> Project:
     """A project by name, or by id when no project has that name."""
     qs = visible_projects(user)
-    if "\x00" in str(ref):
+    if inputs.text_problem(str(ref)):
         raise_not_found()
     found = qs.filter(name=str(ref)).first()
     if found is None and str(ref).isdigit():

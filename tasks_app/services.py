@@ -18,21 +18,11 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from tasks_app import audit, lifecycle, live, storage
+from tasks_app import audit, inputs, lifecycle, live, storage
 from tasks_app import simulators as sims
+from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Project, Task
-
-
-class Refused(Exception):
-    """A request that cannot be carried out; the message tells the user why and what to do."""
-
-    def __init__(self, message: str, *, code: str = "invalid", field: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.code = code
-        self.field = field
-        self.status = status
-
 
 # -- projects ------------------------------------------------------------------
 
@@ -53,7 +43,7 @@ def project_to_use(user, name: str | None, action: str = "submit") -> Project:
 
     if not (name or "").strip():
         return access.personal_project(user)
-    name = name.strip()
+    name = inputs.text("project", name.strip())
     if not PROJECT_NAME.match(name):
         raise Refused(
             "A project name has 1 to 128 letters, digits, spaces, dots, dashes or underscores.",
@@ -82,10 +72,10 @@ def project_to_use(user, name: str | None, action: str = "submit") -> Project:
 
 
 def parse_duration(text: str | int | None) -> int | None:
-    """Seconds in ``90s``, ``10m``, ``1h30m``, ``2h`` (a bare number is seconds)."""
+    """Seconds in ``90s``, ``10m``, ``1h30m``, ``2h`` (a bare number is seconds), at most a year."""
     if text is None or text == "":
         return None
-    if isinstance(text, int):
+    if isinstance(text, int | float):
         seconds = text
     else:
         match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s?)?\s*", str(text))
@@ -96,9 +86,7 @@ def parse_duration(text: str | int | None) -> int | None:
             )
         h, m, s = (int(g or 0) for g in match.groups())
         seconds = h * 3600 + m * 60 + s
-    if seconds <= 0:
-        raise Refused("A time to live must be longer than zero.", field="time_to_live")
-    return seconds
+    return inputs.number("time_to_live", seconds)
 
 
 def create_group(
@@ -124,32 +112,28 @@ def create_group(
             field="machine_type",
             code="unknown_machine_type",
         )
+    num_machines = inputs.number("num_machines", num_machines)
+    min_machines = inputs.number("min_machines", min_machines)
+    max_machines = inputs.number("max_machines", max_machines)
+    data_disk_gb = inputs.number("data_disk_gb", data_disk_gb)
+    auto_resize_disk_max_gb = inputs.number("auto_resize_disk_max_gb", auto_resize_disk_max_gb)
+    max_idle_time = inputs.number("max_idle_time", max_idle_time)
+    auto_terminate_minutes = inputs.number("auto_terminate_minutes", auto_terminate_minutes)
     if max_machines is not None or min_machines is not None:
         min_machines = 1 if min_machines is None else min_machines
         max_machines = max(min_machines, 2) if max_machines is None else max_machines
-        if not 0 <= min_machines <= max_machines <= 64 or max_machines < 1:
+        if min_machines > max_machines:
             raise Refused(
-                "An elastic group needs 0 <= min_machines <= max_machines <= 64 and max_machines >= 1.",
+                f"An elastic group needs min_machines <= max_machines; got {min_machines} > {max_machines}.",
                 field="max_machines",
             )
         num_machines = max(min_machines, 1)
-    if not 1 <= num_machines <= 64:
-        raise Refused("num_machines must be between 1 and 64.", field="num_machines")
-    for field, minutes in (
-        ("max_idle_time", max_idle_time),
-        ("auto_terminate_minutes", auto_terminate_minutes),
-    ):
-        if minutes is not None and minutes <= 0:
-            raise Refused(
-                f"{field} is in minutes and must be more than 0 (or null for no limit).", field=field
-            )
-    if not 1 <= data_disk_gb <= 65536:
-        raise Refused("data_disk_gb must be between 1 and 65536.", field="data_disk_gb")
     if auto_resize_disk_max_gb is not None and auto_resize_disk_max_gb < data_disk_gb:
         raise Refused(
             "auto_resize_disk_max_gb must be at least data_disk_gb.", field="auto_resize_disk_max_gb"
         )
     name = name or f"{machine_type}-{secrets.token_hex(3)}"
+    inputs.text("name", name)
     if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", name):
         raise Refused(
             "A machine group name has lowercase letters, digits and dashes (at most 63).", field="name"
@@ -253,6 +237,8 @@ def terminate_group(
 
 def _checked_parameters(simulator: str, parameters: dict | None, input_files: list[str]):
     """The simulator's adapter and the parameters as it validated them."""
+    inputs.texts("parameters", parameters or {})
+    inputs.texts("input_files", list(input_files))
     try:
         adapter = sims.get(simulator)
         return adapter, adapter.validate(dict(parameters or {}), list(input_files))
@@ -672,6 +658,7 @@ def _audit_metadata(task: Task, actor, before: dict, after: dict) -> None:
 def validate_metadata(metadata: dict) -> dict:
     if not isinstance(metadata, dict):
         raise Refused("Metadata is a mapping of string keys to string values.", field="metadata")
+    inputs.texts("metadata", metadata)
     for key, value in metadata.items():
         if not isinstance(key, str) or not key.strip():
             raise Refused(f"Metadata key {key!r} must be a non-empty string.", field="metadata")

@@ -3,6 +3,7 @@ names, and input archives that try to leave their folder."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import os
@@ -18,10 +19,11 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from tasks_app import archives, lifecycle, services, storage
 from tasks_app.lifecycle import Status
-from tasks_app.models import APIKey, Task
+from tasks_app.models import APIKey, Machine, MachineGroup, Task
 from tests.helpers import ROOT
 
 PRODUCTION = {"SIMDECK_PRODUCTION": "1", "DEBUG": "0", "ALLOWED_HOSTS": "simdeck.example.org"}
@@ -212,3 +214,159 @@ def test_an_upload_with_such_an_archive_is_refused_before_it_is_queued(db, alice
         task = Task.objects.get(pk=task_id)
         assert task.status == Status.PENDING_INPUT and not task.input_path
         assert not default_storage.exists(storage.input_name(task_id))
+
+
+# -- what an adversarial probe found --------------------------------------------------
+#
+# Each test sends what the probe sent, as it sent it (raw JSON where Python's
+# own encoder would not write it), and checks the answer it gets now.
+
+
+def raw_json(api: Client, method: str, url: str, body: str):
+    return api.generic(method, url, body.encode("utf-8"), content_type="application/json")
+
+
+def refused(answer, field: str, *words: str) -> dict:
+    """The answer is a 400 in the API's error shape naming ``field``; returns its body."""
+    assert answer.status_code == 400, answer.content[:400]
+    assert answer["Content-Type"].startswith("application/json")
+    body = answer.json()
+    assert set(body) == {"error", "message", "field"} and body["error"] == "invalid", body
+    assert body["field"] == field and body["message"].startswith(field), body
+    for word in words:
+        assert word in body["message"], body
+    return body
+
+
+GROUP = '{"machine_type": "e2-micro", "name": "bad-ttl", "project": "%s", %s, "start": true}'
+
+
+def test_a_group_limit_beyond_any_date_is_refused(api, alice, no_broker):
+    project = services.project_to_use(alice, "wind", "manage-groups").name
+    for limit, field in (
+        ('"auto_terminate_minutes": 1e308', "auto_terminate_minutes"),
+        ('"auto_terminate_minutes": Infinity', "auto_terminate_minutes"),
+        ('"max_idle_time": NaN', "max_idle_time"),
+        ('"max_idle_time": -Infinity', "max_idle_time"),
+        ('"auto_terminate_minutes": 525601', "auto_terminate_minutes"),
+        ('"data_disk_gb": 10, "auto_resize_disk_max_gb": 4294967296', "auto_resize_disk_max_gb"),
+    ):
+        answer = raw_json(api, "POST", "/api/v1/machine-groups", GROUP % (project, limit))
+        refused(answer, field, "at most")
+    assert not MachineGroup.objects.filter(name="bad-ttl").exists()
+    year = raw_json(
+        api, "POST", "/api/v1/machine-groups", GROUP % (project, '"auto_terminate_minutes": 525600')
+    )
+    assert year.status_code == 201, year.content
+
+
+def test_a_task_time_to_live_beyond_a_year_is_refused(api, alice, no_broker):
+    services.create_group(alice, machine_type="e2-micro", name="lab")
+    for ttl in ("99999999999h", "0s", "8761h"):
+        body = {"simulator": "commands", "machine_group": "lab", "input_files": ["a"], "time_to_live": ttl}
+        body["parameters"] = {"commands": ["true"]}
+        refused(api.post("/api/v1/tasks", body, content_type="application/json"), "time_to_live")
+
+
+def test_one_bad_group_stops_neither_housekeeping_nor_the_groups_page(db, alice, bob, logged_in, no_broker):
+    from tasks_app import scheduler
+
+    # Rows as the probe left them, and one no check could have foreseen.
+    beyond = services.start_group(services.create_group(alice, machine_type="e2-micro", name="beyond"))
+    broken = services.start_group(services.create_group(alice, machine_type="e2-micro", name="broken"))
+    MachineGroup.objects.filter(pk=beyond.pk).update(auto_terminate_minutes=1e308)
+    MachineGroup.objects.filter(pk=broken.pk).update(auto_terminate_minutes=float("inf"), started_at=None)
+    theirs = services.start_group(
+        services.create_group(bob, machine_type="e2-micro", name="theirs", auto_terminate_minutes=1)
+    )
+    MachineGroup.objects.filter(pk=theirs.pk).update(started_at=timezone.now() - dt.timedelta(minutes=5))
+    lost = Machine.objects.create(
+        group=theirs,
+        name="theirs-1",
+        state=Machine.State.ONLINE,
+        last_heartbeat_at=timezone.now() - dt.timedelta(hours=1),
+    )
+
+    done = scheduler.housekeeping()
+
+    assert done["groups_stopped"] == ["theirs"]
+    assert done["machines_lost"] == ["theirs-1"]
+    assert MachineGroup.objects.get(pk=beyond.pk).state == MachineGroup.State.STARTED
+    assert Machine.objects.get(pk=lost.pk).state == Machine.State.LOST
+    page = logged_in.get(reverse("group-list"))
+    assert page.status_code == 200 and "beyond" in page.content.decode()
+
+
+LONE = "\\ud800"  # as JSON writes it: a lone surrogate once decoded
+
+
+def test_lone_surrogates_are_refused_naming_the_field(api, alice, bob, no_broker):
+    group = services.create_group(alice, machine_type="e2-micro", name="lab")
+    task = services.create_task(
+        alice, simulator="commands", parameters={"commands": ["true"]}, machine_group=group, input_files=["a"]
+    )
+    submit = '{"simulator": "commands", "machine_group": "lab", "input_files": ["a"], %s}'
+    cases = [
+        ("POST", f"/api/v1/tasks/{task.id}/comments", f'{{"body": "x{LONE}"}}', "body"),
+        ("POST", "/api/v1/machine-groups", f'{{"machine_type": "e2-micro", "name": "a{LONE}"}}', "name"),
+        ("POST", f"/api/v1/projects/{group.project.name}/members", f'{{"username": "{LONE}"}}', "username"),
+        ("POST", "/api/v1/tasks/kill", f'{{"ids": ["{LONE}"]}}', "ids.0"),
+        ("POST", "/api/v1/tasks/kill", f'{{"all": true, "project": "{LONE}"}}', "project"),
+        (
+            "POST",
+            "/api/v1/machine-groups",
+            f'{{"machine_type": "e2-micro", "project": "p{LONE}"}}',
+            "project",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks",
+            submit % f'"parameters": {{"commands": ["echo {LONE}"]}}',
+            "parameters.commands.0",
+        ),
+        ("POST", "/api/v1/tasks", submit % f'"metadata": {{"case": "{LONE}"}}', "metadata.case"),
+        ("POST", "/api/v1/tasks", submit % f'"metadata": {{"{LONE}": "x"}}', "metadata"),
+        ("PATCH", f"/api/v1/tasks/{task.id}/metadata", f'{{"metadata": {{"k": "{LONE}"}}}}', "metadata.k"),
+        ("POST", f"/api/v1/tasks/{task.id}/review", f'{{"state": "{LONE}"}}', "state"),
+    ]
+    for method, url, body, field in cases:
+        refused(raw_json(api, method, url, body), field, "lone surrogate (U+D800)")
+    assert Task.objects.count() == 1 and task.comments.count() == 0
+
+
+def test_a_nul_character_is_refused_naming_the_field(api, alice, no_broker):
+    group = services.create_group(alice, machine_type="e2-micro", name="lab")
+    task = services.create_task(
+        alice, simulator="commands", parameters={"commands": ["true"]}, machine_group=group, input_files=["a"]
+    )
+    refused(
+        raw_json(api, "PUT", f"/api/v1/tasks/{task.id}/metadata", '{"metadata": {"k": "a\\u0000"}}'),
+        "metadata.k",
+        "NUL",
+    )
+    refused(api.get("/api/v1/tasks?simulator=a%00b"), "simulator", "NUL")
+
+
+def test_resubmitting_with_a_nul_in_parameters_or_metadata_is_a_form_error(db, alice, logged_in, no_broker):
+    group = services.create_group(alice, machine_type="e2-micro", name="lab")
+    original = Task.objects.create(
+        owner=alice, project=group.project, machine_group=group, simulator="commands", parameters={}
+    )
+    data = zip_bytes({"run.sh": b"true\n"})
+    name = default_storage.save(storage.input_name(original.id), ContentFile(data))
+    Task.objects.filter(pk=original.pk).update(
+        input_path=name, input_size=len(data), input_sha256=hashlib.sha256(data).hexdigest()
+    )
+    url = reverse("task-resubmit-edit", args=[original.id])
+    for parameters, metadata, field in (
+        ('{"commands": ["echo a\\u0000b"]}', "{}", "parameters"),
+        ('{"commands": ["true"]}', '{"case": "a\\u0000"}', "metadata"),
+        ('{"commands": ["echo \\ud800"]}', "{}", "parameters"),
+    ):
+        form = {"parameters": parameters, "machine_group": group.pk, "time_to_live": "", "metadata": metadata}
+        answer = logged_in.post(url, form)
+        assert answer.status_code == 200, answer.content[:300]
+        errors = answer.context["form"].errors
+        assert field in errors, errors
+    assert not Task.objects.filter(resubmitted_from=original).exists()
+
