@@ -271,6 +271,24 @@ def _check_submission(user, machine_group: MachineGroup, input_files: list[str])
         )
 
 
+def project_of_task(machine_group: MachineGroup, name: str | None) -> Project:
+    """The project a task on ``machine_group`` is filed in: the group's own.
+
+    The team that owns the machines sees, stops and pays for what runs on
+    them, so naming another project is refused rather than followed.
+    """
+    project = machine_group.project
+    name = inputs.text("project", (name or "").strip())
+    if name and name != project.name:
+        raise Refused(
+            f"project {name!r} is not the one of machine group {machine_group.name}: the group belongs "
+            f"to project {project.name!r}, where its tasks are filed. Leave project out (or give "
+            f"{project.name!r}), or submit to a machine group of project {name!r}.",
+            field="project",
+        )
+    return project
+
+
 def create_task(
     user,
     *,
@@ -294,7 +312,7 @@ def create_task(
     _check_submission(user, machine_group, input_files)
     from tasks_app import quotas
 
-    target = project_to_use(user, project, "submit")
+    target = project_of_task(machine_group, project)
     ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
     return Task.objects.create(
         owner=user,
@@ -403,18 +421,14 @@ def create_tasks(
                 code="bad_upload",
                 field="input_archive",
             )
-    # A sweep names the same few projects and limits over and over: each is looked up once.
-    projects: dict[str, Project] = {}
+    # A sweep names the same few limits over and over: each is looked up once.
     ttls: dict[tuple[int, int | None], int | None] = {}
     tasks = []
     for index, spec in enumerate(specs):
         try:
             adapter, parameters = _checked_parameters(spec["simulator"], spec.get("parameters"), input_files)
             metadata = validate_metadata(spec.get("metadata") or {})
-            name = (spec.get("project") or "").strip()
-            if name not in projects:
-                projects[name] = project_to_use(user, name, "submit")
-            target = projects[name]
+            target = project_of_task(machine_group, spec.get("project"))
             asked = (target.pk, parse_duration(spec.get("time_to_live")))
             if asked not in ttls:
                 ttls[asked] = quotas.task_ttl(user, target, asked[1])

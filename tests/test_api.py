@@ -130,7 +130,7 @@ def test_a_second_upload_is_refused(api, group):
         ),
         ({"time_to_live": "soon"}, "time_to_live", "1h30m"),
         ({"metadata": {"speed": ""}}, "metadata", "non-empty"),
-        ({"project": "a/b"}, "project", "project name"),
+        ({"project": "a/b"}, "project", "the group belongs to project"),
     ],
 )
 def test_bad_submissions_say_what_is_wrong_and_create_nothing(api, group, overrides, field, words):

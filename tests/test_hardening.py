@@ -370,3 +370,49 @@ def test_resubmitting_with_a_nul_in_parameters_or_metadata_is_a_form_error(db, a
         assert field in errors, errors
     assert not Task.objects.filter(resubmitted_from=original).exists()
 
+
+def test_a_members_task_on_a_teams_group_is_the_teams_to_see_and_stop(
+    db, alice, bob, django_user_model, no_broker
+):
+    from tasks_app import teams
+
+    group = services.start_group(
+        services.create_group(alice, machine_type="e2-micro", name="lab", project="a")
+    )
+    teams.add_member(group.project, "bob", "member", actor=alice)
+    body = {"simulator": "commands", "machine_group": "lab", "input_files": ["a"]}
+    body["parameters"] = {"commands": ["true"]}
+    bobs = Client(headers={"Authorization": f"Bearer {APIKey.issue(bob, 'b')[1]}"})
+    created = bobs.post("/api/v1/tasks", body, content_type="application/json")
+    assert created.status_code == 201 and created.json()["project"] == "a", created.content
+    task_id = created.json()["id"]
+    maintainer = Client(headers={"Authorization": f"Bearer {APIKey.issue(alice, 'a')[1]}"})
+    assert maintainer.get(f"/api/v1/tasks/{task_id}").status_code == 200
+    killed = maintainer.post(f"/api/v1/tasks/{task_id}/kill")
+    assert killed.status_code == 200 and killed.json()["changed"], killed.content
+    elsewhere = bobs.post("/api/v1/tasks", body | {"project": "bob-default"}, content_type="application/json")
+    refused(elsewhere, "project")
+
+
+def test_a_group_page_lists_only_the_tasks_its_viewer_may_see(db, alice, bob, django_user_model, no_broker):
+    from tasks_app import teams
+
+    group = services.start_group(
+        services.create_group(alice, machine_type="e2-micro", name="lab", project="a")
+    )
+    teams.add_member(group.project, "bob", "viewer", actor=alice)
+    # A task filed elsewhere before tasks followed their group's project.
+    hidden = Task.objects.create(
+        owner=alice, project=services.project_to_use(alice, None), machine_group=group, simulator="commands"
+    )
+    shown = Task.objects.create(owner=alice, project=group.project, machine_group=group, simulator="commands")
+    for task in (hidden, shown):
+        lifecycle.transition(task, Status.SUBMITTED, reason="test")
+    viewer = Client()
+    viewer.force_login(bob)
+    page = viewer.get(reverse("group-detail", args=["lab"])).content.decode()
+    assert shown.id in page and hidden.id not in page
+    owner = Client()
+    owner.force_login(alice)
+    assert hidden.id in owner.get(reverse("group-detail", args=["lab"])).content.decode()
+
