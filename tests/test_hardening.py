@@ -416,3 +416,31 @@ def test_a_group_page_lists_only_the_tasks_its_viewer_may_see(db, alice, bob, dj
     owner.force_login(alice)
     assert hidden.id in owner.get(reverse("group-detail", args=["lab"])).content.decode()
 
+
+def test_only_the_owner_uploads_a_tasks_input(db, alice, bob, django_user_model, no_broker):
+    from tasks_app import teams
+
+    group = services.start_group(
+        services.create_group(alice, machine_type="e2-micro", name="lab", project="a")
+    )
+    teams.add_member(group.project, "bob", "member", actor=alice)
+    task = services.create_task(
+        bob, simulator="commands", parameters={"commands": ["true"]}, machine_group=group, input_files=["a"]
+    )
+    boss = django_user_model.objects.create_user("boss", is_staff=True)
+    data = zip_bytes({"a": b"mine"})
+    headers = {"X-Archive-Size": str(len(data)), "X-Content-SHA256": hashlib.sha256(data).hexdigest()}
+    for someone in (alice, boss):
+        api = Client(headers={"Authorization": f"Bearer {APIKey.issue(someone, 'k')[1]}"})
+        answer = api.generic(
+            "PUT", f"/api/v1/tasks/{task.id}/input", data, content_type="application/zip", headers=headers
+        )
+        assert answer.status_code == 403, answer.content
+        assert answer.json()["message"].startswith(f"Only the owner of task {task.id} (bob) can upload")
+    task.refresh_from_db()
+    assert task.status == Status.PENDING_INPUT and not task.input_path
+    own = Client(headers={"Authorization": f"Bearer {APIKey.issue(bob, 'k')[1]}"})
+    answer = own.generic(
+        "PUT", f"/api/v1/tasks/{task.id}/input", data, content_type="application/zip", headers=headers
+    )
+    assert answer.status_code == 200 and answer.json()["status"] == "submitted"
