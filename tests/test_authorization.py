@@ -536,7 +536,7 @@ def test_every_websocket_route_has_a_rule():
 
 def socket_outcome(path: str, key: str | None) -> str:
     async def attempt():
-        headers = [(b"origin", b"http://localhost")]
+        headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
         if key:
             headers.append((b"authorization", f"Bearer {key}".encode()))
         communicator = WebsocketCommunicator(application, path, headers=headers)

@@ -444,3 +444,50 @@ def test_only_the_owner_uploads_a_tasks_input(db, alice, bob, django_user_model,
         "PUT", f"/api/v1/tasks/{task.id}/input", data, content_type="application/zip", headers=headers
     )
     assert answer.status_code == 200 and answer.json()["status"] == "submitted"
+
+
+def open_socket(path: str, headers: list[tuple[bytes, bytes]]) -> tuple[bool, object]:
+    from asgiref.sync import async_to_sync
+    from channels.testing import WebsocketCommunicator
+
+    from console.asgi import application
+
+    async def attempt():
+        communicator = WebsocketCommunicator(application, path, headers=headers)
+        connected, code = await communicator.connect(timeout=30)
+        await communicator.disconnect()
+        return connected, code
+
+    return async_to_sync(attempt)()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_socket_from_another_port_of_the_same_host_is_refused(alice, no_broker):
+    group = services.create_group(alice, machine_type="e2-micro", name="lab")
+    task = services.create_task(
+        alice, simulator="commands", parameters={"commands": ["true"]}, machine_group=group, input_files=["a"]
+    )
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(alice)
+    browser.get(reverse("task-detail", args=[task.id]), HTTP_HOST="localhost:8000")
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+    path = f"/ws/tasks/{task.id}/logs/"
+
+    def socket(origin: bytes, host: bytes = b"localhost:8000") -> bool:
+        return open_socket(path, [(b"origin", origin), (b"host", host), (b"cookie", cookie)])[0]
+
+    def form(origin: str) -> int:
+        token = browser.cookies["csrftoken"].value
+        url = reverse("task-kill", args=[task.id])
+        headers = {"Origin": origin, "Host": "localhost:8000", "X-CSRFToken": token}
+        return browser.post(url, headers=headers).status_code
+
+    # What the CSRF check refuses for a form, the socket refuses too.
+    assert form("http://localhost:9999") == 403
+    assert not socket(b"http://localhost:9999")
+    assert not socket(b"https://localhost:8000")
+    assert not socket(b"http://evil.example:8000")
+    assert not socket(b"http://localhost:8000", host=b"evil.example:8000")
+    assert socket(b"http://localhost:8000")
+    assert form("http://localhost:8000") == 302
+

@@ -344,7 +344,11 @@ def test_a_revoked_key_is_refused_at_once_and_closes_its_open_socket(team, alice
     key, secret = APIKey.issue(alice, "laptop")
     api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert api.get("/api/v1/whoami").status_code == 200
-    headers = [(b"origin", b"http://localhost"), (b"authorization", f"Bearer {secret}".encode())]
+    headers = [
+        (b"origin", b"http://localhost"),
+        (b"host", b"localhost"),
+        (b"authorization", f"Bearer {secret}".encode()),
+    ]
 
     async def watch_then_revoke():
         communicator = WebsocketCommunicator(
@@ -374,7 +378,11 @@ def test_a_member_taken_out_of_the_project_loses_the_socket(team, alice, bob, se
     settings.SIMDECK_WS_RECHECK_SECONDS = 0.2
     task = queued(alice, team)
     secret = APIKey.issue(bob, "bob")[1]
-    headers = [(b"origin", b"http://localhost"), (b"authorization", f"Bearer {secret}".encode())]
+    headers = [
+        (b"origin", b"http://localhost"),
+        (b"host", b"localhost"),
+        (b"authorization", f"Bearer {secret}".encode()),
+    ]
 
     async def watch():
         communicator = WebsocketCommunicator(
