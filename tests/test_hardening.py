@@ -491,3 +491,52 @@ def test_a_socket_from_another_port_of_the_same_host_is_refused(alice, no_broker
     assert socket(b"http://localhost:8000")
     assert form("http://localhost:8000") == 302
 
+
+def dot_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("fine.txt", b"ok")
+        zf.writestr(".", b"where the folder is")
+    return buf.getvalue()
+
+
+def test_an_archive_entry_named_dot_is_refused_at_upload(api, alice, no_broker, tmp_path):
+    services.create_group(alice, machine_type="e2-micro", name="lab")
+    created = api.post(
+        "/api/v1/tasks",
+        {
+            "simulator": "commands",
+            "machine_group": "lab",
+            "input_files": ["fine.txt"],
+            "parameters": {"commands": ["true"]},
+        },
+        content_type="application/json",
+    )
+    data = dot_zip()
+    answer = api.generic(
+        "PUT",
+        f"/api/v1/tasks/{created.json()['id']}/input",
+        data,
+        content_type="application/zip",
+        headers={"X-Archive-Size": str(len(data)), "X-Content-SHA256": hashlib.sha256(data).hexdigest()},
+    )
+    assert answer.status_code == 400 and answer.json()["error"] == "bad_upload", answer.content
+    assert "without a name ('.')" in answer.json()["message"]
+    dest = tmp_path / "work"
+    dest.mkdir()
+    with pytest.raises(archives.UnsafeArchive):
+        archives.safe_extract(io.BytesIO(data), dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_machines_file_error_names_no_server_path(tmp_path):
+    from tasks_app.executor import os_error_message
+
+    work = tmp_path / "machine-1" / "task" / "work"
+    work.mkdir(parents=True)
+    for path, shown in ((work, "'.'"), (work / "out" / "a.txt", "'out/a.txt'"), (tmp_path / "x", "'x'")):
+        try:
+            open(path, "rb")
+        except OSError as exc:
+            message = os_error_message(exc, work)
+        assert str(tmp_path) not in message and shown in message, message
