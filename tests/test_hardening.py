@@ -540,3 +540,35 @@ def test_a_machines_file_error_names_no_server_path(tmp_path):
         except OSError as exc:
             message = os_error_message(exc, work)
         assert str(tmp_path) not in message and shown in message, message
+
+
+@pytest.fixture
+def alice_unthrottled(alice):
+    from tasks_app import login_throttle
+
+    login_throttle.reset("alice", "127.0.0.1")
+    yield alice
+    login_throttle.reset("alice", "127.0.0.1")
+
+
+def test_the_password_change_form_locks_after_as_many_failures_as_the_login(alice_unthrottled, settings):
+    browser = Client()
+    browser.force_login(alice_unthrottled)
+    url = reverse("password_change")
+
+    def change(old: str):
+        return browser.post(
+            url, {"old_password": old, "new_password1": "n3w-Secret-pass", "new_password2": "n3w-Secret-pass"}
+        )
+
+    answers = [change(f"guess-{i}") for i in range(settings.SIMDECK_LOGIN_FAILURES)]
+    assert [a.status_code for a in answers[:-1]] == [200] * (settings.SIMDECK_LOGIN_FAILURES - 1)
+    assert answers[-1].status_code == 429 and int(answers[-1]["Retry-After"]) > 0
+    assert b"Changing the password, and logging in, are paused" in answers[-1].content
+    # The right password waits too: guessing learns nothing.
+    assert change("wonderland-42").status_code == 429
+    alice_unthrottled.refresh_from_db()
+    assert alice_unthrottled.check_password("wonderland-42")
+    assert (
+        Client().post(reverse("login"), {"username": "alice", "password": "wonderland-42"}).status_code == 429
+    )
