@@ -155,3 +155,14 @@ def test_a_path_no_route_matches_gets_the_api_error_shape_not_a_page(client, wor
     assert answer.json()["error"] == "not_found" and "openapi.json" in answer.json()["message"]
     page = client.get("/no-such-page/")
     assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+
+
+def test_a_method_a_path_does_not_take_gets_the_api_error_shape(client, world):
+    # Found by the fuzzing above: django-ninja answered it in plain text.
+    answer = client.delete("/api/v1/whoami", headers={"Authorization": f"Bearer {world}"})
+    assert answer.status_code == 405 and answer["Allow"] == "GET"
+    assert answer.json() == {
+        "error": "method_not_allowed",
+        "message": "DELETE is not an operation of /api/v1/whoami. It takes GET; see /api/v1/openapi.json.",
+        "field": None,
+    }
