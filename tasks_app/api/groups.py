@@ -10,7 +10,7 @@ from ninja.responses import Status as Reply
 
 from tasks_app import access, services
 from tasks_app.api import schemas as s
-from tasks_app.api.common import ERRORS
+from tasks_app.api.common import ERRORS, links
 
 router = Router(tags=["machine groups"])
 
@@ -37,7 +37,17 @@ def list_groups(
     return list(qs)
 
 
-@router.post("", response={201: s.GroupOut, **ERRORS})
+@router.post(
+    "",
+    response={201: s.GroupOut, **ERRORS},
+    openapi_extra=links(
+        201,
+        {"ref": "$response.body#/name"},
+        "groups.get_group",
+        "groups.start_group",
+        "groups.terminate_group",
+    ),
+)
 def create_group(request: HttpRequest, payload: s.GroupIn):
     """Create a machine group; with ``start`` its machines come up right away.
 
