@@ -53,6 +53,12 @@ NUMBERS: dict[str, Bounds] = {
     "auto_terminate_minutes": Bounds(0, YEAR_MINUTES, "minutes", above=True),
     "time_to_live": Bounds(1, YEAR_MINUTES * 60, "seconds", integer=True),
 }
+# Quotas, which administrators set (manage.py quota).
+QUOTAS: dict[str, Bounds] = {
+    "max_machines": Bounds(0, 100_000, "machines", integer=True),
+    "max_group_ttl_minutes": Bounds(0, YEAR_MINUTES, "minutes"),
+    "max_task_ttl_seconds": Bounds(0, YEAR_MINUTES * 60, "seconds", integer=True),
+}
 
 
 def number(field: str, value, *, bounds: Bounds | None = None):

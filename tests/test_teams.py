@@ -307,6 +307,14 @@ def test_quotas_are_set_with_a_command(team, capsys):
     assert "machines running at once: 8" in capsys.readouterr().out
     with pytest.raises(CommandError, match="takes a number or 'none'"):
         call_command("quota", "--project", "team", "--max-machines", "lots")
+    for flag, value in (
+        ("--max-group-ttl-minutes", "nan"),
+        ("--max-group-ttl-minutes", "inf"),
+        ("--max-machines", "-1"),
+    ):
+        with pytest.raises(CommandError, match=f"{flag}: "):
+            call_command("quota", "--project", "team", flag, value)
+    assert Quota.objects.get(project=team).max_group_ttl_minutes is None
 
 
 # -- audit ------------------------------------------------------------------------------
