@@ -90,6 +90,23 @@ def _minutes(value: float) -> str:
     return f"{value:g} minute{'s' if value != 1 else ''}"
 
 
+def clean_abandoned_uploads(older_than_minutes: int) -> int:
+    """End tasks whose input never arrived; returns how many."""
+    cutoff = timezone.now() - dt.timedelta(minutes=older_than_minutes)
+    abandoned = Task.objects.filter(status=Status.PENDING_INPUT, created_at__lt=cutoff)
+
+    def clean(task: Task) -> bool | None:
+        ended = lifecycle.transition(
+            task,
+            Status.KILLED,
+            reason=f"No input arrived within {older_than_minutes} minutes; the task was cleaned up.",
+            error_detail="The input upload never completed. Submit the simulation again.",
+        )
+        return True if ended else None
+
+    return len(_each(abandoned, "abandoned uploads", clean))
+
+
 def reap_lost_machines(now: dt.datetime | None = None) -> list[str]:
     """Machines whose heartbeat stopped are lost; their tasks end or are requeued."""
     now = now or timezone.now()

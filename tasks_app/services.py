@@ -530,20 +530,6 @@ def publish_tokens(group: MachineGroup, count: int) -> None:
             )
 
 
-def clean_abandoned_uploads(older_than_minutes: int) -> int:
-    """End tasks whose input never arrived; returns how many."""
-    cutoff = timezone.now() - dt.timedelta(minutes=older_than_minutes)
-    count = 0
-    for task in Task.objects.filter(status=Status.PENDING_INPUT, created_at__lt=cutoff):
-        count += lifecycle.transition(
-            task,
-            Status.KILLED,
-            reason=f"No input arrived within {older_than_minutes} minutes; the task was cleaned up.",
-            error_detail="The input upload never completed. Submit the simulation again.",
-        )
-    return count
-
-
 def machine_lost(machine: Machine, reason: str) -> None:
     """A machine vanished: its task ends as runner-terminated, requeued if asked."""
     _machine_gone(machine, Machine.State.LOST, Status.EXECUTOR_TERMINATED, reason)
