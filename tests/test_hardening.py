@@ -268,7 +268,9 @@ def test_a_task_time_to_live_beyond_a_year_is_refused(api, alice, no_broker):
         refused(api.post("/api/v1/tasks", body, content_type="application/json"), "time_to_live")
 
 
-def test_one_bad_group_stops_neither_housekeeping_nor_the_groups_page(db, alice, bob, logged_in, no_broker):
+def test_one_bad_group_stops_neither_housekeeping_nor_the_groups_page(
+    db, alice, bob, logged_in, api, no_broker
+):
     from tasks_app import scheduler
 
     # Rows as the probe left them, and one no check could have foreseen.
@@ -295,6 +297,11 @@ def test_one_bad_group_stops_neither_housekeeping_nor_the_groups_page(db, alice,
     assert Machine.objects.get(pk=lost.pk).state == Machine.State.LOST
     page = logged_in.get(reverse("group-list"))
     assert page.status_code == 200 and "beyond" in page.content.decode()
+    # The API tells what the scheduler does with such a row: no limit, in valid JSON.
+    listed = api.get("/api/v1/machine-groups?include_terminated=true")
+    assert listed.status_code == 200 and "Infinity" not in listed.content.decode()
+    limits = {g["name"]: g["auto_terminate_minutes"] for g in listed.json()}
+    assert limits["broken"] is None and limits["beyond"] == 1e308
 
 
 LONE = "\\ud800"  # as JSON writes it: a lone surrogate once decoded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -537,6 +538,12 @@ class GroupIn(In):
     start: bool = Field(False, description="Start the group right away.")
 
 
+def _reachable(minutes: float | None) -> float | None:
+    """A group's limit as the scheduler applies it: NaN or infinity (rows stored before
+    limits were checked) is never reached, so it is no limit, and JSON holds neither."""
+    return minutes if minutes is None or math.isfinite(minutes) else None
+
+
 class MachineOut(Schema):
     name: str
     state: str
@@ -572,6 +579,14 @@ class GroupOut(Schema):
     @staticmethod
     def resolve_project(obj) -> str:
         return obj.project.name
+
+    @staticmethod
+    def resolve_max_idle_time(obj) -> float | None:
+        return _reachable(obj.max_idle_time_minutes)
+
+    @staticmethod
+    def resolve_auto_terminate_minutes(obj) -> float | None:
+        return _reachable(obj.auto_terminate_minutes)
 
     @staticmethod
     def resolve_n_vcpus(obj) -> int:
