@@ -352,6 +352,8 @@ def test_a_nul_character_is_refused_naming_the_field(api, alice, no_broker):
         "NUL",
     )
     refused(api.get("/api/v1/tasks?simulator=a%00b"), "simulator", "NUL")
+    refused(api.get("/api/v1/machine-groups?project=a%00b"), "project", "NUL")
+    refused(api.post("/api/v1/machine-groups/lab/machines/m%00/reclaim"), "machine", "NUL")
 
 
 def test_resubmitting_with_a_nul_in_parameters_or_metadata_is_a_form_error(db, alice, logged_in, no_broker):

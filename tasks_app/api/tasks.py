@@ -12,7 +12,7 @@ from django.http import FileResponse, HttpRequest
 from ninja import Header, Query, Router
 from ninja.responses import Status as Reply
 
-from tasks_app import access, lifecycle, resource_use, services, storage
+from tasks_app import access, inputs, lifecycle, resource_use, services, storage
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS, links, task_for, tasks_for
 from tasks_app.lifecycle import Status
@@ -468,4 +468,5 @@ def unset_metadata(request: HttpRequest, task_id: str, key: list[str] = Query(..
     """Remove the given keys (repeat ``key``); keys that are not set are ignored."""
     task = access.task_for(request.user, task_id)
     access.require(request.user, "edit", task)
+    inputs.texts("key", key)
     return services.unset_metadata(task, key, actor=request.user)
