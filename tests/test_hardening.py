@@ -583,3 +583,14 @@ def test_the_password_change_form_locks_after_as_many_failures_as_the_login(alic
     assert (
         Client().post(reverse("login"), {"username": "alice", "password": "wonderland-42"}).status_code == 429
     )
+
+
+def test_the_console_refuses_a_group_limit_out_of_range_on_its_field(logged_in, no_broker):
+    form = {"machine_type": "e2-micro", "num_machines": 1, "data_disk_gb": 10, "max_idle_time": 3}
+    for value in ("1e308", "525601", "inf", "nan"):
+        answer = logged_in.post(
+            reverse("group-list"), form | {"auto_terminate_minutes": value, "start": "on"}
+        )
+        assert answer.status_code == 422, answer.status_code
+        assert "auto_terminate_minutes" in answer.context["form"].errors, value
+    assert not MachineGroup.objects.exists()
