@@ -55,6 +55,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "console.middleware.ContentSecurityPolicyMiddleware",
+    "console.middleware.APIMethodNotAllowedMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 

@@ -8,10 +8,12 @@ A project is a team. Each member has a role in it (:class:`~tasks_app.models.Rol
 - **maintainer** also kills any task of the project, creates, starts and
   terminates its machine groups, and manages its members.
 
-Staff may do everything everywhere. Querysets are scoped to the projects the
-user belongs to; an object outside that scope answers 404 (so an id from
-another team reveals nothing), an object in scope that the role does not
-allow acting on answers 403 (:class:`PermissionDenied`).
+Only a task's owner uploads its input: the task runs under the owner's name,
+so nobody else (a maintainer, staff) chooses what it runs. Staff may do
+everything else everywhere. Querysets are scoped to the projects the user
+belongs to; an object outside that scope answers 404 (so an id from another
+team reveals nothing), an object in scope that the role does not allow
+acting on answers 403 (:class:`PermissionDenied`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from django.db.models import BooleanField, F, Func, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
+from tasks_app import inputs
 from tasks_app.models import ROLE_RANK, MachineGroup, Membership, Project, Role, Task
 
 VIEWER, MEMBER, MAINTAINER = Role.VIEWER, Role.MEMBER, Role.MAINTAINER
 
 # The least role each action needs, by the kind of object it is done to.
-# "own" actions need MEMBER on one's own task and MAINTAINER on anyone else's.
+# "own" actions need MEMBER on one's own task and MAINTAINER on anyone else's;
+# "owner" actions are the owner's alone (MEMBER still), whoever else asks.
 TASK_ACTIONS: dict[str, Role | str] = {
     "view": VIEWER,
     "edit": MEMBER,  # metadata
@@ -37,7 +41,7 @@ TASK_ACTIONS: dict[str, Role | str] = {
     "resubmit": MEMBER,
     "kill": "own",
     "remove-files": "own",
-    "upload": "own",
+    "upload": "owner",
 }
 PROJECT_ACTIONS: dict[str, Role] = {
     "view": VIEWER,
@@ -104,7 +108,7 @@ def visible_groups(user):
 
 
 def task_for(user, task_id: str) -> Task:
-    if "\x00" in str(task_id):  # PostgreSQL refuses NUL in text: no object has such an id
+    if inputs.text_problem(str(task_id)):  # a text PostgreSQL cannot store: no object has such an id
         raise_not_found()
     return get_object_or_404(
         visible_tasks(user).select_related("machine_group", "project", "owner"), pk=task_id
@@ -114,7 +118,7 @@ def task_for(user, task_id: str) -> Task:
 def group_for(user, ref: str | int) -> MachineGroup:
     """A machine group by id or by name."""
     qs = visible_groups(user).select_related("project")
-    if "\x00" in str(ref):
+    if inputs.text_problem(str(ref)):
         raise_not_found()
     if isinstance(ref, int) or str(ref).isdigit():
         return get_object_or_404(qs, pk=int(ref))
@@ -124,7 +128,7 @@ def group_for(user, ref: str | int) -> MachineGroup:
 def project_for(user, ref: str | int) -> Project:
     """A project by name, or by id when no project has that name."""
     qs = visible_projects(user)
-    if "\x00" in str(ref):
+    if inputs.text_problem(str(ref)):
         raise_not_found()
     found = qs.filter(name=str(ref)).first()
     if found is None and str(ref).isdigit():
@@ -185,6 +189,10 @@ def can(user, action: str, obj, *, roles: dict[int, Role] | None = None) -> bool
     needed = _needed(action, obj)
     if not user.is_authenticated or not user.is_active:
         return False
+    if needed == "owner":
+        if obj.owner_id != user.pk:
+            return False
+        needed = MEMBER
     if user.is_staff:
         return True
     project_id = _project_id(obj)
@@ -211,6 +219,8 @@ def actionable(user, action: str, tasks):
     needed = TASK_ACTIONS[action]
     if not user.is_authenticated:
         return tasks.none()
+    if needed == "owner" and user.is_staff:
+        return tasks.filter(owner=user)
     if user.is_staff:
         return tasks
     ranks = {r: ROLE_RANK[r] for r in Role}
@@ -219,6 +229,8 @@ def actionable(user, action: str, tasks):
         roles = [r for r, rank in ranks.items() if rank >= ROLE_RANK[least]]
         return Subquery(Membership.objects.filter(user=user, role__in=roles).values("project_id"))
 
+    if needed == "owner":
+        return tasks.filter(owner=user, project_id__in=projects(MEMBER))
     if needed == "own":
         from django.db.models import Q
 
@@ -244,12 +256,13 @@ def refusal(user, action: str, obj) -> str:
     needed = _needed(action, obj)
     project = obj if isinstance(obj, Project) else obj.project
     role = role_in(user, project)
+    if needed == "owner":
+        return (
+            f"Only the owner of task {obj.id} ({obj.owner.username}) can upload its input: "
+            "the task runs under their name. Ask them to upload it."
+        )
     if needed == "own":
-        what = {"kill": "kill", "remove-files": "remove the files of", "upload": "upload the input of"}[
-            action
-        ]
-        if action == "upload":
-            return f"Only the owner of task {obj.id} can upload its input."
+        what = {"kill": "kill", "remove-files": "remove the files of"}[action]
         return (
             f"Members can {what} their own tasks only; task {obj.id} belongs to "
             f"{obj.owner.username}. Ask a maintainer of project {project.name!r}."

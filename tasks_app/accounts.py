@@ -1,4 +1,4 @@
-"""People: logging in (throttled) and creating accounts.
+"""People: logging in and changing a password (both throttled), and creating accounts.
 
 The console's People page and ``manage.py createuser`` both create users
 through :func:`create_user`, so the same checks apply to each.
@@ -11,7 +11,7 @@ import secrets
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model, password_validation
-from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
@@ -47,6 +47,32 @@ class ThrottledLoginForm(AuthenticationForm):
 
 class ThrottledAdminLoginForm(ThrottledLoginForm, AdminAuthenticationForm):
     """The admin site's login, under the same throttle: it is another door for guessing."""
+
+
+class ThrottledPasswordChangeForm(PasswordChangeForm):
+    """Django's password change form; its current password counts failures as the login does."""
+
+    lockout: login_throttle.Lockout | None = None
+
+    def __init__(self, user, *args, request=None, **kwargs):
+        super().__init__(user, *args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self) -> str:
+        username = self.user.get_username()
+        address = login_throttle.client_address(self.request)
+        self.lockout = login_throttle.lockout(username, address)
+        if self.lockout:
+            raise ValidationError(self.lockout.change_message, code="throttled")
+        try:
+            old_password = super().clean_old_password()
+        except ValidationError:
+            self.lockout = login_throttle.record_failure(username, address)
+            if self.lockout:
+                raise ValidationError(self.lockout.change_message, code="throttled") from None
+            raise
+        login_throttle.record_success(username, address)
+        return old_password
 
 
 class NewUserForm(forms.Form):

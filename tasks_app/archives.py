@@ -1,7 +1,8 @@
 """Zip archives of task inputs and outputs, unpacked without escaping.
 
 Archives come from users, so every entry is checked before anything is
-written: no absolute paths, no ``..``, no links, nothing outside ``dest``.
+written: no absolute paths, no ``..``, no links, no file named ``.``,
+nothing outside ``dest``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def _checked_name(info: zipfile.ZipInfo) -> PurePosixPath:
         raise UnsafeArchive(f"The archive holds an absolute path ({info.filename}).")
     if ".." in name.parts:
         raise UnsafeArchive(f"The archive holds a path leaving its folder ({info.filename}).")
+    if not name.parts and not info.is_dir():
+        # "." or "": a file in the place of the folder itself.
+        raise UnsafeArchive(f"The archive holds a file without a name ({info.filename!r}).")
     return name
 
 

@@ -35,8 +35,12 @@ SORTS = {
 
 
 def add_refusal(form: forms.Form, refusal: services.Refused) -> None:
-    """Show a service's refusal on the field it concerns, or above the form."""
-    field = refusal.field if refusal.field in form.fields else None
+    """Show a service's refusal on the field it concerns, or above the form.
+
+    A field inside one (``parameters.commands.0``) is shown on the form's field holding it.
+    """
+    field = (refusal.field or "").split(".")[0]
+    field = field if field in form.fields else None
     form.add_error(field, str(refusal))
 
 

@@ -239,7 +239,7 @@ class GroupPageConsumer(_PageSocket):
         from tasks_app.views.groups import group_context
 
         self.group.refresh_from_db()
-        context = group_context(self.group) | {"oob": True}
+        context = group_context(self.group, self.user) | {"oob": True}
         return (
             render_to_string("groups/group_detail.html#live", context)
             + render_to_string("groups/group_detail.html#queue_counts", context)

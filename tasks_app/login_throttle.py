@@ -1,4 +1,4 @@
-"""Slowing down password guessing on the login page.
+"""Slowing down password guessing on the login page and the password change form.
 
 Failed logins are counted per username and client address in the cache
 (Redis, shared by every web server process). After
@@ -8,6 +8,9 @@ a correct password does not open it early, so a guesser learns nothing from
 trying. Counting per address as well as per name keeps one attacker from
 locking a colleague out from everywhere; a cap per address across all names
 (``SIMDECK_LOGIN_FAILURES_PER_ADDRESS``) stops spraying many names.
+
+A wrong current password on the password change form is a guess at the same
+secret (by someone holding a session), so it counts as a failed login.
 """
 
 from __future__ import annotations
@@ -29,13 +32,24 @@ class Lockout:
     seconds_left: int
 
     @property
-    def message(self) -> str:
+    def _wait(self) -> str:
         minutes = max(1, math.ceil(self.seconds_left / 60))
-        unit = "minute" if minutes == 1 else "minutes"
+        return f"{minutes} minute{'' if minutes == 1 else 's'}"
+
+    @property
+    def message(self) -> str:
         return (
             "Too many failed logins for this username from your address. "
-            f"Logging in is paused for {minutes} {unit}; try again after that, "
+            f"Logging in is paused for {self._wait}; try again after that, "
             "or ask an administrator to reset your password."
+        )
+
+    @property
+    def change_message(self) -> str:
+        return (
+            "Too many wrong current passwords for this account from your address. "
+            f"Changing the password, and logging in, are paused for {self._wait}; "
+            "try again after that, or ask an administrator to reset your password."
         )
 
 

@@ -51,7 +51,6 @@ def resubmit(
             parameters=original.parameters if parameters is None else parameters,
             machine_group=group,
             input_files=input_files,
-            project=original.project.name,
             resubmit_on_preemption=original.resubmit_on_preemption,
             time_to_live=ttl or None,
             metadata=original.metadata if metadata is None else metadata,

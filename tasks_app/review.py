@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from tasks_app import access, audit
+from tasks_app import access, audit, inputs
 from tasks_app.models import Comment, Task
 from tasks_app.services import Refused
 
@@ -21,7 +21,7 @@ REVIEW_STATES = dict(Task.Review.choices)
 
 
 def _checked_body(body: str) -> str:
-    body = (body or "").strip()
+    body = inputs.text("body", (body or "").strip())
     if not body:
         raise Refused("A comment needs some text.", field="body")
     if len(body) > MAX_COMMENT_CHARS:

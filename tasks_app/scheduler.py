@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Max, Min, Q
 from django.utils import timezone
 
@@ -25,26 +26,51 @@ BUSY = [Status.PENDING_INPUT, Status.SUBMITTED, *lifecycle.ON_MACHINE]
 PROVISIONING_TIMEOUT = dt.timedelta(minutes=3)
 
 
+def _each(rows, job: str, act) -> list:
+    """``act(row)`` for every row, logging a row that fails and going on with the next.
+
+    One bad row (a value nothing foresaw, a database error on one update)
+    must not stop the job for everyone else's groups, machines and tasks.
+    """
+    done = []
+    for row in rows:
+        try:
+            with transaction.atomic():
+                result = act(row)
+        except Exception:
+            log.exception("Housekeeping (%s) failed for %r; going on with the others", job, row)
+            continue
+        if result is not None:
+            done.append(result)
+    return done
+
+
 def enforce_group_limits(now: dt.datetime | None = None) -> list[str]:
     """Stop groups past their time to live or idle for too long; returns their names."""
     now = now or timezone.now()
-    stopped = []
     groups = MachineGroup.objects.filter(state=G.STARTED).filter(
         Q(auto_terminate_minutes__isnull=False) | Q(max_idle_time_minutes__isnull=False)
     )
-    for group in groups:
+
+    def enforce(group: MachineGroup) -> str | None:
         reason = _limit_reached(group, now)
-        if reason:
-            services.terminate_group(group, reason=reason, ending=Status.EXECUTOR_TERMINATED_TTL)
-            Activity.objects.create(kind="group-stopped-itself", group=group, message=reason)
-            stopped.append(group.name)
-    return stopped
+        if not reason:
+            return None
+        services.terminate_group(group, reason=reason, ending=Status.EXECUTOR_TERMINATED_TTL)
+        Activity.objects.create(kind="group-stopped-itself", group=group, message=reason)
+        return group.name
+
+    return _each(groups, "group limits", enforce)
+
+
+def _minutes_since(moment: dt.datetime, now: dt.datetime) -> float:
+    # Compared as numbers of minutes: a limit no timedelta can hold is simply never reached.
+    return (now - moment).total_seconds() / 60
 
 
 def _limit_reached(group: MachineGroup, now: dt.datetime) -> str | None:
     if group.auto_terminate_minutes is not None:
-        limit = dt.timedelta(minutes=group.auto_terminate_minutes)
-        if now - group.started_at > limit:
+        if _minutes_since(group.started_at, now) > group.auto_terminate_minutes:
             ttl = _minutes(group.auto_terminate_minutes)
             return f"Machine group {group.name} reached its time to live of {ttl}."
     if group.max_idle_time_minutes is not None and not group.tasks.filter(status__in=BUSY).exists():
@@ -55,13 +81,30 @@ def _limit_reached(group: MachineGroup, now: dt.datetime) -> str | None:
             return None
         last = group.tasks.aggregate(last=Max("ended_at"))["last"]
         idle_since = max(filter(None, [group.started_at, first_online, last]))
-        if now - idle_since > dt.timedelta(minutes=group.max_idle_time_minutes):
+        if _minutes_since(idle_since, now) > group.max_idle_time_minutes:
             return f"Machine group {group.name} was idle for {_minutes(group.max_idle_time_minutes)}."
     return None
 
 
 def _minutes(value: float) -> str:
     return f"{value:g} minute{'s' if value != 1 else ''}"
+
+
+def clean_abandoned_uploads(older_than_minutes: int) -> int:
+    """End tasks whose input never arrived; returns how many."""
+    cutoff = timezone.now() - dt.timedelta(minutes=older_than_minutes)
+    abandoned = Task.objects.filter(status=Status.PENDING_INPUT, created_at__lt=cutoff)
+
+    def clean(task: Task) -> bool | None:
+        ended = lifecycle.transition(
+            task,
+            Status.KILLED,
+            reason=f"No input arrived within {older_than_minutes} minutes; the task was cleaned up.",
+            error_detail="The input upload never completed. Submit the simulation again.",
+        )
+        return True if ended else None
+
+    return len(_each(abandoned, "abandoned uploads", clean))
 
 
 def reap_lost_machines(now: dt.datetime | None = None) -> list[str]:
@@ -72,40 +115,56 @@ def reap_lost_machines(now: dt.datetime | None = None) -> list[str]:
         Q(state=Machine.State.ONLINE, last_heartbeat_at__lt=silent)
         | Q(state=Machine.State.PROVISIONING, created_at__lt=now - PROVISIONING_TIMEOUT)
     ).select_related("group")
-    names = []
-    for machine in lost:
+
+    def reap(machine: Machine) -> str:
         services.machine_lost(machine, f"Machine {machine.name} stopped sending heartbeats.")
-        names.append(machine.name)
-    return names
+        return machine.name
+
+    return _each(lost, "lost machines", reap)
 
 
 def restore_lost_tokens() -> int:
     """Re-announce queued tasks whose broker message went missing (e.g. a broker restart)."""
     from console.celery import app
 
-    published = 0
     groups = MachineGroup.objects.filter(state=G.STARTED, tasks__status=Status.SUBMITTED).distinct()
     with app.connection_for_read() as conn:
         channel = conn.default_channel
-        for group in groups:
+
+        def restore(group: MachineGroup) -> int:
+            nonlocal channel
             queued = Task.objects.queued_in(group.pk).count()
             try:
                 waiting = channel.queue_declare(queue=group.queue_name, passive=True).message_count
             except Exception:  # the queue does not exist (yet): nothing waits in it
                 channel = conn.channel()
                 waiting = 0
-            if queued > waiting:
-                services.publish_tokens(group, queued - waiting)
-                published += queued - waiting
+            if queued <= waiting:
+                return 0
+            services.publish_tokens(group, queued - waiting)
+            return queued - waiting
+
+        published = sum(_each(groups, "lost tokens", restore))
     if published:
         log.info("Re-announced %s queued tasks", published)
     return published
 
 
+JOBS = {
+    "groups_stopped": enforce_group_limits,
+    "machines_lost": reap_lost_machines,
+    "tokens_restored": restore_lost_tokens,
+    "task_counts_folded": task_counts.fold,
+}
+
+
 def housekeeping() -> dict:
-    return {
-        "groups_stopped": enforce_group_limits(),
-        "machines_lost": reap_lost_machines(),
-        "tokens_restored": restore_lost_tokens(),
-        "task_counts_folded": task_counts.fold(),
-    }
+    """Every job, each on its own: one that fails is logged and the others still run."""
+    results = {}
+    for name, job in JOBS.items():
+        try:
+            results[name] = job()
+        except Exception:
+            log.exception("Housekeeping job %s failed; the others went on", name)
+            results[name] = None
+    return results

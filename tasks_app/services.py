@@ -18,21 +18,11 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from tasks_app import audit, lifecycle, live, storage
+from tasks_app import audit, inputs, lifecycle, live, storage
 from tasks_app import simulators as sims
+from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Project, Task
-
-
-class Refused(Exception):
-    """A request that cannot be carried out; the message tells the user why and what to do."""
-
-    def __init__(self, message: str, *, code: str = "invalid", field: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.code = code
-        self.field = field
-        self.status = status
-
 
 # -- projects ------------------------------------------------------------------
 
@@ -53,7 +43,7 @@ def project_to_use(user, name: str | None, action: str = "submit") -> Project:
 
     if not (name or "").strip():
         return access.personal_project(user)
-    name = name.strip()
+    name = inputs.text("project", name.strip())
     if not PROJECT_NAME.match(name):
         raise Refused(
             "A project name has 1 to 128 letters, digits, spaces, dots, dashes or underscores.",
@@ -82,10 +72,10 @@ def project_to_use(user, name: str | None, action: str = "submit") -> Project:
 
 
 def parse_duration(text: str | int | None) -> int | None:
-    """Seconds in ``90s``, ``10m``, ``1h30m``, ``2h`` (a bare number is seconds)."""
+    """Seconds in ``90s``, ``10m``, ``1h30m``, ``2h`` (a bare number is seconds), at most a year."""
     if text is None or text == "":
         return None
-    if isinstance(text, int):
+    if isinstance(text, int | float):
         seconds = text
     else:
         match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s?)?\s*", str(text))
@@ -96,9 +86,7 @@ def parse_duration(text: str | int | None) -> int | None:
             )
         h, m, s = (int(g or 0) for g in match.groups())
         seconds = h * 3600 + m * 60 + s
-    if seconds <= 0:
-        raise Refused("A time to live must be longer than zero.", field="time_to_live")
-    return seconds
+    return inputs.number("time_to_live", seconds)
 
 
 def create_group(
@@ -124,32 +112,28 @@ def create_group(
             field="machine_type",
             code="unknown_machine_type",
         )
+    num_machines = inputs.number("num_machines", num_machines)
+    min_machines = inputs.number("min_machines", min_machines)
+    max_machines = inputs.number("max_machines", max_machines)
+    data_disk_gb = inputs.number("data_disk_gb", data_disk_gb)
+    auto_resize_disk_max_gb = inputs.number("auto_resize_disk_max_gb", auto_resize_disk_max_gb)
+    max_idle_time = inputs.number("max_idle_time", max_idle_time)
+    auto_terminate_minutes = inputs.number("auto_terminate_minutes", auto_terminate_minutes)
     if max_machines is not None or min_machines is not None:
         min_machines = 1 if min_machines is None else min_machines
         max_machines = max(min_machines, 2) if max_machines is None else max_machines
-        if not 0 <= min_machines <= max_machines <= 64 or max_machines < 1:
+        if min_machines > max_machines:
             raise Refused(
-                "An elastic group needs 0 <= min_machines <= max_machines <= 64 and max_machines >= 1.",
+                f"An elastic group needs min_machines <= max_machines; got {min_machines} > {max_machines}.",
                 field="max_machines",
             )
         num_machines = max(min_machines, 1)
-    if not 1 <= num_machines <= 64:
-        raise Refused("num_machines must be between 1 and 64.", field="num_machines")
-    for field, minutes in (
-        ("max_idle_time", max_idle_time),
-        ("auto_terminate_minutes", auto_terminate_minutes),
-    ):
-        if minutes is not None and minutes <= 0:
-            raise Refused(
-                f"{field} is in minutes and must be more than 0 (or null for no limit).", field=field
-            )
-    if not 1 <= data_disk_gb <= 65536:
-        raise Refused("data_disk_gb must be between 1 and 65536.", field="data_disk_gb")
     if auto_resize_disk_max_gb is not None and auto_resize_disk_max_gb < data_disk_gb:
         raise Refused(
             "auto_resize_disk_max_gb must be at least data_disk_gb.", field="auto_resize_disk_max_gb"
         )
     name = name or f"{machine_type}-{secrets.token_hex(3)}"
+    inputs.text("name", name)
     if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", name):
         raise Refused(
             "A machine group name has lowercase letters, digits and dashes (at most 63).", field="name"
@@ -253,6 +237,8 @@ def terminate_group(
 
 def _checked_parameters(simulator: str, parameters: dict | None, input_files: list[str]):
     """The simulator's adapter and the parameters as it validated them."""
+    inputs.texts("parameters", parameters or {})
+    inputs.texts("input_files", list(input_files))
     try:
         adapter = sims.get(simulator)
         return adapter, adapter.validate(dict(parameters or {}), list(input_files))
@@ -285,6 +271,24 @@ def _check_submission(user, machine_group: MachineGroup, input_files: list[str])
         )
 
 
+def project_of_task(machine_group: MachineGroup, name: str | None) -> Project:
+    """The project a task on ``machine_group`` is filed in: the group's own.
+
+    The team that owns the machines sees, stops and pays for what runs on
+    them, so naming another project is refused rather than followed.
+    """
+    project = machine_group.project
+    name = inputs.text("project", (name or "").strip())
+    if name and name != project.name:
+        raise Refused(
+            f"project {name!r} is not the one of machine group {machine_group.name}: the group belongs "
+            f"to project {project.name!r}, where its tasks are filed. Leave project out (or give "
+            f"{project.name!r}), or submit to a machine group of project {name!r}.",
+            field="project",
+        )
+    return project
+
+
 def create_task(
     user,
     *,
@@ -308,7 +312,7 @@ def create_task(
     _check_submission(user, machine_group, input_files)
     from tasks_app import quotas
 
-    target = project_to_use(user, project, "submit")
+    target = project_of_task(machine_group, project)
     ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
     return Task.objects.create(
         owner=user,
@@ -417,18 +421,14 @@ def create_tasks(
                 code="bad_upload",
                 field="input_archive",
             )
-    # A sweep names the same few projects and limits over and over: each is looked up once.
-    projects: dict[str, Project] = {}
+    # A sweep names the same few limits over and over: each is looked up once.
     ttls: dict[tuple[int, int | None], int | None] = {}
     tasks = []
     for index, spec in enumerate(specs):
         try:
             adapter, parameters = _checked_parameters(spec["simulator"], spec.get("parameters"), input_files)
             metadata = validate_metadata(spec.get("metadata") or {})
-            name = (spec.get("project") or "").strip()
-            if name not in projects:
-                projects[name] = project_to_use(user, name, "submit")
-            target = projects[name]
+            target = project_of_task(machine_group, spec.get("project"))
             asked = (target.pk, parse_duration(spec.get("time_to_live")))
             if asked not in ttls:
                 ttls[asked] = quotas.task_ttl(user, target, asked[1])
@@ -528,20 +528,6 @@ def publish_tokens(group: MachineGroup, count: int) -> None:
                 content_encoding=content_encoding,
                 **{**properties, "correlation_id": token_id},
             )
-
-
-def clean_abandoned_uploads(older_than_minutes: int) -> int:
-    """End tasks whose input never arrived; returns how many."""
-    cutoff = timezone.now() - dt.timedelta(minutes=older_than_minutes)
-    count = 0
-    for task in Task.objects.filter(status=Status.PENDING_INPUT, created_at__lt=cutoff):
-        count += lifecycle.transition(
-            task,
-            Status.KILLED,
-            reason=f"No input arrived within {older_than_minutes} minutes; the task was cleaned up.",
-            error_detail="The input upload never completed. Submit the simulation again.",
-        )
-    return count
 
 
 def machine_lost(machine: Machine, reason: str) -> None:
@@ -672,6 +658,7 @@ def _audit_metadata(task: Task, actor, before: dict, after: dict) -> None:
 def validate_metadata(metadata: dict) -> dict:
     if not isinstance(metadata, dict):
         raise Refused("Metadata is a mapping of string keys to string values.", field="metadata")
+    inputs.texts("metadata", metadata)
     for key, value in metadata.items():
         if not isinstance(key, str) or not key.strip():
             raise Refused(f"Metadata key {key!r} must be a non-empty string.", field="metadata")

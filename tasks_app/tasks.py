@@ -4,7 +4,7 @@ from celery import shared_task, signals
 from django.conf import settings
 from django.db import close_old_connections
 
-from tasks_app import scheduler, services
+from tasks_app import scheduler
 from tasks_app.executor import inspect as _inspect  # noqa: F401  (registers the remote-control command)
 from tasks_app.executor import machine as _machine  # noqa: F401  (connects the worker signals)
 from tasks_app.executor.machine import current_machine
@@ -26,7 +26,7 @@ def _usable_connection(**_) -> None:
 
 @shared_task(name="simdeck.clean_abandoned_uploads")
 def clean_abandoned_uploads() -> int:
-    return services.clean_abandoned_uploads(settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
+    return scheduler.clean_abandoned_uploads(settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
 
 
 @shared_task(name="simdeck.housekeeping")

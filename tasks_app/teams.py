@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from tasks_app import audit
+from tasks_app import audit, inputs
 from tasks_app.models import Membership, Project, Role
 from tasks_app.services import Refused
 
@@ -25,6 +25,7 @@ def parse_role(text: str) -> Role:
 
 
 def find_user(username: str):
+    inputs.text("username", username)
     user = get_user_model().objects.filter(username=username, is_active=True).first()
     if user is None:
         raise Refused(

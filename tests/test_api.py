@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from tasks_app import services
+from tasks_app import scheduler, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Task, TaskEvent
 
@@ -130,7 +130,7 @@ def test_a_second_upload_is_refused(api, group):
         ),
         ({"time_to_live": "soon"}, "time_to_live", "1h30m"),
         ({"metadata": {"speed": ""}}, "metadata", "non-empty"),
-        ({"project": "a/b"}, "project", "project name"),
+        ({"project": "a/b"}, "project", "the group belongs to project"),
     ],
 )
 def test_bad_submissions_say_what_is_wrong_and_create_nothing(api, group, overrides, field, words):
@@ -196,7 +196,7 @@ def test_listing_filters_by_status_aliases_and_pages_with_a_cursor(api, group):
 def test_abandoned_uploads_are_cleaned_up_with_an_event(api, group):
     task_id = create(api).json()["id"]
     Task.objects.filter(pk=task_id).update(created_at="2020-01-01T00:00Z")
-    assert services.clean_abandoned_uploads(older_than_minutes=60) == 1
+    assert scheduler.clean_abandoned_uploads(older_than_minutes=60) == 1
     event = TaskEvent.objects.get(task_id=task_id)
     assert event.to_status == Status.KILLED
     assert "No input arrived" in event.reason

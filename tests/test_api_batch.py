@@ -101,10 +101,10 @@ def test_a_malformed_item_is_refused_with_its_index(api, group):
     assert not Task.objects.exists()
 
 
-def test_a_project_of_another_team_is_refused(api, group, bob):
+def test_a_project_other_than_the_groups_is_refused(api, group, bob):
     services.project_to_use(bob, "secret")
     response = batch(api, sweep([1]) + sweep([2], project="secret"))
-    assert response.status_code == 404
+    assert response.status_code == 400
     assert response.json()["field"] == "tasks.1.project"
     assert not Task.objects.exists()
 

@@ -157,8 +157,11 @@ def test_every_error_has_the_same_shape(api, group, settings):
 
 
 def test_tasks_are_filtered_by_every_criterion(api, client, group, alice, bob, django_user_model):
-    a = queued_task(api, project="wind", metadata={"speed": "10", "site": "north"})
-    b = queued_task(api, project="wind", metadata={"speed": "15"})
+    wind = services.start_group(
+        services.create_group(alice, machine_type="c2-standard-4", name="wind-lab", project="wind")
+    )
+    a = queued_task(api, machine_group=wind.name, metadata={"speed": "10", "site": "north"})
+    b = queued_task(api, machine_group=wind.name, metadata={"speed": "15"})
     c = create(
         api,
         simulator="splishsplash",
@@ -328,8 +331,12 @@ def test_looking_inside_a_task_that_is_not_running_says_where_to_look(api, group
     assert_error(api.get(f"/api/v1/tasks/{queued.id}/machine/tail"), 400, "invalid", "path")
 
 
-def test_kill_many_by_id_or_all(api, group):
-    first, second, third = (queued_task(api, project=p) for p in ("a", "a", "b"))
+def test_kill_many_by_id_or_all(api, group, alice):
+    for project in ("a", "b"):
+        services.start_group(
+            services.create_group(alice, machine_type="c2-standard-4", name=f"lab-{project}", project=project)
+        )
+    first, second, third = (queued_task(api, machine_group=f"lab-{p}") for p in ("a", "a", "b"))
     answer = api.post("/api/v1/tasks/kill", {"ids": [first.id]}, content_type="application/json").json()
     assert answer == [
         {
@@ -347,8 +354,11 @@ def test_kill_many_by_id_or_all(api, group):
     assert_error(api.post("/api/v1/tasks/kill", {}, content_type="application/json"), 400, "invalid", "ids")
 
 
-def test_projects_count_the_tasks_you_may_see(api, group, client, bob):
-    queued_task(api, project="wind")
+def test_projects_count_the_tasks_you_may_see(api, group, client, alice, bob):
+    services.start_group(
+        services.create_group(alice, machine_type="c2-standard-4", name="wind-lab", project="wind")
+    )
+    queued_task(api, machine_group="wind-lab")
     done = finished_task(api, {"stdout.txt": b""})
     Task.objects.filter(pk=done.pk).update(project=services.project_to_use(done.owner, "wind"))
     projects = api.get("/api/v1/projects").json()

@@ -243,7 +243,8 @@ API: dict[tuple[str, str], Rule] = {
             "tasks": [{"simulator": "commands", "parameters": {"commands": ["echo hi"]}, "project": "team"}],
         },
     ),
-    ("PUT", TASK + "/input"): Rule(scoped("maintainer")),  # only its owner uploads the input
+    # The task is the maintainer's: only its owner uploads the input, staff included.
+    ("PUT", TASK + "/input"): Rule(scoped("maintainer") | {"staff": FORBIDDEN}),
     ("GET", TASK + "/input"): Rule(scoped("viewer")),
     # Listed tasks the role may not kill are answered one by one, unchanged.
     ("POST", "/api/v1/tasks/kill"): Rule(scoped("viewer"), data=lambda w: {"ids": [w.task.id]}),
@@ -535,7 +536,7 @@ def test_every_websocket_route_has_a_rule():
 
 def socket_outcome(path: str, key: str | None) -> str:
     async def attempt():
-        headers = [(b"origin", b"http://localhost")]
+        headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
         if key:
             headers.append((b"authorization", f"Bearer {key}".encode()))
         communicator = WebsocketCommunicator(application, path, headers=headers)

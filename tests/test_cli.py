@@ -92,14 +92,14 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
     running = sim.run(
         inputs, on="bench", commands=["python make_mesh.py", UNTIL_STOPPED], metadata={"case": "a"}
     )
-    queued = sim.run(inputs, on="bench", commands=["echo never"], project="later")
+    queued = sim.run(inputs, on="bench", commands=["echo never"])
     wait_until_printed(stack, running.id, steps=3)
 
     assert normalize(cli("tasks", "list").stdout, running=running.id, queued=queued.id) == "\n".join(
         [
             "ID  Simulator  Status  Machine group  Project  Created  Duration",
             "──",
-            "<queued>  commands  In Queue  bench  later  <time>  <duration>",
+            "<queued>  commands  In Queue  bench  alice-default  <time>  <duration>",
             "<running>  commands  In Progress  bench  alice-default  <time>  <duration>",
         ]
     )
@@ -113,7 +113,7 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
             "Queue  0 tasks ahead",
             "Simulator  commands",
             "Machine group  bench (n2-standard-2)",
-            "Project  later, owner alice",
+            "Project  alice-default, owner alice",
             "",
             "Status  Since  Duration",
             "──",
@@ -210,14 +210,13 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
     assert (Path("simdeck_output") / queued.id / "outputs" / "stdout.txt").read_text() == "never\n"
     assert cli("tasks", "download", running.id, "--input").returncode == 0
     assert (Path("simdeck_output") / running.id / "inputs" / "solve.py").exists()
-    assert cli("projects", "download", "later", "--dir", "later").returncode == 0
-    assert (Path("later") / queued.id / "stdout.txt").exists()
+    assert cli("projects", "download", "alice-default", "--dir", "mine").returncode == 0
+    assert (Path("mine") / queued.id / "stdout.txt").exists()
     assert normalize(cli("projects", "list").stdout) == "\n".join(
         [
             "Project  Tasks  Not ended  Succeeded  Failed",
             "──",
-            "alice-default  1  0  1  0",
-            "later  1  0  1  0",
+            "alice-default  2  0  2  0",
         ]
     )
     assert "commands  Commands  1" in normalize(cli("simulators", "list").stdout)

@@ -3,6 +3,7 @@ names, and input archives that try to leave their folder."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import os
@@ -18,10 +19,11 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from tasks_app import archives, lifecycle, services, storage
 from tasks_app.lifecycle import Status
-from tasks_app.models import APIKey, Task
+from tasks_app.models import APIKey, Machine, MachineGroup, Task
 from tests.helpers import ROOT
 
 PRODUCTION = {"SIMDECK_PRODUCTION": "1", "DEBUG": "0", "ALLOWED_HOSTS": "simdeck.example.org"}
@@ -212,3 +214,383 @@ def test_an_upload_with_such_an_archive_is_refused_before_it_is_queued(db, alice
         task = Task.objects.get(pk=task_id)
         assert task.status == Status.PENDING_INPUT and not task.input_path
         assert not default_storage.exists(storage.input_name(task_id))
+
+
+# -- what an adversarial probe found --------------------------------------------------
+#
+# Each test sends what the probe sent, as it sent it (raw JSON where Python's
+# own encoder would not write it), and checks the answer it gets now.
+
+
+def raw_json(api: Client, method: str, url: str, body: str):
+    return api.generic(method, url, body.encode("utf-8"), content_type="application/json")
+
+
+def refused(answer, field: str, *words: str) -> dict:
+    """The answer is a 400 in the API's error shape naming ``field``; returns its body."""
+    assert answer.status_code == 400, answer.content[:400]
+    assert answer["Content-Type"].startswith("application/json")
+    body = answer.json()
+    assert set(body) == {"error", "message", "field"} and body["error"] == "invalid", body
+    assert body["field"] == field and body["message"].startswith(field), body
+    for word in words:
+        assert word in body["message"], body
+    return body
+
+
+GROUP = '{"machine_type": "e2-micro", "name": "bad-ttl", "project": "%s", %s, "start": true}'
+
+
+def test_a_group_limit_beyond_any_date_is_refused(api, alice, no_broker):
+    project = services.project_to_use(alice, "wind", "manage-groups").name
+    for limit, field in (
+        ('"auto_terminate_minutes": 1e308', "auto_terminate_minutes"),
+        ('"auto_terminate_minutes": Infinity', "auto_terminate_minutes"),
+        ('"max_idle_time": NaN', "max_idle_time"),
+        ('"max_idle_time": -Infinity', "max_idle_time"),
+        ('"auto_terminate_minutes": 525601', "auto_terminate_minutes"),
+        ('"data_disk_gb": 10, "auto_resize_disk_max_gb": 4294967296', "auto_resize_disk_max_gb"),
+    ):
+        answer = raw_json(api, "POST", "/api/v1/machine-groups", GROUP % (project, limit))
+        refused(answer, field, "at most")
+    assert not MachineGroup.objects.filter(name="bad-ttl").exists()
+    year = raw_json(
+        api, "POST", "/api/v1/machine-groups", GROUP % (project, '"auto_terminate_minutes": 525600')
+    )
+    assert year.status_code == 201, year.content
+
+
+def test_a_task_time_to_live_beyond_a_year_is_refused(api, alice, no_broker):
+    services.create_group(alice, machine_type="e2-micro", name="lab")
+    for ttl in ("99999999999h", "0s", "8761h"):
+        body = {"simulator": "commands", "machine_group": "lab", "input_files": ["a"], "time_to_live": ttl}
+        body["parameters"] = {"commands": ["true"]}
+        refused(api.post("/api/v1/tasks", body, content_type="application/json"), "time_to_live")
+
+
+def test_one_bad_group_stops_neither_housekeeping_nor_the_groups_page(
+    db, alice, bob, logged_in, api, no_broker
+):
+    from tasks_app import scheduler
+
+    # Rows as the probe left them, and one no check could have foreseen.
+    beyond = services.start_group(services.create_group(alice, machine_type="e2-micro", name="beyond"))
+    broken = services.start_group(services.create_group(alice, machine_type="e2-micro", name="broken"))
+    MachineGroup.objects.filter(pk=beyond.pk).update(auto_terminate_minutes=1e308)
+    MachineGroup.objects.filter(pk=broken.pk).update(auto_terminate_minutes=float("inf"), started_at=None)
+    theirs = services.start_group(
+        services.create_group(bob, machine_type="e2-micro", name="theirs", auto_terminate_minutes=1)
+    )
+    MachineGroup.objects.filter(pk=theirs.pk).update(started_at=timezone.now() - dt.timedelta(minutes=5))
+    lost = Machine.objects.create(
+        group=theirs,
+        name="theirs-1",
+        state=Machine.State.ONLINE,
+        last_heartbeat_at=timezone.now() - dt.timedelta(hours=1),
+    )
+
+    done = scheduler.housekeeping()
+
+    assert done["groups_stopped"] == ["theirs"]
+    assert done["machines_lost"] == ["theirs-1"]
+    # The jobs after them ran too (a job that fails reports None).
+    assert done["tokens_restored"] is not None and done["task_counts_folded"] is not None
+    assert MachineGroup.objects.get(pk=beyond.pk).state == MachineGroup.State.STARTED
+    assert Machine.objects.get(pk=lost.pk).state == Machine.State.LOST
+    page = logged_in.get(reverse("group-list"))
+    assert page.status_code == 200 and "beyond" in page.content.decode()
+    # The API tells what the scheduler does with such a row: no limit, in valid JSON.
+    listed = api.get("/api/v1/machine-groups?include_terminated=true")
+    assert listed.status_code == 200 and "Infinity" not in listed.content.decode()
+    limits = {g["name"]: g["auto_terminate_minutes"] for g in listed.json()}
+    assert limits["broken"] is None and limits["beyond"] == 1e308
+
+
+LONE = "\\ud800"  # as JSON writes it: a lone surrogate once decoded
+
+
+def test_lone_surrogates_are_refused_naming_the_field(api, alice, bob, no_broker):
+    group = services.create_group(alice, machine_type="e2-micro", name="lab")
+    task = services.create_task(
+        alice, simulator="commands", parameters={"commands": ["true"]}, machine_group=group, input_files=["a"]
+    )
+    submit = '{"simulator": "commands", "machine_group": "lab", "input_files": ["a"], %s}'
+    cases = [
+        ("POST", f"/api/v1/tasks/{task.id}/comments", f'{{"body": "x{LONE}"}}', "body"),
+        ("POST", "/api/v1/machine-groups", f'{{"machine_type": "e2-micro", "name": "a{LONE}"}}', "name"),
+        ("POST", f"/api/v1/projects/{group.project.name}/members", f'{{"username": "{LONE}"}}', "username"),
+        ("POST", "/api/v1/tasks/kill", f'{{"ids": ["{LONE}"]}}', "ids.0"),
+        ("POST", "/api/v1/tasks/kill", f'{{"all": true, "project": "{LONE}"}}', "project"),
+        (
+            "POST",
+            "/api/v1/machine-groups",
+            f'{{"machine_type": "e2-micro", "project": "p{LONE}"}}',
+            "project",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks",
+            submit % f'"parameters": {{"commands": ["echo {LONE}"]}}',
+            "parameters.commands.0",
+        ),
+        ("POST", "/api/v1/tasks", submit % f'"metadata": {{"case": "{LONE}"}}', "metadata.case"),
+        ("POST", "/api/v1/tasks", submit % f'"metadata": {{"{LONE}": "x"}}', "metadata"),
+        ("PATCH", f"/api/v1/tasks/{task.id}/metadata", f'{{"metadata": {{"k": "{LONE}"}}}}', "metadata.k"),
+        ("POST", f"/api/v1/tasks/{task.id}/review", f'{{"state": "{LONE}"}}', "state"),
+    ]
+    for method, url, body, field in cases:
+        refused(raw_json(api, method, url, body), field, "lone surrogate (U+D800)")
+    assert Task.objects.count() == 1 and task.comments.count() == 0
+
+
+def test_a_nul_character_is_refused_naming_the_field(api, alice, no_broker):
+    group = services.create_group(alice, machine_type="e2-micro", name="lab")
+    task = services.create_task(
+        alice, simulator="commands", parameters={"commands": ["true"]}, machine_group=group, input_files=["a"]
+    )
+    refused(
+        raw_json(api, "PUT", f"/api/v1/tasks/{task.id}/metadata", '{"metadata": {"k": "a\\u0000"}}'),
+        "metadata.k",
+        "NUL",
+    )
+    refused(api.get("/api/v1/tasks?simulator=a%00b"), "simulator", "NUL")
+    refused(api.get("/api/v1/machine-groups?project=a%00b"), "project", "NUL")
+    refused(api.post("/api/v1/machine-groups/lab/machines/m%00/reclaim"), "machine", "NUL")
+
+
+def test_resubmitting_with_a_nul_in_parameters_or_metadata_is_a_form_error(db, alice, logged_in, no_broker):
+    group = services.create_group(alice, machine_type="e2-micro", name="lab")
+    original = Task.objects.create(
+        owner=alice, project=group.project, machine_group=group, simulator="commands", parameters={}
+    )
+    data = zip_bytes({"run.sh": b"true\n"})
+    name = default_storage.save(storage.input_name(original.id), ContentFile(data))
+    Task.objects.filter(pk=original.pk).update(
+        input_path=name, input_size=len(data), input_sha256=hashlib.sha256(data).hexdigest()
+    )
+    url = reverse("task-resubmit-edit", args=[original.id])
+    for parameters, metadata, field in (
+        ('{"commands": ["echo a\\u0000b"]}', "{}", "parameters"),
+        ('{"commands": ["true"]}', '{"case": "a\\u0000"}', "metadata"),
+        ('{"commands": ["echo \\ud800"]}', "{}", "parameters"),
+    ):
+        form = {"parameters": parameters, "machine_group": group.pk, "time_to_live": "", "metadata": metadata}
+        answer = logged_in.post(url, form)
+        assert answer.status_code == 200, answer.content[:300]
+        errors = answer.context["form"].errors
+        assert field in errors, errors
+    assert not Task.objects.filter(resubmitted_from=original).exists()
+
+
+def test_a_members_task_on_a_teams_group_is_the_teams_to_see_and_stop(
+    db, alice, bob, django_user_model, no_broker
+):
+    from tasks_app import teams
+
+    group = services.start_group(
+        services.create_group(alice, machine_type="e2-micro", name="lab", project="a")
+    )
+    teams.add_member(group.project, "bob", "member", actor=alice)
+    body = {"simulator": "commands", "machine_group": "lab", "input_files": ["a"]}
+    body["parameters"] = {"commands": ["true"]}
+    bobs = Client(headers={"Authorization": f"Bearer {APIKey.issue(bob, 'b')[1]}"})
+    created = bobs.post("/api/v1/tasks", body, content_type="application/json")
+    assert created.status_code == 201 and created.json()["project"] == "a", created.content
+    task_id = created.json()["id"]
+    maintainer = Client(headers={"Authorization": f"Bearer {APIKey.issue(alice, 'a')[1]}"})
+    assert maintainer.get(f"/api/v1/tasks/{task_id}").status_code == 200
+    killed = maintainer.post(f"/api/v1/tasks/{task_id}/kill")
+    assert killed.status_code == 200 and killed.json()["changed"], killed.content
+    elsewhere = bobs.post("/api/v1/tasks", body | {"project": "bob-default"}, content_type="application/json")
+    refused(elsewhere, "project")
+
+
+def test_a_group_page_lists_only_the_tasks_its_viewer_may_see(db, alice, bob, django_user_model, no_broker):
+    from tasks_app import teams
+
+    group = services.start_group(
+        services.create_group(alice, machine_type="e2-micro", name="lab", project="a")
+    )
+    teams.add_member(group.project, "bob", "viewer", actor=alice)
+    # A task filed elsewhere before tasks followed their group's project.
+    hidden = Task.objects.create(
+        owner=alice, project=services.project_to_use(alice, None), machine_group=group, simulator="commands"
+    )
+    shown = Task.objects.create(owner=alice, project=group.project, machine_group=group, simulator="commands")
+    for task in (hidden, shown):
+        lifecycle.transition(task, Status.SUBMITTED, reason="test")
+    viewer = Client()
+    viewer.force_login(bob)
+    page = viewer.get(reverse("group-detail", args=["lab"])).content.decode()
+    assert shown.id in page and hidden.id not in page
+    owner = Client()
+    owner.force_login(alice)
+    assert hidden.id in owner.get(reverse("group-detail", args=["lab"])).content.decode()
+
+
+def test_only_the_owner_uploads_a_tasks_input(db, alice, bob, django_user_model, no_broker):
+    from tasks_app import teams
+
+    group = services.start_group(
+        services.create_group(alice, machine_type="e2-micro", name="lab", project="a")
+    )
+    teams.add_member(group.project, "bob", "member", actor=alice)
+    task = services.create_task(
+        bob, simulator="commands", parameters={"commands": ["true"]}, machine_group=group, input_files=["a"]
+    )
+    boss = django_user_model.objects.create_user("boss", is_staff=True)
+    data = zip_bytes({"a": b"mine"})
+    headers = {"X-Archive-Size": str(len(data)), "X-Content-SHA256": hashlib.sha256(data).hexdigest()}
+    for someone in (alice, boss):
+        api = Client(headers={"Authorization": f"Bearer {APIKey.issue(someone, 'k')[1]}"})
+        answer = api.generic(
+            "PUT", f"/api/v1/tasks/{task.id}/input", data, content_type="application/zip", headers=headers
+        )
+        assert answer.status_code == 403, answer.content
+        assert answer.json()["message"].startswith(f"Only the owner of task {task.id} (bob) can upload")
+    task.refresh_from_db()
+    assert task.status == Status.PENDING_INPUT and not task.input_path
+    own = Client(headers={"Authorization": f"Bearer {APIKey.issue(bob, 'k')[1]}"})
+    answer = own.generic(
+        "PUT", f"/api/v1/tasks/{task.id}/input", data, content_type="application/zip", headers=headers
+    )
+    assert answer.status_code == 200 and answer.json()["status"] == "submitted"
+
+
+def open_socket(path: str, headers: list[tuple[bytes, bytes]]) -> tuple[bool, object]:
+    from asgiref.sync import async_to_sync
+    from channels.testing import WebsocketCommunicator
+
+    from console.asgi import application
+
+    async def attempt():
+        communicator = WebsocketCommunicator(application, path, headers=headers)
+        connected, code = await communicator.connect(timeout=30)
+        await communicator.disconnect()
+        return connected, code
+
+    return async_to_sync(attempt)()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_socket_from_another_port_of_the_same_host_is_refused(alice, no_broker):
+    group = services.create_group(alice, machine_type="e2-micro", name="lab")
+    task = services.create_task(
+        alice, simulator="commands", parameters={"commands": ["true"]}, machine_group=group, input_files=["a"]
+    )
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(alice)
+    browser.get(reverse("task-detail", args=[task.id]), HTTP_HOST="localhost:8000")
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+    path = f"/ws/tasks/{task.id}/logs/"
+
+    def socket(origin: bytes, host: bytes = b"localhost:8000") -> bool:
+        return open_socket(path, [(b"origin", origin), (b"host", host), (b"cookie", cookie)])[0]
+
+    def form(origin: str) -> int:
+        token = browser.cookies["csrftoken"].value
+        url = reverse("task-kill", args=[task.id])
+        headers = {"Origin": origin, "Host": "localhost:8000", "X-CSRFToken": token}
+        return browser.post(url, headers=headers).status_code
+
+    # What the CSRF check refuses for a form, the socket refuses too.
+    assert form("http://localhost:9999") == 403
+    assert not socket(b"http://localhost:9999")
+    assert not socket(b"https://localhost:8000")
+    assert not socket(b"http://evil.example:8000")
+    assert not socket(b"http://localhost:8000", host=b"evil.example:8000")
+    assert socket(b"http://localhost:8000")
+    assert form("http://localhost:8000") == 302
+
+
+def dot_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("fine.txt", b"ok")
+        zf.writestr(".", b"where the folder is")
+    return buf.getvalue()
+
+
+def test_an_archive_entry_named_dot_is_refused_at_upload(api, alice, no_broker, tmp_path):
+    services.create_group(alice, machine_type="e2-micro", name="lab")
+    created = api.post(
+        "/api/v1/tasks",
+        {
+            "simulator": "commands",
+            "machine_group": "lab",
+            "input_files": ["fine.txt"],
+            "parameters": {"commands": ["true"]},
+        },
+        content_type="application/json",
+    )
+    data = dot_zip()
+    answer = api.generic(
+        "PUT",
+        f"/api/v1/tasks/{created.json()['id']}/input",
+        data,
+        content_type="application/zip",
+        headers={"X-Archive-Size": str(len(data)), "X-Content-SHA256": hashlib.sha256(data).hexdigest()},
+    )
+    assert answer.status_code == 400 and answer.json()["error"] == "bad_upload", answer.content
+    assert "without a name ('.')" in answer.json()["message"]
+    dest = tmp_path / "work"
+    dest.mkdir()
+    with pytest.raises(archives.UnsafeArchive):
+        archives.safe_extract(io.BytesIO(data), dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_machines_file_error_names_no_server_path(tmp_path):
+    from tasks_app.executor import os_error_message
+
+    work = tmp_path / "machine-1" / "task" / "work"
+    work.mkdir(parents=True)
+    for path, shown in ((work, "'.'"), (work / "out" / "a.txt", "'out/a.txt'"), (tmp_path / "x", "'x'")):
+        try:
+            open(path, "rb")
+        except OSError as exc:
+            message = os_error_message(exc, work)
+        assert str(tmp_path) not in message and shown in message, message
+
+
+@pytest.fixture
+def alice_unthrottled(alice):
+    from tasks_app import login_throttle
+
+    login_throttle.reset("alice", "127.0.0.1")
+    yield alice
+    login_throttle.reset("alice", "127.0.0.1")
+
+
+def test_the_password_change_form_locks_after_as_many_failures_as_the_login(alice_unthrottled, settings):
+    browser = Client()
+    browser.force_login(alice_unthrottled)
+    url = reverse("password_change")
+
+    def change(old: str):
+        return browser.post(
+            url, {"old_password": old, "new_password1": "n3w-Secret-pass", "new_password2": "n3w-Secret-pass"}
+        )
+
+    answers = [change(f"guess-{i}") for i in range(settings.SIMDECK_LOGIN_FAILURES)]
+    assert [a.status_code for a in answers[:-1]] == [200] * (settings.SIMDECK_LOGIN_FAILURES - 1)
+    assert answers[-1].status_code == 429 and int(answers[-1]["Retry-After"]) > 0
+    assert b"Changing the password, and logging in, are paused" in answers[-1].content
+    # The right password waits too: guessing learns nothing.
+    assert change("wonderland-42").status_code == 429
+    alice_unthrottled.refresh_from_db()
+    assert alice_unthrottled.check_password("wonderland-42")
+    assert (
+        Client().post(reverse("login"), {"username": "alice", "password": "wonderland-42"}).status_code == 429
+    )
+
+
+def test_the_console_refuses_a_group_limit_out_of_range_on_its_field(logged_in, no_broker):
+    form = {"machine_type": "e2-micro", "num_machines": 1, "data_disk_gb": 10, "max_idle_time": 3}
+    for value in ("1e308", "525601", "inf", "nan"):
+        answer = logged_in.post(
+            reverse("group-list"), form | {"auto_terminate_minutes": value, "start": "on"}
+        )
+        assert answer.status_code == 422, answer.status_code
+        assert "auto_terminate_minutes" in answer.context["form"].errors, value
+    assert not MachineGroup.objects.exists()

@@ -77,7 +77,9 @@ def queued_task(alice):
 def connect(path: str, headers=None) -> tuple[bool, object]:
     async def attempt():
         communicator = WebsocketCommunicator(
-            application, path, headers=[(b"origin", b"http://localhost"), *(headers or [])]
+            application,
+            path,
+            headers=[(b"origin", b"http://localhost"), (b"host", b"localhost"), *(headers or [])],
         )
         connected, code = await communicator.connect()
         await communicator.disconnect()
@@ -91,7 +93,11 @@ async def _follow(path: str, key: str) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(
         application,
         path,
-        headers=[(b"origin", b"http://localhost"), (b"authorization", f"Bearer {key}".encode())],
+        headers=[
+            (b"origin", b"http://localhost"),
+            (b"host", b"localhost"),
+            (b"authorization", f"Bearer {key}".encode()),
+        ],
     )
     connected, _ = await communicator.connect()
     assert connected

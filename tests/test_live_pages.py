@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def headers(key: str | None) -> list[tuple[bytes, bytes]]:
-    found = [(b"origin", b"http://localhost")]
+    found = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
     if key:
         found.append((b"authorization", f"Bearer {key}".encode()))
     return found

@@ -218,7 +218,11 @@ def test_a_new_sample_is_pushed_to_the_task_page_socket(alice, group, alice_key)
         communicator = WebsocketCommunicator(
             application,
             f"/ws/tasks/{task.id}/",
-            headers=[(b"origin", b"http://localhost"), (b"authorization", f"Bearer {alice_key}".encode())],
+            headers=[
+                (b"origin", b"http://localhost"),
+                (b"host", b"localhost"),
+                (b"authorization", f"Bearer {alice_key}".encode()),
+            ],
         )
         connected, _ = await communicator.connect()
         assert connected

@@ -104,7 +104,7 @@ def test_a_viewer_sees_the_task_page_without_the_buttons_to_change_it(team, alic
 
 
 @pytest.mark.django_db
-def test_tasks_go_to_the_personal_project_unless_another_is_named(team, alice, bob):
+def test_tasks_go_to_their_machine_groups_project(team, alice, bob):
     api = api_client(bob)
     body = {
         "simulator": "commands",
@@ -112,16 +112,19 @@ def test_tasks_go_to_the_personal_project_unless_another_is_named(team, alice, b
         "machine_group": "lab",
         "input_files": ["run.sh"],
     }
-    assert post_json(api, "/api/v1/tasks", body).json()["project"] == "bob-default"
-    assert Project.objects.get(name="bob-default").personal_owner == bob
+    assert post_json(api, "/api/v1/tasks", body).json()["project"] == "team"
     assert post_json(api, "/api/v1/tasks", body | {"project": "team"}).json()["project"] == "team"
-    # A new name makes a new project, with its creator as maintainer.
-    assert post_json(api, "/api/v1/tasks", body | {"project": "fresh"}).json()["project"] == "fresh"
-    assert access.role_in(bob, Project.objects.get(name="fresh")) == Role.MAINTAINER
+    # Another project, new or not, would hide the task from the team whose machine runs it.
+    for other in ("fresh", "bob-default"):
+        answer = post_json(api, "/api/v1/tasks", body | {"project": other})
+        assert answer.status_code == 400 and answer.json()["field"] == "project"
+        assert "the group belongs to project 'team'" in answer.json()["message"]
+    assert not Project.objects.filter(name="fresh").exists()
+    assert Task.objects.filter(owner=bob).exclude(project=team).count() == 0
 
 
 @pytest.mark.django_db
-def test_submitting_into_another_teams_project_answers_as_if_it_did_not_exist(team, django_user_model):
+def test_submitting_into_another_teams_project_is_refused_saying_nothing_of_it(team, django_user_model):
     dave = django_user_model.objects.create_user("dave", password="pw-dave")
     services.create_group(dave, machine_type="c2-standard-4", name="daves")
     body = {
@@ -132,7 +135,8 @@ def test_submitting_into_another_teams_project_answers_as_if_it_did_not_exist(te
         "project": "team",
     }
     answer = post_json(api_client(dave), "/api/v1/tasks", body)
-    assert answer.status_code == 404 and answer.json()["field"] == "project"
+    assert answer.status_code == 400 and answer.json()["field"] == "project"
+    assert "the group belongs to project 'dave-default'" in answer.json()["message"]
     # A viewer sees the team's group but may not submit to it.
     carol = django_user_model.objects.get(username="carol")
     answer = post_json(api_client(carol), "/api/v1/tasks", body | {"machine_group": "lab"})
@@ -303,6 +307,14 @@ def test_quotas_are_set_with_a_command(team, capsys):
     assert "machines running at once: 8" in capsys.readouterr().out
     with pytest.raises(CommandError, match="takes a number or 'none'"):
         call_command("quota", "--project", "team", "--max-machines", "lots")
+    for flag, value in (
+        ("--max-group-ttl-minutes", "nan"),
+        ("--max-group-ttl-minutes", "inf"),
+        ("--max-machines", "-1"),
+    ):
+        with pytest.raises(CommandError, match=f"{flag}: "):
+            call_command("quota", "--project", "team", flag, value)
+    assert Quota.objects.get(project=team).max_group_ttl_minutes is None
 
 
 # -- audit ------------------------------------------------------------------------------
@@ -340,7 +352,11 @@ def test_a_revoked_key_is_refused_at_once_and_closes_its_open_socket(team, alice
     key, secret = APIKey.issue(alice, "laptop")
     api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert api.get("/api/v1/whoami").status_code == 200
-    headers = [(b"origin", b"http://localhost"), (b"authorization", f"Bearer {secret}".encode())]
+    headers = [
+        (b"origin", b"http://localhost"),
+        (b"host", b"localhost"),
+        (b"authorization", f"Bearer {secret}".encode()),
+    ]
 
     async def watch_then_revoke():
         communicator = WebsocketCommunicator(
@@ -370,7 +386,11 @@ def test_a_member_taken_out_of_the_project_loses_the_socket(team, alice, bob, se
     settings.SIMDECK_WS_RECHECK_SECONDS = 0.2
     task = queued(alice, team)
     secret = APIKey.issue(bob, "bob")[1]
-    headers = [(b"origin", b"http://localhost"), (b"authorization", f"Bearer {secret}".encode())]
+    headers = [
+        (b"origin", b"http://localhost"),
+        (b"host", b"localhost"),
+        (b"authorization", f"Bearer {secret}".encode()),
+    ]
 
     async def watch():
         communicator = WebsocketCommunicator(

@@ -197,14 +197,28 @@ def _database_unreachable(request, exc):
 
 @api.exception_handler(DataError)
 def _unstorable(request, exc):
-    # The database refused a value the schema let through: a NUL character
-    # in a text, a number beyond its column's range.
+    # The database refused a value no check foresaw; the checks in
+    # tasks_app.inputs name the field for every value they know of.
+    log.warning("Request to %s refused by the database: %s", request.path, exc)
     return _error(
         request,
         400,
         "invalid",
-        "A value in the request cannot be stored: it holds a NUL character (\\0) or a number "
-        "out of range. Remove the character or use a smaller number.",
+        "A value in the request cannot be stored (a character or a number the database refuses). "
+        "Check the values against /api/v1/openapi.json.",
+    )
+
+
+@api.exception_handler(UnicodeEncodeError)
+def _not_unicode(request, exc):
+    # A lone surrogate that reached the database; the checks in tasks_app.inputs
+    # refuse those with the field's name wherever they know the field.
+    return _error(
+        request,
+        400,
+        "invalid",
+        "A text in the request holds a lone surrogate (such as \\ud800), which is not a character. "
+        "Send valid Unicode.",
     )
 
 

@@ -8,9 +8,9 @@ from django.shortcuts import get_object_or_404
 from ninja import Router
 from ninja.responses import Status as Reply
 
-from tasks_app import access, services
+from tasks_app import access, inputs, services
 from tasks_app.api import schemas as s
-from tasks_app.api.common import ERRORS
+from tasks_app.api.common import ERRORS, links
 
 router = Router(tags=["machine groups"])
 
@@ -33,11 +33,21 @@ def list_groups(
     if not include_terminated:
         qs = qs.exclude(state="terminated")
     if project:
-        qs = qs.filter(project__name=project)
+        qs = qs.filter(project__name=inputs.text("project", project))
     return list(qs)
 
 
-@router.post("", response={201: s.GroupOut, **ERRORS})
+@router.post(
+    "",
+    response={201: s.GroupOut, **ERRORS},
+    openapi_extra=links(
+        201,
+        {"ref": "$response.body#/name"},
+        "groups.get_group",
+        "groups.start_group",
+        "groups.terminate_group",
+    ),
+)
 def create_group(request: HttpRequest, payload: s.GroupIn):
     """Create a machine group; with ``start`` its machines come up right away.
 
@@ -88,7 +98,7 @@ def reclaim_machine(request: HttpRequest, ref: str, machine: str):
     """
     group = access.group_for(request.user, ref)
     access.require(request.user, "manage", group)
-    target = get_object_or_404(group.machines.select_related("group"), name=machine)
+    target = get_object_or_404(group.machines.select_related("group"), name=inputs.text("machine", machine))
     services.reclaim_machine(
         target, actor=request.user, reason=f"Spot machine {machine} was reclaimed by {request.user.username}."
     )

@@ -9,7 +9,7 @@ from ninja.responses import Status as Reply
 
 from tasks_app import access, lifecycle, teams
 from tasks_app.api import schemas as s
-from tasks_app.api.common import ERRORS
+from tasks_app.api.common import ERRORS, links
 from tasks_app.lifecycle import Status
 from tasks_app.models import Membership
 
@@ -45,7 +45,16 @@ def list_members(request: HttpRequest, ref: str):
     return list(teams.members(access.project_for(request.user, ref)))
 
 
-@router.post("/{ref}/members", response={201: s.MemberOut, **ERRORS})
+@router.post(
+    "/{ref}/members",
+    response={201: s.MemberOut, **ERRORS},
+    openapi_extra=links(
+        201,
+        {"ref": "$request.path.ref", "username": "$response.body#/username"},
+        "projects.change_role",
+        "projects.remove_member",
+    ),
+)
 def add_member(request: HttpRequest, ref: str, payload: s.MemberIn):
     """Add a user with a role (or change the role of one already in). Maintainers only."""
     project = access.project_for(request.user, ref)

@@ -10,6 +10,7 @@ from ninja.responses import Status as Reply
 
 from tasks_app import access, review
 from tasks_app.api.common import ERRORS
+from tasks_app.api.schemas import In
 from tasks_app.markup import render_markdown
 from tasks_app.models import Comment, Task
 
@@ -18,7 +19,7 @@ router = Router(tags=["review"])
 REVIEW_STATES = [value for value, _ in Task.Review.choices]
 
 
-class CommentIn(Schema):
+class CommentIn(In):
     body: str = Field(
         description="Markdown; at most 20,000 characters.", examples=["Looks right, see `k=3`."]
     )
@@ -41,7 +42,7 @@ class CommentOut(Schema):
         return str(render_markdown(obj.body))
 
 
-class ReviewIn(Schema):
+class ReviewIn(In):
     state: str = Field(description=f"One of: {', '.join(REVIEW_STATES)}.", examples=["approved"])
 
 

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
+from typing import Any
 
 from django.core.files.storage import default_storage
 from ninja import Field, Schema
+from pydantic import ValidationInfo, field_validator
 
-from tasks_app import lifecycle, services, storage
+from tasks_app import inputs, lifecycle, services, storage
+
+
+class In(Schema):
+    """What a request sends: every text in it, however deep, is checked before use.
+
+    A text PostgreSQL cannot store (a NUL, a lone surrogate) is refused with
+    the field's name (:func:`tasks_app.inputs.texts`), the same check the
+    services make for the console.
+    """
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable_texts(cls, value: Any, info: ValidationInfo) -> Any:
+        inputs.texts(info.field_name, value)
+        return value
+
+
+def bounded(name: str, default: Any, description: str) -> Any:
+    """A number field documented with the range :data:`tasks_app.inputs.NUMBERS` gives it.
+
+    The range is in the OpenAPI document; the services check it, so the API
+    and the console refuse the same values with the same message.
+    """
+    bounds = inputs.NUMBERS[name]
+    low = {"exclusiveMinimum": bounds.low} if bounds.above else {"minimum": bounds.low}
+    return Field(
+        default,
+        description=f"{description} {bounds.describe().capitalize()}.",
+        json_schema_extra={**low, "maximum": bounds.high},
+    )
 
 
 class Error(Schema):
@@ -196,7 +229,7 @@ class TaskPage(Schema):
     )
 
 
-class TaskFilters(Schema):
+class TaskFilters(In):
     """Filters of the task list; all given ones must match."""
 
     status: list[str] | None = Field(
@@ -221,14 +254,18 @@ class TaskFilters(Schema):
     cursor: str | None = Field(None, description="The next_cursor of the previous page.")
 
 
-class TaskIn(Schema):
+class TaskIn(In):
     simulator: str = Field(examples=["splishsplash", "commands"])
     machine_group: str = Field(description="Name or id of the machine group to run on.")
     input_files: list[str] = Field(description="Relative paths of the files in the input archive.")
     parameters: dict = Field(default_factory=dict, examples=[{"sim_config_filename": "config.json"}])
-    project: str | None = None
+    project: str | None = Field(
+        None, description="The machine group's project, where the task is filed; another is refused."
+    )
     resubmit_on_preemption: bool = False
-    time_to_live: str | None = Field(None, examples=["90s", "10m", "1h30m"])
+    time_to_live: str | None = Field(
+        None, examples=["90s", "10m", "1h30m"], description="At most a year (8760h); null for no limit."
+    )
     metadata: dict[str, str] | None = None
     input_archive: str | None = Field(
         None,
@@ -241,18 +278,22 @@ class TaskIn(Schema):
     input_sha256: str | None = Field(None, description="SHA-256 (hex) of the archive in input_archive.")
 
 
-class TaskSpecIn(Schema):
+class TaskSpecIn(In):
     """One task of a batch: what differs from task to task in a sweep."""
 
     simulator: str = Field(examples=["splishsplash", "commands"])
     parameters: dict = Field(default_factory=dict, examples=[{"commands": ["python solve.py --re 100"]}])
-    project: str | None = None
+    project: str | None = Field(
+        None, description="The machine group's project, where the task is filed; another is refused."
+    )
     resubmit_on_preemption: bool = False
-    time_to_live: str | None = Field(None, examples=["90s", "10m", "1h30m"])
+    time_to_live: str | None = Field(
+        None, examples=["90s", "10m", "1h30m"], description="At most a year (8760h); null for no limit."
+    )
     metadata: dict[str, str] | None = None
 
 
-class TaskBatchIn(Schema):
+class TaskBatchIn(In):
     machine_group: str = Field(description="Name or id of the machine group every task runs on.")
     input_files: list[str] = Field(description="Relative paths of the files in the shared input archive.")
     tasks: list[TaskSpecIn] = Field(description="The tasks, at most 1000; each gets the same input.")
@@ -329,13 +370,13 @@ class KillOut(Schema):
     message: str
 
 
-class KillManyIn(Schema):
+class KillManyIn(In):
     ids: list[str] = Field(default_factory=list, description="Tasks to kill.")
     all: bool = Field(False, description="Kill every task of yours that has not ended.")
     project: str | None = Field(None, description="With all: only the tasks of this project.")
 
 
-class MetadataIn(Schema):
+class MetadataIn(In):
     metadata: dict = Field(examples=[{"viscosity": "0.01", "run": "2"}])
 
 
@@ -453,12 +494,12 @@ class MemberOut(Schema):
         return obj.added_by.username if obj.added_by else None
 
 
-class MemberIn(Schema):
+class MemberIn(In):
     username: str
     role: str = Field("member", description="viewer, member or maintainer.")
 
 
-class RoleIn(Schema):
+class RoleIn(In):
     role: str = Field(description="viewer, member or maintainer.")
 
 
@@ -476,22 +517,34 @@ class SimulatorOut(Schema):
     problem: str | None = None
 
 
-class GroupIn(Schema):
+class GroupIn(In):
     machine_type: str = Field(examples=["c2-standard-4"])
     name: str | None = None
     project: str | None = None
-    num_machines: int = 1
+    num_machines: int = bounded("num_machines", 1, "Machines of a fixed group.")
     spot: bool = False
-    data_disk_gb: int = 10
-    auto_resize_disk_max_gb: int | None = None
-    max_idle_time: float | None = Field(
-        3, description="Minutes without a task before the group stops itself."
+    data_disk_gb: int = bounded("data_disk_gb", 10, "Disk of each machine.")
+    auto_resize_disk_max_gb: int | None = bounded(
+        "auto_resize_disk_max_gb", None, "The disk grows up to this; at least data_disk_gb."
     )
-    auto_terminate_minutes: float | None = Field(None, description="Minutes until the group stops itself.")
-    min_machines: int | None = Field(None, description="Elastic groups: fewest machines kept.")
-    max_machines: int | None = Field(None, description="Elastic groups: most machines while tasks wait.")
+    max_idle_time: float | None = bounded(
+        "max_idle_time", 3, "Minutes without a task before the group stops itself; null for never."
+    )
+    auto_terminate_minutes: float | None = bounded(
+        "auto_terminate_minutes", None, "Minutes until the group stops itself; null for no limit."
+    )
+    min_machines: int | None = bounded("min_machines", None, "Elastic groups: fewest machines kept.")
+    max_machines: int | None = bounded(
+        "max_machines", None, "Elastic groups: most machines while tasks wait."
+    )
     resubmit_on_preemption: bool = Field(False, description="Default for tasks submitted here.")
     start: bool = Field(False, description="Start the group right away.")
+
+
+def _reachable(minutes: float | None) -> float | None:
+    """A group's limit as the scheduler applies it: NaN or infinity (rows stored before
+    limits were checked) is never reached, so it is no limit, and JSON holds neither."""
+    return minutes if minutes is None or math.isfinite(minutes) else None
 
 
 class MachineOut(Schema):
@@ -529,6 +582,14 @@ class GroupOut(Schema):
     @staticmethod
     def resolve_project(obj) -> str:
         return obj.project.name
+
+    @staticmethod
+    def resolve_max_idle_time(obj) -> float | None:
+        return _reachable(obj.max_idle_time_minutes)
+
+    @staticmethod
+    def resolve_auto_terminate_minutes(obj) -> float | None:
+        return _reachable(obj.auto_terminate_minutes)
 
     @staticmethod
     def resolve_n_vcpus(obj) -> int:

@@ -12,9 +12,9 @@ from django.http import FileResponse, HttpRequest
 from ninja import Header, Query, Router
 from ninja.responses import Status as Reply
 
-from tasks_app import access, lifecycle, resource_use, services, storage
+from tasks_app import access, inputs, lifecycle, resource_use, services, storage
 from tasks_app.api import schemas as s
-from tasks_app.api.common import ERRORS, task_for, tasks_for
+from tasks_app.api.common import ERRORS, links, task_for, tasks_for
 from tasks_app.lifecycle import Status
 from tasks_app.models import Task
 
@@ -193,7 +193,24 @@ def _created(task: Task) -> Task:
     return task
 
 
-@router.post("", response={201: s.TaskCreated, **ERRORS})
+NEW_TASK = {"task_id": "$response.body#/id"}
+
+
+@router.post(
+    "",
+    response={201: s.TaskCreated, **ERRORS},
+    openapi_extra=links(
+        201,
+        NEW_TASK,
+        "tasks.upload_input",
+        "tasks.get_task",
+        "tasks.task_position",
+        "tasks.kill_task",
+        "tasks.update_metadata",
+        "review.add_comment",
+        "files.read_logs",
+    ),
+)
 def create_task(request: HttpRequest, payload: s.TaskIn, idempotency_key: str | None = KEY_HEADER):
     """Create a task. With ``input_archive`` it is queued at once; otherwise it waits for its
     input: PUT the archive to ``upload_url``.
@@ -236,7 +253,17 @@ def create_task(request: HttpRequest, payload: s.TaskIn, idempotency_key: str | 
     return Reply(201, _created(task))
 
 
-@router.post("/batch", response={201: s.TaskBatchCreated, **ERRORS})
+@router.post(
+    "/batch",
+    response={201: s.TaskBatchCreated, **ERRORS},
+    openapi_extra=links(
+        201,
+        {"task_id": "$response.body#/tasks/0/id"},
+        "tasks.upload_input",
+        "tasks.get_task",
+        "tasks.kill_task",
+    ),
+)
 def create_batch(request: HttpRequest, payload: s.TaskBatchIn, idempotency_key: str | None = KEY_HEADER):
     """Create many tasks in one request, all or none: a parameter sweep over one input.
 
@@ -441,4 +468,5 @@ def unset_metadata(request: HttpRequest, task_id: str, key: list[str] = Query(..
     """Remove the given keys (repeat ``key``); keys that are not set are ignored."""
     task = access.task_for(request.user, task_id)
     access.require(request.user, "edit", task)
+    inputs.texts("key", key)
     return services.unset_metadata(task, key, actor=request.user)

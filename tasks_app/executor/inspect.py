@@ -27,6 +27,8 @@ import psutil
 from celery.worker.control import inspect_command
 from django.conf import settings
 
+from tasks_app.executor import os_error_message
+
 COMMAND = "simdeck_inspect"
 TASK_ID = re.compile(r"[a-z0-9]{25}")
 LOG_FILES = ("stdout.txt", "stderr.txt")
@@ -230,6 +232,7 @@ def top(base: Path, task_id: str) -> dict:
 def answer(machine_name: str, task_id: str, op: str, params: dict | None = None) -> dict:
     """Carry out one request; the reply says ``ok`` or why not, never raises."""
     params = dict(params or {})
+    base = None
     try:
         base = task_folder(machine_name, task_id)
         if op == "list_files":
@@ -247,7 +250,8 @@ def answer(machine_name: str, task_id: str, op: str, params: dict | None = None)
     except (BadRequest, TypeError, ValueError) as exc:
         return {"ok": False, "error": "invalid", "message": str(exc), "field": getattr(exc, "field", None)}
     except OSError as exc:
-        return {"ok": False, "error": "machine_error", "message": f"The machine could not read it: {exc}"}
+        why = os_error_message(exc, base)
+        return {"ok": False, "error": "machine_error", "message": f"The machine could not read it: {why}"}
     return {"ok": True, **result}
 
 

@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from tasks_app import archives, lifecycle, live, sandbox, storage
 from tasks_app import simulators as sims
+from tasks_app.executor import os_error_message
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.executor.sampling import ResourceMeter
 from tasks_app.lifecycle import Status
@@ -244,8 +245,10 @@ class Execution:
             with storage.open_local(self.task.input_path) as archive:
                 files = archives.safe_extract(archive, self.workdir)
         except (OSError, archives.UnsafeArchive, ValueError) as exc:
+            log.warning("Task %s: the input could not be unpacked", self.task.id, exc_info=True)
+            why = os_error_message(exc, self.workdir) if isinstance(exc, OSError) else str(exc)
             raise RuntimeFailure(
-                f"The input could not be fetched from storage ({exc}). Submit the task again."
+                f"The input could not be fetched from storage ({why}). Submit the task again."
             ) from exc
         for path in files:
             st = path.stat()
@@ -449,7 +452,7 @@ class Execution:
         try:
             stored = self.store(record=False, outputs=outputs)
         except OSError as exc:
-            self.fail_runtime(f"The outputs could not be stored: {exc}")
+            self.fail_runtime(f"The outputs could not be stored: {os_error_message(exc, self.workdir)}")
             return
         # What was stored is written with the final status, in the same update.
         if not self.move(ending, reason, **fields, **stored):
@@ -473,7 +476,7 @@ class Execution:
             stored = self.store(record=False, outputs=outputs)
         except OSError as exc:
             if self.move_to_finalizing(outcome, exited):
-                self.fail_runtime(f"The outputs could not be stored: {exc}")
+                self.fail_runtime(f"The outputs could not be stored: {os_error_message(exc, self.workdir)}")
             else:
                 self.finish_kill()
             return

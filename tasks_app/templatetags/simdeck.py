@@ -1,10 +1,12 @@
 """Small display helpers for the console's templates."""
 
 import datetime as dt
+import math
 
 from django import template
 from django.utils import timezone
 
+from tasks_app import inputs
 from tasks_app.lifecycle import Status
 
 register = template.Library()
@@ -118,7 +120,12 @@ def age(value) -> str:
 @register.simple_tag
 def time_left(group) -> str:
     """How long a started group has before its time to live ends it."""
-    if not group.auto_terminate_minutes or not group.started_at:
+    minutes = group.auto_terminate_minutes
+    if not minutes or not group.started_at:
         return "no limit"
-    end = group.started_at + dt.timedelta(minutes=group.auto_terminate_minutes)
-    return duration(max(end - timezone.now(), dt.timedelta(0)))
+    # In seconds as numbers: a limit past what a date can hold (a group made
+    # before limits were checked) shows as no limit instead of failing the page.
+    left = minutes * 60 - (timezone.now() - group.started_at).total_seconds()
+    if not math.isfinite(left) or left > inputs.YEAR_MINUTES * 60:
+        return "no limit"
+    return duration(max(left, 0))

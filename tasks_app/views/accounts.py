@@ -1,4 +1,4 @@
-"""Logging in and the People page, where staff create accounts."""
+"""Logging in, changing one's password, and the People page, where staff create accounts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from tasks_app.accounts import NewUserForm, ThrottledLoginForm, create_user
+from tasks_app.accounts import NewUserForm, ThrottledLoginForm, ThrottledPasswordChangeForm, create_user
 
 TOO_MANY_REQUESTS = 429
 
@@ -17,6 +17,20 @@ TOO_MANY_REQUESTS = 429
 class LoginView(auth_views.LoginView):
     form_class = ThrottledLoginForm
     redirect_authenticated_user = True
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.lockout:
+            response.status_code = TOO_MANY_REQUESTS
+            response["Retry-After"] = str(form.lockout.seconds_left)
+        return response
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    form_class = ThrottledPasswordChangeForm
+
+    def get_form_kwargs(self):
+        return super().get_form_kwargs() | {"request": self.request}
 
     def form_invalid(self, form):
         response = super().form_invalid(form)

@@ -92,38 +92,42 @@ def group_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def group_detail(request: HttpRequest, ref: str) -> HttpResponse:
     group = access.group_for(request.user, ref)
-    context = group_context(group) | {
+    context = group_context(group, request.user) | {
         "activities": list(group.activities.order_by("-at")[:10]),
         "can_manage": access.can(request.user, "manage", group),
     }
     return page_or_partial(request, "groups/group_detail.html", "machines", context)
 
 
-def group_context(group) -> dict:
-    """The group's machines, queue, running and ended tasks; its live socket renders them too."""
-    current = Task.objects.filter(machine=OuterRef("pk"), status__in=lifecycle.ON_MACHINE)
+def group_context(group, user) -> dict:
+    """The group's machines, queue, running and ended tasks; its live socket renders them too.
+
+    Only the tasks ``user`` may see are listed or counted: a task is filed in
+    its group's project, yet staff may see a group whose tasks came from
+    elsewhere before that rule held.
+    """
+    tasks = access.visible_tasks(user).filter(machine_group=group)
+    current = tasks.filter(machine=OuterRef("pk"), status__in=lifecycle.ON_MACHINE)
     machines = list(
         group.machines.annotate(current_task=Subquery(current.values("id")[:1])).order_by("-created_at")[:100]
     )
-    queue = list(
-        Task.objects.queued_in(group.pk).select_related("owner").order_by("queued_at", "id")[:QUEUE_SHOWN]
-    )
+    queue = list(tasks.queued_in(group.pk).select_related("owner").order_by("queued_at", "id")[:QUEUE_SHOWN])
     running = list(
-        group.tasks.filter(status__in=lifecycle.ON_MACHINE)
+        tasks.filter(status__in=lifecycle.ON_MACHINE)
         .select_related("owner", "machine")
         .order_by("preparing_at")[:RUNNING_SHOWN]
     )
     ended = list(
-        group.tasks.filter(status__in=lifecycle.TERMINAL)
+        tasks.filter(status__in=lifecycle.TERMINAL)
         .select_related("owner")
         .order_by("-ended_at")[:ENDED_SHOWN]
     )
-    queued = len(queue) if len(queue) < QUEUE_SHOWN else Task.objects.queued_in(group.pk).count()
+    queued = len(queue) if len(queue) < QUEUE_SHOWN else tasks.queued_in(group.pk).count()
     online = sum(m.state == Machine.State.ONLINE for m in machines)
     running_count = (
         len(running)
         if len(running) < RUNNING_SHOWN
-        else group.tasks.filter(status__in=lifecycle.ON_MACHINE).count()
+        else tasks.filter(status__in=lifecycle.ON_MACHINE).count()
     )
     counts = {"online": online, "queued": queued, "running": running_count}
     return {

@@ -1,7 +1,8 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from tasks_app import quotas
+from tasks_app import inputs, quotas
+from tasks_app.errors import Refused
 from tasks_app.models import Project, Quota
 
 FIELDS = {
@@ -47,11 +48,11 @@ class Command(BaseCommand):
                 changes[field] = None
                 continue
             try:
-                changes[field] = kind(value)
+                changes[field] = inputs.number(field, kind(value), bounds=inputs.QUOTAS[field])
             except ValueError:
                 raise CommandError(f"{flag} takes a number or 'none', not {value!r}.") from None
-            if changes[field] < 0:
-                raise CommandError(f"{flag} cannot be negative.")
+            except Refused as exc:
+                raise CommandError(f"{flag}: {exc}") from None
         if changes:
             row = Quota.objects.filter(**lookup).first()
             if row is None:
