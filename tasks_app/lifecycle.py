@@ -185,10 +185,12 @@ GUIDANCE: dict[Status, Guidance] = {
     S.EXECUTOR_FAILED: Guidance(
         "The task stopped because of a problem on the machine, not in the simulator.",
         "Something outside the simulation failed: most often the disk filled up, the "
-        "input could not be fetched or the simulator is not installed on the machine.",
-        "Read the error detail. For a full disk, use a larger disk or turn on disk "
-        "auto-resize; for a missing simulator, install it on the machines or pick "
-        "another group.",
+        "simulation reached one of its machine's limits (memory, processes, file size), "
+        "the input could not be fetched or the simulator is not installed on the machine.",
+        "Read the error detail: it names the limit or the problem. For a full disk, use a "
+        "larger disk or turn on disk auto-resize; at a memory or process limit, pick a bigger "
+        "machine type or run fewer threads; for a missing simulator, install it on the "
+        "machines or pick another group.",
     ),
     S.TTL_EXCEEDED: Guidance(
         "The task ran past its time to live and was stopped.",

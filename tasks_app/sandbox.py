@@ -60,19 +60,8 @@ FILE_SIZE_BYTES = 64 << 30
 PIDS_PER_VCPU = 256
 PATH = "/usr/local/bin:/usr/bin:/bin"
 # The few files of /etc programs need; passwd and group are the sandbox's own.
-ETC = (
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "alternatives",
-    "hosts",
-    "nsswitch.conf",
-    "localtime",
-    "ssl",
-    "ca-certificates",
-    "ca-certificates.conf",
-    "mime.types",
-)
+# (Each is a bind mount, made at every start: the list is short on purpose.)
+ETC = ("ld.so.cache", "alternatives", "hosts", "nsswitch.conf", "localtime", "ssl")
 # Variables that tell threaded libraries how many cores they may use.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import stat
 import time
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -178,7 +179,7 @@ def read(base: Path, files: list[dict], lines: int = 10, max_bytes: int = 64 * 1
         offset = spec.get("offset")
         path = resolve(base, name)
         try:
-            with open(path, "rb") as f:
+            with _open_inside(base, path) as f:
                 size = os.fstat(f.fileno()).st_size
                 chunk = read_text(f, size, None if offset is None else int(offset), lines, max_bytes)
         except (FileNotFoundError, IsADirectoryError):
@@ -186,6 +187,26 @@ def read(base: Path, files: list[dict], lines: int = 10, max_bytes: int = 64 * 1
             continue
         out.append({"path": name, **chunk})
     return {"files": out}
+
+
+def _open_inside(base: Path, path: Path):
+    """Open ``path`` for reading, and make sure what was opened is a file of the task's folder.
+
+    The simulation runs on while we look, and may swap a folder of its path
+    for a link between :func:`resolve` and the opening: the folder that was
+    really opened is what counts. Neither links nor pipes are followed.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    f = open(fd, "rb")  # closes fd from here on
+    try:
+        opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        inside = opened.is_relative_to(base.resolve())
+        if not inside or not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadRequest(f"{path.name!r} is not a file inside the task's folder.", field="path")
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def top(base: Path, task_id: str) -> dict:

@@ -64,6 +64,16 @@ def _online(**_):
     mid = machine_id()
     if mid is None:
         return
+    try:
+        sandbox.check()
+    except sandbox.SandboxUnavailable as exc:
+        # Wherever it was started, a machine that cannot isolate simulations runs none.
+        log.error("Machine %s does not start: %s", mid, exc)
+        Machine.objects.filter(pk=mid, state=Machine.State.PROVISIONING).update(
+            state=Machine.State.STOPPED, stopped_at=timezone.now()
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     now = timezone.now()
     Machine.objects.filter(pk=mid, state=Machine.State.PROVISIONING).update(
         state=Machine.State.ONLINE,
