@@ -13,18 +13,28 @@ Honcho (Foreman's model) stops everything when one process ends, the very
 behaviour this replaces; circus restarts, but brings ZeroMQ, a daemon and a
 control socket for what is one loop here.
 
-No Django here: the web server imports this without settings.
+No process may outlive whoever started it. Every child gets the kernel's
+parent-death signal (SIGTERM when its parent dies, however it dies), and
+:func:`guard` watches the launcher from outside: when the launcher is gone
+without having stopped everything, it stops what is left, the embedded
+PostgreSQL and Redis included, which run as daemons of their own.
+
+No Django here: ``python -m console.supervisor guard`` and the web server
+import this without settings.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
+import ctypes
 import datetime as dt
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +44,29 @@ CRASH_LOOP_EXITS = 5
 CRASH_LOOP_SECONDS = 60.0
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
+# How long the guard lets the children of a killed launcher stop on their own
+# before it kills them: short, since nobody is waiting for a graceful end.
+GUARD_GRACE_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking the kernel to send ``sig`` to the child when its parent dies.
+
+    Linux only (elsewhere None: the guard still cleans up). The parent's pid
+    is checked after the call, as the parent may have died before it.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def describe_exit(code: int) -> str:
@@ -159,6 +192,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT if log else None,
                 start_new_session=program.own_session,  # Ctrl+C reaches us; we stop them
                 pass_fds=program.pass_fds,
+                preexec_fn=die_with_parent(),
             )
         finally:
             if log:
@@ -191,7 +225,7 @@ class Supervisor:
             elif program.proc.poll() is None:
                 program.proc.send_signal(sig)
 
-    # -- what `manage.py processes` reads -------------------------------------
+    # -- what `manage.py processes` and the guard read -------------------------------------
 
     def write_state(self, stopped: bool = False) -> None:
         if self.state_file is None:
@@ -223,3 +257,116 @@ def read_state(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+# -- the guard -------------------------------------------------------------------------
+
+
+def start_guard(state_file: Path, home: Path, *, embedded: list[str], sweep: dict[str, str]) -> int:
+    """Start the guard of this process; return the pipe end to keep open for as long as we live.
+
+    The guard reads its end of the pipe until end of file, which comes when
+    this process exits, however it exits. It runs in a session of its own,
+    so a Ctrl+C in the terminal does not reach it.
+    """
+    read_end, write_end = os.pipe()
+    argv = [
+        sys.executable,
+        "-m",
+        "console.supervisor",
+        "guard",
+        "--state",
+        str(state_file),
+        "--home",
+        str(home),
+    ]
+    argv += [f"--embedded={name}" for name in embedded]
+    argv += [f"--sweep={key}={value}" for key, value in sweep.items()]
+    log = open(home / "logs" / "guard.log", "ab")
+    subprocess.Popen(
+        argv,
+        stdin=read_end,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    log.close()
+    os.close(read_end)
+    return write_end
+
+
+def guard(state_file: Path, home: Path, embedded: list[str], sweep: dict[str, str]) -> None:
+    """Wait for the launcher to end; if it did not stop everything itself, do it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while os.read(0, 4096):
+        pass
+    state = read_state(state_file) or {}
+    if state.get("stopped"):
+        return
+    print(
+        f"{_now()} The launcher (pid {state.get('launcher')}) ended without stopping; stopping what is left."
+    )
+    groups = [p["pid"] for p in state.get("processes", []) if p.get("pid") and p.get("group")]
+    # They had SIGTERM from the kernel already (die_with_parent); this reaches what they forked.
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + GUARD_GRACE_SECONDS
+    while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+        time.sleep(0.1)
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    if sweep:
+        _kill_marked(sweep)
+    if embedded:
+        from console import embedded as servers
+
+        stops = {"redis": servers.stop_redis, "postgres": servers.stop_postgres}
+        for name in embedded:
+            try:
+                stops[name](home)
+            except Exception as exc:  # stop the other one regardless
+                print(f"Could not stop the embedded {name}: {exc}")
+    print(f"{_now()} Stopped.")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_marked(marker: dict[str, str]) -> None:
+    """SIGKILL every process whose environment holds ``marker``: machines live in sessions of their own."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if all(env.get(k) == v for k, v in marker.items()):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m console.supervisor")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("guard", help="stop what a launcher left running when it ends (reads stdin to EOF)")
+    g.add_argument("--state", type=Path, required=True)
+    g.add_argument("--home", type=Path, required=True)
+    g.add_argument("--embedded", action="append", default=[], choices=["postgres", "redis"])
+    g.add_argument("--sweep", action="append", default=[], help="KEY=VALUE of the environment to kill by")
+    args = parser.parse_args(argv)
+    guard(args.state, args.home, args.embedded, dict(s.split("=", 1) for s in args.sweep))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The launcher behind `make run`: a process that dies is restarted.
+"""The launcher behind `make run`: a process that dies is restarted, nothing outlives the launcher.
 
 The supervisor's tests run small real processes; the launcher's start
 ``manage.py up`` for real, with the embedded PostgreSQL and Redis in a home
@@ -74,6 +74,24 @@ def test_a_process_that_keeps_dying_stops_the_supervisor_naming_it_and_its_log(s
     assert running(sleeper.pid)  # the others ran on; the launcher stops them
     supervisor.stop()
     assert not running(sleeper.pid)
+
+
+def test_a_child_dies_with_a_supervisor_killed_outright(tmp_path):
+    """The kernel's parent-death signal: no child outlives its supervisor, however it ends."""
+    script = (
+        "import sys, time\n"
+        "from console.supervisor import Program, Supervisor\n"
+        f"s = Supervisor([Program('sleeper', {SLEEPER!r})])\n"
+        "s.start()\n"
+        "print(s.programs[0].proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert running(child)
+    parent.kill()
+    parent.wait()
+    wait_for(lambda: not running(child), 10, 0.05, "the child to end")
 
 
 # -- `manage.py up`, for real -------------------------------------------------------
@@ -166,3 +184,20 @@ def test_the_launcher_restarts_a_killed_scheduler_and_web_server_process(launche
     launcher.proc.send_signal(signal.SIGINT)
     assert launcher.proc.wait(timeout=120) == 0
     assert "Stopped." in launcher.said()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_nothing_outlives_a_launcher_killed_outright(launcher):
+    provider = psutil.Process(launcher.pid_of("local provider"))
+    wait_for(provider.children, 120, message="the default group's machine")
+    everything = launcher.everything()
+    # The web server and its daphnes, the scheduler, the provider and its machine, the guard, the servers.
+    assert len(everything) >= 9, everything
+    launcher.proc.kill()
+    launcher.proc.wait()
+    wait_for(
+        lambda: not [pid for pid in everything if running(pid)],
+        60,
+        message="every process of the launcher to end",
+    )

@@ -7,7 +7,8 @@
 Each child writes its log under ``SIMDECK_HOME/logs``; the terminal shows
 only what a person needs: where the console is and how to log in, and when
 a process died and was restarted (console/supervisor.py). Only Ctrl+C,
-SIGTERM or a process that keeps dying stops everything.
+SIGTERM or a process that keeps dying stops everything; if this process is
+killed outright, its guard stops what it started.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from django.core.management.base import BaseCommand
 from django.db import connections
 
 from console import embedded
-from console.supervisor import CrashLoop, Program, Supervisor
+from console.supervisor import CrashLoop, Program, Supervisor, start_guard
 from tasks_app import services
 from tasks_app.models import APIKey, MachineGroup
+from tasks_app.providers.local import instance
 
 ADMIN = "admin"
 DEFAULT_GROUP = "default"
@@ -38,7 +40,7 @@ def log_path(logs: Path, name: str) -> Path:
 
 
 def state_path(home: Path) -> Path:
-    """What the launcher runs now, for ``manage.py processes``."""
+    """What the launcher runs now, for ``manage.py processes`` and the guard."""
     return home / "processes.json"
 
 
@@ -83,6 +85,14 @@ class Command(BaseCommand):
             say=self.say,
             state_file=state_path(home),
         )
+        supervisor.write_state()  # nothing running yet: what the guard reads if we die now
+        # From here on, if this process is killed outright, the guard stops what it started.
+        guard_pipe = start_guard(
+            state_path(home),
+            home,
+            embedded=embedded_servers(),
+            sweep={"SIMDECK_INSTANCE": instance()},  # the machines, in sessions of their own
+        )
         call_command("migrate", interactive=False, verbosity=0)
         login_note = self.ensure_admin(home, url)
         self.ensure_default_group()
@@ -116,6 +126,7 @@ class Command(BaseCommand):
             connections.close_all()
             self.stop_embedded(home)
             supervisor.write_state(stopped=True)
+            os.close(guard_pipe)  # the guard sees we stopped everything, and ends
             self.say("Stopped.")
         if crashed:
             raise SystemExit(1)
