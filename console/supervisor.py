@@ -125,8 +125,10 @@ class Supervisor:
         self.say = say
         self.state_file = state_file
         self.first_backoff = first_backoff
+        self.started = False
 
     def start(self) -> None:
+        self.started = True
         for program in self.programs:
             self._spawn(program)
         self.write_state()

@@ -122,7 +122,10 @@ class Launcher:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+
+    def wait_up(self) -> Launcher:
         wait_for(self.answers, 240, 0.5, f"the console to answer; see {self.output}")
+        return self
 
     def answers(self) -> bool:
         assert self.proc.poll() is None, self.output.read_text()
@@ -153,7 +156,7 @@ class Launcher:
 
 @pytest.fixture
 def launcher(tmp_path):
-    launcher = Launcher(tmp_path / "home")
+    launcher = Launcher(tmp_path / "home").wait_up()
     left = launcher.everything()
     yield launcher
     if launcher.proc.poll() is None:
@@ -201,3 +204,22 @@ def test_nothing_outlives_a_launcher_killed_outright(launcher):
         60,
         message="every process of the launcher to end",
     )
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_a_stop_while_the_launcher_sets_up_ends_it_at_once_with_its_servers(tmp_path):
+    launcher = Launcher(tmp_path / "home")
+    # The guard starts just before the migrations: stop in the middle of them.
+    wait_for(
+        lambda: any("guard" in " ".join(p.cmdline()) for p in psutil.Process(launcher.proc.pid).children()),
+        120,
+        0.05,
+        "the setup to begin",
+    )
+    postgres = int((launcher.home / "postgres" / "postmaster.pid").read_text().split()[0])
+    launcher.proc.send_signal(signal.SIGINT)
+
+    assert launcher.proc.wait(timeout=60) == 0, launcher.said()
+    assert launcher.said().endswith("Stopped.\n"), launcher.said()
+    assert not running(postgres)

@@ -93,15 +93,20 @@ class Command(BaseCommand):
             embedded=embedded_servers(),
             sweep={"SIMDECK_INSTANCE": instance()},  # the machines, in sessions of their own
         )
-        call_command("migrate", interactive=False, verbosity=0)
-        login_note = self.ensure_admin(home, url)
-        self.ensure_default_group()
-
         stop: list[int] = []
+
+        def stop_requested(signum: int, _frame) -> None:
+            stop.append(signum)
+            if not supervisor.started:
+                raise KeyboardInterrupt  # a stop during setup (a long migration) does not wait for it
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, _: stop.append(signum))
+            signal.signal(sig, stop_requested)
         crashed = None
         try:
+            call_command("migrate", interactive=False, verbosity=0)
+            login_note = self.ensure_admin(home, url)
+            self.ensure_default_group()
             supervisor.start()
             self.say(
                 "\n".join(
@@ -117,6 +122,8 @@ class Command(BaseCommand):
                 )
             )
             supervisor.run(lambda: bool(stop))
+        except KeyboardInterrupt:
+            pass
         except CrashLoop as exc:
             crashed = exc
             self.say(f"{exc} Stopping everything.")
