@@ -156,15 +156,18 @@ class Launcher:
 
 @pytest.fixture
 def launcher(tmp_path):
-    launcher = Launcher(tmp_path / "home").wait_up()
-    left = launcher.everything()
-    yield launcher
-    if launcher.proc.poll() is None:
-        launcher.proc.send_signal(signal.SIGINT)
-        launcher.proc.wait(timeout=120)
-    for pid in left:
-        if running(pid):
-            os.kill(pid, signal.SIGKILL)
+    launcher = Launcher(tmp_path / "home")
+    left = []
+    try:
+        left = launcher.wait_up().everything()
+        yield launcher
+    finally:
+        if launcher.proc.poll() is None:
+            launcher.proc.send_signal(signal.SIGINT)
+            launcher.proc.wait(timeout=120)
+        for pid in left:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.e2e
@@ -210,16 +213,27 @@ def test_nothing_outlives_a_launcher_killed_outright(launcher):
 @pytest.mark.timeout(400)
 def test_a_stop_while_the_launcher_sets_up_ends_it_at_once_with_its_servers(tmp_path):
     launcher = Launcher(tmp_path / "home")
-    # The guard starts just before the migrations: stop in the middle of them.
-    wait_for(
-        lambda: any("guard" in " ".join(p.cmdline()) for p in psutil.Process(launcher.proc.pid).children()),
-        120,
-        0.05,
-        "the setup to begin",
-    )
-    postgres = int((launcher.home / "postgres" / "postmaster.pid").read_text().split()[0])
-    launcher.proc.send_signal(signal.SIGINT)
+    try:
+        # The guard starts just before the migrations: stop in the middle of them.
+        wait_for(lambda: guarded(launcher.proc.pid), 120, 0.05, "the setup to begin")
+        postgres = int((launcher.home / "postgres" / "postmaster.pid").read_text().split()[0])
+        launcher.proc.send_signal(signal.SIGINT)
 
-    assert launcher.proc.wait(timeout=60) == 0, launcher.said()
-    assert launcher.said().endswith("Stopped.\n"), launcher.said()
-    assert not running(postgres)
+        assert launcher.proc.wait(timeout=60) == 0, launcher.said()
+        assert launcher.said().endswith("Stopped.\n"), launcher.said()
+        assert not running(postgres)
+    finally:
+        if launcher.proc.poll() is None:
+            launcher.proc.send_signal(signal.SIGINT)
+            launcher.proc.wait(timeout=120)
+
+
+def guarded(pid: int) -> bool:
+    """Whether the launcher ``pid`` started its guard yet."""
+    for child in psutil.Process(pid).children():
+        try:
+            if "console.supervisor" in child.cmdline():
+                return True
+        except psutil.Error:  # a short-lived child, gone or a zombie
+            continue
+    return False
