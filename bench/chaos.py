@@ -2,7 +2,7 @@
 
 Each scenario runs a real Simdeck (daphne, scheduler, local provider and its
 machines) on a PostgreSQL and a Redis of its own, started for the run under
-a temporary ``SIMDECK_HOME`` (the embedded servers of ``console/embedded.py``),
+a temporary ``SIMDECK_HOME`` (the embedded servers of ``console/embedded/``),
 so restarting them never disturbs another user of the machine. A scenario
 breaks something mid-batch, then checks that nothing was lost: every task
 ended, the right ones succeeded, none succeeded twice (each task appends its

@@ -211,10 +211,13 @@ SIMDECK_LOGIN_LOCKOUT_SECONDS = env.int("SIMDECK_LOGIN_LOCKOUT_SECONDS", default
 # (as Django names it, e.g. HTTP_X_FORWARDED_FOR); empty: the connection's address.
 SIMDECK_CLIENT_IP_HEADER = env.str("SIMDECK_CLIENT_IP_HEADER", default="")
 
-# Celery: the broker carries one queue per machine group. A task message is
-# acknowledged only after the task ran, so a machine that dies gives its
-# message back; the lifecycle's guarded update makes a second delivery a no-op.
+# Celery: the broker carries one queue per machine group. The scheduler's
+# messages are acknowledged only after their job ran, so a scheduler that dies
+# gives its message back; the lifecycle's guarded update makes a second
+# delivery a no-op. A machine's token is acknowledged at once (tasks.run_next).
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+# e.g. '{"visibility_timeout": 3600}' for Redis (kombu's transport options).
+CELERY_BROKER_TRANSPORT_OPTIONS = env.json("CELERY_BROKER_TRANSPORT_OPTIONS", default={})
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -222,6 +225,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A busy machine takes no next token from Redis until it is free: one taken
+# early would sit unacknowledged for as long as the simulation runs. RabbitMQ
+# has no such switch: a token it delivers ahead is held, and its
+# consumer_timeout closes the channel; the worker then opens a new one (the
+# token goes back to the queue) instead of dying with its simulation.
+CELERY_WORKER_DISABLE_PREFETCH = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 # Celery closes a worker's database connection before and after every task
 # unless told to reuse it: a new connection per task is most of what a short
 # task costs a machine. Tasks check theirs first (close_old_connections).

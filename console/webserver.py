@@ -8,8 +8,9 @@ them because live events travel through Redis (the Channels layer).
 
     python -m console.webserver --host 127.0.0.1 --port 8000 --processes 2
 
-It stops them all on SIGTERM or SIGINT, and stops the others when one of
-them ends, so whoever started it sees the web server as one process.
+A daphne that dies is started again on the same socket (console/supervisor.py);
+only one that keeps dying ends the web server. It stops them all on SIGTERM or
+SIGINT, and each dies with it if it is killed outright.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import argparse
 import os
 import signal
 import socket
-import subprocess
 import sys
-import time
+
+from console.supervisor import CrashLoop, Program, Supervisor
 
 
 def default_processes() -> int:
@@ -45,29 +46,25 @@ def serve(host: str, port: int, processes: int) -> int:
     sock = listen(host, port)
     fd = sock.fileno()
     argv = [sys.executable, "-m", "daphne", "--fd", str(fd), "console.asgi:application"]
-    servers = [subprocess.Popen(argv, pass_fds=(fd,)) for _ in range(processes)]
-    sock.close()  # the servers hold it now
+    # The socket stays open here: a daphne that dies is replaced on the same socket.
+    servers = Supervisor(
+        [
+            Program(f"web server process {i + 1}", argv, own_session=False, pass_fds=(fd,))
+            for i in range(processes)
+        ],
+        say=lambda text: print(text, flush=True),
+    )
+    servers.start()
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _: stopping.append(signum))
     code = 0
-    while not stopping:
-        ended = next((s for s in servers if s.poll() is not None), None)
-        if ended is not None:
-            print(f"A web server process ended (exit code {ended.returncode}); stopping the others.")
-            code = ended.returncode or 1
-            break
-        time.sleep(0.2)
-    for server in servers:
-        if server.poll() is None:
-            server.terminate()
-    deadline = time.monotonic() + 15
-    for server in servers:
-        try:
-            server.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    try:
+        servers.run(lambda: bool(stopping), poll=0.2)
+    except CrashLoop as exc:
+        print(f"{exc} Stopping the web server.", flush=True)
+        code = 1
+    servers.stop()
     return code
 
 

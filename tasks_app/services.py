@@ -557,6 +557,16 @@ def reclaim_machine(machine: Machine, *, reason: str = "", actor=None) -> None:
     )
 
 
+def runner_lost(machine: Machine, reason: str) -> None:
+    """The process running a task on ``machine`` died while the machine lives on (killed, out of memory).
+
+    Its task ends as runner-terminated, requeued if asked, as when the
+    whole machine is lost; the machine takes the next task.
+    """
+    with transaction.atomic():
+        _end_tasks_on(machine, Status.EXECUTOR_TERMINATED, reason, close_logs=True)
+
+
 def _machine_gone(machine: Machine, state: str, ending: Status, reason: str, actor=None) -> bool:
     with transaction.atomic():
         updated = Machine.objects.filter(
@@ -565,27 +575,34 @@ def _machine_gone(machine: Machine, state: str, ending: Status, reason: str, act
         ).update(state=state, stopped_at=timezone.now())
         if not updated:
             return False
-        for task in Task.objects.filter(machine=machine, status__in=lifecycle.ON_MACHINE):
-            if task.status == Status.PENDING_KILL:
-                lifecycle.transition(task, Status.KILLED, reason=reason, by_machine=machine, actor=actor)
-                if state == Machine.State.LOST:
-                    transaction.on_commit(lambda task_id=task.pk: live.close_log(task_id))
-                continue
-            if ending not in lifecycle.TRANSITIONS[Status(task.status)]:
-                continue
-            if not lifecycle.transition(
-                task, ending, reason=reason, by_machine=machine, actor=actor, error_detail=reason
-            ):
-                continue
-            group = MachineGroup.objects.get(pk=task.machine_group_id)
-            if task.resubmit_on_preemption and group.is_accepting_tasks:
-                lifecycle.transition(task, Status.SUBMITTED, reason="Resubmitted after losing its machine.")
-                enqueue(task, group)
-            elif state == Machine.State.LOST:
-                # A lost machine never closes the log it was writing. A
-                # resubmitted task's next attempt opens its stream afresh.
-                transaction.on_commit(lambda task_id=task.pk: live.close_log(task_id))
+        _end_tasks_on(machine, ending, reason, actor=actor, close_logs=state == Machine.State.LOST)
     return True
+
+
+def _end_tasks_on(machine: Machine, ending: Status, reason: str, actor=None, *, close_logs: bool) -> None:
+    """End the tasks ``machine`` was running with ``ending``; requeue those that ask for it.
+
+    ``close_logs``: their runner is gone without closing the log it was
+    writing. A resubmitted task's next attempt opens its stream afresh.
+    """
+    for task in Task.objects.filter(machine=machine, status__in=lifecycle.ON_MACHINE):
+        if task.status == Status.PENDING_KILL:
+            lifecycle.transition(task, Status.KILLED, reason=reason, by_machine=machine, actor=actor)
+            if close_logs:
+                transaction.on_commit(lambda task_id=task.pk: live.close_log(task_id))
+            continue
+        if ending not in lifecycle.TRANSITIONS[Status(task.status)]:
+            continue
+        if not lifecycle.transition(
+            task, ending, reason=reason, by_machine=machine, actor=actor, error_detail=reason
+        ):
+            continue
+        group = MachineGroup.objects.get(pk=task.machine_group_id)
+        if task.resubmit_on_preemption and group.is_accepting_tasks:
+            lifecycle.transition(task, Status.SUBMITTED, reason="Resubmitted after losing its machine.")
+            enqueue(task, group)
+        elif close_logs:
+            transaction.on_commit(lambda task_id=task.pk: live.close_log(task_id))
 
 
 def kill_task(task: Task, *, actor=None) -> tuple[bool, str]:

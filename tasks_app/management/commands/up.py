@@ -5,7 +5,10 @@
     -> web server (daphne), scheduler (Celery worker with beat), local provider
 
 Each child writes its log under ``SIMDECK_HOME/logs``; the terminal shows
-only what a person needs: where the console is and how to log in.
+only what a person needs: where the console is and how to log in, and when
+a process died and was restarted (console/supervisor.py). Only Ctrl+C,
+SIGTERM or a process that keeps dying stops everything; if this process is
+killed outright, its guard stops what it started.
 """
 
 from __future__ import annotations
@@ -13,9 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from django.conf import settings
@@ -25,12 +26,31 @@ from django.core.management.base import BaseCommand
 from django.db import connections
 
 from console import embedded
+from console.supervisor import CrashLoop, Program, Supervisor, start_guard
 from tasks_app import sandbox, services
-from tasks_app.executor.process import stop_process_group
 from tasks_app.models import APIKey, MachineGroup
+from tasks_app.providers.local import instance
 
 ADMIN = "admin"
 DEFAULT_GROUP = "default"
+
+
+def log_path(logs: Path, name: str) -> Path:
+    return logs / f"{name.replace(' ', '-')}.log"
+
+
+def state_path(home: Path) -> Path:
+    """What the launcher runs now, for ``manage.py processes`` and the guard."""
+    return home / "processes.json"
+
+
+def embedded_servers() -> list[str]:
+    """The embedded servers this instance uses, in the order they stop."""
+    return [
+        name
+        for name, url in (("redis", "REDIS_URL"), ("postgres", "DATABASE_URL"))
+        if not os.environ.get(url)
+    ]
 
 
 class Command(BaseCommand):
@@ -46,75 +66,87 @@ class Command(BaseCommand):
         logs.mkdir(parents=True, exist_ok=True)
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
-        call_command("migrate", interactive=False, verbosity=0)
-        login_note = self.ensure_admin(home, url)
-        self.ensure_default_group()
-        sandbox_note = sandbox_status()
-
         python = sys.executable
-        children = {
+        programs = [
             # Several daphne processes on one socket (SIMDECK_WEB_PROCESSES); see console/webserver.py.
-            "web server": [python, "-m", "console.webserver", "--host", host, "--port", str(port)],
-            "scheduler": [
+            ("web server", [python, "-m", "console.webserver", "--host", host, "--port", str(port)], 15),
+            ("scheduler", [
                 python, "-m", "celery", "-A", "console", "worker", "--beat",
                 "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--concurrency", "1",
                 "--hostname", f"scheduler-{port}@%h", "--without-gossip", "--without-mingle",
                 "--loglevel", "INFO",
-            ],
-            "local provider": [python, "manage.py", "runprovider"],
-        }  # fmt: skip
-        procs: dict[str, subprocess.Popen] = {}
-        for name, argv in children.items():
-            with open(logs / f"{name.replace(' ', '-')}.log", "ab") as log:
-                procs[name] = subprocess.Popen(
-                    argv,
-                    cwd=settings.BASE_DIR,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # we stop them ourselves, in order
-                )
-        self.say(
-            "\n".join(
-                [
-                    "",
-                    f"Simdeck is up: {url}/",
-                    f"  {login_note}",
-                    f"  API docs: {url}/api/v1/docs",
-                    f"  Data: {home}   Logs: {logs}",
-                    f"  {sandbox_note}",
-                    "  Press Ctrl+C to stop.",
-                    "",
-                ]
-            )
+            ], 15),
+            # Its machines get time to store the logs of the tasks they were running.
+            ("local provider", [python, "manage.py", "runprovider"], 45),
+        ]  # fmt: skip
+        supervisor = Supervisor(
+            [Program(name, argv, log=log_path(logs, name), grace=grace) for name, argv, grace in programs],
+            cwd=settings.BASE_DIR,
+            say=self.say,
+            state_file=state_path(home),
+        )
+        supervisor.write_state()  # nothing running yet: what the guard reads if we die now
+        # From here on, if this process is killed outright, the guard stops what it started.
+        guard_pipe = start_guard(
+            state_path(home),
+            home,
+            embedded=embedded_servers(),
+            sweep={"SIMDECK_INSTANCE": instance()},  # the machines, in sessions of their own
         )
         stop: list[int] = []
+
+        def stop_requested(signum: int, _frame) -> None:
+            stop.append(signum)
+            if not supervisor.started:
+                raise KeyboardInterrupt  # a stop during setup (a long migration) does not wait for it
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, _: stop.append(signum))
+            signal.signal(sig, stop_requested)
+        crashed = None
         try:
-            while not stop:
-                for name, proc in procs.items():
-                    if proc.poll() is not None:
-                        self.say(
-                            f"The {name} stopped (exit code {proc.returncode}); see "
-                            f"{logs / (name.replace(' ', '-') + '.log')}. Stopping everything."
-                        )
-                        stop.append(0)
-                        break
-                time.sleep(0.5)
+            call_command("migrate", interactive=False, verbosity=0)
+            login_note = self.ensure_admin(home, url)
+            self.ensure_default_group()
+            sandbox_note = sandbox_status()
+            supervisor.start()
+            self.say(
+                "\n".join(
+                    [
+                        "",
+                        f"Simdeck is up: {url}/",
+                        f"  {login_note}",
+                        f"  API docs: {url}/api/v1/docs",
+                        f"  Data: {home}   Logs: {logs}",
+                        f"  {sandbox_note}",
+                        "  Press Ctrl+C to stop.",
+                        "",
+                    ]
+                )
+            )
+            supervisor.run(lambda: bool(stop))
+        except KeyboardInterrupt:
+            pass
+        except CrashLoop as exc:
+            crashed = exc
+            self.say(f"{exc} Stopping everything.")
         finally:
             self.say("Stopping Simdeck…")
-            # The provider first: it lets the machines wrap up their tasks.
-            for name in ("local provider", "scheduler", "web server"):
-                # Signalling the group also reaches what a child forked (Celery's embedded beat).
-                stop_process_group(procs[name], grace_seconds=45 if name == "local provider" else 15)
+            supervisor.stop()
             connections.close_all()
-            # Embedded servers are ours to stop; configured ones are not.
-            if not os.environ.get("REDIS_URL"):
-                embedded.stop_redis(home)
-            if not os.environ.get("DATABASE_URL"):
-                embedded.stop_postgres(home)
+            self.stop_embedded(home)
+            supervisor.write_state(stopped=True)
+            os.close(guard_pipe)  # the guard sees we stopped everything, and ends
             self.say("Stopped.")
+        if crashed:
+            raise SystemExit(1)
+
+    def stop_embedded(self, home: Path) -> None:
+        """Embedded servers are ours to stop; configured ones are not."""
+        for name in embedded_servers():
+            try:
+                {"redis": embedded.stop_redis, "postgres": embedded.stop_postgres}[name](home)
+            except embedded.EmbeddedServiceError as exc:
+                self.say(f"Could not stop the embedded {name}: {exc}")
 
     def say(self, text: str) -> None:
         """Print, but never let a closed terminal or pipe stop the shutdown."""

