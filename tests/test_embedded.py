@@ -64,7 +64,7 @@ def test_start_write_stop_restart_keeps_data(home: Path) -> None:
     db_url = embedded.start_postgres(home)
     redis_url = embedded.start_redis(home)
     assert time.monotonic() - t0 < 20
-    assert db_url.startswith("postgresql://postgres@/simdeck?host=")
+    assert db_url.startswith("postgresql://postgres:") and "@/simdeck?host=" in db_url
     assert redis_url.startswith("redis://:") and "@127.0.0.1:" in redis_url
 
     # idempotent: same server, same URLs
@@ -73,6 +73,11 @@ def test_start_write_stop_restart_keeps_data(home: Path) -> None:
     assert embedded.start_redis(home) == redis_url
     assert (_postmaster_pid(home), _redis_pid(home)) == (pg_pid, r_pid)
 
+    # Reaching the socket is not enough: without the password the server says no.
+    without = db_url.replace(db_url.split("@", 1)[0], "postgresql://postgres", 1)
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(without, connect_timeout=5).close()
+    assert oct((home / "postgres-password").stat().st_mode & 0o777) == "0o600"
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("simdeck",)
         conn.execute("CREATE TABLE t (v text)")
@@ -229,12 +234,16 @@ def test_urls_work_for_django_environ_celery_and_channels(home: Path) -> None:
     assert cfg["ENGINE"] == "django.db.backends.postgresql"
     assert cfg["NAME"] == "simdeck"
     # HOST stays empty, the socket dir goes to OPTIONS, which Django hands to psycopg
-    params = {"dbname": cfg["NAME"], "user": cfg["USER"], **cfg["OPTIONS"]}
+    params = {"dbname": cfg["NAME"], "user": cfg["USER"], "password": cfg["PASSWORD"], **cfg["OPTIONS"]}
     with psycopg.connect(**params) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("simdeck",)
     settings = embedded.postgres_settings(home)
     with psycopg.connect(
-        dbname=settings["NAME"], user=settings["USER"], host=settings["HOST"], port=settings["PORT"]
+        dbname=settings["NAME"],
+        user=settings["USER"],
+        password=settings["PASSWORD"],
+        host=settings["HOST"],
+        port=settings["PORT"],
     ) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 

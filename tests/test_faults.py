@@ -269,11 +269,12 @@ def test_a_task_whose_pool_process_dies_ends_and_its_machine_runs_the_next(stack
 
 
 def test_a_task_whose_pool_process_dies_runs_again_when_resubmission_is_on(stack, alice_client, tmp_path):
-    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start()
-    first_run = tmp_path / "first-run"
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start(wait=False)
+    MachineGroup.objects.filter(name=mg.name).update(allow_network=True)  # for the ledger
+    ledger = Ledger(tmp_path / "ledger.txt")
     task = submit(
         mg,
-        f"if [ -e {first_run} ]; then echo second run; else touch {first_run}; sleep 300; fi",
+        f'if [ "$({ledger.note("run")})" = 0 ]; then sleep 300; else echo second run; fi',
         resubmit_on_preemption=True,
     )
     kill_pool_process(task.id)

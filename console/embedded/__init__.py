@@ -12,7 +12,7 @@ servers run from binaries shipped in PyPI wheels (``pgserver`` for PostgreSQL,
 
 Public API (no Django import anywhere, safe to call from settings.py):
 
-    start_postgres(home) -> "postgresql://postgres@/simdeck?host=<socket dir>"
+    start_postgres(home) -> "postgresql://postgres:<password>@/simdeck?host=<socket dir>"
     postgres_settings(home) -> a Django ``DATABASES['default']`` dict
     start_redis(home)    -> "redis://:<password>@127.0.0.1:<port>/0"
     stop_postgres(home), stop_redis(home), stop_all(home)

@@ -1,13 +1,15 @@
 """The embedded PostgreSQL: a cluster under ``home/postgres``, reached on a unix socket.
 
-PostgreSQL listens only on a unix socket (no TCP), with trust authentication;
-access is limited by the permissions of the socket directory (0700).
+PostgreSQL listens only on a unix socket (no TCP), in a directory only its
+user may enter (0700), and asks for a password (scram-sha-256) kept in
+``home/postgres-password`` (0600): reaching the socket is not enough.
 
 PostgreSQL refuses to run as root.  When called as root, the server runs as a
 dedicated system user ``simdeck-pg`` (created with ``useradd`` if missing;
 ``SIMDECK_PG_USER`` overrides the name; falls back to ``nobody``).  The data
-directory is owned by that user, and o+x is added to every parent directory of
-the data directory and of the PostgreSQL binaries so that user can reach them.
+directory is owned by that user, which passes through the folders of
+``SIMDECK_HOME`` by group (g+x, the user's group) and through those above it
+and above the PostgreSQL binaries by o+x.
 If an existing data directory is owned by a non-root user, root runs the server
 as that user instead.
 
@@ -23,6 +25,7 @@ import hashlib
 import logging
 import os
 import platform
+import secrets
 import shutil
 import signal
 import stat
@@ -160,10 +163,21 @@ def _add_mode(path: Path, bits: int) -> None:
             log.warning("added mode bits %04o to %s so the PostgreSQL user can reach it", bits, path)
 
 
-def _make_reachable(path: Path) -> None:
-    """Add o+x to every ancestor of ``path`` (traversal only, no listing)."""
+def _make_reachable(path: Path, home: Path | None = None, gid: int | None = None) -> None:
+    """Let the PostgreSQL user pass through every ancestor of ``path`` (traversal only, no listing).
+
+    Inside ``home``, which holds every team's files, by group only: the
+    folders there are given the PostgreSQL user's group and g+x, so no other
+    account of the host may pass. Above it, o+x.
+    """
     for parent in path.parents:
-        _add_mode(parent, stat.S_IXOTH)
+        if home is not None and gid is not None and (parent == home or home in parent.parents):
+            with contextlib.suppress(OSError):
+                if parent.stat().st_gid != gid:
+                    os.chown(parent, -1, gid)
+            _add_mode(parent, stat.S_IXGRP)
+        else:
+            _add_mode(parent, stat.S_IXOTH)
 
 
 def _make_bin_tree_readable(bin_dir: Path) -> None:
@@ -347,6 +361,28 @@ def _pg_clean_stale(pgdata: Path, sock_dir: Path) -> None:
 
 
 _SIMDECK_CONF = "simdeck.conf"
+_SIMDECK_HBA = "simdeck_hba.conf"
+# Present once the superuser has its password: from then on only the password opens the door.
+_PASSWORD_SET = "simdeck_password_set"
+
+
+def _pg_password(home: Path) -> str:
+    """The embedded superuser's password, made once and kept private to the platform's user.
+
+    The socket is already private, but a process that reaches it (one of
+    this host's accounts, a sandbox given too much) must still not be enough.
+    """
+    path = home / "postgres-password"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(24)
+    _write_private(path, password + "\n")
+    return password
+
+
+def _pg_hba(pgdata: Path) -> str:
+    method = "scram-sha-256" if (pgdata / _PASSWORD_SET).exists() else "trust"
+    return f"# Written by console/embedded/postgres.py at every start; do not edit.\nlocal all all {method}\n"
 
 
 def _pg_conf_quote(value: str) -> str:
@@ -398,7 +434,7 @@ def _pg_ensure_started(home: Path) -> tuple[dict, bool]:
     bin_dir = _pg_bin_dir()
     runner = _pg_runner(pgdata)
     if runner is not None:
-        _make_reachable(pgdata)
+        _make_reachable(pgdata, home=home.resolve(), gid=runner[1])
         _make_bin_tree_readable(bin_dir)
 
     if not (pgdata / "PG_VERSION").exists():
@@ -422,10 +458,14 @@ def _pg_ensure_started(home: Path) -> tuple[dict, bool]:
             f"unix_socket_directories = {_pg_conf_quote(str(sock_dir))}\n"
             "unix_socket_permissions = 0700\n"
             "max_connections = 200\n"
+            f"hba_file = {_pg_conf_quote(str(pgdata / _SIMDECK_HBA))}\n"
         ),
     )
+    hba = pgdata / _SIMDECK_HBA
+    _write_private(hba, _pg_hba(pgdata))
     if runner is not None:
         os.chown(conf, *runner)
+        os.chown(hba, *runner)
 
     logfile = pgdata / "server.log"
     _rotate_log(logfile)
@@ -462,7 +502,7 @@ def _pg_ensure_started(home: Path) -> tuple[dict, bool]:
     return info, True
 
 
-def _pg_ensure_database(sock_dir: Path) -> None:
+def _pg_ensure_database(sock_dir: Path, pgdata: Path, password: str) -> None:
     import psycopg
     from psycopg import errors, sql
 
@@ -470,10 +510,25 @@ def _pg_ensure_database(sock_dir: Path) -> None:
         host=str(sock_dir),
         port=PG_PORT,
         user=PG_SUPERUSER,
+        password=password,
         dbname="postgres",
         autocommit=True,
         connect_timeout=10,
     ) as conn:
+        if not (pgdata / _PASSWORD_SET).exists():
+            # A cluster made before passwords, or just now: from here on the password is needed.
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(PG_SUPERUSER), sql.Literal(password)
+                )
+            )
+            (pgdata / _PASSWORD_SET).touch()
+            hba = pgdata / _SIMDECK_HBA
+            owner = hba.stat()
+            _write_private(hba, _pg_hba(pgdata))
+            with contextlib.suppress(PermissionError):
+                os.chown(hba, owner.st_uid, owner.st_gid)
+            conn.execute("SELECT pg_reload_conf()")
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone():
             return
         with contextlib.suppress(errors.DuplicateDatabase):
@@ -481,14 +536,15 @@ def _pg_ensure_database(sock_dir: Path) -> None:
             log.info("created database %r", DB_NAME)
 
 
-def _pg_url(sock_dir: Path) -> str:
-    return f"postgresql://{PG_SUPERUSER}@/{DB_NAME}?host={quote(str(sock_dir), safe='/')}"
+def _pg_url(sock_dir: Path, password: str) -> str:
+    auth = f"{PG_SUPERUSER}:{quote(password, safe='')}"
+    return f"postgresql://{auth}@/{DB_NAME}?host={quote(str(sock_dir), safe='/')}"
 
 
 def start_postgres(home: Path | str) -> str:
     """Ensure the embedded PostgreSQL for ``home`` runs; return its DATABASE_URL.
 
-    The URL is ``postgresql://postgres@/simdeck?host=<socket dir>``: psycopg/libpq
+    The URL is ``postgresql://postgres:<password>@/simdeck?host=<socket dir>``: psycopg/libpq
     accept it as is; django-environ's ``env.db_url`` turns it into HOST='' and
     OPTIONS={'host': <socket dir>}, which Django passes to psycopg and which works
     (``postgres_settings`` gives the same with HOST set, as dbshell prefers).
@@ -497,15 +553,16 @@ def start_postgres(home: Path | str) -> str:
 
     home = _home(home)
     with _locked(home, "postgres"):
+        password = _pg_password(home)
         info, started = _pg_ensure_started(home)
         try:
-            _pg_ensure_database(info["socket_dir"])
+            _pg_ensure_database(info["socket_dir"], home / "postgres", password)
         except psycopg.OperationalError as exc:
             if started:
                 raise
             # e.g. all connection slots busy: the server is up, let the caller go on
             log.warning("could not check that database %r exists: %s", DB_NAME, exc)
-    return _pg_url(info["socket_dir"])
+    return _pg_url(info["socket_dir"], password)
 
 
 def postgres_settings(home: Path | str) -> dict:
@@ -518,7 +575,7 @@ def postgres_settings(home: Path | str) -> dict:
         "ENGINE": "django.db.backends.postgresql",
         "NAME": DB_NAME,
         "USER": PG_SUPERUSER,
-        "PASSWORD": "",
+        "PASSWORD": _pg_password(_home(home)),
         "HOST": unquote(sock_dir),
         "PORT": str(PG_PORT),
     }

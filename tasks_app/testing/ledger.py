@@ -17,22 +17,28 @@ class Ledger:
         self.path = path
         path.touch()
 
+        lock = threading.Lock()
+
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
                 line = self.rfile.readline()
-                with open(path, "ab") as out:
-                    out.write(line)
+                with lock:
+                    before = path.read_bytes().splitlines(keepends=True).count(line)
+                    with open(path, "ab") as out:
+                        out.write(line)
+                self.wfile.write(b"%d\n" % before)  # how often it was reported before
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def note(self, word: str) -> str:
-        """A command line that reports ``word`` and its task's id."""
+        """A command line that reports ``word`` and its task's id, and prints how often it did before."""
         port = self.server.server_address[1]
         return (
-            "python -c \"import os, socket; socket.create_connection(('127.0.0.1', "
-            f"{port})).sendall(b'{word} ' + os.environ['SIMDECK_TASK_ID'].encode() + b'\\n')\""
+            "python -c \"import os, socket; s = socket.create_connection(('127.0.0.1', "
+            f"{port})); s.sendall(b'{word} ' + os.environ['SIMDECK_TASK_ID'].encode() + b'\\n'); "
+            'print(s.makefile().readline().strip())"'
         )
 
     def text(self) -> str:
