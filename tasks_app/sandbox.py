@@ -239,16 +239,17 @@ def command(
     if not as_root():
         # Unprivileged: its own user namespace, and none more inside it.
         args += ["--unshare-user", "--disable-userns"]
+    # /tmp first: an install under the host's /tmp (a checkout there) is bound over it, not hidden by it.
+    if tmp is None:
+        args += ["--perms", "1777", "--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
+    else:
+        args += ["--bind", str(tmp), "/tmp"]
     args += _binds(read_only)
     args += ["--ro-bind", str(identity / "passwd"), "/etc/passwd"]
     args += ["--ro-bind", str(identity / "group"), "/etc/group"]
     if network and Path("/etc/resolv.conf").exists():
         args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
     args += ["--proc", "/proc", "--dev", "/dev"]
-    if tmp is None:
-        args += ["--perms", "1777", "--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
-    else:
-        args += ["--bind", str(tmp), "/tmp"]
     args += ["--bind", str(workdir), WORKDIR, "--chdir", WORKDIR, "--clearenv"]
     for name, value in env.items():
         args += ["--setenv", name, value]
