@@ -310,3 +310,31 @@ def test_without_a_sandbox_tasks_say_so_and_admins_see_a_banner(
     finally:
         api.default_client.cache_clear()
         stack.kill()
+
+
+def test_an_install_under_the_host_s_tmp_is_seen_inside(tmp_path, settings):
+    """A checkout (and so its venv) under /tmp must not be hidden by the sandbox's own /tmp."""
+    import subprocess
+
+    install = tmp_path / "install"  # under the host's /tmp
+    install.mkdir()
+    (install / "hello.sh").write_text("echo hello from the install\n")
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    for folder in (work, tmp):
+        folder.mkdir()
+        sandbox.hand_over(folder)
+    tmp_path.chmod(0o755)
+    limits = sandbox.Limits(memory_bytes=None, vcpus=1, pids=64)
+    box = sandbox.Box(
+        workdir=work,
+        tmp=tmp,
+        identity=sandbox.write_identity(tmp_path / "identity"),
+        env=sandbox.environment(limits, {}),
+        limits=limits,
+        read_only=[install],
+    )
+    done = subprocess.run(
+        box.argv(["sh", f"{install}/hello.sh"], {}), capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hello from the install\n"
