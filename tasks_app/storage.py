@@ -1,7 +1,9 @@
 """Where a task's files live in storage, and moving them in and out.
 
 Everything goes through Django's default storage, so the same code serves a
-local folder and an S3-compatible bucket shared by machines on many hosts.
+local folder and an S3-compatible bucket shared by machines on many hosts
+(:mod:`tasks_app.bucket`). Shortcuts only a local folder allows, such as
+renaming a file into place, fall back to the storage API for a bucket.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import shutil
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, default_storage
 
@@ -39,6 +43,50 @@ def log_name(task_id: str, stream: str) -> str:
 
 class UploadError(ValueError):
     pass
+
+
+class StorageUnavailable(OSError):
+    """The bucket refused or could not be reached; the message says what to change."""
+
+    def __init__(self, message: str):
+        super().__init__(0, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def explain(exc: Exception) -> str:
+    describe = getattr(default_storage, "explain", None)
+    return describe(exc) if describe else str(exc)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """Turn what the bucket answers into :class:`StorageUnavailable`, with its explanation."""
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageUnavailable(explain(exc)) from exc
+
+
+def check() -> str:
+    """One line on where files are stored; raises :class:`StorageUnavailable` if the bucket refuses."""
+    probe = getattr(default_storage, "check", None)
+    if probe is None:
+        return f"in the folder {default_storage.location}"
+    with refusals():
+        probe()
+    where = f" at {default_storage.endpoint_url}" if default_storage.endpoint_url else ""
+    return f"in bucket {default_storage.bucket_name!r}{where}"
+
+
+def download_url(name: str, filename: str, content_type: str = "application/octet-stream") -> str | None:
+    """A short-lived URL that serves the stored file itself, or None where files are served by us."""
+    presign = getattr(default_storage, "download_url", None)
+    if presign is None:
+        return None
+    with refusals():
+        return presign(name, filename, content_type)
 
 
 def receive_upload(
@@ -71,9 +119,8 @@ def receive_upload(
         _check_archive(spool)
         spool.seek(0)
         name = input_name(task_id)
-        if default_storage.exists(name):
-            default_storage.delete(name)
-        stored = default_storage.save(name, File(spool))
+        with refusals():
+            stored = _replace(name, File(spool))
     return stored, size, digest.hexdigest()
 
 
@@ -110,7 +157,8 @@ def save_input(task_id: str, data: bytes) -> str:
             with open(fd, "wb") as out:
                 out.write(data)
             return name
-    return default_storage.save(name, ContentFile(data))
+    with refusals():
+        return default_storage.save(name, ContentFile(data))
 
 
 def _check_archive(spool: BinaryIO) -> None:
@@ -150,14 +198,20 @@ def save_file(name: str, path: Path) -> str:
             partial.unlink(missing_ok=True)
             raise
         return name
-    if default_storage.exists(name):
+    with open(path, "rb") as f, refusals():
+        return _replace(name, File(f))
+
+
+def _replace(name: str, content: File) -> str:
+    """Save ``content`` as ``name``, in place of what was stored there."""
+    if not getattr(default_storage, "file_overwrite", False) and default_storage.exists(name):
         default_storage.delete(name)
-    with open(path, "rb") as f:
-        return default_storage.save(name, File(f))
+    return default_storage.save(name, content)
 
 
 def open_file(name: str) -> BinaryIO:
-    return default_storage.open(name, "rb")
+    with refusals():
+        return default_storage.open(name, "rb")
 
 
 def open_local(name: str) -> BinaryIO:
@@ -168,4 +222,7 @@ def open_local(name: str) -> BinaryIO:
 
 
 def exists(name: str) -> bool:
-    return bool(name) and default_storage.exists(name)
+    if not name:
+        return False
+    with refusals():
+        return default_storage.exists(name)

@@ -25,7 +25,7 @@ from django.core.management.base import BaseCommand
 from django.db import connections
 
 from console import embedded
-from tasks_app import sandbox, services
+from tasks_app import sandbox, services, storage
 from tasks_app.executor.process import stop_process_group
 from tasks_app.models import APIKey, MachineGroup
 
@@ -50,6 +50,7 @@ class Command(BaseCommand):
         login_note = self.ensure_admin(home, url)
         self.ensure_default_group()
         sandbox_note = sandbox_status()
+        storage_note = storage_status()
 
         python = sys.executable
         children = {
@@ -83,6 +84,7 @@ class Command(BaseCommand):
                     f"  API docs: {url}/api/v1/docs",
                     f"  Data: {home}   Logs: {logs}",
                     f"  {sandbox_note}",
+                    f"  {storage_note}",
                     "  Press Ctrl+C to stop.",
                     "",
                 ]
@@ -177,3 +179,11 @@ def sandbox_status() -> str:
         return f"Sandbox: {sandbox.check()}."
     except sandbox.SandboxUnavailable as exc:
         return f"NO SANDBOX, so no machine will start: {exc}"
+
+
+def storage_status() -> str:
+    """One line on where inputs and outputs are stored, or what the bucket refuses."""
+    try:
+        return f"Files: stored {storage.check()}."
+    except storage.StorageUnavailable as exc:
+        return f"FILE STORAGE REFUSES, so no task can be submitted or store outputs: {exc}"
