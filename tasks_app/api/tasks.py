@@ -8,11 +8,11 @@ import re
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.http import FileResponse, HttpRequest
+from django.http import HttpRequest
 from ninja import Header, Query, Router
 from ninja.responses import Status as Reply
 
-from tasks_app import access, inputs, lifecycle, resource_use, services, storage
+from tasks_app import access, downloads, inputs, lifecycle, resource_use, services, storage
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS, links, task_for, tasks_for
 from tasks_app.lifecycle import Status
@@ -336,9 +336,7 @@ def download_input(request: HttpRequest, task_id: str):
     if not storage.exists(task.input_path):
         why = "was removed from the server" if task.input_size is not None else "has not been uploaded"
         raise services.Refused(f"The input of task {task.id} {why}.", code="no_inputs", status=404)
-    return FileResponse(
-        storage.open_file(task.input_path), as_attachment=True, filename=f"{task.id}-input.zip"
-    )
+    return downloads.stored_file(task.input_path, f"{task.id}-input.zip")
 
 
 # -- killing many (before /{task_id}, which would take the path "kill" as an id) --
