@@ -117,10 +117,19 @@ class RangeReader(io.RawIOBase):
 
     def __init__(self, client, bucket: str, key: str):
         self.client, self.bucket, self.key = client, bucket, key
-        self.length = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
         self.pos = 0
         self.body = None
         self.body_pos = -1
+        # A GET rather than a HEAD: a refusal then says why, and the read starts at once.
+        try:
+            response = client.get_object(Bucket=bucket, Key=key, Range="bytes=0-")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                raise
+            self.length = 0  # an empty object has no byte 0
+        else:
+            self.body, self.body_pos = response["Body"], 0
+            self.length = int(response["ContentRange"].rsplit("/", 1)[1])
 
     def readable(self) -> bool:
         return True

@@ -88,11 +88,17 @@ def no_broker(monkeypatch):
 
 
 @pytest.fixture
-def stack(transactional_db, tmp_path, monkeypatch):
+def stack_env() -> dict[str, str]:
+    """Settings the stack's processes get in their environment; a test module may override it."""
+    return {}
+
+
+@pytest.fixture
+def stack(transactional_db, tmp_path, monkeypatch, stack_env):
     home = tmp_path / "simdeck-home"
     home.mkdir()
     monkeypatch.setattr(settings, "SIMDECK_HOME", home)
-    s = Stack(home)
+    s = Stack(home, env=stack_env)
     # What this process sends to the machines must reach the stack's queues.
     monkeypatch.setattr(settings, "SIMDECK_QUEUE_PREFIX", s.queue_prefix)
     s.start()

@@ -108,6 +108,9 @@ def test_a_stored_archive_reads_as_a_seekable_file(s3_env):
         assert zf.read("frames/039.bin") == members["frames/039.bin"]
         assert zf.read("frames/000.bin") == members["frames/000.bin"]
         assert len(zf.infolist()) == 40
+    empty = default_storage.save("tasks/t2/logs/stderr.txt", ContentFile(b""))
+    with storage.open_file(empty) as f:
+        assert f.read() == b""
     with storage.open_file(name) as f:
         f.seek(-10, io.SEEK_END)
         assert f.read() == data[-10:]
