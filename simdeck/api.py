@@ -11,6 +11,7 @@ import functools
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
@@ -24,6 +25,9 @@ DEFAULT_RETRIES = 5
 RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.WriteTimeout)
 # Repeating these changes nothing the first one did not.
 IDEMPOTENT = {"GET", "PUT", "DELETE"}
+CHUNK = 1 << 20
+# Inputs this big go straight to the server's bucket, when it has one.
+DIRECT_UPLOAD_MIN_BYTES = 8 * 1024 * 1024
 
 
 class Client:
@@ -106,6 +110,55 @@ class Client:
         # Not retried: the body is a one-shot stream. The caller starts over.
         return self.request("PUT", path, content=stream, headers=headers, retry=False).json()
 
+    def upload_input(
+        self, task_id: str, upload_url: str, archive: Path, digest: str, progress: Callable[[int], None]
+    ) -> Any:
+        """Send a task's input archive; returns the task as the server then describes it.
+
+        A big archive goes straight to the server's bucket when it has one, in
+        presigned PUTs (parts of a multipart upload beyond 100 MB); otherwise,
+        and for small archives, through the server.
+        """
+        size = archive.stat().st_size
+        if size >= DIRECT_UPLOAD_MIN_BYTES:
+            try:
+                plan = self.post(f"/tasks/{task_id}/input/direct", json={"size": size})
+            except errors.SimdeckError as exc:
+                if exc.code != "no_direct_upload":
+                    raise
+            else:
+                parts = [
+                    {"number": part["number"], "etag": self._put_part(part, archive, progress)}
+                    for part in plan["parts"]
+                ]
+                done = {"upload_id": plan["upload_id"], "parts": parts, "size": size, "sha256": digest}
+                return self.post(f"/tasks/{task_id}/input/direct/done", json=done)
+        headers = {"Content-Length": str(size), "X-Archive-Size": str(size), "X-Content-SHA256": digest}
+        return self.upload(upload_url.removeprefix("/api/v1"), _read(archive, 0, size, progress), headers)
+
+    def _put_part(self, part: dict, archive: Path, progress: Callable[[int], None]) -> str:
+        """PUT one part to its presigned URL, without the API key; returns the bucket's ETag for it."""
+        store = httpx.URL(part["url"]).netloc.decode()
+        try:
+            response = httpx.put(
+                part["url"],
+                content=_read(archive, part["offset"], part["size"], progress),
+                headers={"Content-Length": str(part["size"])},
+                timeout=httpx.Timeout(300.0, connect=5.0),
+            )
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"Cannot reach the file store at {store} ({type(exc).__name__}) to upload the input."
+            ) from None
+        if not response.is_success:
+            raise errors.for_status(response.status_code)(
+                f"The file store at {store} refused the upload ({response.status_code} "
+                f"{response.reason_phrase}). Submit again; if it persists, tell the server's operator.",
+                code="storage_refused",
+                status=response.status_code,
+            )
+        return response.headers["ETag"]
+
     def download(
         self, path: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None = None
     ) -> int:
@@ -153,6 +206,15 @@ class Client:
             if progress:
                 progress(done, total)
         return done
+
+
+def _read(path: Path, offset: int, size: int, progress: Callable[[int], None]) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while size > 0 and (chunk := f.read(min(CHUNK, size))):
+            size -= len(chunk)
+            progress(len(chunk))
+            yield chunk
 
 
 def request_key() -> dict[str, str]:

@@ -124,6 +124,61 @@ def receive_upload(
     return stored, size, digest.hexdigest()
 
 
+# Inputs up to this size go to a bucket in one presigned PUT; larger ones in parts of PART_BYTES.
+SINGLE_PUT_BYTES = 100 * 1024 * 1024
+PART_BYTES = 64 * 1024 * 1024
+
+
+def direct_uploads() -> bool:
+    """Whether clients can send inputs straight to storage (a bucket), sparing the web server."""
+    return hasattr(default_storage, "start_upload")
+
+
+def start_direct_upload(task_id: str, size: int) -> dict:
+    """Presigned PUTs for sending a task's input straight to the bucket."""
+    with refusals():
+        return default_storage.start_upload(input_name(task_id), size, PART_BYTES, SINGLE_PUT_BYTES)
+
+
+def finish_direct_upload(
+    task_id: str, upload_id: str | None, etags: dict[int, str], *, expected_size: int, expected_sha256: str
+) -> tuple[str, int, str]:
+    """Check an input sent straight to the bucket as :func:`receive_upload` checks one sent to us.
+
+    The archive is read back from the bucket to check its checksum, a
+    piece at a time; what fails a check is deleted. Returns (storage name,
+    size, sha256).
+    """
+    name = input_name(task_id)
+    try:
+        with refusals():
+            default_storage.finish_upload(name, upload_id, etags)
+    except StorageUnavailable as exc:
+        with refusals():
+            default_storage.abort_upload(name, upload_id)
+        raise UploadError(f"The upload could not be completed: {exc} Submit the task again.") from None
+    try:
+        with refusals():
+            size = default_storage.size(name) if default_storage.exists(name) else 0
+        if size != expected_size:
+            raise UploadError(
+                f"The upload was cut short: {size} of {expected_size} bytes arrived. Submit the task again."
+            )
+        digest = hashlib.sha256()
+        with open_file(name) as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != expected_sha256.lower():
+            raise UploadError("The upload is corrupt: its SHA-256 checksum does not match. Submit again.")
+        with open_file(name) as f:
+            _check_archive(f)
+    except UploadError:
+        with refusals():
+            default_storage.delete(name)
+        raise
+    return name, size, digest.hexdigest()
+
+
 def check_input(data: bytes) -> str:
     """Check an input archive held in memory as :func:`receive_upload` does; returns its SHA-256."""
     import io
