@@ -8,12 +8,17 @@ that are safe to repeat with backoff while the server is restarting.
 from __future__ import annotations
 
 import functools
+import ssl
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import certifi
 import httpx
 
 from simdeck import config, errors
@@ -168,44 +173,69 @@ class Client:
         presigned URL of the bucket; that URL is fetched without the API
         key, which it neither needs nor may see.
         """
-        timeout = httpx.Timeout(60.0, connect=5.0)
         try:
-            with self.http.stream("GET", path, timeout=timeout) as response:
-                if not response.is_redirect:
-                    return self._receive(response, sink, progress)
-                location = response.headers["Location"]
-            with httpx.stream("GET", location, timeout=timeout) as response:
-                return self._receive(response, sink, progress, store=httpx.URL(location).netloc.decode())
+            with self.http.stream("GET", path, timeout=httpx.Timeout(60.0, connect=5.0)) as response:
+                if response.is_redirect:
+                    location = response.headers["Location"]
+                else:
+                    if not response.is_success:
+                        response.read()
+                        self._raise_for(response)
+                    return _receive(response.iter_bytes(CHUNK), response.headers, sink, progress)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+        return _fetch_presigned(location, sink, progress)
 
-    def _receive(
-        self,
-        response: httpx.Response,
-        sink: BinaryIO,
-        progress: Callable[[int, int | None], None] | None,
-        store: str | None = None,
-    ) -> int:
-        if not response.is_success:
-            response.read()
-            if store is None:
-                self._raise_for(response)
-            cls = errors.for_status(response.status_code)
-            raise cls(
-                f"The file store at {store} refused the download ({response.status_code} "
-                f"{response.reason_phrase}). Ask again; if it persists, tell the server's operator.",
-                code="storage_refused",
-                status=response.status_code,
-            )
-        length = response.headers.get("Content-Length")
-        total = int(length) if length else None
-        done = 0
-        for chunk in response.iter_bytes(1 << 20):
-            sink.write(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-        return done
+
+def _receive(
+    chunks: Iterator[bytes], headers, sink: BinaryIO, progress: Callable[[int, int | None], None] | None
+) -> int:
+    length = headers.get("Content-Length")
+    total = int(length) if length else None
+    done = 0
+    for chunk in chunks:
+        sink.write(chunk)
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    return done
+
+
+def _fetch_presigned(url: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None) -> int:
+    """Download from a bucket's presigned URL.
+
+    With the standard library's HTTP client, which reads a body about twice
+    as fast as httpx: a big download is bound by it, not by the network.
+    """
+    store = urllib.parse.urlsplit(url).netloc
+    context = ssl.create_default_context(cafile=certifi.where())
+    try:
+        response = urllib.request.urlopen(url, timeout=60, context=context)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise errors.for_status(exc.code)(
+            f"The file store at {store} refused the download ({exc.code} {exc.reason}). "
+            "Ask again; if it persists, tell the server's operator.",
+            code="storage_refused",
+            status=exc.code,
+        ) from None
+    except OSError as exc:  # URLError, timeouts, refused connections
+        raise ServerUnreachable(f"Cannot reach the file store at {store} ({exc}) to download.") from None
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = response.read(CHUNK)
+            except OSError as exc:
+                raise ServerUnreachable(
+                    f"The download from the file store at {store} broke off ({exc})."
+                ) from None
+            if not chunk:
+                return
+            yield chunk
+
+    with response:
+        return _receive(chunks(), response.headers, sink, progress)
 
 
 def _read(path: Path, offset: int, size: int, progress: Callable[[int], None]) -> Iterator[bytes]:
