@@ -1,6 +1,7 @@
 """Downloads from a bucket are presigned redirects: the bytes come from the S3 server, not from us."""
 
 import hashlib
+import io
 import os
 
 import httpx
@@ -129,3 +130,14 @@ def test_the_client_follows_the_redirect_with_its_progress_intact(s3_env, client
     remote._client = client_of
     folder = remote.download_outputs(tmp_path / "unpacked")
     assert (folder / "frames/0001.vtk").read_bytes() == OUTPUTS["frames/0001.vtk"]
+
+
+def test_a_download_the_bucket_refuses_is_reported_as_the_file_stores(s3_server, s3_env, api, alice, group):
+    from simdeck.errors import SimdeckError
+
+    task = make_task(alice, group, to=HAPPY)
+    store_outputs(task)
+    location = api.get(f"/api/v1/tasks/{task.id}/outputs")["Location"]
+    tampered = location.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    with pytest.raises(SimdeckError, match=r"The file store at 127\.0\.0\.1:\d+ refused the download \(403"):
+        client_api._fetch_presigned(tampered, io.BytesIO(), None)
