@@ -170,3 +170,13 @@ def test_an_upload_to_a_refusing_bucket_answers_503_with_the_reason(settings, s3
     assert "The bucket 'gone'" in response.json()["message"]
     assert "does not exist" in response.json()["message"]
     assert Task.objects.get(pk=task_id).status == "pending-input"
+
+
+def test_starting_up_says_where_files_go_or_what_the_bucket_refuses(settings, s3_server, s3_env):
+    from tasks_app.management.commands.up import storage_status
+
+    assert storage_status() == f"Files: stored in bucket 'simdeck-tests' at {s3_server.endpoint}."
+    refusing(settings, s3_server, SIMDECK_S3_SECRET_KEY="wrong")
+    said = storage_status()
+    assert said.startswith("FILE STORAGE REFUSES, so no task can be submitted or store outputs: The bucket")
+    assert said.endswith("refuses the secret key. Check SIMDECK_S3_SECRET_KEY.")
