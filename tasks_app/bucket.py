@@ -115,6 +115,13 @@ class BucketStorage(S3Storage):
             Bucket=self.bucket_name, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
 
+    def move_object(self, source: str, target: str) -> None:
+        """Copy inside the bucket (in parts for a big object), then delete the source."""
+        client = self.connection.meta.client
+        copied = {"Bucket": self.bucket_name, "Key": self.key(source)}
+        client.copy(copied, self.bucket_name, self.key(target), Config=self.transfer_config)
+        client.delete_object(**copied)
+
     def abort_upload(self, name: str, upload_id: str | None) -> None:
         client, key = self.connection.meta.client, self.key(name)
         if upload_id is not None:

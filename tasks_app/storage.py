@@ -37,6 +37,11 @@ def output_name(task_id: str) -> str:
     return f"tasks/{task_id}/outputs.zip"
 
 
+def upload_name(task_id: str) -> str:
+    """Where a client sends an input straight to the bucket, before it is checked."""
+    return f"tasks/{task_id}/upload/input.zip"
+
+
 def log_name(task_id: str, stream: str) -> str:
     return f"tasks/{task_id}/logs/{stream}.txt"
 
@@ -135,9 +140,9 @@ def direct_uploads() -> bool:
 
 
 def start_direct_upload(task_id: str, size: int) -> dict:
-    """Presigned PUTs for sending a task's input straight to the bucket."""
+    """Presigned PUTs for sending a task's input straight to the bucket (to :func:`upload_name`)."""
     with refusals():
-        return default_storage.start_upload(input_name(task_id), size, PART_BYTES, SINGLE_PUT_BYTES)
+        return default_storage.start_upload(upload_name(task_id), size, PART_BYTES, SINGLE_PUT_BYTES)
 
 
 def finish_direct_upload(
@@ -146,10 +151,11 @@ def finish_direct_upload(
     """Check an input sent straight to the bucket as :func:`receive_upload` checks one sent to us.
 
     The archive is read back from the bucket to check its checksum, a
-    piece at a time; what fails a check is deleted. Returns (storage name,
-    size, sha256).
+    piece at a time; what fails a check is deleted. What passes is copied
+    (inside the bucket) to the input's own name, where the presigned URLs
+    cannot change it any more. Returns (storage name, size, sha256).
     """
-    name = input_name(task_id)
+    name = upload_name(task_id)
     try:
         with refusals():
             default_storage.finish_upload(name, upload_id, etags)
@@ -176,7 +182,9 @@ def finish_direct_upload(
         with refusals():
             default_storage.delete(name)
         raise
-    return name, size, digest.hexdigest()
+    with refusals():
+        default_storage.move_object(name, input_name(task_id))
+    return input_name(task_id), size, digest.hexdigest()
 
 
 def check_input(data: bytes) -> str:

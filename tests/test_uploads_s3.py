@@ -6,6 +6,7 @@ import os
 import httpx
 import pytest
 from django.core.files.storage import default_storage
+from django.core.signals import request_started
 
 import simdeck
 from simdeck import api as client_api
@@ -57,31 +58,45 @@ def big_case(tmp_path, megabytes: int):
 def test_the_client_sends_a_big_input_straight_to_the_bucket_in_parts(
     s3_server, s3_env, small_parts, client_of, lab, tmp_path
 ):
-    task = simdeck.simulators.Commands().run(
-        input_dir=big_case(tmp_path, 12), commands=["sh run.sh"], on="lab"
-    )
+    asked = []
+
+    def note(sender, environ, **kwargs):
+        asked.append(f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}")
+
+    request_started.connect(note)
+    try:
+        task = simdeck.simulators.Commands().run(
+            input_dir=big_case(tmp_path, 12), commands=["sh run.sh"], on="lab"
+        )
+    finally:
+        request_started.disconnect(note)
+    assert f"POST /api/v1/tasks/{task.id}/input/direct/done" in asked
+    assert f"PUT /api/v1/tasks/{task.id}/input" not in asked, "no byte of it through the web server"
     stored = Task.objects.get(pk=task.id)
     assert stored.status == Status.SUBMITTED
+    assert stored.input_path == storage.input_name(task.id)
     head = s3_server.client().head_object(Bucket=s3_server.bucket, Key=object_key(s3_env, stored.input_path))
-    assert head["ETag"].strip('"').endswith("-3"), "an object the bucket joined from 3 parts"
     assert head["ContentLength"] == stored.input_size
+    assert not storage.exists(storage.upload_name(task.id)), "moved to where presigned URLs cannot reach"
     with storage.open_file(stored.input_path) as f:
         assert hashlib.sha256(f.read()).hexdigest() == stored.input_sha256
 
 
-@pytest.mark.django_db(transaction=True)
-def test_an_input_below_the_multipart_size_is_one_presigned_put(
-    s3_server, s3_env, small_parts, client_of, lab, tmp_path, monkeypatch
-):
-    monkeypatch.setattr(storage, "SINGLE_PUT_BYTES", 16 * 1024 * 1024)
-    task = simdeck.simulators.Commands().run(
-        input_dir=big_case(tmp_path, 9), commands=["sh run.sh"], on="lab"
+def test_an_input_below_the_multipart_size_is_one_presigned_put(s3_env, small_parts, api, lab):
+    task_id = create(api).json()["id"]
+    data = zipped({"run.sh": b"echo hi\n", "mesh.bin": os.urandom(1024 * 1024)})
+    plan = api.post(
+        f"/api/v1/tasks/{task_id}/input/direct", {"size": len(data)}, content_type="application/json"
     )
-    stored = Task.objects.get(pk=task.id)
-    assert stored.status == Status.SUBMITTED
-    assert stored.input_size > client_api.DIRECT_UPLOAD_MIN_BYTES
-    head = s3_server.client().head_object(Bucket=s3_server.bucket, Key=object_key(s3_env, stored.input_path))
-    assert "-" not in head["ETag"]
+    assert plan.json()["upload_id"] is None
+    [part] = plan.json()["parts"]
+    assert (part["offset"], part["size"]) == (0, len(data))
+    assert httpx.put(part["url"], content=data).status_code == 200
+    done = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    response = api.post(f"/api/v1/tasks/{task_id}/input/direct/done", done, content_type="application/json")
+    assert response.json()["status"] == "submitted"
+    with storage.open_file(storage.input_name(task_id)) as f:
+        assert f.read() == data
 
 
 @pytest.mark.django_db(transaction=True)
@@ -120,6 +135,7 @@ def test_a_direct_upload_that_does_not_match_its_checksum_is_refused_and_removed
     response = api.post(f"/api/v1/tasks/{task_id}/input/direct/done", done, content_type="application/json")
     assert response.status_code == 400
     assert "checksum does not match" in response.json()["message"]
+    assert not storage.exists(storage.upload_name(task_id))
     assert not storage.exists(storage.input_name(task_id))
     assert Task.objects.get(pk=task_id).status == Status.PENDING_INPUT
 
@@ -136,7 +152,7 @@ def test_finishing_without_sending_is_refused_as_cut_short(s3_env, api, lab):
 def test_a_presigned_put_is_for_its_own_key_only(s3_server, s3_env, api, lab):
     task_id = create(api).json()["id"]
     plan = api.post(f"/api/v1/tasks/{task_id}/input/direct", {"size": 10}, content_type="application/json")
-    url = plan.json()["parts"][0]["url"].replace("input.zip", "outputs.zip")
+    url = plan.json()["parts"][0]["url"].replace("upload/input.zip", "input.zip")
     assert httpx.put(url, content=b"0123456789").status_code == 403
 
 
@@ -150,3 +166,31 @@ def test_only_the_owner_gets_upload_urls(s3_env, client, bob, api, lab):
         HTTP_AUTHORIZATION=f"Bearer {bobs}",
     )
     assert response.status_code == 404
+
+
+def test_the_parts_of_a_multipart_upload_are_joined_checked_and_queued(s3_env, small_parts, api, lab):
+    task_id = create(api).json()["id"]
+    data = zipped({"run.sh": b"echo hi\n", "mesh.bin": os.urandom(12 * 1024 * 1024)})
+    plan = api.post(
+        f"/api/v1/tasks/{task_id}/input/direct", {"size": len(data)}, content_type="application/json"
+    )
+    assert plan.status_code == 200
+    assert plan.json()["upload_id"]
+    parts = plan.json()["parts"]
+    assert [(p["offset"], p["size"]) for p in parts] == [
+        (0, 5 * 1024 * 1024),
+        (5 * 1024 * 1024, 5 * 1024 * 1024),
+        (10 * 1024 * 1024, len(data) - 10 * 1024 * 1024),
+    ]
+    etags = []
+    for part in reversed(parts):  # in any order
+        put = httpx.put(part["url"], content=data[part["offset"] : part["offset"] + part["size"]])
+        assert put.status_code == 200
+        etags.append({"number": part["number"], "etag": put.headers["ETag"]})
+    done = {"upload_id": plan.json()["upload_id"], "parts": etags, "size": len(data)}
+    done["sha256"] = hashlib.sha256(data).hexdigest()
+    response = api.post(f"/api/v1/tasks/{task_id}/input/direct/done", done, content_type="application/json")
+    assert response.status_code == 200, response.json()
+    assert response.json()["status"] == "submitted"
+    with storage.open_file(storage.input_name(task_id)) as f:
+        assert f.read() == data
