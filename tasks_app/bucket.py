@@ -122,6 +122,15 @@ class BucketStorage(S3Storage):
         client.copy(copied, self.bucket_name, self.key(target), Config=self.transfer_config)
         client.delete_object(**copied)
 
+    def discard_uploads(self, name: str) -> None:
+        """Remove what was sent to ``name``: the object, and multipart uploads never completed."""
+        client, key = self.connection.meta.client, self.key(name)
+        listing = client.list_multipart_uploads(Bucket=self.bucket_name, Prefix=key)
+        for upload in listing.get("Uploads", []):
+            if upload["Key"] == key:
+                client.abort_multipart_upload(Bucket=self.bucket_name, Key=key, UploadId=upload["UploadId"])
+        client.delete_object(Bucket=self.bucket_name, Key=key)
+
     def abort_upload(self, name: str, upload_id: str | None) -> None:
         client, key = self.connection.meta.client, self.key(name)
         if upload_id is not None:

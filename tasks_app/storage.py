@@ -145,6 +145,13 @@ def start_direct_upload(task_id: str, size: int) -> dict:
         return default_storage.start_upload(upload_name(task_id), size, PART_BYTES, SINGLE_PUT_BYTES)
 
 
+def discard_direct_upload(task_id: str) -> None:
+    """Remove what a client sent straight to the bucket for a task that will never have it."""
+    if direct_uploads():
+        with refusals():
+            default_storage.discard_uploads(upload_name(task_id))
+
+
 def finish_direct_upload(
     task_id: str, upload_id: str | None, etags: dict[int, str], *, expected_size: int, expected_sha256: str
 ) -> tuple[str, int, str]:

@@ -194,3 +194,33 @@ def test_the_parts_of_a_multipart_upload_are_joined_checked_and_queued(s3_env, s
     assert response.json()["status"] == "submitted"
     with storage.open_file(storage.input_name(task_id)) as f:
         assert f.read() == data
+
+
+def test_what_an_abandoned_task_was_sent_is_removed_with_it(s3_server, s3_env, small_parts, api, lab):
+    from tasks_app import scheduler
+
+    halfway, unfinished = create(api).json()["id"], create(api).json()["id"]
+    plan = api.post(
+        f"/api/v1/tasks/{halfway}/input/direct", {"size": 12 * 1024 * 1024}, content_type="application/json"
+    )
+    first = plan.json()["parts"][0]
+    assert httpx.put(first["url"], content=os.urandom(first["size"])).status_code == 200
+    [part] = api.post(
+        f"/api/v1/tasks/{unfinished}/input/direct", {"size": 10}, content_type="application/json"
+    ).json()["parts"]
+    assert httpx.put(part["url"], content=b"0123456789").status_code == 200
+    s3 = s3_server.client()
+
+    def pending(task_id):
+        key = object_key(s3_env, storage.upload_name(task_id))
+        return [
+            u
+            for u in s3.list_multipart_uploads(Bucket=s3_server.bucket).get("Uploads", [])
+            if u["Key"] == key
+        ]
+
+    assert pending(halfway) and storage.exists(storage.upload_name(unfinished))
+    Task.objects.filter(pk__in=[halfway, unfinished]).update(created_at="2020-01-01T00:00Z")
+    assert scheduler.clean_abandoned_uploads(older_than_minutes=60) == 2
+    assert not pending(halfway)
+    assert not storage.exists(storage.upload_name(unfinished))
