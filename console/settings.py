@@ -12,7 +12,7 @@ from pathlib import Path
 
 import environ
 
-from console import embedded
+from console import embedded, objectstore
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -144,8 +144,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = SIMDECK_HOME / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {
-    # Inputs, outputs and logs go through Django's storage API so that an
-    # S3-compatible backend can replace the local folder.
+    # Inputs, outputs and logs go through Django's storage API, so that a
+    # bucket can replace the local folder.
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {
@@ -160,6 +160,9 @@ STORAGES = {
         else "django.contrib.staticfiles.storage.StaticFilesStorage",
     },
 }
+# With SIMDECK_S3_BUCKET (or AWS_STORAGE_BUCKET_NAME), an S3-compatible bucket instead.
+if _bucket := objectstore.bucket_storage(os.environ, SIMDECK_HOME / "storage"):
+    STORAGES["default"] = _bucket
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

@@ -8,11 +8,17 @@ that are safe to repeat with backoff while the server is restarting.
 from __future__ import annotations
 
 import functools
+import ssl
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
+import certifi
 import httpx
 
 from simdeck import config, errors
@@ -24,6 +30,9 @@ DEFAULT_RETRIES = 5
 RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.WriteTimeout)
 # Repeating these changes nothing the first one did not.
 IDEMPOTENT = {"GET", "PUT", "DELETE"}
+CHUNK = 1 << 20
+# Inputs this big go straight to the server's bucket, when it has one.
+DIRECT_UPLOAD_MIN_BYTES = 8 * 1024 * 1024
 
 
 class Client:
@@ -106,26 +115,136 @@ class Client:
         # Not retried: the body is a one-shot stream. The caller starts over.
         return self.request("PUT", path, content=stream, headers=headers, retry=False).json()
 
+    def upload_input(
+        self, task_id: str, upload_url: str, archive: Path, digest: str, progress: Callable[[int], None]
+    ) -> Any:
+        """Send a task's input archive; returns the task as the server then describes it.
+
+        A big archive goes straight to the server's bucket when it has one, in
+        presigned PUTs (parts of a multipart upload beyond 100 MB); otherwise,
+        and for small archives, through the server.
+        """
+        size = archive.stat().st_size
+        if size >= DIRECT_UPLOAD_MIN_BYTES:
+            try:
+                plan = self.post(f"/tasks/{task_id}/input/direct", json={"size": size})
+            except errors.SimdeckError as exc:
+                if exc.code != "no_direct_upload":
+                    raise
+            else:
+                parts = [
+                    {"number": part["number"], "etag": self._put_part(part, archive, progress)}
+                    for part in plan["parts"]
+                ]
+                done = {"upload_id": plan["upload_id"], "parts": parts, "size": size, "sha256": digest}
+                return self.post(f"/tasks/{task_id}/input/direct/done", json=done)
+        headers = {"Content-Length": str(size), "X-Archive-Size": str(size), "X-Content-SHA256": digest}
+        return self.upload(upload_url.removeprefix("/api/v1"), _read(archive, 0, size, progress), headers)
+
+    def _put_part(self, part: dict, archive: Path, progress: Callable[[int], None]) -> str:
+        """PUT one part to its presigned URL, without the API key; returns the bucket's ETag for it."""
+        store = httpx.URL(part["url"]).netloc.decode()
+        try:
+            response = httpx.put(
+                part["url"],
+                content=_read(archive, part["offset"], part["size"], progress),
+                headers={"Content-Length": str(part["size"])},
+                timeout=httpx.Timeout(300.0, connect=5.0),
+            )
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"Cannot reach the file store at {store} ({type(exc).__name__}) to upload the input."
+            ) from None
+        if not response.is_success:
+            raise errors.for_status(response.status_code)(
+                f"The file store at {store} refused the upload ({response.status_code} "
+                f"{response.reason_phrase}). Submit again; if it persists, tell the server's operator.",
+                code="storage_refused",
+                status=response.status_code,
+            )
+        return response.headers["ETag"]
+
     def download(
         self, path: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None = None
     ) -> int:
-        """Stream a file into ``sink``; returns its size."""
+        """Stream a file into ``sink``; returns its size.
+
+        A server that stores files in a bucket answers with a redirect to a
+        presigned URL of the bucket; that URL is fetched without the API
+        key, which it neither needs nor may see.
+        """
         try:
             with self.http.stream("GET", path, timeout=httpx.Timeout(60.0, connect=5.0)) as response:
-                if not response.is_success:
-                    response.read()
-                    self._raise_for(response)
-                length = response.headers.get("Content-Length")
-                total = int(length) if length else None
-                done = 0
-                for chunk in response.iter_bytes(1 << 20):
-                    sink.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
+                if response.is_redirect:
+                    location = response.headers["Location"]
+                else:
+                    if not response.is_success:
+                        response.read()
+                        self._raise_for(response)
+                    return _receive(response.iter_bytes(CHUNK), response.headers, sink, progress)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
-        return done
+        return _fetch_presigned(location, sink, progress)
+
+
+def _receive(
+    chunks: Iterator[bytes], headers, sink: BinaryIO, progress: Callable[[int, int | None], None] | None
+) -> int:
+    length = headers.get("Content-Length")
+    total = int(length) if length else None
+    done = 0
+    for chunk in chunks:
+        sink.write(chunk)
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    return done
+
+
+def _fetch_presigned(url: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None) -> int:
+    """Download from a bucket's presigned URL.
+
+    With the standard library's HTTP client, which reads a body about twice
+    as fast as httpx: a big download is bound by it, not by the network.
+    """
+    store = urllib.parse.urlsplit(url).netloc
+    context = ssl.create_default_context(cafile=certifi.where())
+    try:
+        response = urllib.request.urlopen(url, timeout=60, context=context)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise errors.for_status(exc.code)(
+            f"The file store at {store} refused the download ({exc.code} {exc.reason}). "
+            "Ask again; if it persists, tell the server's operator.",
+            code="storage_refused",
+            status=exc.code,
+        ) from None
+    except OSError as exc:  # URLError, timeouts, refused connections
+        raise ServerUnreachable(f"Cannot reach the file store at {store} ({exc}) to download.") from None
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = response.read(CHUNK)
+            except OSError as exc:
+                raise ServerUnreachable(
+                    f"The download from the file store at {store} broke off ({exc})."
+                ) from None
+            if not chunk:
+                return
+            yield chunk
+
+    with response:
+        return _receive(chunks(), response.headers, sink, progress)
+
+
+def _read(path: Path, offset: int, size: int, progress: Callable[[int], None]) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while size > 0 and (chunk := f.read(min(CHUNK, size))):
+            size -= len(chunk)
+            progress(len(chunk))
+            yield chunk
 
 
 def request_key() -> dict[str, str]:

@@ -91,13 +91,6 @@ def _zip(input_dir: Path, files: builtins.list[Path]) -> tuple[Path, int, str]:
     return path, path.stat().st_size, digest.hexdigest()
 
 
-def _stream(path: Path, on_chunk) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            on_chunk(len(chunk))
-            yield chunk
-
-
 def _group_name(on: MachineGroup | str | None) -> str:
     """The group to run on, by name: a MachineGroup is started first; none means ``default``."""
     if isinstance(on, MachineGroup):
@@ -212,14 +205,8 @@ class Simulator:
             ) as bar:
                 job = bar.add_task("Uploading the input", total=size)
                 if task_info["upload_url"] is not None:
-                    detail = self._client.upload(
-                        task_info["upload_url"].removeprefix("/api/v1"),
-                        _stream(archive, lambda n: bar.advance(job, n)),
-                        headers={
-                            "Content-Length": str(size),
-                            "X-Archive-Size": str(size),
-                            "X-Content-SHA256": digest,
-                        },
+                    detail = self._client.upload_input(
+                        task.id, task_info["upload_url"], archive, digest, lambda n: bar.advance(job, n)
                     )
         finally:
             archive.unlink(missing_ok=True)

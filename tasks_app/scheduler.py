@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import Max, Min, Q
 from django.utils import timezone
 
-from tasks_app import lifecycle, services, task_counts
+from tasks_app import lifecycle, services, storage, task_counts
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
 
@@ -102,6 +102,8 @@ def clean_abandoned_uploads(older_than_minutes: int) -> int:
             reason=f"No input arrived within {older_than_minutes} minutes; the task was cleaned up.",
             error_detail="The input upload never completed. Submit the simulation again.",
         )
+        if ended:
+            storage.discard_direct_upload(task.id)
         return True if ended else None
 
     return len(_each(abandoned, "abandoned uploads", clean))

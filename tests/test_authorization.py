@@ -245,6 +245,10 @@ API: dict[tuple[str, str], Rule] = {
     ),
     # The task is the maintainer's: only its owner uploads the input, staff included.
     ("PUT", TASK + "/input"): Rule(scoped("maintainer") | {"staff": FORBIDDEN}),
+    ("POST", TASK + "/input/direct"): Rule(scoped("maintainer") | {"staff": FORBIDDEN}, data={"size": 10}),
+    ("POST", TASK + "/input/direct/done"): Rule(
+        scoped("maintainer") | {"staff": FORBIDDEN}, data={"size": 10, "sha256": "0" * 64}
+    ),
     ("GET", TASK + "/input"): Rule(scoped("viewer")),
     # Listed tasks the role may not kill are answered one by one, unchanged.
     ("POST", "/api/v1/tasks/kill"): Rule(scoped("viewer"), data=lambda w: {"ids": [w.task.id]}),

@@ -29,7 +29,7 @@ from ninja.openapi.docs import DocsBase
 from ninja.security import HttpBearer
 from psycopg_pool import PoolTimeout
 
-from tasks_app import lifecycle, services
+from tasks_app import lifecycle, services, storage
 from tasks_app import simulators as sims
 from tasks_app.api import files, groups, projects, review, tasks
 from tasks_app.api import schemas as s
@@ -193,6 +193,12 @@ def _database_unreachable(request, exc):
     response = _error(request, 503, "unavailable", message)
     response["Retry-After"] = "5"
     return response
+
+
+@api.exception_handler(storage.StorageUnavailable)
+def _storage_unavailable(request, exc: storage.StorageUnavailable):
+    log.error("Request to %s failed: %s", request.path, exc)
+    return _error(request, 503, "storage_unavailable", f"The server's file storage failed: {exc}")
 
 
 @api.exception_handler(DataError)

@@ -1,6 +1,7 @@
 """A task's files: stored outputs and logs, and a look inside the machine while it runs.
 
-Stored files are read from storage. The ``/machine/…`` operations ask the
+Stored files are read from storage; from a bucket, whole files are a
+redirect to a presigned URL of the bucket (302). The ``/machine/…`` operations ask the
 worker running the task (a Celery remote-control command, see
 :mod:`tasks_app.executor.inspect`) and answer 409 ``not_running`` when the
 task is not on a machine.
@@ -8,7 +9,7 @@ task is not on a machine.
 
 from __future__ import annotations
 
-from django.http import FileResponse, HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Query, Router
 
 from tasks_app import access, downloads, services, storage
@@ -29,9 +30,7 @@ def download_outputs(request: HttpRequest, task_id: str):
     task = access.task_for(request.user, task_id)
     if not storage.exists(task.output_path):
         raise services.missing_outputs(task)
-    return FileResponse(
-        storage.open_file(task.output_path), as_attachment=True, filename=f"{task.id}-outputs.zip"
-    )
+    return downloads.stored_file(task.output_path, f"{task.id}-outputs.zip")
 
 
 @router.delete("/{task_id}/outputs", response={200: s.RemovedOut, **ERRORS})
@@ -82,7 +81,7 @@ def download_log(request: HttpRequest, task_id: str, stream: str):
             code="no_logs",
             status=404,
         )
-    return FileResponse(storage.open_file(name), as_attachment=True, filename=f"{task.id}-{stream}.txt")
+    return downloads.stored_file(name, f"{task.id}-{stream}.txt")
 
 
 @router.get("/{task_id}/logs", response={200: s.LogsOut, **MACHINE_ERRORS})

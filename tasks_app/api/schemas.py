@@ -626,3 +626,31 @@ class StatusOut(Schema):
     what_happened: str
     why: str
     what_to_do: str
+
+
+class DirectUploadIn(In):
+    size: int = Field(..., ge=1, description="The input archive's size in bytes.")
+
+
+class UploadPartOut(Schema):
+    number: int = Field(description="The part's number, to send back with its ETag.")
+    url: str = Field(description="Presigned URL: PUT the part's bytes there, without the API key.")
+    offset: int = Field(description="Where the part starts in the archive.")
+    size: int = Field(description="How many bytes the part has.")
+
+
+class DirectUploadOut(Schema):
+    upload_id: str | None = Field(description="The bucket's id of a multipart upload; null for a single PUT.")
+    parts: list[UploadPartOut]
+
+
+class UploadedPartIn(In):
+    number: int = Field(..., ge=1, le=10_000)
+    etag: str = Field(..., min_length=1, max_length=200, description="The ETag header the bucket answered.")
+
+
+class DirectUploadDoneIn(In):
+    upload_id: str | None = Field(None, max_length=1000)
+    parts: list[UploadedPartIn] = Field(default_factory=list, max_length=10_000)
+    size: int = Field(..., ge=1)
+    sha256: str = Field(..., min_length=64, max_length=64, description="SHA-256 (hex) of the whole archive.")

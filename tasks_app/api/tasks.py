@@ -8,11 +8,11 @@ import re
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.http import FileResponse, HttpRequest
+from django.http import HttpRequest
 from ninja import Header, Query, Router
 from ninja.responses import Status as Reply
 
-from tasks_app import access, inputs, lifecycle, resource_use, services, storage
+from tasks_app import access, downloads, inputs, lifecycle, resource_use, services, storage
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS, links, task_for, tasks_for
 from tasks_app.lifecycle import Status
@@ -310,15 +310,7 @@ def upload_input(request: HttpRequest, task_id: str):
         size = int(request.headers.get("X-Archive-Size", ""))
     except ValueError:
         raise services.Refused("Send the archive's size in X-Archive-Size.", field="X-Archive-Size") from None
-    limit = settings.SIMDECK_MAX_UPLOAD_BYTES
-    if size > limit:
-        # Said before a byte is read, so a client does not upload gigabytes in vain.
-        raise services.Refused(
-            f"The input archive has {size} bytes; this server accepts at most {limit}.",
-            code="too_large",
-            field="X-Archive-Size",
-            status=413,
-        )
+    _check_upload_size(size, "X-Archive-Size")
     sha256 = request.headers.get("X-Content-SHA256", "")
     if len(sha256) != 64:
         raise services.Refused(
@@ -329,6 +321,55 @@ def upload_input(request: HttpRequest, task_id: str):
     return task_for(request.user, task.pk)
 
 
+@router.post("/{task_id}/input/direct", response={200: s.DirectUploadOut, **ERRORS})
+def start_direct_upload(request: HttpRequest, task_id: str, payload: s.DirectUploadIn):
+    """Where to PUT the input archive straight into the server's bucket, for big inputs.
+
+    Answers 409 ``no_direct_upload`` when the server keeps files itself:
+    upload to the task's ``upload_url`` then. Otherwise PUT each part's
+    bytes to its presigned URL (no API key), keep each answer's ``ETag``
+    header, and finish with ``POST …/input/direct/done``.
+    """
+    task = access.task_for(request.user, task_id)
+    access.require(request.user, "upload", task)
+    _check_upload_size(payload.size, "size")
+    return services.start_direct_input(task, size=payload.size)
+
+
+@router.post("/{task_id}/input/direct/done", response={200: s.TaskDetailOut, **ERRORS})
+def finish_direct_upload(request: HttpRequest, task_id: str, payload: s.DirectUploadDoneIn):
+    """The input sent straight to the bucket is complete: check it and queue the task.
+
+    The size and SHA-256 are checked against what the bucket holds, as for
+    an upload through this server.
+    """
+    task = access.task_for(request.user, task_id)
+    access.require(request.user, "upload", task)
+    _check_upload_size(payload.size, "size")
+    etags = {part.number: part.etag for part in payload.parts}
+    services.accept_direct_input(
+        task,
+        upload_id=payload.upload_id,
+        etags=etags,
+        size=payload.size,
+        sha256=payload.sha256,
+        actor=request.user,
+    )
+    return task_for(request.user, task.pk)
+
+
+def _check_upload_size(size: int, field: str) -> None:
+    limit = settings.SIMDECK_MAX_UPLOAD_BYTES
+    if size > limit:
+        # Said before a byte is sent, so a client does not upload gigabytes in vain.
+        raise services.Refused(
+            f"The input archive has {size} bytes; this server accepts at most {limit}.",
+            code="too_large",
+            field=field,
+            status=413,
+        )
+
+
 @router.get("/{task_id}/input", response={200: None, **ERRORS}, tags=["files"])
 def download_input(request: HttpRequest, task_id: str):
     """The input archive as it was uploaded."""
@@ -336,9 +377,7 @@ def download_input(request: HttpRequest, task_id: str):
     if not storage.exists(task.input_path):
         why = "was removed from the server" if task.input_size is not None else "has not been uploaded"
         raise services.Refused(f"The input of task {task.id} {why}.", code="no_inputs", status=404)
-    return FileResponse(
-        storage.open_file(task.input_path), as_attachment=True, filename=f"{task.id}-input.zip"
-    )
+    return downloads.stored_file(task.input_path, f"{task.id}-input.zip")
 
 
 # -- killing many (before /{task_id}, which would take the path "kill" as an id) --

@@ -8,7 +8,7 @@ import zipfile
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -260,7 +260,10 @@ def task_log_download(request: HttpRequest, task_id: str, stream: str) -> HttpRe
         raise Http404("A task's logs are stdout and stderr.")
     query = request.GET.get("q", "").strip()[:200]
     suffix = "-filtered" if query else ""
-    if storage.exists(storage.log_name(task.id, stream)):
+    name = storage.log_name(task.id, stream)
+    if storage.exists(name):
+        if not query:
+            return downloads.stored_file(name, f"{task.id}-{stream}.txt")
         body = logs.stream_lines(task.id, stream, query)
     elif task.status_enum in lifecycle.ON_MACHINE:
         try:
@@ -314,7 +317,7 @@ def task_files(request: HttpRequest, task_id: str) -> HttpResponse:
 def task_archive_download(request: HttpRequest, task_id: str, which: str) -> HttpResponse:
     task = access.task_for(request.user, task_id)
     name = _archive_name(task, which)
-    return FileResponse(storage.open_file(name), as_attachment=True, filename=f"{task.id}-{which}.zip")
+    return downloads.stored_file(name, f"{task.id}-{which}.zip")
 
 
 @login_required

@@ -27,7 +27,7 @@ from django.db import connections
 
 from console import embedded
 from console.supervisor import CrashLoop, Program, Supervisor, start_guard
-from tasks_app import sandbox, services
+from tasks_app import sandbox, services, storage
 from tasks_app.models import APIKey, MachineGroup
 from tasks_app.providers.local import instance
 
@@ -107,7 +107,7 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=0)
             login_note = self.ensure_admin(home, url)
             self.ensure_default_group()
-            sandbox_note = sandbox_status()
+            sandbox_note, storage_note = sandbox_status(), storage_status()
             supervisor.start()
             self.say(
                 "\n".join(
@@ -118,6 +118,7 @@ class Command(BaseCommand):
                         f"  API docs: {url}/api/v1/docs",
                         f"  Data: {home}   Logs: {logs}",
                         f"  {sandbox_note}",
+                        f"  {storage_note}",
                         "  Press Ctrl+C to stop.",
                         "",
                     ]
@@ -209,3 +210,11 @@ def sandbox_status() -> str:
         return f"Sandbox: {sandbox.check()}."
     except sandbox.SandboxUnavailable as exc:
         return f"NO SANDBOX, so no machine will start: {exc}"
+
+
+def storage_status() -> str:
+    """One line on where inputs and outputs are stored, or what the bucket refuses."""
+    try:
+        return f"Files: stored {storage.check()}."
+    except storage.StorageUnavailable as exc:
+        return f"FILE STORAGE REFUSES, so no task can be submitted or store outputs: {exc}"

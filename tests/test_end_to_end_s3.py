@@ -1,0 +1,72 @@
+"""Real machines fetching inputs from a bucket and storing outputs and logs in it (SeaweedFS)."""
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+import simdeck
+from tasks_app import storage
+from tasks_app.models import Task
+from tests.test_storage_s3 import keys
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def stack_env(s3_env):
+    """Every process of the stack, and the machines it starts, stores in the test's bucket prefix."""
+    return s3_env
+
+
+def inputs(tmp_path: Path) -> Path:
+    folder = tmp_path / "case"
+    folder.mkdir()
+    (folder / "mesh.txt").write_text("4 cells\n")
+    (folder / "solve.sh").write_text("mkdir -p results; wc -l < mesh.txt > results/count.txt; echo solved\n")
+    return folder
+
+
+def test_a_machine_fetches_its_input_from_the_bucket_and_stores_outputs_and_logs_there(
+    s3_server, s3_env, stack, client_for, alice_key, tmp_path
+):
+    client_for(alice_key)
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = simdeck.simulators.Commands().run(input_dir=inputs(tmp_path), commands=["sh solve.sh"], on=mg)
+    assert task.wait(polling_period=0.3, silent_mode=True) == "success", stack.logs()
+
+    stored = keys(s3_server, s3_env)
+    assert stored == {
+        storage.input_name(task.id),
+        storage.output_name(task.id),
+        storage.log_name(task.id, "stdout"),
+        storage.log_name(task.id, "stderr"),
+    }
+    assert not (stack.home / "storage" / "tasks").exists(), "nothing of the task went to the local folder"
+
+    # The client is sent to the bucket for the bytes, and unpacks them as from a local server.
+    response = httpx.get(
+        f"{stack.url}/api/v1/tasks/{task.id}/outputs", headers={"Authorization": f"Bearer {alice_key}"}
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith(s3_server.endpoint)
+    outputs = Path(task.download_outputs())
+    assert (outputs / "results" / "count.txt").read_text().strip() == "1"
+    assert "solved" in (outputs / "stdout.txt").read_text()
+    assert Task.objects.get(pk=task.id).output_files >= 3
+    mg.terminate()
+
+
+def test_a_machine_whose_bucket_refuses_fails_the_task_saying_what_to_fix(
+    s3_env, stack, client_for, alice_key, tmp_path
+):
+    client_for(alice_key)
+    stack.restart_provider(SIMDECK_S3_SECRET_KEY="not-the-secret")
+    mg = simdeck.resources.MachineGroup("n2-standard-2").start()
+    task = simdeck.simulators.Commands().run(input_dir=inputs(tmp_path), commands=["sh solve.sh"], on=mg)
+    # Not the simulation's fault: the task ends as the machine's failure, with the reason.
+    assert task.wait(polling_period=0.3, silent_mode=True) == "executor-failed", stack.logs()
+    detail = task.get_info()["error_detail"]
+    assert "The input could not be fetched from storage" in detail
+    assert "refuses the secret key. Check SIMDECK_S3_SECRET_KEY." in detail
+    mg.terminate()
