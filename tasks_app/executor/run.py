@@ -567,13 +567,45 @@ def claim_next(group_id: int, machine: Machine) -> Task | None:
     One statement (:func:`lifecycle.claim_head`): machines claim in parallel
     without waiting on each other, and each claim is exactly-once.
     """
-    task, online = lifecycle.claim_head(group_id, machine, reason=f"Picked up by machine {machine.name}.")
+    try:
+        task, online = lifecycle.claim_head(group_id, machine, reason=f"Picked up by machine {machine.name}.")
+    except (OperationalError, InterfaceError):
+        # The connection broke: the claim may have committed with its answer
+        # lost on the way. Nobody else would ever run or end such a task (this
+        # machine is alive and says so), so it is looked for and run.
+        log.warning("Machine %s lost its database connection while claiming", machine.name, exc_info=True)
+        connection.close()
+        task = through_outage(lambda: unanswered_claim(machine), "looking for a claim whose answer was lost")
+        if task is None:
+            raise  # it did not commit: the token is taken again or re-announced, as before
+        return task
     if not online:
         # Reclaimed or lost a moment ago: the token goes back for another machine.
         from tasks_app import services
 
         log.warning("Machine %s is no longer online; its token goes back to the queue", machine.name)
         services.publish_tokens(machine.group, 1)
+    return task
+
+
+def unanswered_claim(machine: Machine) -> Task | None:
+    """The task this machine claimed without hearing back, if any.
+
+    A machine runs one task at a time and runs what it claims at once: a
+    task it holds as preparing-to-compute while it is about to claim is one
+    whose claim it never heard of.
+    """
+    task = Task.objects.filter(machine=machine, status=Status.PREPARING).order_by("-preparing_at").first()
+    if task is not None:
+        log.info("Task %s was claimed by machine %s before its connection broke", task.id, machine.name)
+        live.task_changed(
+            task.pk,
+            task.machine_group_id,
+            task.owner_id,
+            Status.PREPARING.value,
+            left_queue=True,
+            project_id=task.project_id,
+        )
     return task
 
 
