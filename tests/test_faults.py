@@ -552,3 +552,59 @@ def test_a_claim_whose_answer_is_lost_with_its_connection_still_runs(stack, alic
         assert after.wait(polling_period=0.5, silent_mode=True) == "success"
     finally:
         relay.close()
+
+
+# -- a machine thought gone wakes up ------------------------------------------------------
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Running, and not a zombie whose parent has yet to reap it."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def machine_processes(machine: Machine) -> list[psutil.Process]:
+    worker = psutil.Process(machine.pid)
+    return [worker, *worker.children(recursive=True)]
+
+
+def test_a_reclaimed_machine_that_wakes_up_keeps_its_logs_off_the_next_attempt(stack, alice_client, tmp_path):
+    """A spot machine out of reach (its host hung) is reclaimed; it wakes up after the next attempt ran."""
+    ledger = Ledger(tmp_path / "ledger.txt")
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=2, spot=True).start(wait=False)
+    MachineGroup.objects.filter(name=mg.name).update(allow_network=True)  # for the ledger
+    wait_for(lambda: online(mg.name) == 2, 60, message="two machines online")
+    # Each attempt prints how many ran before it.
+    task = submit(mg, f"echo attempt-$({ledger.note('run')}); sleep 4", resubmit_on_preemption=True)
+    wait_for(lambda: "run " in ledger.text(), 90, message="the first attempt to run")
+    time.sleep(0.3)  # its line printed
+    old = Task.objects.select_related("machine").get(pk=task.id).machine
+    # The machine and the provider that would kill it lose touch: both stand still.
+    provider = psutil.Process(stack.provider.pid)
+    frozen = machine_processes(old)
+    for proc in [provider, *frozen]:
+        proc.suspend()
+    try:
+        assert stack.manage("reclaim", old.name).returncode == 0
+        assert task.wait(polling_period=0.3, silent_mode=True) == "success"
+        for proc in frozen:
+            proc.resume()
+        # Awake, the old machine finds it was reclaimed: it stops its
+        # simulation, stores what it logged and shuts down.
+        wait_for(lambda: not any(map(alive, frozen)), 40, message="the old machine to stop")
+    finally:
+        for proc in [*frozen, provider]:
+            try:
+                proc.resume()
+            except psutil.NoSuchProcess:
+                pass
+
+    row = Task.objects.get(pk=task.id)
+    assert row.attempt == 2 and row.machine_id != old.pk
+    assert alice_client.http.get(f"/tasks/{task.id}/logs/stdout").text == "attempt-1\n"
+    outputs = Path(task.download_outputs())
+    assert (outputs / "stdout.txt").read_text() == "attempt-1\n"
+    [first] = stack.home.rglob(f"tasks/{task.id}/logs/stdout.txt")
+    assert first.read_text() == "attempt-0\n", "the first attempt's log is its own"
