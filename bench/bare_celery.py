@@ -60,6 +60,9 @@ class Workers:
 
     def __enter__(self) -> Workers:
         env = dict(os.environ, SIMDECK_BENCH_BROKER=self.broker, SIMDECK_BENCH_QUEUE=self.queue)
+        # Bare: with a Django settings module named, Celery's Django fixup
+        # would set Django up in every worker and pool process.
+        env.pop("DJANGO_SETTINGS_MODULE", None)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.app.connection_for_write().default_channel.queue_purge(self.queue)
         for i in range(self.count):

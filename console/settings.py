@@ -44,6 +44,15 @@ INSTALLED_APPS = [
     "template_partials",
     "tasks_app",
 ]
+if env.str("SIMDECK_MACHINE_ID", default=""):
+    # A machine (a Celery worker the provider started) serves no page, and
+    # its worker and pool process each held the whole web application for
+    # nothing (see the memory benchmark in docs/benchmarks.md): it leaves
+    # out Daphne's app (which loads Twisted) and the admin, and Celery skips
+    # Django's system checks at its start, which import every URL, view and
+    # API schema to check them. The web server and `migrate` run the checks.
+    INSTALLED_APPS = [a for a in INSTALLED_APPS if a not in ("daphne", "django.contrib.admin")]
+    os.environ.setdefault("CELERY_SKIP_CHECKS", "true")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -502,7 +502,8 @@ def _current_status(task_id: str) -> str | None:
 
 
 def _stored_tail(task_id: str, stream: str, max_bytes: int = 256 * 1024) -> str:
-    name = storage.log_name(task_id, stream)
+    attempt = Task.objects.filter(pk=task_id).values_list("attempt", flat=True).first() or 1
+    name = storage.log_name(task_id, stream, attempt)
     if not storage.exists(name):
         return ""
     with storage.open_file(name) as f:

@@ -976,7 +976,7 @@ def read_logs(
             return {"status": task.status, "live": True, **chunks}
     chunks = {}
     for stream in streams:
-        name = storage.log_name(task.id, stream)
+        name = storage.log_name(task.id, stream, task.attempt)
         if not storage.exists(name):
             chunks[stream] = _empty_chunk(offsets[stream])
             continue

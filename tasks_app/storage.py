@@ -33,8 +33,11 @@ def input_name(task_id: str) -> str:
     return f"tasks/{task_id}/input.zip"
 
 
-def output_name(task_id: str) -> str:
-    return f"tasks/{task_id}/outputs.zip"
+def output_name(task_id: str, attempt: int = 1) -> str:
+    """Where an attempt's outputs are stored; see :func:`log_name`."""
+    if attempt <= 1:
+        return f"tasks/{task_id}/outputs.zip"
+    return f"tasks/{task_id}/attempt-{attempt}/outputs.zip"
 
 
 def upload_name(task_id: str) -> str:
@@ -42,8 +45,18 @@ def upload_name(task_id: str) -> str:
     return f"tasks/{task_id}/upload/input.zip"
 
 
-def log_name(task_id: str, stream: str) -> str:
-    return f"tasks/{task_id}/logs/{stream}.txt"
+def log_name(task_id: str, stream: str, attempt: int = 1) -> str:
+    """Where an attempt's log is stored: each attempt has its own.
+
+    A machine that lost its task (reclaimed, thought dead) may wake up and
+    store what it logged after the next attempt has stored its own; with one
+    name per attempt it cannot overwrite them. The first attempt keeps the
+    plain name, so logs stored before attempts had names of their own read
+    as they did.
+    """
+    if attempt <= 1:
+        return f"tasks/{task_id}/logs/{stream}.txt"
+    return f"tasks/{task_id}/logs/attempt-{attempt}/{stream}.txt"
 
 
 class UploadError(ValueError):

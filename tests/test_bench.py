@@ -51,7 +51,7 @@ def test_every_benchmark_runs_quickly_and_reports_figures_with_baselines(tmp_pat
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     report = json.loads(out.read_text())

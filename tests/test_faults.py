@@ -456,3 +456,155 @@ def _up(url: str) -> bool:
     except httpx.TransportError:
         time.sleep(0.2)
         return False
+
+
+# -- the database connection breaks under a machine -------------------------------------
+
+
+class Claims:
+    """Tells which database backend claimed a task, the moment its claim commits.
+
+    A trigger notifies at the move to preparing-to-compute, and PostgreSQL
+    delivers a notification when its transaction commits: the listener hears
+    of the claim right after it is durable, before the machine goes on.
+    """
+
+    def __init__(self):
+        import psycopg
+        from django.db import connection
+
+        self.table = connection.ops.quote_name(Task._meta.db_table)
+        self.conn = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+        self.conn.execute(
+            "CREATE OR REPLACE FUNCTION simdeck_test_claimed() RETURNS trigger AS $$ BEGIN "
+            "PERFORM pg_notify('simdeck_test_claimed', pg_backend_pid()::text); RETURN NULL; END $$ "
+            "LANGUAGE plpgsql"
+        )
+        self.conn.execute(
+            f"CREATE TRIGGER simdeck_test_claimed AFTER UPDATE OF status ON {self.table} FOR EACH ROW "
+            f"WHEN (NEW.status = '{Status.PREPARING.value}') EXECUTE FUNCTION simdeck_test_claimed()"
+        )
+        self.conn.execute("LISTEN simdeck_test_claimed")
+
+    def next_backend(self, timeout: float) -> int:
+        for note in self.conn.notifies(timeout=timeout, stop_after=1):
+            return int(note.payload)
+        raise AssertionError("no claim within the time")
+
+    def close(self) -> None:
+        self.conn.execute(f"DROP TRIGGER IF EXISTS simdeck_test_claimed ON {self.table}")
+        self.conn.execute("DROP FUNCTION IF EXISTS simdeck_test_claimed()")
+        self.conn.close()
+
+
+@pytest.fixture
+def claims(stack):
+    watcher = Claims()
+    yield watcher
+    watcher.close()
+
+
+def machines_through(stack, relay) -> None:
+    """Machines started from now on reach PostgreSQL through ``relay``."""
+    from django.db import connection
+
+    from tasks_app.testing.stack import database_url
+
+    d = connection.settings_dict
+    if not d.get("PORT") or (d.get("HOST") or "").startswith("/"):
+        pytest.skip("PostgreSQL is reached over a unix socket; the relay speaks TCP")
+    url = database_url().replace(f"@{d['HOST']}:{d['PORT']}/", f"@127.0.0.1:{relay.port}/")
+    assert url != database_url()
+    stack.restart_provider(DATABASE_URL=url)
+
+
+def test_a_claim_whose_answer_is_lost_with_its_connection_still_runs(stack, alice_client, claims):
+    """The claim commits, then the connection breaks before the machine hears back: the machine runs it."""
+    from django.db import connection
+
+    from tasks_app.testing.netcut import Relay
+
+    d = connection.settings_dict
+    relay = Relay((d["HOST"] or "127.0.0.1", int(d["PORT"] or 5432)))
+    try:
+        machines_through(stack, relay)
+        mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start()
+        task = submit(mg, "echo computed")
+        backend = claims.next_backend(60)
+        port = claims.conn.execute(
+            "SELECT client_port FROM pg_stat_activity WHERE pid = %s", [backend]
+        ).fetchone()
+        # The answer to the claim is still in the relay: it is lost with the connection.
+        assert port and relay.cut(port[0])
+        claims.conn.execute("SELECT pg_terminate_backend(%s)", [backend])
+        ended = wait_for(
+            lambda: Status(task_status(task.id)) in lifecycle.TERMINAL and task_status(task.id),
+            30,
+            message="the task to end",
+        )
+        row = Task.objects.get(pk=task.id)
+        history = list(row.events.values_list("to_status", flat=True))
+        assert ended == Status.SUCCESS, (row.error_detail, history)
+        assert row.attempt == 1
+
+        # The machine carries on with the next task on a fresh connection.
+        after = submit(mg, "echo next")
+        assert after.wait(polling_period=0.5, silent_mode=True) == "success"
+    finally:
+        relay.close()
+
+
+# -- a machine thought gone wakes up ------------------------------------------------------
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Running, and not a zombie whose parent has yet to reap it."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def machine_processes(machine: Machine) -> list[psutil.Process]:
+    worker = psutil.Process(machine.pid)
+    return [worker, *worker.children(recursive=True)]
+
+
+def test_a_reclaimed_machine_that_wakes_up_keeps_its_logs_off_the_next_attempt(stack, alice_client, tmp_path):
+    """A spot machine out of reach (its host hung) is reclaimed; it wakes up after the next attempt ran."""
+    ledger = Ledger(tmp_path / "ledger.txt")
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=2, spot=True).start(wait=False)
+    MachineGroup.objects.filter(name=mg.name).update(allow_network=True)  # for the ledger
+    wait_for(lambda: online(mg.name) == 2, 60, message="two machines online")
+    # Each attempt prints how many ran before it.
+    task = submit(mg, f"echo attempt-$({ledger.note('run')}); sleep 4", resubmit_on_preemption=True)
+    wait_for(lambda: "run " in ledger.text(), 90, message="the first attempt to run")
+    time.sleep(0.3)  # its line printed
+    old = Task.objects.select_related("machine").get(pk=task.id).machine
+    # The machine and the provider that would kill it lose touch: both stand still.
+    provider = psutil.Process(stack.provider.pid)
+    frozen = machine_processes(old)
+    for proc in [provider, *frozen]:
+        proc.suspend()
+    try:
+        assert stack.manage("reclaim", old.name).returncode == 0
+        assert task.wait(polling_period=0.3, silent_mode=True) == "success"
+        for proc in frozen:
+            proc.resume()
+        # Awake, the old machine finds it was reclaimed: it stops its
+        # simulation, stores what it logged and shuts down.
+        wait_for(lambda: not any(map(alive, frozen)), 40, message="the old machine to stop")
+    finally:
+        for proc in [*frozen, provider]:
+            try:
+                proc.resume()
+            except psutil.NoSuchProcess:
+                pass
+
+    row = Task.objects.get(pk=task.id)
+    assert row.attempt == 2 and row.machine_id != old.pk
+    assert alice_client.http.get(f"/tasks/{task.id}/logs/stdout").text == "attempt-1\n"
+    outputs = Path(task.download_outputs())
+    assert (outputs / "stdout.txt").read_text() == "attempt-1\n"
+    [first] = stack.home.rglob(f"tasks/{task.id}/logs/stdout.txt")
+    assert first.read_text() == "attempt-0\n", "the first attempt's log is its own"

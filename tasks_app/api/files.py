@@ -73,7 +73,7 @@ def download_log(request: HttpRequest, task_id: str, stream: str):
     task = access.task_for(request.user, task_id)
     if stream not in ("stdout", "stderr"):
         raise services.Refused("The log stream is 'stdout' or 'stderr'.", field="stream")
-    name = storage.log_name(task.id, stream)
+    name = storage.log_name(task.id, stream, task.attempt)
     if not storage.exists(name):
         raise services.Refused(
             f"Task {task.id} has no stored {stream} (it is {task.get_status_display()}); "

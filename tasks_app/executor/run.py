@@ -130,6 +130,15 @@ class Execution:
 
     # -- moves ---------------------------------------------------------------
 
+    def mine(self):
+        """The task while it is still this attempt's.
+
+        A machine thought lost (reclaimed, silent for too long) may wake up
+        after its task was run again elsewhere: what it then writes must not
+        land on the next attempt.
+        """
+        return Task.objects.filter(pk=self.task.id, attempt=self.task.attempt)
+
     def move(self, new: Status, reason: str, **fields) -> bool:
         old = Status(self.task.status)
         tries = 0
@@ -307,7 +316,9 @@ class Execution:
         live.release()  # still running: what is held about it is shown now
         if self.task.status != Status.STARTED and not self.record_start():
             return f"the task became {self.task.status}"
-        status = Task.objects.filter(pk=self.task.id).values_list("status", flat=True).first()
+        status = self.mine().values_list("status", flat=True).first()
+        if status is None:
+            return "the task was taken by another attempt"
         if status != Status.STARTED:
             return f"the task became {status}"
         ttl = self.task.time_to_live_seconds
@@ -457,7 +468,7 @@ class Execution:
         # What was stored is written with the final status, in the same update.
         if not self.move(ending, reason, **fields, **stored):
             # Ended otherwise meanwhile (its group terminated): the outputs are still there.
-            through_outage(lambda: Task.objects.filter(pk=self.task.id).update(**stored), "recording outputs")
+            through_outage(lambda: self.mine().update(**stored), "recording outputs")
 
     def move_to_finalizing(self, outcome: Outcome, exited: str) -> bool:
         steps, fields = self.start_steps()
@@ -485,7 +496,7 @@ class Execution:
         fields |= end_fields | stored | {"exit_code": outcome.exit_code}
         if not self.move(ending, reason, passing=steps, **fields):
             through_outage(
-                lambda: Task.objects.filter(pk=self.task.id).update(exit_code=outcome.exit_code, **stored),
+                lambda: self.mine().update(exit_code=outcome.exit_code, **stored),
                 "recording outputs",
             )
             self.finish_kill()
@@ -529,15 +540,15 @@ class Execution:
             archive = self.base / "outputs.zip"
             with open(archive, "wb") as out:
                 count = archives.write_zip(out, files)
-            name = storage.save_file(storage.output_name(self.task.id), archive)
+            name = storage.save_file(storage.output_name(self.task.id, self.task.attempt), archive)
             fields = {"output_path": name, "output_size": size, "output_files": count}
         for stream, path in (("stdout", self.stdout), ("stderr", self.stderr)):
             try:
-                storage.save_file(storage.log_name(self.task.id, stream), path)
+                storage.save_file(storage.log_name(self.task.id, stream, self.task.attempt), path)
             except FileNotFoundError:
                 pass  # the simulator never started
         if fields and record:
-            through_outage(lambda: Task.objects.filter(pk=self.task.id).update(**fields), "recording outputs")
+            through_outage(lambda: self.mine().update(**fields), "recording outputs")
         return fields
 
     def cleanup(self) -> None:
@@ -567,13 +578,45 @@ def claim_next(group_id: int, machine: Machine) -> Task | None:
     One statement (:func:`lifecycle.claim_head`): machines claim in parallel
     without waiting on each other, and each claim is exactly-once.
     """
-    task, online = lifecycle.claim_head(group_id, machine, reason=f"Picked up by machine {machine.name}.")
+    try:
+        task, online = lifecycle.claim_head(group_id, machine, reason=f"Picked up by machine {machine.name}.")
+    except (OperationalError, InterfaceError):
+        # The connection broke: the claim may have committed with its answer
+        # lost on the way. Nobody else would ever run or end such a task (this
+        # machine is alive and says so), so it is looked for and run.
+        log.warning("Machine %s lost its database connection while claiming", machine.name, exc_info=True)
+        connection.close()
+        task = through_outage(lambda: unanswered_claim(machine), "looking for a claim whose answer was lost")
+        if task is None:
+            raise  # it did not commit: the token is taken again or re-announced, as before
+        return task
     if not online:
         # Reclaimed or lost a moment ago: the token goes back for another machine.
         from tasks_app import services
 
         log.warning("Machine %s is no longer online; its token goes back to the queue", machine.name)
         services.publish_tokens(machine.group, 1)
+    return task
+
+
+def unanswered_claim(machine: Machine) -> Task | None:
+    """The task this machine claimed without hearing back, if any.
+
+    A machine runs one task at a time and runs what it claims at once: a
+    task it holds as preparing-to-compute while it is about to claim is one
+    whose claim it never heard of.
+    """
+    task = Task.objects.filter(machine=machine, status=Status.PREPARING).order_by("-preparing_at").first()
+    if task is not None:
+        log.info("Task %s was claimed by machine %s before its connection broke", task.id, machine.name)
+        live.task_changed(
+            task.pk,
+            task.machine_group_id,
+            task.owner_id,
+            Status.PREPARING.value,
+            left_queue=True,
+            project_id=task.project_id,
+        )
     return task
 
 

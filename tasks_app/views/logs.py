@@ -17,6 +17,7 @@ from typing import BinaryIO
 from django.core.files.storage import default_storage
 
 from tasks_app import services, storage
+from tasks_app.models import Task
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,9 @@ def _back(f: BinaryIO, offset: int, lines: int) -> int:
     return start + pos + 1
 
 
-def read_page(task_id: str, stream: str, *, offset: int = 0, lines: int = LINES_PER_PAGE) -> LogPage:
+def read_page(task: Task, stream: str, *, offset: int = 0, lines: int = LINES_PER_PAGE) -> LogPage:
     """``lines`` lines of a stored log starting at the line that holds ``offset``."""
-    name = storage.log_name(task_id, stream)
+    name = storage.log_name(task.id, stream, task.attempt)
     if not storage.exists(name):
         return LogPage(stream=stream, size=0, exists=False)
     size = default_storage.size(name)
@@ -112,9 +113,9 @@ def read_page(task_id: str, stream: str, *, offset: int = 0, lines: int = LINES_
     return page
 
 
-def search(task_id: str, stream: str, query: str, *, offset: int = 0, lines: int = LINES_PER_PAGE) -> LogPage:
+def search(task: Task, stream: str, query: str, *, offset: int = 0, lines: int = LINES_PER_PAGE) -> LogPage:
     """Lines containing ``query`` (case-insensitive) from ``offset`` on, within the search budget."""
-    name = storage.log_name(task_id, stream)
+    name = storage.log_name(task.id, stream, task.attempt)
     if not storage.exists(name):
         return LogPage(stream=stream, size=0, exists=False, query=query)
     size = default_storage.size(name)
@@ -133,9 +134,9 @@ def search(task_id: str, stream: str, query: str, *, offset: int = 0, lines: int
     return page
 
 
-def first_error(task_id: str, stream: str, *, offset: int = 0) -> LogPage:
+def first_error(task: Task, stream: str, *, offset: int = 0) -> LogPage:
     """The first line that looks like an error, with a few lines around it."""
-    name = storage.log_name(task_id, stream)
+    name = storage.log_name(task.id, stream, task.attempt)
     if not storage.exists(name):
         return LogPage(stream=stream, size=0, exists=False)
     size = default_storage.size(name)
@@ -150,20 +151,20 @@ def first_error(task_id: str, stream: str, *, offset: int = 0) -> LogPage:
                 found = pos
                 break
         if found is None:
-            page = read_page(task_id, stream, offset=0, lines=0)
+            page = read_page(task, stream, offset=0, lines=0)
             page.note = "No line in this log looks like an error."
             return page
         start = _back(f, found, CONTEXT_LINES)
-    page = read_page(task_id, stream, offset=start, lines=2 * CONTEXT_LINES + 1)
+    page = read_page(task, stream, offset=start, lines=2 * CONTEXT_LINES + 1)
     for line in page.lines:
         line.match = line.offset == found
     page.note = "The first line that looks like an error, with the lines around it."
     return page
 
 
-def stream_lines(task_id: str, stream: str, query: str = "") -> Iterator[bytes]:
+def stream_lines(task: Task, stream: str, query: str = "") -> Iterator[bytes]:
     """The whole log, or only its lines containing ``query``, as bytes for a download."""
-    name = storage.log_name(task_id, stream)
+    name = storage.log_name(task.id, stream, task.attempt)
     size = default_storage.size(name)
     needle = query.lower().encode()
     with storage.open_file(name) as f:

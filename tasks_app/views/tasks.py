@@ -236,11 +236,11 @@ def task_logs(request: HttpRequest, task_id: str) -> HttpResponse:
     offset = _int(request.GET.get("offset"))
     lines = min(_int(request.GET.get("lines"), logs.LINES_PER_PAGE) or logs.LINES_PER_PAGE, 2000)
     if request.GET.get("find") == "error":
-        log = logs.first_error(task.id, stream, offset=offset)
+        log = logs.first_error(task, stream, offset=offset)
     elif query:
-        log = logs.search(task.id, stream, query, offset=offset, lines=lines)
+        log = logs.search(task, stream, query, offset=offset, lines=lines)
     else:
-        log = logs.read_page(task.id, stream, offset=offset, lines=lines)
+        log = logs.read_page(task, stream, offset=offset, lines=lines)
     context = {
         "task": task,
         "log": log,
@@ -260,11 +260,11 @@ def task_log_download(request: HttpRequest, task_id: str, stream: str) -> HttpRe
         raise Http404("A task's logs are stdout and stderr.")
     query = request.GET.get("q", "").strip()[:200]
     suffix = "-filtered" if query else ""
-    name = storage.log_name(task.id, stream)
+    name = storage.log_name(task.id, stream, task.attempt)
     if storage.exists(name):
         if not query:
             return downloads.stored_file(name, f"{task.id}-{stream}.txt")
-        body = logs.stream_lines(task.id, stream, query)
+        body = logs.stream_lines(task, stream, query)
     elif task.status_enum in lifecycle.ON_MACHINE:
         try:
             body = logs.stream_running(task, stream, query)
