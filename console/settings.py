@@ -22,7 +22,7 @@ SIMDECK_HOME.mkdir(parents=True, exist_ok=True)
 # Every team's inputs and outputs live here: no other account of the host may look in
 # (the embedded PostgreSQL's own user passes through by group, see console/embedded.py).
 if SIMDECK_HOME.stat().st_uid == os.getuid():
-    SIMDECK_HOME.chmod(SIMDECK_HOME.stat().st_mode & 0o770)
+    SIMDECK_HOME.chmod(SIMDECK_HOME.stat().st_mode & 0o710)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="") or embedded.secret_key(SIMDECK_HOME)
