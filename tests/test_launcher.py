@@ -237,3 +237,28 @@ def guarded(pid: int) -> bool:
         except psutil.Error:  # a short-lived child, gone or a zombie
             continue
     return False
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_the_data_folder_is_private_and_a_piped_start_does_not_print_the_password(launcher):
+    home = launcher.home
+    password = (home / "admin-password.txt").read_text().strip()
+    said = launcher.said()
+    assert password and password not in said  # its output went to a file, not a terminal
+    assert str(home / "admin-password.txt") in said
+    for path in (home / "admin-password.txt", home / "postgres-password"):
+        assert path.stat().st_mode & 0o077 == 0, path
+    # No other account may pass through; the embedded PostgreSQL's user passes by its group only.
+    assert home.stat().st_mode & 0o007 == 0
+    assert home.stat().st_mode & 0o060 == 0
+    ran = launcher.manage(
+        "shell",
+        "-c",
+        "from django.core.files.base import ContentFile; "
+        "from django.core.files.storage import default_storage as s; "
+        "print(s.path(s.save('tasks/probe/file.txt', ContentFile(b'x'))))",
+    )
+    stored = Path(ran.stdout.strip().splitlines()[-1])
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert stored.parent.stat().st_mode & 0o777 == 0o700
