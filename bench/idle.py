@@ -26,10 +26,14 @@ WINDOW = 60.0
 ROLES = ("web", "scheduler", "provider", "machines")
 
 
-def role_processes(stack: harness.Stack) -> dict[str, list[psutil.Process]]:
-    """The stack's live processes by role: the machines are the provider's children."""
+def role_processes(popens, without_simulations: bool = False) -> dict[str, list[psutil.Process]]:
+    """A stack's live processes by role: the machines are the provider's children.
+
+    With ``without_simulations`` a running simulation (it carries its task's
+    id) is left out of the machines: it is the task's, not the machine's.
+    """
     procs = {role: [] for role in ROLES}
-    for popen in stack._processes.procs:
+    for popen in popens:
         try:
             root = psutil.Process(popen.pid)
             role, tree = _role_of(root), root.children(recursive=True)
@@ -37,10 +41,20 @@ def role_processes(stack: harness.Stack) -> dict[str, list[psutil.Process]]:
             continue
         if role == "provider":
             procs["provider"].append(root)
-            procs["machines"] += tree
+            procs["machines"] += [
+                p for p in tree if not (without_simulations and "SIMDECK_TASK_ID" in environ_of(p))
+            ]
         else:
             procs[role] += [root, *tree]
     return procs
+
+
+def environ_of(proc: psutil.Process) -> dict:
+    """A process' environment, empty once it is gone or out of reach."""
+    try:
+        return proc.environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return {}
 
 
 def _role_of(proc: psutil.Process) -> str:
@@ -120,18 +134,18 @@ def measure(cycles: int, window: float) -> dict:
         Workers(settings.CELERY_BROKER_URL, queue, 1, harness.home() / "logs") as workers,
     ):
         time.sleep(5)  # past the start's own work
-        before = snapshot(role_processes(stack))
+        before = snapshot(role_processes(stack._processes.procs))
         for n in range(cycles):
             cycle(stack, n)
         time.sleep(5)  # the last termination's echoes
-        procs = [p for members in role_processes(stack).values() for p in members]
+        procs = [p for members in role_processes(stack._processes.procs).values() for p in members]
         bare = [psutil.Process(workers.procs[0].pid), *psutil.Process(workers.procs[0].pid).children()]
         ours0, bare0, began = cpu_seconds(procs), cpu_seconds(bare), time.monotonic()
         time.sleep(window)
         elapsed = time.monotonic() - began
         ours = (cpu_seconds(procs) - ours0) / elapsed * 100
         bare_cpu = (cpu_seconds(bare) - bare0) / elapsed * 100
-        after = snapshot(role_processes(stack))
+        after = snapshot(role_processes(stack._processes.procs))
     return {"before": before, "after": after, "cpu": ours, "bare_cpu": bare_cpu, "processes": len(procs)}
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from bench import harness
 from bench.harness import result
+from bench.idle import ROLES, environ_of, role_processes
 
 TITLE = "Soak with faults"
 DURATION, QUICK_DURATION = 3600.0, 150.0
@@ -48,40 +49,10 @@ SAMPLE_EVERY, QUICK_SAMPLE_EVERY = 60.0, 10.0
 SUBMIT_EVERY = 1.0
 TASK_SECONDS = 1.0
 FAULTS = ("machine", "pool", "scheduler", "web", "redis", "postgres")
-ROLES = ("web", "scheduler", "provider", "machines")
 SVG = harness.ROOT / "docs" / "soak-memory.svg"
 
 
 # -- the soak itself, in its own process ----------------------------------------------
-
-
-def _processes(run) -> dict[str, list]:
-    import psutil
-
-    from bench.idle import _role_of
-
-    procs = {role: [] for role in ROLES}
-    for popen in run.stack.procs:
-        try:
-            root = psutil.Process(popen.pid)
-            role, tree = _role_of(root), root.children(recursive=True)
-        except psutil.NoSuchProcess:
-            continue
-        if role == "provider":
-            procs["provider"].append(root)
-            procs["machines"] += [p for p in tree if "SIMDECK_TASK_ID" not in _environ(p)]
-        else:
-            procs[role] += [root, *tree]
-    return procs
-
-
-def _environ(proc) -> dict:
-    import psutil
-
-    try:
-        return proc.environ()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return {}
 
 
 class Sampler:
@@ -99,7 +70,7 @@ class Sampler:
         now = time.monotonic()
         elapsed = max(now - self.last, 1e-6)
         row = {"t": now - self.began}
-        for role, members in _processes(run).items():
+        for role, members in role_processes(run.stack.procs, without_simulations=True).items():
             rss = fds = cpu = 0.0
             for proc in members:
                 try:
@@ -133,7 +104,7 @@ def strike(run, group: str, fault: str) -> str:
         if fault == "machine":
             os.kill(machine.pid, signal.SIGKILL)
             return f"machine {machine.name} killed"
-        pool = [p for p in psutil.Process(machine.pid).children() if "SIMDECK_TASK_ID" not in _environ(p)]
+        pool = [p for p in psutil.Process(machine.pid).children() if "SIMDECK_TASK_ID" not in environ_of(p)]
         for proc in pool:
             proc.kill()
         return f"{len(pool)} pool process(es) of {machine.name} killed"

@@ -3,6 +3,8 @@
 import time
 from pathlib import Path
 
+import psutil
+
 from tasks_app.lifecycle import Status
 from tasks_app.models import Task
 
@@ -21,3 +23,16 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, message: str
 
 def task_status(task_id: str) -> Status:
     return Status(Task.objects.values_list("status", flat=True).get(pk=task_id))
+
+
+def processes_of(task_ids: str | set[str]) -> list[psutil.Process]:
+    """The processes of a task (or of any of several), wherever they run: they carry its id."""
+    wanted = {task_ids} if isinstance(task_ids, str) else task_ids
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SIMDECK_TASK_ID") in wanted:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found

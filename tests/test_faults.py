@@ -37,7 +37,7 @@ from tasks_app.models import Machine, MachineGroup, Task, TaskEvent
 from tasks_app.testing.clients import WATCHING_CLIENT
 from tasks_app.testing.ledger import Ledger
 from tasks_app.testing.stack import signal_group
-from tests.helpers import ROOT, task_status, wait_for
+from tests.helpers import ROOT, processes_of, task_status, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -55,17 +55,6 @@ def submit(mg, *commands: str, input_dir: Path = INPUT, **options) -> simdeck.ta
 
 def online(group_name: str) -> int:
     return Machine.objects.filter(group__name=group_name, state=Machine.State.ONLINE).count()
-
-
-def processes_of(task_ids: set[str]) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("SIMDECK_TASK_ID") in task_ids:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 # -- machines killed mid-task ---------------------------------------------------------

@@ -20,7 +20,7 @@ import simdeck
 from tasks_app import sandbox
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, Task
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, processes_of, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -51,18 +51,6 @@ def stdout_of(task) -> str:
     from simdeck import api
 
     return api.client().request("GET", f"/tasks/{task.id}/logs/stdout").text
-
-
-def of_task(task_id: str) -> list[psutil.Process]:
-    """Processes of a task, wherever they are: they carry its id in their environment."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("SIMDECK_TASK_ID") == task_id:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def stack_processes(stack) -> list[int]:
@@ -150,7 +138,7 @@ def test_writes_outside_its_folder_land_nowhere_on_the_host(stack, mg):
 def test_background_processes_end_with_their_task(stack, mg):
     task, out = run(mg, "for i in $(seq 300); do sleep 600 & done; echo started")
     assert "started" in out
-    assert of_task(task.id) == []
+    assert processes_of(task.id) == []
 
 
 def test_killing_every_process_it_sees_harms_nothing(stack, mg):
@@ -207,7 +195,7 @@ def test_a_fork_bomb_ends_executor_failed_naming_the_limit(stack, mg):
     task, _ = run(mg, "bomb() { bomb | bomb & }; bomb; sleep 30", expect="executor-failed")
     detail = task.get_info()["error_detail"]
     assert "processes" in detail
-    assert wait_for(lambda: of_task(task.id) == [], 20, message="no process of the bomb left")
+    assert wait_for(lambda: processes_of(task.id) == [], 20, message="no process of the bomb left")
     _, out = run(mg, "echo next")
     assert "next" in out
 

@@ -20,7 +20,7 @@ import simdeck
 from tasks_app import services
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, processes_of, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -50,17 +50,6 @@ def wait_status(task, *statuses: Status, timeout: float = 60) -> str:
         timeout=timeout,
         message=f"task {task.id} to be {' or '.join(statuses)}",
     )
-
-
-def processes_of(task_id: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("SIMDECK_TASK_ID") == task_id:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def machine_of(task) -> Machine:
