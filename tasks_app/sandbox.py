@@ -43,7 +43,9 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -118,6 +120,13 @@ def bwrap_path() -> str:
 
 
 @functools.cache
+def _account(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
 def sandbox_user() -> tuple[int, int]:
     """The uid and gid simulations run as when the platform runs as root.
 
@@ -126,23 +135,29 @@ def sandbox_user() -> tuple[int, int]:
     time it is needed.
     """
     name = settings.SIMDECK_SANDBOX_USER
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
+    entry = _account(name)
+    if entry is None:
         useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        made = subprocess.run(
-            [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent"]
-            + ["--shell", "/usr/sbin/nologin", "--user-group", name],
-            capture_output=True,
-            text=True,
-        )
-        if made.returncode != 0:
+        # Machines starting together may all find it missing: useradd then
+        # fails for all but one (name taken, or /etc/passwd locked), and the
+        # account they wanted is there all the same.
+        for attempt in range(10):
+            made = subprocess.run(
+                [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent"]
+                + ["--shell", "/usr/sbin/nologin", "--user-group", name],
+                capture_output=True,
+                text=True,
+            )
+            entry = _account(name)
+            if entry is not None:
+                break
+            time.sleep(0.1 * (attempt + 1))
+        else:
             raise SandboxUnavailable(
                 f"The sandbox user {name!r} does not exist and could not be created "
                 f"({made.stderr.strip() or 'useradd failed'}). Create it ('useradd --system "
                 f"--user-group {name}'), or name an existing unprivileged account in SIMDECK_SANDBOX_USER."
-            ) from None
-        entry = pwd.getpwnam(name)
+            )
     if entry.pw_uid == 0:
         raise SandboxUnavailable(
             f"SIMDECK_SANDBOX_USER names {name!r}, which is root; name an unprivileged account."
@@ -468,22 +483,26 @@ def check() -> str:
     bwrap = bwrap_path()
     if as_root():
         sandbox_user()
-    folder = Path(settings.SIMDECK_WORK_DIR) / ".sandbox-check"
-    identity = write_identity(folder / "identity")
-    work = folder / "work"
-    work.mkdir(exist_ok=True)
-    hand_over(work)
-    limits = Limits(memory_bytes=None, vcpus=1, pids=64)
-    argv = command(
-        ["true"],
-        workdir=work,
-        identity=identity,
-        env=environment(limits, {}),
-        read_only=install_folders(),
-        limits=limits,
-    )
-    done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    shutil.rmtree(folder, ignore_errors=True)
+    # A folder of its own: machines starting together each make their check.
+    Path(settings.SIMDECK_WORK_DIR).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".sandbox-check-", dir=settings.SIMDECK_WORK_DIR))
+    try:
+        identity = write_identity(folder / "identity")
+        work = folder / "work"
+        work.mkdir(exist_ok=True)
+        hand_over(work)
+        limits = Limits(memory_bytes=None, vcpus=1, pids=64)
+        argv = command(
+            ["true"],
+            workdir=work,
+            identity=identity,
+            env=environment(limits, {}),
+            read_only=install_folders(),
+            limits=limits,
+        )
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     if done.returncode != 0:
         error = done.stderr.strip() or f"exit code {done.returncode}"
         hint = (

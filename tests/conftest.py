@@ -31,6 +31,17 @@ def pytest_sessionfinish(session, exitstatus):
         embedded.stop_postgres(settings.SIMDECK_HOME)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that ran a stack reports the end of its processes' logs, to read in CI."""
+    report = yield
+    if report.failed and call.when == "call":
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Stack):
+                report.sections.append(("stack logs", value.logs(tail=3000)))
+    return report
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _nothing_left_connected(django_db_setup, django_db_blocker):
     """At the end, close what still holds the test database open, so it can be dropped.

@@ -221,6 +221,17 @@ def test_the_sandbox_is_checked_before_machines_start(settings, tmp_path):
         sandbox.check.cache_clear()
 
 
+def test_machines_starting_together_each_make_their_check(settings, tmp_path):
+    """Machines of a group start at once and each checks its sandbox before going online."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings.SIMDECK_WORK_DIR = tmp_path
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: sandbox.check.__wrapped__(), range(12)))
+    assert all("bubblewrap" in r for r in results), results
+    assert list(tmp_path.iterdir()) == [], "each check removes its own folder"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the cgroup files are root's to write")
 def test_cgroups_hold_a_machine_s_simulations(tmp_path):
     limits = sandbox.Limits(memory_bytes=64 << 20, vcpus=1, pids=16)

@@ -138,10 +138,10 @@ class ProcessStack:
             [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True
         )
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.home.glob("*.log")
-        )
+    def logs(self, tail: int = 4000) -> str:
+        """The end of each process' log: the stack's own, then its machines'."""
+        files = [*sorted(self.home.glob("*.log")), *sorted(self.home.glob("logs/machines/*.log"))]
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in files)
 
     def kill(self) -> None:
         """Stop at once, as a power cut would: every process of the stack and of its machines.
