@@ -21,8 +21,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) manage.py up
 
+# The import layers first (pyproject.toml's contracts, in a second), then the tests.
 # Tests keep their own SIMDECK_HOME, so they never touch a running instance's data.
 test: $(VENV)/.installed-dev
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	SIMDECK_HOME=$(CURDIR)/.simdeck-test $(PY) -m pytest $(ARGS)
 
 # Benchmarks against bare Celery, in a database of their own; see docs/benchmarks.md.
@@ -40,6 +42,7 @@ screenshots: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .

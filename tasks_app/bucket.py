@@ -17,6 +17,8 @@ from django.core.files.storage import FileSystemStorage
 from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
 
+from tasks_app.downloads import attachment
+
 
 class BucketStorage(S3Storage):
     def __init__(self, local_folder: str | None = None, **settings):
@@ -73,8 +75,6 @@ class BucketStorage(S3Storage):
         """A presigned GET offering the file as ``filename``; None for a file of the local folder."""
         if self._in_local_folder(name):
             return None
-        from tasks_app.downloads import attachment
-
         parameters = {"ResponseContentDisposition": attachment(filename), "ResponseContentType": content_type}
         return self.url(name, parameters=parameters)
 

@@ -36,6 +36,8 @@ from django.utils.html import escape
 from tasks_app import access, live, log_hub, storage
 from tasks_app.lifecycle import TERMINAL, Status
 from tasks_app.models import APIKey, ResourceSample, Task
+from tasks_app.views.resources import resources_context
+from tasks_app.views.tasks import header_context, timeline_context
 
 log = logging.getLogger(__name__)
 
@@ -221,15 +223,11 @@ class TaskEventsConsumer(_TaskSocket):
 
 
 def _render_header(task, position: int | None, user) -> str:
-    from tasks_app.views.tasks import header_context
-
     context = header_context(task, position=position, user=user)
     return render_to_string("tasks/task_detail.html#header", context)
 
 
 def _render_timeline(task) -> str:
-    from tasks_app.views.tasks import timeline_context
-
     context = timeline_context(task) | {"oob": True}
     timeline = render_to_string("tasks/task_detail.html#timeline", context)
     path = render_to_string("tasks/task_detail.html#path", context)
@@ -241,8 +239,6 @@ def _render_timeline(task) -> str:
 
 
 def _render_resources(task_id: str) -> str:
-    from tasks_app.views.resources import resources_context
-
     task = Task.objects.get(pk=task_id)  # the viewer's access was checked on connect
     return render_to_string("tasks/task_resources.html#resources", resources_context(task) | {"oob": True})
 

@@ -8,6 +8,8 @@ import unicodedata
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect
 from django.utils.http import content_disposition_header
 
+from tasks_app import storage
+
 MAX_NAME = 200
 
 
@@ -34,8 +36,6 @@ def stored_file(name: str, filename: str) -> HttpResponse:
     From a bucket the file goes straight to whoever asked, and the web
     server passes on no byte of it.
     """
-    from tasks_app import storage
-
     content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     if url := storage.download_url(name, safe_filename(filename), content_type):
         response = HttpResponseRedirect(url)

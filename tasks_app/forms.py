@@ -16,13 +16,7 @@ from django.conf import settings
 from tasks_app import lifecycle, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import Role, Task
-
-# Status groups a filter may name besides single statuses.
-STATUS_GROUPS: dict[str, tuple[str, frozenset[Status]]] = {
-    "active": ("Active (not ended)", lifecycle.ACTIVE),
-    "ended": ("Ended", lifecycle.TERMINAL),
-    "failed-any": ("Failed (any ending but success)", lifecycle.FAILURES),
-}
+from tasks_app.statuses import STATUS_GROUPS
 
 SORTS = {
     "-created": "Newest first",

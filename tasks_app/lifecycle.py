@@ -10,34 +10,32 @@ and the other learns it lost.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import functools
 
-from django.db import models, transaction
+from django.db import connections, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from tasks_app import live
+from tasks_app.models import Activity, Machine, Task, TaskEvent
 
-
-class Status(models.TextChoices):
-    PENDING_INPUT = "pending-input", "Waiting for Input"
-    SUBMITTED = "submitted", "In Queue"
-    PREPARING = "preparing-to-compute", "Preparing to Compute"
-    STARTED = "started", "In Progress"
-    FINALIZING = "finalizing", "Finalizing"
-    PENDING_KILL = "pending-kill", "Pending Kill"
-    SUCCESS = "success", "Success"
-    FAILED = "failed", "Failed"
-    KILLED = "killed", "Killed"
-    ZOMBIE = "zombie", "Machine Terminated in Queue"
-    SPOT_PREEMPTED = "spot-instance-preempted", "Spot Reclaimed"
-    EXECUTOR_TERMINATED = "executor-terminated", "Task Runner Terminated"
-    EXECUTOR_TERMINATED_BY_USER = "executor-terminated-by-user", "Machine Terminated by User"
-    EXECUTOR_TERMINATED_TTL = "executor-terminated-TTL-exceeded", "Machine Time Limit Reached"
-    EXECUTOR_FAILED = "executor-failed", "Runtime Error"
-    TTL_EXCEEDED = "ttl-exceeded", "Task Timed Out"
-
+# The statuses and their facts, which the rest of the code reads here too.
+from tasks_app.statuses import (  # noqa: F401
+    ACTIVE,
+    ALIASES,
+    FAILURES,
+    GUIDANCE,
+    KILLABLE,
+    ON_MACHINE,
+    QUEUED,
+    TERMINAL,
+    Guidance,
+    Status,
+    parse_status,
+)
 
 S = Status
 
@@ -74,15 +72,6 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.TTL_EXCEEDED: frozenset(),
 }
 
-# A status is terminal when nothing follows it, except for the two that a
-# resubmission may revive: they are ends unless resubmission picks them up.
-TERMINAL = frozenset(s for s in Status if not TRANSITIONS[s] - {S.SUBMITTED})
-ACTIVE = frozenset(Status) - TERMINAL
-QUEUED = frozenset({S.SUBMITTED})
-ON_MACHINE = frozenset({S.PREPARING, S.STARTED, S.FINALIZING, S.PENDING_KILL})
-# What the client's ``is_failed()`` answers true for: every ending but success.
-FAILURES = TERMINAL - {S.SUCCESS}
-
 # The phase each status starts, for the timestamps stored on the task.
 PHASE_FIELD: dict[Status, str] = {
     S.SUBMITTED: "submitted_at",
@@ -90,138 +79,6 @@ PHASE_FIELD: dict[Status, str] = {
     S.STARTED: "started_at",
     S.FINALIZING: "finalizing_at",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Guidance:
-    what_happened: str
-    why: str
-    what_to_do: str
-
-
-GUIDANCE: dict[Status, Guidance] = {
-    S.PENDING_INPUT: Guidance(
-        "The task exists but its input files have not all arrived yet.",
-        "A task joins the queue only once its input archive is uploaded and checked.",
-        "Let the upload finish. If it was interrupted, submit the simulation again; "
-        "a task whose input never arrives is cleaned up automatically.",
-    ),
-    S.SUBMITTED: Guidance(
-        "The task is in its machine group's queue, waiting for a free machine.",
-        "Each machine runs one task at a time; queued tasks are taken in order "
-        "as machines finish their previous work.",
-        "Wait, or kill the task if you no longer need it. A group with more machines "
-        "empties its queue sooner.",
-    ),
-    S.PREPARING: Guidance(
-        "A machine has taken the task and is fetching its input files.",
-        "Before the simulator can start, the machine sets up a fresh work directory with your inputs.",
-        "Wait a moment for the simulation to begin, or kill the task if it is no longer needed.",
-    ),
-    S.STARTED: Guidance(
-        "The simulator is running on the machine.",
-        "The inputs are in place and the simulation command has been launched.",
-        "Follow the live logs while it runs, or kill the task if it is no longer needed.",
-    ),
-    S.FINALIZING: Guidance(
-        "The simulation has finished and its output files are being stored.",
-        "After the commands end, the machine uploads outputs and logs before the task gets its final status.",
-        "Nothing to do; the task reaches its final status as soon as the upload ends.",
-    ),
-    S.PENDING_KILL: Guidance(
-        "Your request to stop the task was received and the machine is stopping it.",
-        "A running simulation is first asked to stop, then forced after a short grace "
-        "period; what it wrote so far is kept.",
-        "Wait a few seconds for the task to become Killed.",
-    ),
-    S.SUCCESS: Guidance(
-        "The simulation finished and its outputs are stored.",
-        "The simulator exited with status 0.",
-        "Download the outputs.",
-    ),
-    S.FAILED: Guidance(
-        "The simulator stopped with an error.",
-        "The simulation command exited with a non-zero status, usually because of an "
-        "input or configuration problem, or a fault inside the simulator.",
-        "Read the end of stderr and stdout to find the cause, fix the input and submit again.",
-    ),
-    S.KILLED: Guidance(
-        "The task was stopped on request.",
-        "Someone asked for this task to be killed.",
-        "Nothing to do. Submit it again if it was stopped by mistake.",
-    ),
-    S.ZOMBIE: Guidance(
-        "The machine group was shut down before this task got to run.",
-        "The task was still waiting in the queue when its group was terminated, so it "
-        "produced neither outputs nor logs.",
-        "Submit it again to a running machine group, and keep that group up until its queue is empty.",
-    ),
-    S.SPOT_PREEMPTED: Guidance(
-        "The spot machine running this task was taken back and the run was interrupted.",
-        "Spot machines are cheaper because the provider may reclaim them at any time. "
-        "With resubmission on, the task goes back to the queue; otherwise it stops here.",
-        "Turn on resubmission on preemption, resubmit the task, or use a group of "
-        "regular (non-spot) machines for work that must not be interrupted.",
-    ),
-    S.EXECUTOR_TERMINATED: Guidance(
-        "The machine running this task stopped unexpectedly.",
-        "The task runner went away for a reason outside the simulation (the process "
-        "died or its host was lost). With resubmission on, the task goes back to the "
-        "queue; otherwise it stops here.",
-        "Resubmit the task, or turn on resubmission so this happens automatically.",
-    ),
-    S.EXECUTOR_TERMINATED_BY_USER: Guidance(
-        "The machine group was terminated while this task was running.",
-        "A user shut the group down before the task finished; logs written up to "
-        "that moment are kept, outputs are incomplete.",
-        "Resubmit the task and let the group run until the task is done.",
-    ),
-    S.EXECUTOR_TERMINATED_TTL: Guidance(
-        "The machine was shut down because its group reached its time limit.",
-        "Machine groups stop themselves after their time to live (or too long idle) "
-        "so that nothing runs longer than intended.",
-        "Start a group with a longer time to live and resubmit the task.",
-    ),
-    S.EXECUTOR_FAILED: Guidance(
-        "The task stopped because of a problem on the machine, not in the simulator.",
-        "Something outside the simulation failed: most often the disk filled up, the "
-        "simulation reached one of its machine's limits (memory, processes, file size), "
-        "the input could not be fetched or the simulator is not installed on the machine.",
-        "Read the error detail: it names the limit or the problem. For a full disk, use a "
-        "larger disk or turn on disk auto-resize; at a memory or process limit, pick a bigger "
-        "machine type or run fewer threads; for a missing simulator, install it on the "
-        "machines or pick another group.",
-    ),
-    S.TTL_EXCEEDED: Guidance(
-        "The task ran past its time to live and was stopped.",
-        "Every task may carry a time limit; when computing takes longer, it is ended "
-        "to keep shared machines free.",
-        "Resubmit with a longer time to live if the simulation needs more time.",
-    ),
-}
-
-# Other spellings users bring along: the seeds' words and the service's own
-# status codes. Keys are lowercase; lookups are case-insensitive.
-ALIASES: dict[str, Status] = {
-    "completed": S.SUCCESS,
-    "in-queue": S.SUBMITTED,
-    "computation-started": S.STARTED,
-    "computation-ended": S.FINALIZING,
-    "executer-terminated": S.EXECUTOR_TERMINATED,
-    "executer-terminated-by-user": S.EXECUTOR_TERMINATED_BY_USER,
-    "executer-terminated-ttl-exceeded": S.EXECUTOR_TERMINATED_TTL,
-    "executer-failed": S.EXECUTOR_FAILED,
-}
-_BY_LOWER = {s.value.lower(): s for s in Status} | ALIASES
-
-
-def parse_status(text: str) -> Status:
-    """The status a user means by ``text``, accepting every known spelling."""
-    try:
-        return _BY_LOWER[text.strip().lower()]
-    except KeyError:
-        known = ", ".join(s.value for s in Status)
-        raise ValueError(f"Unknown status {text!r}. Known statuses: {known}.") from None
 
 
 def can_transition(old: str, new: str) -> bool:
@@ -260,8 +117,6 @@ def transition(
     task reclaimed and claimed again meanwhile, by another machine, back in
     the same status, is no longer this machine's to move).
     """
-    from tasks_app.models import Task
-
     old = Status(expected or task.status)
     now = at or timezone.now()
     steps = [(Status(status), why, when) for status, why, when in passing]
@@ -300,8 +155,6 @@ def transition(
         if reported:
             # The project's activity feed tells of failures next to what people did
             # (a kill is told by whoever killed it).
-            from tasks_app.models import Activity
-
             Activity.objects.create(
                 kind="failed",
                 project_id=task.project_id,
@@ -338,8 +191,6 @@ def _move_and_record(model, pk, old: Status, values: dict, events: list, in_atte
     ordinary UPDATE of the task table, which its triggers see as any other.
     ``events`` are rows of :data:`EVENT_COLUMNS`. Returns whether the task moved.
     """
-    from django.db import connections
-
     connection = connections[model.objects.db]
     if any(hasattr(value, "resolve_expression") for value in values.values()):
         update_sql, update_params = _expression_update(model, pk, old, in_attempt, values)
@@ -367,8 +218,6 @@ def _move_sql(model, alias: str, names: tuple[str, ...], attempt_guard: bool, co
     statement anew each time cost more Python than the database takes to
     run it.
     """
-    from django.db import connections
-
     connection = connections[alias]
     q = connection.ops.quote_name
     fields = [model._meta.get_field(name) for name in names]
@@ -382,8 +231,6 @@ def _move_sql(model, alias: str, names: tuple[str, ...], attempt_guard: bool, co
 
 def _with_events(update_sql: str, model, count: int, connection) -> str:
     """``update_sql`` made to record ``count`` events of the task it moves, and answer whether it did."""
-    from tasks_app.models import TaskEvent
-
     q = connection.ops.quote_name
     table = q(TaskEvent._meta.db_table)
     columns = ", ".join(q(column) for column in EVENT_COLUMNS)
@@ -414,8 +261,6 @@ def _prepared_cursor(connection):
 
 def _task_from_row(connection, row):
     """A Task from a row of all its concrete columns, in field order, as a queryset would build it."""
-    from tasks_app.models import Task
-
     values = list(row)
     for i, converters in _task_converters(connection.alias):
         for convert, expression in converters:
@@ -426,10 +271,6 @@ def _task_from_row(connection, row):
 @functools.cache
 def _task_converters(alias: str) -> list:
     """``(index, [(converter, column)])`` for the Task columns whose database value needs converting."""
-    from django.db import connections
-
-    from tasks_app.models import Task
-
     connection = connections[alias]
     found = []
     for i, field in enumerate(Task._meta.concrete_fields):
@@ -445,8 +286,6 @@ def _expression_update(model, pk, old: Status, in_attempt: int | None, values: d
 
     Returns the SQL and its parameters.
     """
-    from django.db.models.sql import UpdateQuery
-
     guard = {model._meta.pk.name: pk, "status": old.value}
     if in_attempt is not None:
         guard["attempt"] = in_attempt
@@ -469,10 +308,6 @@ def claim_head(group_id: int, machine, *, reason: str, at: dt.datetime | None = 
     machine lost or reclaimed a moment ago takes no task that nobody would
     then end; a task killed meanwhile no longer matches and is passed over.
     """
-    from django.db import connections
-
-    from tasks_app.models import Task
-
     now = at or timezone.now()
     connection = connections[Task.objects.db]
     sql = _claim_sql(connection.alias)
@@ -492,10 +327,6 @@ def claim_head(group_id: int, machine, *, reason: str, at: dt.datetime | None = 
 @functools.cache
 def _claim_sql(alias: str) -> str:
     """The statement of :func:`claim_head`, written once per database."""
-    from django.db import connections
-
-    from tasks_app.models import Machine, Task, TaskEvent
-
     connection = connections[alias]
     q = connection.ops.quote_name
     columns = [f.column for f in Task._meta.concrete_fields]
@@ -542,11 +373,6 @@ def transition_many(
     the queue have per-task consequences (the activity feed, closing logs,
     queue order) and go through :func:`transition` one at a time.
     """
-    from django.db.models import F, Value
-    from django.db.models.functions import Coalesce
-
-    from tasks_app.models import Task, TaskEvent
-
     if not tasks:
         return
     old = Status(tasks[0].status)

@@ -31,6 +31,8 @@ import redis
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from tasks_app.models import Task
+
 log = logging.getLogger(__name__)
 
 # A log stream keeps about this many batches; older ones are in the stored file.
@@ -439,8 +441,6 @@ def release() -> None:
 
 def queue_order(group_id: int) -> dict:
     """The group's queue order, sent once; each viewer finds its own position in it."""
-    from tasks_app.models import Task
-
     order = Task.objects.queued_in(group_id).order_by("queued_at", "id").values_list("id", flat=True)
     return {"type": "queue.moved", "order": list(order[:10_000])}
 

@@ -36,6 +36,9 @@ from django.utils import timezone
 from tasks_app import access, live
 from tasks_app.consumers import CLOSE_NOT_FOUND, CLOSE_UNEXPECTED, LiveSocket
 from tasks_app.forms import TaskFilterForm
+from tasks_app.views import table
+from tasks_app.views.groups import group_context
+from tasks_app.views.pages import overview_context
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +139,6 @@ class TaskTableConsumer(_PageSocket):
     """
 
     def setup(self) -> bool:
-        from tasks_app.views import table
-
         query = QueryDict(self.scope["query_string"], mutable=True)
         rendered_at = query.pop("rendered", [""])[-1]
         self.form = TaskFilterForm(query)
@@ -161,8 +162,6 @@ class TaskTableConsumer(_PageSocket):
         return True
 
     def visible(self):
-        from tasks_app.views import table
-
         tasks = access.visible_tasks(self.user).select_related("machine_group", "project", "owner")
         return table.filtered(tasks, self.form)
 
@@ -217,8 +216,6 @@ class OverviewConsumer(_PageSocket):
         return _scope_groups(self.user)
 
     def render(self) -> str:
-        from tasks_app.views.pages import overview_context
-
         return render_to_string("overview.html#live", overview_context(self.user) | {"oob": True})
 
 
@@ -236,8 +233,6 @@ class GroupPageConsumer(_PageSocket):
         return [live.machine_group_group(self.group.pk)]
 
     def render(self) -> str:
-        from tasks_app.views.groups import group_context
-
         self.group.refresh_from_db()
         context = group_context(self.group, self.user) | {"oob": True}
         return (

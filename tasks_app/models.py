@@ -1,6 +1,6 @@
 """Every durable fact of Simdeck: projects, machine groups, machines, tasks.
 
-Statuses and their transitions live in :mod:`tasks_app.lifecycle`; nothing
+Statuses live in :mod:`tasks_app.statuses`, their transitions in :mod:`tasks_app.lifecycle`; nothing
 here writes ``Task.status`` directly.
 """
 
@@ -17,8 +17,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from tasks_app import lifecycle
-from tasks_app.lifecycle import Status
+from tasks_app import statuses
+from tasks_app.statuses import Status
 
 ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_LENGTH = 25
@@ -320,7 +320,7 @@ class Task(models.Model):
             models.Index(
                 fields=["-ended_at"],
                 name="task_failed_ended",
-                condition=models.Q(status__in=sorted(lifecycle.FAILURES)),
+                condition=models.Q(status__in=sorted(statuses.FAILURES)),
             ),
             # A group's latest successes: a queued task's start estimate (views/waiting.py).
             models.Index(
@@ -333,12 +333,12 @@ class Task(models.Model):
             models.Index(
                 fields=["machine_group"],
                 name="task_group_on_machine",
-                condition=models.Q(status__in=sorted(lifecycle.ON_MACHINE)),
+                condition=models.Q(status__in=sorted(statuses.ON_MACHINE)),
             ),
             models.Index(
                 fields=["preparing_at"],
                 name="task_on_machine",
-                condition=models.Q(status__in=sorted(lifecycle.ON_MACHINE)),
+                condition=models.Q(status__in=sorted(statuses.ON_MACHINE)),
             ),
             # Columns most tasks leave empty are indexed where they are set
             # (see migration 0011): the others are no entry to write at each move.
@@ -365,12 +365,12 @@ class Task(models.Model):
         return Status(self.status)
 
     @property
-    def guidance(self) -> lifecycle.Guidance:
-        return lifecycle.GUIDANCE[self.status_enum]
+    def guidance(self) -> statuses.Guidance:
+        return statuses.GUIDANCE[self.status_enum]
 
     @property
     def is_terminal(self) -> bool:
-        return self.status_enum in lifecycle.TERMINAL
+        return self.status_enum in statuses.TERMINAL
 
     def position_in_queue(self) -> int | None:
         """How many tasks of the same group are ahead of this one, or None."""

@@ -20,8 +20,8 @@ from django.conf import settings
 from django.db.models import Q, Sum
 from django.db.models.functions import Coalesce
 
+from tasks_app.errors import Refused
 from tasks_app.models import MachineGroup, Project, Quota
-from tasks_app.services import Refused
 
 
 @dataclass(frozen=True)

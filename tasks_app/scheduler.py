@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import Max, Min, Q
 from django.utils import timezone
 
-from tasks_app import lifecycle, services, storage, task_counts
+from tasks_app import broker, lifecycle, services, storage, task_counts
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
 
@@ -127,23 +127,15 @@ def reap_lost_machines(now: dt.datetime | None = None) -> list[str]:
 
 def restore_lost_tokens() -> int:
     """Re-announce queued tasks whose broker message went missing (e.g. a broker restart)."""
-    from console.celery import app
-
     groups = MachineGroup.objects.filter(state=G.STARTED, tasks__status=Status.SUBMITTED).distinct()
-    with app.connection_for_read() as conn:
-        channel = conn.default_channel
+    with broker.tokens_waiting() as waiting_in:
 
         def restore(group: MachineGroup) -> int:
-            nonlocal channel
             queued = Task.objects.queued_in(group.pk).count()
-            try:
-                waiting = channel.queue_declare(queue=group.queue_name, passive=True).message_count
-            except Exception:  # the queue does not exist (yet): nothing waits in it
-                channel = conn.channel()
-                waiting = 0
+            waiting = waiting_in(group)
             if queued <= waiting:
                 return 0
-            services.publish_tokens(group, queued - waiting)
+            broker.publish_tokens(group, queued - waiting)
             return queued - waiting
 
         published = sum(_each(groups, "lost tokens", restore))

@@ -15,14 +15,15 @@ from collections.abc import Iterable
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from tasks_app import audit, inputs, lifecycle, live, storage
+from tasks_app import access, audit, broker, inputs, lifecycle, live, quotas, storage
 from tasks_app import simulators as sims
 from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Project, Task
+from tasks_app.statuses import KILLABLE, PHASE_OF, PHASES
 
 # -- projects ------------------------------------------------------------------
 
@@ -37,10 +38,6 @@ def project_to_use(user, name: str | None, action: str = "submit") -> Project:
     (see :mod:`tasks_app.access`); one the user cannot see is refused as
     unknown, like any object of another team.
     """
-    from django.db import IntegrityError
-
-    from tasks_app import access
-
     if not (name or "").strip():
         return access.personal_project(user)
     name = inputs.text("project", name.strip())
@@ -142,8 +139,6 @@ def create_group(
         raise Refused(
             f"A machine group named {name!r} already exists.", field="name", code="conflict", status=409
         )
-    from tasks_app import quotas
-
     target = project_to_use(user, project, "manage-groups")
     auto_terminate_minutes = quotas.group_ttl(user, target, auto_terminate_minutes)
     return MachineGroup.objects.create(
@@ -165,8 +160,6 @@ def create_group(
 
 def start_group(group: MachineGroup) -> MachineGroup:
     """Ask for the group's machines (within the quotas); its provider brings them up."""
-    from tasks_app import quotas
-
     with transaction.atomic():
         # One start at a time per project and per owner, so quotas hold.
         Project.objects.select_for_update().filter(pk=group.project_id).first()
@@ -259,8 +252,6 @@ def _terminated(group: MachineGroup, how: str) -> Refused:
 
 def _check_submission(user, machine_group: MachineGroup, input_files: list[str]) -> None:
     """What every submission needs whatever its tasks: an input, an open group, the right to use it."""
-    from tasks_app import access
-
     if not input_files:
         raise Refused("The input folder is empty; add the files the simulation needs.", field="input_files")
     if not machine_group.is_accepting_tasks:
@@ -310,8 +301,6 @@ def create_task(
     adapter, parameters = _checked_parameters(simulator, parameters, input_files)
     metadata = validate_metadata(metadata or {})
     _check_submission(user, machine_group, input_files)
-    from tasks_app import quotas
-
     target = project_of_task(machine_group, project)
     ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
     return Task.objects.create(
@@ -438,8 +427,6 @@ def create_tasks(
     the message and in ``field`` (``tasks.<index>.<field>``). With the
     archive the tasks are queued at once; without, each waits for its input.
     """
-    from tasks_app import quotas
-
     if not specs:
         raise Refused("The batch holds no tasks; give at least one in tasks.", field="tasks")
     if len(specs) > BATCH_MAX_TASKS:
@@ -506,7 +493,7 @@ def create_tasks(
         if input_archive is None:
             return tasks
         lifecycle.transition_many(tasks, Status.SUBMITTED, reason="Input received; queued.", actor=user)
-        transaction.on_commit(lambda: publish_tokens(group, len(tasks)))
+        transaction.on_commit(lambda: broker.publish_tokens(group, len(tasks)))
         Activity.objects.bulk_create(
             Activity(
                 kind="submitted",
@@ -529,44 +516,7 @@ def lock_group_shared(group_id: int) -> MachineGroup:
 
 def enqueue(task: Task, group: MachineGroup) -> None:
     """Tell the group's machines that a task waits; sent once the transaction commits."""
-    transaction.on_commit(lambda: publish_tokens(group, 1))
-
-
-def publish_tokens(group: MachineGroup, count: int) -> None:
-    """Put ``count`` "a task is waiting" messages in the group's queue.
-
-    They carry no task id: the machine that receives one claims the head of
-    the queue in the database, so the order is the database's. Many go out
-    in one Redis pipeline (kombu's publish batch), not a round trip each.
-    """
-    from celery.utils import uuid
-    from kombu.serialization import dumps
-
-    from console.celery import app
-    from tasks_app.tasks import run_next
-
-    # The messages are those apply_async() sends, built and published a level
-    # below it: for a sweep of a thousand tasks, apply_async's routing, its
-    # settings lookups and the queue's declaration on every message took
-    # half the time the server spent creating the tasks. The messages differ
-    # only in their id, so one is built and serialized, and each copy gets
-    # an id of its own.
-    queue = app.amqp.queues[group.queue_name]
-    headers, properties, body, _sent = app.amqp.as_task_v2(uuid(), run_next.name, args=(group.pk,))
-    content_type, content_encoding, payload = dumps(body, serializer=app.conf.task_serializer)
-    with app.producer_or_acquire() as producer, producer.batch():
-        producer.maybe_declare(queue)
-        for _ in range(count):
-            token_id = uuid()
-            producer.publish(
-                payload,
-                exchange="",  # the default exchange: straight to the queue of that name
-                routing_key=queue.name,
-                headers={**headers, "id": token_id, "root_id": token_id},
-                content_type=content_type,
-                content_encoding=content_encoding,
-                **{**properties, "correlation_id": token_id},
-            )
+    transaction.on_commit(lambda: broker.publish_tokens(group, 1))
 
 
 def machine_lost(machine: Machine, reason: str) -> None:
@@ -656,9 +606,10 @@ def kill_task(task: Task, *, actor=None) -> tuple[bool, str]:
             return False, f"Task {task.id} already ended ({status.label}); nothing to kill."
         if status == Status.PENDING_KILL:
             return False, f"Task {task.id} is already being killed."
-        new = Status.KILLED if status in (Status.PENDING_INPUT, Status.SUBMITTED) else Status.PENDING_KILL
-        if new not in lifecycle.TRANSITIONS[status]:
+        if status not in KILLABLE:
             return False, f"Task {task.id} is {status.label} and cannot be killed now; try again in a moment."
+        # Not yet on a machine, it ends at once; on one, its machine stops it.
+        new = Status.KILLED if Status.KILLED in lifecycle.TRANSITIONS[status] else Status.PENDING_KILL
         who = actor.username if actor else "the system"
         if lifecycle.transition(task, new, reason=f"Kill requested by {who}.", actor=actor):
             if actor is not None:
@@ -674,7 +625,7 @@ def kill_task(task: Task, *, actor=None) -> tuple[bool, str]:
 
 def kill_all(tasks, *, actor=None) -> list[tuple[str, bool, str]]:
     """Kill every task of ``tasks`` that has not ended; returns (id, changed, message) each."""
-    active = tasks.filter(status__in=lifecycle.ACTIVE - {Status.PENDING_KILL}).order_by("created_at")
+    active = tasks.filter(status__in=KILLABLE).order_by("created_at")
     return [(task.id, *kill_task(task, actor=actor)) for task in active]
 
 
@@ -734,18 +685,6 @@ def validate_metadata(metadata: dict) -> dict:
 # What the API's task pages, file listings and live views need beyond the
 # model: the timeline with durations, stored outputs and logs, and questions
 # to the machine running a task.
-
-# Which phase of the time breakdown each status counts towards. A kill keeps
-# the simulator running until the machine stops it, so it counts as computing.
-PHASE_OF: dict[Status, str] = {
-    Status.PENDING_INPUT: "waiting_for_input",
-    Status.SUBMITTED: "in_queue",
-    Status.PREPARING: "preparing",
-    Status.STARTED: "computing",
-    Status.PENDING_KILL: "computing",
-    Status.FINALIZING: "finalizing",
-}
-PHASES = ("waiting_for_input", "in_queue", "preparing", "computing", "finalizing")
 
 
 def timeline(task: Task, events: list | None = None, now: dt.datetime | None = None) -> list[dict]:
@@ -882,109 +821,3 @@ def unset_metadata(task: Task, keys: list[str], *, actor=None) -> dict:
         _audit_metadata(task, actor, locked.metadata, new)
     task.metadata = new
     return new
-
-
-# Asking the machine that runs a task.
-
-# Long enough for a machine busy computing to answer, short enough for a CLI.
-MACHINE_ANSWER_SECONDS = 4.0
-
-
-class NotRunning(Refused):
-    """The task is not on a machine, so there is nothing to look at there."""
-
-    def __init__(self, task: Task):
-        status = Status(task.status)
-        if status in lifecycle.TERMINAL:
-            hint = f"Its files are in its outputs: simdeck tasks download {task.id}"
-        else:
-            hint = "Try again once it is In Progress."
-        super().__init__(
-            f"Task {task.id} is not running (it is {status.label}), so there is nothing to look at "
-            f"on a machine. {hint}",
-            code="not_running",
-            status=409,
-        )
-
-
-def ask_machine(task: Task, op: str, **params) -> dict:
-    """Ask the worker running ``task`` a question (see :mod:`tasks_app.executor.inspect`)."""
-    from console.celery import app
-    from tasks_app.executor import inspect
-
-    machine = task.machine
-    if Status(task.status) not in lifecycle.ON_MACHINE or machine is None or not machine.hostname:
-        raise NotRunning(task)
-    node = f"{machine.name}@{machine.hostname}"
-    replies = app.control.broadcast(
-        inspect.COMMAND,
-        arguments={"task_id": task.id, "op": op, "params": params},
-        destination=[node],
-        reply=True,
-        timeout=MACHINE_ANSWER_SECONDS,
-        limit=1,
-    )
-    answer = next((r[node] for r in replies or [] if node in r), None)
-    if answer is None:
-        raise Refused(
-            f"Machine {machine.name} did not answer within {MACHINE_ANSWER_SECONDS:.0f} s; "
-            "it may be overloaded or gone. Try again in a moment.",
-            code="machine_unavailable",
-            status=503,
-        )
-    if answer.get("ok"):
-        return answer
-    if answer.get("error") == "not_here":
-        task.refresh_from_db()  # it moved on while we asked
-        raise NotRunning(task)
-    if answer.get("error") == "invalid":
-        raise Refused(answer.get("message", "Invalid request."), field=answer.get("field"))
-    raise Refused(
-        f"Machine {machine.name} could not answer: {answer.get('message') or answer.get('error')}",
-        code="machine_error",
-        status=502,
-    )
-
-
-def read_logs(
-    task: Task, offsets: dict[str, int | None], *, tail_lines: int = 0, max_bytes: int = 64 * 1024
-) -> dict:
-    """New text of the task's logs since ``offsets`` (stream -> byte offset, None for a tail).
-
-    While the task is on a machine the machine answers; afterwards the
-    stored logs do. Offsets mean the same bytes in both, so a reader that
-    follows a task across its end loses nothing and sees nothing twice.
-    """
-    from tasks_app.executor import inspect
-
-    streams = [s for s in ("stdout", "stderr") if s in offsets]
-    if Status(task.status) in lifecycle.ON_MACHINE:
-        try:
-            answer = ask_machine(
-                task,
-                "read",
-                files=[{"path": f"{s}.txt", "offset": offsets[s]} for s in streams],
-                lines=tail_lines,
-                max_bytes=max_bytes,
-            )
-        except NotRunning:
-            pass  # it just ended: the stored logs have the same bytes
-        else:
-            chunks = {}
-            for stream, item in zip(streams, answer["files"], strict=True):
-                chunks[stream] = _empty_chunk(offsets[stream]) if item.get("missing") else item
-            return {"status": task.status, "live": True, **chunks}
-    chunks = {}
-    for stream in streams:
-        name = storage.log_name(task.id, stream, task.attempt)
-        if not storage.exists(name):
-            chunks[stream] = _empty_chunk(offsets[stream])
-            continue
-        size = default_storage.size(name)
-        with storage.open_file(name) as f:
-            chunks[stream] = inspect.read_text(f, size, offsets[stream], tail_lines, max_bytes)
-    return {"status": task.status, "live": False, **chunks}
-
-
-def _empty_chunk(offset: int | None) -> dict:
-    return {"offset": offset or 0, "next_offset": offset or 0, "size": 0, "text": ""}

@@ -4,7 +4,7 @@ from celery import shared_task, signals
 from django.conf import settings
 from django.db import close_old_connections
 
-from tasks_app import scheduler
+from tasks_app import broker, scheduler
 from tasks_app.executor import inspect as _inspect  # noqa: F401  (registers the remote-control command)
 from tasks_app.executor import machine as _machine  # noqa: F401  (connects the worker signals)
 from tasks_app.executor.machine import current_machine
@@ -18,7 +18,7 @@ from tasks_app.executor.run import execute_next
 # in the database is the lock, a machine lost mid-task is reaped and its task
 # requeued, and a token lost before its claim is re-announced by the scheduler
 # (scheduler.restore_lost_tokens).
-@shared_task(name="simdeck.run_next", acks_late=False)
+@shared_task(name=broker.RUN_NEXT, acks_late=False)
 def run_next(group_id: int) -> str | None:
     """A task waits in this machine's group: claim the head of the queue and run it."""
     return execute_next(group_id, current_machine())

@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from tasks_app import services
+from tasks_app import broker, services
 from tasks_app.models import APIKey
 from tasks_app.testing.stack import ProcessStack as Stack
 
@@ -95,7 +95,7 @@ def group(alice):
 @pytest.fixture
 def no_broker(monkeypatch):
     """For tests that run no machine: what would be queued for one goes nowhere."""
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
+    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
 
 
 @pytest.fixture

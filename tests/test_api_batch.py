@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from tasks_app import services
+from tasks_app import broker, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Quota, Task, TaskEvent
 from tests.test_api import upload, zipped
@@ -26,7 +26,7 @@ def group(alice):
 def published(monkeypatch):
     """How many "a task waits" tokens went to the machines."""
     counts = []
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: counts.append(count))
+    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: counts.append(count))
     return counts
 
 

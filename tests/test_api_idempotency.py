@@ -11,7 +11,7 @@ import pytest
 from django.core.wsgi import get_wsgi_application
 from django.db import connection
 
-from tasks_app import services
+from tasks_app import broker, services
 from tasks_app.models import APIKey, Task
 from tests.test_api import zipped
 
@@ -25,7 +25,7 @@ def group(alice):
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch):
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
+    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
 
 
 def body(inline: bool = True, **overrides) -> dict:

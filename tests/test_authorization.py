@@ -34,7 +34,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from console.asgi import application
-from tasks_app import lifecycle, services, storage, teams
+from tasks_app import broker, lifecycle, services, storage, teams
 from tasks_app.api.endpoints import api as ninja_api
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Comment, Machine, SavedView, Task
@@ -379,7 +379,7 @@ def build_world() -> World:
 @pytest.fixture
 def world(db, monkeypatch) -> World:
     # No machine runs here: messages for the queues would go nowhere.
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
+    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
     return build_world()
 
 
@@ -559,7 +559,7 @@ def socket_outcome(path: str, key: str | None) -> str:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("route", sorted(SOCKETS))
 def test_websocket(route, monkeypatch):
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
+    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
     w = build_world()
     path = "/" + route.replace("<str:task_id>", w.task.id).replace("<str:ref>", w.group.name)
     got = {person: socket_outcome(path, w.keys.get(person)) for person in PEOPLE}

@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tasks_app import lifecycle, live, services
+from tasks_app import broker, lifecycle, live, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import MachineGroup, Task
 from tasks_app.testing.browser import CHROMIUM, launch
@@ -52,7 +52,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, live_server, alice, monkeypatch):
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
+    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
     # Live pushes go through async_to_sync, which refuses to run beside Playwright's loop.
     monkeypatch.setattr(live, "task_changed", lambda *args, **kwargs: None)
     context = browser.new_context(viewport={"width": 1280, "height": 900})

@@ -7,6 +7,7 @@ import pytest
 
 import simdeck
 from simdeck.errors import SimdeckError
+from tasks_app import broker
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, MachineGroup, Task, TaskEvent
 from tests.helpers import ROOT, wait_for
@@ -146,8 +147,6 @@ def test_a_terminated_group_takes_no_new_tasks(stack, client_for, alice_key):
 
 
 def test_a_second_delivery_of_a_queue_message_does_not_run_a_task_again(stack, client_for, alice_key):
-    from tasks_app import services
-
     client_for(alice_key)
     mg = simdeck.resources.MachineGroup("n2-standard-2").start()
     task = simdeck.simulators.Commands().run(
@@ -155,9 +154,9 @@ def test_a_second_delivery_of_a_queue_message_does_not_run_a_task_again(stack, c
     )
     group = MachineGroup.objects.get(name=mg.name)
     # The broker hands the message out again, as after a visibility timeout.
-    services.publish_tokens(group, 1)
+    broker.publish_tokens(group, 1)
     assert task.wait(polling_period=0.3, silent_mode=True) == "success"
-    services.publish_tokens(group, 1)
+    broker.publish_tokens(group, 1)
     logs = stack.home / "logs" / "machines"
     wait_for(
         lambda: sum(p.read_text().count("token dropped") for p in logs.glob("*.log")) == 2,
@@ -173,12 +172,9 @@ def test_a_machine_takes_its_groups_tokens_one_at_a_time_until_none_is_left(grou
     """A machine going on from task to task takes each token off the broker itself, as Celery would."""
     import secrets
 
-    from tasks_app import services
-    from tasks_app.executor.run import take_token
-
     settings.SIMDECK_QUEUE_PREFIX = f"test-tokens-{secrets.token_hex(4)}"
-    services.publish_tokens(group, 3)
-    assert [take_token(group) for _ in range(4)] == [True, True, True, False]
+    broker.publish_tokens(group, 3)
+    assert [broker.take_token(group) for _ in range(4)] == [True, True, True, False]
 
 
 def test_a_batch_of_tokens_is_celery_messages_each_with_an_id_of_its_own(group, settings):
@@ -186,10 +182,9 @@ def test_a_batch_of_tokens_is_celery_messages_each_with_an_id_of_its_own(group, 
     import secrets
 
     from console.celery import app
-    from tasks_app import services
 
     settings.SIMDECK_QUEUE_PREFIX = f"test-tokens-{secrets.token_hex(4)}"
-    services.publish_tokens(group, 3)
+    broker.publish_tokens(group, 3)
     with app.connection_for_read() as conn:
         channel = conn.default_channel
         messages = [channel.basic_get(group.queue_name, no_ack=True) for _ in range(4)]

@@ -21,7 +21,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from tasks_app import archives, lifecycle, services, storage
+from tasks_app import archives, broker, lifecycle, services, storage
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Machine, MachineGroup, Task
 from tests.helpers import ROOT
@@ -120,7 +120,7 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
 
 @pytest.fixture
 def ended_task(db, alice, monkeypatch):
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
+    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
     group = services.create_group(alice, machine_type="c2-standard-4", name="lab")
     task = Task.objects.create(
         owner=alice, project=group.project, machine_group=group, simulator="commands", parameters={}
@@ -182,7 +182,7 @@ def test_an_archive_with_dotdot_and_a_link_is_refused_without_writing_anything(t
 
 
 def test_an_upload_with_such_an_archive_is_refused_before_it_is_queued(db, alice, alice_key, monkeypatch):
-    monkeypatch.setattr(services, "publish_tokens", lambda group, count: None)
+    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
     api = Client(headers={"Authorization": f"Bearer {alice_key}"})
     services.create_group(alice, machine_type="c2-standard-4", name="lab")
     for data, named in (

@@ -9,7 +9,7 @@ from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tasks_app import lifecycle, services
+from tasks_app import lifecycle, services, statuses
 from tasks_app.lifecycle import Status, transition
 from tasks_app.models import Machine, Task, TaskEvent
 
@@ -257,3 +257,23 @@ def test_a_machine_no_longer_online_claims_nothing(alice, group):
     assert lifecycle.claim_head(group.pk, machine, reason="Picked up.") == (None, False)
     assert Task.objects.get(pk=task.pk).status == Status.SUBMITTED
     assert not TaskEvent.objects.exists()
+
+
+def test_the_status_facts_agree_with_the_transition_table():
+    """Whether a status is final and whether a kill applies are facts of it; the moves bear them out."""
+    for status in Status:
+        moves = lifecycle.TRANSITIONS[status]
+        assert statuses.FACTS[status].final == (not moves - {Status.SUBMITTED}), status
+        facts = statuses.FACTS[status]
+        # A kill ends a task no machine holds, and asks the machine of one it holds.
+        kill_applies = (Status.KILLED in moves and not facts.on_machine) or Status.PENDING_KILL in moves
+        assert facts.killable == kill_applies, status
+
+
+def test_killing_every_task_passes_over_one_that_is_finalizing(db, alice, group):
+    """A task storing its outputs cannot be killed, so a kill of all does not count it."""
+    finalizing = make_task(alice, group, Status.FINALIZING)
+    queued = make_task(alice, group, Status.SUBMITTED)
+    results = services.kill_all(Task.objects.filter(pk__in=[finalizing.pk, queued.pk]), actor=alice)
+    assert results == [(queued.pk, True, f"Task {queued.pk} was killed before it ran.")]
+    assert Task.objects.get(pk=finalizing.pk).status == Status.FINALIZING

@@ -15,6 +15,7 @@ from ninja import Query, Router
 from tasks_app import access, downloads, services, storage
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS, MACHINE_ERRORS
+from tasks_app.executor import questions
 
 router = Router(tags=["files"])
 
@@ -105,7 +106,7 @@ def read_logs(
         raise services.Refused("The log stream is 'stdout' or 'stderr'.", field="stream")
     given = {"stdout": stdout_offset, "stderr": stderr_offset}
     offsets = {name: given[name] for name in ("stdout", "stderr") if name in wanted}
-    return services.read_logs(task, offsets, tail_lines=tail_lines, max_bytes=max_bytes)
+    return questions.read_logs(task, offsets, tail_lines=tail_lines, max_bytes=max_bytes)
 
 
 # -- inside the machine, while the task runs -------------------------------------
@@ -114,13 +115,13 @@ def read_logs(
 @router.get("/{task_id}/machine/files", response={200: s.MachineFilesOut, **MACHINE_ERRORS})
 def machine_files(request: HttpRequest, task_id: str):
     """The files of the running task on its machine (stdout.txt and stderr.txt are its logs)."""
-    return services.ask_machine(access.task_for(request.user, task_id), "list_files")
+    return questions.ask_machine(access.task_for(request.user, task_id), "list_files")
 
 
 @router.get("/{task_id}/machine/last-modified-file", response={200: s.LastModifiedOut, **MACHINE_ERRORS})
 def machine_last_modified(request: HttpRequest, task_id: str):
     """The file the running task changed most recently."""
-    return services.ask_machine(access.task_for(request.user, task_id), "last_modified")
+    return questions.ask_machine(access.task_for(request.user, task_id), "last_modified")
 
 
 @router.get("/{task_id}/machine/tail", response={200: s.TailOut, **MACHINE_ERRORS})
@@ -137,10 +138,10 @@ def machine_tail(
     if offset and len(offset) != len(path):
         raise services.Refused("Give one offset per path, or none.", field="offset")
     files = [{"path": p, "offset": offset[i] if offset else None} for i, p in enumerate(path)]
-    return services.ask_machine(task, "read", files=files, lines=lines, max_bytes=max_bytes)
+    return questions.ask_machine(task, "read", files=files, lines=lines, max_bytes=max_bytes)
 
 
 @router.get("/{task_id}/machine/top", response={200: s.TopOut, **MACHINE_ERRORS})
 def machine_top(request: HttpRequest, task_id: str):
     """The running task's processes with their CPU and memory use, and the machine's load."""
-    return services.ask_machine(access.task_for(request.user, task_id), "top")
+    return questions.ask_machine(access.task_for(request.user, task_id), "top")

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from tasks_app import sandbox, services
 from tasks_app.models import Machine
+from tasks_app.providers.local import kill_marked
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -100,8 +101,6 @@ def _sweep_leftovers(**_):
     marker = {name: os.environ.get(name) for name in ("SIMDECK_MACHINE_ID", "SIMDECK_INSTANCE")}
     if None in marker.values():
         return  # not a machine its provider can tell apart
-    from tasks_app.providers.local import kill_marked
-
     kill_marked(marker, having=("SIMDECK_TASK_ID",))
 
 

@@ -27,19 +27,18 @@ import signal
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from tasks_app import archives, lifecycle, live, sandbox, storage
+from tasks_app import archives, broker, lifecycle, live, sandbox, storage
 from tasks_app import simulators as sims
 from tasks_app.executor import os_error_message
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.executor.sampling import ResourceMeter
 from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, Machine, MachineGroup, Task
+from tasks_app.models import Activity, Machine, Task
 
 log = logging.getLogger(__name__)
 
@@ -592,10 +591,8 @@ def claim_next(group_id: int, machine: Machine) -> Task | None:
         return task
     if not online:
         # Reclaimed or lost a moment ago: the token goes back for another machine.
-        from tasks_app import services
-
         log.warning("Machine %s is no longer online; its token goes back to the queue", machine.name)
-        services.publish_tokens(machine.group, 1)
+        broker.publish_tokens(machine.group, 1)
     return task
 
 
@@ -620,52 +617,11 @@ def unanswered_claim(machine: Machine) -> Task | None:
     return task
 
 
-def take_token(group: MachineGroup) -> bool:
-    """Take one "a task is waiting" message off the group's queue; False when none waits.
-
-    The message is taken as the worker would take it, so each token still
-    stands for one claim. It is gone once taken: should the machine die
-    before its claim commits, the scheduler re-announces the task
-    (``restore_lost_tokens``), as it does for any token that went missing.
-    """
-    try:
-        client = _broker_redis()
-        if client is not None:
-            # kombu keeps a queue's messages of the default priority in a
-            # list named after it and consumes from its right end.
-            return client.rpop(group.queue_name) is not None
-        from console.celery import app
-
-        with app.pool.acquire(block=True) as conn:
-            return conn.default_channel.basic_get(group.queue_name, no_ack=True) is not None
-    except Exception:  # the broker is away: the worker takes the next token once it is back
-        log.warning("Could not take a token of group %s", group.name, exc_info=True)
-        return False
-
-
-@functools.cache
-def _broker_redis():
-    """A client of the broker when it is Redis, kept for the process; None for other brokers.
-
-    Taking a token through kombu builds a channel and a client each time,
-    which cost more than the pop itself.
-    """
-    import redis
-
-    from console.celery import app
-
-    url = app.conf.broker_url
-    if urlsplit(url).scheme not in ("redis", "rediss"):
-        return None
-    # Timeouts as for the live log's client: a broker that stops answering must not hang the machine.
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-
 def execute_next(group_id: int, machine: Machine) -> str | None:
     """Handle one token: run the task at the head of the queue, if any, then the next ones.
 
     A machine that has finished a task takes the next token of its group's
-    queue itself (:func:`take_token`) and claims at once, rather than
+    queue itself (:func:`tasks_app.broker.take_token`) and claims at once, rather than
     returning to Celery for it: the same one claim per token, without the
     worker's round trip per message, which is most of what a tiny task
     costs. It goes back to Celery when no token waits, when the queue turns
@@ -711,14 +667,6 @@ def claim_and_run(
         Execution(task, machine).run()
         if time.monotonic() > until:
             return task.id, False
-        popped = live.pop_later(machine.group.queue_name) if _broker_is_live_redis() else None
-    took = (popped() is not None) if popped else take_token(machine.group)
+        taken = broker.take_token_later(machine.group)
+    took = taken() if taken else broker.take_token(machine.group)
     return task.id, took
-
-
-@functools.cache
-def _broker_is_live_redis() -> bool:
-    """Whether the broker is the Redis the live log uses, so tokens can travel with its messages."""
-    from console.celery import app
-
-    return app.conf.broker_url == settings.REDIS_URL

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from tasks_app import lifecycle, sandbox, services
+from tasks_app import broker, lifecycle, sandbox, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
 
@@ -314,13 +314,7 @@ class LocalProvider:
                 log.warning("Worker of machine %s (pid %s) has not exited yet", mid, proc.pid)
 
     def purge_queue(self, group: MachineGroup) -> None:
-        from console.celery import app
-
-        with app.connection_for_write() as conn:
-            try:
-                conn.default_channel.queue_purge(group.queue_name)
-            except Exception:  # the queue may never have existed
-                log.debug("Nothing to purge for %s", group.queue_name)
+        broker.purge_tokens(group)
 
     def shutdown(self) -> None:
         """Stop every machine of this host, then wait for them."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from tasks_app.sandbox import install_folders
+
 
 class SimulatorMissing(Exception):
     """The simulator's program is not installed on this machine.
@@ -73,6 +75,4 @@ class Simulator:
         By default this Python's install, which runs the ``python`` of
         command lines and the simulators installed from PyPI.
         """
-        from tasks_app.sandbox import install_folders
-
         return install_folders()

@@ -7,7 +7,7 @@ from django import template
 from django.utils import timezone
 
 from tasks_app import inputs
-from tasks_app.lifecycle import Status
+from tasks_app.statuses import TONES, Status
 
 register = template.Library()
 
@@ -52,26 +52,9 @@ def filesize(value) -> str:
     return f"{size:.1f} TB"
 
 
-# Badge tone and a glyph for each status, so status never relies on colour alone.
-_TONES = {
-    "pending-input": ("waiting", "…"),
-    "submitted": ("waiting", "◷"),
-    "preparing-to-compute": ("running", "▸"),
-    "started": ("running", "▶"),
-    "finalizing": ("running", "⇪"),
-    "pending-kill": ("stopping", "■"),
-    "success": ("success", "✓"),
-    "failed": ("failure", "✗"),
-}
-
-
-def tone_of(status: str) -> str:
-    return _TONES.get(status, ("ended", "⊘"))[0]
-
-
 @register.inclusion_tag("tasks/_badge.html")
 def status_badge(status: str, label: str = ""):
-    tone, glyph = _TONES.get(status, ("ended", "⊘"))
+    tone, glyph = TONES.get(status, ("ended", "⊘"))
     if not label:
         try:
             label = Status(status).label

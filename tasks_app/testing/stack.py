@@ -20,6 +20,10 @@ import httpx
 from django.conf import settings
 from django.db import connection
 
+from tasks_app import services
+from tasks_app.models import MachineGroup
+from tasks_app.providers.local import kill_marked
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -149,8 +153,6 @@ class ProcessStack:
         For tests' teardown, where nothing is left to observe: a graceful
         stop waits for every machine's worker to shut down, seconds per test.
         """
-        from tasks_app.providers.local import kill_marked
-
         for proc in self.procs:
             signal_group(proc, signal.SIGKILL)
         # Machines run in sessions of their own; their environment names this stack's home.
@@ -160,9 +162,6 @@ class ProcessStack:
 
     def stop(self, groups=None) -> None:
         """Terminate ``groups`` (default: every live group) so their machines stop, then the processes."""
-        from tasks_app import services
-        from tasks_app.models import MachineGroup
-
         live = MachineGroup.objects.exclude(state=MachineGroup.State.TERMINATED)
         if groups is not None:
             live = live.filter(pk__in=[g.pk for g in groups])

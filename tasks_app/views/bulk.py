@@ -23,9 +23,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from tasks_app import access, lifecycle, services
 from tasks_app.forms import BulkForm, SavedViewForm, TaskFilterForm
-from tasks_app.lifecycle import Status
 from tasks_app.models import SavedView
 from tasks_app.resubmit import resubmit
+from tasks_app.statuses import KILLABLE
 from tasks_app.views import table
 from tasks_app.views.common import page_or_partial
 
@@ -61,7 +61,7 @@ def _targets(request: HttpRequest, form: BulkForm) -> QuerySet | None:
 
 
 ACTIONABLE = {
-    "kill": lambda qs: qs.filter(status__in=lifecycle.ACTIVE - {Status.PENDING_KILL}),
+    "kill": lambda qs: qs.filter(status__in=KILLABLE),
     "metadata": lambda qs: qs,
     "resubmit": lambda qs: qs.filter(status__in=lifecycle.TERMINAL).exclude(input_path=""),
     "export": lambda qs: qs,

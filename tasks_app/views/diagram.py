@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tasks_app import lifecycle
-from tasks_app.lifecycle import Status
+from tasks_app.statuses import FACTS, Status
 
 NODE_W, NODE_H = 176, 28
 COL_GAP, ROW_GAP = 30, 10
@@ -90,10 +90,9 @@ def _columns() -> dict[Status, int]:
     return column
 
 
-def build(path: list[str] | None = None, tones: dict[str, str] | None = None) -> Diagram:
+def build(path: list[str] | None = None) -> Diagram:
     """The diagram, with the statuses and moves of ``path`` (in order) highlighted."""
     path = path or []
-    tones = tones or {}
     column = _columns()
     by_column: dict[int, list[Status]] = {}
     for status in Status:  # declaration order keeps the happy path on top
@@ -117,7 +116,7 @@ def build(path: list[str] | None = None, tones: dict[str, str] | None = None) ->
                 y=y,
                 visited=status.value in path,
                 current=bool(path) and path[-1] == status.value,
-                tone=tones.get(status.value, "ended"),
+                tone=FACTS[status].tone,
             )
             y += NODE_H + ROW_GAP
     taken = set(zip(path, path[1:], strict=False))

@@ -17,6 +17,8 @@ from typing import BinaryIO
 from django.core.files.storage import default_storage
 
 from tasks_app import services, storage
+from tasks_app.executor import questions
+from tasks_app.executor.inspect import MAX_READ_BYTES
 from tasks_app.models import Task
 
 log = logging.getLogger(__name__)
@@ -184,10 +186,9 @@ def stream_running(task, stream: str, query: str = "") -> Iterator[bytes]:
     cannot answer gives an error page rather than an empty file. When the
     task leaves its machine meanwhile, the same offsets continue in storage.
     """
-    from tasks_app.executor.inspect import MAX_READ_BYTES
 
     def piece(offset: int) -> dict:
-        return services.read_logs(task, {stream: offset}, max_bytes=MAX_READ_BYTES)[stream]
+        return questions.read_logs(task, {stream: offset}, max_bytes=MAX_READ_BYTES)[stream]
 
     first = piece(0)
     needle = query.lower()

@@ -16,7 +16,6 @@ from tasks_app import access, lifecycle, task_counts
 from tasks_app.forms import APIKeyForm
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Machine, MachineGroup, Membership, Task
-from tasks_app.templatetags.simdeck import tone_of
 from tasks_app.views import diagram
 from tasks_app.views.groups import with_counts
 
@@ -141,8 +140,7 @@ def status_reference(request: HttpRequest) -> HttpResponse:
         }
         for st in Status
     ]
-    tones = {s.value: tone_of(s.value) for s in Status}
-    return render(request, "statuses.html", {"rows": rows, "diagram": diagram.build([], tones)})
+    return render(request, "statuses.html", {"rows": rows, "diagram": diagram.build([])})
 
 
 @login_required

@@ -18,16 +18,17 @@ from tasks_app import access, downloads, lifecycle, services, storage
 from tasks_app import simulators as sims
 from tasks_app.forms import (
     SORTS,
-    STATUS_GROUPS,
     BulkForm,
     MetadataEntryForm,
     ResubmitForm,
     SavedViewForm,
     TaskFilterForm,
+    add_refusal,
 )
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, MachineGroup, Membership, Role, Task
 from tasks_app.resubmit import resubmit
+from tasks_app.statuses import KILLABLE, PHASE_LABELS, STATUS_GROUPS
 from tasks_app.views import bulk, diagram, filetree, logs, review, table, waiting
 from tasks_app.views.common import page_or_partial, trigger, wants_partial
 from tasks_app.views.resources import resources_context
@@ -104,8 +105,7 @@ def header_context(task: Task, message: str = "", position: int | None = None, *
         "guidance": task.guidance,
         "position": position,
         "wait": waiting.why_waiting(task, position),
-        "killable": "kill" in allowed
-        and task.status_enum in lifecycle.ACTIVE - {Status.PENDING_KILL, Status.FINALIZING},
+        "killable": "kill" in allowed and task.status_enum in KILLABLE,
         "allowed": allowed,
         "message": message,
     }
@@ -121,7 +121,7 @@ def timeline_context(task: Task) -> dict:
         "events": events,
         "steps": list(zip(steps, [None, *events], strict=True)),
         "bar": _bar(services.time_breakdown(steps)),
-        "diagram": diagram.build(path, _tones()),
+        "diagram": diagram.build(path),
     }
 
 
@@ -157,15 +157,6 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
     return render(request, "tasks/task_detail.html", context)
 
 
-PHASE_LABELS = {
-    "waiting_for_input": "Waiting for input",
-    "in_queue": "In queue",
-    "preparing": "Preparing",
-    "computing": "Computing",
-    "finalizing": "Finalizing",
-}
-
-
 # The narrowest a phase is drawn, in percent of the bar, so a short one stays visible.
 PHASE_MIN_PERCENT = 0.8
 
@@ -190,12 +181,6 @@ def _bar(breakdown: dict[str, float | None]) -> list[dict]:
         )
         offset += width * scale
     return bar
-
-
-def _tones() -> dict[str, str]:
-    from tasks_app.templatetags.simdeck import tone_of
-
-    return {s.value: tone_of(s.value) for s in Status}
 
 
 @login_required
@@ -476,8 +461,6 @@ def task_resubmit_edit(request: HttpRequest, task_id: str) -> HttpResponse:
                     metadata=data["metadata"],
                 )
             except services.Refused as exc:
-                from tasks_app.forms import add_refusal
-
                 add_refusal(form, exc)
             else:
                 messages.success(request, f"Resubmitted as task {new.id}.")

@@ -18,6 +18,7 @@ from django.utils import timezone
 from tasks_app import lifecycle
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, MachineGroup, Task
+from tasks_app.templatetags.simdeck import duration
 
 RECENT_TASKS = 20
 BUSY_SHOWN = 5
@@ -128,6 +129,4 @@ def _estimate(ahead: int, machines: int, running: list[Task], average: dt.timede
 
 
 def _short(delta: dt.timedelta) -> str:
-    from tasks_app.templatetags.simdeck import duration
-
     return duration(delta)

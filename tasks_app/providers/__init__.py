@@ -1,0 +1,1 @@
+"""Providers: what keeps a started machine group's machines running."""
