@@ -224,9 +224,10 @@ def kills(run: Run, times: int = 20) -> str:
         check(final[task_id] == "executor-terminated", f"{task_id} ended {final[task_id]}")
     run.audit(final, set(ids) - lost_for_good)
     from tasks_app import live
+    from tasks_app.live import publishing
 
     for task_id in lost_for_good:  # followers of their logs were told they ended
-        last = live._redis().xrevrange(live.log_stream_key(task_id), count=1)
+        last = publishing.redis_client().xrevrange(live.log_stream_key(task_id), count=1)
         check(last and last[0][1][b"s"] == b"end", f"the log of {task_id} never got its end mark")
     again = Task.objects.filter(pk__in=set(victims) & resubmitted, attempt=2).count()
     check(again == len(set(victims) & resubmitted), "a resubmitted task did not run a second time")

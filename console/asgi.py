@@ -21,9 +21,9 @@ finally:
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from tasks_app.routing import websocket_urlpatterns  # noqa: E402
-from tasks_app.ws_auth import APIKeyAuthMiddleware  # noqa: E402
-from tasks_app.ws_origin import SameOriginValidator  # noqa: E402
+from tasks_app.sockets.auth import APIKeyAuthMiddleware  # noqa: E402
+from tasks_app.sockets.origin import SameOriginValidator  # noqa: E402
+from tasks_app.sockets.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

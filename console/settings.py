@@ -107,7 +107,7 @@ if env.bool("SIMDECK_DB_POOL", default=False):
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 # A machine claims and moves tasks with the same few statements thousands of
-# times; bound on the server (tasks_app.lifecycle), they are prepared after a
+# times; bound on the server (tasks_app.lifecycle_sql), they are prepared after a
 # few runs on a connection and not planned again. Django turns preparing off
 # for the sake of transaction-mode poolers (PgBouncer): turn it off there too.
 if env.bool("SIMDECK_DB_PREPARED_STATEMENTS", default=True):

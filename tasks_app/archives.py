@@ -34,10 +34,28 @@ def _checked_name(info: zipfile.ZipInfo) -> PurePosixPath:
     return name
 
 
+def file_entries(archive: BinaryIO) -> list[zipfile.ZipInfo]:
+    """The regular files of a zip archive, read from its index: names as stored, sizes."""
+    with zipfile.ZipFile(archive) as zf:
+        return [i for i in zf.infolist() if not i.is_dir()]
+
+
 def list_files(archive: BinaryIO) -> list[str]:
     """The regular files of a zip archive, as relative POSIX paths, checked."""
-    with zipfile.ZipFile(archive) as zf:
-        return [str(_checked_name(i)) for i in zf.infolist() if not i.is_dir()]
+    return [str(_checked_name(i)) for i in file_entries(archive)]
+
+
+def open_file(archive: BinaryIO, path: str) -> tuple[BinaryIO, int]:
+    """A stream of the file ``path`` of ``archive``, unpacked as it is read, and its size.
+
+    KeyError when the archive holds no such file, or is no zip archive.
+    """
+    try:
+        zf = zipfile.ZipFile(archive)
+        info = zf.getinfo(path)
+    except zipfile.BadZipFile:
+        raise KeyError(path) from None
+    return zf.open(info), info.file_size
 
 
 def safe_extract(archive: BinaryIO, dest: Path) -> list[Path]:

@@ -8,15 +8,18 @@ put back on the form with :func:`add_refusal`, next to the field it names.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 from django import forms
 from django.conf import settings
+from django.utils import timezone
 
 from tasks_app import lifecycle, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import Role, Task
 from tasks_app.statuses import STATUS_GROUPS
+from tasks_app.task_filter import TaskFilter
 
 SORTS = {
     "-created": "Newest first",
@@ -103,6 +106,24 @@ class TaskFilterForm(forms.Form):
         if value in STATUS_GROUPS:
             return STATUS_GROUPS[value][1]
         return frozenset({Status(value)})
+
+    def task_filter(self) -> TaskFilter:
+        """What a valid form keeps; its dates are whole days in the current time zone."""
+        data = self.cleaned_data
+        tz = timezone.get_current_timezone()
+        since, until = data["since"], data["until"]
+        return TaskFilter(
+            statuses=self.statuses(),
+            id_prefix=data["q"],
+            project=data["project"],
+            simulator=data["simulator"],
+            machine_group=data["group"],
+            owner=data["owner"],
+            review=data.get("review") or "",
+            metadata=(data["meta"],) if data["meta"] else (),
+            created_from=since and dt.datetime.combine(since, dt.time.min, tz),
+            created_before=until and dt.datetime.combine(until + dt.timedelta(days=1), dt.time.min, tz),
+        )
 
 
 class MetadataEntryForm(forms.Form):

@@ -1,26 +1,26 @@
-"""The task lifecycle: every status, what it means, and how a task moves.
+"""The task lifecycle: which moves between statuses exist, and making them.
 
-This module is the only place that changes ``Task.status``. A move is one
-guarded ``UPDATE ... WHERE status = <old>`` (compare-and-set) together with
-the event row that records it, in one SQL statement. When two processes race
-(a worker starting a task while a user kills it), exactly one update matches
-and the other learns it lost.
+This module is the only place that changes ``Task.status`` (what each
+status means is :mod:`tasks_app.statuses`'). A move is one guarded
+``UPDATE ... WHERE status = <old>`` (compare-and-set) together with the
+event row that records it, in one SQL statement written by
+:mod:`tasks_app.lifecycle_sql`. When two processes race (a worker starting
+a task while a user kills it), exactly one update matches and the other
+learns it lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 
-from django.db import connections, transaction
+from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
-from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
-from tasks_app import live
-from tasks_app.models import Activity, Machine, Task, TaskEvent
+from tasks_app import lifecycle_sql, live
+from tasks_app.models import Activity, Task, TaskEvent
 
 # The statuses and their facts, which the rest of the code reads here too.
 from tasks_app.statuses import (  # noqa: F401
@@ -130,7 +130,7 @@ def transition(
             raise IllegalTransition(f"A task cannot go from {before.value} to {status.value}.")
         if status in PHASE_FIELD:
             values[PHASE_FIELD[status]] = when
-        # The event's columns, in the order of EVENT_COLUMNS.
+        # The event's columns, in the order of lifecycle_sql.EVENT_COLUMNS.
         events.append((task.pk, before.value, status.value, when, why, actor_id, machine_id))
         before = status
     if new in TERMINAL:
@@ -143,14 +143,14 @@ def transition(
         values["machine"] = None
         values["ended_at"] = None
     reported = new in FAILURES and new != S.KILLED
-    # One statement moves the task and writes its events (see _move_and_record).
+    # One statement moves the task and writes its events (see lifecycle_sql.move_and_record).
     # Standing alone it is a transaction of its own, one round trip to the
     # database; an activity row to write with it, or a caller's transaction
     # (a claim, an upload), makes it part of a larger one. No savepoint is
     # needed: an update that matches nothing is no error, and any error
     # undoes the whole.
     with transaction.atomic(savepoint=False) if reported else contextlib.nullcontext():
-        if not _move_and_record(Task, task.pk, old, values, events, in_attempt):
+        if not lifecycle_sql.move_and_record(task.pk, old, values, events, in_attempt):
             return False
         if reported:
             # The project's activity feed tells of failures next to what people did
@@ -177,124 +177,6 @@ def transition(
     return True
 
 
-# The columns of an event row, as transition() lists them.
-EVENT_COLUMNS = ("task_id", "from_status", "to_status", "at", "reason", "actor_id", "machine_id")
-
-
-def _move_and_record(model, pk, old: Status, values: dict, events: list, in_attempt: int | None) -> bool:
-    """The guarded update of task ``pk`` from ``old`` and the insert of ``events``, as one statement.
-
-    ``WITH moved AS (UPDATE ... RETURNING id) INSERT ... SELECT ... FROM moved``:
-    the events are written exactly when the update matched, so a move that
-    lost its race writes nothing, and a move on a machine costs one round
-    trip instead of four (BEGIN, UPDATE, INSERT, COMMIT). The update stays an
-    ordinary UPDATE of the task table, which its triggers see as any other.
-    ``events`` are rows of :data:`EVENT_COLUMNS`. Returns whether the task moved.
-    """
-    connection = connections[model.objects.db]
-    if any(hasattr(value, "resolve_expression") for value in values.values()):
-        update_sql, update_params = _expression_update(model, pk, old, in_attempt, values)
-        sql = _with_events(update_sql, model, len(events), connection)
-    else:
-        sql, fields = _move_sql(model, connection.alias, tuple(values), in_attempt is not None, len(events))
-        update_params = [
-            field.get_db_prep_save(
-                value.prepare_database_save(field) if hasattr(value, "prepare_database_save") else value,
-                connection,
-            )
-            for field, value in zip(fields, values.values(), strict=True)
-        ]
-        update_params += [pk, old.value] if in_attempt is None else [pk, old.value, in_attempt]
-    with _prepared_cursor(connection) as cursor:
-        cursor.execute(sql, [*update_params, *(value for event in events for value in event)])
-        return cursor.fetchone() is not None
-
-
-@functools.cache
-def _move_sql(model, alias: str, names: tuple[str, ...], attempt_guard: bool, count: int):
-    """The statement of a move that sets ``names`` and records ``count`` events, with the fields it sets.
-
-    A machine moves every task it runs the same few ways: building the
-    statement anew each time cost more Python than the database takes to
-    run it.
-    """
-    connection = connections[alias]
-    q = connection.ops.quote_name
-    fields = [model._meta.get_field(name) for name in names]
-    guard = [model._meta.pk.column, "status"] + (["attempt"] if attempt_guard else [])
-    update = (
-        f"UPDATE {q(model._meta.db_table)} SET {', '.join(f'{q(f.column)} = %s' for f in fields)} "
-        f"WHERE {' AND '.join(f'{q(column)} = %s' for column in guard)}"
-    )
-    return _with_events(update, model, count, connection), fields
-
-
-def _with_events(update_sql: str, model, count: int, connection) -> str:
-    """``update_sql`` made to record ``count`` events of the task it moves, and answer whether it did."""
-    q = connection.ops.quote_name
-    table = q(TaskEvent._meta.db_table)
-    columns = ", ".join(q(column) for column in EVENT_COLUMNS)
-    placeholders = ", ".join(["%s"] * len(EVENT_COLUMNS))
-    # One INSERT per event, each typed by its target columns (a UNION of
-    # rows would type a NULL as text). The last one answers whether it moved.
-    insert = f"INSERT INTO {table} ({columns}) SELECT {placeholders} FROM moved"
-    earlier = "".join(f", passed{i} AS ({insert})" for i in range(count - 1))
-    return f"WITH moved AS ({update_sql} RETURNING {q(model._meta.pk.column)}){earlier} {insert} RETURNING 1"
-
-
-def _prepared_cursor(connection):
-    """A cursor whose statements PostgreSQL keeps prepared on ``connection``.
-
-    Django binds parameters on the client, so the server parses and plans
-    every statement anew. A machine runs the same claim and the same few
-    moves thousands of times, and planning them took as long as running
-    them. Bound on the server, psycopg prepares a statement once it has
-    run a few times on a connection (``prepare_threshold``, set in
-    console/settings.py) and from then on sends only its parameters.
-    """
-    from django.db.backends.postgresql.base import ServerBindingCursor
-
-    connection.ensure_connection()
-    # Wrapped as Django wraps its own: errors translated, queries logged in DEBUG.
-    return connection._prepare_cursor(ServerBindingCursor(connection.connection))
-
-
-def _task_from_row(connection, row):
-    """A Task from a row of all its concrete columns, in field order, as a queryset would build it."""
-    values = list(row)
-    for i, converters in _task_converters(connection.alias):
-        for convert, expression in converters:
-            values[i] = convert(values[i], expression, connection)
-    return Task.from_db(connection.alias, None, values)
-
-
-@functools.cache
-def _task_converters(alias: str) -> list:
-    """``(index, [(converter, column)])`` for the Task columns whose database value needs converting."""
-    connection = connections[alias]
-    found = []
-    for i, field in enumerate(Task._meta.concrete_fields):
-        column = field.get_col(Task._meta.db_table)
-        converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
-        if converters:
-            found.append((i, [(convert, column) for convert in converters]))
-    return found
-
-
-def _expression_update(model, pk, old: Status, in_attempt: int | None, values: dict):
-    """The guarded update of :func:`_move_sql` compiled by the ORM, for values that are expressions.
-
-    Returns the SQL and its parameters.
-    """
-    guard = {model._meta.pk.name: pk, "status": old.value}
-    if in_attempt is not None:
-        guard["attempt"] = in_attempt
-    guarded = model.objects.filter(**guard)
-    query = guarded.query.chain(UpdateQuery)
-    query.add_update_values(values)
-    return query.get_compiler(guarded.db).as_sql()
-
-
 def claim_head(group_id: int, machine, *, reason: str, at: dt.datetime | None = None):
     """Move the head of the group's queue to preparing-to-compute on ``machine``.
 
@@ -304,62 +186,17 @@ def claim_head(group_id: int, machine, *, reason: str, at: dt.datetime | None = 
     heads the queue, in one statement: lock the machine, pick the head with
     ``SKIP LOCKED`` (machines claim side by side without waiting on each
     other), move it, write its event, and read it back. The machine row is
-    locked before any task, as ``services._machine_gone()`` locks them, so a
+    locked before any task, as ``services.machines._machine_gone()`` locks them, so a
     machine lost or reclaimed a moment ago takes no task that nobody would
     then end; a task killed meanwhile no longer matches and is passed over.
     """
-    now = at or timezone.now()
-    connection = connections[Task.objects.db]
-    sql = _claim_sql(connection.alias)
-    params = [machine.pk, group_id, now, now, machine.pk, now, reason, machine.pk]
-    with _prepared_cursor(connection) as cursor:
-        cursor.execute(sql, params)
-        *row, online = cursor.fetchone()
-    if row[0] is None:
+    task, online = lifecycle_sql.claim(group_id, machine.pk, reason=reason, at=at or timezone.now())
+    if task is None:
         return None, online
-    task = _task_from_row(connection, row)
     # Viewers learn of it once it is committed, never before.
     args = (task.pk, task.machine_group_id, task.owner_id, S.PREPARING.value)
     transaction.on_commit(lambda: live.task_changed(*args, left_queue=True, project_id=task.project_id))
     return task, True
-
-
-@functools.cache
-def _claim_sql(alias: str) -> str:
-    """The statement of :func:`claim_head`, written once per database."""
-    connection = connections[alias]
-    q = connection.ops.quote_name
-    columns = [f.column for f in Task._meta.concrete_fields]
-    # The statuses are written into the statement, not passed: prepared once,
-    # its plan is made for any parameters, and only a known status lets it
-    # use the partial index of the queue (task_queue, status = 'submitted').
-    online, submitted, preparing = (_literal(v) for v in (Machine.State.ONLINE, S.SUBMITTED, S.PREPARING))
-    return f"""
-        WITH machine AS MATERIALIZED (
-            SELECT id FROM {q(Machine._meta.db_table)} WHERE id = %s AND state = {online} FOR NO KEY UPDATE
-        ), head AS (
-            SELECT id FROM {q(Task._meta.db_table)}
-            WHERE machine_group_id = %s AND status = {submitted} AND EXISTS (SELECT FROM machine)
-            ORDER BY queued_at, id LIMIT 1 FOR UPDATE SKIP LOCKED
-        ), moved AS (
-            UPDATE {q(Task._meta.db_table)} AS task
-            SET status = {preparing}, status_changed_at = %s, {q(PHASE_FIELD[S.PREPARING])} = %s,
-                machine_id = %s, attempt = task.attempt + 1
-            FROM head WHERE task.id = head.id AND task.status = {submitted}
-            RETURNING {", ".join(f"task.{q(c)}" for c in columns)}
-        ), recorded AS (
-            INSERT INTO {q(TaskEvent._meta.db_table)}
-                (task_id, from_status, to_status, at, reason, machine_id)
-            SELECT id, {submitted}, {preparing}, %s, %s, %s FROM moved
-        )
-        SELECT moved.*, EXISTS (SELECT FROM machine) AS machine_online
-        FROM (SELECT) AS one LEFT JOIN moved ON true
-    """
-
-
-def _literal(value: str) -> str:
-    """``value`` as an SQL string literal."""
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def transition_many(

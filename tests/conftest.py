@@ -93,6 +93,12 @@ def group(alice):
 
 
 @pytest.fixture
+def started_group(alice):
+    """A started machine group named "lab" in alice's own project, ready for submissions."""
+    return services.start_group(services.create_group(alice, machine_type="c2-standard-4", name="lab"))
+
+
+@pytest.fixture
 def no_broker(monkeypatch):
     """For tests that run no machine: what would be queued for one goes nowhere."""
     monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)

@@ -1,6 +1,8 @@
-"""Helpers for tests that wait on real processes."""
+"""Helpers the tests share: waiting on real processes, making input archives."""
 
+import io
 import time
+import zipfile
 from pathlib import Path
 
 import psutil
@@ -36,3 +38,12 @@ def processes_of(task_ids: str | set[str]) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def zipped(files: dict[str, bytes]) -> bytes:
+    """A zip archive of ``files`` (name -> contents), as a client would upload it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()

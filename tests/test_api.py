@@ -1,29 +1,15 @@
 """The JSON API: authentication, creating tasks, uploads, and clear errors."""
 
 import hashlib
-import io
-import zipfile
 
 import pytest
 
 from tasks_app import scheduler, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Task, TaskEvent
+from tests.helpers import zipped
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def group(alice):
-    return services.start_group(services.create_group(alice, machine_type="c2-standard-4", name="lab"))
-
-
-def zipped(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def create(api, **overrides):
@@ -67,7 +53,7 @@ def test_keys_are_stored_only_as_hashes(alice):
     assert key.digest == hashlib.sha256(secret.encode()).hexdigest()
 
 
-def test_every_run_creates_a_new_task_with_a_25_character_id(api, group):
+def test_every_run_creates_a_new_task_with_a_25_character_id(api, started_group):
     first, second = create(api).json(), create(api).json()
     assert first["id"] != second["id"]
     for body in (first, second):
@@ -76,7 +62,9 @@ def test_every_run_creates_a_new_task_with_a_25_character_id(api, group):
         assert body["upload_url"] == f"/api/v1/tasks/{body['id']}/input"
 
 
-def test_an_upload_queues_the_task_and_records_the_event(api, group, django_capture_on_commit_callbacks):
+def test_an_upload_queues_the_task_and_records_the_event(
+    api, started_group, django_capture_on_commit_callbacks
+):
     task_id = create(api).json()["id"]
     with django_capture_on_commit_callbacks() as callbacks:
         response = upload(api, task_id, zipped({"run.sh": b"echo hi"}))
@@ -89,7 +77,7 @@ def test_an_upload_queues_the_task_and_records_the_event(api, group, django_capt
     assert len(callbacks) == 2
 
 
-def test_a_truncated_upload_is_refused_and_the_task_keeps_waiting(api, group):
+def test_a_truncated_upload_is_refused_and_the_task_keeps_waiting(api, started_group):
     task_id = create(api).json()["id"]
     data = zipped({"run.sh": b"echo hi"})
     response = upload(api, task_id, data[:-10], size=len(data), sha=hashlib.sha256(data).hexdigest())
@@ -99,7 +87,7 @@ def test_a_truncated_upload_is_refused_and_the_task_keeps_waiting(api, group):
     assert Task.objects.get(pk=task_id).status == Status.PENDING_INPUT
 
 
-def test_a_corrupt_upload_is_refused(api, group):
+def test_a_corrupt_upload_is_refused(api, started_group):
     task_id = create(api).json()["id"]
     response = upload(api, task_id, zipped({"run.sh": b"echo hi"}), sha="0" * 64)
     assert response.status_code == 400
@@ -107,7 +95,7 @@ def test_a_corrupt_upload_is_refused(api, group):
     assert Task.objects.get(pk=task_id).status == Status.PENDING_INPUT
 
 
-def test_a_second_upload_is_refused(api, group):
+def test_a_second_upload_is_refused(api, started_group):
     task_id = create(api).json()["id"]
     data = zipped({"run.sh": b"echo hi"})
     assert upload(api, task_id, data).status_code == 200
@@ -133,7 +121,7 @@ def test_a_second_upload_is_refused(api, group):
         ({"project": "a/b"}, "project", "the group belongs to project"),
     ],
 )
-def test_bad_submissions_say_what_is_wrong_and_create_nothing(api, group, overrides, field, words):
+def test_bad_submissions_say_what_is_wrong_and_create_nothing(api, started_group, overrides, field, words):
     response = create(api, **overrides)
     assert 400 <= response.status_code < 500
     body = response.json()
@@ -152,14 +140,14 @@ def test_an_unknown_machine_type_lists_the_known_ones(api):
     assert "c2-standard-4" in response.json()["message"]
 
 
-def test_a_terminated_group_refuses_new_tasks(api, group, alice):
-    services.terminate_group(group, actor=alice)
+def test_a_terminated_group_refuses_new_tasks(api, started_group, alice):
+    services.terminate_group(started_group, actor=alice)
     response = create(api)
     assert response.status_code == 409
     assert "terminated" in response.json()["message"]
 
 
-def test_terminating_a_group_ends_its_queued_tasks_as_zombies(api, group, alice):
+def test_terminating_a_group_ends_its_queued_tasks_as_zombies(api, started_group, alice):
     queued = create(api).json()["id"]
     upload(api, queued, zipped({"run.sh": b"echo hi"}))
     waiting = create(api).json()["id"]
@@ -170,7 +158,7 @@ def test_terminating_a_group_ends_its_queued_tasks_as_zombies(api, group, alice)
     assert TaskEvent.objects.get(task_id=queued, to_status=Status.ZOMBIE).actor == alice
 
 
-def test_another_users_task_answers_404(client, bob, api, group):
+def test_another_users_task_answers_404(client, bob, api, started_group):
     task_id = create(api).json()["id"]
     _, bob_key = APIKey.issue(bob, "bob")
     response = client.get(f"/api/v1/tasks/{task_id}", HTTP_AUTHORIZATION=f"Bearer {bob_key}")
@@ -178,7 +166,7 @@ def test_another_users_task_answers_404(client, bob, api, group):
     assert response.json()["error"] == "not_found"
 
 
-def test_listing_filters_by_status_aliases_and_pages_with_a_cursor(api, group):
+def test_listing_filters_by_status_aliases_and_pages_with_a_cursor(api, started_group):
     ids = [create(api).json()["id"] for _ in range(5)]
     page = api.get("/api/v1/tasks", {"limit": 2}).json()
     assert len(page["items"]) == 2 and page["next_cursor"]
@@ -193,7 +181,7 @@ def test_listing_filters_by_status_aliases_and_pages_with_a_cursor(api, group):
     assert bad.status_code == 400 and "Known statuses" in bad.json()["message"]
 
 
-def test_abandoned_uploads_are_cleaned_up_with_an_event(api, group):
+def test_abandoned_uploads_are_cleaned_up_with_an_event(api, started_group):
     task_id = create(api).json()["id"]
     Task.objects.filter(pk=task_id).update(created_at="2020-01-01T00:00Z")
     assert scheduler.clean_abandoned_uploads(older_than_minutes=60) == 1

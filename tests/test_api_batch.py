@@ -10,16 +10,12 @@ import pytest
 from tasks_app import broker, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Quota, Task, TaskEvent
-from tests.test_api import upload, zipped
+from tests.helpers import zipped
+from tests.test_api import upload
 
 pytestmark = pytest.mark.django_db
 
 INPUT = zipped({"run.sh": b"echo hi"})
-
-
-@pytest.fixture
-def group(alice):
-    return services.start_group(services.create_group(alice, machine_type="c2-standard-4", name="lab"))
 
 
 @pytest.fixture
@@ -45,7 +41,7 @@ def batch(api, tasks: list[dict], data: bytes | None = INPUT, **overrides):
 
 
 def test_a_batch_creates_and_queues_every_task_in_order(
-    api, group, published, django_capture_on_commit_callbacks
+    api, started_group, published, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
         response = batch(api, sweep([1, 2, 3], metadata={"sweep": "re"}))
@@ -66,12 +62,14 @@ def test_a_batch_creates_and_queues_every_task_in_order(
     assert Activity.objects.filter(kind="submitted").count() == 3
     assert published == [3]
     # Queued in the order given.
-    queue = list(Task.objects.queued_in(group.pk).order_by("queued_at", "id").values_list("id", flat=True))
+    queue = list(
+        Task.objects.queued_in(started_group.pk).order_by("queued_at", "id").values_list("id", flat=True)
+    )
     assert queue == [i["id"] for i in items]
 
 
 def test_without_an_input_each_task_waits_for_its_own_upload(
-    api, group, published, django_capture_on_commit_callbacks
+    api, started_group, published, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
         items = batch(api, sweep([1, 2]), data=None).json()["tasks"]
@@ -81,7 +79,7 @@ def test_without_an_input_each_task_waits_for_its_own_upload(
     assert published == [1]
 
 
-def test_a_bad_item_refuses_the_batch_and_names_its_index(api, group, published):
+def test_a_bad_item_refuses_the_batch_and_names_its_index(api, started_group, published):
     tasks = sweep([1, 2, 3])
     tasks[2]["parameters"] = {"commands": []}
     response = batch(api, tasks)
@@ -94,14 +92,14 @@ def test_a_bad_item_refuses_the_batch_and_names_its_index(api, group, published)
     assert published == []
 
 
-def test_a_malformed_item_is_refused_with_its_index(api, group):
+def test_a_malformed_item_is_refused_with_its_index(api, started_group):
     response = batch(api, [*sweep([1]), {"parameters": {}}])
     assert response.status_code == 400
     assert response.json()["field"] == "tasks.1.simulator"
     assert not Task.objects.exists()
 
 
-def test_a_project_other_than_the_groups_is_refused(api, group, bob):
+def test_a_project_other_than_the_groups_is_refused(api, started_group, bob):
     services.project_to_use(bob, "secret")
     response = batch(api, sweep([1]) + sweep([2], project="secret"))
     assert response.status_code == 400
@@ -116,7 +114,7 @@ def test_a_group_of_another_team_is_not_found(api, bob):
     assert not Task.objects.exists()
 
 
-def test_a_time_to_live_over_the_quota_refuses_the_batch(api, group, alice):
+def test_a_time_to_live_over_the_quota_refuses_the_batch(api, started_group, alice):
     project = services.project_to_use(alice, None)
     Quota.objects.create(project=project, max_task_ttl_seconds=600)
     response = batch(api, sweep([1]) + sweep([2], time_to_live="15m"))
@@ -131,21 +129,21 @@ def test_a_time_to_live_over_the_quota_refuses_the_batch(api, group, alice):
     assert Task.objects.get().time_to_live_seconds == 600
 
 
-def test_a_corrupt_shared_input_is_refused(api, group):
+def test_a_corrupt_shared_input_is_refused(api, started_group):
     response = batch(api, sweep([1]), input_sha256="0" * 64)
     assert response.status_code == 400
     assert response.json()["field"] == "input_archive"
     assert not Task.objects.exists()
 
 
-def test_a_batch_to_a_terminated_group_is_refused(api, group):
-    services.terminate_group(group)
+def test_a_batch_to_a_terminated_group_is_refused(api, started_group):
+    services.terminate_group(started_group)
     response = batch(api, sweep([1]))
     assert response.status_code == 409
     assert not Task.objects.exists()
 
 
-def test_an_empty_or_oversized_batch_is_refused(api, group):
+def test_an_empty_or_oversized_batch_is_refused(api, started_group):
     assert batch(api, []).json()["field"] == "tasks"
     too_many = sweep(range(services.BATCH_MAX_TASKS + 1))
     response = batch(api, too_many)
@@ -164,7 +162,7 @@ class _ThroughTestClient:
         return response.json()
 
 
-def test_the_python_client_submits_a_sweep_in_one_request(api, group, tmp_path, monkeypatch):
+def test_the_python_client_submits_a_sweep_in_one_request(api, started_group, tmp_path, monkeypatch):
     from simdeck import simulators
 
     monkeypatch.setenv("SIMDECK_URL", "http://simdeck.invalid")
@@ -204,7 +202,9 @@ class _CountingClient(_ThroughTestClient):
         return super().post(path, json, headers, retry)
 
 
-def test_a_sweep_goes_out_in_growing_requests_so_machines_start_early(api, group, tmp_path, monkeypatch):
+def test_a_sweep_goes_out_in_growing_requests_so_machines_start_early(
+    api, started_group, tmp_path, monkeypatch
+):
     from simdeck import simulators
 
     monkeypatch.setenv("SIMDECK_URL", "http://simdeck.invalid")
@@ -220,7 +220,7 @@ def test_a_sweep_goes_out_in_growing_requests_so_machines_start_early(api, group
 
 
 def test_a_sweep_refused_in_a_later_request_names_the_index_and_the_tasks_created(
-    api, group, tmp_path, monkeypatch
+    api, started_group, tmp_path, monkeypatch
 ):
     from simdeck import simulators
     from simdeck.errors import InvalidInput

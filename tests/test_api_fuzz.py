@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import os
-import zipfile
 
 import httpx
 import pytest
@@ -37,7 +35,7 @@ from schemathesis import GenerationMode, checks
 from tasks_app import lifecycle, services, teams
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Quota, Task
-from tests.helpers import wait_for
+from tests.helpers import wait_for, zipped
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db, pytest.mark.timeout(600)]
 
@@ -81,14 +79,6 @@ def flatmap_path_parameters(context, path_parameters):
 schema.hook(flatmap_path_parameters)
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 @pytest.fixture(autouse=True)
 def connection_kept_across_requests():
     # Each test runs in a transaction rolled back at its end (much cheaper
@@ -124,7 +114,7 @@ def world(alice, bob):
                 metadata={"case": "fuzz"},
             )
         )
-    archive = _zip({"run.sh": b"echo hi\n"})
+    archive = zipped({"run.sh": b"echo hi\n"})
     digest = hashlib.sha256(archive).hexdigest()
     services.accept_input(tasks[1], iter([archive]), size=len(archive), sha256=digest)
     services.accept_input(tasks[2], iter([archive]), size=len(archive), sha256=digest)
@@ -262,7 +252,7 @@ def live_world(stack) -> dict[str, str]:
     teams.add_member(started.project, "bob", "member", actor=alice)
     services.create_group(bob, machine_type="n2-standard-2", name="bobs")
     keys = {"alice": APIKey.issue(alice, "fuzz")[1], "bob": APIKey.issue(bob, "fuzz")[1]}
-    archive = _zip({"run.sh": b"echo hi\n"})
+    archive = zipped({"run.sh": b"echo hi\n"})
     inline = {
         "input_archive": base64.b64encode(archive).decode(),
         "input_sha256": hashlib.sha256(archive).hexdigest(),

@@ -11,21 +11,14 @@ import pytest
 from django.core.wsgi import get_wsgi_application
 from django.db import connection
 
-from tasks_app import broker, services
+from tasks_app import services
 from tasks_app.models import APIKey, Task
-from tests.test_api import zipped
+from tests.helpers import zipped
 
 INPUT = zipped({"run.sh": b"echo hi"})
 
 
-@pytest.fixture
-def group(alice):
-    return services.start_group(services.create_group(alice, machine_type="c2-standard-4", name="lab"))
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 def body(inline: bool = True, **overrides) -> dict:
@@ -49,7 +42,7 @@ def post(api, path: str, payload: dict, key: str | None):
 
 
 @pytest.mark.django_db
-def test_the_same_request_sent_again_answers_with_the_task_it_made(api, group):
+def test_the_same_request_sent_again_answers_with_the_task_it_made(api, started_group):
     first = post(api, "/tasks", body(), "3f1c-first-try")
     again = post(api, "/tasks", body(), "3f1c-first-try")
     assert first.status_code == again.status_code == 201
@@ -61,7 +54,7 @@ def test_the_same_request_sent_again_answers_with_the_task_it_made(api, group):
 
 
 @pytest.mark.django_db
-def test_a_task_still_waiting_for_its_input_is_answered_with_its_upload_url(api, group):
+def test_a_task_still_waiting_for_its_input_is_answered_with_its_upload_url(api, started_group):
     first = post(api, "/tasks", body(inline=False), "waits-for-input")
     again = post(api, "/tasks", body(inline=False), "waits-for-input")
     assert (
@@ -72,7 +65,7 @@ def test_a_task_still_waiting_for_its_input_is_answered_with_its_upload_url(api,
 
 
 @pytest.mark.django_db
-def test_keys_are_per_user_and_a_key_used_for_another_request_is_refused(api, group, bob):
+def test_keys_are_per_user_and_a_key_used_for_another_request_is_refused(api, started_group, bob):
     made = post(api, "/tasks", body(), "shared-key-1").json()
     services.start_group(services.create_group(bob, machine_type="c2-standard-4", name="bobs"))
     bobs = api.post(
@@ -94,7 +87,7 @@ def api_user(created: dict):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("key", ["short", "has spaces in it", "x" * 81, "semi;colon-key"])
-def test_a_malformed_key_is_refused_and_makes_nothing(api, group, key):
+def test_a_malformed_key_is_refused_and_makes_nothing(api, started_group, key):
     answer = post(api, "/tasks", body(), key)
     assert answer.status_code == 400
     assert answer.json()["field"] == "Idempotency-Key" and "8 to 80" in answer.json()["message"]
@@ -102,7 +95,7 @@ def test_a_malformed_key_is_refused_and_makes_nothing(api, group, key):
 
 
 @pytest.mark.django_db
-def test_a_batch_sent_again_answers_with_its_tasks_in_order(api, group):
+def test_a_batch_sent_again_answers_with_its_tasks_in_order(api, started_group):
     tasks = [{"simulator": "commands", "parameters": {"commands": [f"echo {i}"]}} for i in range(3)]
     payload = {
         k: v
@@ -117,7 +110,7 @@ def test_a_batch_sent_again_answers_with_its_tasks_in_order(api, group):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_same_request_sent_four_times_at_once_makes_one_task(api, group, alice_key):
+def test_the_same_request_sent_four_times_at_once_makes_one_task(api, started_group, alice_key):
     def send(_):
         try:
             return post(
@@ -163,7 +156,7 @@ def wsgi_app():
 
 @pytest.mark.django_db
 def test_the_client_sends_a_lost_submission_again_and_gets_one_task(
-    group, alice_key, tmp_path, monkeypatch, wsgi_app
+    started_group, alice_key, tmp_path, monkeypatch, wsgi_app
 ):
     from simdeck import api as client_api
     from simdeck import simulators

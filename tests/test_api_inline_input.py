@@ -11,14 +11,10 @@ from tasks_app import services
 from tasks_app.api.tasks import INLINE_INPUT_MAX_BYTES
 from tasks_app.lifecycle import Status
 from tasks_app.models import Task
-from tests.test_api import create, upload, zipped
+from tests.helpers import zipped
+from tests.test_api import create, upload
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def group(alice):
-    return services.start_group(services.create_group(alice, machine_type="c2-standard-4", name="lab"))
 
 
 def inline(data: bytes, sha: str | None = None) -> dict:
@@ -28,7 +24,7 @@ def inline(data: bytes, sha: str | None = None) -> dict:
     }
 
 
-def test_a_small_input_inside_the_post_queues_the_task_at_once(api, group):
+def test_a_small_input_inside_the_post_queues_the_task_at_once(api, started_group):
     data = zipped({"run.sh": b"echo hi"})
     response = create(api, **inline(data))
     assert response.status_code == 201, response.content
@@ -45,7 +41,7 @@ def test_a_small_input_inside_the_post_queues_the_task_at_once(api, group):
     assert upload(api, task.id, data).status_code == 409
 
 
-def test_without_an_inline_input_the_task_waits_for_its_upload(api, group):
+def test_without_an_inline_input_the_task_waits_for_its_upload(api, started_group):
     body = create(api).json()
     assert body["status"] == "pending-input"
     assert body["upload_url"] == f"/api/v1/tasks/{body['id']}/input"
@@ -60,7 +56,7 @@ def test_without_an_inline_input_the_task_waits_for_its_upload(api, group):
         (inline(b"plain text, not a zip"), "input", "not a zip"),
     ],
 )
-def test_a_bad_inline_input_is_refused_and_leaves_no_task(api, group, fields, field, words):
+def test_a_bad_inline_input_is_refused_and_leaves_no_task(api, started_group, fields, field, words):
     response = create(api, **fields)
     assert response.status_code == 400, response.content
     assert response.json()["field"] == field
@@ -68,7 +64,7 @@ def test_a_bad_inline_input_is_refused_and_leaves_no_task(api, group, fields, fi
     assert not Task.objects.exists()
 
 
-def test_an_inline_input_over_the_limit_says_to_upload_it(api, group):
+def test_an_inline_input_over_the_limit_says_to_upload_it(api, started_group):
     data = b"\0" * (INLINE_INPUT_MAX_BYTES + 1)
     response = create(api, **inline(data))
     assert response.status_code == 413
@@ -77,8 +73,8 @@ def test_an_inline_input_over_the_limit_says_to_upload_it(api, group):
     assert not Task.objects.exists()
 
 
-def test_an_inline_input_to_a_terminated_group_is_refused(api, group):
-    services.terminate_group(group)
+def test_an_inline_input_to_a_terminated_group_is_refused(api, started_group):
+    services.terminate_group(started_group)
     response = create(api, **inline(zipped({"run.sh": b"echo hi"})))
     assert response.status_code == 409
     assert not Task.objects.exists()

@@ -18,14 +18,10 @@ from tasks_app import lifecycle, services, storage
 from tasks_app.api.endpoints import api as ninja_api
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Task
-from tests.test_api import create, upload, zipped
+from tests.helpers import zipped
+from tests.test_api import create, upload
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def group(alice):
-    return services.start_group(services.create_group(alice, machine_type="c2-standard-4", name="lab"))
 
 
 def queued_task(api, **overrides) -> Task:
@@ -116,7 +112,7 @@ def assert_error(response, status: int, code: str, field: str | None = None) -> 
     return body["message"]
 
 
-def test_every_error_has_the_same_shape(api, group, settings):
+def test_every_error_has_the_same_shape(api, started_group, settings):
     anonymous = Client()
     assert_error(anonymous.get("/api/v1/tasks"), 401, "unauthenticated")
     assert_error(api.get("/api/v1/tasks/" + "a" * 25), 404, "not_found")
@@ -156,7 +152,7 @@ def test_every_error_has_the_same_shape(api, group, settings):
 # -- listing -------------------------------------------------------------------------------------
 
 
-def test_tasks_are_filtered_by_every_criterion(api, client, group, alice, bob, django_user_model):
+def test_tasks_are_filtered_by_every_criterion(api, client, started_group, alice, bob, django_user_model):
     wind = services.start_group(
         services.create_group(alice, machine_type="c2-standard-4", name="wind-lab", project="wind")
     )
@@ -204,7 +200,7 @@ def test_tasks_are_filtered_by_every_criterion(api, client, group, alice, bob, d
     assert len(response.json()["items"]) == 4
 
 
-def test_pages_neither_repeat_nor_skip_tasks_created_at_the_same_moment(api, group):
+def test_pages_neither_repeat_nor_skip_tasks_created_at_the_same_moment(api, started_group):
     made = [create(api).json()["id"] for _ in range(7)]
     Task.objects.update(created_at=timezone.now())  # all at once: the id breaks the tie
     seen, cursor = [], None
@@ -221,7 +217,7 @@ def test_pages_neither_repeat_nor_skip_tasks_created_at_the_same_moment(api, gro
 # -- one task -----------------------------------------------------------------------------------
 
 
-def test_a_task_tells_its_timeline_and_where_its_time_went(api, group):
+def test_a_task_tells_its_timeline_and_where_its_time_went(api, started_group):
     task = queued_task(api)
     t0 = task.created_at
     Task.objects.filter(pk=task.pk).update(created_at=t0)
@@ -258,7 +254,7 @@ def test_a_task_tells_its_timeline_and_where_its_time_went(api, group):
     assert body["time_breakdown"]["finalizing"] is None
 
 
-def test_metadata_is_replaced_merged_and_unset(api, group):
+def test_metadata_is_replaced_merged_and_unset(api, started_group):
     task = queued_task(api)
     url = f"/api/v1/tasks/{task.id}/metadata"
     assert api.put(url, {"metadata": {"a": "1", "b": "2"}}, content_type="application/json").json() == {
@@ -278,7 +274,7 @@ def test_metadata_is_replaced_merged_and_unset(api, group):
     )
 
 
-def test_outputs_are_listed_fetched_one_by_one_and_removed(api, group):
+def test_outputs_are_listed_fetched_one_by_one_and_removed(api, started_group):
     task = finished_task(
         api, {"out/a.csv": b"1,2\n" * 100, "stdout.txt": b"hello\nworld\n", "stderr.txt": b""}
     )
@@ -320,7 +316,7 @@ def test_outputs_are_listed_fetched_one_by_one_and_removed(api, group):
     )
 
 
-def test_looking_inside_a_task_that_is_not_running_says_where_to_look(api, group):
+def test_looking_inside_a_task_that_is_not_running_says_where_to_look(api, started_group):
     queued = queued_task(api)
     done = finished_task(api, {"stdout.txt": b"x\n"})
     for what in ("files", "top", "last-modified-file", "tail?path=stdout.txt"):
@@ -331,7 +327,7 @@ def test_looking_inside_a_task_that_is_not_running_says_where_to_look(api, group
     assert_error(api.get(f"/api/v1/tasks/{queued.id}/machine/tail"), 400, "invalid", "path")
 
 
-def test_kill_many_by_id_or_all(api, group, alice):
+def test_kill_many_by_id_or_all(api, started_group, alice):
     for project in ("a", "b"):
         services.start_group(
             services.create_group(alice, machine_type="c2-standard-4", name=f"lab-{project}", project=project)
@@ -354,7 +350,7 @@ def test_kill_many_by_id_or_all(api, group, alice):
     assert_error(api.post("/api/v1/tasks/kill", {}, content_type="application/json"), 400, "invalid", "ids")
 
 
-def test_projects_count_the_tasks_you_may_see(api, group, client, alice, bob):
+def test_projects_count_the_tasks_you_may_see(api, started_group, client, alice, bob):
     services.start_group(
         services.create_group(alice, machine_type="c2-standard-4", name="wind-lab", project="wind")
     )

@@ -16,9 +16,7 @@ so one person's kill or removal does not change what the next one meets.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
@@ -34,11 +32,12 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from console.asgi import application
-from tasks_app import broker, lifecycle, services, storage, teams
+from tasks_app import lifecycle, services, storage, teams
 from tasks_app.api.endpoints import api as ninja_api
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Comment, Machine, SavedView, Task
-from tasks_app.routing import websocket_urlpatterns
+from tasks_app.sockets.routing import websocket_urlpatterns
+from tests.helpers import zipped
 
 PEOPLE = ("anonymous", "outsider", "viewer", "member", "maintainer", "staff")
 
@@ -316,14 +315,6 @@ class World:
     saved_view: SavedView
 
 
-def zipped(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def ended_task(owner, group) -> Task:
     """A task that ran, with its input, outputs and logs stored."""
     task = Task.objects.create(
@@ -377,9 +368,7 @@ def build_world() -> World:
 
 
 @pytest.fixture
-def world(db, monkeypatch) -> World:
-    # No machine runs here: messages for the queues would go nowhere.
-    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
+def world(db, no_broker) -> World:
     return build_world()
 
 
@@ -558,8 +547,7 @@ def socket_outcome(path: str, key: str | None) -> str:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("route", sorted(SOCKETS))
-def test_websocket(route, monkeypatch):
-    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
+def test_websocket(route, no_broker):
     w = build_world()
     path = "/" + route.replace("<str:task_id>", w.task.id).replace("<str:ref>", w.group.name)
     got = {person: socket_outcome(path, w.keys.get(person)) for person in PEOPLE}

@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tasks_app import broker, lifecycle, live, services
+from tasks_app import lifecycle, live, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import MachineGroup, Task
 from tasks_app.testing.browser import CHROMIUM, launch
@@ -51,8 +51,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, live_server, alice, monkeypatch):
-    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
+def page(browser, live_server, alice, monkeypatch, no_broker):
     # Live pushes go through async_to_sync, which refuses to run beside Playwright's loop.
     monkeypatch.setattr(live, "task_changed", lambda *args, **kwargs: None)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -223,7 +222,7 @@ def test_a_running_tasks_page_follows_its_log_and_status_without_reloading(
 def test_a_flood_of_log_lines_keeps_the_page_to_its_last_lines_and_the_table_follows(
     browser, stack, alice, alice_key, client_for
 ):
-    from tasks_app.consumers import PAGE_LINES
+    from tasks_app.sockets.consumers import PAGE_LINES
 
     until_stopped = "while [ ! -f stop ]; do sleep 0.2; done"
     task = running_task(

@@ -15,7 +15,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from playwright.sync_api import expect
 
-from tasks_app import broker, live, review, storage
+from tasks_app import live, review, storage
 from tasks_app.lifecycle import Status
 from tasks_app.models import Comment, Task
 from tests.test_browser import HAPPY, browser, log_in, make_task  # noqa: F401 - the browser fixture
@@ -41,9 +41,8 @@ document.addEventListener("securitypolicyviolation", (e) => {
 
 
 @pytest.fixture
-def watched(browser, live_server, alice, monkeypatch):  # noqa: F811 - the browser fixture
+def watched(browser, live_server, alice, monkeypatch, no_broker):  # noqa: F811 - the browser fixture
     """A logged-in page that records dialogs, console errors and CSP violations."""
-    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
     monkeypatch.setattr(live, "task_changed", lambda *args, **kwargs: None)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.add_init_script(WATCH)

@@ -23,8 +23,7 @@ from django.db import connection
 from tasks_app import services
 from tasks_app.lifecycle import TERMINAL
 from tasks_app.models import Machine, MachineGroup, Task
-from tests.helpers import wait_for
-from tests.test_api import zipped
+from tests.helpers import wait_for, zipped
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

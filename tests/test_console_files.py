@@ -12,13 +12,14 @@ from django.urls import reverse
 from tasks_app import storage
 from tasks_app.models import Task
 from tasks_app.views import filetree
-from tests.test_console_pages import HAPPY, make_task, store_input, zip_bytes
+from tests.helpers import zipped
+from tests.test_console_pages import HAPPY, make_task, store_input
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 def store_outputs(task, files: dict[str, bytes]) -> None:
-    name = default_storage.save(storage.output_name(task.id), ContentFile(zip_bytes(files)))
+    name = default_storage.save(storage.output_name(task.id), ContentFile(zipped(files)))
     Task.objects.filter(pk=task.pk).update(output_path=name)
 
 

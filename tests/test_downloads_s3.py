@@ -14,7 +14,8 @@ from simdeck.tasks import Task as ClientTask
 from tasks_app import storage
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Task
-from tests.test_console_pages import HAPPY, make_task, store_input, store_log, zip_bytes
+from tests.helpers import zipped
+from tests.test_console_pages import HAPPY, make_task, store_input, store_log
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +23,7 @@ OUTPUTS = {"result.txt": b"42\n", "frames/0001.vtk": os.urandom(300_000)}
 
 
 def store_outputs(task, files=OUTPUTS) -> bytes:
-    data = zip_bytes(files)
+    data = zipped(files)
     name = default_storage.save(storage.output_name(task.id), ContentFile(data))
     Task.objects.filter(pk=task.pk).update(output_path=name, output_size=len(data))
     task.refresh_from_db()

@@ -21,10 +21,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from tasks_app import archives, broker, lifecycle, services, storage
+from tasks_app import archives, lifecycle, services, storage
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Machine, MachineGroup, Task
-from tests.helpers import ROOT
+from tests.helpers import ROOT, zipped
 
 PRODUCTION = {"SIMDECK_PRODUCTION": "1", "DEBUG": "0", "ALLOWED_HOSTS": "simdeck.example.org"}
 
@@ -110,24 +110,15 @@ def test_templates_hold_no_inline_script_or_style(path: Path):
 # -- downloads ----------------------------------------------------------------------
 
 
-def zip_bytes(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 @pytest.fixture
-def ended_task(db, alice, monkeypatch):
-    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
+def ended_task(db, alice, no_broker):
     group = services.create_group(alice, machine_type="c2-standard-4", name="lab")
     task = Task.objects.create(
         owner=alice, project=group.project, machine_group=group, simulator="commands", parameters={}
     )
     for status in (Status.SUBMITTED, Status.PREPARING, Status.STARTED, Status.FINALIZING, Status.SUCCESS):
         lifecycle.transition(task, status, reason="test")
-    data = zip_bytes({'out/we"ird;\tname.txt': b"1", "out/r\u00e9sultat.csv": b"2"})
+    data = zipped({'out/we"ird;\tname.txt': b"1", "out/r\u00e9sultat.csv": b"2"})
     name = default_storage.save(storage.output_name(task.id), ContentFile(data))
     Task.objects.filter(pk=task.pk).update(output_path=name)
     return task
@@ -181,8 +172,7 @@ def test_an_archive_with_dotdot_and_a_link_is_refused_without_writing_anything(t
     assert list(dest.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
 
 
-def test_an_upload_with_such_an_archive_is_refused_before_it_is_queued(db, alice, alice_key, monkeypatch):
-    monkeypatch.setattr(broker, "publish_tokens", lambda group, count: None)
+def test_an_upload_with_such_an_archive_is_refused_before_it_is_queued(db, alice, alice_key, no_broker):
     api = Client(headers={"Authorization": f"Bearer {alice_key}"})
     services.create_group(alice, machine_type="c2-standard-4", name="lab")
     for data, named in (
@@ -363,7 +353,7 @@ def test_resubmitting_with_a_nul_in_parameters_or_metadata_is_a_form_error(db, a
     original = Task.objects.create(
         owner=alice, project=group.project, machine_group=group, simulator="commands", parameters={}
     )
-    data = zip_bytes({"run.sh": b"true\n"})
+    data = zipped({"run.sh": b"true\n"})
     name = default_storage.save(storage.input_name(original.id), ContentFile(data))
     Task.objects.filter(pk=original.pk).update(
         input_path=name, input_size=len(data), input_sha256=hashlib.sha256(data).hexdigest()
@@ -439,7 +429,7 @@ def test_only_the_owner_uploads_a_tasks_input(db, alice, bob, django_user_model,
         bob, simulator="commands", parameters={"commands": ["true"]}, machine_group=group, input_files=["a"]
     )
     boss = django_user_model.objects.create_user("boss", is_staff=True)
-    data = zip_bytes({"a": b"mine"})
+    data = zipped({"a": b"mine"})
     headers = {"X-Archive-Size": str(len(data)), "X-Content-SHA256": hashlib.sha256(data).hexdigest()}
     for someone in (alice, boss):
         api = Client(headers={"Authorization": f"Bearer {APIKey.issue(someone, 'k')[1]}"})

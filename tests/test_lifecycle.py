@@ -16,11 +16,6 @@ from tasks_app.models import Machine, Task, TaskEvent
 ALL_MOVES = [(old, new) for old in Status for new in Status]
 
 
-@pytest.fixture
-def group(alice):
-    return services.create_group(alice, machine_type="c2-standard-4")
-
-
 def make_task(owner, group, status: Status) -> Task:
     # Test setup only: put a task directly into a status to test moves from it.
     return Task.objects.create(
@@ -189,7 +184,7 @@ def test_two_connections_racing_from_one_status_have_exactly_one_winner(alice, g
 
 
 def test_nothing_else_writes_the_status_column():
-    """Only the lifecycle module updates ``status``; grep the code to keep it so."""
+    """Only the lifecycle (and the SQL it runs) updates ``status``; grep the code to keep it so."""
     import pathlib
     import re
 
@@ -197,7 +192,7 @@ def test_nothing_else_writes_the_status_column():
     pattern = re.compile(r"(\.status\s*=[^=]|[(,]\s*status\s*=\s*(Status|lifecycle|new|\"))")
     offenders = []
     for path in root.rglob("*.py"):
-        if path.name == "lifecycle.py" or "migrations" in path.parts:
+        if path.name in ("lifecycle.py", "lifecycle_sql.py") or "migrations" in path.parts:
             continue
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             if ".update(" in line and pattern.search(line):

@@ -16,9 +16,12 @@ from channels.testing import WebsocketCommunicator
 
 import simdeck
 from console.asgi import application
-from tasks_app import consumers, lifecycle, live, log_hub, services
+from tasks_app import lifecycle, live, services
 from tasks_app.lifecycle import Status
+from tasks_app.live import publishing
 from tasks_app.models import APIKey, Task
+from tasks_app.sockets import consumers
+from tasks_app.sockets import hub as log_hub
 from tests.client_fixtures import UNTIL_STOPPED, stop, wait_until_printed
 from tests.helpers import ROOT, wait_for
 
@@ -143,18 +146,18 @@ def test_changes_are_sent_only_to_groups_someone_is_in(queued_task, alice_key):
     async def watch():
         communicator = await _follow(f"/ws/tasks/{queued_task.id}/?format=json", alice_key)
         first = json.loads(await communicator.receive_from())
-        listened = await asyncio.to_thread(live._listened, {watched, alone})
+        listened = await asyncio.to_thread(publishing.listened, {watched, alone})
         await database_sync_to_async(lifecycle.transition)(queued_task, Status.KILLED, reason="user")
         changed = json.loads(await communicator.receive_from(timeout=10))
         await communicator.disconnect()
         return first, listened, changed
 
-    assert live._listened({watched, alone}) == set()
+    assert publishing.listened({watched, alone}) == set()
     first, listened, changed = async_to_sync(watch)()
     assert first["status"] == "submitted"
     assert listened == {watched}
     assert changed["status"] == "killed"
-    assert live._listened({watched}) == set()  # left with the viewer
+    assert publishing.listened({watched}) == set()  # left with the viewer
 
 
 @pytest.mark.django_db(transaction=True)
@@ -250,7 +253,9 @@ def test_a_first_attempts_stream_starts_with_its_first_lines_or_with_its_end(ali
     )
 
     def marks(task) -> list[bytes]:
-        return [fields[b"s"] for _id, fields in live._redis().xrange(live.log_stream_key(task.id))]
+        return [
+            fields[b"s"] for _id, fields in publishing.redis_client().xrange(live.log_stream_key(task.id))
+        ]
 
     for task in (chatty, quiet):
         live.begin_log(task.id, first_attempt=True)
@@ -277,7 +282,9 @@ def test_ends_and_changes_held_together_go_out_at_the_end_of_the_block_or_on_rel
     )
 
     def marks(task) -> list[bytes]:
-        return [fields[b"s"] for _id, fields in live._redis().xrange(live.log_stream_key(task.id))]
+        return [
+            fields[b"s"] for _id, fields in publishing.redis_client().xrange(live.log_stream_key(task.id))
+        ]
 
     def changed(task, status: str) -> None:
         live.task_changed(task.id, group.pk, alice.pk, status, left_queue=False)
@@ -292,7 +299,7 @@ def test_ends_and_changes_held_together_go_out_at_the_end_of_the_block_or_on_rel
             live.end_log(first.id)
             changed(first, "success")
             seen.append(marks(first))
-            seen.append(len(live._holding().changes))  # both changes wait as well
+            seen.append(len(publishing.holding().changes))  # both changes wait as well
             seen.append("block ends")
         seen.append(marks(first))
         return seen
@@ -303,7 +310,7 @@ def test_ends_and_changes_held_together_go_out_at_the_end_of_the_block_or_on_rel
             changed(second, "preparing-to-compute")
             with live.together():  # joins the outer block
                 changed(second, "started")
-            seen.append(len(live._holding().changes))
+            seen.append(len(publishing.holding().changes))
             seen.append("release")
             live.release()
             live.end_log(second.id)  # no longer held
@@ -345,7 +352,7 @@ def test_ends_and_changes_held_together_go_out_at_the_end_of_the_block_or_on_rel
 
 def test_a_pop_waits_for_the_end_of_the_block_like_the_rest():
     key = f"{live.log_stream_key('pop')}:tokens"
-    client = live._redis()
+    client = publishing.redis_client()
     client.delete(key)
     client.rpush(key, b"first", b"second")
     try:

@@ -16,9 +16,10 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from console.asgi import application
-from tasks_app import lifecycle, live_pages, services
+from tasks_app import lifecycle, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Task
+from tasks_app.sockets import pages as live_pages
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

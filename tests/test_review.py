@@ -7,7 +7,6 @@ People: alice is the project's maintainer, bob a member, vera a viewer, otto an 
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -62,7 +61,6 @@ def test_a_member_comments_and_the_markdown_is_rendered_safely(team):
     body = f"**Looks off** near step 3, see [the notes](https://example.org/notes).\n\n{XSS}"
     answer = bob.post(reverse("task-comments", args=[task.id]), {"body": body}, HTTP_HX_REQUEST="true")
     assert answer.status_code == 200
-    assert answer["HX-Trigger"] == json.dumps({"comments-changed": task.id})
     html = answer.content.decode()
     assert "<strong>Looks off</strong>" in html
     assert '<a href="https://example.org/notes" rel="nofollow noopener noreferrer">the notes</a>' in html

@@ -20,6 +20,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from tasks_app import access, lifecycle, services
 from tasks_app.forms import BulkForm, SavedViewForm, TaskFilterForm
@@ -106,9 +107,7 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
     )
     url = reverse("task-list") + (f"?{form.cleaned_data['filter']}" if form.cleaned_data["filter"] else "")
     if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = url
-        return response
+        return HttpResponseClientRedirect(url)
     return redirect(url)
 
 

@@ -21,11 +21,3 @@ def page_or_partial(
     # The same URL answers with a page or a fragment: caches must tell them apart.
     patch_vary_headers(response, ["HX-Request"])
     return response
-
-
-def trigger(response: HttpResponse, event: str, detail: str = "") -> HttpResponse:
-    """Tell the page what happened (an htmx ``HX-Trigger`` event) instead of custom scripts."""
-    import json
-
-    response["HX-Trigger"] = json.dumps({event: detail or True})
-    return response

@@ -31,7 +31,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 
 def overview_context(user) -> dict:
-    """What the overview shows ``user``; its live socket renders the same (``live_pages``)."""
+    """What the overview shows ``user``; its live socket renders the same (``tasks_app.sockets.pages``)."""
     now = timezone.now()
     start = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=CHART_HOURS - 1)
     tasks = access.visible_tasks(user)

@@ -2,7 +2,7 @@
 
 The same partial is part of the task page, has its own URL, and is what the
 task's live socket pushes whenever the machine writes a sample
-(:class:`tasks_app.consumers.TaskEventsConsumer`).
+(:class:`tasks_app.sockets.consumers.TaskEventsConsumer`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from tasks_app import access, review
 from tasks_app.models import Activity, Comment, Task
 from tasks_app.services import Refused
-from tasks_app.views.common import page_or_partial, trigger, wants_partial
+from tasks_app.views.common import page_or_partial, wants_partial
 
 FEED_PAGE = 50
 AUDIT_SHOWN = 20
@@ -110,8 +110,7 @@ def task_comments(request: HttpRequest, task_id: str) -> HttpResponse:
         return _comments_answer(request, review_context(request.user, task, form=form), status=422)
     if not request.htmx:
         return _task_page(task, "comments")
-    response = _comments_answer(request, review_context(request.user, task))
-    return trigger(response, "comments-changed", task.id)
+    return _comments_answer(request, review_context(request.user, task))
 
 
 def _comment(request: HttpRequest, task_id: str, comment_id: int) -> Comment:
@@ -143,8 +142,7 @@ def comment_edit(request: HttpRequest, task_id: str, comment_id: int) -> HttpRes
         return _comments_answer(request, context, status=422)
     if not request.htmx:
         return _task_page(task, f"comment-{comment.pk}")
-    response = _comments_answer(request, review_context(request.user, task))
-    return trigger(response, "comments-changed", task.id)
+    return _comments_answer(request, review_context(request.user, task))
 
 
 @login_required
@@ -155,8 +153,7 @@ def comment_delete(request: HttpRequest, task_id: str, comment_id: int) -> HttpR
     review.delete_comment(comment, request.user)
     if not request.htmx:
         return _task_page(task, "comments")
-    response = _comments_answer(request, review_context(request.user, task))
-    return trigger(response, "comments-changed", task.id)
+    return _comments_answer(request, review_context(request.user, task))
 
 
 # -- review state ------------------------------------------------------------------
@@ -179,8 +176,7 @@ def task_review(request: HttpRequest, task_id: str) -> HttpResponse:
         return _task_page(task, "review")
     task.refresh_from_db()
     context = review_context(request.user, task) | {"review_error": error}
-    response = page_or_partial(request, "tasks/task_review.html", "review", context, status=status)
-    return trigger(response, "review-changed", task.id) if status == 200 else response
+    return page_or_partial(request, "tasks/task_review.html", "review", context, status=status)
 
 
 # -- a project's activity ------------------------------------------------------------

@@ -9,13 +9,11 @@ costs. The cursor is the sort key of the last row shown, opaque in the URL.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 from dataclasses import dataclass
 
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from tasks_app.forms import TaskFilterForm
@@ -35,56 +33,9 @@ ORDERS: dict[str, tuple[str | None, bool]] = {
 }
 
 
-# Task ids are made of these, in the order every collation sorts them.
-ID_ORDER = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def id_prefix(prefix: str) -> Q:
-    """Tasks whose id starts with ``prefix``, found as a range of the primary key.
-
-    ``LIKE 'prefix%'`` would need an index of its own (``varchar_pattern_ops``)
-    under most collations, one more entry to write at every status move. Ids
-    are lowercase letters and digits, which sort alike in every collation,
-    so the ids with a prefix are those from it up to the next prefix.
-    """
-    if any(c not in ID_ORDER for c in prefix):
-        return Q(pk__in=[])
-    found = Q(id__gte=prefix, id__startswith=prefix)
-    stem = prefix.rstrip(ID_ORDER[-1])
-    if stem:
-        found &= Q(id__lt=stem[:-1] + ID_ORDER[ID_ORDER.index(stem[-1]) + 1])
-    return found
-
-
 def filtered(tasks: QuerySet, form: TaskFilterForm) -> QuerySet:
     """``tasks`` narrowed by a valid filter form."""
-    data = form.cleaned_data
-    statuses = form.statuses()
-    if statuses is not None:
-        tasks = tasks.filter(status__in=[s.value for s in statuses])
-    if data["q"]:
-        tasks = tasks.filter(id_prefix(data["q"]))
-    if data["project"]:
-        tasks = tasks.filter(project__name=data["project"])
-    if data["simulator"]:
-        tasks = tasks.filter(simulator=data["simulator"].lower())
-    if data["group"]:
-        tasks = tasks.filter(machine_group__name=data["group"])
-    if data["owner"]:
-        tasks = tasks.filter(owner__username=data["owner"])
-    tz = timezone.get_current_timezone()
-    if data["since"]:
-        tasks = tasks.filter(created_at__gte=dt.datetime.combine(data["since"], dt.time.min, tz))
-    if data["until"]:
-        end = dt.datetime.combine(data["until"] + dt.timedelta(days=1), dt.time.min, tz)
-        tasks = tasks.filter(created_at__lt=end)
-    if data.get("review"):
-        tasks = tasks.filter(review_state=data["review"])
-    if data["meta"]:
-        key, value = data["meta"]
-        # Containment uses the GIN index on metadata.
-        tasks = tasks.filter(metadata__contains={key: value})
-    return tasks
+    return form.task_filter().apply(tasks)
 
 
 def with_comment_counts(tasks: QuerySet) -> QuerySet:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import zipfile
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -13,8 +12,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
-from tasks_app import access, downloads, lifecycle, services, storage
+from tasks_app import access, archives, downloads, lifecycle, services, storage
 from tasks_app import simulators as sims
 from tasks_app.forms import (
     SORTS,
@@ -30,7 +30,7 @@ from tasks_app.models import Activity, MachineGroup, Membership, Role, Task
 from tasks_app.resubmit import resubmit
 from tasks_app.statuses import KILLABLE, PHASE_LABELS, STATUS_GROUPS
 from tasks_app.views import bulk, diagram, filetree, logs, review, table, waiting
-from tasks_app.views.common import page_or_partial, trigger, wants_partial
+from tasks_app.views.common import page_or_partial, wants_partial
 from tasks_app.views.resources import resources_context
 
 HISTORY_SHOWN = 10
@@ -70,7 +70,7 @@ def task_list(request: HttpRequest) -> HttpResponse:
         "groups": access.visible_groups(request.user).order_by("name").values_list("name", flat=True),
         "simulators": sorted(sims.REGISTRY),
         "query": _query_without(request, "after", "clear"),
-        # The table's live socket follows this filter and page (see tasks_app.live_pages).
+        # The table's live socket follows this filter and page (see tasks_app.sockets.pages).
         "live_query": urlencode(
             [(k, v) for k, v in request.GET.items() if k != "clear" and v]
             + [("rendered", f"{time.time():.3f}")]
@@ -148,7 +148,7 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
             "has_outputs": bool(task.output_path),
             "streams": logs.STREAMS,
             # While a machine holds the task its log is followed live (WebSocket, see
-            # tasks_app.consumers); once stored, it is paged from storage.
+            # tasks_app.sockets.consumers); once stored, it is paged from storage.
             "live_logs": task.status_enum in lifecycle.ON_MACHINE,
         }
     )
@@ -188,15 +188,12 @@ def _bar(breakdown: dict[str, float | None]) -> list[dict]:
 def task_kill(request: HttpRequest, task_id: str) -> HttpResponse:
     task = access.task_for(request.user, task_id)
     access.require(request.user, "kill", task)
-    changed, message = services.kill_task(task, actor=request.user)
+    _changed, message = services.kill_task(task, actor=request.user)
     if not request.htmx:
         messages.info(request, message)
         return redirect("task-detail", task_id=task.id)
     task.refresh_from_db()
-    response = render(
-        request, "tasks/task_detail.html#header", header_context(task, message, user=request.user)
-    )
-    return trigger(response, "task-changed", task.id) if changed else response
+    return render(request, "tasks/task_detail.html#header", header_context(task, message, user=request.user))
 
 
 # -- logs ------------------------------------------------------------------------
@@ -287,8 +284,8 @@ def task_files(request: HttpRequest, task_id: str) -> HttpResponse:
         name = getattr(task, ARCHIVES[which])
         entry = {"which": which, "label": label, "files": None, "archive_size": None}
         if storage.exists(name):
-            with storage.open_file(name) as f, zipfile.ZipFile(f) as zf:
-                entry["files"] = [(i.filename, i.file_size) for i in zf.infolist() if not i.is_dir()]
+            with storage.open_file(name) as f:
+                entry["files"] = [(i.filename, i.file_size) for i in archives.file_entries(f)]
             entry["archive_size"] = default_storage.size(name)
             entry["total"] = sum(size for _, size in entry["files"])
             entry["tree"] = filetree.rows(entry["files"])
@@ -312,10 +309,8 @@ def task_file_download(request: HttpRequest, task_id: str, which: str, path: str
     task = access.task_for(request.user, task_id)
     archive = storage.open_file(_archive_name(task, which))
     try:
-        zf = zipfile.ZipFile(archive)
-        info = zf.getinfo(path)
-        member = zf.open(info)
-    except (KeyError, zipfile.BadZipFile):
+        member, size = archives.open_file(archive, path)
+    except KeyError:
         archive.close()
         raise Http404("No such file in this archive.") from None
 
@@ -328,7 +323,7 @@ def task_file_download(request: HttpRequest, task_id: str, which: str, path: str
             archive.close()
 
     response = StreamingHttpResponse(chunks(), content_type="application/octet-stream")
-    response["Content-Length"] = str(info.file_size)
+    response["Content-Length"] = str(size)
     response["Content-Disposition"] = downloads.attachment(path)
     return response
 
@@ -390,8 +385,7 @@ def task_metadata(request: HttpRequest, task_id: str) -> HttpResponse:
         return redirect(reverse("task-detail", args=[task.id]) + "#metadata")
     context = _metadata_context(task, form, editing, user=request.user)
     # htmx swaps only successful answers by default; errors are part of the editor here.
-    response = page_or_partial(request, "tasks/task_metadata.html", "metadata", context, status=status)
-    return trigger(response, "metadata-changed", task.id) if status == 200 else response
+    return page_or_partial(request, "tasks/task_metadata.html", "metadata", context, status=status)
 
 
 @login_required
@@ -405,8 +399,7 @@ def task_metadata_delete(request: HttpRequest, task_id: str) -> HttpResponse:
     if not request.htmx:
         return redirect(reverse("task-detail", args=[task.id]) + "#metadata")
     context = _metadata_context(task, user=request.user)
-    response = render(request, "tasks/task_metadata.html#metadata", context)
-    return trigger(response, "metadata-changed", task.id)
+    return render(request, "tasks/task_metadata.html#metadata", context)
 
 
 # -- resubmission ----------------------------------------------------------------
@@ -482,7 +475,5 @@ def task_resubmit_edit(request: HttpRequest, task_id: str) -> HttpResponse:
 def _to(request: HttpRequest, url: str) -> HttpResponse:
     """Go to ``url``: a redirect, or for htmx a full navigation to it."""
     if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = url
-        return response
+        return HttpResponseClientRedirect(url)
     return redirect(url)

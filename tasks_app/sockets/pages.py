@@ -34,8 +34,8 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from tasks_app import access, live
-from tasks_app.consumers import CLOSE_NOT_FOUND, CLOSE_UNEXPECTED, LiveSocket
 from tasks_app.forms import TaskFilterForm
+from tasks_app.sockets.consumers import CLOSE_NOT_FOUND, CLOSE_UNEXPECTED, LiveSocket
 from tasks_app.views import table
 from tasks_app.views.groups import group_context
 from tasks_app.views.pages import overview_context

@@ -33,9 +33,10 @@ from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
-from tasks_app import access, live, log_hub, storage
+from tasks_app import access, live, storage
 from tasks_app.lifecycle import TERMINAL, Status
 from tasks_app.models import APIKey, ResourceSample, Task
+from tasks_app.sockets import hub as log_hub
 from tasks_app.views.resources import resources_context
 from tasks_app.views.tasks import header_context, timeline_context
 

@@ -1,0 +1,290 @@
+"""Submitting tasks: one or a batch, their input uploaded or inline, then queued.
+
+A task joins its group's queue once its input is stored and checked; the
+machines hear of it (a token on the broker) only after that commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from tasks_app import access, audit, broker, inputs, lifecycle, quotas, storage
+from tasks_app import simulators as sims
+from tasks_app.errors import Refused
+from tasks_app.lifecycle import Status
+from tasks_app.models import Activity, MachineGroup, Task
+from tasks_app.services.groups import lock_group_shared, parse_duration
+from tasks_app.services.metadata import validate_metadata
+from tasks_app.services.projects import project_of_task
+
+
+def _checked_parameters(simulator: str, parameters: dict | None, input_files: list[str]):
+    """The simulator's adapter and the parameters as it validated them."""
+    inputs.texts("parameters", parameters or {})
+    inputs.texts("input_files", list(input_files))
+    try:
+        adapter = sims.get(simulator)
+        return adapter, adapter.validate(dict(parameters or {}), list(input_files))
+    except sims.UnknownSimulator as exc:
+        raise Refused(str(exc), field="simulator", code="unknown_simulator") from None
+    except sims.InvalidParameters as exc:
+        raise Refused(str(exc), field=exc.field) from None
+
+
+def _terminated(group: MachineGroup, how: str) -> Refused:
+    return Refused(
+        f"Machine group {group.name} {how}; start a new group and submit there.",
+        code="terminated",
+        field="machine_group",
+        status=409,
+    )
+
+
+def _check_submission(user, machine_group: MachineGroup, input_files: list[str]) -> None:
+    """What every submission needs whatever its tasks: an input, an open group, the right to use it."""
+    if not input_files:
+        raise Refused("The input folder is empty; add the files the simulation needs.", field="input_files")
+    if not machine_group.is_accepting_tasks:
+        raise _terminated(machine_group, "is terminated")
+    if not access.can(user, "submit", machine_group):
+        raise Refused(
+            access.refusal(user, "submit", machine_group), field="machine_group", code="forbidden", status=403
+        )
+
+
+def create_task(
+    user,
+    *,
+    simulator: str,
+    parameters: dict,
+    machine_group: MachineGroup,
+    input_files: list[str],
+    project: str | None = None,
+    resubmit_on_preemption: bool = False,
+    time_to_live: str | int | None = None,
+    metadata: dict | None = None,
+    request_key: str | None = None,
+) -> Task:
+    """A new task waiting for its input. Every call makes a new task.
+
+    ``request_key`` is the client's key for its request; a second task with
+    the same key of the same user violates a constraint (see the API).
+    """
+    adapter, parameters = _checked_parameters(simulator, parameters, input_files)
+    metadata = validate_metadata(metadata or {})
+    _check_submission(user, machine_group, input_files)
+    target = project_of_task(machine_group, project)
+    ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
+    return Task.objects.create(
+        owner=user,
+        project=target,
+        machine_group=machine_group,
+        simulator=adapter.name,
+        parameters=parameters,
+        metadata=metadata,
+        resubmit_on_preemption=resubmit_on_preemption or machine_group.resubmit_on_preemption,
+        time_to_live_seconds=ttl,
+        request_key=request_key,
+    )
+
+
+def _require_pending_input(task: Task) -> None:
+    if task.status != Status.PENDING_INPUT:
+        raise Refused(
+            f"Task {task.id} already has its input (it is {task.get_status_display()}).",
+            code="conflict",
+            status=409,
+        )
+
+
+def _require_direct_uploads() -> None:
+    if not storage.direct_uploads():
+        raise Refused(
+            "This server stores files itself, not in a bucket: upload the input to the task's upload_url.",
+            code="no_direct_upload",
+            status=409,
+        )
+
+
+def start_direct_input(task: Task, *, size: int) -> dict:
+    """Presigned PUTs for sending the input straight to the bucket, which spares the web server."""
+    _require_pending_input(task)
+    _require_direct_uploads()
+    return storage.start_direct_upload(task.id, size)
+
+
+def accept_direct_input(
+    task: Task, *, upload_id: str | None, etags: dict[int, str], size: int, sha256: str, actor=None
+) -> Task:
+    """Check an input sent straight to the bucket and put the task in its group's queue."""
+    _require_pending_input(task)
+    _require_direct_uploads()
+    try:
+        name, size, digest = storage.finish_direct_upload(
+            task.id, upload_id, etags, expected_size=size, expected_sha256=sha256
+        )
+    except storage.UploadError as exc:
+        raise Refused(str(exc), code="bad_upload", field="input") from None
+    return _queue_input(task, name, size, digest, actor)
+
+
+def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str, actor=None) -> Task:
+    """Store the uploaded input archive and put the task in its group's queue."""
+    _require_pending_input(task)
+    try:
+        name, size, digest = storage.receive_upload(
+            task.id,
+            chunks,
+            expected_size=size,
+            expected_sha256=sha256,
+            max_bytes=settings.SIMDECK_MAX_UPLOAD_BYTES,
+        )
+    except storage.UploadError as exc:
+        raise Refused(str(exc), code="bad_upload", field="input") from None
+    return _queue_input(task, name, size, digest, actor)
+
+
+def _queue_input(task: Task, name: str, size: int, digest: str, actor) -> Task:
+    with transaction.atomic():
+        # The group before the task, in the order terminate_group() locks them,
+        # or the two could wait on each other. A shared lock: uploads to one
+        # group need not wait for each other, only for a termination.
+        group = lock_group_shared(task.machine_group_id)
+        stored = {"input_path": name, "input_size": size, "input_sha256": digest}
+        if not group.is_accepting_tasks:
+            Task.objects.filter(pk=task.pk).update(**stored)
+            lifecycle.transition(task, Status.ZOMBIE, reason=f"Machine group {group.name} was terminated.")
+            return task
+        # Registered first, the token leaves on commit before viewers hear of
+        # the change: a machine waits on it, a browser can wait a moment more.
+        # Should the move lose a race, a machine drops the spare token.
+        enqueue(task, group)
+        moved = lifecycle.transition(
+            task, Status.SUBMITTED, reason="Input received; queued.", actor=actor, **stored
+        )
+        if not moved:
+            Task.objects.filter(pk=task.pk).update(**stored)
+        else:
+            audit.record(
+                "submitted", actor or task.owner, f"Task {task.id} submitted to {group.name}.", task=task
+            )
+    return task
+
+
+# The most tasks one batch request may create.
+BATCH_MAX_TASKS = 1000
+
+
+def batch_key(request_key: str, index: int) -> str:
+    """The key of one task of a batch request: the request's, with the task's index."""
+    return f"{request_key}#{index}"
+
+
+def create_tasks(
+    user,
+    specs: list[dict],
+    *,
+    machine_group: MachineGroup,
+    input_files: list[str],
+    input_archive: bytes | None = None,
+    input_sha256: str = "",
+    request_key: str | None = None,
+) -> list[Task]:
+    """Many tasks at once, all or none, sharing one machine group and one input archive.
+
+    Each spec holds what :func:`create_task` takes besides the group and
+    the input (``simulator``, ``parameters``, ``project``, ``time_to_live``,
+    ``metadata``, ``resubmit_on_preemption``) and is checked as it would
+    check it; the first spec refused refuses the batch, its index named in
+    the message and in ``field`` (``tasks.<index>.<field>``). With the
+    archive the tasks are queued at once; without, each waits for its input.
+    """
+    if not specs:
+        raise Refused("The batch holds no tasks; give at least one in tasks.", field="tasks")
+    if len(specs) > BATCH_MAX_TASKS:
+        raise Refused(
+            f"A batch holds at most {BATCH_MAX_TASKS} tasks; this one has {len(specs)}. Split it.",
+            field="tasks",
+        )
+    _check_submission(user, machine_group, input_files)
+    digest = ""
+    if input_archive is not None:
+        try:
+            digest = storage.check_input(input_archive)
+        except storage.UploadError as exc:
+            raise Refused(str(exc), code="bad_upload", field="input_archive") from None
+        if digest != input_sha256.lower():
+            raise Refused(
+                "The inline input is corrupt: its SHA-256 checksum does not match input_sha256.",
+                code="bad_upload",
+                field="input_archive",
+            )
+    # A sweep names the same few limits over and over: each is looked up once.
+    ttls: dict[tuple[int, int | None], int | None] = {}
+    tasks = []
+    for index, spec in enumerate(specs):
+        try:
+            adapter, parameters = _checked_parameters(spec["simulator"], spec.get("parameters"), input_files)
+            metadata = validate_metadata(spec.get("metadata") or {})
+            target = project_of_task(machine_group, spec.get("project"))
+            asked = (target.pk, parse_duration(spec.get("time_to_live")))
+            if asked not in ttls:
+                ttls[asked] = quotas.task_ttl(user, target, asked[1])
+        except Refused as exc:
+            field = f"tasks.{index}.{exc.field}" if exc.field else f"tasks.{index}"
+            raise Refused(
+                f"Task {index} of the batch: {exc}", code=exc.code, field=field, status=exc.status
+            ) from None
+        tasks.append(
+            Task(
+                owner=user,
+                project=target,
+                machine_group=machine_group,
+                simulator=adapter.name,
+                parameters=parameters,
+                metadata=metadata,
+                resubmit_on_preemption=bool(spec.get("resubmit_on_preemption"))
+                or machine_group.resubmit_on_preemption,
+                time_to_live_seconds=ttls[asked],
+                request_key=batch_key(request_key, index) if request_key else None,
+            )
+        )
+    with transaction.atomic():
+        # The group before its tasks, as accept_input() and terminate_group() lock them.
+        group = lock_group_shared(machine_group.pk)
+        if not group.is_accepting_tasks:
+            raise _terminated(group, "was terminated meanwhile")
+        if input_archive is not None:
+            now = timezone.now()
+            for position, task in enumerate(tasks):
+                task.input_path = storage.save_input(task.id, input_archive)
+                task.input_size, task.input_sha256 = len(input_archive), digest
+                # Queued in the order given, though all at once (see lifecycle.transition_many).
+                task.queued_at = now + dt.timedelta(microseconds=position)
+        Task.objects.bulk_create(tasks)
+        if input_archive is None:
+            return tasks
+        lifecycle.transition_many(tasks, Status.SUBMITTED, reason="Input received; queued.", actor=user)
+        transaction.on_commit(lambda: broker.publish_tokens(group, len(tasks)))
+        Activity.objects.bulk_create(
+            Activity(
+                kind="submitted",
+                actor=user,
+                message=f"Task {task.id} submitted to {group.name}.",
+                project_id=task.project_id,
+                task=task,
+                data={},
+            )
+            for task in tasks
+        )
+    return tasks
+
+
+def enqueue(task: Task, group: MachineGroup) -> None:
+    """Tell the group's machines that a task waits; sent once the transaction commits."""
+    transaction.on_commit(lambda: broker.publish_tokens(group, 1))
