@@ -4,7 +4,7 @@ from celery import shared_task, signals
 from django.conf import settings
 from django.db import close_old_connections
 
-from tasks_app import broker, scheduler
+from tasks_app import broker, housekeeping
 from tasks_app.executor import inspect as _inspect  # noqa: F401  (registers the remote-control command)
 from tasks_app.executor import machine as _machine  # noqa: F401  (connects the worker signals)
 from tasks_app.executor.machine import current_machine
@@ -17,7 +17,7 @@ from tasks_app.executor.run import execute_next
 # hands the message out again). The token only says "a task waits"; the claim
 # in the database is the lock, a machine lost mid-task is reaped and its task
 # requeued, and a token lost before its claim is re-announced by the scheduler
-# (scheduler.restore_lost_tokens).
+# (housekeeping.restore_lost_tokens).
 @shared_task(name=broker.RUN_NEXT, acks_late=False)
 def run_next(group_id: int) -> str | None:
     """A task waits in this machine's group: claim the head of the queue and run it."""
@@ -33,9 +33,9 @@ def _usable_connection(**_) -> None:
 
 @shared_task(name="simdeck.clean_abandoned_uploads")
 def clean_abandoned_uploads() -> int:
-    return scheduler.clean_abandoned_uploads(settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
+    return housekeeping.clean_abandoned_uploads(settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
 
 
 @shared_task(name="simdeck.housekeeping")
-def housekeeping() -> dict:
-    return scheduler.housekeeping()
+def run_housekeeping() -> dict:
+    return housekeeping.run()

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from tasks_app import scheduler, services
+from tasks_app import housekeeping, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Task, TaskEvent
 from tests.helpers import zipped
@@ -184,7 +184,7 @@ def test_listing_filters_by_status_aliases_and_pages_with_a_cursor(api, started_
 def test_abandoned_uploads_are_cleaned_up_with_an_event(api, started_group):
     task_id = create(api).json()["id"]
     Task.objects.filter(pk=task_id).update(created_at="2020-01-01T00:00Z")
-    assert scheduler.clean_abandoned_uploads(older_than_minutes=60) == 1
+    assert housekeeping.clean_abandoned_uploads(older_than_minutes=60) == 1
     event = TaskEvent.objects.get(task_id=task_id)
     assert event.to_status == Status.KILLED
     assert "No input arrived" in event.reason

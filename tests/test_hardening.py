@@ -261,7 +261,7 @@ def test_a_task_time_to_live_beyond_a_year_is_refused(api, alice, no_broker):
 def test_one_bad_group_stops_neither_housekeeping_nor_the_groups_page(
     db, alice, bob, logged_in, api, no_broker
 ):
-    from tasks_app import scheduler
+    from tasks_app import housekeeping
 
     # Rows as the probe left them, and one no check could have foreseen.
     beyond = services.start_group(services.create_group(alice, machine_type="e2-micro", name="beyond"))
@@ -279,7 +279,7 @@ def test_one_bad_group_stops_neither_housekeeping_nor_the_groups_page(
         last_heartbeat_at=timezone.now() - dt.timedelta(hours=1),
     )
 
-    done = scheduler.housekeeping()
+    done = housekeeping.run()
 
     assert done["groups_stopped"] == ["theirs"]
     assert done["machines_lost"] == ["theirs-1"]

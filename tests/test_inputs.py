@@ -17,7 +17,7 @@ from django.db import transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks_app import inputs, scheduler, services
+from tasks_app import housekeeping, inputs, services
 from tasks_app.models import MachineGroup, Task
 from tasks_app.templatetags.simdeck import time_left
 
@@ -130,7 +130,7 @@ def test_housekeeping_and_the_groups_page_survive_any_stored_limit(alice, no_bro
             return  # beyond what PostgreSQL's double precision holds
         MachineGroup.objects.filter(pk=group.pk).update(**stored)
         group.refresh_from_db()
-        scheduler.enforce_group_limits()
+        housekeeping.enforce_group_limits()
         assert isinstance(time_left(group), str)
 
     each_in_a_rollback(run)

@@ -13,7 +13,7 @@ from django.db import connection, connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from tasks_app import scheduler, services, task_counts
+from tasks_app import housekeeping, services, task_counts
 from tasks_app.lifecycle import Status, transition
 from tasks_app.models import ProjectHourCount, ProjectStatusCount, Task
 
@@ -106,9 +106,9 @@ def test_fold_leaves_one_row_per_project_and_status(alice, group):
 
 
 def test_the_housekeeping_folds_the_counts(alice, group, monkeypatch):
-    monkeypatch.setattr(scheduler, "restore_lost_tokens", lambda: 0)
+    monkeypatch.setattr(housekeeping, "restore_lost_tokens", lambda: 0)
     make_task(alice, group, HAPPY)
-    assert scheduler.housekeeping()["task_counts_folded"] > 0
+    assert housekeeping.run()["task_counts_folded"] > 0
 
 
 def test_rebuild_repairs_counts_that_drifted(alice, group):

@@ -197,7 +197,7 @@ def test_the_parts_of_a_multipart_upload_are_joined_checked_and_queued(s3_env, s
 
 
 def test_what_an_abandoned_task_was_sent_is_removed_with_it(s3_server, s3_env, small_parts, api, lab):
-    from tasks_app import scheduler
+    from tasks_app import housekeeping
 
     halfway, unfinished = create(api).json()["id"], create(api).json()["id"]
     plan = api.post(
@@ -221,6 +221,6 @@ def test_what_an_abandoned_task_was_sent_is_removed_with_it(s3_server, s3_env, s
 
     assert pending(halfway) and storage.exists(storage.upload_name(unfinished))
     Task.objects.filter(pk__in=[halfway, unfinished]).update(created_at="2020-01-01T00:00Z")
-    assert scheduler.clean_abandoned_uploads(older_than_minutes=60) == 2
+    assert housekeeping.clean_abandoned_uploads(older_than_minutes=60) == 2
     assert not pending(halfway)
     assert not storage.exists(storage.upload_name(unfinished))

@@ -152,7 +152,7 @@ JOBS = {
 }
 
 
-def housekeeping() -> dict:
+def run() -> dict:
     """Every job, each on its own: one that fails is logged and the others still run."""
     results = {}
     for name, job in JOBS.items():

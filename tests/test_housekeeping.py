@@ -1,4 +1,4 @@
-"""The scheduler's limits on machine groups, decided from the database alone."""
+"""Housekeeping's limits on machine groups, decided from the database alone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from tasks_app import scheduler, services
+from tasks_app import housekeeping, services
 from tasks_app.models import Machine, MachineGroup
 
 pytestmark = pytest.mark.django_db
@@ -24,7 +24,7 @@ def idle_group(alice) -> MachineGroup:
 
 def test_a_group_whose_machines_are_still_booting_is_not_idle(idle_group):
     Machine.objects.create(group=idle_group, name="booting-1", state=Machine.State.PROVISIONING)
-    assert scheduler.enforce_group_limits() == []
+    assert housekeeping.enforce_group_limits() == []
 
 
 def test_idle_time_counts_from_the_first_machine_online(idle_group):
@@ -32,7 +32,7 @@ def test_idle_time_counts_from_the_first_machine_online(idle_group):
     Machine.objects.create(
         group=idle_group, name="up-1", state=Machine.State.ONLINE, online_at=now - dt.timedelta(minutes=1)
     )
-    assert scheduler.enforce_group_limits(now) == []
-    assert scheduler.enforce_group_limits(now + dt.timedelta(minutes=2, seconds=30)) == ["idle-lab"]
+    assert housekeeping.enforce_group_limits(now) == []
+    assert housekeeping.enforce_group_limits(now + dt.timedelta(minutes=2, seconds=30)) == ["idle-lab"]
     idle_group.refresh_from_db()
     assert "idle for 3 minutes" in idle_group.termination_reason
