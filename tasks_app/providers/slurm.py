@@ -334,6 +334,16 @@ class SlurmProvider:
         final = job.state if job else "gone from Slurm's queue"
         Machine.objects.filter(pk=machine.pk).update(job_state=job.state if job else "", job_reason="")
         asked = self.stopping.pop(machine.pk, None) is not None
+        if machine.online_at is None and not asked:
+            # It stopped by itself before taking any task: its node could not
+            # sandbox, or the worker could not start. Say so, and wait before the next.
+            self.back_off(machine.group)
+            self.refuse(
+                machine.group,
+                f"The machine of pilot job {machine.job_id} stopped before coming online ({final}); "
+                f"see {machine.name}.log in the machines' logs.",
+            )
+            return
         if final == "COMPLETED" or asked:
             return
         reason = f"The Slurm job {machine.job_id} of machine {machine.name} ended ({final})."
@@ -407,7 +417,7 @@ class SlurmProvider:
             job_id = submit(machine)
         except SlurmError as exc:
             machine.delete()  # nothing half-created: no row for a pilot Slurm does not have
-            self.refuse(group, str(exc))
+            self.refuse(group, f"Slurm took no pilot job for this group: {exc}")
             self.back_off(group)
             return None
         Machine.objects.filter(pk=machine.pk).update(job_id=job_id, job_state="PENDING")
@@ -416,14 +426,12 @@ class SlurmProvider:
         return machine
 
     def refuse(self, group: MachineGroup, why: str) -> None:
-        """Say once on the group's page why Slurm takes no pilot for it."""
+        """Say once on the group's page why it gets no machine."""
         if self.refusals.get(group.pk) == why:
             return
         self.refusals[group.pk] = why
-        log.error("Slurm took no pilot for group %s: %s", group.name, why)
-        Activity.objects.create(
-            kind="machines-refused", group=group, message=f"Slurm took no pilot job for this group: {why}"
-        )
+        log.error("Group %s: %s", group.name, why)
+        Activity.objects.create(kind="machines-refused", group=group, message=why)
 
     def stop(self, machine: Machine) -> None:
         """A queued pilot is cancelled; a running one is asked to stop (a warm shutdown) first."""
