@@ -147,6 +147,8 @@ def test_a_queued_pilot_says_why_and_one_cancelled_from_outside_gives_its_task_t
     statuses = list(Task.objects.get(pk=task.id).events.values_list("to_status", flat=True))
     lost = statuses.index(Status.EXECUTOR_TERMINATED)
     assert statuses[lost + 1] == Status.SUBMITTED
+    why = Task.objects.get(pk=task.id).events.get(to_status=Status.EXECUTOR_TERMINATED).reason
+    assert f"Slurm job {first.job_id}" in why
     assert Status.STARTED in statuses[lost + 2 :]
     wait_for(lambda: Machine.objects.filter(pk=first.pk, state="lost"), 20, message="the machine lost")
     said = Activity.objects.get(machine=first, kind="machine-lost").message
@@ -189,6 +191,19 @@ def test_a_provider_this_server_is_not_configured_for_is_refused_at_start(api, s
     assert "not configured for" in reply.json()["message"]
     assert "SIMDECK_PROVIDERS" in reply.json()["message"]
     assert not MachineGroup.objects.filter(name="elsewhere").exists()
+
+
+@pytest.mark.django_db
+def test_a_server_without_slurm_commands_refuses_slurm_groups_at_start(api, settings, tmp_path):
+    settings.SIMDECK_PROVIDERS = ["local", "slurm"]
+    settings.SIMDECK_SLURM_BIN = str(tmp_path)  # a folder without sbatch
+    body = {"machine_type": "n2-standard-2", "name": "nocluster", "provider": "slurm", "start": True}
+    reply = api.post("/api/v1/machine-groups", body, content_type="application/json")
+    assert reply.status_code == 409
+    error = reply.json()
+    assert error["error"] == "provider_unavailable"
+    assert f"Slurm's sbatch command is not installed on this server (not in {tmp_path})" in error["message"]
+    assert not MachineGroup.objects.filter(name="nocluster").exists()
 
 
 @pytest.mark.django_db
