@@ -179,6 +179,29 @@ def test_a_partition_slurm_does_not_have_is_refused_at_start_and_leaves_no_group
     assert not MachineGroup.objects.filter(name="big").exists()
 
 
+@pytest.mark.django_db
+def test_the_console_form_makes_slurm_groups_and_shows_slurms_refusal(
+    logged_in, slurm, settings, monkeypatch
+):
+    settings.SIMDECK_PROVIDERS = ["local", "slurm"]
+    monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
+    form = {"machine_type": "n2-standard-2", "num_machines": 1, "data_disk_gb": 10, "provider": "slurm"}
+    refused = logged_in.post(
+        reverse("group-list"), {**form, "name": "wrong", "partition": "nope", "start": "on"}
+    )
+    assert refused.status_code == 422
+    assert "Slurm has no partition &#x27;nope&#x27;" in refused.content.decode()
+    assert not MachineGroup.objects.filter(name="wrong").exists()
+    made = logged_in.post(
+        reverse("group-list"), {**form, "name": "right", "partition": "debug", "qos": "normal"}
+    )
+    assert made.status_code == 302
+    group = MachineGroup.objects.get(name="right")
+    assert (group.provider, group.provider_options) == ("slurm", {"partition": "debug", "qos": "normal"})
+    page = logged_in.get(reverse("group-detail", args=["right"])).content.decode()
+    assert 'slurm, partition <span class="mono">debug</span>, qos <span class="mono">normal</span>' in page
+
+
 # -- without a cluster ---------------------------------------------------------
 
 
