@@ -256,6 +256,11 @@ def submit(machine: Machine) -> str:
 # -- the loop ---------------------------------------------------------------------
 
 
+def record_end(machine: Machine, job: Job | None) -> None:
+    """Keep the pilot's last state (or none, when Slurm forgot the job): it is followed no more."""
+    Machine.objects.filter(pk=machine.pk).update(job_state=job.state if job else "", job_reason="")
+
+
 class SlurmProvider:
     def __init__(self) -> None:
         self.stopping: dict[int, float] = {}  # machine id -> when to cancel it outright
@@ -289,6 +294,7 @@ class SlurmProvider:
             group__provider="slurm", state=M.STOPPED, job_state__in=["PENDING", "RUNNING", "COMPLETING"]
         ).select_related("group"):
             self.settle(machine)
+        self.cancel_unwanted()
         for group in MachineGroup.objects.filter(provider="slurm", state__in=[G.STARTED, G.TERMINATING]):
             if group.state == G.STARTED:
                 self.scale(group)
@@ -332,7 +338,7 @@ class SlurmProvider:
         if job is not None and not job.ended:
             return
         final = job.state if job else "gone from Slurm's queue"
-        Machine.objects.filter(pk=machine.pk).update(job_state=job.state if job else "", job_reason="")
+        record_end(machine, job)
         asked = self.stopping.pop(machine.pk, None) is not None
         if machine.online_at is None and not asked:
             # It stopped by itself before taking any task: its node could not
@@ -351,11 +357,32 @@ class SlurmProvider:
             log.warning(reason)
             Activity.objects.create(kind="machine-lost", group=machine.group, machine=machine, message=reason)
 
+    def cancel_unwanted(self) -> None:
+        """Cancel the pilots of machines given up on elsewhere (silent too long, reclaimed).
+
+        Such a pilot may run on where the server cannot hear it (a node cut
+        off from the network); its allocation is of no use to anyone now.
+        """
+        given_up = (
+            Machine.objects.filter(group__provider="slurm", state__in=[M.LOST, M.RECLAIMED])
+            .exclude(job_id="")
+            .exclude(job_state="")
+            .exclude(job_state__in=ENDED)
+        )
+        for machine in given_up:
+            job = self.jobs.get(machine.job_id)
+            if job is None or job.ended:
+                record_end(machine, job)
+            elif machine.pk not in self.stopping:
+                log.info("Cancelling pilot job %s of machine %s (%s)", job.id, machine.name, machine.state)
+                cancel(job.id)
+                self.stopping[machine.pk] = math.inf
+
     def pilot_ended(self, machine: Machine, job: Job | None) -> None:
         self.running_since.pop(machine.pk, None)
         self.stopping.pop(machine.pk, None)
         state = job.state if job else "gone from Slurm's queue"
-        Machine.objects.filter(pk=machine.pk).update(job_state=job.state if job else "", job_reason="")
+        record_end(machine, job)
         busy = machine.tasks.filter(status__in=lifecycle.ON_MACHINE).exists()
         if machine.state == M.STOPPING and not busy:
             Machine.objects.filter(pk=machine.pk, state=M.STOPPING).update(
