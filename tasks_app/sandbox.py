@@ -35,12 +35,16 @@ a sandbox does not start, and says why (:func:`check`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import fcntl
 import functools
 import logging
 import os
 import pwd
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -61,6 +65,8 @@ FILE_SIZE_BYTES = 64 << 30
 # Processes and threads a simulation may have at once, per vCPU of its machine type.
 PIDS_PER_VCPU = 256
 PATH = "/usr/local/bin:/usr/bin:/bin"
+PRLIMIT = shutil.which("prlimit", path=PATH) or "prlimit"
+SETPRIV = shutil.which("setpriv", path=PATH) or "setpriv"
 # The few files of /etc programs need; passwd and group are the sandbox's own.
 # (Each is a bind mount, made at every start: the list is short on purpose.)
 ETC = ("ld.so.cache", "alternatives", "hosts", "nsswitch.conf", "localtime", "ssl")
@@ -229,6 +235,8 @@ def command(
     tmp: Path | None = None,
     network: bool = False,
     held_by_cgroups: bool = False,
+    loopback_entered: bool = False,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The command line that runs ``argv`` in a sandbox over the task's ``workdir``.
 
@@ -236,7 +244,10 @@ def command(
     (:func:`write_identity`). ``env`` is all the simulation's environment.
     ``tmp`` is the task's own ``/tmp``, kept from one command to the next
     (else a small one in memory). With ``held_by_cgroups`` the machine's cgroups hold memory and
-    processes; otherwise resource limits do.
+    processes; otherwise resource limits do. With ``loopback_entered`` the spawn happens inside
+    the machine's loopback-only network namespace (:class:`Loopback`) rather than a new one.
+    ``seccomp_fd`` is a readable descriptor holding the system call filter (:func:`syscall_filter`),
+    which the spawn must pass on.
     """
     args = [
         bwrap_path(),
@@ -249,7 +260,7 @@ def command(
         "--hostname",
         "simdeck",
     ]
-    if not network:
+    if not network and not loopback_entered:
         args.append("--unshare-net")
     if not as_root():
         # Unprivileged: its own user namespace, and none more inside it.
@@ -266,10 +277,13 @@ def command(
         args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--bind", str(workdir), WORKDIR, "--chdir", WORKDIR, "--clearenv"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     for name, value in env.items():
         args += ["--setenv", name, value]
     args.append("--")
-    args += ["prlimit", f"--fsize={limits.file_size_bytes}"]
+    # Each program is named by its full path: no search along PATH, one exec each.
+    args += [PRLIMIT, f"--fsize={limits.file_size_bytes}"]
     if not held_by_cgroups:
         args.append(f"--nproc={limits.pids}")
         if limits.memory_bytes:
@@ -278,7 +292,7 @@ def command(
     if as_root():
         uid, gid = sandbox_user()
         args += [
-            "setpriv",
+            SETPRIV,
             f"--reuid={uid}",
             f"--regid={gid}",
             "--clear-groups",
@@ -492,15 +506,20 @@ def check() -> str:
         work.mkdir(exist_ok=True)
         hand_over(work)
         limits = Limits(memory_bytes=None, vcpus=1, pids=64)
-        argv = command(
-            ["true"],
-            workdir=work,
-            identity=identity,
-            env=environment(limits, {}),
-            read_only=install_folders(),
-            limits=limits,
-        )
-        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        with syscall_filter() as fd:
+            argv = command(
+                ["true"],
+                workdir=work,
+                identity=identity,
+                env=environment(limits, {}),
+                read_only=install_folders(),
+                limits=limits,
+                seccomp_fd=fd,
+            )
+            kept = (fd,) if fd is not None else ()
+            done = subprocess.run(
+                argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, pass_fds=kept
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if done.returncode != 0:
@@ -515,6 +534,190 @@ def check() -> str:
     version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip()
     who = f"as {settings.SIMDECK_SANDBOX_USER}" if as_root() else f"as {pwd.getpwuid(os.getuid()).pw_name}"
     return f"{version or 'bubblewrap'}, {who}"
+
+
+# -- system calls no simulation needs --------------------------------------------------------
+
+# The kernel's keyrings belong to a user, not to a namespace: every sandbox
+# runs as the same user, so a key one simulation adds, any later one could
+# read. eBPF and userfaultfd are large doors into the kernel that
+# simulations have no use for. New namespaces (a user namespace above all,
+# in which the simulation would be root) open most of the kernel to it:
+# unshare and setns are refused, and so is a clone that asks for one; clone3,
+# whose flags a filter cannot read, answers "missing", so the C library
+# falls back to clone. Refusals say EPERM, as container runtimes do. A
+# system call of another architecture (32-bit calls on a 64-bit host, where
+# the numbers differ) is refused as missing.
+SYSCALLS = {
+    "x86_64": {
+        "audit_arch": 0xC000003E,
+        "denied": (248, 249, 250, 321, 323, 272, 308),  # add_key … userfaultfd, unshare, setns
+        "clone": 56,
+        "clone3": 435,
+    },
+    "aarch64": {
+        "audit_arch": 0xC00000B7,
+        "denied": (217, 218, 219, 280, 282, 97, 268),
+        "clone": 220,
+        "clone3": 435,
+    },
+}
+NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+X32_SYSCALL_BIT = 0x40000000
+_RET, _LD_ABS, _JEQ, _JGE, _JSET = 0x06, 0x20, 0x15, 0x35, 0x45
+_ALLOW, _ERRNO = 0x7FFF0000, 0x00050000
+# struct seccomp_data: nr, arch, instruction pointer, then the arguments (the low half of the first).
+_NR, _ARCH, _ARG0 = 0, 4, 16
+
+
+def _assemble(program: list[tuple]) -> bytes:
+    """Classic BPF from (op, value, jump-if-true label, jump-if-false label) and ("label", name) lines."""
+    where, at = {}, 0
+    for line in program:
+        if line[0] == "label":
+            where[line[1]] = at
+        else:
+            at += 1
+    out, at = [], 0
+    for line in program:
+        if line[0] == "label":
+            continue
+        op, value, *jumps = line
+        # Jumps go forward only, counted from the next instruction.
+        jt, jf = ((where[j] - at - 1) if j else 0 for j in (jumps + [None, None])[:2])
+        assert jt >= 0 and jf >= 0, f"a jump backwards at {at}"
+        out.append(struct.pack("HBBI", op, jt, jf, value))
+        at += 1
+    return b"".join(out)
+
+
+@functools.cache
+def _filter_program() -> bytes | None:
+    """The classic BPF program bubblewrap installs (``--seccomp``), for this machine's architecture."""
+    import errno
+    import platform
+
+    arch = platform.machine()
+    if arch not in SYSCALLS:
+        log.warning("No system call filter for %s: sandboxes may use every system call", arch)
+        return None
+    calls = SYSCALLS[arch]
+    program = [
+        (_LD_ABS, _ARCH),
+        (_JEQ, calls["audit_arch"], "native", "missing"),
+        ("label", "native"),
+        (_LD_ABS, _NR),
+    ]
+    if arch == "x86_64":
+        program.append((_JGE, X32_SYSCALL_BIT, "deny", None))
+    program += [(_JEQ, nr, "deny", None) for nr in calls["denied"]]
+    program += [
+        (_JEQ, calls["clone3"], "missing", None),
+        (_JEQ, calls["clone"], "clone", None),
+        (_RET, _ALLOW),
+        ("label", "clone"),
+        (_LD_ABS, _ARG0),
+        (_JSET, NAMESPACE_FLAGS, "deny", None),
+        (_RET, _ALLOW),
+        ("label", "deny"),
+        (_RET, _ERRNO | errno.EPERM),
+        ("label", "missing"),
+        (_RET, _ERRNO | errno.ENOSYS),
+    ]
+    return _assemble(program)
+
+
+@contextlib.contextmanager
+def syscall_filter():
+    """A readable descriptor holding the filter, for one spawn; None where there is none."""
+    program = _filter_program()
+    if program is None:
+        yield None
+        return
+    read, write = os.pipe()
+    try:
+        os.write(write, program)  # a few hundred bytes: well within a pipe's buffer
+        os.close(write)
+        write = -1
+        yield read
+    finally:
+        os.close(read)
+        if write != -1:
+            os.close(write)
+
+
+# -- the machine's network: loopback only -------------------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+class Loopback:
+    """A network namespace with nothing but its loopback, kept by a machine for its sandboxes.
+
+    A new network namespace for every command costs more than the rest of
+    the sandbox's start (bringing up its loopback, and tearing it down
+    after). One made when the machine starts serves each of its
+    simulations in turn: nothing of one is left in it for the next (a
+    socket dies with its process, and changing the namespace's setup takes
+    privileges no simulation has). Made by root, which may enter it; an
+    unprivileged machine gives each sandbox its own (``--unshare-net``).
+    """
+
+    def __init__(self):
+        self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        made: dict[str, object] = {}
+
+        def make() -> None:  # in a thread of its own, which leaves with it
+            try:
+                if _libc.unshare(CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"unshare: {os.strerror(err)}")
+                made["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    request = struct.pack("16sH22x", b"lo", 0)
+                    flags = struct.unpack("16sH22x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+                    fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+            except OSError as exc:
+                made["error"] = exc
+
+        thread = threading.Thread(target=make, name="sandbox-loopback")
+        thread.start()
+        thread.join()
+        if "error" in made:
+            if "fd" in made:
+                os.close(made["fd"])
+            os.close(self.home)
+            raise made["error"]
+        self.fd = made["fd"]
+
+    @contextlib.contextmanager
+    def entered(self):
+        """The calling thread in the namespace; a process it spawns meanwhile starts there."""
+        _setns(self.fd)
+        try:
+            yield
+        finally:
+            _setns(self.home)
+
+
+@functools.cache
+def loopback() -> Loopback | None:
+    """This process' loopback-only namespace, made once; none where it cannot be made."""
+    if not as_root():
+        return None
+    try:
+        return Loopback()
+    except OSError:
+        log.warning("No shared loopback namespace; each sandbox makes its own", exc_info=True)
+        return None
 
 
 # -- one task's sandbox ---------------------------------------------------------------------
@@ -532,8 +735,18 @@ class Box:
     read_only: list[Path]
     network: bool = False
     cgroups: Cgroups | None = None
+    loopback: Loopback | None = None
 
-    def argv(self, argv: list[str], env: dict[str, str]) -> list[str]:
+    def start(self, argv: list[str], own_env: dict[str, str], **popen) -> subprocess.Popen:
+        """Start ``argv`` in a sandbox of its own, with ``own_env`` added to the box's environment.
+
+        ``popen`` goes to :class:`subprocess.Popen`; its ``env`` is bubblewrap's, not the simulation's.
+        """
+        with self.spawning(), syscall_filter() as fd:
+            kept = (fd,) if fd is not None else ()
+            return subprocess.Popen(self.argv(argv, own_env, seccomp_fd=fd), pass_fds=kept, **popen)
+
+    def argv(self, argv: list[str], env: dict[str, str], seccomp_fd: int | None = None) -> list[str]:
         return command(
             argv,
             workdir=self.workdir,
@@ -544,10 +757,23 @@ class Box:
             limits=self.limits,
             network=self.network,
             held_by_cgroups=bool(self.cgroups and self.cgroups.covers(self.limits)),
+            loopback_entered=self._loopback is not None,
+            seccomp_fd=seccomp_fd,
         )
 
+    @property
+    def _loopback(self) -> Loopback | None:
+        return None if self.network else self.loopback
+
+    @contextlib.contextmanager
     def spawning(self):
-        return self.cgroups.entered() if self.cgroups else contextlib.nullcontext()
+        """The calling thread, for the moment of a spawn, in the machine's cgroups and its loopback."""
+        with contextlib.ExitStack() as stack:
+            if self.cgroups:
+                stack.enter_context(self.cgroups.entered())
+            if self._loopback:
+                stack.enter_context(self._loopback.entered())
+            yield
 
     def hit(self) -> list[str]:
         """Limits the kernel enforced since the last look: "memory", "pids"."""

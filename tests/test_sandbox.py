@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import psutil
@@ -76,9 +77,9 @@ def test_the_platform_s_secrets_and_files_are_out_of_reach(stack, mg):
     assert "DJANGO_SETTINGS_MODULE" not in out
     assert "DATABASE_URL" not in out and "SECRET_KEY" not in out and "REDIS_URL" not in out
     names = set(out.split("ENV\n", 1)[1].split())
-    assert names <= {"PATH", "HOME", "TMPDIR", "LANG", "USER", "PWD", "SHLVL", "SIMDECK_TASK_ID"} | set(
-        sandbox.THREAD_VARIABLES
-    ), names
+    allowed = {"PATH", "HOME", "TMPDIR", "LANG", "USER", "PWD", "SHLVL"}
+    allowed |= {"SIMDECK_TASK_ID", "SIMDECK_TASK_ATTEMPT"}
+    assert names <= allowed | set(sandbox.THREAD_VARIABLES), names
 
 
 def test_another_project_s_inputs_and_outputs_cannot_be_found(stack, mg, client_for, alice_key):
@@ -120,6 +121,39 @@ def test_no_service_of_the_platform_can_be_reached(stack, mg):
     _, out = run(mg, f'python -c "{probe}"')
     assert "OPEN" not in out, out
     assert out.count("closed") == len(ports) + 1
+
+
+def test_no_keyring_to_leave_things_in_and_no_namespace_to_be_root_in(stack, mg):
+    """Keyrings belong to a user, not a namespace: every sandbox runs as the same user.
+
+    A user namespace of its own would make the simulation root there, with much
+    more of the kernel in reach.
+    """
+    marker = f"left-for-later-{secrets.token_hex(6)}"
+    x86 = os.uname().machine == "x86_64"
+    add_key, request_key, keyctl = (248, 249, 250) if x86 else (217, 218, 219)
+    put = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"got = libc.syscall({add_key}, b'user', b'simdeck-probe', b'{marker}', {len(marker)},"
+        " ctypes.c_int(-4))\n"
+        "print('add_key', got, ctypes.get_errno())\n"
+    )
+    get = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"key = libc.syscall({request_key}, b'user', b'simdeck-probe', None, 0)\n"
+        "print('request_key', key, ctypes.get_errno())\n"
+        "buf = ctypes.create_string_buffer(200)\n"
+        f"n = libc.syscall({keyctl}, 11, key, buf, 200) if key > 0 else -1\n"
+        "print('read', buf.raw[: max(n, 0)])\n"
+    )
+    _, first = run(mg, f'python -c "{put}"')
+    _, later = run(mg, f'python -c "{get}"', "unshare -Ur id 2>&1 || echo no-namespace")
+    assert first.split() == ["add_key", "-1", "1"], first  # refused: EPERM
+    assert later.split()[:3] == ["request_key", "-1", "1"], later
+    assert marker not in later
+    assert "no-namespace" in later and "uid=0" not in later, later
 
 
 def test_writes_outside_its_folder_land_nowhere_on_the_host(stack, mg):
@@ -337,3 +371,51 @@ def test_an_install_under_the_host_s_tmp_is_seen_inside(tmp_path, settings):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello from the install\n"
+
+
+def test_a_machine_s_sandboxes_share_a_loopback_and_reach_nothing_else(tmp_path):
+    """Each sandbox of a machine starts in its loopback-only network namespace: lo, up, and nothing more."""
+    import socket
+    import subprocess
+
+    if sandbox.loopback() is None:
+        pytest.skip("each sandbox makes its own network namespace here (not root)")
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    for folder in (work, tmp):
+        folder.mkdir()
+        sandbox.hand_over(folder)
+    limits = sandbox.Limits(memory_bytes=None, vcpus=1, pids=64)
+    box = sandbox.Box(
+        workdir=work,
+        tmp=tmp,
+        identity=sandbox.write_identity(tmp_path / "identity"),
+        env=sandbox.environment(limits, {}),
+        limits=limits,
+        read_only=sandbox.install_folders(),
+        loopback=sandbox.loopback(),
+    )
+    assert "--unshare-net" not in box.argv(["true"], {})
+    with socket.socket() as host_side:  # a service of the host, on its loopback
+        host_side.bind(("127.0.0.1", 0))
+        host_side.listen()
+        port = host_side.getsockname()[1]
+        probe = (
+            "import socket\n"
+            "print(sorted(line.split(':')[0].strip() for line in open('/proc/net/dev').readlines()[2:]))\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+            "socket.create_connection(s.getsockname(), timeout=2).close(); print('own loopback ok')\n"
+            f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('host reached')\n"
+            "except OSError:\n    print('host out of reach')\n"
+        )
+        for _ in range(2):  # the namespace serves one sandbox after another
+            with box.spawning():
+                argv = box.argv([sys.executable, "-c", probe], {})
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            assert out.decode().splitlines() == ["['lo']", "own loopback ok", "host out of reach"]
+    # The spawning thread is back in the host's namespace.
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", 0))
+        again.listen()
+        socket.create_connection(again.getsockname(), timeout=2).close()

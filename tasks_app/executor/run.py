@@ -180,7 +180,29 @@ class Execution:
     # -- phases --------------------------------------------------------------
 
     def run(self) -> None:
-        """Run a task this machine has claimed (it is preparing-to-compute)."""
+        """Run a task this machine has claimed (it is preparing-to-compute).
+
+        Whatever goes wrong on the machine's side ends the task: a fault of
+        the machine (a bug, the system refusing a process or a file) must
+        not leave it preparing or started while the machine goes on.
+        """
+        try:
+            self.run_claimed()
+        except Exception as exc:
+            log.exception("Task %s: the machine failed while running it", self.task.id)
+            message = (
+                f"The machine failed while running this task ({type(exc).__name__}: {exc}). "
+                "Submit it again; if it fails the same way, tell an admin, quoting the task id."
+            )
+            try:
+                self.task.refresh_from_db(fields=["status"])
+                if self.task.status not in lifecycle.TERMINAL:
+                    self.fail_runtime(message)
+                live.end_log(self.task.id)
+            finally:
+                self.cleanup()
+
+    def run_claimed(self) -> None:
         try:
             simulator, invocations = self.prepare()
         except RuntimeFailure as exc:
@@ -274,7 +296,11 @@ class Execution:
         return simulator, invocations
 
     def environment(self) -> dict[str, str]:
-        return _machine_environment() | {"SIMDECK_TASK_ID": self.task.id}
+        return _machine_environment() | self.identity()
+
+    def identity(self) -> dict[str, str]:
+        """What a simulation is told of itself: its task, and which attempt at it this is."""
+        return {"SIMDECK_TASK_ID": self.task.id, "SIMDECK_TASK_ATTEMPT": str(self.task.attempt)}
 
     def make_box(self, simulator: sims.Simulator) -> sandbox.Box:
         """The task's sandbox: its work folder handed to the sandbox user, the machine's limits."""
@@ -287,11 +313,12 @@ class Execution:
             workdir=self.workdir,
             tmp=self.tmpdir,
             identity=_identity(machine_dir),
-            env=sandbox.environment(self.limits, {"SIMDECK_TASK_ID": self.task.id}),
+            env=sandbox.environment(self.limits, self.identity()),
             limits=self.limits,
             read_only=simulator.sandbox_folders(),
             network=self.group.allow_network,
             cgroups=cgroups,
+            loopback=sandbox.loopback(),
         )
 
     # -- watching the running simulation --------------------------------------

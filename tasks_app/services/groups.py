@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from tasks_app import audit, inputs, lifecycle, quotas
+from tasks_app import audit, inputs, lifecycle, provider_rules, quotas
 from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
 from tasks_app.models import MachineGroup, Project, Task
@@ -50,7 +50,10 @@ def create_group(
     min_machines: int | None = None,
     max_machines: int | None = None,
     resubmit_on_preemption: bool = False,
+    provider: str = "local",
+    provider_options: dict | None = None,
 ) -> MachineGroup:
+    provider_options = provider_rules.clean_options(provider, provider_options)
     types = settings.SIMDECK_MACHINE_TYPES
     if machine_type not in types:
         raise Refused(
@@ -104,11 +107,15 @@ def create_group(
         min_machines=min_machines,
         max_machines=max_machines,
         resubmit_on_preemption=resubmit_on_preemption,
+        provider=provider,
+        provider_options=provider_options,
     )
 
 
 def start_group(group: MachineGroup) -> MachineGroup:
     """Ask for the group's machines (within the quotas); its provider brings them up."""
+    if group.state == MachineGroup.State.CREATED:
+        provider_rules.check_start(group)  # before any lock: it may ask Slurm
     with transaction.atomic():
         # One start at a time per project and per owner, so quotas hold.
         Project.objects.select_for_update().filter(pk=group.project_id).first()

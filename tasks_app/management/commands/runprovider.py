@@ -4,10 +4,19 @@ from tasks_app.providers.local import LocalProvider
 
 
 class Command(BaseCommand):
-    help = "Run the local provider: keep this host's machines (worker processes) as the database asks."
+    help = (
+        "Run a provider: keep its groups' machines as the database asks; the local one "
+        "(worker processes on this host) unless --provider slurm (pilot jobs on a Slurm cluster)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--interval", type=float, default=1.0, help="Seconds between checks.")
+        parser.add_argument("--provider", choices=["local", "slurm"], default="local")
+        parser.add_argument("--interval", type=float, default=None, help="Seconds between checks.")
 
-    def handle(self, *args, interval: float, **options):
-        LocalProvider().run_forever(interval=interval)
+    def handle(self, *args, provider: str, interval: float | None, **options):
+        if provider == "slurm":
+            from tasks_app.providers.slurm import SlurmProvider
+
+            SlurmProvider().run_forever(interval=interval or 2.0)
+        else:
+            LocalProvider().run_forever(interval=interval or 1.0)
