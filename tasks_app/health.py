@@ -191,7 +191,7 @@ def check_broker() -> Check:
 
     try:
         with app.connection_for_read() as conn:
-            conn.ensure_connection(max_retries=1, timeout=TIMEOUT_SECONDS)
+            conn.ensure_connection(max_retries=0, timeout=TIMEOUT_SECONDS)
             where = conn.as_uri()  # without the password
     except Exception as exc:  # kombu raises the transport's own errors
         return Check("broker", False, first_line(exc))
