@@ -129,7 +129,9 @@ def restore_lost_tokens() -> int:
     """Re-announce queued tasks whose broker message went missing (e.g. a broker restart)."""
     from console.celery import app
 
-    groups = MachineGroup.objects.filter(state=G.STARTED, tasks__status=Status.SUBMITTED).distinct()
+    groups = list(MachineGroup.objects.filter(state=G.STARTED, tasks__status=Status.SUBMITTED).distinct())
+    if not groups:
+        return 0  # nothing queued, nothing to ask the broker: an idle platform stays off the network
     with app.connection_for_read() as conn:
         channel = conn.default_channel
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from tasks_app import audit, inputs, lifecycle, live, storage
@@ -163,6 +163,16 @@ def create_group(
     )
 
 
+# The providers sleep until what the database asks of them changes; this wakes them.
+PROVIDER_CHANNEL = "simdeck_provider"
+
+
+def wake_providers() -> None:
+    """Tell the providers the wish changed. PostgreSQL delivers it at commit, and never for a rollback."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [PROVIDER_CHANNEL])
+
+
 def start_group(group: MachineGroup) -> MachineGroup:
     """Ask for the group's machines (within the quotas); its provider brings them up."""
     from tasks_app import quotas
@@ -177,6 +187,8 @@ def start_group(group: MachineGroup) -> MachineGroup:
         updated = MachineGroup.objects.filter(pk=group.pk, state=MachineGroup.State.CREATED).update(
             state=MachineGroup.State.STARTED, started_at=timezone.now()
         )
+        if updated:
+            wake_providers()
     group.refresh_from_db()
     if not updated and group.state != MachineGroup.State.STARTED:
         raise Refused(
@@ -206,6 +218,7 @@ def terminate_group(
         group.refresh_from_db()
         if not updated:
             return group
+        wake_providers()
         why = reason or f"Machine group {group.name} was terminated."
         if actor is not None:
             audit.record(
@@ -614,6 +627,7 @@ def _machine_gone(machine: Machine, state: str, ending: Status, reason: str, act
         ).update(state=state, stopped_at=timezone.now())
         if not updated:
             return False
+        wake_providers()  # the machine's processes are to go
         _end_tasks_on(machine, ending, reason, actor=actor, close_logs=state == Machine.State.LOST)
     return True
 
