@@ -67,6 +67,7 @@ def run(quick: bool = False) -> list[dict]:
             limits=limits,
             read_only=sandbox.install_folders(),
             cgroups=groups,
+            loopback=sandbox.loopback(),
         )
         figures = []
         for label, argv in (("true", ["true"]), ("python -c pass", [sys.executable, "-c", "pass"])):

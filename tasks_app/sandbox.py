@@ -35,12 +35,16 @@ a sandbox does not start, and says why (:func:`check`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import fcntl
 import functools
 import logging
 import os
 import pwd
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -61,6 +65,8 @@ FILE_SIZE_BYTES = 64 << 30
 # Processes and threads a simulation may have at once, per vCPU of its machine type.
 PIDS_PER_VCPU = 256
 PATH = "/usr/local/bin:/usr/bin:/bin"
+PRLIMIT = shutil.which("prlimit", path=PATH) or "prlimit"
+SETPRIV = shutil.which("setpriv", path=PATH) or "setpriv"
 # The few files of /etc programs need; passwd and group are the sandbox's own.
 # (Each is a bind mount, made at every start: the list is short on purpose.)
 ETC = ("ld.so.cache", "alternatives", "hosts", "nsswitch.conf", "localtime", "ssl")
@@ -229,6 +235,7 @@ def command(
     tmp: Path | None = None,
     network: bool = False,
     held_by_cgroups: bool = False,
+    loopback_entered: bool = False,
 ) -> list[str]:
     """The command line that runs ``argv`` in a sandbox over the task's ``workdir``.
 
@@ -236,7 +243,8 @@ def command(
     (:func:`write_identity`). ``env`` is all the simulation's environment.
     ``tmp`` is the task's own ``/tmp``, kept from one command to the next
     (else a small one in memory). With ``held_by_cgroups`` the machine's cgroups hold memory and
-    processes; otherwise resource limits do.
+    processes; otherwise resource limits do. With ``loopback_entered`` the spawn happens inside
+    the machine's loopback-only network namespace (:class:`Loopback`) rather than a new one.
     """
     args = [
         bwrap_path(),
@@ -249,7 +257,7 @@ def command(
         "--hostname",
         "simdeck",
     ]
-    if not network:
+    if not network and not loopback_entered:
         args.append("--unshare-net")
     if not as_root():
         # Unprivileged: its own user namespace, and none more inside it.
@@ -269,7 +277,8 @@ def command(
     for name, value in env.items():
         args += ["--setenv", name, value]
     args.append("--")
-    args += ["prlimit", f"--fsize={limits.file_size_bytes}"]
+    # Each program is named by its full path: no search along PATH, one exec each.
+    args += [PRLIMIT, f"--fsize={limits.file_size_bytes}"]
     if not held_by_cgroups:
         args.append(f"--nproc={limits.pids}")
         if limits.memory_bytes:
@@ -278,7 +287,7 @@ def command(
     if as_root():
         uid, gid = sandbox_user()
         args += [
-            "setpriv",
+            SETPRIV,
             f"--reuid={uid}",
             f"--regid={gid}",
             "--clear-groups",
@@ -517,6 +526,80 @@ def check() -> str:
     return f"{version or 'bubblewrap'}, {who}"
 
 
+# -- the machine's network: loopback only -------------------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+class Loopback:
+    """A network namespace with nothing but its loopback, kept by a machine for its sandboxes.
+
+    A new network namespace for every command costs more than the rest of
+    the sandbox's start (bringing up its loopback, and tearing it down
+    after). One made when the machine starts serves each of its
+    simulations in turn: nothing of one is left in it for the next (a
+    socket dies with its process, and changing the namespace's setup takes
+    privileges no simulation has). Made by root, which may enter it; an
+    unprivileged machine gives each sandbox its own (``--unshare-net``).
+    """
+
+    def __init__(self):
+        self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        made: dict[str, object] = {}
+
+        def make() -> None:  # in a thread of its own, which leaves with it
+            try:
+                if _libc.unshare(CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"unshare: {os.strerror(err)}")
+                made["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    request = struct.pack("16sH22x", b"lo", 0)
+                    flags = struct.unpack("16sH22x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+                    fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+            except OSError as exc:
+                made["error"] = exc
+
+        thread = threading.Thread(target=make, name="sandbox-loopback")
+        thread.start()
+        thread.join()
+        if "error" in made:
+            if "fd" in made:
+                os.close(made["fd"])
+            os.close(self.home)
+            raise made["error"]
+        self.fd = made["fd"]
+
+    @contextlib.contextmanager
+    def entered(self):
+        """The calling thread in the namespace; a process it spawns meanwhile starts there."""
+        _setns(self.fd)
+        try:
+            yield
+        finally:
+            _setns(self.home)
+
+
+@functools.cache
+def loopback() -> Loopback | None:
+    """This process' loopback-only namespace, made once; none where it cannot be made."""
+    if not as_root():
+        return None
+    try:
+        return Loopback()
+    except OSError:
+        log.warning("No shared loopback namespace; each sandbox makes its own", exc_info=True)
+        return None
+
+
 # -- one task's sandbox ---------------------------------------------------------------------
 
 
@@ -532,6 +615,7 @@ class Box:
     read_only: list[Path]
     network: bool = False
     cgroups: Cgroups | None = None
+    loopback: Loopback | None = None
 
     def argv(self, argv: list[str], env: dict[str, str]) -> list[str]:
         return command(
@@ -544,10 +628,22 @@ class Box:
             limits=self.limits,
             network=self.network,
             held_by_cgroups=bool(self.cgroups and self.cgroups.covers(self.limits)),
+            loopback_entered=self._loopback is not None,
         )
 
+    @property
+    def _loopback(self) -> Loopback | None:
+        return None if self.network else self.loopback
+
+    @contextlib.contextmanager
     def spawning(self):
-        return self.cgroups.entered() if self.cgroups else contextlib.nullcontext()
+        """The calling thread, for the moment of a spawn, in the machine's cgroups and its loopback."""
+        with contextlib.ExitStack() as stack:
+            if self.cgroups:
+                stack.enter_context(self.cgroups.entered())
+            if self._loopback:
+                stack.enter_context(self._loopback.entered())
+            yield
 
     def hit(self) -> list[str]:
         """Limits the kernel enforced since the last look: "memory", "pids"."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import psutil
@@ -337,3 +338,51 @@ def test_an_install_under_the_host_s_tmp_is_seen_inside(tmp_path, settings):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello from the install\n"
+
+
+def test_a_machine_s_sandboxes_share_a_loopback_and_reach_nothing_else(tmp_path):
+    """Each sandbox of a machine starts in its loopback-only network namespace: lo, up, and nothing more."""
+    import socket
+    import subprocess
+
+    if sandbox.loopback() is None:
+        pytest.skip("each sandbox makes its own network namespace here (not root)")
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    for folder in (work, tmp):
+        folder.mkdir()
+        sandbox.hand_over(folder)
+    limits = sandbox.Limits(memory_bytes=None, vcpus=1, pids=64)
+    box = sandbox.Box(
+        workdir=work,
+        tmp=tmp,
+        identity=sandbox.write_identity(tmp_path / "identity"),
+        env=sandbox.environment(limits, {}),
+        limits=limits,
+        read_only=sandbox.install_folders(),
+        loopback=sandbox.loopback(),
+    )
+    assert "--unshare-net" not in box.argv(["true"], {})
+    with socket.socket() as host_side:  # a service of the host, on its loopback
+        host_side.bind(("127.0.0.1", 0))
+        host_side.listen()
+        port = host_side.getsockname()[1]
+        probe = (
+            "import socket\n"
+            "print(sorted(line.split(':')[0].strip() for line in open('/proc/net/dev').readlines()[2:]))\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+            "socket.create_connection(s.getsockname(), timeout=2).close(); print('own loopback ok')\n"
+            f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('host reached')\n"
+            "except OSError:\n    print('host out of reach')\n"
+        )
+        for _ in range(2):  # the namespace serves one sandbox after another
+            with box.spawning():
+                argv = box.argv([sys.executable, "-c", probe], {})
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            assert out.decode().splitlines() == ["['lo']", "own loopback ok", "host out of reach"]
+    # The spawning thread is back in the host's namespace.
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", 0))
+        again.listen()
+        socket.create_connection(again.getsockname(), timeout=2).close()

@@ -293,6 +293,7 @@ class Execution:
             read_only=simulator.sandbox_folders(),
             network=self.group.allow_network,
             cgroups=cgroups,
+            loopback=sandbox.loopback(),
         )
 
     # -- watching the running simulation --------------------------------------
