@@ -103,7 +103,7 @@ def supervised(home: Path) -> Report:
         return Report(f"The launcher (pid {state['launcher']}) has stopped everything it ran.", True)
     if not alive(state["launcher"]):
         return Report(f"The launcher (pid {state['launcher']}) is gone without stopping what it ran.", False)
-    out = Report(f"Launched by `manage.py up`, pid {state['launcher']}.", True)
+    out = Report(f"Run by the launcher (manage.py up, pid {state['launcher']}).", True)
     web = read_state(home / WEB_STATE)
     for entry in state["processes"]:
         process = as_process(entry)

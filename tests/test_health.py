@@ -86,7 +86,7 @@ def test_a_killed_process_shows_its_restart_on_the_page_and_in_the_command(clien
 
     code, said = health()
     assert code == 0, said
-    assert f"Launched by `manage.py up`, pid {os.getpid()}." in said
+    assert f"Run by the launcher (manage.py up, pid {os.getpid()})." in said
     assert f"  scheduler: pid {now} since " in said
     assert "; restarted 1 times, last killed by SIGKILL at " in said
     assert said.rstrip().endswith("Everything is up.")
