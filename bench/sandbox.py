@@ -7,12 +7,14 @@ machine whose speed drifts slows both sides alike:
 * plain: ``subprocess.Popen([...]).wait()``, the least a start can cost;
 * sandboxed: the same command through :func:`tasks_app.sandbox.command`,
   exactly as a machine starts a simulation (bubblewrap with every
-  namespace, the binds, ``prlimit``, the drop to the sandbox user), with the
-  machine's cgroups entered for the spawn where this host has them.
+  namespace, the binds, the system call filter, ``prlimit``, the drop to the
+  sandbox user), in the machine's cgroups where this host has them and its
+  loopback-only network namespace.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import statistics
 import subprocess
@@ -26,18 +28,14 @@ TITLE = "Sandbox"
 NAME = "sandbox"
 
 
-def _median_start(argv: list[str], count: int, enter=None) -> float:
+def _median_start(start, count: int) -> float:
     times = []
     for _ in range(count):
-        start = time.perf_counter()
-        if enter is None:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        else:
-            with enter():
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        began = time.perf_counter()
+        proc = start()
         if proc.wait() != 0:
-            raise RuntimeError(f"{argv[-1]} failed in the benchmark")
-        times.append(time.perf_counter() - start)
+            raise RuntimeError(f"{proc.args[-1]} failed in the benchmark")
+        times.append(time.perf_counter() - began)
     return statistics.median(times)
 
 
@@ -72,9 +70,11 @@ def run(quick: bool = False) -> list[dict]:
         figures = []
         for label, argv in (("true", ["true"]), ("python -c pass", [sys.executable, "-c", "pass"])):
             plain, boxed = [], []
+            plainly = functools.partial(subprocess.Popen, argv, stdin=subprocess.DEVNULL)
+            boxed_in = functools.partial(box.start, argv, {}, stdin=subprocess.DEVNULL)
             for _ in range(5):  # in turns
-                plain.append(_median_start(argv, count // 5))
-                boxed.append(_median_start(box.argv(argv, {}), count // 5, enter=box.spawning))
+                plain.append(_median_start(plainly, count // 5))
+                boxed.append(_median_start(boxed_in, count // 5))
             figures.append(
                 result(
                     NAME,

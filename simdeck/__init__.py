@@ -14,8 +14,19 @@ The server and API key come from ``SIMDECK_URL`` / ``SIMDECK_API_KEY`` or
 from ``simdeck auth login``; see :mod:`simdeck.config`.
 """
 
-from simdeck import errors, projects, resources, simulators, tasks, utils
+from simdeck import errors, projects, resources, simulators, tasks, templating, utils
 from simdeck.errors import SimdeckError
+from simdeck.templating import TemplateManager
 
 __version__ = "0.1.0"
-__all__ = ["SimdeckError", "errors", "projects", "resources", "simulators", "tasks", "utils"]
+__all__ = [
+    "SimdeckError",
+    "TemplateManager",
+    "errors",
+    "projects",
+    "resources",
+    "simulators",
+    "tasks",
+    "templating",
+    "utils",
+]

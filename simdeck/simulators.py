@@ -231,13 +231,14 @@ class Simulator:
     def run_many(
         self,
         input_dir: str | os.PathLike,
-        sweep: builtins.list[dict],
+        sweep: builtins.list[dict] | dict,
         on: MachineGroup | str | None = None,
         *,
         project: str | None = None,
         resubmit_on_preemption: bool = False,
         time_to_live: str | int | None = None,
         metadata: dict[str, str] | builtins.list[dict[str, str]] | None = None,
+        templates: builtins.list[dict] | None = None,
     ) -> builtins.list[Task]:
         """Submit one task per parameter set in ``sweep``, all on the input in ``input_dir``.
 
@@ -245,6 +246,12 @@ class Simulator:
         parameters, one dict per task. ``metadata`` is one dict for every
         task or a list of one dict per task. Returns the tasks in the order
         of ``sweep``.
+
+        With ``templates``, ``input_dir`` is a template folder
+        (:class:`simdeck.TemplateManager`) and each task gets it rendered
+        with its own dict of ``templates``; ``sweep`` is then one dict for
+        every task or one per task. Every input is rendered before any task
+        is made, so a template that cannot be rendered makes none.
 
         The tasks are created in requests of growing size (50, 100, 200, ...
         up to a thousand), each all or none, so the machines start on the
@@ -255,6 +262,19 @@ class Simulator:
         """
         from simdeck.tasks import check_metadata
 
+        if templates is not None:
+            return self._run_rendered(
+                input_dir,
+                templates,
+                sweep,
+                on,
+                metadata,
+                project=project,
+                resubmit_on_preemption=resubmit_on_preemption,
+                time_to_live=time_to_live,
+            )
+        if isinstance(sweep, dict):
+            raise TypeError("Give sweep as a list of dicts, one per task.")
         input_dir = Path(input_dir)
         files = _input_files(input_dir)
         sweep = [{k: v for k, v in params.items() if v is not None} for params in sweep]
@@ -313,6 +333,32 @@ class Simulator:
             created += batch
         print(f"■ {len(created)} tasks created on {group_name}.", file=sys.stderr)
         return [Task(item["id"]) for item in created]
+
+    def _run_rendered(self, template_dir, templates, sweep, on, metadata, **options) -> builtins.list[Task]:
+        """One task per dict of ``templates``, each on the template folder rendered with it."""
+        import tempfile
+
+        from simdeck.templating import TemplateManager
+
+        count = len(templates)
+        sweep = [sweep] * count if isinstance(sweep, dict) else sweep
+        tags = metadata if isinstance(metadata, builtins.list) else [metadata] * count
+        for name, given in (("sweep", sweep), ("metadata", tags)):
+            if len(given) != count:
+                raise ValueError(
+                    f"Give one {name} dict per template dict: {count} tasks, {len(given)} dicts."
+                )
+        with tempfile.TemporaryDirectory(prefix="simdeck-rendered-") as scratch:
+            inputs = [
+                TemplateManager.render_dir(template_dir, Path(scratch) / str(i), **values)
+                for i, values in enumerate(templates)
+            ]
+            for folder, params in zip(inputs, sweep, strict=True):
+                self._check_local(folder, {k: v for k, v in params.items() if v is not None})
+            return [
+                self.run(folder, on, metadata=tag, **options, **params)
+                for folder, params, tag in zip(inputs, sweep, tags, strict=True)
+            ]
 
     def _check_local(self, input_dir: Path, params: dict) -> None:
         """Catch mistakes before uploading anything."""

@@ -236,6 +236,7 @@ def command(
     network: bool = False,
     held_by_cgroups: bool = False,
     loopback_entered: bool = False,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The command line that runs ``argv`` in a sandbox over the task's ``workdir``.
 
@@ -245,6 +246,8 @@ def command(
     (else a small one in memory). With ``held_by_cgroups`` the machine's cgroups hold memory and
     processes; otherwise resource limits do. With ``loopback_entered`` the spawn happens inside
     the machine's loopback-only network namespace (:class:`Loopback`) rather than a new one.
+    ``seccomp_fd`` is a readable descriptor holding the system call filter (:func:`syscall_filter`),
+    which the spawn must pass on.
     """
     args = [
         bwrap_path(),
@@ -274,6 +277,8 @@ def command(
         args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--bind", str(workdir), WORKDIR, "--chdir", WORKDIR, "--clearenv"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     for name, value in env.items():
         args += ["--setenv", name, value]
     args.append("--")
@@ -501,15 +506,20 @@ def check() -> str:
         work.mkdir(exist_ok=True)
         hand_over(work)
         limits = Limits(memory_bytes=None, vcpus=1, pids=64)
-        argv = command(
-            ["true"],
-            workdir=work,
-            identity=identity,
-            env=environment(limits, {}),
-            read_only=install_folders(),
-            limits=limits,
-        )
-        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        with syscall_filter() as fd:
+            argv = command(
+                ["true"],
+                workdir=work,
+                identity=identity,
+                env=environment(limits, {}),
+                read_only=install_folders(),
+                limits=limits,
+                seccomp_fd=fd,
+            )
+            kept = (fd,) if fd is not None else ()
+            done = subprocess.run(
+                argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, pass_fds=kept
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if done.returncode != 0:
@@ -524,6 +534,116 @@ def check() -> str:
     version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip()
     who = f"as {settings.SIMDECK_SANDBOX_USER}" if as_root() else f"as {pwd.getpwuid(os.getuid()).pw_name}"
     return f"{version or 'bubblewrap'}, {who}"
+
+
+# -- system calls no simulation needs --------------------------------------------------------
+
+# The kernel's keyrings belong to a user, not to a namespace: every sandbox
+# runs as the same user, so a key one simulation adds, any later one could
+# read. eBPF and userfaultfd are large doors into the kernel that
+# simulations have no use for. New namespaces (a user namespace above all,
+# in which the simulation would be root) open most of the kernel to it:
+# unshare and setns are refused, and so is a clone that asks for one; clone3,
+# whose flags a filter cannot read, answers "missing", so the C library
+# falls back to clone. Refusals say EPERM, as container runtimes do. A
+# system call of another architecture (32-bit calls on a 64-bit host, where
+# the numbers differ) is refused as missing.
+SYSCALLS = {
+    "x86_64": {
+        "audit_arch": 0xC000003E,
+        "denied": (248, 249, 250, 321, 323, 272, 308),  # add_key … userfaultfd, unshare, setns
+        "clone": 56,
+        "clone3": 435,
+    },
+    "aarch64": {
+        "audit_arch": 0xC00000B7,
+        "denied": (217, 218, 219, 280, 282, 97, 268),
+        "clone": 220,
+        "clone3": 435,
+    },
+}
+NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+X32_SYSCALL_BIT = 0x40000000
+_RET, _LD_ABS, _JEQ, _JGE, _JSET = 0x06, 0x20, 0x15, 0x35, 0x45
+_ALLOW, _ERRNO = 0x7FFF0000, 0x00050000
+# struct seccomp_data: nr, arch, instruction pointer, then the arguments (the low half of the first).
+_NR, _ARCH, _ARG0 = 0, 4, 16
+
+
+def _assemble(program: list[tuple]) -> bytes:
+    """Classic BPF from (op, value, jump-if-true label, jump-if-false label) and ("label", name) lines."""
+    where, at = {}, 0
+    for line in program:
+        if line[0] == "label":
+            where[line[1]] = at
+        else:
+            at += 1
+    out, at = [], 0
+    for line in program:
+        if line[0] == "label":
+            continue
+        op, value, *jumps = line
+        # Jumps go forward only, counted from the next instruction.
+        jt, jf = ((where[j] - at - 1) if j else 0 for j in (jumps + [None, None])[:2])
+        assert jt >= 0 and jf >= 0, f"a jump backwards at {at}"
+        out.append(struct.pack("HBBI", op, jt, jf, value))
+        at += 1
+    return b"".join(out)
+
+
+@functools.cache
+def _filter_program() -> bytes | None:
+    """The classic BPF program bubblewrap installs (``--seccomp``), for this machine's architecture."""
+    import errno
+    import platform
+
+    arch = platform.machine()
+    if arch not in SYSCALLS:
+        log.warning("No system call filter for %s: sandboxes may use every system call", arch)
+        return None
+    calls = SYSCALLS[arch]
+    program = [
+        (_LD_ABS, _ARCH),
+        (_JEQ, calls["audit_arch"], "native", "missing"),
+        ("label", "native"),
+        (_LD_ABS, _NR),
+    ]
+    if arch == "x86_64":
+        program.append((_JGE, X32_SYSCALL_BIT, "deny", None))
+    program += [(_JEQ, nr, "deny", None) for nr in calls["denied"]]
+    program += [
+        (_JEQ, calls["clone3"], "missing", None),
+        (_JEQ, calls["clone"], "clone", None),
+        (_RET, _ALLOW),
+        ("label", "clone"),
+        (_LD_ABS, _ARG0),
+        (_JSET, NAMESPACE_FLAGS, "deny", None),
+        (_RET, _ALLOW),
+        ("label", "deny"),
+        (_RET, _ERRNO | errno.EPERM),
+        ("label", "missing"),
+        (_RET, _ERRNO | errno.ENOSYS),
+    ]
+    return _assemble(program)
+
+
+@contextlib.contextmanager
+def syscall_filter():
+    """A readable descriptor holding the filter, for one spawn; None where there is none."""
+    program = _filter_program()
+    if program is None:
+        yield None
+        return
+    read, write = os.pipe()
+    try:
+        os.write(write, program)  # a few hundred bytes: well within a pipe's buffer
+        os.close(write)
+        write = -1
+        yield read
+    finally:
+        os.close(read)
+        if write != -1:
+            os.close(write)
 
 
 # -- the machine's network: loopback only -------------------------------------------------------
@@ -617,7 +737,16 @@ class Box:
     cgroups: Cgroups | None = None
     loopback: Loopback | None = None
 
-    def argv(self, argv: list[str], env: dict[str, str]) -> list[str]:
+    def start(self, argv: list[str], own_env: dict[str, str], **popen) -> subprocess.Popen:
+        """Start ``argv`` in a sandbox of its own, with ``own_env`` added to the box's environment.
+
+        ``popen`` goes to :class:`subprocess.Popen`; its ``env`` is bubblewrap's, not the simulation's.
+        """
+        with self.spawning(), syscall_filter() as fd:
+            kept = (fd,) if fd is not None else ()
+            return subprocess.Popen(self.argv(argv, own_env, seccomp_fd=fd), pass_fds=kept, **popen)
+
+    def argv(self, argv: list[str], env: dict[str, str], seccomp_fd: int | None = None) -> list[str]:
         return command(
             argv,
             workdir=self.workdir,
@@ -629,6 +758,7 @@ class Box:
             network=self.network,
             held_by_cgroups=bool(self.cgroups and self.cgroups.covers(self.limits)),
             loopback_entered=self._loopback is not None,
+            seccomp_fd=seccomp_fd,
         )
 
     @property

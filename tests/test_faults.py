@@ -597,3 +597,26 @@ def test_a_reclaimed_machine_that_wakes_up_keeps_its_logs_off_the_next_attempt(s
     assert (outputs / "stdout.txt").read_text() == "attempt-1\n"
     [first] = stack.home.rglob(f"tasks/{task.id}/logs/stdout.txt")
     assert first.read_text() == "attempt-0\n", "the first attempt's log is its own"
+
+
+# -- a fault of the machine itself ------------------------------------------------------
+
+
+def test_a_fault_of_the_machine_ends_its_task_and_the_machine_runs_the_next(stack, alice_client, tmp_path):
+    """The sandbox program vanishes under a running machine, as an upgrade could remove it."""
+    from tasks_app import sandbox
+
+    bwrap = tmp_path / "bwrap"
+    bwrap.symlink_to(sandbox.bwrap_path())
+    stack.restart_provider(SIMDECK_SANDBOX_BWRAP=str(bwrap))
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start(wait=False)
+    wait_for(lambda: online(mg.name) == 1, 60, message="a machine online")
+    bwrap.rename(tmp_path / "bwrap-away")
+    task = submit(mg, "echo never")
+    assert task.wait(polling_period=0.3, silent_mode=True) == "executor-failed"
+    detail = task.get_info()["error_detail"]
+    assert "The machine failed while running this task" in detail and str(bwrap) in detail, detail
+    (tmp_path / "bwrap-away").rename(bwrap)
+    after = submit(mg, "echo next")
+    assert after.wait(polling_period=0.3, silent_mode=True) == "success"
+    assert Task.objects.get(pk=after.id).machine_id == Task.objects.get(pk=task.id).machine_id

@@ -123,6 +123,39 @@ def test_no_service_of_the_platform_can_be_reached(stack, mg):
     assert out.count("closed") == len(ports) + 1
 
 
+def test_no_keyring_to_leave_things_in_and_no_namespace_to_be_root_in(stack, mg):
+    """Keyrings belong to a user, not a namespace: every sandbox runs as the same user.
+
+    A user namespace of its own would make the simulation root there, with much
+    more of the kernel in reach.
+    """
+    marker = f"left-for-later-{secrets.token_hex(6)}"
+    x86 = os.uname().machine == "x86_64"
+    add_key, request_key, keyctl = (248, 249, 250) if x86 else (217, 218, 219)
+    put = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"got = libc.syscall({add_key}, b'user', b'simdeck-probe', b'{marker}', {len(marker)},"
+        " ctypes.c_int(-4))\n"
+        "print('add_key', got, ctypes.get_errno())\n"
+    )
+    get = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"key = libc.syscall({request_key}, b'user', b'simdeck-probe', None, 0)\n"
+        "print('request_key', key, ctypes.get_errno())\n"
+        "buf = ctypes.create_string_buffer(200)\n"
+        f"n = libc.syscall({keyctl}, 11, key, buf, 200) if key > 0 else -1\n"
+        "print('read', buf.raw[: max(n, 0)])\n"
+    )
+    _, first = run(mg, f'python -c "{put}"')
+    _, later = run(mg, f'python -c "{get}"', "unshare -Ur id 2>&1 || echo no-namespace")
+    assert first.split() == ["add_key", "-1", "1"], first  # refused: EPERM
+    assert later.split()[:3] == ["request_key", "-1", "1"], later
+    assert marker not in later
+    assert "no-namespace" in later and "uid=0" not in later, later
+
+
 def test_writes_outside_its_folder_land_nowhere_on_the_host(stack, mg):
     name = f"hostile-{secrets.token_hex(6)}"
     targets = [stack.home / name, Path("/etc") / name, Path("/tmp") / name, stack.home / "storage" / name]

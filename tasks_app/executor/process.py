@@ -161,45 +161,43 @@ def run_invocations(
             # No preexec_fn: without one the worker starts the command with
             # vfork, not a fork of its whole memory. What ends a command whose
             # machine died is the provider's sweep (providers.local).
+            pipes = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             if box is None:
-                argv, command_env = inv.argv, env | inv.env
+                command_env = env | inv.env
                 executable = _found(inv.argv[0], command_env.get("PATH"))
-            else:
-                argv, command_env, executable = box.argv(inv.argv, inv.env), env, None
-            with box.spawning() if box else contextlib.nullcontext():
                 proc = subprocess.Popen(
-                    argv,
-                    executable=executable,
-                    cwd=cwd,
-                    env=command_env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,
+                    inv.argv, executable=executable, cwd=cwd, env=command_env, start_new_session=True, **pipes
                 )
+            else:
+                proc = box.start(inv.argv, inv.env, cwd=cwd, env=env, start_new_session=True, **pipes)
             pumps = [
                 _Pump(pipe, sink, _for(publish, name))
                 for pipe, sink, name in ((proc.stdout, out, "stdout"), (proc.stderr, err, "stderr"))
             ]
-            stopped = None
-            with _exit_watch(proc) as watch:
-                # The first look copies the output in this thread while it
-                # waits: a command over by then (most of a sweep of tiny
-                # tasks) costs no thread at all.
-                wait = poll_seconds if first_look_seconds is None else first_look_seconds
-                exit_code = watch.ended(wait, pumps) if watch.inline else None
-                threads = [threading.Thread(target=p.run, daemon=True) for p in pumps if not p.closed]
-                for t in threads:
-                    t.start()
-                if not watch.inline:
-                    exit_code = watch.ended(wait)
-                while exit_code is None:
-                    stopped = should_stop(proc.pid)
-                    if stopped:
-                        stop_process_group(proc, grace_seconds, sandboxed=box is not None)
-                        exit_code = proc.wait()
-                        break
-                    exit_code = watch.ended(poll_seconds)
+            stopped, threads = None, []
+            try:
+                with _exit_watch(proc) as watch:
+                    # The first look copies the output in this thread while it
+                    # waits: a command over by then (most of a sweep of tiny
+                    # tasks) costs no thread at all.
+                    wait = poll_seconds if first_look_seconds is None else first_look_seconds
+                    exit_code = watch.ended(wait, pumps) if watch.inline else None
+                    threads = [threading.Thread(target=p.run, daemon=True) for p in pumps if not p.closed]
+                    for t in threads:
+                        t.start()
+                    if not watch.inline:
+                        exit_code = watch.ended(wait)
+                    while exit_code is None:
+                        stopped = should_stop(proc.pid)
+                        if stopped:
+                            stop_process_group(proc, grace_seconds, sandboxed=box is not None)
+                            exit_code = proc.wait()
+                            break
+                        exit_code = watch.ended(poll_seconds)
+            except BaseException:
+                # Whatever went wrong here, the simulation must not run on unwatched.
+                stop_process_group(proc, 0, sandboxed=box is not None)
+                raise
             deadline = time.monotonic() + 5
             for t in threads:
                 # A grandchild may still hold the pipe open; do not hang on it.

@@ -181,7 +181,29 @@ class Execution:
     # -- phases --------------------------------------------------------------
 
     def run(self) -> None:
-        """Run a task this machine has claimed (it is preparing-to-compute)."""
+        """Run a task this machine has claimed (it is preparing-to-compute).
+
+        Whatever goes wrong on the machine's side ends the task: a fault of
+        the machine (a bug, the system refusing a process or a file) must
+        not leave it preparing or started while the machine goes on.
+        """
+        try:
+            self.run_claimed()
+        except Exception as exc:
+            log.exception("Task %s: the machine failed while running it", self.task.id)
+            message = (
+                f"The machine failed while running this task ({type(exc).__name__}: {exc}). "
+                "Submit it again; if it fails the same way, tell an admin, quoting the task id."
+            )
+            try:
+                self.task.refresh_from_db(fields=["status"])
+                if self.task.status not in lifecycle.TERMINAL:
+                    self.fail_runtime(message)
+                live.end_log(self.task.id)
+            finally:
+                self.cleanup()
+
+    def run_claimed(self) -> None:
         try:
             simulator, invocations = self.prepare()
         except RuntimeFailure as exc:
