@@ -108,8 +108,8 @@ class Run:
         )
 
     def work(self, seconds: float) -> list[str]:
-        line = self.ledger.note("done")
-        return [f"sleep {seconds}; {line}" if seconds else line]
+        start, done = self.ledger.note("start"), self.ledger.note("done")
+        return [f"{start}; sleep {seconds}; {done}" if seconds else f"{start}; {done}"]
 
     def submit(
         self, group: str, count: int, seconds: float = 0, resubmit_every: int = 0, commands=None
@@ -157,13 +157,13 @@ class Run:
         """No task lost, none run to success twice, the right ones succeeded."""
         from tasks_app.models import TaskEvent
 
-        done = collections.Counter(
-            line.split()[1] for line in self.ledger.text().splitlines() if line.startswith("done ")
-        )
+        done = self.ledger.reports("done")
+        at_once, _again = self.ledger.doubled()
         succeeded = {i for i, s in final.items() if s == "success"}
         check(succeeded == expect_success, f"unexpected endings: {_tally(final)}")
-        twice = [i for i in succeeded if done[i] != 1]
-        check(not twice, f"tasks whose work ran to success a number of times other than once: {twice}")
+        never = [i for i in succeeded if not done.get(i)]
+        check(not never, f"tasks that succeeded without their work done: {never}")
+        check(not at_once, f"tasks whose work ran twice at once: {sorted(at_once)}")
         events = collections.Counter(
             TaskEvent.objects.filter(task_id__in=final, to_status="success").values_list("task_id", flat=True)
         )

@@ -29,7 +29,7 @@ class Stamps:
     as a line over loopback: bash's ``/dev/tcp``, no process of its own.
     """
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
         import socketserver
         import threading
 
@@ -44,13 +44,14 @@ class Stamps:
                     stamps.seen[name] = float(at)
                     stamps.arrived.notify_all()
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.host = host
+        self.server = socketserver.ThreadingTCPServer((host, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def command(self, name: str) -> str:
         port = self.server.server_address[1]
-        return f"bash -c 'echo \"{name} $(date +%s.%N)\" > /dev/tcp/127.0.0.1/{port}'"
+        return f"bash -c 'echo \"{name} $(date +%s.%N)\" > /dev/tcp/{self.host}/{port}'"
 
     def wait(self, name: str, timeout: float = 60) -> float:
         """The epoch second the simulator named ``name`` stamped, once it arrives."""

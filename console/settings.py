@@ -292,6 +292,23 @@ SIMDECK_SPOT_RECLAIM_RATE = env.float("SIMDECK_SPOT_RECLAIM_RATE", default=0.0)
 # exercise the limits with small files; in production leave them alone.
 SIMDECK_DISK_GB_BYTES = env.int("SIMDECK_DISK_GB_BYTES", default=2**30)
 SIMDECK_MEMORY_GB_BYTES = env.int("SIMDECK_MEMORY_GB_BYTES", default=2**30)
+# Providers that bring machines up: "local" (worker processes on this host,
+# always) and "slurm" (pilot jobs on a Slurm cluster; see docs/deploy.md).
+SIMDECK_PROVIDERS = env.list("SIMDECK_PROVIDERS", default=["local"])
+# Slurm: where its commands are (empty: on PATH), the partition, account and
+# QOS of groups that name none (empty: Slurm's defaults), the Python and the
+# checkout the compute nodes run machines with (empty: this server's), what
+# the pilots' environment holds instead of this server's (e.g. DATABASE_URL
+# as the nodes reach it), and how long before its time limit a pilot is told
+# to stop (Slurm sends signals up to a minute late).
+SIMDECK_SLURM_BIN = env.str("SIMDECK_SLURM_BIN", default="")
+SIMDECK_SLURM_PARTITION = env.str("SIMDECK_SLURM_PARTITION", default="")
+SIMDECK_SLURM_ACCOUNT = env.str("SIMDECK_SLURM_ACCOUNT", default="")
+SIMDECK_SLURM_QOS = env.str("SIMDECK_SLURM_QOS", default="")
+SIMDECK_SLURM_PYTHON = env.str("SIMDECK_SLURM_PYTHON", default="")
+SIMDECK_SLURM_CHECKOUT = env.str("SIMDECK_SLURM_CHECKOUT", default="")
+SIMDECK_SLURM_ENV = env.json("SIMDECK_SLURM_ENV", default={})
+SIMDECK_SLURM_SIGNAL_SECONDS = env.int("SIMDECK_SLURM_SIGNAL_SECONDS", default=120)
 SIMDECK_DEFAULT_MACHINE_TYPE = env.str("SIMDECK_DEFAULT_MACHINE_TYPE", default="c2-standard-4")
 # The catalog of machine types: name -> vCPUs and memory (GiB). The local
 # provider pins each worker to that many cores, where the host has them.

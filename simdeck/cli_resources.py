@@ -83,6 +83,9 @@ def info(name: str, as_json: JsonOption = False):
         "Machines online", _machines(g) + (" (elastic)" if g.get("max_machines") is not None else "")
     )
     grid.add_row("Spot", "yes" if g["spot"] else "no")
+    if g.get("provider", "local") != "local":
+        options = ", ".join(f"{k} {v}" for k, v in g.get("provider_options", {}).items())
+        grid.add_row("Provider", g["provider"] + (f" ({options})" if options else ""))
     disk = f"{g['data_disk_gb']} GB"
     if g["auto_resize_disk_max_gb"]:
         disk += f", grows up to {g['auto_resize_disk_max_gb']} GB"
@@ -107,7 +110,12 @@ def info(name: str, as_json: JsonOption = False):
             table.add_column(column, no_wrap=True)
         for m in g["machines"]:
             beat = render.when(render.parse_time(m["last_heartbeat_at"]))
-            table.add_row(m["name"], m["state"], m["hostname"] or "—", beat)
+            host = m["hostname"] or "—"
+            if m.get("job_id"):
+                why = m["job_reason"] or "waiting"
+                queued = f", queued: {why}" if m.get("job_state") == "PENDING" else ""
+                host += f" (Slurm job {m['job_id']}{queued})"
+            table.add_row(m["name"], m["state"], host, beat)
         out.print(table)
 
 
@@ -130,14 +138,23 @@ def start(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait until the machines are online.")
     ] = True,
+    provider: Annotated[
+        str, typer.Option("--provider", help="What runs the machines: local or slurm.")
+    ] = "local",
+    partition: Annotated[str | None, typer.Option("--partition", help="Slurm: the partition.")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Slurm: the account.")] = None,
+    qos: Annotated[str | None, typer.Option("--qos", help="Slurm: the QOS.")] = None,
 ):
     """Start a machine group of MACHINE_TYPE ('simdeck resources available' lists them)."""
+    given = {"partition": partition, "account": account, "qos": qos}
     options = dict(
         spot=spot,
         data_disk_gb=data_disk_gb,
         max_idle_time=max_idle_time,
         auto_terminate_minutes=auto_terminate,
         name=name,
+        provider=provider,
+        provider_options={key: value for key, value in given.items() if value is not None},
     )
     if max_machines is not None:
         group = resources.ElasticMachineGroup(

@@ -22,6 +22,12 @@ class MachineGroup:
     that targets the group) asks for it. ``max_idle_time`` and
     ``auto_terminate_minutes`` are minutes: the group stops itself after
     that long without a task, or after that long in all.
+
+    ``provider`` says what runs the machines: ``"local"`` (the server's host,
+    the default) or ``"slurm"`` (one pilot job per machine on the server's
+    Slurm cluster), with ``provider_options`` such as
+    ``{"partition": "debug", "account": "lab", "qos": "normal"}``. On Slurm,
+    ``auto_terminate_minutes`` is each job's time limit as well.
     """
 
     def __init__(
@@ -37,6 +43,8 @@ class MachineGroup:
         name: str | None = None,
         project: str | None = None,
         resubmit_on_preemption: bool = False,
+        provider: str = "local",
+        provider_options: dict[str, str] | None = None,
     ):
         if not isinstance(num_machines, int) or num_machines < 1:
             raise ValueError(f"num_machines must be a whole number of at least 1, not {num_machines!r}.")
@@ -51,6 +59,8 @@ class MachineGroup:
         self.auto_terminate_minutes = auto_terminate_minutes
         self.project = project
         self.resubmit_on_preemption = resubmit_on_preemption
+        self.provider = provider
+        self.provider_options = dict(provider_options or {})
         self._name = name
         self._info: dict | None = None
         self._client = api.client()
@@ -70,6 +80,8 @@ class MachineGroup:
             name=info["name"],
             project=info["project"],
             resubmit_on_preemption=info.get("resubmit_on_preemption", False),
+            provider=info.get("provider", "local"),
+            provider_options=info.get("provider_options"),
         )
         if isinstance(group, ElasticMachineGroup):
             group.min_machines = info["min_machines"]
@@ -97,10 +109,12 @@ class MachineGroup:
             "max_idle_time": self.max_idle_time,
             "auto_terminate_minutes": self.auto_terminate_minutes,
             "resubmit_on_preemption": self.resubmit_on_preemption,
+            "provider": self.provider,
+            "provider_options": self.provider_options,
         }
 
-    def _create(self) -> dict:
-        self._info = self._client.post("/machine-groups", json=self._request_body())
+    def _create(self, start: bool = False) -> dict:
+        self._info = self._client.post("/machine-groups", json={**self._request_body(), "start": start})
         self._name = self._info["name"]
         return self._info
 
@@ -152,8 +166,11 @@ class MachineGroup:
             except SimdeckError:
                 self._info = None
         if self._info is None:
-            self._create()
-        self._info = self._client.post(f"/machine-groups/{self._name}/start")
+            # Created and started in one request: a start the server refuses
+            # (quota, provider) leaves no group behind.
+            self._create(start=True)
+        else:
+            self._info = self._client.post(f"/machine-groups/{self._name}/start")
         print(f"Starting machine group {self._name} ({self._describe()})…", file=sys.stderr)
         if wait:
             deadline = time.monotonic() + timeout
@@ -169,7 +186,8 @@ class MachineGroup:
         return self
 
     def _describe(self) -> str:
-        return f"{self.num_machines} × {self.machine_type}{', spot' if self.spot else ''}"
+        where = f", on {self.provider}" if self.provider != "local" else ""
+        return f"{self.num_machines} × {self.machine_type}{', spot' if self.spot else ''}{where}"
 
     def ensure_started(self) -> None:
         """Start the group unless it is started (used by ``run()``)."""
@@ -202,6 +220,8 @@ class ElasticMachineGroup(MachineGroup):
         name: str | None = None,
         project: str | None = None,
         resubmit_on_preemption: bool = False,
+        provider: str = "local",
+        provider_options: dict[str, str] | None = None,
     ):
         if not isinstance(min_machines, int) or min_machines < 1:
             raise ValueError(f"min_machines must be a whole number of at least 1, not {min_machines!r}.")
@@ -220,6 +240,8 @@ class ElasticMachineGroup(MachineGroup):
             name=name,
             project=project,
             resubmit_on_preemption=resubmit_on_preemption,
+            provider=provider,
+            provider_options=provider_options,
         )
         self.min_machines = min_machines
         self.max_machines = max_machines

@@ -217,7 +217,28 @@ class GroupForm(forms.Form):
         required=False, label="Time to live (minutes)", help_text="Empty for no limit."
     )
     resubmit_on_preemption = forms.BooleanField(required=False, label="Requeue tasks whose machine is lost")
+    provider = forms.ChoiceField(
+        choices=[("local", "This server"), ("slurm", "Slurm cluster (a pilot job per machine)")],
+        initial="local",
+        label="Machines run on",
+    )
+    partition = forms.CharField(
+        required=False, max_length=64, label="Slurm partition", help_text="Empty for the default."
+    )
+    account = forms.CharField(
+        required=False, max_length=64, label="Slurm account", help_text="Empty for the default."
+    )
+    qos = forms.CharField(
+        required=False, max_length=64, label="Slurm QOS", help_text="Empty for the default."
+    )
     start = forms.BooleanField(required=False, initial=True, label="Start it now")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Where this server has only its own machines, there is nothing to choose.
+        if "slurm" not in settings.SIMDECK_PROVIDERS:
+            for name in ("provider", "partition", "account", "qos"):
+                del self.fields[name]
 
     def service_arguments(self) -> dict:
         data = self.cleaned_data
@@ -233,6 +254,9 @@ class GroupForm(forms.Form):
             "auto_terminate_minutes": data["auto_terminate_minutes"],
             "resubmit_on_preemption": data["resubmit_on_preemption"],
         }
+        if data.get("provider") == "slurm":
+            args["provider"] = "slurm"
+            args["provider_options"] = {k: data[k] for k in ("partition", "account", "qos") if data[k]}
         if data["elastic"]:
             args["min_machines"] = data["num_machines"]
             args["max_machines"] = data["max_machines"] or max(data["num_machines"], 2)

@@ -137,6 +137,8 @@ class MachineGroup(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="machine_groups")
     provider = models.CharField(max_length=32, default="local")
+    # What the provider needs beyond the machine type, e.g. Slurm's partition, account and qos.
+    provider_options = models.JSONField(default=dict, blank=True)
     machine_type = models.CharField(max_length=64)
     num_machines = models.PositiveIntegerField(
         default=1, validators=[MinValueValidator(1), MaxValueValidator(64)]
@@ -204,6 +206,11 @@ class Machine(models.Model):
     online_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # On a batch scheduler (Slurm), the machine is a pilot job: its id, and
+    # while it waits in the scheduler's queue, the scheduler's reason.
+    job_id = models.CharField(max_length=32, blank=True)
+    job_state = models.CharField(max_length=32, blank=True)
+    job_reason = models.CharField(max_length=200, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["group", "state"])]

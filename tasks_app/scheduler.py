@@ -115,7 +115,8 @@ def reap_lost_machines(now: dt.datetime | None = None) -> list[str]:
     silent = now - dt.timedelta(seconds=settings.SIMDECK_MACHINE_LOST_SECONDS)
     lost = Machine.objects.filter(
         Q(state=Machine.State.ONLINE, last_heartbeat_at__lt=silent)
-        | Q(state=Machine.State.PROVISIONING, created_at__lt=now - PROVISIONING_TIMEOUT)
+        # A pilot job may wait in Slurm's queue for hours; the Slurm provider watches those.
+        | Q(state=Machine.State.PROVISIONING, created_at__lt=now - PROVISIONING_TIMEOUT, job_id="")
     ).select_related("group")
 
     def reap(machine: Machine) -> str:

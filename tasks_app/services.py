@@ -104,7 +104,12 @@ def create_group(
     min_machines: int | None = None,
     max_machines: int | None = None,
     resubmit_on_preemption: bool = False,
+    provider: str = "local",
+    provider_options: dict | None = None,
 ) -> MachineGroup:
+    from tasks_app import providers
+
+    provider_options = providers.clean_options(provider, provider_options)
     types = settings.SIMDECK_MACHINE_TYPES
     if machine_type not in types:
         raise Refused(
@@ -160,6 +165,8 @@ def create_group(
         min_machines=min_machines,
         max_machines=max_machines,
         resubmit_on_preemption=resubmit_on_preemption,
+        provider=provider,
+        provider_options=provider_options,
     )
 
 
@@ -175,8 +182,10 @@ def wake_providers() -> None:
 
 def start_group(group: MachineGroup) -> MachineGroup:
     """Ask for the group's machines (within the quotas); its provider brings them up."""
-    from tasks_app import quotas
+    from tasks_app import providers, quotas
 
+    if group.state == MachineGroup.State.CREATED:
+        providers.check_start(group)  # before any lock: it may ask Slurm
     with transaction.atomic():
         # One start at a time per project and per owner, so quotas hold.
         Project.objects.select_for_update().filter(pk=group.project_id).first()

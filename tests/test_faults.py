@@ -186,7 +186,7 @@ def test_sigkilled_machines_lose_no_task_run_none_twice_and_end_their_logs(
         180,
         message="every task to end",
     )
-    done = re.findall(r"^done (\w+)$", ledger.text(), re.M)
+    done = re.findall(r"^done (\w+) ", ledger.text(), re.M)
     for task in tasks:
         row = Task.objects.get(pk=task.id)
         history = list(row.events.values_list("to_status", flat=True))

@@ -77,9 +77,9 @@ def test_the_platform_s_secrets_and_files_are_out_of_reach(stack, mg):
     assert "DJANGO_SETTINGS_MODULE" not in out
     assert "DATABASE_URL" not in out and "SECRET_KEY" not in out and "REDIS_URL" not in out
     names = set(out.split("ENV\n", 1)[1].split())
-    assert names <= {"PATH", "HOME", "TMPDIR", "LANG", "USER", "PWD", "SHLVL", "SIMDECK_TASK_ID"} | set(
-        sandbox.THREAD_VARIABLES
-    ), names
+    allowed = {"PATH", "HOME", "TMPDIR", "LANG", "USER", "PWD", "SHLVL"}
+    allowed |= {"SIMDECK_TASK_ID", "SIMDECK_TASK_ATTEMPT"}
+    assert names <= allowed | set(sandbox.THREAD_VARIABLES), names
 
 
 def test_another_project_s_inputs_and_outputs_cannot_be_found(stack, mg, client_for, alice_key):

@@ -538,6 +538,12 @@ class GroupIn(In):
         "max_machines", None, "Elastic groups: most machines while tasks wait."
     )
     resubmit_on_preemption: bool = Field(False, description="Default for tasks submitted here.")
+    provider: str = Field("local", description="What runs its machines: local or slurm.")
+    provider_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="For slurm: partition, account, qos.",
+        examples=[{"partition": "debug"}],
+    )
     start: bool = Field(False, description="Start the group right away.")
 
 
@@ -552,6 +558,9 @@ class MachineOut(Schema):
     state: str
     hostname: str
     last_heartbeat_at: datetime | None
+    job_id: str = Field(description="Slurm: the id of the machine's pilot job.")
+    job_state: str = Field(description="Slurm: its pilot's state (PENDING, RUNNING...).")
+    job_reason: str = Field(description="Slurm: why its pilot waits (Priority, Resources...).")
 
 
 class GroupOut(Schema):
@@ -569,6 +578,8 @@ class GroupOut(Schema):
     min_machines: int | None
     max_machines: int | None
     resubmit_on_preemption: bool
+    provider: str
+    provider_options: dict[str, str]
     state: str
     project: str
     created_at: datetime

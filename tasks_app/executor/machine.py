@@ -119,9 +119,11 @@ def _runner_lost(exception=None, **_):
         return
     machine = Machine.objects.select_related("group").get(pk=mid)
     log.warning("The process running a task on machine %s died: %s", mid, exception)
-    services.runner_lost(
-        machine, f"The process running the task on machine {machine.name} died ({exception})."
-    )
+    reason = f"The process running the task on machine {machine.name} died ({exception})."
+    if job := os.environ.get("SLURM_JOB_ID"):
+        # Slurm signals every process of a job it ends (scancel, node failure, time limit).
+        reason += f" The machine is Slurm job {job}; the group's page says how Slurm ended it."
+    services.runner_lost(machine, reason)
 
 
 @signals.worker_shutdown.connect

@@ -297,7 +297,11 @@ class Execution:
         return simulator, invocations
 
     def environment(self) -> dict[str, str]:
-        return _machine_environment() | {"SIMDECK_TASK_ID": self.task.id}
+        return _machine_environment() | self.identity()
+
+    def identity(self) -> dict[str, str]:
+        """What a simulation is told of itself: its task, and which attempt at it this is."""
+        return {"SIMDECK_TASK_ID": self.task.id, "SIMDECK_TASK_ATTEMPT": str(self.task.attempt)}
 
     def make_box(self, simulator: sims.Simulator) -> sandbox.Box:
         """The task's sandbox: its work folder handed to the sandbox user, the machine's limits."""
@@ -310,7 +314,7 @@ class Execution:
             workdir=self.workdir,
             tmp=self.tmpdir,
             identity=_identity(machine_dir),
-            env=sandbox.environment(self.limits, {"SIMDECK_TASK_ID": self.task.id}),
+            env=sandbox.environment(self.limits, self.identity()),
             limits=self.limits,
             read_only=simulator.sandbox_folders(),
             network=self.group.allow_network,

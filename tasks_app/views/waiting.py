@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from django.db.models import Avg, Count, F
 from django.utils import timezone
 
-from tasks_app import lifecycle
+from tasks_app import lifecycle, providers
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, MachineGroup, Task
 
@@ -91,7 +91,7 @@ def why_waiting(task: Task, position: int | None) -> Wait | None:
     if not online:
         starting = len(machines)
         wait.reason = f"No machine of {group.name} is online yet."
-        wait.detail = (
+        wait.detail = providers.waiting_detail(machines) or (
             f"{starting} machine{'s' if starting != 1 else ''} starting."
             if starting
             else "The group's provider has not started any machine; check that it runs."

@@ -4,16 +4,25 @@ from tasks_app.providers.local import LocalProvider
 
 
 class Command(BaseCommand):
-    help = "Run the local provider: keep this host's machines (worker processes) as the database asks."
+    help = (
+        "Run a provider: keep its groups' machines as the database asks; the local one "
+        "(worker processes on this host) unless --provider slurm (pilot jobs on a Slurm cluster)."
+    )
 
     def add_arguments(self, parser):
+        parser.add_argument("--provider", choices=["local", "slurm"], default="local")
         parser.add_argument(
             "--interval",
             type=float,
-            default=1.0,
-            help="Seconds between rounds while something changes without notice "
-            "(an elastic group's demand, a machine stopping); otherwise it waits for notices.",
+            default=None,
+            help="Seconds between checks (slurm: 2); the local provider waits for notices "
+            "and checks this often only while something changes without one (default 1).",
         )
 
-    def handle(self, *args, interval: float, **options):
-        LocalProvider().run_forever(interval=interval)
+    def handle(self, *args, provider: str, interval: float | None, **options):
+        if provider == "slurm":
+            from tasks_app.providers.slurm import SlurmProvider
+
+            SlurmProvider().run_forever(interval=interval or 2.0)
+        else:
+            LocalProvider().run_forever(interval=interval or 1.0)

@@ -82,6 +82,10 @@ class Command(BaseCommand):
             # Its machines get time to store the logs of the tasks they were running.
             ("local provider", [python, "manage.py", "runprovider"], 45),
         ]  # fmt: skip
+        if "slurm" in settings.SIMDECK_PROVIDERS:
+            # Its pilots run on in Slurm without it; a restart follows them on.
+            slurm = [python, "manage.py", "runprovider", "--provider", "slurm"]
+            programs.append(("slurm provider", slurm, 15))
         supervisor = Supervisor(
             [Program(name, argv, log=log_path(logs, name), grace=grace) for name, argv, grace in programs],
             cwd=settings.BASE_DIR,
