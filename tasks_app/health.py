@@ -242,7 +242,8 @@ def check_providers() -> list[Check]:
     )
     machines = {r["group__provider"]: r for r in rows}
     checks = []
-    for provider in sorted(groups.keys() | machines.keys()):
+    # Each provider this server runs, and any other that still has groups or machines.
+    for provider in sorted(set(settings.SIMDECK_PROVIDERS) | groups.keys() | machines.keys()):
         m = machines.get(provider, {"live": 0, "online": 0, "silent": 0})
         detail = (
             f"{plural(groups.get(provider, 0), 'started group')}, "

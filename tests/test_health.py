@@ -81,7 +81,7 @@ def test_a_killed_process_shows_its_restart_on_the_page_and_in_the_command(clien
     assert "<td>1</td>" in row  # restarts
     assert "killed by SIGKILL at " in row
     assert str(tmp_path / "scheduler.log") in row
-    for service in ("database", "Redis and broker", "file storage", "sandbox"):
+    for service in ("database", "Redis and broker", "file storage", "sandbox", "local provider"):
         assert f"<td>{service}</td>" in html
 
     code, said = health()
