@@ -48,6 +48,10 @@ MAX_BACKOFF_SECONDS = 30.0
 # before it kills them: short, since nobody is waiting for a graceful end.
 GUARD_GRACE_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1
+# Where the supervisors publish what they run, in SIMDECK_HOME, for the guard,
+# `manage.py processes` and `manage.py health`, and the staff's health page.
+LAUNCHER_STATE = "processes.json"
+WEB_STATE = "web-processes.json"
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
@@ -227,9 +231,10 @@ class Supervisor:
             elif program.proc.poll() is None:
                 program.proc.send_signal(sig)
 
-    # -- what `manage.py processes` and the guard read -------------------------------------
+    # -- what `manage.py processes`, the health page and the guard read -------------------
 
     def write_state(self, stopped: bool = False) -> None:
+        """Replace the state file at once: its readers are other processes, and never see half of it."""
         if self.state_file is None:
             return
         state = {

@@ -6,11 +6,12 @@ socket once and starts ``--processes`` daphne servers on it (``daphne --fd``);
 the kernel hands each new connection to one of them. WebSockets work across
 them because live events travel through Redis (the Channels layer).
 
-    python -m console.webserver --host 127.0.0.1 --port 8000 --processes 2
+    python -m console.webserver --host 127.0.0.1 --port 8000 --processes 2 [--state FILE]
 
 A daphne that dies is started again on the same socket (console/supervisor.py);
 only one that keeps dying ends the web server. It stops them all on SIGTERM or
-SIGINT, and each dies with it if it is killed outright.
+SIGINT, and each dies with it if it is killed outright. With ``--state``
+it keeps what runs in that file, as the launcher does, for the health page.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from console.supervisor import CrashLoop, Program, Supervisor
 
@@ -42,7 +44,7 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(host: str, port: int, processes: int) -> int:
+def serve(host: str, port: int, processes: int, state: Path | None = None) -> int:
     sock = listen(host, port)
     fd = sock.fileno()
     argv = [sys.executable, "-m", "daphne", "--fd", str(fd), "console.asgi:application"]
@@ -53,6 +55,7 @@ def serve(host: str, port: int, processes: int) -> int:
             for i in range(processes)
         ],
         say=lambda text: print(text, flush=True),
+        state_file=state,
     )
     servers.start()
     stopping: list[int] = []
@@ -65,6 +68,7 @@ def serve(host: str, port: int, processes: int) -> int:
         print(f"{exc} Stopping the web server.", flush=True)
         code = 1
     servers.stop()
+    servers.write_state(stopped=True)
     return code
 
 
@@ -75,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes", type=int, default=None, help="daphne processes (default: one per core, up to 4)"
     )
+    parser.add_argument("--state", type=Path, default=None, help="keep what runs in this JSON file")
     args = parser.parse_args(argv)
-    return serve(args.host, args.port, args.processes or default_processes())
+    return serve(args.host, args.port, args.processes or default_processes(), args.state)
 
 
 if __name__ == "__main__":

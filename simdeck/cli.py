@@ -38,6 +38,28 @@ app = typer.Typer(
 auth_app = typer.Typer(help="Which server and API key the command line uses.", no_args_is_help=True)
 projects_app = typer.Typer(help="Projects your tasks are filed in.", no_args_is_help=True)
 simulators_app = typer.Typer(help="Simulators the server offers.", no_args_is_help=True)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from simdeck import __version__
+
+        out.print(f"simdeck {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the client's version and stop."
+        ),
+    ] = False,
+) -> None:
+    """Submit, follow and collect Simdeck simulation tasks."""
+
+
 app.add_typer(cli_tasks.app, name="tasks")
 app.add_typer(cli_resources.app, name="resources")
 app.add_typer(projects_app, name="projects")

@@ -8,10 +8,11 @@ mg.terminate()
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import time
 
-from simdeck import api
+from simdeck import api, durations
 from simdeck.errors import SimdeckError
 
 
@@ -21,7 +22,9 @@ class MachineGroup:
     Nothing is created on the server until :meth:`start` (or a ``run()``
     that targets the group) asks for it. ``max_idle_time`` and
     ``auto_terminate_minutes`` are minutes: the group stops itself after
-    that long without a task, or after that long in all.
+    that long without a task, or after that long in all. Both also take a
+    ``datetime.timedelta`` or text such as ``"2 hours"`` or ``"90 minutes"``;
+    ``auto_terminate_ts`` (a datetime) stops the group at that moment instead.
 
     ``provider`` says what runs the machines: ``"local"`` (the server's host,
     the default) or ``"slurm"`` (one pilot job per machine on the server's
@@ -37,9 +40,10 @@ class MachineGroup:
         spot: bool = False,
         data_disk_gb: int = 10,
         auto_resize_disk_max_gb: int | None = None,
-        max_idle_time: float | None = 3,
-        auto_terminate_minutes: float | None = None,
+        max_idle_time: float | dt.timedelta | str | None = 3,
+        auto_terminate_minutes: float | dt.timedelta | str | None = None,
         *,
+        auto_terminate_ts: dt.datetime | None = None,
         name: str | None = None,
         project: str | None = None,
         resubmit_on_preemption: bool = False,
@@ -55,8 +59,13 @@ class MachineGroup:
         self.spot = spot
         self.data_disk_gb = data_disk_gb
         self.auto_resize_disk_max_gb = auto_resize_disk_max_gb
-        self.max_idle_time = max_idle_time
-        self.auto_terminate_minutes = auto_terminate_minutes
+        self.max_idle_time = durations.minutes(max_idle_time, "max_idle_time")
+        self.auto_terminate_minutes = durations.minutes(auto_terminate_minutes, "auto_terminate_minutes")
+        if auto_terminate_ts is not None:
+            if auto_terminate_minutes is not None:
+                raise ValueError("Give auto_terminate_ts or auto_terminate_minutes, not both.")
+            durations.until(auto_terminate_ts, "auto_terminate_ts")  # checked now, counted at start
+        self.auto_terminate_ts = auto_terminate_ts
         self.project = project
         self.resubmit_on_preemption = resubmit_on_preemption
         self.provider = provider
@@ -107,7 +116,11 @@ class MachineGroup:
             "data_disk_gb": self.data_disk_gb,
             "auto_resize_disk_max_gb": self.auto_resize_disk_max_gb,
             "max_idle_time": self.max_idle_time,
-            "auto_terminate_minutes": self.auto_terminate_minutes,
+            "auto_terminate_minutes": (
+                durations.until(self.auto_terminate_ts, "auto_terminate_ts")
+                if self.auto_terminate_ts is not None
+                else self.auto_terminate_minutes
+            ),
             "resubmit_on_preemption": self.resubmit_on_preemption,
             "provider": self.provider,
             "provider_options": self.provider_options,
@@ -214,9 +227,10 @@ class ElasticMachineGroup(MachineGroup):
         spot: bool = False,
         data_disk_gb: int = 10,
         auto_resize_disk_max_gb: int | None = None,
-        max_idle_time: float | None = 3,
-        auto_terminate_minutes: float | None = None,
+        max_idle_time: float | dt.timedelta | str | None = 3,
+        auto_terminate_minutes: float | dt.timedelta | str | None = None,
         *,
+        auto_terminate_ts: dt.datetime | None = None,
         name: str | None = None,
         project: str | None = None,
         resubmit_on_preemption: bool = False,
@@ -237,6 +251,7 @@ class ElasticMachineGroup(MachineGroup):
             auto_resize_disk_max_gb=auto_resize_disk_max_gb,
             max_idle_time=max_idle_time,
             auto_terminate_minutes=auto_terminate_minutes,
+            auto_terminate_ts=auto_terminate_ts,
             name=name,
             project=project,
             resubmit_on_preemption=resubmit_on_preemption,

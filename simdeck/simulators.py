@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import builtins
+import datetime as dt
 import functools
 import hashlib
+import math
 import os
 import sys
 import tempfile
@@ -21,7 +23,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from simdeck import api
+from simdeck import api, durations
 from simdeck.errors import SimdeckError
 from simdeck.resources import MachineGroup
 from simdeck.tasks import Task
@@ -138,7 +140,7 @@ class Simulator:
         *,
         project: str | None = None,
         resubmit_on_preemption: bool = False,
-        time_to_live: str | int | None = None,
+        time_to_live: str | int | dt.timedelta | None = None,
         metadata: dict[str, str] | None = None,
         **parameters,
     ) -> Task:
@@ -147,7 +149,8 @@ class Simulator:
         ``on`` is a :class:`MachineGroup` (started here if it is not) or a
         group's name; without it the server's ``default`` group runs it.
         ``time_to_live`` limits the computation (``"90s"``, ``"10m"``,
-        ``"1h30m"``); ``metadata`` tags the task with string pairs.
+        ``"1h30m"``, ``"2 hours"``, a timedelta, or a number of seconds);
+        ``metadata`` tags the task with string pairs.
         Every call makes a new task, even with the same arguments.
         """
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -169,7 +172,7 @@ class Simulator:
             "parameters": params,
             "project": project,
             "resubmit_on_preemption": resubmit_on_preemption,
-            "time_to_live": str(time_to_live) if time_to_live is not None else None,
+            "time_to_live": _time_to_live(time_to_live),
             "metadata": metadata,
         }
         if size <= INLINE_INPUT_MAX_BYTES:
@@ -236,7 +239,7 @@ class Simulator:
         *,
         project: str | None = None,
         resubmit_on_preemption: bool = False,
-        time_to_live: str | int | None = None,
+        time_to_live: str | int | dt.timedelta | None = None,
         metadata: dict[str, str] | builtins.list[dict[str, str]] | None = None,
         templates: builtins.list[dict] | None = None,
     ) -> builtins.list[Task]:
@@ -306,7 +309,7 @@ class Simulator:
                 "parameters": params,
                 "project": project,
                 "resubmit_on_preemption": resubmit_on_preemption,
-                "time_to_live": str(time_to_live) if time_to_live is not None else None,
+                "time_to_live": _time_to_live(time_to_live),
                 "metadata": tag,
             }
             for params, tag in zip(sweep, tags, strict=True)
@@ -430,3 +433,9 @@ def __getattr__(attr: str) -> type[Simulator]:
 
 
 __all__ = ["Commands", "SimdeckError", "Simulator", "SplishSplash", "list"]
+
+
+def _time_to_live(value) -> str | None:
+    """The time to live as the server reads it (whole seconds), checked here first."""
+    total = durations.seconds(value, "time_to_live")
+    return None if total is None else f"{math.ceil(total)}s"

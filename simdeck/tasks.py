@@ -285,6 +285,7 @@ class Task:
             )
         self.id = task_id
         self._client = api.client()
+        self._final: TaskInfo | None = None  # an ended task's info does not change
 
     def __repr__(self) -> str:
         return f"Task({self.id!r})"
@@ -299,7 +300,14 @@ class Task:
 
     def get_info(self) -> TaskInfo:
         """Everything the server knows of the task, fresh."""
-        return TaskInfo(self._client.get(f"/tasks/{self.id}"))
+        info = TaskInfo(self._client.get(f"/tasks/{self.id}"))
+        if info.is_terminal:
+            self._final = info
+        return info
+
+    def _info(self, cached: bool) -> TaskInfo:
+        """With ``cached``, an ended task's info as last fetched (no request); else fresh."""
+        return self._final if cached and self._final is not None else self.get_info()
 
     @property
     def info(self) -> TaskInfo:
@@ -321,6 +329,18 @@ class Task:
     def status(self) -> TaskStatus:
         return TaskStatus(self._state()["status"])
 
+    def get_status(self) -> TaskStatus:
+        """The task's status now (one light request)."""
+        return self.status
+
+    def get_machine_type(self) -> str:
+        """The machine type of the group that runs (or ran) the task."""
+        return self._info(cached=True).machine_type
+
+    def get_simulator_name(self) -> str:
+        """The simulator the task runs, by its name (``commands``, ``splishsplash`` …)."""
+        return self._info(cached=True).simulator
+
     def is_terminal(self) -> bool:
         """Has the task ended, however it ended?"""
         return canonical(self.status) in TERMINAL
@@ -338,13 +358,16 @@ class Task:
         """How many tasks are ahead of this one in its group's queue; None when it is not queued."""
         return self._state()["position_in_queue"]
 
-    def get_computation_time(self) -> float | None:
-        """Seconds the simulation has computed (so far), or None before it started."""
-        return self.get_info().computation_time
+    def get_computation_time(self, cached: bool = False) -> float | None:
+        """Seconds the simulation has computed (so far), or None before it started.
 
-    def get_total_time(self) -> float:
-        """Seconds from submission to the end (or to now, while it lasts)."""
-        return self.get_info().total_time
+        With ``cached``, an ended task answers from what was last fetched, without a request.
+        """
+        return self._info(cached).computation_time
+
+    def get_total_time(self, cached: bool = False) -> float:
+        """Seconds from submission to the end (or to now, while it lasts); ``cached`` as above."""
+        return self._info(cached).total_time
 
     # -- waiting -------------------------------------------------------------
 
@@ -504,13 +527,21 @@ class Task:
                 self.kill(wait_timeout=None)
             raise
 
-    def kill(self, wait_timeout: float | None = 1, verbose: bool = True) -> bool | None:
+    def kill(
+        self, wait_timeout: float | None = 1, verbose: bool = True, verbosity_level: int | None = None
+    ) -> bool | None:
         """Kill the task, unless it has ended already.
 
         A queued task ends at once; a running one is stopped by its machine.
         With ``wait_timeout`` (seconds) waits that long for it to be killed
         and returns whether it is; with None returns at once (None).
+        ``verbosity_level`` 0 prints nothing, 1 or 2 what the server said
+        (as ``verbose``, which it overrides when given).
         """
+        if verbosity_level is not None:
+            if verbosity_level not in (0, 1, 2):
+                raise ValueError(f"verbosity_level is 0, 1 or 2, not {verbosity_level!r}.")
+            verbose = verbosity_level > 0
         answer = self._client.post(f"/tasks/{self.id}/kill", retry=True)
         if verbose:
             print(answer["message"], file=sys.stderr)

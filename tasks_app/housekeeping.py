@@ -128,7 +128,9 @@ def reap_lost_machines(now: dt.datetime | None = None) -> list[str]:
 
 def restore_lost_tokens() -> int:
     """Re-announce queued tasks whose broker message went missing (e.g. a broker restart)."""
-    groups = MachineGroup.objects.filter(state=G.STARTED, tasks__status=Status.SUBMITTED).distinct()
+    groups = list(MachineGroup.objects.filter(state=G.STARTED, tasks__status=Status.SUBMITTED).distinct())
+    if not groups:
+        return 0  # nothing queued, nothing to ask the broker: an idle platform stays off the network
     with broker.tokens_waiting() as waiting_in:
 
         def restore(group: MachineGroup) -> int:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import connection
 
 from tasks_app.errors import Refused
 
@@ -56,6 +57,16 @@ def clean_options(provider: str, options: dict | None) -> dict:
                 field="provider_options",
             )
     return dict(options)
+
+
+# The providers sleep until what the database asks of them changes; this wakes them.
+PROVIDER_CHANNEL = "simdeck_provider"
+
+
+def wake_providers() -> None:
+    """Tell the providers the wish changed. PostgreSQL delivers it at commit, and never for a rollback."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [PROVIDER_CHANNEL])
 
 
 def check_start(group) -> None:

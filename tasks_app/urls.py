@@ -38,6 +38,7 @@ urlpatterns = [
     path("projects/<str:ref>/members/<str:username>", views.project_member, name="project-member"),
     path("projects/<str:ref>/activity/", review.project_activity, name="project-activity"),
     path("statuses/", views.status_reference, name="status-reference"),
+    path("health/", views.health, name="health"),
     path("account/", views.account, name="account"),
     path("account/keys/<int:key_id>/revoke", views.api_key_revoke, name="api-key-revoke"),
 ]

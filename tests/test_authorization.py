@@ -205,6 +205,8 @@ CONSOLE: dict[str, list[Rule]] = {
     "password_change_done": [Rule(for_everyone_logged_in())],
     # Who has an account is not for everyone to learn: the page does not exist for others.
     "people": [Rule(only("staff"))],
+    # Process ids, log paths and service addresses: for operators only.
+    "health": [Rule(only("staff"))],
     # The API's own pages outside its operations.
     "api:openapi-json": [Rule(for_everyone())],
     "api:openapi-view": [Rule(for_everyone())],

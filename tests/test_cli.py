@@ -311,3 +311,13 @@ def test_a_dead_server_is_one_line_and_exit_code_5(tmp_path):
     no_ids = run_cli("tasks", "download", env=env)
     assert no_ids.returncode == 2 and "Name at least one task" in one_line_error(no_ids)
     assert run_cli("--help", env=env).returncode == 0
+
+
+def test_the_version_needs_no_server(tmp_path):
+    import simdeck
+
+    result = run_cli(
+        "--version", env={"SIMDECK_URL": "http://127.0.0.1:9", "SIMDECK_CONFIG": str(tmp_path / "c")}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"simdeck {simdeck.__version__}\n"

@@ -96,8 +96,8 @@ def test_a_task_is_followed_inspected_and_collected_from_python(stack, client_fo
     assert second.kill(wait_timeout=30) is True
     assert second.status == "killed" and second.is_failed()
     assert third.wait(polling_period=0.2, silent_mode=True) == "success"
-    assert third.kill(wait_timeout=1) is False  # it ended already: nothing changes
-    assert third.status == "success"
+    assert third.kill(wait_timeout=1, verbosity_level=0) is False  # it ended already: nothing changes
+    assert third.status == "success" and third.get_status() == "success"
 
     # Everything about the finished task.
     info = first.get_info()
@@ -116,6 +116,11 @@ def test_a_task_is_followed_inspected_and_collected_from_python(stack, client_fo
     computing = first.get_computation_time()
     assert computing == pytest.approx(info.time_breakdown.computing) and computing > 0.5
     assert first.get_total_time() >= computing
+    # An ended task's figures do not change: asked again from what was fetched, no request.
+    first._client = None
+    assert first.get_computation_time(cached=True) == computing
+    assert (first.get_machine_type(), first.get_simulator_name()) == ("n2-standard-2", "commands")
+    first._client = second._client
     summary = normalize(first.summary, first=first.id)
     assert "Task <first>" in summary
     assert "Status  Success" in summary

@@ -186,6 +186,13 @@ def test_the_launcher_restarts_a_killed_scheduler_and_web_server_process(launche
     shown = launcher.manage("processes")
     assert shown.returncode == 0, shown.stderr
     assert "scheduler: pid" in shown.stdout and "restarted 1 times, last killed by SIGKILL" in shown.stdout
+    health = launcher.manage("health")
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert "  scheduler: pid" in health.stdout
+    assert "restarted 1 times, last killed by SIGKILL" in health.stdout
+    # The web server's daphne processes, one of them restarted, under the web server.
+    assert "  web server process 2: pid" in health.stdout
+    assert health.stdout.count("last killed by SIGKILL") == 2, health.stdout
 
     launcher.proc.send_signal(signal.SIGINT)
     assert launcher.proc.wait(timeout=120) == 0

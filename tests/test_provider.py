@@ -7,8 +7,9 @@ import psutil
 import pytest
 
 import simdeck
+from tasks_app import services
 from tasks_app.models import Machine, MachineGroup
-from tasks_app.providers.local import cpu_set
+from tasks_app.providers.local import LocalProvider, cpu_set
 from tests.helpers import ROOT, wait_for
 
 INPUT = ROOT / "examples" / "commands-mesh-solve"
@@ -22,6 +23,26 @@ def test_small_machines_are_pinned_to_different_cores(monkeypatch):
     assert cpu_set(2, slot=1) == [2, 3]
     assert cpu_set(2, slot=2) == [0, 1]
     assert cpu_set(4, slot=5) is None  # the type asks for the whole host: share it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_provider_sleeps_until_a_group_starts_or_ends(alice, settings, tmp_path):
+    """Nothing to watch but notices: it sleeps long, and a start or a termination wakes it at once."""
+    settings.SIMDECK_HOME = tmp_path
+    provider = LocalProvider()
+    provider.listen()
+    try:
+        provider.reconcile()
+        assert provider.quiet()
+        group = services.create_group(alice, machine_type="c2-standard-4", name="lab", project="dambreak")
+        assert not provider.wait_for_exit(0.1)  # a group created is not one started
+        services.start_group(group)
+        assert provider.wait_for_exit(600)
+        services.terminate_group(group, reason="Done.")
+        assert provider.wait_for_exit(600)
+        assert not provider.wait_for_exit(0.1)  # each notice wakes it once
+    finally:
+        provider.close_notices()
 
 
 # -- the provider's own footprint, for real --------------------------------------------

@@ -1,11 +1,18 @@
 """The local provider: machines are Celery worker processes on this host.
 
-It works by reconciliation. Once a second it compares what the database
-asks for (started groups and their size, groups being terminated) with the
-worker processes it runs, and closes the gap: spawn what is missing, stop
-what is no longer wanted, report as lost what died. Because the database
-holds the wish, the API never talks to this process, and a restart of it
-picks up where the previous one left off.
+It works by reconciliation. It compares what the database asks for
+(started groups and their size, groups being terminated) with the worker
+processes it runs, and closes the gap: spawn what is missing, stop what is
+no longer wanted, report as lost what died. Because the database holds the
+wish, the API never talks to this process, and a restart of it picks up
+where the previous one left off.
+
+A round runs when the wish changes (a start, a termination, a lost machine:
+PostgreSQL's NOTIFY on :data:`provider_rules.PROVIDER_CHANNEL`), when a worker
+exits (its pidfd), and otherwise once every ``QUIET_SECONDS``: an idle
+platform costs next to nothing. While something changes that sends no
+notice (an elastic group's demand, a machine being stopped, a refused
+sandbox, spot rehearsals), a round runs every interval (a second).
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ import time
 from pathlib import Path
 
 import psutil
+import psycopg
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from tasks_app import broker, lifecycle, sandbox, services
+from tasks_app import broker, lifecycle, provider_rules, sandbox, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
 
@@ -38,6 +46,9 @@ LIVE = [M.PROVISIONING, M.ONLINE, M.STOPPING]
 # How long a terminated machine may take to store the logs of the task it
 # was running before its processes are killed.
 STOP_GRACE_SECONDS = 30.0
+# Between rounds when every change arrives as a notice or an exit: a safety net
+# for changes made behind the services' back (an edit on the admin site).
+QUIET_SECONDS = 15.0
 
 
 def worker_command(machine: Machine) -> list[str]:
@@ -84,6 +95,8 @@ class LocalProvider:
         self.interval = 1.0
         self.stopping: dict[int, float] = {}
         self.refusals: dict[int, str] = {}  # group id -> why its machines cannot start, once said
+        self.notices: psycopg.Connection | None = None  # LISTENs on provider_rules.PROVIDER_CHANNEL
+        self.watching = False  # a started group changes without notice: elastic, or spot rehearsals
         self.log_dir = Path(settings.SIMDECK_HOME) / "logs" / "machines"
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -101,30 +114,73 @@ class LocalProvider:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.append(True))
         while not stop:
+            if self.notices is None:
+                self.listen()  # before the round: a change made during it wakes the next one
             try:
                 self.reconcile()
+                quiet = self.quiet()
             except Exception:  # a database blip must not take the machines down
                 log.exception("Reconciliation failed; retrying")
                 close_old_connections()
-            self.wait_for_exit(interval)
+                quiet = False  # soon: a notice may have come and gone meanwhile
+            self.wait_for_exit(QUIET_SECONDS if quiet else interval)
         self.shutdown()
 
-    def wait_for_exit(self, timeout: float) -> None:
-        """Sleep until the next round, or until a worker exits, whichever comes first.
+    def quiet(self) -> bool:
+        """Whether nothing can change unseen: every change of the wish and every worker's exit wakes us."""
+        return (
+            self.notices is not None
+            and len(self.exits) == len(self.processes)
+            and not self.stopping
+            and not self.refusals
+            and not self.watching
+        )
+
+    def listen(self) -> None:
+        """Our own connection, in autocommit, for the notices of :func:`provider_rules.wake_providers`."""
+        try:
+            self.notices = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+            self.notices.execute(f"LISTEN {provider_rules.PROVIDER_CHANNEL}")
+        except psycopg.Error as exc:
+            log.warning("Cannot listen for changes (%s); checking every %g s", exc, self.interval)
+            self.close_notices()
+
+    def close_notices(self) -> None:
+        if self.notices is not None:
+            self.notices.close()
+            self.notices = None
+
+    def wait_for_exit(self, timeout: float) -> bool:
+        """Sleep until the next round, a worker's exit or a notice; whether one of those two woke us.
 
         A worker killed mid-task leaves its simulator running, orphaned. It
         is swept (:meth:`reap_exited`) the moment the worker is gone, so it
         has no time to finish its work beside the attempt that replaces it.
         """
-        if not self.exits:
+        fds = list(self.exits.values())
+        if self.notices is not None:
+            fds.append(self.notices.fileno())
+        if not fds:
             time.sleep(timeout)
-            return
-        select.select(list(self.exits.values()), [], [], timeout)
+            return False
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if self.notices is not None and self.notices.fileno() in ready:
+            try:
+                for _ in self.notices.notifies(timeout=0):
+                    pass  # one round answers them all
+            except psycopg.Error:
+                log.warning("The connection for notices broke; listening again")
+                self.close_notices()
+        return bool(ready)
 
     def reconcile(self) -> None:
         self.reap_exited()
         self.drop_unwanted()
-        groups = MachineGroup.objects.filter(provider="local", state__in=[G.STARTED, G.TERMINATING])
+        groups = list(MachineGroup.objects.filter(provider="local", state__in=[G.STARTED, G.TERMINATING]))
+        self.watching = any(
+            g.state == G.STARTED and (g.is_elastic or (g.spot and settings.SIMDECK_SPOT_RECLAIM_RATE))
+            for g in groups
+        )
         for group in groups:
             if group.state == G.STARTED:
                 self.scale(group)
@@ -329,6 +385,7 @@ class LocalProvider:
         for mid in list(self.processes):
             kill_machine(mid)
         self.reap_exited()
+        self.close_notices()
 
 
 def instance() -> str:

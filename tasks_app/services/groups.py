@@ -126,6 +126,8 @@ def start_group(group: MachineGroup) -> MachineGroup:
         updated = MachineGroup.objects.filter(pk=group.pk, state=MachineGroup.State.CREATED).update(
             state=MachineGroup.State.STARTED, started_at=timezone.now()
         )
+        if updated:
+            provider_rules.wake_providers()
     group.refresh_from_db()
     if not updated and group.state != MachineGroup.State.STARTED:
         raise Refused(
@@ -155,6 +157,7 @@ def terminate_group(
         group.refresh_from_db()
         if not updated:
             return group
+        provider_rules.wake_providers()
         why = reason or f"Machine group {group.name} was terminated."
         if actor is not None:
             audit.record(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from tasks_app import lifecycle, live
+from tasks_app import lifecycle, live, provider_rules
 from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
@@ -57,6 +57,7 @@ def _machine_gone(machine: Machine, state: str, ending: Status, reason: str, act
         ).update(state=state, stopped_at=timezone.now())
         if not updated:
             return False
+        provider_rules.wake_providers()  # the machine's processes are to go
         _end_tasks_on(machine, ending, reason, actor=actor, close_logs=state == Machine.State.LOST)
     return True
 

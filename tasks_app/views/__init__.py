@@ -4,7 +4,8 @@ Views stay thin: find the objects through :mod:`tasks_app.access` (one
 "get it for this user or 404" helper per object), check, render. Each page
 is one template with named partials; an htmx request gets the partial, a
 normal one the page. Modules by page: :mod:`.tasks`, :mod:`.groups`,
-:mod:`.pages`, :mod:`.bulk` (bulk actions, CSV export, saved views);
+:mod:`.pages`, :mod:`.bulk` (bulk actions, CSV export, saved views),
+:mod:`.health` (staff only: processes and services);
 helpers they share: :mod:`.table` (filters and keyset pagination),
 :mod:`.logs` (paged log reading), :mod:`.waiting` (why a task waits),
 :mod:`.diagram` (the lifecycle drawing).
@@ -12,6 +13,7 @@ helpers they share: :mod:`.table` (filters and keyset pagination),
 
 from tasks_app.views.bulk import saved_view_create, saved_view_delete, task_bulk, task_export
 from tasks_app.views.groups import group_detail, group_list, group_start, group_terminate
+from tasks_app.views.health import health
 from tasks_app.views.pages import account, api_key_revoke, home, overview, project_list, status_reference
 from tasks_app.views.projects import project_member, project_members
 from tasks_app.views.resources import task_resources
@@ -37,6 +39,7 @@ __all__ = [
     "group_list",
     "group_start",
     "group_terminate",
+    "health",
     "home",
     "overview",
     "project_list",

@@ -11,7 +11,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--provider", choices=["local", "slurm"], default="local")
-        parser.add_argument("--interval", type=float, default=None, help="Seconds between checks.")
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=None,
+            help="Seconds between checks (slurm: 2); the local provider waits for notices "
+            "and checks this often only while something changes without one (default 1).",
+        )
 
     def handle(self, *args, provider: str, interval: float | None, **options):
         if provider == "slurm":

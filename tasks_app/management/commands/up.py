@@ -26,7 +26,7 @@ from django.core.management.base import BaseCommand
 from django.db import connections
 
 from console import embedded
-from console.supervisor import CrashLoop, Program, Supervisor, start_guard
+from console.supervisor import LAUNCHER_STATE, WEB_STATE, CrashLoop, Program, Supervisor, start_guard
 from tasks_app import sandbox, services, storage
 from tasks_app.models import APIKey, MachineGroup
 from tasks_app.providers.local import instance
@@ -40,8 +40,8 @@ def log_path(logs: Path, name: str) -> Path:
 
 
 def state_path(home: Path) -> Path:
-    """What the launcher runs now, for ``manage.py processes`` and the guard."""
-    return home / "processes.json"
+    """What the launcher runs now, for ``manage.py processes``, the health page and the guard."""
+    return home / LAUNCHER_STATE
 
 
 def embedded_servers() -> list[str]:
@@ -69,7 +69,10 @@ class Command(BaseCommand):
         python = sys.executable
         programs = [
             # Several daphne processes on one socket (SIMDECK_WEB_PROCESSES); see console/webserver.py.
-            ("web server", [python, "-m", "console.webserver", "--host", host, "--port", str(port)], 15),
+            ("web server", [
+                python, "-m", "console.webserver", "--host", host, "--port", str(port),
+                "--state", str(home / WEB_STATE),
+            ], 15),
             ("scheduler", [
                 python, "-m", "celery", "-A", "console", "worker", "--beat",
                 "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--concurrency", "1",
