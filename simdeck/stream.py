@@ -28,6 +28,9 @@ from simdeck.errors import NotFound, ServerUnreachable
 # The server closes with this code for a task the key may not see (or that does not exist).
 CLOSE_NOT_FOUND = 4404
 OPEN_TIMEOUT = 10.0
+# A client leaving (the task ended, Ctrl+C) waits this long for the server's
+# side of the closing handshake: a busy server must not hold up the exit.
+CLOSE_TIMEOUT = 2.0
 MAX_BACKOFF = 10.0
 
 
@@ -75,6 +78,7 @@ class Socket:
             additional_headers=headers,
             origin=f"{base.scheme}://{base.netloc}",
             open_timeout=OPEN_TIMEOUT,
+            close_timeout=CLOSE_TIMEOUT,
             max_size=None,  # the server bounds its frames; a long backlog comes in pieces
             compression=None,
         ).__enter__()
