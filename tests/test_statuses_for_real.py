@@ -111,7 +111,12 @@ def test_sync_context_kills_on_an_error_and_plain_wait_leaves_the_task_running(
     )
     wait_status(other, Status.STARTED)
     waiter.send_signal(signal.SIGINT)  # Ctrl+C
-    waiter.wait(timeout=20)
+    try:
+        waiter.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        waiter.kill()
+        out, err = waiter.communicate()
+        raise AssertionError(f"Ctrl+C did not stop the wait:\n{out.decode()}\n{err.decode()}") from None
     assert waiter.returncode != 0
     assert Task.objects.get(pk=other.id).status == Status.STARTED
     other.kill(wait_timeout=30)
@@ -165,7 +170,10 @@ def test_terminating_a_group_ends_queued_tasks_as_zombies_and_running_ones_by_us
 
 def test_a_reclaimed_spot_machine_preempts_its_task_which_is_resubmitted(stack, alice_client):
     mg = start_group(spot=True)
-    task = submit(mg, "sleep 4; echo finished", resubmit_on_preemption=True)
+    # The first attempt lasts until it is reclaimed, however long that takes; the next is quick.
+    task = submit(
+        mg, '[ "$SIMDECK_TASK_ATTEMPT" = 1 ] && sleep 120; echo finished', resubmit_on_preemption=True
+    )
     stubborn = submit(mg, "echo second")
     wait_status(task, Status.STARTED)
     machine = machine_of(task)
@@ -181,6 +189,7 @@ def test_a_reclaimed_spot_machine_preempts_its_task_which_is_resubmitted(stack, 
     assert info.attempt == 2
     assert info.machine_id != machine.pk, "it ran again on the replacement machine"
     # Back at the front of the queue: it ran before the task queued after it first.
+    assert stubborn.wait(polling_period=0.3, silent_mode=True) == "success"
     assert info.started_at < Task.objects.get(pk=stubborn.id).started_at
     assert Machine.objects.get(pk=machine.pk).state == Machine.State.RECLAIMED
     wait_for(lambda: mg.refresh()["machines_online"] == 1, 30, message="a replacement machine")
