@@ -108,6 +108,9 @@ def test_sync_context_kills_on_an_error_and_plain_wait_leaves_the_task_running(
         env=dict(os.environ, SIMDECK_API_URL=stack.url, SIMDECK_API_KEY=alice_key),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl+C reaches it as from a terminal: a child inherits an ignored
+        # SIGINT, and something earlier in a full test run leaves it ignored here.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_status(other, Status.STARTED)
     waiter.send_signal(signal.SIGINT)  # Ctrl+C
