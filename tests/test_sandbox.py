@@ -345,6 +345,24 @@ def test_without_a_sandbox_tasks_say_so_and_admins_see_a_banner(
         stack.kill()
 
 
+def small_box(base, read_only, **options) -> sandbox.Box:
+    """A sandbox over fresh work and /tmp folders in ``base``, with small limits."""
+    work, tmp = base / "work", base / "tmp"
+    for folder in (work, tmp):
+        folder.mkdir()
+        sandbox.hand_over(folder)
+    limits = sandbox.Limits(memory_bytes=None, vcpus=1, pids=64)
+    return sandbox.Box(
+        workdir=work,
+        tmp=tmp,
+        identity=sandbox.write_identity(base / "identity"),
+        env=sandbox.environment(limits, {}),
+        limits=limits,
+        read_only=read_only,
+        **options,
+    )
+
+
 def test_an_install_under_the_host_s_tmp_is_seen_inside(tmp_path, settings):
     """A checkout (and so its venv) under /tmp must not be hidden by the sandbox's own /tmp."""
     import subprocess
@@ -352,20 +370,8 @@ def test_an_install_under_the_host_s_tmp_is_seen_inside(tmp_path, settings):
     install = tmp_path / "install"  # under the host's /tmp
     install.mkdir()
     (install / "hello.sh").write_text("echo hello from the install\n")
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    for folder in (work, tmp):
-        folder.mkdir()
-        sandbox.hand_over(folder)
+    box = small_box(tmp_path, [install])
     tmp_path.chmod(0o755)
-    limits = sandbox.Limits(memory_bytes=None, vcpus=1, pids=64)
-    box = sandbox.Box(
-        workdir=work,
-        tmp=tmp,
-        identity=sandbox.write_identity(tmp_path / "identity"),
-        env=sandbox.environment(limits, {}),
-        limits=limits,
-        read_only=[install],
-    )
     done = subprocess.run(
         box.argv(["sh", f"{install}/hello.sh"], {}), capture_output=True, text=True, timeout=30
     )
@@ -380,20 +386,7 @@ def test_a_machine_s_sandboxes_share_a_loopback_and_reach_nothing_else(tmp_path)
 
     if sandbox.loopback() is None:
         pytest.skip("each sandbox makes its own network namespace here (not root)")
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    for folder in (work, tmp):
-        folder.mkdir()
-        sandbox.hand_over(folder)
-    limits = sandbox.Limits(memory_bytes=None, vcpus=1, pids=64)
-    box = sandbox.Box(
-        workdir=work,
-        tmp=tmp,
-        identity=sandbox.write_identity(tmp_path / "identity"),
-        env=sandbox.environment(limits, {}),
-        limits=limits,
-        read_only=sandbox.install_folders(),
-        loopback=sandbox.loopback(),
-    )
+    box = small_box(tmp_path, sandbox.install_folders(), loopback=sandbox.loopback())
     assert "--unshare-net" not in box.argv(["true"], {})
     with socket.socket() as host_side:  # a service of the host, on its loopback
         host_side.bind(("127.0.0.1", 0))
