@@ -125,12 +125,18 @@ def bwrap_path() -> str:
         ) from exc
 
 
-@functools.cache
+_accounts: dict[str, pwd.struct_passwd] = {}
+
+
 def _account(name: str) -> pwd.struct_passwd | None:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        return None
+    # Kept once found (every sandbox start asks), never while missing: the
+    # account may be made a moment later, by this process or another.
+    if name not in _accounts:
+        try:
+            _accounts[name] = pwd.getpwnam(name)
+        except KeyError:
+            return None
+    return _accounts[name]
 
 
 def sandbox_user() -> tuple[int, int]:

@@ -266,6 +266,20 @@ def test_machines_starting_together_each_make_their_check(settings, tmp_path):
     assert list(tmp_path.iterdir()) == [], "each check removes its own folder"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes the sandbox account")
+def test_the_sandbox_account_is_made_on_a_host_that_lacks_it(settings):
+    """A new host has no sandbox account: the first machine makes it and finds it."""
+    import subprocess
+
+    name = f"sdk-test-{secrets.token_hex(3)}"
+    settings.SIMDECK_SANDBOX_USER = name
+    try:
+        uid, gid = sandbox.sandbox_user()
+        assert uid != 0 and uid == sandbox.sandbox_user()[0]
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the cgroup files are root's to write")
 def test_cgroups_hold_a_machine_s_simulations(tmp_path):
     limits = sandbox.Limits(memory_bytes=64 << 20, vcpus=1, pids=16)
