@@ -484,7 +484,7 @@ def remove_cgroups(machine_name: str) -> None:
 
 @functools.cache
 def cgroups(machine_name: str, limits: Limits) -> Cgroups:
-    """The machine's cgroups, made once per process (a pool process runs one task at a time)."""
+    """The machine's cgroups, made once per process (a machine runs one task at a time)."""
     return Cgroups(machine_name, limits)
 
 

@@ -136,7 +136,7 @@ def test_sigkilled_machines_lose_no_task_run_none_twice_and_end_their_logs(
     )
     followers = Followers(stack, followed, alice_key, tmp_path)
     wait_for(followers.following, 60, message="its log followed")
-    kill_machine(followed_row.machine_id)  # the worker, its pool and the simulator at once
+    kill_machine(followed_row.machine_id)  # the worker and the simulator at once
     victims[followed.id] = followed_row.machine_id
     for resubmitted in (True, False):  # one kill of each kind among the batch
         # A task that started a moment ago, so the kill lands well inside its sleep.
@@ -213,51 +213,74 @@ def test_sigkilled_machines_lose_no_task_run_none_twice_and_end_their_logs(
     wait_for(lambda: processes_of(set(ids)) == [], 20, message="no simulator left behind")
 
 
-def test_a_simulator_does_not_outlive_the_pool_process_that_ran_it(stack, alice_client):
-    """Celery replaces a pool process that died (killed, out of memory); the new one ends its orphans."""
-    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start()
-    task = submit(mg, "sleep 300")
-    row = wait_for(
-        lambda: Task.objects.filter(pk=task.id, status=Status.STARTED).select_related("machine").first(),
-        90,
-        message="the task to start",
-    )
-    simulator = wait_for(lambda: processes_of({task.id}), 30, message="its simulator")
-    pool = [p for p in psutil.Process(row.machine.pid).children() if p.pid != simulator[0].pid]
-    assert len(pool) == 1, pool
-    pool[0].kill()
-    wait_for(lambda: processes_of({task.id}) == [], 60, message="the orphaned simulator ended")
-    # The machine itself lives on: only its pool process was replaced.
-    assert Machine.objects.get(pk=row.machine_id).state == Machine.State.ONLINE
-
-
-def kill_pool_process(task_id: str) -> Machine:
-    """SIGKILL the pool process running the task, as the OOM killer would; its machine."""
+def started(task_id: str) -> Task:
+    """The task once it runs, with its machine, and its simulation's processes there."""
     row = wait_for(
         lambda: Task.objects.filter(pk=task_id, status=Status.STARTED).select_related("machine").first(),
         90,
         message="the task to start",
     )
-    simulator = wait_for(lambda: processes_of({task_id}), 30, message="its simulator")
-    [pool] = [p for p in psutil.Process(row.machine.pid).children() if p.pid != simulator[0].pid]
-    pool.kill()
-    return row.machine
+    wait_for(lambda: processes_of({task_id}), 30, message="its simulation")
+    return row
 
 
-def test_a_task_whose_pool_process_dies_ends_and_its_machine_runs_the_next(stack, alice_client):
+def test_a_machine_whose_process_dies_leaves_no_simulator_and_its_group_runs_the_next(stack, alice_client):
+    """A machine is one process: its SIGKILL (the OOM killer's, say) loses the machine, not only the task."""
     mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start()
     task = submit(mg, "sleep 300")
-    machine = kill_pool_process(task.id)
+    machine = started(task.id).machine
+    assert [p.pid for p in processes_of({task.id}) if p.ppid() == machine.pid], (
+        "the simulation is the worker's child"
+    )
+    os.kill(machine.pid, signal.SIGKILL)
+    wait_for(lambda: processes_of({task.id}) == [], 30, message="the orphaned simulation ended")
     wait_for(lambda: task_status(task.id) == Status.EXECUTOR_TERMINATED, 30, message="the task to end")
-    assert "died" in Task.objects.get(pk=task.id).error_detail
-    assert Machine.objects.get(pk=machine.pk).state == Machine.State.ONLINE
+    assert "exited" in Task.objects.get(pk=task.id).error_detail
+    assert Machine.objects.get(pk=machine.pk).state == Machine.State.LOST
 
     after = submit(mg, "echo next")
     assert after.wait(polling_period=0.5, silent_mode=True) == "success"
-    assert Task.objects.get(pk=after.id).machine_id == machine.pk
+    assert Task.objects.get(pk=after.id).machine_id != machine.pk
 
 
-def test_a_task_whose_pool_process_dies_runs_again_when_resubmission_is_on(stack, alice_client, tmp_path):
+def stop_with_its_machine(task_id: str) -> Machine:
+    """SIGTERM to a machine's worker and its task's simulation at once, as Slurm's scancel signals a job."""
+    row = started(task_id)
+    signal_all([psutil.Process(row.machine.pid), *processes_of({task_id})], signal.SIGTERM)
+    return row.machine
+
+
+def signal_all(procs: list[psutil.Process], signum: int) -> None:
+    """Signal each of ``procs``; one may end before its turn (a sandbox ends with its first process)."""
+    for proc in procs:
+        try:
+            proc.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_a_task_stopped_with_its_machine_ends_as_the_machines_loss_and_a_new_machine_runs_the_next(
+    stack, alice_client
+):
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start()
+    task = submit(mg, "sleep 300")
+    machine = stop_with_its_machine(task.id)
+    wait_for(lambda: task_status(task.id) == Status.EXECUTOR_TERMINATED, 30, message="the task to end")
+    assert (
+        "SIGTERM reached its worker and the simulation together" in Task.objects.get(pk=task.id).error_detail
+    )
+    # Told to stop, it stopped: nothing of it is left running.
+    wait_for(
+        lambda: Machine.objects.get(pk=machine.pk).state == Machine.State.STOPPED, 30, message="it stopped"
+    )
+    wait_for(lambda: not psutil.pid_exists(machine.pid), 30, message="its worker gone")
+
+    after = submit(mg, "echo next")
+    assert after.wait(polling_period=0.5, silent_mode=True) == "success"
+    assert Task.objects.get(pk=after.id).machine_id != machine.pk
+
+
+def test_a_task_stopped_with_its_machine_runs_again_when_resubmission_is_on(stack, alice_client, tmp_path):
     mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start(wait=False)
     MachineGroup.objects.filter(name=mg.name).update(allow_network=True)  # for the ledger
     ledger = Ledger(tmp_path / "ledger.txt")
@@ -266,13 +289,35 @@ def test_a_task_whose_pool_process_dies_runs_again_when_resubmission_is_on(stack
         f'if [ "$({ledger.note("run")})" = 0 ]; then sleep 300; else echo second run; fi',
         resubmit_on_preemption=True,
     )
-    kill_pool_process(task.id)
+    stop_with_its_machine(task.id)
     assert task.wait(polling_period=0.5, silent_mode=True) == "success"
     ended = Task.objects.get(pk=task.id)
     assert ended.attempt == 2
     assert Status.EXECUTOR_TERMINATED in TaskEvent.objects.filter(task=ended).values_list(
         "to_status", flat=True
     )
+
+
+def test_a_machine_told_to_stop_alone_finishes_its_task_and_a_simulation_killed_alone_fails(
+    stack, alice_client
+):
+    """SIGTERM to the worker alone is a stop: the task runs to its end; to the simulation alone, it fails."""
+    mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=1).start()
+    task = submit(mg, "sleep 4; echo finished")
+    machine = started(task.id).machine
+    os.kill(machine.pid, signal.SIGTERM)
+    assert task.wait(polling_period=0.5, silent_mode=True) == "success"
+    assert Task.objects.get(pk=task.id).machine_id == machine.pk
+    wait_for(
+        lambda: Machine.objects.get(pk=machine.pk).state == Machine.State.STOPPED, 30, message="it stopped"
+    )
+
+    killed = submit(mg, "sleep 300")
+    row = started(killed.id)
+    assert row.machine_id != machine.pk
+    signal_all(processes_of({killed.id}), signal.SIGTERM)
+    assert killed.wait(polling_period=0.5, silent_mode=True) == "failed"
+    assert Machine.objects.get(pk=row.machine_id).state == Machine.State.ONLINE
 
 
 # -- what a simulator may print ---------------------------------------------------------

@@ -2,8 +2,8 @@
 
 The server cannot read a machine's disk (the machine may be on another
 host), so it asks the worker through a Celery remote-control command
-addressed to that one worker (``<machine name>@<host>``). The command runs in
-the worker's main process, beside the pool process that runs the task, so it
+addressed to that one worker (``<machine name>@<host>``). The command runs on
+the worker's main thread, beside the thread that runs the task, so it
 answers while the simulation computes.
 
 Paths are relative to the task's work directory; ``stdout.txt`` and

@@ -3,7 +3,10 @@
 A worker started for a machine has ``SIMDECK_MACHINE_ID`` in its
 environment. When Celery is ready to consume, the machine goes online and a
 thread records a heartbeat every few seconds; the provider and the reaper
-read it to tell a live machine from a lost one.
+read it to tell a live machine from a lost one. The machine is one process:
+its task runs on a thread of the worker (see
+:func:`tasks_app.providers.local.worker_command`), so whatever kills that
+process loses the machine, and its provider reports it lost.
 """
 
 from __future__ import annotations
@@ -14,19 +17,21 @@ import os
 import signal
 import socket
 import threading
+import time
 
-from billiard.exceptions import WorkerLostError
 from celery import signals
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from tasks_app import sandbox, services
+from tasks_app import sandbox
 from tasks_app.models import Machine
-from tasks_app.providers.local import kill_marked
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
+# When each signal that asks the worker to shut down (SIGTERM, SIGINT, SIGQUIT) last reached it.
+_signalled_at: dict[str, float] = {}
+_signal_seen = threading.Condition()
 
 
 def machine_id() -> int | None:
@@ -88,41 +93,30 @@ def _online(**_):
     log.info("Machine %s is online", mid)
 
 
-@signals.worker_process_init.connect
-def _sweep_leftovers(**_):
-    """A new pool process ends the simulators an earlier one of this machine left running.
+@signals.worker_shutting_down.connect
+def _signalled(sig: str = "", **_) -> None:
+    # Called from Celery's handler of the signal, in the main thread.
+    with _signal_seen:
+        _signalled_at[sig] = time.monotonic()
+        _signal_seen.notify_all()
 
-    The pool process runs one task at a time, and Celery starts another
-    only when the one before died (killed, out of memory): any simulator of
-    this machine still running then belongs to a task nobody watches, and
-    would otherwise run on to its end. (When the whole worker dies, the
-    provider sweeps.)
+
+def signalled_with(signum: int, at: float, within: float) -> bool:
+    """Whether ``signum`` reached this machine's worker within ``within`` seconds of ``at`` (monotonic).
+
+    Waits for it until then: a signal sent to the worker and its simulation
+    at once may reach the simulation first.
     """
-    marker = {name: os.environ.get(name) for name in ("SIMDECK_MACHINE_ID", "SIMDECK_INSTANCE")}
-    if None in marker.values():
-        return  # not a machine its provider can tell apart
-    kill_marked(marker, having=("SIMDECK_TASK_ID",))
-
-
-@signals.task_failure.connect
-def _runner_lost(exception=None, **_):
-    """The pool process running a task died (SIGKILL, out of memory) while this worker lives on.
-
-    Celery tells this worker's main process, and the task is ended here, at
-    once: with its message acknowledged when taken, nothing else would end
-    it while the machine's heartbeat goes on. The next pool process sweeps
-    the simulator it left (:func:`_sweep_leftovers`).
-    """
-    mid = machine_id()
-    if mid is None or not isinstance(exception, WorkerLostError):
-        return
-    machine = Machine.objects.select_related("group").get(pk=mid)
-    log.warning("The process running a task on machine %s died: %s", mid, exception)
-    reason = f"The process running the task on machine {machine.name} died ({exception})."
-    if job := os.environ.get("SLURM_JOB_ID"):
-        # Slurm signals every process of a job it ends (scancel, node failure, time limit).
-        reason += f" The machine is Slurm job {job}; the group's page says how Slurm ended it."
-    services.runner_lost(machine, reason)
+    name = signal.Signals(signum).name
+    with _signal_seen:
+        while True:
+            when = _signalled_at.get(name)
+            if when is not None and abs(when - at) <= within:
+                return True
+            remaining = at + within - time.monotonic()
+            if remaining <= 0:
+                return False
+            _signal_seen.wait(remaining)
 
 
 @signals.worker_shutdown.connect

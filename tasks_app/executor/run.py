@@ -32,9 +32,10 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from tasks_app import archives, broker, lifecycle, live, sandbox, storage
+from tasks_app import archives, broker, lifecycle, live, sandbox, services, storage
 from tasks_app import simulators as sims
 from tasks_app.executor import os_error_message
+from tasks_app.executor.machine import signalled_with
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.executor.sampling import ResourceMeter
 from tasks_app.lifecycle import Status
@@ -60,6 +61,11 @@ QUICK_STORE_BYTES = 4 << 20
 # Inputs up to this size are fetched before viewers are told of the claim,
 # which then goes to Redis with the task's next news (see claim_and_run).
 HELD_INPUT_BYTES = 1 << 20
+# A simulation that died of one of these within this long of the machine's
+# worker receiving the same was stopped from outside together with its
+# machine (see Execution.taken_down).
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+TOGETHER_SECONDS = 2.0
 
 
 def through_outage(action, what: str):
@@ -231,6 +237,7 @@ class Execution:
             first_look_seconds=START_RECORD_SECONDS,
             publish=lambda stream, data: live.append_log(self.task.id, stream, data),
         )
+        self.ended_at = time.monotonic()
         live.end_log(self.task.id)
         self.finish(outcome)
         self.cleanup()
@@ -448,6 +455,8 @@ class Execution:
             if not moved:
                 self.finish_kill()
             return
+        if outcome.stopped is None and self.taken_down(outcome):
+            return
         if outcome.stopped is None:
             # The move to finalizing is guarded: a kill that came meanwhile makes it fail.
             self.finish_normally(outcome)
@@ -473,6 +482,31 @@ class Execution:
         else:
             # Ended by its group's termination or by losing the machine: logs only.
             self.store(logs_only=True)
+
+    def taken_down(self, outcome: Outcome) -> bool:
+        """End the task as its machine's loss if the simulation was stopped together with the machine.
+
+        A signal that reaches the machine's worker and its simulation at
+        once comes from outside, and is meant for the machine: Slurm sends
+        one to every process of a pilot job it cancels or ends at its time
+        limit. The simulation did not fail: the task ends as when a machine
+        is lost, requeued with ``resubmit_on_preemption``, and the worker
+        stops as it was told to. A signal to the worker alone (a provider
+        stopping its machine) lets the task run to its end.
+        """
+        signum = signal_of(outcome.exit_code)
+        if signum not in SHUTDOWN_SIGNALS or not signalled_with(signum, self.ended_at, TOGETHER_SECONDS):
+            return False
+        self.store(logs_only=True)
+        reason = (
+            f"Machine {self.machine.name} was stopped from outside while the task ran: "
+            f"{signal.Signals(signum).name} reached its worker and the simulation together."
+        )
+        if job := os.environ.get("SLURM_JOB_ID"):
+            reason += f" The machine is Slurm job {job}; the group's page says how Slurm ended it."
+        log.warning("Task %s: %s", self.task.id, reason)
+        through_outage(lambda: services.runner_lost(self.machine, reason), f"ending task {self.task.id}")
+        return True
 
     def finish_normally(self, outcome: Outcome) -> None:
         exited, exited_at = f"The simulator exited with code {outcome.exit_code}.", timezone.now()
@@ -579,6 +613,17 @@ class Execution:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def signal_of(exit_code: int | None) -> int | None:
+    """The signal that ended a command (``subprocess`` says minus its number, a shell or bwrap 128 plus)."""
+    if exit_code is None:
+        return None
+    number = -exit_code if exit_code < 0 else exit_code - 128 if 128 < exit_code < 128 + signal.NSIG else None
+    try:
+        return signal.Signals(number) if number else None
+    except ValueError:
+        return None
 
 
 @functools.cache

@@ -52,6 +52,15 @@ QUIET_SECONDS = 15.0
 
 
 def worker_command(machine: Machine) -> list[str]:
+    """The machine's worker: one process, its task on a thread of its own.
+
+    A machine runs one task at a time, so a pool process (Celery's default)
+    only held a second copy of the worker's imports; a task's simulation
+    runs in processes of its own either way. With the thread pool the main
+    thread stays free while a task runs: it answers remote control
+    (``tasks_app.executor.inspect``) and keeps the broker connection alive,
+    which the ``solo`` pool, running the task on the main thread, would not.
+    """
     return [
         sys.executable,
         "-m",
@@ -61,6 +70,8 @@ def worker_command(machine: Machine) -> list[str]:
         "worker",
         "--queues",
         machine.group.queue_name,
+        "--pool",
+        "threads",
         "--concurrency",
         "1",
         "--prefetch-multiplier",
@@ -394,7 +405,7 @@ def instance() -> str:
 
 
 def kill_machine(machine_id: int) -> None:
-    """SIGKILL every process of a machine: the worker, its pool and any simulator.
+    """SIGKILL every process of a machine: the worker and any simulator.
 
     They all carry the machine's id and this instance's home in their
     environment, which finds them even after the worker died and they were

@@ -40,10 +40,11 @@ def reclaim_machine(machine: Machine, *, reason: str = "", actor=None) -> None:
 
 
 def runner_lost(machine: Machine, reason: str) -> None:
-    """The process running a task on ``machine`` died while the machine lives on (killed, out of memory).
+    """The task on ``machine`` was stopped with it from outside: one signal to the worker and the simulation.
 
     Its task ends as runner-terminated, requeued if asked, as when the
-    whole machine is lost; the machine takes the next task.
+    whole machine is lost; the machine itself stops, and its provider says
+    how (:mod:`tasks_app.executor.run`, ``Execution.taken_down``).
     """
     with transaction.atomic():
         _end_tasks_on(machine, Status.EXECUTOR_TERMINATED, reason, close_logs=True)
