@@ -289,10 +289,11 @@ def test_a_task_stopped_with_its_machine_runs_again_when_resubmission_is_on(stac
         f'if [ "$({ledger.note("run")})" = 0 ]; then sleep 300; else echo second run; fi',
         resubmit_on_preemption=True,
     )
-    stop_with_its_machine(task.id)
+    machine = stop_with_its_machine(task.id)
     assert task.wait(polling_period=0.5, silent_mode=True) == "success"
     ended = Task.objects.get(pk=task.id)
     assert ended.attempt == 2
+    assert ended.machine_id != machine.pk, "a machine told to stop took its task again"
     assert Status.EXECUTOR_TERMINATED in TaskEvent.objects.filter(task=ended).values_list(
         "to_status", flat=True
     )

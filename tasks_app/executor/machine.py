@@ -101,6 +101,11 @@ def _signalled(sig: str = "", **_) -> None:
         _signal_seen.notify_all()
 
 
+def told_to_stop() -> bool:
+    """Whether a signal asked this worker to shut down: it then takes no new task."""
+    return bool(_signalled_at)
+
+
 def signalled_with(signum: int, at: float, within: float) -> bool:
     """Whether ``signum`` reached this machine's worker within ``within`` seconds of ``at`` (monotonic).
 

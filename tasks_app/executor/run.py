@@ -35,7 +35,7 @@ from django.utils import timezone
 from tasks_app import archives, broker, lifecycle, live, sandbox, services, storage
 from tasks_app import simulators as sims
 from tasks_app.executor import os_error_message
-from tasks_app.executor.machine import signalled_with
+from tasks_app.executor.machine import signalled_with, told_to_stop
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.executor.sampling import ResourceMeter
 from tasks_app.lifecycle import Status
@@ -492,7 +492,9 @@ class Execution:
         limit. The simulation did not fail: the task ends as when a machine
         is lost, requeued with ``resubmit_on_preemption``, and the worker
         stops as it was told to. A signal to the worker alone (a provider
-        stopping its machine) lets the task run to its end.
+        stopping its machine) lets the task run to its end; a simulation
+        that dies of such a signal alone fails, found so up to
+        ``TOGETHER_SECONDS`` later while the worker's own signal is awaited.
         """
         signum = signal_of(outcome.exit_code)
         if signum not in SHUTDOWN_SIGNALS or not signalled_with(signum, self.ended_at, TOGETHER_SECONDS):
@@ -697,14 +699,20 @@ def execute_next(group_id: int, machine: Machine) -> str | None:
     returning to Celery for it: the same one claim per token, without the
     worker's round trip per message, which is most of what a tiny task
     costs. It goes back to Celery when no token waits, when the queue turns
-    out empty, and after ``CHAIN_SECONDS`` (so a warm shutdown never waits
-    on a long run of tasks). A terminated group, a machine stopped or
-    reclaimed, stops it at the next claim, as before.
+    out empty, after ``CHAIN_SECONDS`` (so a warm shutdown never waits on a
+    long run of tasks), and at once when the worker was told to stop. A
+    terminated group, a machine stopped or reclaimed, stops it at the next
+    claim, as before.
 
     Returns the id of the first task run.
     """
     if machine.group_id != group_id:
         log.warning("Machine %s got a token for group %s; dropped", machine.name, group_id)
+        return None
+    if told_to_stop():
+        # Its row may still say online (a signal from outside): the token goes to another machine.
+        log.info("Machine %s is stopping; its token goes back to the queue", machine.name)
+        broker.publish_tokens(machine.group, 1)
         return None
     until = time.monotonic() + CHAIN_SECONDS
     first, more = claim_and_run(group_id, machine, until)
@@ -737,7 +745,7 @@ def claim_and_run(
             log.info("Nothing queued in group %s; token dropped", group_id)
             return None, False
         Execution(task, machine).run()
-        if time.monotonic() > until:
+        if time.monotonic() > until or told_to_stop():
             return task.id, False
         taken = broker.take_token_later(machine.group)
     took = taken() if taken else broker.take_token(machine.group)
