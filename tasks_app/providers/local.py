@@ -414,13 +414,13 @@ def kill_machine(machine_id: int) -> None:
     kill_marked({"SIMDECK_MACHINE_ID": str(machine_id), "SIMDECK_INSTANCE": instance()})
 
 
-def kill_marked(marker: dict[str, str], having: tuple[str, ...] = ()) -> None:
-    """SIGKILL every process whose environment holds ``marker`` and the names ``having``; wait for them."""
+def kill_marked(marker: dict[str, str]) -> None:
+    """SIGKILL every process whose environment holds ``marker``; wait for them."""
     mine = []
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
-            if all(env.get(k) == v for k, v in marker.items()) and all(k in env for k in having):
+            if all(env.get(k) == v for k, v in marker.items()):
                 mine.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
