@@ -1,9 +1,10 @@
 """The baseline: bare Celery running the same subprocess, on the same Redis, without Simdeck.
 
 Workers start as ``celery -A bench.bare_celery worker`` with the broker URL
-and queue in ``SIMDECK_BENCH_BROKER`` / ``SIMDECK_BENCH_QUEUE``, the way the
-local provider starts a machine: prefork, concurrency 1, one message at a
-time, acknowledged after the task ran.
+and queue in ``SIMDECK_BENCH_BROKER`` / ``SIMDECK_BENCH_QUEUE``: concurrency 1,
+one message at a time, acknowledged after the task ran, in Celery's default
+pool (prefork: the worker and one pool process) unless told otherwise (a
+machine runs its task on a thread: ``--pool threads``).
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ app = make_app(
 
 
 class Workers:
-    """``count`` bare Celery worker processes on ``queue``; a context manager."""
+    """``count`` bare Celery workers on ``queue``, each with a pool of one (``pool``); a context manager."""
 
-    def __init__(self, broker: str, queue: str, count: int, log_dir: Path):
-        self.broker, self.queue, self.count, self.log_dir = broker, queue, count, log_dir
+    def __init__(self, broker: str, queue: str, count: int, log_dir: Path, pool: str = "prefork"):
+        self.broker, self.queue, self.count, self.log_dir, self.pool = broker, queue, count, log_dir, pool
         self.procs: list[subprocess.Popen] = []
         # The one app of this module, pointed at the broker before its first connection.
         app.conf.broker_url = app.conf.result_backend = broker
@@ -70,7 +71,8 @@ class Workers:
                 self.procs.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "celery", "-A", "bench.bare_celery", "worker"]
-                        + ["--queues", self.queue, "--concurrency", "1", "--prefetch-multiplier", "1"]
+                        + ["--queues", self.queue, "--pool", self.pool, "--concurrency", "1"]
+                        + ["--prefetch-multiplier", "1"]
                         + ["--hostname", f"bare{i}-{self.queue}@%h", "--without-gossip"]
                         + ["--without-mingle", "--loglevel", "WARNING"],
                         cwd=ROOT,

@@ -1,14 +1,18 @@
 """Memory of an idle machine: a Simdeck machine against a bare Celery worker of the same shape.
 
-A machine is a Celery worker (prefork, concurrency 1) and its pool
-process; the baseline is bare Celery started the same way
-(``bench/bare_celery.py``) in the same run. Each side's memory is the PSS
-(proportional set size: shared pages split among the processes sharing
-them) of the worker and its pool process together, so pages the pool
-process shares with the worker it forked from count once. It is taken
-twice: once both sides are ready, and again after each has run one task
-of ``true`` (what a machine imports for its first task stays). Each
-figure is the median of a few readings a second apart.
+A machine is one Celery worker process running its task on a thread
+(``--pool threads``, concurrency 1). The baseline is bare Celery
+(``bench/bare_celery.py``) started in the same run with concurrency 1 in
+Celery's default pool, prefork: the worker and one pool process, as a
+Celery worker that runs one task at a time comes. A second baseline is a
+bare worker in the machine's own pool (threads), one process too: against
+it the ratio is what Simdeck itself adds (Django, its ORM and psycopg, the
+machine's code). Memory is the PSS (proportional set size: shared pages
+split among the processes sharing them) of a worker and its descendants
+together, so pages a pool process shares with the worker it forked from
+count once. It is taken twice: once ready, and again after one task of
+``true`` (what a machine imports for its first task stays). Each figure is
+the median of a few readings a second apart.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from bench import harness
 from bench.harness import result
 
 TITLE = "Memory of an idle machine"
-BASELINE = "bare Celery worker, concurrency 1"
+BASELINE = "bare Celery worker, concurrency 1, prefork pool"
+SAME_POOL = "bare Celery worker, concurrency 1, thread pool"
 READINGS = 5
 
 
@@ -67,36 +72,57 @@ def measure(readings: int) -> dict[str, float]:
     from bench.bare_celery import Workers
     from tasks_app.models import Machine
 
-    queue = f"bench-bare-memory-{os.getpid()}"
-    with (
-        harness.Stack(machines=1) as stack,
-        Workers(settings.CELERY_BROKER_URL, queue, 1, harness.home() / "logs") as workers,
-    ):
+    figures = {}
+    with harness.Stack(machines=1) as stack:
         machine = Machine.objects.get(group=stack.group, state=Machine.State.ONLINE)
-        bare = workers.procs[0].pid
-        figures = {"ours_ready": settled(machine.pid, readings), "bare_ready": settled(bare, readings)}
+        figures["ours_ready"] = settled(machine.pid, readings)
         one_task_on_simdeck(stack)
-        workers.run(["sh", "-c", "true"]).get(timeout=60)
         figures["ours_after"] = settled(machine.pid, readings)
-        figures["bare_after"] = settled(bare, readings)
         figures["processes"] = len(psutil.Process(machine.pid).children(recursive=True)) + 1
+        for pool in ("prefork", "threads"):
+            queue = f"bench-bare-memory-{os.getpid()}-{pool}"
+            with Workers(settings.CELERY_BROKER_URL, queue, 1, harness.home() / "logs", pool=pool) as workers:
+                bare = workers.procs[0].pid
+                figures[f"{pool}_ready"] = settled(bare, readings)
+                workers.run(["sh", "-c", "true"]).get(timeout=60)
+                figures[f"{pool}_after"] = settled(bare, readings)
     return figures
 
 
 def run(quick: bool = False) -> list[dict]:
     harness.setup_django()
     m = measure(2 if quick else READINGS)
-    note = f"PSS of the worker and its pool process ({m['processes']} processes on the machine)"
+    processes = "process" if m["processes"] == 1 else "processes"
+    note = f"PSS of the machine, {m['processes']} {processes} (the bare worker: worker and pool process)"
+    same_pool = "PSS of the machine and of a bare worker of its pool, one process each"
     return [
-        result("memory", "idle machine, ready", "MB", m["ours_ready"], m["bare_ready"], BASELINE, note),
+        result("memory", "idle machine, ready", "MB", m["ours_ready"], m["prefork_ready"], BASELINE, note),
         result(
             "memory",
             "idle machine, after one task",
             "MB",
             m["ours_after"],
-            m["bare_after"],
+            m["prefork_after"],
             BASELINE,
             note,
+        ),
+        result(
+            "memory",
+            "idle machine, ready, against the same pool",
+            "MB",
+            m["ours_ready"],
+            m["threads_ready"],
+            SAME_POOL,
+            same_pool,
+        ),
+        result(
+            "memory",
+            "idle machine, after one task, against the same pool",
+            "MB",
+            m["ours_after"],
+            m["threads_after"],
+            SAME_POOL,
+            same_pool,
         ),
     ]
 

@@ -8,7 +8,9 @@ resubmission, so every fault must be absorbed: each should end in success.
 Every ``FAULT_EVERY`` seconds one of these strikes, in turn:
 
     machine    SIGKILL a machine's worker (the provider replaces it)
-    pool       SIGKILL a machine's pool process (the worker starts another)
+    together   SIGTERM to a machine's worker and its simulation at once, as
+               Slurm signals a pilot job it cancels (the task runs again,
+               the machine stops and the provider replaces it)
     scheduler  SIGKILL the scheduler (started again, as the launcher does)
     web        SIGKILL a web server process (the web server starts another)
     redis      restart Redis
@@ -51,7 +53,7 @@ FAULT_EVERY, QUICK_FAULT_EVERY = 300.0, 20.0
 SAMPLE_EVERY, QUICK_SAMPLE_EVERY = 60.0, 10.0
 SUBMIT_EVERY = 1.0
 TASK_SECONDS = 1.0
-FAULTS = ("machine", "pool", "scheduler", "web", "redis", "postgres")
+FAULTS = ("machine", "together", "scheduler", "web", "redis", "postgres")
 SVG = harness.ROOT / "docs" / "soak-memory.svg"
 
 
@@ -100,17 +102,21 @@ def strike(run, group: str, fault: str) -> str:
     from tasks_app.models import Machine
     from tasks_app.testing.stack import signal_group
 
-    if fault in ("machine", "pool"):
+    if fault in ("machine", "together"):
         machine = Machine.objects.filter(group__name=group, state=Machine.State.ONLINE).order_by("?").first()
         if machine is None or not machine.pid:
             return f"{fault}: no machine online"
         if fault == "machine":
             os.kill(machine.pid, signal.SIGKILL)
             return f"machine {machine.name} killed"
-        pool = [p for p in psutil.Process(machine.pid).children() if "SIMDECK_TASK_ID" not in environ_of(p)]
-        for proc in pool:
-            proc.kill()
-        return f"{len(pool)} pool process(es) of {machine.name} killed"
+        worker = psutil.Process(machine.pid)
+        simulation = [p for p in worker.children(recursive=True) if "SIMDECK_TASK_ID" in environ_of(p)]
+        for proc in [worker, *simulation]:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass  # a sandbox ends with its first process
+        return f"SIGTERM to machine {machine.name} and {len(simulation)} process(es) of its simulation"
     if fault == "scheduler":
         old = next(p for p in run.stack.procs if "--beat" in p.args)
         signal_group(old, signal.SIGKILL)
