@@ -1030,7 +1030,12 @@ class Resident:
     def reset(self) -> None:
         """Leave nothing of the last task: no process, no IPC object, no file in its folders."""
         self._send({"op": "reset"})
-        self._expect("clean", timeout=60)
+        try:
+            message, _ = self._receive(timeout=60)
+        except TimeoutError:
+            raise ResidentGone(f"the machine's sandbox did not answer{self._log_tail()}") from None
+        if message != {"op": "clean", "intact": True}:
+            raise ResidentGone(f"the machine's sandbox is not as it was made ({message!r}); it is replaced")
         for path in (self.task_dir, self.tmp_dir):
             empty(path)
 

@@ -15,7 +15,10 @@ message carries passed alongside:
   it, as a shell says).
 * ``signal``: send ``sig`` to every process of the sandbox but this one.
 * ``reset``: leave nothing of the last task behind (processes, System V
-  IPC objects, files in ``/dev/shm``); answered ``clean``.
+  IPC objects, files in ``/dev/shm``); answered ``clean``, saying whether
+  this process is still as it started (``intact``): where simulations run
+  as its own user they may lower its resource limits or its priority, which
+  the next task would inherit, and the machine then makes a new sandbox.
 
 When the machine's end of the socket closes, everything ends.
 
@@ -125,8 +128,15 @@ def clean() -> None:
             os.rmdir(os.path.join(root, name))
 
 
+def own_state() -> tuple:
+    """What a program of the same user could change in this process, and its children inherit."""
+    limits = [resource.getrlimit(getattr(resource, n)) for n in dir(resource) if n.startswith("RLIMIT_")]
+    return limits, os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def main() -> None:
     harden()
+    started_as = own_state()
     sock = socket.socket(fileno=int(os.environ.pop("SIMDECK_INIT_FD")))
     sock.set_inheritable(False)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -169,7 +179,8 @@ def main() -> None:
         elif op == "reset":
             clean()
             running = None
-            sock.send(json.dumps({"op": "clean"}).encode())
+            intact = own_state() == started_as
+            sock.send(json.dumps({"op": "clean", "intact": intact}).encode())
 
 
 main()

@@ -240,11 +240,15 @@ def test_nothing_of_a_task_reaches_the_next_on_its_machine(stack, mg):
         mg,
         "cat /proc/1/comm; echo secret > /tmp/left-behind; echo secret > left-in-task.txt; "
         "mkdir -p /tmp/locked/in && chmod 000 /tmp/locked; echo secret > /dev/shm/left-behind; "
-        "ipcmk -M 4096 && ipcmk -Q && ipcmk -S 1; (setsid sleep 600 > /dev/null 2>&1 &); echo done",
+        "ipcmk -M 4096 && ipcmk -Q && ipcmk -S 1; (setsid sleep 600 > /dev/null 2>&1 &); "
+        # Limits and priority the next task's processes would inherit from the first process.
+        "prlimit --pid 1 --fsize=0:0 --nofile=4:4 2>/dev/null; renice -n 19 -p 1 > /dev/null 2>&1; echo done",
     )
     assert "done" in out and "Shared memory id" in out
     second, seen = run(
-        mg, "cat /proc/1/comm; ls -A /tmp /dev/shm; ipcs; ps -e -o comm=; echo; ls -A; echo end"
+        mg,
+        "cat /proc/1/comm; ls -A /tmp /dev/shm; ipcs; ps -e -o comm=; echo; ls -A; echo end; "
+        "echo x > written.txt && echo wrote; nice",
     )
     assert Task.objects.get(pk=first.id).machine_id == Task.objects.get(pk=second.id).machine_id
     # The same sandbox served both (its first process is Simdeck's, not bubblewrap).
@@ -253,7 +257,9 @@ def test_nothing_of_a_task_reaches_the_next_on_its_machine(stack, mg):
     assert "left" not in seen and "locked" not in seen, seen
     assert "0x" not in seen, f"an IPC object of the first task is left: {seen}"
     assert "sleep" not in seen, seen
-    assert sorted(seen.split("\n\n")[-1].split()[:-1]) == sorted(p.name for p in INPUT.iterdir()), seen
+    listing = seen.split("\n\n")[-1].split("end")[0].split()
+    assert sorted(listing) == sorted(p.name for p in INPUT.iterdir()), seen
+    assert seen.split()[-2:] == ["wrote", "0"], seen
 
 
 def test_a_machine_whose_sandbox_was_killed_makes_another(stack, mg):
