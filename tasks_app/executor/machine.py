@@ -106,21 +106,20 @@ def told_to_stop() -> bool:
     return bool(_signalled_at)
 
 
-def signalled_with(signum: int, at: float, within: float) -> bool:
-    """Whether ``signum`` reached this machine's worker within ``within`` seconds of ``at`` (monotonic).
+def signal_near(at: float, within: float) -> str | None:
+    """The name of a signal that asked this worker to stop within ``within`` seconds of ``at`` (monotonic).
 
-    Waits for it until then: a signal sent to the worker and its simulation
+    Waits for one until then: a signal sent to the worker and its simulation
     at once may reach the simulation first.
     """
-    name = signal.Signals(signum).name
     with _signal_seen:
         while True:
-            when = _signalled_at.get(name)
-            if when is not None and abs(when - at) <= within:
-                return True
+            near = [name for name, when in _signalled_at.items() if abs(when - at) <= within]
+            if near:
+                return near[0]
             remaining = at + within - time.monotonic()
             if remaining <= 0:
-                return False
+                return None
             _signal_seen.wait(remaining)
 
 

@@ -36,7 +36,7 @@ from django.utils import timezone
 from tasks_app import archives, broker, lifecycle, live, sandbox, services, storage
 from tasks_app import simulators as sims
 from tasks_app.executor import os_error_message
-from tasks_app.executor.machine import signalled_with, told_to_stop
+from tasks_app.executor.machine import signal_near, told_to_stop
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.executor.sampling import ResourceMeter
 from tasks_app.lifecycle import Status
@@ -227,18 +227,30 @@ class Execution:
         self.meter = ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
         live.begin_log(self.task.id, first_attempt=self.task.attempt == 1)
         self.spawned_at = timezone.now()
-        outcome = run_invocations(
-            invocations,
-            self.workdir,
-            self.stdout,
-            self.stderr,
-            self.should_stop,
-            base_env=self.environment(),
-            box=self.box,
-            grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
-            first_look_seconds=START_RECORD_SECONDS,
-            publish=lambda stream, data: live.append_log(self.task.id, stream, data),
-        )
+        try:
+            outcome = run_invocations(
+                invocations,
+                self.workdir,
+                self.stdout,
+                self.stderr,
+                self.should_stop,
+                base_env=self.environment(),
+                box=self.box,
+                grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
+                first_look_seconds=START_RECORD_SECONDS,
+                publish=lambda stream, data: live.append_log(self.task.id, stream, data),
+            )
+        except sandbox.ResidentGone:
+            # The machine's lasting sandbox ended under the command: a signal to
+            # every process of the machine (see taken_down) ends its first process too.
+            self.ended_at = time.monotonic()
+            name = signal_near(self.ended_at, TOGETHER_SECONDS)
+            if name is None:
+                raise
+            live.end_log(self.task.id)
+            self.end_with_machine(name)
+            self.cleanup()
+            return
         self.ended_at = time.monotonic()
         live.end_log(self.task.id)
         self.finish(outcome)
@@ -501,7 +513,8 @@ class Execution:
         A signal that reaches the machine's worker and its simulation at
         once comes from outside, and is meant for the machine: Slurm sends
         one to every process of a pilot job it cancels or ends at its time
-        limit. The simulation did not fail: the task ends as when a machine
+        limit (which may end the machine's lasting sandbox first: see
+        :meth:`run_claimed`). The simulation did not fail: the task ends as when a machine
         is lost, requeued with ``resubmit_on_preemption``, and the worker
         stops as it was told to. A signal to the worker alone (a provider
         stopping its machine) lets the task run to its end; a simulation
@@ -509,18 +522,22 @@ class Execution:
         ``TOGETHER_SECONDS`` later while the worker's own signal is awaited.
         """
         signum = signal_of(outcome.exit_code)
-        if signum not in SHUTDOWN_SIGNALS or not signalled_with(signum, self.ended_at, TOGETHER_SECONDS):
+        if signum not in SHUTDOWN_SIGNALS or signal_near(self.ended_at, TOGETHER_SECONDS) != signum.name:
             return False
+        self.end_with_machine(signum.name)
+        return True
+
+    def end_with_machine(self, signal_name: str) -> None:
+        """End the task as its machine's loss: the machine and its simulation were signalled together."""
         self.store(logs_only=True)
         reason = (
             f"Machine {self.machine.name} was stopped from outside while the task ran: "
-            f"{signal.Signals(signum).name} reached its worker and the simulation together."
+            f"{signal_name} reached its worker and the simulation together."
         )
         if job := os.environ.get("SLURM_JOB_ID"):
             reason += f" The machine is Slurm job {job}; the group's page says how Slurm ended it."
         log.warning("Task %s: %s", self.task.id, reason)
         through_outage(lambda: services.runner_lost(self.machine, reason), f"ending task {self.task.id}")
-        return True
 
     def finish_normally(self, outcome: Outcome) -> None:
         exited, exited_at = f"The simulator exited with code {outcome.exit_code}.", timezone.now()
@@ -686,7 +703,7 @@ def _simulator_folders() -> list[Path]:
     return sorted(folders)
 
 
-def signal_of(exit_code: int | None) -> int | None:
+def signal_of(exit_code: int | None) -> signal.Signals | None:
     """The signal that ended a command (``subprocess`` says minus its number, a shell or bwrap 128 plus)."""
     if exit_code is None:
         return None
