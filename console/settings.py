@@ -46,12 +46,19 @@ INSTALLED_APPS = [
 ]
 if env.str("SIMDECK_MACHINE_ID", default=""):
     # A machine (a Celery worker the provider started) serves no page, and
-    # its worker and pool process each held the whole web application for
-    # nothing (see the memory benchmark in docs/benchmarks.md): it leaves
-    # out Daphne's app (which loads Twisted) and the admin, and Celery skips
+    # held the whole web application for nothing (see the memory benchmark
+    # in docs/benchmarks.md): it keeps only the apps its models need (users,
+    # PostgreSQL's fields and lookups) and leaves out Daphne's (which loads
+    # Twisted), the admin, sessions, messages and static files. Celery skips
     # Django's system checks at its start, which import every URL, view and
     # API schema to check them. The web server and `migrate` run the checks.
-    INSTALLED_APPS = [a for a in INSTALLED_APPS if a not in ("daphne", "django.contrib.admin")]
+    MACHINE_APPS = (
+        "django.contrib.auth",
+        "django.contrib.contenttypes",
+        "django.contrib.postgres",
+        "tasks_app",
+    )
+    INSTALLED_APPS = [a for a in INSTALLED_APPS if a in MACHINE_APPS]
     os.environ.setdefault("CELERY_SKIP_CHECKS", "true")
 
 MIDDLEWARE = [
