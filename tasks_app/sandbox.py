@@ -212,6 +212,9 @@ def _binds(read_only: list[Path]) -> list[str]:
             args += ["--symlink", os.readlink(top), str(top)]
         elif top.is_dir():
             args += ["--ro-bind", str(top), str(top)]
+    # Made by bubblewrap, /etc would be root's alone (0700): the sandbox user
+    # could read none of it, /etc/passwd and /etc/alternatives included.
+    args += ["--perms", "0755", "--dir", "/etc"]
     for name in ETC:
         path = Path("/etc") / name
         if path.exists():
