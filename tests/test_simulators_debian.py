@@ -121,7 +121,7 @@ def test_a_quantum_espresso_task_reads_its_input_with_an_option():
 
 
 @pytest.mark.django_db
-def test_a_task_for_a_simulator_no_machine_of_the_group_has_is_refused(alice, started_group):
+def test_a_task_for_a_simulator_no_machine_of_the_group_has_is_refused(alice, started_group, logged_in):
     machine = Machine.objects.create(
         group=started_group,
         name="lab-m1",
@@ -161,6 +161,9 @@ def test_a_task_for_a_simulator_no_machine_of_the_group_has_is_refused(alice, st
         input_files=["melt.in"],
     )
     assert task.parameters["version"] == "29Sep2021"
+    # The group's page shows what each machine has.
+    page = logged_in.get(f"/machine-groups/{started_group.name}/").content.decode()
+    assert "<td>Commands 1, LAMMPS 29Sep2021</td>" in page
     # A machine that reported nothing (it predates reports) decides nothing.
     machine.simulators = {}
     machine.save()
@@ -214,8 +217,10 @@ def outputs(task, tmp_path: Path) -> Path:
 @pytest.mark.timeout(240)
 @installed("gmx", "gromacs")
 def test_gromacs_minimises_the_argon_box_and_explains_a_topology_that_does_not_fit(mg, tmp_path):
+    version = sims.get("gromacs").version()
     reported = Machine.objects.filter(group__name=mg.name).values_list("simulators", flat=True)
-    assert all(r["gromacs"] == sims.get("gromacs").version() for r in reported)
+    assert [r["gromacs"] for r in reported] == [version, version]
+    assert simdeck.api.client().get(f"/machine-groups/{mg.name}")["simulators"]["gromacs"] == [version]
     commands = ["gmx grompp -f em.mdp -c argon.gro -p topol.top -o em.tpr", "gmx mdrun -deffnm em"]
     gromacs = simdeck.simulators.GROMACS()
     good = gromacs.run(EXAMPLES / "gromacs-argon-em", commands, on=mg)
