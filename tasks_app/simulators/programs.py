@@ -31,7 +31,14 @@ from tasks_app.simulators.base import Diagnosis, InvalidParameters, Invocation, 
 # - no single-copy transfers (CMA needs ptrace rights the sandbox denies);
 # - the "isolated" launcher: every rank is a child of mpirun, no ssh or rsh;
 # - oversubscription allowed: a machine type may offer more vCPUs than the
-#   host has cores, and the kernel's CPU limit is what holds the task.
+#   host has cores, and the kernel's CPU limit is what holds the task;
+# - no binding of ranks to cores: Open MPI would pick cores from the whole
+#   host, outside the ones the machine is pinned to, and the ranks keep the
+#   machine's instead;
+# - ranks that wait yield their core: busy-polling ranks sharing a core
+#   (more ranks than cores) run tens of times slower;
+# - root allowed: only where an admin turned the sandbox off and machines
+#   run as root (in a sandbox no process is root).
 MPI_ENVIRONMENT = {
     "OMPI_MCA_pml": "ob1",
     "OMPI_MCA_btl": "self,vader",
@@ -39,6 +46,10 @@ MPI_ENVIRONMENT = {
     "OMPI_MCA_osc": "^ucx",
     "OMPI_MCA_plm": "isolated",
     "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "OMPI_MCA_hwloc_base_binding_policy": "none",
+    "OMPI_MCA_mpi_yield_when_idle": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
 }
 # Open MPI and its hwloc read the CPU topology here; without it each rank
 # prints a warning and treats the machine as one core.
