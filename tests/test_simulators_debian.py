@@ -120,6 +120,15 @@ def test_a_quantum_espresso_task_reads_its_input_with_an_option():
     assert qe.unfit("6.7", {"version": "6"}) is None
 
 
+def test_the_client_classes_refuse_what_this_server_cannot_give_before_asking_it():
+    with pytest.raises(ValueError, match="no development builds"):
+        simdeck.simulators.GROMACS(use_dev=True)
+    with pytest.raises(ValueError, match="give 'esi' or 'foundation'"):
+        simdeck.simulators.OpenFOAM(distribution="openfoam.org")
+    with pytest.raises(ValueError, match="version must be a string"):
+        simdeck.simulators.QuantumEspresso(version=7.2)
+
+
 @pytest.mark.django_db
 def test_a_task_for_a_simulator_no_machine_of_the_group_has_is_refused(alice, started_group, logged_in):
     machine = Machine.objects.create(
