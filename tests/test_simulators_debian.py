@@ -120,6 +120,25 @@ def test_a_quantum_espresso_task_reads_its_input_with_an_option():
     assert qe.unfit("6.7", {"version": "6"}) is None
 
 
+@pytest.mark.parametrize(
+    ("simulator", "theirs", "other"),
+    [
+        ("gromacs", "gmx_mpi mdrun -deffnm em", "lmp -in melt.in"),
+        ("quantumespresso", "ph.x -in ph.in", "python run.py"),
+        ("openfoam", "simpleFoam -parallel", "./Allrun"),
+    ],
+)
+def test_a_server_without_the_package_checks_commands_by_the_programs_names(
+    simulator, theirs, other, monkeypatch
+):
+    # The server's own host need not have the simulators its machines run.
+    adapter = sims.get(simulator)
+    monkeypatch.setattr(adapter, "programs", lambda: frozenset())
+    assert adapter.validate({"commands": [theirs], "n_vcpus": 2}, [])["commands"] == [theirs]
+    error = refusal(simulator, {"commands": [theirs, other], "n_vcpus": 2}, [])
+    assert f"Command 2 runs {other.split()[0]!r}, which is not a {adapter.label} program" in str(error)
+
+
 def test_the_client_classes_refuse_what_this_server_cannot_give_before_asking_it():
     with pytest.raises(ValueError, match="no development builds"):
         simdeck.simulators.GROMACS(use_dev=True)

@@ -36,6 +36,8 @@ class Gromacs(ProgramSuite):
         ),
     )
 
+    program_pattern = re.compile("|".join(re.escape(p) for p in PROGRAMS))
+
     def programs(self) -> frozenset[str]:
         return frozenset(p for p in PROGRAMS if shutil.which(p))
 

@@ -28,6 +28,8 @@ class Lammps(ProgramSuite):
         ),
     )
 
+    program_pattern = re.compile("lmp")
+
     def programs(self) -> frozenset[str]:
         return frozenset({"lmp"})
 

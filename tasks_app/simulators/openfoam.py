@@ -83,11 +83,17 @@ class OpenFoam(ProgramSuite):
         ),
     )
 
+    # Solvers and utilities are single words: icoFoam, blockMesh, decomposePar.
+    program_pattern = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
     def programs(self) -> frozenset[str]:
         listed = package_programs(self.package)
         if listed:
             return listed
-        foam_bin = foam_environment().get("FOAM_APPBIN")
+        try:
+            foam_bin = foam_environment().get("FOAM_APPBIN")
+        except SimulatorMissing:
+            return frozenset()
         return (
             frozenset(p.name for p in Path(foam_bin).iterdir())
             if foam_bin and Path(foam_bin).is_dir()

@@ -41,6 +41,8 @@ class QuantumEspresso(ProgramSuite):
         ),
     )
 
+    program_pattern = re.compile(r"\w+\.x")
+
     def programs(self) -> frozenset[str]:
         listed = {p for p in package_programs(self.package) if p.endswith(".x")}
         return frozenset(listed or (p for p in COMMON_PROGRAMS if shutil.which(p)))
