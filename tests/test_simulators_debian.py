@@ -137,6 +137,10 @@ def test_a_server_without_the_package_checks_commands_by_the_programs_names(
     assert adapter.validate({"commands": [theirs], "n_vcpus": 2}, [])["commands"] == [theirs]
     error = refusal(simulator, {"commands": [theirs, other], "n_vcpus": 2}, [])
     assert f"Command 2 runs {other.split()[0]!r}, which is not a {adapter.label} program" in str(error)
+    # The machine, which has the package, checks again against what it has.
+    monkeypatch.setattr(adapter, "programs", lambda: frozenset({"none-of-these"}))
+    with pytest.raises(sims.InvalidParameters, match=f"Command 1 runs {theirs.split()[0]!r}"):
+        adapter.invocations(Path("/x"), {"commands": [theirs], "n_vcpus": 2}, Path("/task"))
 
 
 def test_the_client_classes_refuse_what_this_server_cannot_give_before_asking_it():

@@ -204,6 +204,10 @@ class ProgramSuite(Simulator):
     # -- running -------------------------------------------------------------------
 
     def invocations(self, workdir: Path, parameters: dict, run_dir: Path | None = None) -> list[Invocation]:
+        if "commands" in parameters:
+            # Again, against the programs this machine has: the server may have
+            # checked them by their names only.
+            self.checked_commands(parameters["commands"])
         return [self.invocation(command, parameters) for command in self.command_lines(parameters)]
 
     def command_lines(self, parameters: dict) -> list[str]:
