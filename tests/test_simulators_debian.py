@@ -311,6 +311,10 @@ def test_openfoam_solves_the_cavity_in_parallel_and_explains_a_missing_viscosity
     )
     broken = broken_copy("openfoam-cavity", tmp_path, "constant/transportProperties", "nu  ", "mu  ")
     bad = foam.run(broken, commands=["blockMesh", "icoFoam"], on=mg)
+    scripted = tmp_path / "openfoam-cavity-scripted"
+    shutil.copytree(EXAMPLES / "openfoam-cavity", scripted)
+    (scripted / "run.sh").write_text("set -e\nblockMesh > mesh.log\nicoFoam > solve.log\necho solved\n")
+    by_script = foam.run(scripted, shell_script="run.sh", on=mg)
     with pytest.raises(SimdeckError) as caught:
         simdeck.simulators.OpenFOAM(distribution="foundation").run(
             EXAMPLES / "openfoam-cavity", commands=["blockMesh"], on=mg
@@ -324,6 +328,10 @@ def test_openfoam_solves_the_cavity_in_parallel_and_explains_a_missing_viscosity
     velocity = (folder / "0.5" / "U").read_text()
     assert "internalField   nonuniform List<vector>" in velocity
     assert "Finalising parallel run" in (folder / "stdout.txt").read_text()
+
+    ended(by_script, "success")
+    folder = outputs(by_script, tmp_path)
+    assert (folder / "0.5" / "U").is_file() and "End" in (folder / "solve.log").read_text()
 
     info = ended(bad, "failed")
     assert "FOAM FATAL IO ERROR" in info.guidance.why
