@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import shlex
 import shutil
@@ -38,7 +39,9 @@ from tasks_app.simulators.base import Diagnosis, InvalidParameters, Invocation, 
 # - ranks that wait yield their core: busy-polling ranks sharing a core
 #   (more ranks than cores) run tens of times slower;
 # - root allowed: only where an admin turned the sandbox off and machines
-#   run as root (in a sandbox no process is root).
+#   run as root (in a sandbox no process is root);
+# - a program started without mpirun runs alone, without starting Open
+#   MPI's daemon first: a third of a second less, for each such command.
 MPI_ENVIRONMENT = {
     "OMPI_MCA_pml": "ob1",
     "OMPI_MCA_btl": "self,vader",
@@ -50,6 +53,7 @@ MPI_ENVIRONMENT = {
     "OMPI_MCA_mpi_yield_when_idle": "1",
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_ess_singleton_isolated": "1",
 }
 # Open MPI and its hwloc read the CPU topology here; without it each rank
 # prints a warning and treats the machine as one core.
@@ -280,11 +284,12 @@ def _checked_mpi(n_vcpus: object, use_hwthread: object) -> dict:
     return out
 
 
-def run_for_output(argv: list[str], env: dict[str, str] | None = None) -> str:
+def run_for_output(argv: list[str]) -> str:
     """What a program prints (stdout and stderr) when asked its version.
 
     It runs in a folder of its own: pw.x, asked without an input, leaves
-    files (CRASH, input_tmp.in) where it ran.
+    files (CRASH, input_tmp.in) where it ran. Open MPI's settings make the
+    MPI programs answer in a tenth of a second rather than half of one.
     """
     try:
         with tempfile.TemporaryDirectory(prefix="simdeck-version-") as scratch:
@@ -295,7 +300,7 @@ def run_for_output(argv: list[str], env: dict[str, str] | None = None) -> str:
                 errors="replace",
                 stdin=subprocess.DEVNULL,
                 timeout=30,
-                env=env,
+                env=os.environ | MPI_ENVIRONMENT,
                 cwd=scratch,
             )
     except (OSError, subprocess.TimeoutExpired) as exc:
