@@ -519,11 +519,11 @@ class Execution:
         once comes from outside, and is meant for the machine: Slurm sends
         one to every process of a pilot job it cancels or ends at its time
         limit (which may end the machine's lasting sandbox first: see
-        :meth:`run_claimed`). The simulation did not fail: the task ends as when a machine
-        is lost, requeued with ``resubmit_on_preemption``, and the worker
-        stops as it was told to. A signal to the worker alone (a provider
-        stopping its machine) lets the task run to its end; a simulation
-        that dies of such a signal alone fails, found so up to
+        :meth:`run_claimed`). The simulation did not fail: the task ends as
+        when a machine is lost, requeued with ``resubmit_on_preemption``,
+        and the worker stops as it was told to. A signal to the worker alone
+        (a provider stopping its machine) lets the task run to its end; a
+        simulation that dies of such a signal alone fails, found so up to
         ``TOGETHER_SECONDS`` later while the worker's own signal is awaited.
         """
         signum = signal_of(outcome.exit_code)
