@@ -183,6 +183,15 @@ class MachineGroup(models.Model):
     def is_accepting_tasks(self) -> bool:
         return self.state in (self.State.CREATED, self.State.STARTED)
 
+    def simulators_online(self) -> dict[str, list[str]]:
+        """The simulators its online machines reported, each with the versions found (prefetched machines)."""
+        found: dict[str, set[str]] = {}
+        for machine in self.machines.all():
+            if machine.state == Machine.State.ONLINE:
+                for name, version in machine.simulators.items():
+                    found.setdefault(name, set()).add(version)
+        return {name: sorted(versions) for name, versions in sorted(found.items())}
+
     @property
     def is_elastic(self) -> bool:
         return self.max_machines is not None
@@ -211,6 +220,8 @@ class Machine(models.Model):
     job_id = models.CharField(max_length=32, blank=True)
     job_state = models.CharField(max_length=32, blank=True)
     job_reason = models.CharField(max_length=200, blank=True)
+    # The simulators this machine found installed when it started: name -> version.
+    simulators = models.JSONField(default=dict, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["group", "state"])]
@@ -261,6 +272,9 @@ class Task(models.Model):
 
     exit_code = models.IntegerField(null=True, blank=True)
     error_detail = models.TextField(blank=True)
+    # A failed simulation's own error line ("quote") and what it usually means
+    # ("recommendation"), found in its output; they make its guidance.
+    diagnosis = models.JSONField(null=True, blank=True)
 
     input_path = models.CharField(max_length=300, blank=True)
     input_size = models.BigIntegerField(null=True, blank=True)
@@ -373,7 +387,14 @@ class Task(models.Model):
 
     @property
     def guidance(self) -> statuses.Guidance:
-        return statuses.GUIDANCE[self.status_enum]
+        general = statuses.GUIDANCE[self.status_enum]
+        if self.status == Status.FAILED and self.diagnosis:
+            return statuses.Guidance(
+                what_happened=general.what_happened,
+                why=f"The simulator said: {self.diagnosis['quote']}",
+                what_to_do=self.diagnosis["recommendation"],
+            )
+        return general
 
     @property
     def is_terminal(self) -> bool:
