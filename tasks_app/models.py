@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import secrets
 import string
 
@@ -260,6 +261,11 @@ class Task(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
 
     exit_code = models.IntegerField(null=True, blank=True)
+    # How far the current attempt's simulation got (0 to 1), as it reported
+    # (tasks_app.simulators.progress), and when it should end at its pace:
+    # set only while the pace is steady (tasks_app.executor.progress).
+    progress = models.FloatField(null=True, blank=True)
+    progress_eta = models.DateTimeField(null=True, blank=True)
     error_detail = models.TextField(blank=True)
 
     input_path = models.CharField(max_length=300, blank=True)
@@ -378,6 +384,18 @@ class Task(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status_enum in statuses.TERMINAL
+
+    @property
+    def progress_percent(self) -> int | None:
+        """The reported progress in whole percent while the simulation computes, else None."""
+        if self.progress is None or self.status_enum not in statuses.COMPUTING:
+            return None
+        return math.floor(self.progress * 100)
+
+    @property
+    def eta(self):
+        """When the simulation should end at its steady pace, while it computes; else None."""
+        return self.progress_eta if self.progress_percent is not None else None
 
     def position_in_queue(self) -> int | None:
         """How many tasks of the same group are ahead of this one, or None."""

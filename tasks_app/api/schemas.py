@@ -115,6 +115,24 @@ class TaskOut(Schema):
     output_size: int | None
     output_files: int | None
     review_state: str = Field(description="unreviewed, approved or needs-attention.")
+    progress: float | None = Field(
+        None,
+        description="How far its simulation got (0 to 1) as it reported it, while it computes; "
+        "null otherwise or when it reports nothing.",
+    )
+    progress_eta: datetime | None = Field(
+        None,
+        description="When its simulation should end at its pace, while it computes; "
+        "null unless that pace is steady.",
+    )
+
+    @staticmethod
+    def resolve_progress(obj) -> float | None:
+        return obj.progress if obj.progress_percent is not None else None
+
+    @staticmethod
+    def resolve_progress_eta(obj) -> datetime | None:
+        return obj.eta
 
     @staticmethod
     def resolve_status_label(obj) -> str:

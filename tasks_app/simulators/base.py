@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from tasks_app.sandbox import install_folders
+from tasks_app.simulators.progress import ProgressReader
 
 
 class SimulatorMissing(Exception):
@@ -68,6 +69,15 @@ class Simulator:
         command lines use it.
         """
         raise NotImplementedError
+
+    def progress_reader(self, workdir: Path, parameters: dict) -> ProgressReader:
+        """What tells how far a run of this simulator got (see :mod:`tasks_app.simulators.progress`).
+
+        By default ``SIMDECK_PROGRESS`` lines only; an adapter whose program
+        shows its progress in its own way returns a reader that knows it.
+        Called once the input is in ``workdir``, before the run.
+        """
+        return ProgressReader()
 
     def sandbox_folders(self) -> list[Path]:
         """Folders outside ``/usr`` the simulator needs, bound read-only into its sandbox.

@@ -63,6 +63,12 @@ def status_badge(status: str, label: str = ""):
     return {"tone": tone, "glyph": glyph, "label": label, "status": status}
 
 
+@register.inclusion_tag("tasks/_progress.html")
+def task_progress(task, compact: bool = False):
+    """A computing task's progress bar and, when its pace is steady, its estimated end."""
+    return {"task": task, "percent": task.progress_percent, "eta": task.eta, "compact": compact}
+
+
 @register.inclusion_tag("_diagram.html")
 def lifecycle_diagram(diagram, caption: str = ""):
     """The lifecycle as an SVG; see :mod:`tasks_app.views.diagram`."""
