@@ -257,7 +257,8 @@ class Execution:
             return
         fraction, eta = due
         try:
-            recorded = self.mine().filter(status=Status.STARTED).update(progress=fraction, progress_eta=eta)
+            computing = self.mine().filter(status=Status.STARTED)  # never a later status's row
+            recorded = computing.update(progress=fraction, progress_eta=eta)
         except DatabaseError:  # a missed report is a bar a second late; the next one is recorded
             log.warning("Could not record the progress of task %s", self.task.id, exc_info=True)
             self.progress.recorded = (None, None)
