@@ -324,6 +324,9 @@ SIMDECK_MACHINE_TYPES = env.json(
     },
 )
 
+# The currency of the machine types' prices (set on the admin site), shown beside every cost.
+SIMDECK_CURRENCY = env.str("SIMDECK_CURRENCY", default="USD")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -266,6 +266,10 @@ class Task(models.Model):
     # set only while the pace is steady (tasks_app.executor.progress).
     progress = models.FloatField(null=True, blank=True)
     progress_eta = models.DateTimeField(null=True, blank=True)
+    # Seconds its simulation computed, over every attempt that ended computing
+    # (an attempt still computing adds its time since started_at). Kept by a
+    # trigger (migration 0015), whatever path moves the task: accounting's base.
+    computing_seconds = models.FloatField(db_default=0.0, default=0.0, editable=False)
     error_detail = models.TextField(blank=True)
 
     input_path = models.CharField(max_length=300, blank=True)
@@ -519,6 +523,23 @@ class ResourceSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_id} at {self.at:%H:%M:%S}: {self.cpu_percent:.0f}% CPU"
+
+
+class MachinePrice(models.Model):
+    """What one hour of a machine of a catalog type costs (``SIMDECK_MACHINE_TYPES``); none is 0.
+
+    Admins set it on the admin site; estimated costs everywhere use the price
+    of the moment they are asked (tasks_app.services.accounting).
+    """
+
+    machine_type = models.CharField(max_length=64, unique=True)
+    price_per_hour = models.DecimalField(
+        max_digits=12, decimal_places=4, default=0, validators=[MinValueValidator(0)]
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.machine_type}: {self.price_per_hour} per hour"
 
 
 class Activity(models.Model):

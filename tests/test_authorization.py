@@ -193,6 +193,7 @@ CONSOLE: dict[str, list[Rule]] = {
         )
     ],
     "project-activity": [Rule(scoped("viewer"), kwargs=project_kw)],
+    "project-usage": [Rule(scoped("viewer"), kwargs=project_kw)],
     "status-reference": [Rule(for_everyone_logged_in())],
     "account": [Rule(for_everyone_logged_in())],
     "api-key-revoke": [
@@ -224,6 +225,8 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/whoami"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/statuses"): Rule(for_everyone()),
     ("GET", "/api/v1/machine-types"): Rule(for_everyone_logged_in()),
+    # Every project the caller is in (none: all zeros); a project of theirs with ?project=.
+    ("GET", "/api/v1/usage"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/simulators"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/tasks"): Rule(for_everyone_logged_in()),
     ("POST", "/api/v1/tasks"): Rule(
@@ -279,6 +282,7 @@ API: dict[tuple[str, str], Rule] = {
         scoped("maintainer"), data={"machine_type": "c2-standard-4", "name": "another", "project": "team"}
     ),
     ("GET", GROUP): Rule(scoped("viewer")),
+    ("GET", GROUP + "/usage"): Rule(scoped("viewer")),
     ("POST", GROUP + "/start"): Rule(scoped("maintainer")),
     ("POST", GROUP + "/terminate"): Rule(scoped("maintainer")),
     ("POST", GROUP + "/machines/{machine}/reclaim"): Rule(scoped("maintainer")),

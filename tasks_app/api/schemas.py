@@ -191,7 +191,67 @@ def _timeline(obj) -> list[dict]:
     return obj._timeline
 
 
+class UsageFigures(Schema):
+    """What some tasks used (see tasks_app.services.accounting for each figure's definition)."""
+
+    tasks: int
+    computing_seconds: float
+    core_seconds: float
+    core_hours: float
+    memory_gb_hours: float
+    estimated_cost: float
+
+
+class TaskUsageOut(UsageFigures):
+    price_per_hour: float | None = Field(
+        description="Of its machine type, now; null for a type no longer offered."
+    )
+    currency: str
+
+
+class GroupUsageOut(Schema):
+    machine_hours: float = Field(description="Every machine's time up, idle included.")
+    core_hours: float
+    cost: float = Field(description="Machine-hours at the machine type's price per hour.")
+    price_per_hour: float
+    estimated_cost_per_hour: float = Field(
+        description="With all its machines up (an elastic group's maximum)."
+    )
+    currency: str
+
+
+class DayUsageOut(UsageFigures):
+    day: str
+
+
+class UserUsageOut(UsageFigures):
+    user: str
+
+
+class ProjectUsageOut(UsageFigures):
+    project: str
+    machine_hours: float
+    machine_cost: float
+
+
+class TotalUsageOut(UsageFigures):
+    machine_hours: float
+    machine_cost: float
+
+
+class UsageOut(Schema):
+    month: str
+    start: datetime
+    end: datetime
+    currency: str
+    total: TotalUsageOut
+    days: list[DayUsageOut]
+    users: list[UserUsageOut]
+    projects: list[ProjectUsageOut]
+
+
 class TaskDetailOut(TaskOut):
+    usage: TaskUsageOut
     position_in_queue: int | None
     events: list[EventOut]
     timeline: list[TimelineEntryOut]
@@ -201,6 +261,10 @@ class TaskDetailOut(TaskOut):
     outputs_available: bool
     output_archive_size: int | None = Field(description="Size of the zipped outputs, in bytes.")
     inputs_available: bool
+
+    @staticmethod
+    def resolve_usage(obj) -> dict:
+        return services.task_usage(obj)
 
     @staticmethod
     def resolve_position_in_queue(obj) -> int | None:
@@ -525,6 +589,8 @@ class MachineTypeOut(Schema):
     name: str
     vcpus: int
     memory_gb: float
+    price_per_hour: float = Field(description="Set by an admin; 0 unless set.")
+    currency: str
 
 
 class SimulatorOut(Schema):

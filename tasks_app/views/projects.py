@@ -1,18 +1,21 @@
-"""A project's members: who is in the team and with which role.
+"""A project's members (who is in the team, with which role) and its usage.
 
-Every member sees the list; maintainers (and staff) add people, change
-roles and remove people. Each change is audited (see :mod:`tasks_app.teams`).
+Every member sees the list and the usage; maintainers (and staff) add
+people, change roles and remove people. Each change is audited (see
+:mod:`tasks_app.teams`).
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from tasks_app import access, audit, quotas, teams
+from tasks_app import access, audit, quotas, services, teams
 from tasks_app.forms import MemberForm, RoleForm, add_refusal
 from tasks_app.models import Activity, Role
 from tasks_app.services import Refused
@@ -83,3 +86,58 @@ def project_member(request: HttpRequest, ref: str, username: str) -> HttpRespons
     if access.visible_projects(request.user).filter(pk=project.pk).exists():
         return redirect("project-members", ref=project.name)
     return redirect("project-list")
+
+
+# The usage chart's drawing box, in SVG units; bars fill the width, one a day.
+CHART_W, CHART_H = 620, 160
+
+
+@login_required
+@require_GET
+def project_usage(request: HttpRequest, ref: str) -> HttpResponse:
+    """A month of the project's use: core-hours a day as a chart, by user, machines and costs."""
+    project = access.project_for(request.user, ref)
+    month = request.GET.get("month", "")
+    try:
+        start, end = services.month_bounds(month)
+    except Refused as exc:
+        return render(request, "projects/usage.html", {"project": project, "error": str(exc)}, status=400)
+    report = services.report([project.pk], start, end)
+    figures = report.as_dict({project.pk: project.name})
+    context = {
+        "project": project,
+        "month": start,
+        "previous": f"{start - dt.timedelta(days=1):%Y-%m}",
+        "next": f"{end:%Y-%m}",
+        "figures": figures,
+        "chart": usage_chart(report, start, end),
+        "w": CHART_W,
+        "h": CHART_H,
+    }
+    return render(request, "projects/usage.html", context)
+
+
+def usage_chart(report, start: dt.datetime, end: dt.datetime) -> list[dict]:
+    """One bar a day of the month: its core-hours, as SVG rectangles (no inline style for the CSP)."""
+    days = (end - start).days
+    hours = [report.days[d].core_seconds / 3600 if d in report.days else 0.0 for d in _dates(start, days)]
+    top = max(hours, default=0.0) or 1.0
+    width = CHART_W / days
+    bars = []
+    for i, (day, value) in enumerate(zip(_dates(start, days), hours, strict=True)):
+        height = CHART_H * value / top
+        bars.append(
+            {
+                "x": round(i * width + 1, 2),
+                "y": round(CHART_H - height, 2),
+                "w": round(max(width - 2, 1), 2),
+                "h": round(height, 2),
+                "day": day,
+                "core_hours": value,
+            }
+        )
+    return bars
+
+
+def _dates(start: dt.datetime, days: int) -> list[dt.date]:
+    return [start.date() + dt.timedelta(days=i) for i in range(days)]
