@@ -542,6 +542,28 @@ class MachinePrice(models.Model):
         return f"{self.machine_type}: {self.price_per_hour} per hour"
 
 
+class Budget(models.Model):
+    """A project's monthly budget, in core-hours of its tasks or in money spent on its machines.
+
+    What counts and when it warns or refuses: tasks_app.services.budgets.
+    """
+
+    class Kind(models.TextChoices):
+        CORE_HOURS = "core-hours", "core-hours"
+        MONEY = "money", "money"
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="budget")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    monthly_limit = models.DecimalField(max_digits=14, decimal_places=4)
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    set_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.project_id}: {self.monthly_limit} {self.kind} a month"
+
+
 class Activity(models.Model):
     """Something worth telling that is not a status change, and the audit trail.
 
@@ -552,7 +574,8 @@ class Activity(models.Model):
     one indexed query. Kinds written by people's actions (see ``AUDITED``):
     ``submitted``, ``failed``, ``killed``, ``metadata-edited``,
     ``group-terminated``, ``role-changed``, ``member-added``,
-    ``member-removed``, ``commented``, ``reviewed``. Shown on task, group and
+    ``member-removed``, ``commented``, ``reviewed``, ``budget-set``,
+    ``budget-removed``. Shown on task, group and
     project pages.
     """
 
@@ -567,6 +590,8 @@ class Activity(models.Model):
         "member-removed",
         "commented",
         "reviewed",
+        "budget-set",
+        "budget-removed",
     )
 
     at = models.DateTimeField(default=timezone.now)

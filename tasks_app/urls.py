@@ -37,6 +37,7 @@ urlpatterns = [
     path("projects/<str:ref>/members/", views.project_members, name="project-members"),
     path("projects/<str:ref>/members/<str:username>", views.project_member, name="project-member"),
     path("projects/<str:ref>/usage/", views.project_usage, name="project-usage"),
+    path("projects/<str:ref>/budget", views.project_budget, name="project-budget"),
     path("projects/<str:ref>/activity/", review.project_activity, name="project-activity"),
     path("statuses/", views.status_reference, name="status-reference"),
     path("health/", views.health, name="health"),

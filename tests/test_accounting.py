@@ -268,3 +268,119 @@ def test_real_tasks_add_up_in_the_client_and_the_cli(stack, client_for, alice, a
     table = run_cli("costs", "--by", "user", env=env)
     assert table.returncode == 0 and "alice" in table.stdout and "Total" in table.stdout
     mg.terminate()
+
+
+# -- budgets --------------------------------------------------------------------------------------
+
+
+def submit(client, **overrides):
+    body = {
+        "simulator": "commands",
+        "machine_group": "lab",
+        "input_files": ["run.sh"],
+        "parameters": {"commands": ["sh run.sh"]},
+    } | overrides
+    return client.post("/api/v1/tasks", body, content_type="application/json")
+
+
+def test_a_budget_warns_at_80_percent_and_refuses_new_tasks_at_100(api, client, alice, bob, group):
+    from tasks_app import teams
+
+    services.start_group(group)
+    teams.add_member(group.project, "bob", "member", actor=alice)
+    make_task(alice, group, to=HAPPY)  # 40 core-seconds
+    bob_key = APIKey.issue(bob, "tests")[1]
+    as_bob = {"HTTP_AUTHORIZATION": f"Bearer {bob_key}"}
+
+    # 45 core-seconds a month: 89 % used.
+    refused = client.put(
+        "/api/v1/projects/dambreak/budget",
+        {"kind": "core-hours", "monthly_limit": 0.0125},
+        content_type="application/json",
+        **as_bob,
+    )
+    assert refused.status_code == 403 and "maintainer" in refused.json()["message"]
+    body = api.put(
+        "/api/v1/projects/dambreak/budget",
+        {"kind": "core-hours", "monthly_limit": 0.0125},
+        content_type="application/json",
+    ).json()
+    assert body["level"] == "warning" and body["percent"] == 88 and body["set_by"] == "alice"
+    assert client.get("/api/v1/projects/dambreak/budget", **as_bob).json()["percent"] == 88
+    assert submit(api).status_code == 201, "a warning refuses nothing"
+    client.force_login(bob)
+    overview = client.get(reverse("overview")).content.decode()
+    assert "budget-warning" in overview and "88 %" in overview and "0.01 core-hours" in overview
+
+    # 36 core-seconds a month: used up.
+    api.put(
+        "/api/v1/projects/dambreak/budget",
+        {"kind": "core-hours", "monthly_limit": "0.01"},
+        content_type="application/json",
+    )
+    answer = (
+        submit(client, **{}, **as_bob)
+        if False
+        else client.post(
+            "/api/v1/tasks",
+            {
+                "simulator": "commands",
+                "machine_group": "lab",
+                "input_files": ["run.sh"],
+                "parameters": {"commands": ["x"]},
+            },
+            content_type="application/json",
+            **as_bob,
+        )
+    )
+    assert answer.status_code == 403 and answer.json()["error"] == "budget_exhausted"
+    message = answer.json()["message"]
+    assert "monthly budget of 0.01 core-hours" in message and "used 0.01" in message and "111 %" in message
+    assert "alice (maintainers of dambreak)" in message
+    batch = api.post(
+        "/api/v1/tasks/batch",
+        {
+            "machine_group": "lab",
+            "input_files": ["run.sh"],
+            "tasks": [{"simulator": "commands", "parameters": {"commands": ["x"]}}],
+        },
+        content_type="application/json",
+    )
+    assert batch.status_code == 403 and batch.json()["error"] == "budget_exhausted"
+    # In money it counts the machines, which cost nothing here: new tasks go again.
+    api.put(
+        "/api/v1/projects/dambreak/budget",
+        {"kind": "money", "monthly_limit": 5},
+        content_type="application/json",
+    )
+    assert submit(api).status_code == 201
+    assert api.delete("/api/v1/projects/dambreak/budget").status_code == 204
+    assert api.get("/api/v1/projects/dambreak/budget").json() is None
+    kinds = [a.kind for a in group.project.activities.order_by("at")]
+    assert kinds.count("budget-set") == 3 and kinds[-1] == "budget-removed"
+
+
+def test_a_bad_budget_is_refused_with_a_clear_message(api, logged_in, alice, group):
+    for payload, field, words in [
+        ({"kind": "hours", "monthly_limit": 5}, "kind", "'core-hours' or 'money'"),
+        ({"kind": "money", "monthly_limit": "lots"}, "monthly_limit", "not a number"),
+        ({"kind": "money", "monthly_limit": 0}, "monthly_limit", "more than 0"),
+        ({"kind": "money", "monthly_limit": "1e12"}, "monthly_limit", "at most"),
+        ({"kind": "money", "monthly_limit": "NaN"}, "monthly_limit", "more than 0"),
+    ]:
+        answer = api.put("/api/v1/projects/dambreak/budget", payload, content_type="application/json")
+        assert (
+            answer.status_code == 400
+            and answer.json()["field"] == field
+            and words in answer.json()["message"]
+        ), payload
+    page = logged_in.post(
+        reverse("project-budget", args=["dambreak"]), {"kind": "money", "monthly_limit": "-3"}
+    )
+    assert page.status_code == 400 and "more than 0" in page.content.decode()
+    done = logged_in.post(
+        reverse("project-budget", args=["dambreak"]), {"kind": "money", "monthly_limit": "12.5"}
+    )
+    assert done.status_code == 302
+    page = logged_in.get(reverse("project-usage", args=["dambreak"])).content.decode()
+    assert 'id="budget-state"' in page and "12.50 USD" in page and "(0 %)" in page

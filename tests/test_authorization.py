@@ -194,6 +194,9 @@ CONSOLE: dict[str, list[Rule]] = {
     ],
     "project-activity": [Rule(scoped("viewer"), kwargs=project_kw)],
     "project-usage": [Rule(scoped("viewer"), kwargs=project_kw)],
+    "project-budget": [
+        Rule(scoped("maintainer"), "POST", kwargs=project_kw, data={"kind": "money", "monthly_limit": "10"})
+    ],
     "status-reference": [Rule(for_everyone_logged_in())],
     "account": [Rule(for_everyone_logged_in())],
     "api-key-revoke": [
@@ -289,6 +292,9 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/projects"): Rule(for_everyone_logged_in()),
     ("GET", PROJECT): Rule(scoped("viewer")),
     ("GET", PROJECT + "/members"): Rule(scoped("viewer")),
+    ("GET", PROJECT + "/budget"): Rule(scoped("viewer")),
+    ("PUT", PROJECT + "/budget"): Rule(scoped("maintainer"), data={"kind": "money", "monthly_limit": 10}),
+    ("DELETE", PROJECT + "/budget"): Rule(scoped("maintainer")),
     ("POST", PROJECT + "/members"): Rule(
         scoped("maintainer"), data={"username": "newcomer", "role": "viewer"}
     ),

@@ -239,6 +239,25 @@ class TotalUsageOut(UsageFigures):
     machine_cost: float
 
 
+class BudgetIn(Schema):
+    kind: str = Field(description="core-hours (the project's tasks) or money (the cost of its machines).")
+    monthly_limit: float | str = Field(
+        description="More than 0: core-hours, or an amount in the server's currency."
+    )
+
+
+class BudgetOut(Schema):
+    kind: str
+    monthly_limit: float
+    used: float = Field(description="This UTC month, in the budget's unit.")
+    percent: int
+    level: str = Field(description="ok, warning (80 % or more) or exhausted (100 %: new tasks are refused).")
+    month: str
+    currency: str
+    set_by: str | None
+    set_at: datetime
+
+
 class UsageOut(Schema):
     month: str
     start: datetime
