@@ -564,6 +564,40 @@ class Budget(models.Model):
         return f"{self.project_id}: {self.monthly_limit} {self.kind} a month"
 
 
+class NotificationRule(models.Model):
+    """Where a user hears of endings: an Apprise URL, and which tasks and groups it is told about.
+
+    Without a project, the user's own tasks and groups; with one, every task
+    and group of that project they may see. Sent by the scheduler
+    (tasks_app.services.notifications); a destination whose messages keep
+    failing is marked failing and skipped until a test gets through.
+    """
+
+    class Tasks(models.TextChoices):
+        ENDED = "ended", "every task that ends"
+        FAILED = "failed", "tasks that fail"
+        NONE = "none", "no task"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_rules"
+    )
+    label = models.CharField(max_length=100)
+    url = models.TextField()
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    tasks = models.CharField(max_length=8, choices=Tasks.choices, default=Tasks.ENDED)
+    groups_terminated = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Endings up to this moment were looked at; the next look starts here.
+    checked_until = models.DateTimeField(default=timezone.now)
+    # Messages that could not be delivered after every retry, since the last that was.
+    failures = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.label}"
+
+
 class Activity(models.Model):
     """Something worth telling that is not a status change, and the audit trail.
 

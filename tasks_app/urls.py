@@ -1,7 +1,7 @@
 from django.urls import path
 
 from tasks_app import views
-from tasks_app.views import review
+from tasks_app.views import notifications, review
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -43,4 +43,13 @@ urlpatterns = [
     path("health/", views.health, name="health"),
     path("account/", views.account, name="account"),
     path("account/keys/<int:key_id>/revoke", views.api_key_revoke, name="api-key-revoke"),
+    path("account/notifications/", notifications.notification_rules, name="notification-rules"),
+    path(
+        "account/notifications/<int:rule_id>/test", notifications.notification_test, name="notification-test"
+    ),
+    path(
+        "account/notifications/<int:rule_id>/delete",
+        notifications.notification_delete,
+        name="notification-delete",
+    ),
 ]

@@ -199,6 +199,16 @@ CONSOLE: dict[str, list[Rule]] = {
     ],
     "status-reference": [Rule(for_everyone_logged_in())],
     "account": [Rule(for_everyone_logged_in())],
+    "notification-rules": [
+        Rule(for_everyone_logged_in()),
+        Rule(for_everyone_logged_in(), "POST", data={"url": "json://127.0.0.1:9/hook", "tasks": "ended"}),
+    ],
+    "notification-test": [
+        Rule(only("maintainer"), "POST", kwargs=lambda w: {"rule_id": maintainers_rule(w).pk})
+    ],
+    "notification-delete": [
+        Rule(only("maintainer"), "POST", kwargs=lambda w: {"rule_id": maintainers_rule(w).pk})
+    ],
     "api-key-revoke": [
         Rule(only("maintainer"), "POST", kwargs=lambda w: {"key_id": w.key_objects["maintainer"].pk})
     ],
@@ -325,6 +335,16 @@ class World:
     task: Task
     comment: Comment
     saved_view: SavedView
+
+
+def maintainers_rule(w: World):
+    """A notification destination of the maintainer's (a port nobody listens on: a test fails at once)."""
+    from tasks_app.models import NotificationRule
+
+    rule, _ = NotificationRule.objects.get_or_create(
+        user=w.users["maintainer"], label="mine", defaults={"url": "json://127.0.0.1:9/hook"}
+    )
+    return rule
 
 
 def ended_task(owner, group) -> Task:
