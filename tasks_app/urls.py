@@ -29,6 +29,11 @@ urlpatterns = [
     path("tasks/<str:task_id>/resources", views.task_resources, name="task-resources"),
     path("tasks/<str:task_id>/files/<str:which>.zip", views.task_archive_download, name="task-archive"),
     path("tasks/<str:task_id>/files/<str:which>/<path:path>", views.task_file_download, name="task-file"),
+    path(
+        "tasks/<str:task_id>/preview/<str:which>/<path:path>",
+        views.task_file_preview,
+        name="task-file-preview",
+    ),
     path("machine-groups/", views.group_list, name="group-list"),
     path("machine-groups/<str:ref>/", views.group_detail, name="group-detail"),
     path("machine-groups/<str:ref>/start", views.group_start, name="group-start"),

@@ -156,6 +156,12 @@ CONSOLE: dict[str, list[Rule]] = {
             kwargs=lambda w: {"task_id": w.task.id, "which": "outputs", "path": "result.txt"},
         )
     ],
+    "task-file-preview": [
+        Rule(
+            scoped("viewer"),
+            kwargs=lambda w: {"task_id": w.task.id, "which": "outputs", "path": "result.txt"},
+        )
+    ],
     "group-list": [
         Rule(for_everyone_logged_in()),
         # Creating a group in the team's project is for its maintainers.

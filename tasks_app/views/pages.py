@@ -70,8 +70,13 @@ def overview_context(user) -> dict:
         group__in=access.visible_groups(user), state=Machine.State.ONLINE
     ).aggregate(total=Count("pk"), busy=Count("pk", filter=Q(Exists(busy))))
     machines["idle"] = machines["total"] - machines["busy"]
+    # The user's own latest tasks, whatever their status, in projects they are still in.
+    recent = list(
+        tasks.filter(owner=user).select_related("machine_group").order_by("-created_at", "-id")[:10]
+    )
     return {
         "by_status": by_status,
+        "recent": recent,
         "running": running,
         "groups": groups,
         "failures": failures,
