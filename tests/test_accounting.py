@@ -19,8 +19,9 @@ from django.utils import timezone
 
 from tasks_app import lifecycle, services
 from tasks_app.lifecycle import Status
-from tasks_app.models import APIKey, Machine, MachinePrice, Task
+from tasks_app.models import APIKey, Machine, MachinePrice, NotificationRule, Task
 from tests.test_console_pages import HAPPY, make_task
+from tests.test_notifications import endpoint  # noqa: F401 - the endpoint fixture
 
 # make_task moves a task every 10 s: started to finalizing is 10 s of computing.
 COMPUTED = 10.0
@@ -227,13 +228,38 @@ def test_an_admin_sets_a_price_for_a_catalog_type_only(admin_client):
 # -- for real ------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def stack_env():
+    # Its scheduler gives up on a dead destination at once and counts it failing after one message.
+    return {
+        "SIMDECK_NOTIFY_RETRIES": "1",
+        "SIMDECK_NOTIFY_RETRY_SECONDS": "0.5",
+        "SIMDECK_NOTIFY_FAILING_AFTER": "1",
+    }
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
-def test_real_tasks_add_up_in_the_client_and_the_cli(stack, client_for, alice, alice_key, tmp_path):
+def test_real_tasks_add_up_and_their_endings_reach_a_real_endpoint(
+    stack,
+    client_for,
+    alice,
+    alice_key,
+    tmp_path,
+    endpoint,  # noqa: F811 - the endpoint fixture
+):
+    """Accounting and notifications on one stack: real tasks, the client, the CLI, a real webhook."""
+    import time
+
     import simdeck
+    from tasks_app.services import notifications
     from tests.client_fixtures import EXAMPLES, run_cli
+    from tests.helpers import wait_for
+    from tests.test_notifications import dead_url
 
     MachinePrice.objects.create(machine_type="n2-standard-2", price_per_hour=Decimal("3.6"))
+    notifications.add_rule(alice, label="hook", url=endpoint.url)
+    dead = notifications.add_rule(alice, label="dead", url=dead_url())
     client_for(alice_key)
     mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=2)
     assert mg.estimate_cloud_cost(verbose=False) == pytest.approx(7.2), (
@@ -241,9 +267,14 @@ def test_real_tasks_add_up_in_the_client_and_the_cli(stack, client_for, alice, a
     )
     mg.start()
     sim = simdeck.simulators.Commands()
-    tasks = [sim.run(EXAMPLES / "commands-mesh-solve", commands=["sleep 1.5"], on=mg) for _ in range(3)]
+    began = time.monotonic()
+    tasks = [sim.run(EXAMPLES / "commands-mesh-solve", commands=["sleep 1.5"], on=mg) for _ in range(2)]
+    bad = sim.run(EXAMPLES / "commands-mesh-solve", commands=["exit 3"], on=mg)
     for task in tasks:
         assert task.wait(polling_period=0.3, silent_mode=True) == "success"
+    assert bad.wait(polling_period=0.3, silent_mode=True) == "failed"
+    assert time.monotonic() - began < 60, "the endings waited for no destination"
+
     infos = [task.get_info() for task in tasks]
     for info in infos:
         # One core-second is 2 vCPUs × a computing second, measured by the database.
@@ -251,9 +282,9 @@ def test_real_tasks_add_up_in_the_client_and_the_cli(stack, client_for, alice, a
         assert info.core_seconds == pytest.approx(2 * info.usage["computing_seconds"], abs=0.01)
         assert info.estimated_cost == pytest.approx(info.usage["computing_seconds"] / 3600 * 3.6, abs=1e-3)
     assert mg.estimate_cloud_cost(verbose=False) == pytest.approx(7.2)
-    group_usage = mg.usage()
-    computing_hours = sum(i.usage["computing_seconds"] for i in infos) / 3600
-    assert group_usage["machine_hours"] >= computing_hours, "machines were up at least while computing"
+    ended = [*infos, bad.get_info()]
+    computing = sum(i.usage["computing_seconds"] for i in ended)
+    assert mg.usage()["machine_hours"] >= computing / 3600, "machines were up at least while computing"
     env = {
         "SIMDECK_API_URL": stack.url,
         "SIMDECK_API_KEY": alice_key,
@@ -262,11 +293,23 @@ def test_real_tasks_add_up_in_the_client_and_the_cli(stack, client_for, alice, a
     cli = run_cli("costs", "--json", env=env)
     assert cli.returncode == 0, cli.stderr
     report = json.loads(cli.stdout)
-    assert report["total"]["tasks"] == 3
-    assert report["total"]["core_seconds"] == pytest.approx(sum(i.core_seconds for i in infos), abs=0.01)
-    assert report["total"]["machine_hours"] >= computing_hours
+    assert report["total"]["tasks"] == sum(1 for i in ended if i.usage["computing_seconds"] > 0)
+    assert report["total"]["core_seconds"] == pytest.approx(2 * computing, abs=0.01)
+    assert report["total"]["machine_hours"] >= computing / 3600
     table = run_cli("costs", "--by", "user", env=env)
     assert table.returncode == 0 and "alice" in table.stdout and "Total" in table.stdout
+
+    wait_for(lambda: len(endpoint.received) >= 3, timeout=30, message="three notifications")
+    titles = sorted(m["title"] for m in endpoint.received)
+    expected = [f"Simdeck: task {t.id} success" for t in tasks] + [f"Simdeck: task {bad.id} failed"]
+    assert titles == sorted(expected), titles
+    assert "exited with code 3" in next(m["message"] for m in endpoint.received if bad.id in m["title"])
+    wait_for(
+        lambda: NotificationRule.objects.get(pk=dead.pk).failures >= 1,
+        timeout=30,
+        message="the dead destination to be marked failing",
+    )
+    assert "did not accept" in NotificationRule.objects.get(pk=dead.pk).last_error
     mg.terminate()
 
 

@@ -2,9 +2,9 @@
 
 The readers and the pace are tested on their own (no clock but the one
 given); the console, the API, the CLI's table and the task page's socket on
-progress written to the database; the whole path (machines reading real
-simulations' output and files, the bar moving in Chromium) through a
-running stack.
+progress written to the database; the whole path (a machine reading a real
+task's output, the bar moving in Chromium) through a running stack. A real
+SPlisHSPlasH run is followed in tests/test_simulator_splishsplash.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import time
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
@@ -24,7 +23,6 @@ from console.asgi import application
 from simdeck import render
 from tasks_app import live
 from tasks_app.executor.progress import MIN_SPAN_SECONDS, Pace, ProgressWatch
-from tasks_app.lifecycle import Status
 from tasks_app.models import Task
 from tasks_app.simulators.progress import ProgressReader, reported
 from tasks_app.simulators.splishsplash import SplishSplash
@@ -213,47 +211,23 @@ STEPS = (
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) is not installed")
 @pytest.mark.timeout(180)
-def test_real_simulations_report_progress_and_the_page_follows_it_live(
+def test_progress_lines_move_the_bar_of_a_real_task_live(
     browser,  # noqa: F811 - the browser fixture
     stack,
     alice,
     alice_key,
     client_for,
 ):
-    """SPlisHSPlasH reports rising progress and an estimated end; SIMDECK_PROGRESS lines move the bar live."""
+    """SIMDECK_PROGRESS lines of a real task move the bar and bring an estimate, live, in Chromium.
+
+    (SPlisHSPlasH's progress from a real run: tests/test_simulator_splishsplash.py.)
+    """
     from playwright.sync_api import expect
 
-    import simdeck
-    from tasks_app.simulators import SimulatorMissing
-    from tasks_app.simulators.splishsplash import find_gl_dispatch, find_splash
     from tests.client_fixtures import workdir
     from tests.test_browser import log_in, running_task
 
     task = running_task(alice, alice_key, client_for, STEPS, 60)
-    try:
-        find_splash(), find_gl_dispatch()
-        splash = True
-    except SimulatorMissing:
-        splash = False
-    seen = []
-    if splash:
-        mg = simdeck.resources.MachineGroup("n2-standard-2").start()
-        sph = simdeck.simulators.SplishSplash().run(
-            input_dir=SCENE.parent, sim_config_filename="config.json", on=mg
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            row = Task.objects.values("status", "progress", "progress_eta").get(pk=sph.id)
-            if row["status"] == Status.STARTED and row["progress"] is not None:
-                seen.append((row["progress"], row["progress_eta"]))
-            if Task.objects.get(pk=sph.id).is_terminal:
-                break
-            time.sleep(0.2)
-        assert Task.objects.get(pk=sph.id).status == Status.SUCCESS, stack.logs()
-        fractions = [fraction for fraction, _ in seen]
-        assert len(set(fractions)) >= 3 and fractions == sorted(fractions), fractions
-        assert any(eta is not None for _, eta in seen), "a steady run gets an estimated end"
-
     page = browser.new_page()
     log_in(page, stack.url)
     page.goto(f"{stack.url}/tasks/{task.id}/")

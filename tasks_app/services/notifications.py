@@ -124,21 +124,21 @@ def is_failing(rule: NotificationRule) -> bool:
 def due(now: dt.datetime | None = None) -> list[tuple[int, str, str]]:
     """What to send for what ended since each destination's last look: (rule, title, body).
 
-    Queries: one for the destinations, then two per destination that wants
-    something (its tasks, its groups). Each destination's mark moves on in
-    the same transaction, so a look that fails is done again.
+    Queries: one for the destinations and one to move their marks, then one
+    or two per destination that wants something (its tasks, its groups). The
+    marks move in the same transaction, so a look that fails is done again.
     """
     until = (now or timezone.now()) - SLACK
     messages = []
     with transaction.atomic():
         rules = NotificationRule.objects.select_for_update(skip_locked=True, of=("self",))
         rules = rules.select_related("user", "project")
-        for rule in rules.filter(checked_until__lt=until):
-            since, rule.checked_until = rule.checked_until, until
-            rule.save(update_fields=["checked_until"])
+        looked = list(rules.filter(checked_until__lt=until))
+        NotificationRule.objects.filter(pk__in=[rule.pk for rule in looked]).update(checked_until=until)
+        for rule in looked:
             if is_failing(rule) or not rule.user.is_active:
                 continue
-            messages += [(rule.pk, title, body) for title, body in _news(rule, since, until)]
+            messages += [(rule.pk, title, body) for title, body in _news(rule, rule.checked_until, until)]
     return messages
 
 
