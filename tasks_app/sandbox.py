@@ -39,10 +39,13 @@ import ctypes
 import dataclasses
 import fcntl
 import functools
+import json
 import logging
 import os
 import pwd
+import select
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -52,6 +55,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 from django.conf import settings
 
 log = logging.getLogger(__name__)
@@ -212,6 +216,8 @@ def _binds(read_only: list[Path]) -> list[str]:
             args += ["--symlink", os.readlink(top), str(top)]
         elif top.is_dir():
             args += ["--ro-bind", str(top), str(top)]
+    # bubblewrap makes the folders on the way to a bind only root may enter; /etc must be open.
+    args += ["--perms", "0755", "--dir", "/etc"]
     for name in ETC:
         path = Path("/etc") / name
         if path.exists():
@@ -255,6 +261,56 @@ def command(
     ``seccomp_fd`` is a readable descriptor holding the system call filter (:func:`syscall_filter`),
     which the spawn must pass on.
     """
+    args = _enclosure(
+        workdir=workdir,
+        identity=identity,
+        env=env,
+        read_only=read_only,
+        tmp=tmp,
+        network=network,
+        loopback_entered=loopback_entered,
+        seccomp_fd=seccomp_fd,
+    )
+    # Each program is named by its full path: no search along PATH, one exec each.
+    args += [PRLIMIT] + [f"--{name}={value}" for name, value in rlimits(limits, held_by_cgroups).items()]
+    args.append("--")
+    if as_root():
+        uid, gid = sandbox_user()
+        args += [
+            SETPRIV,
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]
+    return args + argv
+
+
+def rlimits(limits: Limits, held_by_cgroups: bool) -> dict[str, int]:
+    """The resource limits each command starts with (named as prlimit names them)."""
+    found = {"fsize": limits.file_size_bytes}
+    if not held_by_cgroups:
+        found["nproc"] = limits.pids
+        if limits.memory_bytes:
+            found["as"] = limits.memory_bytes
+    return found
+
+
+def _enclosure(
+    *,
+    workdir: Path,
+    identity: Path,
+    env: dict[str, str],
+    read_only: list[Path],
+    tmp: Path | None,
+    network: bool,
+    loopback_entered: bool,
+    seccomp_fd: int | None,
+    first_process: bool = False,
+) -> list[str]:
+    """bubblewrap's arguments up to the program it starts: the namespaces, the folders, the environment."""
     args = [
         bwrap_path(),
         "--die-with-parent",
@@ -266,6 +322,8 @@ def command(
         "--hostname",
         "simdeck",
     ]
+    if first_process:
+        args.append("--as-pid-1")
     if not network and not loopback_entered:
         args.append("--unshare-net")
     if not as_root():
@@ -288,25 +346,7 @@ def command(
     for name, value in env.items():
         args += ["--setenv", name, value]
     args.append("--")
-    # Each program is named by its full path: no search along PATH, one exec each.
-    args += [PRLIMIT, f"--fsize={limits.file_size_bytes}"]
-    if not held_by_cgroups:
-        args.append(f"--nproc={limits.pids}")
-        if limits.memory_bytes:
-            args.append(f"--as={limits.memory_bytes}")
-    args.append("--")
-    if as_root():
-        uid, gid = sandbox_user()
-        args += [
-            SETPRIV,
-            f"--reuid={uid}",
-            f"--regid={gid}",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--",
-        ]
-    return args + argv
+    return args
 
 
 def environment(limits: Limits, own: dict[str, str]) -> dict[str, str]:
@@ -731,7 +771,11 @@ def loopback() -> Loopback | None:
 
 @dataclasses.dataclass
 class Box:
-    """One task's sandbox on a machine: how its commands start, and which limits they reached."""
+    """One task's sandbox on a machine: how its commands start, and which limits they reached.
+
+    With a ``resident`` (the machine's lasting sandbox) commands start in
+    it; without, each command gets a sandbox of its own.
+    """
 
     workdir: Path
     tmp: Path
@@ -742,15 +786,45 @@ class Box:
     network: bool = False
     cgroups: Cgroups | None = None
     loopback: Loopback | None = None
+    resident: Resident | None = None
 
-    def start(self, argv: list[str], own_env: dict[str, str], **popen) -> subprocess.Popen:
-        """Start ``argv`` in a sandbox of its own, with ``own_env`` added to the box's environment.
+    def start(self, argv: list[str], own_env: dict[str, str], **popen) -> subprocess.Popen | Command:
+        """Start ``argv`` in the sandbox, with ``own_env`` added to the box's environment.
 
-        ``popen`` goes to :class:`subprocess.Popen`; its ``env`` is bubblewrap's, not the simulation's.
+        Without a resident, ``popen`` goes to :class:`subprocess.Popen`; its
+        ``env`` is bubblewrap's, not the simulation's. The command's output
+        is read from ``.stdout`` and ``.stderr`` of what it returns either way.
         """
+        if self.resident is not None:
+            return self.resident.run(argv, self.env | own_env, rlimits(self.limits, self._held()))
         with self.spawning(), syscall_filter() as fd:
             kept = (fd,) if fd is not None else ()
             return subprocess.Popen(self.argv(argv, own_env, seccomp_fd=fd), pass_fds=kept, **popen)
+
+    def stop(self, proc: subprocess.Popen | Command, grace_seconds: float) -> None:
+        """SIGTERM every process of the command, SIGKILL what is left after the grace period.
+
+        The leader of a sandbox of its own is bubblewrap, which would take
+        the sandbox down at once on a SIGTERM: the simulation's processes
+        (in a session of their own inside) get it instead, and the sandbox
+        ends when its first process does.
+        """
+        if isinstance(proc, Command):
+            proc.stop(grace_seconds)
+            return
+        try:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.terminate()
+        except psutil.NoSuchProcess:
+            return
+        try:
+            proc.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def argv(self, argv: list[str], env: dict[str, str], seccomp_fd: int | None = None) -> list[str]:
         return command(
@@ -762,10 +836,13 @@ class Box:
             read_only=self.read_only,
             limits=self.limits,
             network=self.network,
-            held_by_cgroups=bool(self.cgroups and self.cgroups.covers(self.limits)),
+            held_by_cgroups=self._held(),
             loopback_entered=self._loopback is not None,
             seccomp_fd=seccomp_fd,
         )
+
+    def _held(self) -> bool:
+        return bool(self.cgroups and self.cgroups.covers(self.limits))
 
     @property
     def _loopback(self) -> Loopback | None:
@@ -784,3 +861,264 @@ class Box:
     def hit(self) -> list[str]:
         """Limits the kernel enforced since the last look: "memory", "pids"."""
         return self.cgroups.hit() if self.cgroups else []
+
+
+# -- a machine's lasting sandbox ------------------------------------------------------------------
+
+INIT_SOURCE = (Path(__file__).with_name("sandbox_init.py")).read_text()
+
+
+class ResidentGone(RuntimeError):
+    """The lasting sandbox ended or stopped answering; the machine makes another."""
+
+
+class Resident:
+    """A sandbox made once per machine, in which each of its tasks' commands starts in turn.
+
+    Making a sandbox (namespaces, a dozen bind mounts, the system call
+    filter) costs ten times what starting a small program does; a sweep of
+    short tasks paid it for every command. This one is made when the
+    machine runs its first task and lasts as long as the machine: its first
+    process (:mod:`tasks_app.sandbox_init`) starts each command, in the
+    same namespaces, limits and cgroups a sandbox of its own would have.
+
+    Nothing of a task reaches the next: a command's leftover processes are
+    killed when it ends; :meth:`reset` between tasks kills everything,
+    removes System V IPC objects and ``/dev/shm`` files, and empties
+    ``/task`` and ``/tmp``, which are the same two host folders for every task.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        identity: Path,
+        limits: Limits,
+        read_only: list[Path],
+        network: bool,
+        cgroups: Cgroups | None,
+        loopback: Loopback | None,
+        env: dict[str, str],
+    ):
+        self.folder = folder
+        self.task_dir, self.tmp_dir = folder / "task", folder / "tmp"
+        self.limits = limits
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        uid, gid = owner()
+        for path in (self.task_dir, self.tmp_dir):
+            path.mkdir(mode=0o700, exist_ok=True)
+            os.chown(path, uid, gid)
+            empty(path)  # what a sandbox before this one (of a process that died) left
+        self.user = (uid, gid) if as_root() else None
+        self.sock, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        box = Box(
+            workdir=self.task_dir,
+            tmp=self.tmp_dir,
+            identity=identity,
+            env={},
+            limits=limits,
+            read_only=read_only,
+            network=network,
+            cgroups=cgroups,
+            loopback=loopback,
+        )
+        self.held = box._held()
+        try:
+            with box.spawning(), syscall_filter() as fd, open(folder / "init.log", "ab") as log_file:
+                argv = _enclosure(
+                    workdir=self.task_dir,
+                    identity=identity,
+                    env={"SIMDECK_INIT_FD": str(inside.fileno()), "PATH": PATH},
+                    read_only=read_only,
+                    tmp=self.tmp_dir,
+                    network=network,
+                    loopback_entered=box._loopback is not None,
+                    seccomp_fd=fd,
+                    first_process=True,
+                )
+                argv += [sys.executable, "-I", "-S", "-c", INIT_SOURCE]
+                kept = (inside.fileno(),) + ((fd,) if fd is not None else ())
+                self.proc = subprocess.Popen(
+                    argv,
+                    pass_fds=kept,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,
+                )
+        finally:
+            inside.close()
+        try:
+            self._expect("ready", timeout=30)
+        except ResidentGone:
+            self.close()
+            raise
+
+    # -- talking to the first process ---------------------------------------------------------
+
+    def _send(self, message: dict, fds: list[int] = ()) -> None:
+        try:
+            socket.send_fds(self.sock, [json.dumps(message).encode()], list(fds))
+        except OSError as exc:
+            raise ResidentGone(f"the machine's sandbox is gone ({exc})") from exc
+
+    def _receive(self, timeout: float | None = None) -> tuple[dict, list[int]]:
+        if timeout is not None and not select.select([self.sock], [], [], max(0.0, timeout))[0]:
+            raise TimeoutError
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 1)
+        except OSError as exc:
+            raise ResidentGone(f"the machine's sandbox is gone ({exc})") from exc
+        if not data:
+            raise ResidentGone(f"the machine's sandbox ended{self._log_tail()}")
+        return json.loads(data), fds
+
+    def _expect(self, op: str, timeout: float | None = None) -> list[int]:
+        try:
+            message, fds = self._receive(timeout)
+        except TimeoutError:
+            raise ResidentGone(f"the machine's sandbox did not answer{self._log_tail()}") from None
+        if message.get("op") != op:
+            for fd in fds:
+                os.close(fd)
+            raise ResidentGone(f"the machine's sandbox answered {message!r}, not {op!r}")
+        return fds
+
+    def _expect_exit(self, timeout: float | None, command: Command) -> None:
+        message, fds = self._receive(timeout)  # TimeoutError when it is still running
+        for fd in fds:
+            os.close(fd)
+        if message.get("op") != "exited":
+            raise ResidentGone(f"the machine's sandbox answered {message!r} while a command ran")
+        command.returncode = message["code"]
+
+    def _log_tail(self) -> str:
+        try:
+            text = (self.folder / "init.log").read_text(errors="replace").strip()
+        except OSError:
+            return ""
+        return f": {text[-500:]}" if text else ""
+
+    # -- what a machine asks of it ----------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, argv: list[str], env: dict[str, str], limits: dict[str, int]) -> Command:
+        """Start ``argv`` in ``/task`` with exactly ``env``; its output comes through two pipes."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            request = {"op": "run", "argv": argv, "env": env, "cwd": WORKDIR, "rlimits": limits}
+            if self.user:
+                request |= {"uid": self.user[0], "gid": self.user[1]}
+            self._send(request, [out_w, err_w])
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        (pidfd,) = self._expect("started", timeout=30)
+        return Command(self, argv, pidfd, open(out_r, "rb", buffering=0), open(err_r, "rb", buffering=0))
+
+    def signal_all(self, number: int) -> None:
+        self._send({"op": "signal", "sig": int(number)})
+
+    def reset(self) -> None:
+        """Leave nothing of the last task: no process, no IPC object, no file in its folders."""
+        self._send({"op": "reset"})
+        try:
+            message, _ = self._receive(timeout=60)
+        except TimeoutError:
+            raise ResidentGone(f"the machine's sandbox did not answer{self._log_tail()}") from None
+        if message != {"op": "clean", "intact": True}:
+            raise ResidentGone(f"the machine's sandbox is not as it was made ({message!r}); it is replaced")
+        for path in (self.task_dir, self.tmp_dir):
+            empty(path)
+
+    def close(self) -> None:
+        """End the sandbox: its first process kills everything when its socket closes."""
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Command:
+    """A command running in a machine's :class:`Resident` sandbox, as a :class:`subprocess.Popen` shows one.
+
+    ``pid`` is its process on the host (measured, and followed through
+    ``pidfd``). Its exit code comes from the sandbox's first process once
+    it has ended and nothing it started is left.
+    """
+
+    def __init__(self, resident: Resident, argv: list[str], pidfd: int, stdout, stderr):
+        self.resident, self.args, self.pidfd = resident, argv, pidfd
+        self.stdout, self.stderr = stdout, stderr
+        self.pid = _pid_of(pidfd)
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            try:
+                self.resident._expect_exit(timeout, self)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+        return self.returncode
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace_seconds: float) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            self.resident.signal_all(signal.SIGTERM)
+            try:
+                self.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                self.resident.signal_all(signal.SIGKILL)
+                self.wait()
+        except ResidentGone:
+            # Its processes went with the sandbox's first process (their PID namespace ended).
+            self.returncode = 128 + signal.SIGKILL
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+
+
+def _pid_of(pidfd: int) -> int:
+    """The host's number of the process a pidfd refers to."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as info:
+        for line in info:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    raise ResidentGone("the kernel does not tell a pidfd's process")
+
+
+def empty(folder: Path) -> None:
+    """Remove everything in ``folder``, keeping the folder (it is bound into the sandbox)."""
+
+    def unlock(func, path, _exc):
+        # A task may leave a folder it took its own permissions from.
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, 0o700)
+        with contextlib.suppress(OSError):
+            func(path)
+
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, onerror=unlock)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)

@@ -234,6 +234,47 @@ def test_a_fork_bomb_ends_executor_failed_naming_the_limit(stack, mg):
     assert "next" in out
 
 
+def test_nothing_of_a_task_reaches_the_next_on_its_machine(stack, mg):
+    """A machine's tasks run in turn in its lasting sandbox: what one leaves, the next never sees."""
+    first, out = run(
+        mg,
+        "cat /proc/1/comm; echo secret > /tmp/left-behind; echo secret > left-in-task.txt; "
+        "mkdir -p /tmp/locked/in && chmod 000 /tmp/locked; echo secret > /dev/shm/left-behind; "
+        "ipcmk -M 4096 && ipcmk -Q && ipcmk -S 1; (setsid sleep 600 > /dev/null 2>&1 &); "
+        # Limits and priority the next task's processes would inherit from the first process.
+        "prlimit --pid 1 --fsize=0:0 --nofile=4:4 2>/dev/null; renice -n 19 -p 1 > /dev/null 2>&1; echo done",
+    )
+    assert "done" in out and "Shared memory id" in out
+    second, seen = run(
+        mg,
+        "cat /proc/1/comm; ls -A /tmp /dev/shm; ipcs; ps -e -o comm=; echo; ls -A; echo end; "
+        "echo x > written.txt && echo wrote; nice",
+    )
+    assert Task.objects.get(pk=first.id).machine_id == Task.objects.get(pk=second.id).machine_id
+    # The same sandbox served both (its first process is Simdeck's, not bubblewrap).
+    first_process = out.splitlines()[0]
+    assert first_process.startswith("python") and seen.splitlines()[0] == first_process, (out, seen)
+    assert "left" not in seen and "locked" not in seen, seen
+    assert "0x" not in seen, f"an IPC object of the first task is left: {seen}"
+    assert "sleep" not in seen, seen
+    listing = seen.split("\n\n")[-1].split("end")[0].split()
+    assert sorted(listing) == sorted(p.name for p in INPUT.iterdir()), seen
+    assert seen.split()[-2:] == ["wrote", "0"], seen
+
+
+def test_a_machine_whose_sandbox_was_killed_makes_another(stack, mg):
+    """The machine's lasting sandbox dies under a running task: the task ends, the next one runs."""
+    task = simdeck.simulators.Commands().run(input_dir=INPUT, commands=["sleep 60"], on=mg)
+    wait_for(lambda: Task.objects.get(pk=task.id).status == Status.STARTED, 60, message="the task to start")
+    found = wait_for(lambda: processes_of(task.id), 30, message="the task's process")
+    bubblewrap = next(p for p in found[0].parents() if "--as-pid-1" in p.cmdline())
+    bubblewrap.kill()
+    assert task.wait(polling_period=0.2, silent_mode=True) == "executor-failed"
+    assert "sandbox" in task.get_info()["error_detail"]
+    _, out = run(mg, "echo the next task runs")
+    assert "the next task runs" in out
+
+
 def test_a_task_says_whether_it_ran_in_a_sandbox(stack, mg):
     task, _ = run(mg, "true")
     assert task.get_info()["sandboxed"] is True

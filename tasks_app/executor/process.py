@@ -1,9 +1,9 @@
 """Running a simulator's command lines as real subprocesses, each in the task's sandbox.
 
-Each command runs in a sandbox of its own (:mod:`tasks_app.sandbox`) over
-the task's work folder, so that stopping a task stops everything it
-started (MPI ranks, shell pipelines), not only the first process: when the
-sandbox's first process ends, its PID namespace ends with it. Output is
+Each command runs in the task's sandbox (:mod:`tasks_app.sandbox`) over
+the task's work folder: the machine's lasting sandbox, or one of its own.
+Either way, when a command ends or is stopped, everything it started (MPI
+ranks, shell pipelines, what it left in the background) ends too. Output is
 read line by line, as bytes: a simulator may print anything, including
 very long lines and invalid UTF-8, and the log keeps it exactly.
 """
@@ -24,9 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-import psutil
-
-from tasks_app.sandbox import Box
+from tasks_app.sandbox import Box, Command
 from tasks_app.simulators import Invocation
 
 # ``should_stop(pid)`` is asked about once a second while a command runs; a
@@ -104,22 +102,14 @@ def _found(command: str, path: str | None) -> str | None:
     return found if found and os.path.isabs(found) else None
 
 
-def stop_process_group(proc: subprocess.Popen, grace_seconds: float, sandboxed: bool = False) -> None:
-    """SIGTERM everything the command started, then SIGKILL what is left after the grace period.
-
-    In a sandbox the leader is bubblewrap, which would take the sandbox
-    down at once on a SIGTERM: the simulation's own processes (in a session
-    of their own inside) get it instead, and the sandbox ends when its
-    first process does.
-    """
+def stop_process_group(proc: subprocess.Popen, grace_seconds: float, box: Box | None = None) -> None:
+    """SIGTERM everything the command started, then SIGKILL what is left after the grace period."""
+    if box is not None:
+        box.stop(proc, grace_seconds)
+        return
     try:
-        if sandboxed:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    child.terminate()
-        else:
-            os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, psutil.NoSuchProcess):
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
         return
     try:
         proc.wait(timeout=grace_seconds)
@@ -190,14 +180,17 @@ def run_invocations(
                     while exit_code is None:
                         stopped = should_stop(proc.pid)
                         if stopped:
-                            stop_process_group(proc, grace_seconds, sandboxed=box is not None)
+                            stop_process_group(proc, grace_seconds, box)
                             exit_code = proc.wait()
                             break
                         exit_code = watch.ended(poll_seconds)
             except BaseException:
                 # Whatever went wrong here, the simulation must not run on unwatched.
-                stop_process_group(proc, 0, sandboxed=box is not None)
+                stop_process_group(proc, 0, box)
                 raise
+            finally:
+                if isinstance(proc, Command):
+                    proc.close()
             deadline = time.monotonic() + 5
             for t in threads:
                 # A grandchild may still hold the pipe open; do not hang on it.
@@ -221,7 +214,9 @@ class _ExitWatch:
     def __init__(self, proc: subprocess.Popen):
         self.proc = proc
         try:
-            self.pidfd: int | None = os.pidfd_open(proc.pid)
+            # A command of a machine's lasting sandbox comes with one (its pid is not ours to open).
+            own = getattr(proc, "pidfd", None)
+            self.pidfd: int | None = os.dup(own) if own is not None else os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
             self.pidfd = None
 

@@ -18,6 +18,7 @@ that is what happened.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -124,6 +125,7 @@ class Execution:
         self.limits = sandbox.Limits.for_machine_type(self.group.machine_type)
         self.memory_limit = self.limits.memory_bytes
         self.box: sandbox.Box | None = None  # set once the work folder is ready, unless sandboxes are off
+        self.resident: sandbox.Resident | None = None  # the machine's lasting sandbox, where it has one
         self.failure: str | None = None  # set by a watch that stopped the task
         self.next_disk_check = 0.0
         self.meter: ResourceMeter | None = None  # set when the simulator starts
@@ -294,8 +296,17 @@ class Execution:
         if self.base.exists():
             shutil.rmtree(self.base)
         self.base.parent.mkdir(parents=True, exist_ok=True)  # the machine's folder, made once
-        for folder in (self.base, self.workdir, self.tmpdir, self.logdir):
-            folder.mkdir(mode=0o700)
+        self.resident = _resident(self.machine, self.limits) if sandbox.enabled() else None
+        if self.resident:
+            # The lasting sandbox's /task and /tmp are the same two folders for every task;
+            # the task's own folder points at them, for a look at its files while it runs.
+            self.workdir, self.tmpdir = self.resident.task_dir, self.resident.tmp_dir
+            for folder in (self.base, self.logdir):
+                folder.mkdir(mode=0o700)
+            (self.base / "work").symlink_to(self.workdir)
+        else:
+            for folder in (self.base, self.workdir, self.tmpdir, self.logdir):
+                folder.mkdir(mode=0o700)
         missing = f"The simulator is not available on machine {self.machine.name}"
         try:
             simulator = sims.get(self.task.simulator)
@@ -353,6 +364,7 @@ class Execution:
             network=self.group.allow_network,
             cgroups=cgroups,
             loopback=sandbox.loopback(),
+            resident=self.resident,
         )
 
     # -- watching the running simulation --------------------------------------
@@ -614,6 +626,63 @@ class Execution:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
+        if self.resident:
+            try:
+                self.resident.reset()
+            except sandbox.ResidentGone:
+                log.warning("The sandbox of machine %s ended; the next task makes another", self.machine.name)
+                _drop_resident(self.machine.name)
+
+
+# A machine's lasting sandbox, by machine name: made in the process that runs its tasks.
+_residents: dict[str, sandbox.Resident | None] = {}
+
+
+def _resident(machine: Machine, limits: sandbox.Limits) -> sandbox.Resident | None:
+    """The machine's lasting sandbox, made at its first task (and again if it ended).
+
+    Where one cannot be made, each command gets a sandbox of its own, as
+    safe but slower to start: the machine says so once in its log.
+    """
+    name = machine.name
+    if name in _residents:
+        found = _residents[name]
+        if found is None or found.alive():
+            return found
+        _drop_resident(name)
+    machine_dir = Path(settings.SIMDECK_WORK_DIR) / name
+    try:
+        made = sandbox.Resident(
+            machine_dir / ".sandbox",
+            identity=_identity(machine_dir),
+            limits=limits,
+            read_only=_simulator_folders(),
+            network=machine.group.allow_network,
+            cgroups=sandbox.cgroups(name, limits),
+            loopback=sandbox.loopback(),
+            env=_machine_environment(),
+        )
+    except (sandbox.ResidentGone, OSError):
+        log.warning("Machine %s: no lasting sandbox; each command gets one of its own", name, exc_info=True)
+        made = None
+    _residents[name] = made
+    return made
+
+
+def _drop_resident(name: str) -> None:
+    found = _residents.pop(name, None)
+    if found is not None:
+        with contextlib.suppress(OSError):
+            found.close()
+
+
+def _simulator_folders() -> list[Path]:
+    """What every simulator of this machine needs bound read-only (their installs)."""
+    folders = set()
+    for simulator in sims.REGISTRY.values():
+        with contextlib.suppress(sims.SimulatorMissing):
+            folders.update(simulator.sandbox_folders())
+    return sorted(folders)
 
 
 @functools.cache
