@@ -195,10 +195,12 @@ def terminate(
 
 @app.command("available")
 def available(as_json: JsonOption = False):
-    """The machine types groups can be made of."""
+    """The machine types groups can be made of, and the simulators your started groups' machines have."""
+    client = api.client()
     types = resources.machine_types()
+    groups = [g for g in client.get("/machine-groups") if g["state"] == "started"]
     if as_json:
-        print_json(types)
+        print_json({"machine_types": types, "simulators": {g["name"]: g["simulators"] for g in groups}})
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("Machine type", no_wrap=True)
@@ -206,4 +208,18 @@ def available(as_json: JsonOption = False):
     table.add_column("Memory", justify="right")
     for t in types:
         table.add_row(t["name"], str(t["vcpus"]), f"{t['memory_gb']:g} GB")
+    out.print(table)
+    if not groups:
+        return
+    labels = {s["name"]: s["label"] for s in client.get("/simulators")}
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("Machine group", no_wrap=True)
+    table.add_column("Simulator", no_wrap=True)
+    table.add_column("Versions")
+    for g in groups:
+        if not g["simulators"]:
+            table.add_row(g["name"], Text("no machine online yet", style="dim"), "")
+        for i, (name, versions) in enumerate(g["simulators"].items()):
+            table.add_row(g["name"] if i == 0 else "", labels.get(name, name), ", ".join(versions))
+    out.print()
     out.print(table)

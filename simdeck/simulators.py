@@ -3,9 +3,10 @@
     sim = simdeck.simulators.SplishSplash()
     task = sim.run(input_dir="scene/", sim_config_filename="config.json", on=machine_group)
 
-``SplishSplash`` and ``Commands`` are always here; any other simulator the
-server offers (see :func:`list`) is reachable by its name, e.g.
-``simdeck.simulators.Simulator("gromacs")``.
+``SplishSplash``, ``Commands``, ``GROMACS``, ``LAMMPS``, ``OpenFOAM`` and
+``QuantumEspresso`` are always here; any other simulator the server offers
+(see :func:`list`) is reachable by its name, e.g.
+``simdeck.simulators.Simulator("name")``.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class Simulator:
 
         input_dir = Path(input_dir)
         files = _input_files(input_dir)
-        params = {k: v for k, v in parameters.items() if v is not None}
+        params = {k: v for k, v in (self._chosen() | parameters).items() if v is not None}
         self._check_local(input_dir, params)
         if metadata is not None:
             check_metadata(metadata)
@@ -280,7 +281,7 @@ class Simulator:
             raise TypeError("Give sweep as a list of dicts, one per task.")
         input_dir = Path(input_dir)
         files = _input_files(input_dir)
-        sweep = [{k: v for k, v in params.items() if v is not None} for params in sweep]
+        sweep = [{k: v for k, v in (self._chosen() | params).items() if v is not None} for params in sweep]
         if not sweep:
             return []
         for params in sweep:
@@ -366,6 +367,10 @@ class Simulator:
     def _check_local(self, input_dir: Path, params: dict) -> None:
         """Catch mistakes before uploading anything."""
 
+    def _chosen(self) -> dict:
+        """Parameters chosen when the simulator was made (its version), sent with every task."""
+        return {}
+
 
 class SplishSplash(Simulator):
     """SPlisHSPlasH, the SPH fluid simulator.
@@ -410,6 +415,194 @@ class Commands(Simulator):
         return super().run(input_dir, on, commands=[*commands], **kwargs)
 
 
+class _Suite(Simulator):
+    """A simulator of command lines naming its own programs, as Debian installs it on the machines.
+
+    ``version`` asks for a version ("2022.5", or "2022" for any 2022 release):
+    a task is refused when no machine of its group has it. ``use_dev`` is
+    accepted for scripts written for other services; there is no development
+    build here.
+    """
+
+    def __init__(self, /, version: str | None = None, use_dev: bool = False) -> None:
+        if version is not None and not isinstance(version, str):
+            raise ValueError(f"version must be a string such as '2022.5', not {version!r}.")
+        if use_dev:
+            raise ValueError(
+                "use_dev=True: this server runs the simulators installed on its machines and has no "
+                "development builds; leave use_dev out."
+            )
+        super().__init__()
+        self._version = version
+
+    @property
+    def version(self) -> str | None:
+        """The version asked for, else the one the server's host has."""
+        return self._version or super().version
+
+    def _chosen(self) -> dict:
+        return {"version": self._version}
+
+    def _run_commands(self, input_dir, on, commands, n_vcpus, use_hwthread, **kwargs) -> Task:
+        if isinstance(commands, str):
+            commands = [commands]
+        if not isinstance(commands, builtins.list) or not commands:
+            raise ValueError(f"Give commands as a non-empty list of {type(self).__name__} command lines.")
+        return Simulator.run(
+            self, input_dir, on, commands=[*commands], n_vcpus=n_vcpus, use_hwthread=use_hwthread, **kwargs
+        )
+
+
+class GROMACS(_Suite):
+    """GROMACS: ``commands`` are gmx command lines, e.g. ``["gmx grompp ...", "gmx mdrun -deffnm em"]``.
+
+    ``gmx`` runs its own threads on the machine's vCPUs; ``n_vcpus`` runs
+    ``gmx_mpi`` commands on that many MPI processes.
+    """
+
+    name = "gromacs"
+
+    def run(  # type: ignore[override]
+        self,
+        input_dir,
+        commands: builtins.list[str],
+        *,
+        on=None,
+        n_vcpus: int | None = None,
+        use_hwthread: bool | None = None,
+        **kwargs,
+    ) -> Task:
+        return self._run_commands(input_dir, on, commands, n_vcpus, use_hwthread, **kwargs)
+
+
+class LAMMPS(_Suite):
+    """LAMMPS: runs ``lmp -in <sim_config_filename>``, on ``n_vcpus`` MPI processes when given."""
+
+    name = "lammps"
+
+    def run(  # type: ignore[override]
+        self,
+        input_dir,
+        sim_config_filename: str,
+        *,
+        on=None,
+        n_vcpus: int | None = None,
+        use_hwthread: bool | None = None,
+        **kwargs,
+    ) -> Task:
+        return Simulator.run(
+            self,
+            input_dir,
+            on,
+            sim_config_filename=sim_config_filename,
+            n_vcpus=n_vcpus,
+            use_hwthread=use_hwthread,
+            **kwargs,
+        )
+
+    def _check_local(self, input_dir: Path, params: dict) -> None:
+        script = params.get("sim_config_filename")
+        if not isinstance(script, str) or not (input_dir / script).is_file():
+            raise FileNotFoundError(
+                f"The LAMMPS input script {script!r} is not in {input_dir}; "
+                "sim_config_filename is relative to input_dir."
+            )
+
+
+class OpenFOAM(_Suite):
+    """OpenFOAM: ``commands`` (e.g. ``["blockMesh", "icoFoam"]``) or a ``shell_script`` of the input.
+
+    ``distribution`` is ``"esi"`` (openfoam.com's releases, as Debian's
+    v1912) or ``"foundation"`` (openfoam.org's); left out, whichever the
+    machines have. A command with ``-parallel`` runs on ``n_vcpus`` MPI
+    processes: run decomposePar before it.
+    """
+
+    name = "openfoam"
+
+    def __init__(self, /, distribution: str | None = None, version: str | None = None, use_dev: bool = False):
+        if distribution is not None and distribution not in ("esi", "foundation"):
+            raise ValueError(
+                f"Distribution {distribution!r} of OpenFOAM is not supported; give 'esi' or 'foundation'."
+            )
+        super().__init__(version=version, use_dev=use_dev)
+        self.distribution = distribution
+
+    def _chosen(self) -> dict:
+        return super()._chosen() | {"distribution": self.distribution}
+
+    def run(  # type: ignore[override]
+        self,
+        input_dir,
+        *,
+        commands: builtins.list[str] | None = None,
+        shell_script: str | None = None,
+        on=None,
+        n_vcpus: int | None = None,
+        use_hwthread: bool | None = None,
+        **kwargs,
+    ) -> Task:
+        if (commands is None) == (shell_script is None):
+            raise ValueError("Give either commands or shell_script (one of them).")
+        if shell_script is not None:
+            if not (Path(input_dir) / shell_script).is_file():
+                raise FileNotFoundError(f"The shell script {shell_script!r} is not in {input_dir}.")
+            return Simulator.run(
+                self,
+                input_dir,
+                on,
+                shell_script=shell_script,
+                n_vcpus=n_vcpus,
+                use_hwthread=use_hwthread,
+                **kwargs,
+            )
+        return self._run_commands(input_dir, on, commands, n_vcpus, use_hwthread, **kwargs)
+
+
+class QuantumEspresso(_Suite):
+    """Quantum ESPRESSO: ``commands`` are its programs' command lines, e.g. ``["pw.x -in scf.in"]``.
+
+    Programs read their input with ``-in FILE`` (commands run without a
+    shell, so not ``< FILE``); with ``n_vcpus`` each runs on that many MPI
+    processes.
+    """
+
+    name = "quantumespresso"
+
+    def available_commands(self) -> builtins.list[str]:
+        """The Quantum ESPRESSO programs commands may start with (as Debian installs them)."""
+        return [
+            "pw.x",
+            "ph.x",
+            "pp.x",
+            "dos.x",
+            "projwfc.x",
+            "bands.x",
+            "q2r.x",
+            "matdyn.x",
+            "cp.x",
+            "neb.x",
+            "dynmat.x",
+            "epsilon.x",
+            "hp.x",
+            "ld1.x",
+            "turbo_lanczos.x",
+            "xspectra.x",
+        ]
+
+    def run(  # type: ignore[override]
+        self,
+        input_dir,
+        commands: builtins.list[str],
+        *,
+        on=None,
+        n_vcpus: int | None = None,
+        use_hwthread: bool | None = None,
+        **kwargs,
+    ) -> Task:
+        return self._run_commands(input_dir, on, commands, n_vcpus, use_hwthread, **kwargs)
+
+
 # Named like the builtin on purpose: scripts written for the seeds' service call simulators.list().
 def list() -> builtins.list[dict]:
     """The simulators the server offers: name, label, version, and whether its host has them."""
@@ -432,7 +625,17 @@ def __getattr__(attr: str) -> type[Simulator]:
     return type(attr, (Simulator,), {"name": name, "__doc__": offered[name].get("label", attr)})
 
 
-__all__ = ["Commands", "SimdeckError", "Simulator", "SplishSplash", "list"]
+__all__ = [
+    "GROMACS",
+    "LAMMPS",
+    "Commands",
+    "OpenFOAM",
+    "QuantumEspresso",
+    "SimdeckError",
+    "Simulator",
+    "SplishSplash",
+    "list",
+]
 
 
 def _time_to_live(value) -> str | None:

@@ -184,6 +184,15 @@ class MachineGroup(models.Model):
     def is_accepting_tasks(self) -> bool:
         return self.state in (self.State.CREATED, self.State.STARTED)
 
+    def simulators_online(self) -> dict[str, list[str]]:
+        """The simulators its online machines reported, each with the versions found (prefetched machines)."""
+        found: dict[str, set[str]] = {}
+        for machine in self.machines.all():
+            if machine.state == Machine.State.ONLINE:
+                for name, version in machine.simulators.items():
+                    found.setdefault(name, set()).add(version)
+        return {name: sorted(versions) for name, versions in sorted(found.items())}
+
     @property
     def is_elastic(self) -> bool:
         return self.max_machines is not None
@@ -212,6 +221,8 @@ class Machine(models.Model):
     job_id = models.CharField(max_length=32, blank=True)
     job_state = models.CharField(max_length=32, blank=True)
     job_reason = models.CharField(max_length=200, blank=True)
+    # The simulators this machine found installed when it started: name -> version.
+    simulators = models.JSONField(default=dict, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["group", "state"])]
@@ -268,9 +279,12 @@ class Task(models.Model):
     progress_eta = models.DateTimeField(null=True, blank=True)
     # Seconds its simulation computed, over every attempt that ended computing
     # (an attempt still computing adds its time since started_at). Kept by a
-    # trigger (migration 0015), whatever path moves the task: accounting's base.
+    # trigger (migration 0016), whatever path moves the task: accounting's base.
     computing_seconds = models.FloatField(db_default=0.0, default=0.0, editable=False)
     error_detail = models.TextField(blank=True)
+    # A failed simulation's own error line ("quote") and what it usually means
+    # ("recommendation"), found in its output; they make its guidance.
+    diagnosis = models.JSONField(null=True, blank=True)
 
     input_path = models.CharField(max_length=300, blank=True)
     input_size = models.BigIntegerField(null=True, blank=True)
@@ -383,7 +397,14 @@ class Task(models.Model):
 
     @property
     def guidance(self) -> statuses.Guidance:
-        return statuses.GUIDANCE[self.status_enum]
+        general = statuses.GUIDANCE[self.status_enum]
+        if self.status == Status.FAILED and self.diagnosis:
+            return statuses.Guidance(
+                what_happened=general.what_happened,
+                why=f"The simulator said: {self.diagnosis['quote']}",
+                what_to_do=self.diagnosis["recommendation"],
+            )
+        return general
 
     @property
     def is_terminal(self) -> bool:

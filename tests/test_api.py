@@ -106,7 +106,11 @@ def test_a_second_upload_is_refused(api, started_group):
 @pytest.mark.parametrize(
     "overrides, field, words",
     [
-        ({"simulator": "fluentx"}, "simulator", "Available simulators: commands, splishsplash"),
+        (
+            {"simulator": "fluentx"},
+            "simulator",
+            "Available simulators: commands, gromacs, lammps, openfoam, quantumespresso, splishsplash",
+        ),
         ({"machine_group": "nope"}, None, "No such object"),
         ({"input_files": []}, "input_files", "empty"),
         ({"parameters": {}}, "commands", "non-empty list"),

@@ -71,7 +71,8 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
             "bench  n2-standard-2  1 of 1  no  <size>  0  started  alice-default  <time>",
         ]
     )
-    assert cli("resources", "available").stdout == (
+    types, simulators = cli("resources", "available").stdout.split("\n\n")
+    assert types == (
         "Machine type     vCPUs   Memory\n"
         "───────────────────────────────\n"
         "c2-standard-16      16    64 GB\n"
@@ -79,8 +80,14 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
         "c2-standard-8        8    32 GB\n"
         "e2-micro             1     1 GB\n"
         "n2-highmem-4         4    32 GB\n"
-        "n2-standard-2        2     8 GB\n"
+        "n2-standard-2        2     8 GB"
     )
+    # What the machine found installed: Commands everywhere (first by name), the rest as this host has them.
+    assert normalize(simulators).splitlines()[:3] == [
+        "Machine group  Simulator  Versions",
+        "──",
+        "bench  Commands  1",
+    ]
     info = normalize(cli("resources", "info", "bench").stdout)
     assert "Machine type  n2-standard-2 (2 vCPUs, <size>)" in info
     assert "Limits  stops after <duration> idle" in info

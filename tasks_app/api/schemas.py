@@ -664,6 +664,9 @@ class MachineOut(Schema):
     job_id: str = Field(description="Slurm: the id of the machine's pilot job.")
     job_state: str = Field(description="Slurm: its pilot's state (PENDING, RUNNING...).")
     job_reason: str = Field(description="Slurm: why its pilot waits (Priority, Resources...).")
+    simulators: dict[str, str] = Field(
+        description="The simulators the machine found installed when it started, and their versions."
+    )
 
 
 class GroupOut(Schema):
@@ -691,6 +694,9 @@ class GroupOut(Schema):
     termination_reason: str
     machines: list[MachineOut]
     machines_online: int
+    simulators: dict[str, list[str]] = Field(
+        description="The simulators the group's online machines have, each with the versions found."
+    )
     queue_length: int
 
     @staticmethod
@@ -720,6 +726,10 @@ class GroupOut(Schema):
     @staticmethod
     def resolve_machines(obj):
         return [m for m in obj.machines.all() if m.state not in ("stopped", "lost")]
+
+    @staticmethod
+    def resolve_simulators(obj) -> dict[str, list[str]]:
+        return obj.simulators_online()
 
     @staticmethod
     def resolve_machines_online(obj) -> int:

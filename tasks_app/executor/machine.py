@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from tasks_app import sandbox, services
+from tasks_app import sandbox, services, simulators
 from tasks_app.models import Machine
 from tasks_app.providers.local import kill_marked
 
@@ -76,8 +76,11 @@ def _online(**_):
         )
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    # Asked before going online, so a task is never refused or queued on a guess.
+    installed = simulators.installed()
     now = timezone.now()
     Machine.objects.filter(pk=mid, state=Machine.State.PROVISIONING).update(
+        simulators=installed,
         state=Machine.State.ONLINE,
         online_at=now,
         last_heartbeat_at=now,

@@ -310,9 +310,14 @@ class Execution:
         missing = f"The simulator is not available on machine {self.machine.name}"
         try:
             simulator = sims.get(self.task.simulator)
-            simulator.version()
+            version = simulator.version()
         except (sims.UnknownSimulator, sims.SimulatorMissing) as exc:
             raise RuntimeFailure(f"{missing}: {exc}") from exc
+        if unfit := simulator.unfit(version, self.task.parameters):
+            raise RuntimeFailure(
+                f"Machine {self.machine.name} has {simulator.label} {version}, and {unfit}. "
+                "Run it on a group whose machines have that version, or submit it without asking for one."
+            )
         if (self.task.input_size or 0) > HELD_INPUT_BYTES:
             live.release()  # fetching takes a while: the claim is shown now
         try:
@@ -579,10 +584,15 @@ class Execution:
         if outcome.exit_code == 0:
             return Status.SUCCESS, "Outputs stored.", {}
         detail = f"The simulator exited with code {outcome.exit_code}."
+        fields = {}
+        simulator = sims.get(self.task.simulator)
+        if found := simulator.diagnose(self.stdout, self.stderr):
+            detail = f"{simulator.label} said: {found.quote}\n{found.recommendation}\n{detail}"
+            fields["diagnosis"] = {"quote": found.quote, "recommendation": found.recommendation}
         stderr = tail(self.stderr, STDERR_TAIL_LINES)
         if stderr:
             detail += f" Last lines of stderr:\n{stderr}"
-        return Status.FAILED, f"Exit code {outcome.exit_code}.", {"error_detail": detail}
+        return Status.FAILED, f"Exit code {outcome.exit_code}.", {"error_detail": detail, **fields}
 
     def outputs(self) -> tuple[list[tuple[Path, str]], int]:
         """The files to store as outputs (logs, and what the simulation made or changed), and their size."""

@@ -17,7 +17,7 @@ from tasks_app import access, audit, broker, inputs, lifecycle, quotas, storage
 from tasks_app import simulators as sims
 from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, MachineGroup, Task
+from tasks_app.models import Activity, Machine, MachineGroup, Task
 from tasks_app.services.budgets import check_submission as check_budget
 from tasks_app.services.groups import lock_group_shared, parse_duration
 from tasks_app.services.metadata import validate_metadata
@@ -35,6 +35,57 @@ def _checked_parameters(simulator: str, parameters: dict | None, input_files: li
         raise Refused(str(exc), field="simulator", code="unknown_simulator") from None
     except sims.InvalidParameters as exc:
         raise Refused(str(exc), field=exc.field) from None
+
+
+def _machine_reports(group: MachineGroup) -> list[dict[str, str]]:
+    """What the group's online machines found installed when they started (name -> version).
+
+    A machine that has reported nothing (it predates the reports) is left out.
+    """
+    online = Machine.objects.filter(group=group, state=Machine.State.ONLINE).exclude(simulators={})
+    return list(online.values_list("simulators", flat=True))
+
+
+def _check_group_fits(adapter, parameters: dict, group: MachineGroup, reports: list[dict[str, str]]) -> None:
+    """Refuse a task the group's machines cannot run: too many MPI processes, a simulator or version none has.
+
+    Where no machine has reported yet (the group is starting), the machine
+    that takes the task checks the same when it starts it.
+    """
+    n_vcpus = parameters.get("n_vcpus")
+    vcpus = settings.SIMDECK_MACHINE_TYPES.get(group.machine_type, {}).get("vcpus")
+    if n_vcpus and vcpus and n_vcpus > vcpus:
+        raise Refused(
+            f"n_vcpus={n_vcpus} is more than the {vcpus} vCPUs of a {group.machine_type} machine "
+            f"(machine group {group.name}). Ask for at most {vcpus}, or use a group of a larger "
+            "machine type.",
+            field="n_vcpus",
+        )
+    if not reports:
+        return
+    versions = sorted({report[adapter.name] for report in reports if adapter.name in report})
+    if not versions:
+        offered = sorted(
+            {sims.get(name).label for report in reports for name in report if name in sims.REGISTRY}
+        )
+        raise Refused(
+            f"No machine of group {group.name} has {adapter.label}: they have {', '.join(offered)}. "
+            f"Submit it to a group whose machines have {adapter.label} (simdeck resources available lists "
+            "them), or ask an admin to install it on these machines.",
+            code="simulator_unavailable",
+            field="simulator",
+            status=409,
+        )
+    unfit = [adapter.unfit(version, parameters) for version in versions]
+    if all(unfit):
+        field = "distribution" if "distribution" in unfit[0] else "version"
+        raise Refused(
+            f"No machine of group {group.name} can run this task: they have {adapter.label} "
+            f"{', '.join(versions)}, and {unfit[0]}. Ask for a version they have, or leave {field} out.",
+            code="simulator_unavailable",
+            field=field,
+            status=409,
+        )
 
 
 def _terminated(group: MachineGroup, how: str) -> Refused:
@@ -79,6 +130,7 @@ def create_task(
     adapter, parameters = _checked_parameters(simulator, parameters, input_files)
     metadata = validate_metadata(metadata or {})
     _check_submission(user, machine_group, input_files)
+    _check_group_fits(adapter, parameters, machine_group, _machine_reports(machine_group))
     target = project_of_task(machine_group, project)
     check_budget(target.pk)
     ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
@@ -230,9 +282,11 @@ def create_tasks(
     # A sweep names the same few limits over and over: each is looked up once.
     ttls: dict[tuple[int, int | None], int | None] = {}
     tasks = []
+    reports = _machine_reports(machine_group)
     for index, spec in enumerate(specs):
         try:
             adapter, parameters = _checked_parameters(spec["simulator"], spec.get("parameters"), input_files)
+            _check_group_fits(adapter, parameters, machine_group, reports)
             metadata = validate_metadata(spec.get("metadata") or {})
             target = project_of_task(machine_group, spec.get("project"))
             asked = (target.pk, parse_duration(spec.get("time_to_live")))

@@ -43,6 +43,22 @@ class Invocation:
     display: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    """The simulator's own words on why it stopped, and what that usually means."""
+
+    quote: str
+    recommendation: str
+
+
+def version_matches(installed: str, wanted: str | None) -> bool:
+    """Whether ``installed`` is the version asked for: the same, or ``wanted`` is its prefix ("2022")."""
+    if not wanted:
+        return True
+    have, want = installed.lower().lstrip("v"), wanted.lower().lstrip("v")
+    return have == want or have.startswith(want + ".")
+
+
 class Simulator:
     #: Name used by the API and the client (``"splishsplash"``).
     name: str = ""
@@ -78,6 +94,17 @@ class Simulator:
         Called once the input is in ``workdir``, before the run.
         """
         return ProgressReader()
+
+    def unfit(self, installed_version: str, parameters: dict) -> str | None:
+        """Why a machine with ``installed_version`` cannot run a task of these parameters; None if it can."""
+        wanted = parameters.get("version")
+        if not version_matches(installed_version, wanted):
+            return f"the task asks for {self.label} {wanted}"
+        return None
+
+    def diagnose(self, *logs: Path) -> Diagnosis | None:
+        """The simulator's own error message in its logs, with what it usually means (None: not found)."""
+        return None
 
     def sandbox_folders(self) -> list[Path]:
         """Folders outside ``/usr`` the simulator needs, bound read-only into its sandbox.

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from tasks_app import access, lifecycle, services
+from tasks_app import simulators as sims
 from tasks_app.forms import GroupForm, add_refusal
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, MachineGroup, Task
@@ -113,6 +114,12 @@ def group_context(group, user) -> dict:
     machines = list(
         group.machines.annotate(current_task=Subquery(current.values("id")[:1])).order_by("-created_at")[:100]
     )
+    for m in machines:
+        # "GROMACS 2022.5", by the names people know them by.
+        m.simulator_list = [
+            f"{sims.REGISTRY[name].label if name in sims.REGISTRY else name} {version}"
+            for name, version in sorted(m.simulators.items())
+        ]
     queue = list(tasks.queued_in(group.pk).select_related("owner").order_by("queued_at", "id")[:QUEUE_SHOWN])
     running = list(
         tasks.filter(status__in=lifecycle.ON_MACHINE)

@@ -56,7 +56,7 @@ DROP FUNCTION tasks_app_add_computing_time();
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tasks_app", "0014_task_progress"),
+        ("tasks_app", "0015_task_progress"),
     ]
 
     operations = [

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tasks_app', '0016_budgets'),
+        ('tasks_app', '0017_budgets'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

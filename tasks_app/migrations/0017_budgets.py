@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tasks_app", "0015_accounting"),
+        ("tasks_app", "0016_accounting"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

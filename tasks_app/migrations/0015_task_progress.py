@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tasks_app", "0013_pilot_jobs"),
+        ("tasks_app", "0014_simulators"),
     ]
 
     operations = [
