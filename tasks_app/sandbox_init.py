@@ -168,9 +168,14 @@ def main() -> None:
         op = request["op"]
         if op == "run":
             out, err = fds
-            running = start(request, out, err)
-            os.close(out)
-            os.close(err)
+            try:
+                running = start(request, out, err)
+            except OSError as exc:  # no fork: the machine is told, and this process goes on
+                sock.send(json.dumps({"op": "refused", "error": str(exc)}).encode())
+                continue
+            finally:
+                os.close(out)
+                os.close(err)
             pidfd = os.pidfd_open(running)
             socket.send_fds(sock, [json.dumps({"op": "started"}).encode()], [pidfd])
             os.close(pidfd)

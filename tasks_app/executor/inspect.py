@@ -200,7 +200,8 @@ def _open_inside(base: Path, path: Path):
     f = open(fd, "rb")  # closes fd from here on
     try:
         opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        inside = opened.is_relative_to(base.resolve())
+        # The work folder may be elsewhere (the machine's sandbox folder), linked from the task's.
+        inside = any(opened.is_relative_to(root) for root in (base.resolve(), (base / "work").resolve()))
         if not inside or not stat.S_ISREG(os.fstat(fd).st_mode):
             raise BadRequest(f"{path.name!r} is not a file inside the task's folder.", field="path")
     except BaseException:
