@@ -332,6 +332,9 @@ SIMDECK_NOTIFY_FAILING_AFTER = env.int("SIMDECK_NOTIFY_FAILING_AFTER", default=3
 
 # The currency of the machine types' prices (set on the admin site), shown beside every cost.
 SIMDECK_CURRENCY = env.str("SIMDECK_CURRENCY", default="USD")
+# Notifications go to public addresses only, unless this is set: a destination on
+# this host or the private network could otherwise reach the platform's own services.
+SIMDECK_NOTIFY_PRIVATE_HOSTS = env.bool("SIMDECK_NOTIFY_PRIVATE_HOSTS", default=False)
 
 LOGGING = {
     "version": 1,

@@ -235,12 +235,15 @@ def stack_env():
         "SIMDECK_NOTIFY_RETRIES": "1",
         "SIMDECK_NOTIFY_RETRY_SECONDS": "0.5",
         "SIMDECK_NOTIFY_FAILING_AFTER": "1",
+        # The test's endpoints listen on this host.
+        "SIMDECK_NOTIFY_PRIVATE_HOSTS": "true",
     }
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_real_tasks_add_up_and_their_endings_reach_a_real_endpoint(
+    settings,
     stack,
     client_for,
     alice,
@@ -258,6 +261,7 @@ def test_real_tasks_add_up_and_their_endings_reach_a_real_endpoint(
     from tests.test_notifications import dead_url
 
     MachinePrice.objects.create(machine_type="n2-standard-2", price_per_hour=Decimal("3.6"))
+    settings.SIMDECK_NOTIFY_PRIVATE_HOSTS = True
     notifications.add_rule(alice, label="hook", url=endpoint.url)
     dead = notifications.add_rule(alice, label="dead", url=dead_url())
     client_for(alice_key)

@@ -63,7 +63,29 @@ def dead_url() -> str:
     return f"json://127.0.0.1:{port}/hook"
 
 
+@pytest.fixture(autouse=True)
+def _endpoints_on_this_host(settings):
+    """The tests' endpoints listen on this host, which destinations may not name by default."""
+    settings.SIMDECK_NOTIFY_PRIVATE_HOSTS = True
+
+
 # -- destinations ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_destination_on_this_host_or_a_private_network_is_refused(logged_in, settings, endpoint):
+    """Otherwise any user could make the scheduler post to the platform's own services."""
+    settings.SIMDECK_NOTIFY_PRIVATE_HOSTS = False
+    url = reverse("notification-rules")
+    for inside in [endpoint.url, "json://10.1.2.3/hook", "json://[::1]:9/x", "json://localhost:6379/x"]:
+        answer = logged_in.post(url, {"url": inside, "tasks": "ended"})
+        assert answer.status_code == 400, inside
+        assert "private network" in answer.content.decode()
+    assert not NotificationRule.objects.exists()
+    # A name that pointed elsewhere when it was added is checked again before each message.
+    with pytest.raises(notifications.NotDelivered, match="private network"):
+        notifications.deliver(endpoint.url, "title", "body")
+    assert endpoint.received == []
 
 
 @pytest.mark.django_db

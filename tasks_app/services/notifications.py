@@ -14,7 +14,9 @@ a successful test (:func:`send_test`) brings it back.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
+import socket
 
 import apprise
 from django.conf import settings
@@ -54,7 +56,38 @@ def check_url(url: str) -> str:
             "json://hooks.example.org/path (see https://github.com/caronc/apprise/wiki).",
             field="url",
         )
+    where = private_address(url)
+    if where:
+        raise Refused(
+            f"This destination's host is at {where}, on this host or a private network. Simdeck does "
+            "not send there, so that a destination cannot reach the platform's own services. Use a "
+            "public address; an admin who wants destinations inside the network sets "
+            "SIMDECK_NOTIFY_PRIVATE_HOSTS=true.",
+            field="url",
+        )
     return url
+
+
+def private_address(url: str) -> str | None:
+    """The address of the destination's host when it is not a public one (and such hosts are not allowed).
+
+    Checked when a destination is added and again before each message: the
+    name may point elsewhere by then.
+    """
+    if settings.SIMDECK_NOTIFY_PRIVATE_HOSTS:
+        return None
+    host = (getattr(apprise.Apprise.instantiate(url), "host", None) or "").strip("[]")
+    if not host:
+        return None
+    try:
+        found = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return None  # not a name here (a service's token), or unknown: delivery says so
+    for *_, sockaddr in found:
+        address = ipaddress.ip_address(sockaddr[0].split("%")[0])
+        if not address.is_global:
+            return str(address)
+    return None
 
 
 def masked(url: str) -> str:
@@ -86,6 +119,9 @@ def add_rule(user, *, label: str, url: str, project=None, tasks: str = "ended", 
 
 def deliver(url: str, title: str, body: str) -> None:
     """Send one message now; raises :class:`NotDelivered` with Apprise's reason."""
+    where = private_address(url)
+    if where:
+        raise NotDelivered(f"its host is now at {where}, on this host or a private network")
     sender = apprise.Apprise()
     if not sender.add(url):
         raise NotDelivered("the URL is no longer one Apprise can use")
