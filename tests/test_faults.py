@@ -287,6 +287,9 @@ def test_a_task_stopped_with_its_machine_runs_again_when_resubmission_is_on(stac
         f'if [ "$({ledger.note("run")})" = 0 ]; then sleep 300; else echo second run; fi',
         resubmit_on_preemption=True,
     )
+    wait_for(
+        lambda: "run " in ledger.text(), 90, message="the first attempt noted"
+    )  # else it is not the first
     machine = stop_with_its_machine(task.id)
     assert task.wait(polling_period=0.5, silent_mode=True) == "success"
     ended = Task.objects.get(pk=task.id)

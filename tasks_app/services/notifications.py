@@ -18,7 +18,6 @@ import ipaddress
 import logging
 import socket
 
-import apprise
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -49,6 +48,8 @@ def check_url(url: str) -> str:
         raise Refused(
             "Give the destination as an Apprise URL, e.g. json://hooks.example.org/simdeck.", field="url"
         )
+    import apprise  # here: its plugins cost each process that never sends (a machine) about 4 MB
+
     if len(url) > 2000 or apprise.Apprise.instantiate(url) is None:
         raise Refused(
             "This is not a destination Apprise can send to. Write it as an Apprise URL such as "
@@ -76,6 +77,8 @@ def private_address(url: str) -> str | None:
     """
     if settings.SIMDECK_NOTIFY_PRIVATE_HOSTS:
         return None
+    import apprise
+
     host = (getattr(apprise.Apprise.instantiate(url), "host", None) or "").strip("[]")
     if not host:
         return None
@@ -122,6 +125,8 @@ def deliver(url: str, title: str, body: str) -> None:
     where = private_address(url)
     if where:
         raise NotDelivered(f"its host is now at {where}, on this host or a private network")
+    import apprise
+
     sender = apprise.Apprise()
     if not sender.add(url):
         raise NotDelivered("the URL is no longer one Apprise can use")
