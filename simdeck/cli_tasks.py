@@ -210,7 +210,8 @@ def kill(
 def download(
     task_ids: Annotated[list[str] | None, typer.Argument(help="Tasks to download.")] = None,
     filenames: Annotated[
-        list[str] | None, typer.Option("--filenames", help="Only these files of the outputs.")
+        list[str] | None,
+        typer.Option("--filenames", help="Only these files (of the outputs, or of the inputs with --input)."),
     ] = None,
     output_dir: Annotated[str | None, typer.Option("--dir", help="Folder to download into.")] = None,
     inputs: Annotated[bool, typer.Option("--input", "-i", help="Download the inputs.")] = False,
@@ -224,8 +225,6 @@ def download(
     """
     if not task_ids:
         raise InvalidInput("Name at least one task to download; 'simdeck tasks list' shows their ids.")
-    if inputs and filenames:
-        raise InvalidInput("--filenames picks files of the outputs; it does not go with --input.")
     tasks = [Task(i) for i in task_ids]
     for task in tasks:
         target = None
@@ -234,7 +233,9 @@ def download(
         if outputs or not inputs:
             task.download_outputs(filenames=filenames, output_dir=target)
         if inputs:
-            task.download_inputs(output_dir=f"{target}/inputs" if target and outputs else target)
+            task.download_inputs(
+                filenames=filenames, input_dir=f"{target}/inputs" if target and outputs else target
+            )
 
 
 # -- inside a running task --------------------------------------------------------------

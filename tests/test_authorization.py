@@ -273,6 +273,7 @@ API: dict[tuple[str, str], Rule] = {
         scoped("maintainer") | {"staff": FORBIDDEN}, data={"size": 10, "sha256": "0" * 64}
     ),
     ("GET", TASK + "/input"): Rule(scoped("viewer")),
+    ("GET", TASK + "/input/files/{path}"): Rule(scoped("viewer")),
     # Listed tasks the role may not kill are answered one by one, unchanged.
     ("POST", "/api/v1/tasks/kill"): Rule(scoped("viewer"), data=lambda w: {"ids": [w.task.id]}),
     ("GET", TASK): Rule(scoped("viewer")),
@@ -365,7 +366,7 @@ def ended_task(owner, group) -> Task:
     )
     for status in (Status.SUBMITTED, Status.PREPARING, Status.STARTED, Status.FINALIZING, Status.SUCCESS):
         lifecycle.transition(task, status, reason="test")
-    data = zipped({"run.sh": b"echo hi\n"})
+    data = zipped({"run.sh": b"echo hi\n", "result.txt": b"expected\n"})
     input_name = default_storage.save(storage.input_name(task.id), ContentFile(data))
     output_name = default_storage.save(
         storage.output_name(task.id), ContentFile(zipped({"result.txt": b"42\n", "stdout.txt": b"hi\n"}))

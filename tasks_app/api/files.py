@@ -52,8 +52,17 @@ def list_outputs(request: HttpRequest, task_id: str):
 def download_output_file(request: HttpRequest, task_id: str, path: str):
     """One file of the outputs, unzipped on the way."""
     task = access.task_for(request.user, task_id)
-    member, size, archive = services.open_output_file(task, path)
+    return _member_response(path, *services.open_output_file(task, path))
 
+
+@router.get("/{task_id}/input/files/{path:path}", response={200: None, **ERRORS})
+def download_input_file(request: HttpRequest, task_id: str, path: str):
+    """One file of the input as uploaded, unzipped on the way."""
+    task = access.task_for(request.user, task_id)
+    return _member_response(path, *services.open_input_file(task, path))
+
+
+def _member_response(path: str, member, size: int, archive) -> StreamingHttpResponse:
     def stream():
         try:
             while chunk := member.read(CHUNK):

@@ -6,6 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.files.storage import default_storage
 from ninja import Field, Schema
 from pydantic import ValidationInfo, field_validator
@@ -280,6 +281,23 @@ class TaskDetailOut(TaskOut):
     outputs_available: bool
     output_archive_size: int | None = Field(description="Size of the zipped outputs, in bytes.")
     inputs_available: bool
+    machine_vcpus: int | None = Field(description="vCPUs of its machine type.")
+    machine_memory_gb: float | None = Field(description="Memory of its machine type, in GB.")
+    provider: str = Field(description="What runs its group's machines: local or slurm.")
+
+    @staticmethod
+    def resolve_machine_vcpus(obj) -> int | None:
+        spec = settings.SIMDECK_MACHINE_TYPES.get(obj.machine_group.machine_type)
+        return int(spec["vcpus"]) if spec else None
+
+    @staticmethod
+    def resolve_machine_memory_gb(obj) -> float | None:
+        spec = settings.SIMDECK_MACHINE_TYPES.get(obj.machine_group.machine_type)
+        return float(spec["memory_gb"]) if spec else None
+
+    @staticmethod
+    def resolve_provider(obj) -> str:
+        return obj.machine_group.provider
 
     @staticmethod
     def resolve_usage(obj) -> dict:

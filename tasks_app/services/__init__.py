@@ -8,7 +8,14 @@ The modules are named after their subject; callers use the names below.
 
 from tasks_app.errors import Refused
 from tasks_app.services.accounting import catalog, group_usage, month_bounds, report, task_usage
-from tasks_app.services.files import missing_outputs, open_output_file, output_listing, remove_outputs
+from tasks_app.services.files import (
+    missing_input,
+    missing_outputs,
+    open_input_file,
+    open_output_file,
+    output_listing,
+    remove_outputs,
+)
 from tasks_app.services.groups import (
     create_group,
     lock_group_shared,
@@ -51,6 +58,8 @@ __all__ = [
     "machine_lost",
     "missing_outputs",
     "month_bounds",
+    "missing_input",
+    "open_input_file",
     "open_output_file",
     "output_listing",
     "parse_duration",
