@@ -234,11 +234,38 @@ def _with_watch_default(argv: list[str]) -> list[str]:
     return done
 
 
+# Options that take several values after one flag, as Inductiva's command line writes them
+# (`tasks list -i A B`, `tasks download ID --filenames a b`). Click takes an option's values
+# only one per flag, so each following word is given its own flag before Click parses it.
+MULTI_VALUE = {
+    ("tasks", "list"): {"--id", "-i", "--status", "-s"},
+    ("tasks", "download"): {"--filenames"},
+}
+
+
+def _spread_values(argv: list[str]) -> list[str]:
+    """``--filenames a b`` becomes ``--filenames a --filenames b``, up to the next option."""
+    options = MULTI_VALUE.get(tuple(argv[:2]))
+    if not options:
+        return argv
+    done: list[str] = []
+    flag = None
+    for arg in argv:
+        if arg == "--":
+            flag = None
+        elif arg.startswith("-") and len(arg) > 1:
+            flag = arg if arg in options else None
+        elif flag is not None and done[-1] != flag:
+            done.append(flag)  # a further value of the same option
+        done.append(arg)
+    return done
+
+
 def main() -> None:
     api.DEFAULT_RETRIES = 3  # report a dead server in about a second, not ten
     debug = bool(os.environ.get("SIMDECK_DEBUG"))
     try:
-        code = app(args=_with_watch_default(sys.argv[1:]), standalone_mode=False)
+        code = app(args=_spread_values(_with_watch_default(sys.argv[1:])), standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.TyperException as exc:  # bad usage: the command line's own message, exit code 2

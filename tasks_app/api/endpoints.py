@@ -130,6 +130,8 @@ def _refused(request, exc: services.Refused):
 
 @api.exception_handler(Http404)
 def _not_found(request, exc):
+    if isinstance(exc, access.NotVisible) and exc.kind:
+        return _error(request, 404, "not_found", exc.message)
     return _error(request, 404, "not_found", "No such object, or it is not yours to see. Check the id.")
 
 
