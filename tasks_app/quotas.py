@@ -137,3 +137,38 @@ def task_ttl(user, project: Project, seconds: int | None) -> int | None:
                 status=403,
             )
     return seconds
+
+
+def report(limits: Limits, machines_in_use: int) -> list[dict]:
+    """The three limits with what is in use, in the shape of Inductiva's quota list.
+
+    A limit on a count of machines is spent across every group (``global``);
+    a time to live bounds each group or task on its own (``instance``), so it
+    has nothing in use. ``max_allowed`` is None where there is no limit.
+    """
+    return [
+        {
+            "id": "max_machines",
+            "label": "Machines running at once",
+            "max_allowed": limits.max_machines,
+            "in_use": machines_in_use,
+            "unit": "machines",
+            "scope": "global",
+        },
+        {
+            "id": "max_group_ttl_minutes",
+            "label": "Time to live of a machine group",
+            "max_allowed": limits.max_group_ttl_minutes,
+            "in_use": None,
+            "unit": "minutes",
+            "scope": "instance",
+        },
+        {
+            "id": "max_task_ttl_seconds",
+            "label": "Time to live of a task",
+            "max_allowed": limits.max_task_ttl_seconds,
+            "in_use": None,
+            "unit": "seconds",
+            "scope": "instance",
+        },
+    ]

@@ -248,6 +248,7 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/usage"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/simulators"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/tasks"): Rule(for_everyone_logged_in()),
+    ("GET", "/api/v1/quotas"): Rule(for_everyone_logged_in()),
     ("POST", "/api/v1/tasks"): Rule(
         scoped("member"),
         data=lambda w: {

@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 
 import simdeck
-from tasks_app.models import MachineGroup, Task
+from tasks_app.models import MachineGroup, Quota, Task
 from tests.client_fixtures import (
     EXAMPLES,
     SIMDECK,
@@ -28,6 +29,7 @@ from tests.client_fixtures import (
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+User = get_user_model()
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -88,6 +90,36 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
         "──",
         "bench  Commands  1",
     ]
+    # Quotas, and who one is: the same facts from Python and from the command line.
+    Quota.objects.create(user=User.objects.get(username="alice"), max_machines=3)
+    mine = simdeck.users.get_quotas()["max_machines"]
+    assert (mine.max_allowed, mine.in_use, mine.unit, mine.scope) == (3, 1, "machines", "global")
+    me = simdeck.users.get_info()
+    assert [(p.name, p.role) for p in me.projects] == [("alice-default", "maintainer")]
+    assert me.projects[0].quotas["max_task_ttl_seconds"].max_allowed is None
+    quota_table = [
+        "Whose  Limit  In use  Allowed",
+        "──",
+        "You  Machines running at once  1  3 machines",
+        "  Time to live of a machine group  each group  no limit",
+        "  Time to live of a task  each task  no limit",
+        "",
+        "alice-default (maintainer)  Machines running at once  1  no limit",
+        "  Time to live of a machine group  each group  no limit",
+        "  Time to live of a task  each task  no limit",
+    ]
+    assert normalize(cli("quotas", "list").stdout).splitlines() == quota_table
+    who = normalize(cli("user", "info").stdout).splitlines()
+    assert who[:4] == [
+        "alice",
+        "Username  alice",
+        f"Server  {stack.url}",
+        "Projects  alice-default (maintainer)",
+    ]
+    assert who[4].startswith("This month (") and ": 0 tasks, 0.000 core-hours" in who[4]
+    assert who[6:] == quota_table
+    assert json.loads(cli("user", "info", "--json").stdout)["quotas"]["max_machines"]["in_use"] == 1
+
     info = normalize(cli("resources", "info", "bench").stdout)
     assert "Machine type  n2-standard-2 (2 vCPUs, <size>)" in info
     assert "Limits  stops after <duration> idle" in info

@@ -53,6 +53,31 @@ class Error(Schema):
 class WhoAmIOut(Schema):
     username: str
     is_staff: bool
+    email: str = ""
+    name: str = Field("", description="First and last name, as the account has them.")
+
+
+class QuotaOut(Schema):
+    id: str = Field(description="max_machines, max_group_ttl_minutes or max_task_ttl_seconds.")
+    label: str
+    max_allowed: float | None = Field(description="The limit; null for none.")
+    in_use: float | None = Field(
+        description="What counts against it now (machines of started groups); null for a per-object limit."
+    )
+    unit: str
+    scope: str = Field(description="global: spent across groups; instance: bounds each group or task.")
+
+
+class ProjectQuotasOut(Schema):
+    name: str
+    role: str
+    quotas: list[QuotaOut]
+
+
+class QuotasOut(Schema):
+    username: str
+    quotas: list[QuotaOut] = Field(description="Your own limits.")
+    projects: list[ProjectQuotasOut] = Field(description="Those of each project you belong to; both apply.")
 
 
 class GuidanceOut(Schema):

@@ -27,6 +27,7 @@ from tasks_app.services.kills import kill_all, kill_task
 from tasks_app.services.machines import machine_lost, reclaim_machine, runner_lost
 from tasks_app.services.metadata import set_metadata, unset_metadata, validate_metadata
 from tasks_app.services.projects import PROJECT_NAME, project_of_task, project_to_use
+from tasks_app.services.quota_use import overview as quota_overview
 from tasks_app.services.submissions import (
     BATCH_MAX_TASKS,
     accept_direct_input,
@@ -65,6 +66,7 @@ __all__ = [
     "parse_duration",
     "project_of_task",
     "project_to_use",
+    "quota_overview",
     "reclaim_machine",
     "remove_outputs",
     "report",
