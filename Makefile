@@ -18,17 +18,24 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
+# The project's modules are compiled once up front: where PYTHONDONTWRITEBYTECODE
+# is set, each process (web server, scheduler, every machine) would compile them again.
+COMPILE := $(PY) -m compileall -q -j 0 tasks_app console simdeck
+
 run: $(VENV)/.installed
+	@$(COMPILE)
 	$(PY) manage.py up
 
 # The import layers first (pyproject.toml's contracts, in a second), then the tests.
 # Tests keep their own SIMDECK_HOME, so they never touch a running instance's data.
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/lint-imports --no-cache --no-logo
+	@$(COMPILE) tests
 	SIMDECK_HOME=$(CURDIR)/.simdeck-test $(PY) -m pytest $(ARGS)
 
 # Benchmarks against bare Celery, in a database of their own; see docs/benchmarks.md.
 bench: $(VENV)/.installed-dev
+	@$(COMPILE) bench
 	$(PY) -m bench $(ARGS)
 
 # Long fault runs (killed machines, Redis and PostgreSQL restarts, a flood) on private servers.

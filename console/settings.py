@@ -325,6 +325,18 @@ SIMDECK_MACHINE_TYPES = env.json(
     },
 )
 
+# Notifications (Apprise URLs): how many times a message is tried again, the first wait
+# (doubling each time), and after how many undelivered messages a destination is failing.
+SIMDECK_NOTIFY_RETRIES = env.int("SIMDECK_NOTIFY_RETRIES", default=4)
+SIMDECK_NOTIFY_RETRY_SECONDS = env.float("SIMDECK_NOTIFY_RETRY_SECONDS", default=30.0)
+SIMDECK_NOTIFY_FAILING_AFTER = env.int("SIMDECK_NOTIFY_FAILING_AFTER", default=3)
+
+# The currency of the machine types' prices (set on the admin site), shown beside every cost.
+SIMDECK_CURRENCY = env.str("SIMDECK_CURRENCY", default="USD")
+# Notifications go to public addresses only, unless this is set: a destination on
+# this host or the private network could otherwise reach the platform's own services.
+SIMDECK_NOTIFY_PRIVATE_HOSTS = env.bool("SIMDECK_NOTIFY_PRIVATE_HOSTS", default=False)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -101,6 +101,49 @@ def download_project(
     projects.Project(name).download_outputs(output_dir=output_dir)
 
 
+@app.command("costs")
+def costs(
+    project: Annotated[str | None, typer.Option("--project", "-p", help="Only this project.")] = None,
+    month: Annotated[
+        str | None, typer.Option("--month", "-m", help="The month, YYYY-MM (UTC); this one by default.")
+    ] = None,
+    by: Annotated[str, typer.Option("--by", help="Rows by 'project', 'user' or 'day'.")] = "project",
+    as_json: JsonOption = False,
+):
+    """What your projects' tasks and machines used in a month, and its estimated cost."""
+    if by not in ("project", "user", "day"):
+        raise typer.BadParameter("choose 'project', 'user' or 'day'.", param_hint="--by")
+    params = {k: v for k, v in (("project", project), ("month", month)) if v}
+    report = api.client().get("/usage", params=params)
+    if as_json:
+        print_json(report)
+        return
+    currency = report["currency"]
+    table = Table(
+        box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title=f"Usage in {report['month']} (UTC)"
+    )
+    table.add_column(by.capitalize(), overflow="fold")
+    for column in ("Tasks", "Core-hours", "Memory GB-h", f"Est. cost ({currency})"):
+        table.add_column(column, justify="right", no_wrap=True)
+    with_machines = by == "project"
+    if with_machines:
+        table.add_column("Machine-hours", justify="right", no_wrap=True)
+        table.add_column(f"Machine cost ({currency})", justify="right", no_wrap=True)
+    rows = report[by + "s"] + [{by: "Total", **report["total"]}]
+    for row in rows:
+        cells = [
+            str(row[by]),
+            str(row["tasks"]),
+            f"{row['core_hours']:.3f}",
+            f"{row['memory_gb_hours']:.3f}",
+            f"{row['estimated_cost']:.2f}",
+        ]
+        if with_machines:
+            cells += [f"{row['machine_hours']:.3f}", f"{row['machine_cost']:.2f}"]
+        table.add_row(*cells, end_section=row is rows[-2] if len(rows) > 1 else False)
+    out.print(table)
+
+
 @simulators_app.command("list")
 def list_simulators(as_json: JsonOption = False):
     """The simulators this server offers, and whether its own host has them."""

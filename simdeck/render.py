@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import math
 from typing import TYPE_CHECKING
 
 from rich import box
@@ -158,6 +159,10 @@ def tasks_table(items: list[dict]) -> Table:
     table.add_column("Project", overflow="fold")
     table.add_column("Created", no_wrap=True)
     table.add_column("Duration", justify="right", no_wrap=True)
+    # Only where a listed simulation reports how far it got: most lists have none.
+    reports = any(t.get("progress") is not None for t in items)
+    if reports:
+        table.add_column("Progress", justify="right", no_wrap=True)
     now = dt.datetime.now(dt.UTC)
     for t in items:
         created = parse_time(t["created_at"])
@@ -171,5 +176,18 @@ def tasks_table(items: list[dict]) -> Table:
             t["project"],
             when(created),
             duration(length),
+            *([progress(t, now)] if reports else []),
         )
     return table
+
+
+def progress(task: dict, now: dt.datetime) -> str:
+    """'63%', and the time left when the server has an honest estimate ('63% ~4m 10s left')."""
+    fraction = task.get("progress")  # servers before progress reports send none
+    if fraction is None:
+        return ""
+    text = f"{math.floor(fraction * 100)}%"
+    eta = parse_time(task.get("progress_eta"))
+    if eta is not None:
+        text += f" ~{duration(max(0.0, (eta - now).total_seconds()))} left"
+    return text

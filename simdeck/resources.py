@@ -198,6 +198,46 @@ class MachineGroup:
             print(f"Machine group {self._name} is up.", file=sys.stderr)
         return self
 
+    def estimate_cloud_cost(self, verbose: bool = True) -> float:
+        """What the group costs an hour with all its machines up (an elastic group's maximum).
+
+        Before the group exists, from the server's price of its machine type;
+        after, as the server counts it. Prices are set by the server's admin
+        (0 unless set). ``verbose`` also prints it, with what the group cost so
+        far once it exists.
+        """
+        if self._name is None:
+            types = {t["name"]: t for t in self._client.get("/machine-types")}
+            kind = types.get(self.machine_type)
+            if kind is None:
+                raise SimdeckError(
+                    f"This server offers no machine type {self.machine_type!r}; "
+                    f"it offers: {', '.join(sorted(types))}."
+                )
+            per_hour, currency = kind["price_per_hour"] * self._wanted_maximum, kind["currency"]
+            so_far = ""
+        else:
+            usage = self.usage()
+            per_hour, currency = usage["estimated_cost_per_hour"], usage["currency"]
+            so_far = f"; so far {usage['machine_hours']:.3g} machine-hours, {usage['cost']:.2f} {currency}"
+        if verbose:
+            print(
+                f"Estimated cost of machine group {self._name or self.machine_type}: "
+                f"{per_hour:.2f} {currency} per hour{so_far}.",
+                file=sys.stderr,
+            )
+        return per_hour
+
+    def usage(self) -> dict:
+        """The group's machine-hours so far (idle included), core-hours and cost, as counted by the server."""
+        if self._name is None:
+            raise SimdeckError("This machine group has not been created yet; call start() first.")
+        return self._client.get(f"/machine-groups/{self._name}/usage")
+
+    @property
+    def _wanted_maximum(self) -> int:
+        return self.num_machines
+
     def _describe(self) -> str:
         where = f", on {self.provider}" if self.provider != "local" else ""
         return f"{self.num_machines} × {self.machine_type}{', spot' if self.spot else ''}{where}"
@@ -271,6 +311,10 @@ class ElasticMachineGroup(MachineGroup):
     @property
     def _wanted_online(self) -> int:
         return self.min_machines
+
+    @property
+    def _wanted_maximum(self) -> int:
+        return self.max_machines
 
     def _describe(self) -> str:
         return (

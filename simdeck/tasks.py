@@ -199,6 +199,15 @@ class TaskInfo(Mapping):
         self.time_breakdown = TimeBreakdown(**data["time_breakdown"])
         self.total_time: float = data["total_time_seconds"]
         self.computation_time: float | None = data["computation_time_seconds"]
+        # How far the simulation got (0 to 1) while it computes, and its estimated end at a steady pace.
+        self.progress: float | None = data.get("progress")
+        self.progress_eta = render.parse_time(data.get("progress_eta"))
+        # Core-seconds, memory GB-hours and the estimated cost at its machine type's price (servers
+        # before accounting send none).
+        self.usage: dict = data.get("usage") or {}
+        self.core_seconds: float | None = self.usage.get("core_seconds")
+        self.estimated_cost: float | None = self.usage.get("estimated_cost")
+        self.currency: str | None = self.usage.get("currency")
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]

@@ -50,6 +50,7 @@ PROJECT_ACTIONS: dict[str, Role] = {
     "review": MEMBER,
     "manage-groups": MAINTAINER,
     "manage-members": MAINTAINER,
+    "manage-budget": MAINTAINER,
 }
 GROUP_ACTIONS: dict[str, Role] = {
     "view": VIEWER,

@@ -1,4 +1,5 @@
-"""The admin site for staff: projects and their members (read only), quotas, API keys, group network.
+"""The admin site for staff: projects and their members (read only), quotas, API keys, group network,
+machine prices.
 
 Members are managed in the console or with ``manage.py members`` (see
 tasks_app.teams), never here: those paths keep a maintainer in every
@@ -8,10 +9,11 @@ project and record each change of role in the audit trail.
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from tasks_app.models import APIKey, MachineGroup, Membership, Project, Quota
+from tasks_app.models import APIKey, MachineGroup, MachinePrice, Membership, Project, Quota
 
 
 class MembershipInline(admin.TabularInline):
@@ -54,6 +56,32 @@ class QuotaAdmin(admin.ModelAdmin):
     list_select_related = ("user", "project")
     autocomplete_fields = ("user", "project")
     search_fields = ("user__username", "project__name")
+
+
+class MachinePriceForm(forms.ModelForm):
+    # A choice of the catalog's types: a price for a type nobody can pick would never count.
+    machine_type = forms.ChoiceField(choices=())
+
+    class Meta:
+        model = MachinePrice
+        fields = ("machine_type", "price_per_hour")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["machine_type"].choices = [
+            (name, name) for name in sorted(settings.SIMDECK_MACHINE_TYPES)
+        ]
+        self.fields["price_per_hour"].help_text = (
+            f"In {settings.SIMDECK_CURRENCY}, for one machine of this type for one hour. "
+            "Estimated costs everywhere use the price of the moment."
+        )
+
+
+@admin.register(MachinePrice)
+class MachinePriceAdmin(admin.ModelAdmin):
+    form = MachinePriceForm
+    list_display = ("machine_type", "price_per_hour", "updated_at")
+    ordering = ("machine_type",)
 
 
 @admin.register(MachineGroup)

@@ -1,4 +1,4 @@
-"""Housekeeping the scheduler runs every few seconds.
+"""Housekeeping the scheduler runs every few seconds (and the notifications of what ended).
 
 Each job reads the database, decides, and acts through the same services the
 API uses; running one twice, or on two schedulers at once, is harmless
@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max, Min, Q
@@ -18,6 +19,7 @@ from django.utils import timezone
 from tasks_app import broker, lifecycle, services, storage, task_counts
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
+from tasks_app.services import notifications
 
 log = logging.getLogger(__name__)
 G = MachineGroup.State
@@ -147,11 +149,24 @@ def restore_lost_tokens() -> int:
     return published
 
 
+# The Celery task that delivers one notification (tasks_app.tasks.notify), queued by name.
+NOTIFY = "simdeck.notify"
+
+
+def queue_notifications() -> int:
+    """Queue a delivery for each ending a destination wants to hear of (services.notifications)."""
+    due = notifications.due()
+    for rule_id, title, body in due:
+        current_app.send_task(NOTIFY, args=(rule_id, title, body))
+    return len(due)
+
+
 JOBS = {
     "groups_stopped": enforce_group_limits,
     "machines_lost": reap_lost_machines,
     "tokens_restored": restore_lost_tokens,
     "task_counts_folded": task_counts.fold,
+    "notifications_queued": queue_notifications,
 }
 
 

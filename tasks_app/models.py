@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import secrets
 import string
 
@@ -271,6 +272,15 @@ class Task(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
 
     exit_code = models.IntegerField(null=True, blank=True)
+    # How far the current attempt's simulation got (0 to 1), as it reported
+    # (tasks_app.simulators.progress), and when it should end at its pace:
+    # set only while the pace is steady (tasks_app.executor.progress).
+    progress = models.FloatField(null=True, blank=True)
+    progress_eta = models.DateTimeField(null=True, blank=True)
+    # Seconds its simulation computed, over every attempt that ended computing
+    # (an attempt still computing adds its time since started_at). Kept by a
+    # trigger (migration 0016), whatever path moves the task: accounting's base.
+    computing_seconds = models.FloatField(db_default=0.0, default=0.0, editable=False)
     error_detail = models.TextField(blank=True)
     # A failed simulation's own error line ("quote") and what it usually means
     # ("recommendation"), found in its output; they make its guidance.
@@ -399,6 +409,18 @@ class Task(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status_enum in statuses.TERMINAL
+
+    @property
+    def progress_percent(self) -> int | None:
+        """The reported progress in whole percent while the simulation computes, else None."""
+        if self.progress is None or self.status_enum not in statuses.COMPUTING:
+            return None
+        return math.floor(self.progress * 100)
+
+    @property
+    def eta(self):
+        """When the simulation should end at its steady pace, while it computes; else None."""
+        return self.progress_eta if self.progress_percent is not None else None
 
     def position_in_queue(self) -> int | None:
         """How many tasks of the same group are ahead of this one, or None."""
@@ -535,6 +557,79 @@ class ResourceSample(models.Model):
         return f"{self.task_id} at {self.at:%H:%M:%S}: {self.cpu_percent:.0f}% CPU"
 
 
+class MachinePrice(models.Model):
+    """What one hour of a machine of a catalog type costs (``SIMDECK_MACHINE_TYPES``); none is 0.
+
+    Admins set it on the admin site; estimated costs everywhere use the price
+    of the moment they are asked (tasks_app.services.accounting).
+    """
+
+    machine_type = models.CharField(max_length=64, unique=True)
+    price_per_hour = models.DecimalField(
+        max_digits=12, decimal_places=4, default=0, validators=[MinValueValidator(0)]
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.machine_type}: {self.price_per_hour} per hour"
+
+
+class Budget(models.Model):
+    """A project's monthly budget, in core-hours of its tasks or in money spent on its machines.
+
+    What counts and when it warns or refuses: tasks_app.services.budgets.
+    """
+
+    class Kind(models.TextChoices):
+        CORE_HOURS = "core-hours", "core-hours"
+        MONEY = "money", "money"
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="budget")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    monthly_limit = models.DecimalField(max_digits=14, decimal_places=4)
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    set_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.project_id}: {self.monthly_limit} {self.kind} a month"
+
+
+class NotificationRule(models.Model):
+    """Where a user hears of endings: an Apprise URL, and which tasks and groups it is told about.
+
+    Without a project, the user's own tasks and groups; with one, every task
+    and group of that project they may see. Sent by the scheduler
+    (tasks_app.services.notifications); a destination whose messages keep
+    failing is marked failing and skipped until a test gets through.
+    """
+
+    class Tasks(models.TextChoices):
+        ENDED = "ended", "every task that ends"
+        FAILED = "failed", "tasks that fail"
+        NONE = "none", "no task"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_rules"
+    )
+    label = models.CharField(max_length=100)
+    url = models.TextField()
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    tasks = models.CharField(max_length=8, choices=Tasks.choices, default=Tasks.ENDED)
+    groups_terminated = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Endings up to this moment were looked at; the next look starts here.
+    checked_until = models.DateTimeField(default=timezone.now)
+    # Messages that could not be delivered after every retry, since the last that was.
+    failures = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.label}"
+
+
 class Activity(models.Model):
     """Something worth telling that is not a status change, and the audit trail.
 
@@ -545,7 +640,8 @@ class Activity(models.Model):
     one indexed query. Kinds written by people's actions (see ``AUDITED``):
     ``submitted``, ``failed``, ``killed``, ``metadata-edited``,
     ``group-terminated``, ``role-changed``, ``member-added``,
-    ``member-removed``, ``commented``, ``reviewed``. Shown on task, group and
+    ``member-removed``, ``commented``, ``reviewed``, ``budget-set``,
+    ``budget-removed``. Shown on task, group and
     project pages.
     """
 
@@ -560,6 +656,8 @@ class Activity(models.Model):
         "member-removed",
         "commented",
         "reviewed",
+        "budget-set",
+        "budget-removed",
     )
 
     at = models.DateTimeField(default=timezone.now)

@@ -205,6 +205,8 @@ ACTIVE = frozenset(Status) - TERMINAL
 QUEUED = frozenset(s for s, f in FACTS.items() if f.phase == "in_queue")
 ON_MACHINE = frozenset(s for s, f in FACTS.items() if f.on_machine)
 KILLABLE = frozenset(s for s, f in FACTS.items() if f.killable)
+# While its simulation computes, a task shows how far it got (its progress bar and end estimate).
+COMPUTING = frozenset(s for s, phase in PHASE_OF.items() if phase == "computing")
 # What the client's ``is_failed()`` answers true for: every ending but success.
 FAILURES = TERMINAL - {S.SUCCESS}
 

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from tasks_app import views
-from tasks_app.views import review
+from tasks_app.views import notifications, review
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -29,6 +29,11 @@ urlpatterns = [
     path("tasks/<str:task_id>/resources", views.task_resources, name="task-resources"),
     path("tasks/<str:task_id>/files/<str:which>.zip", views.task_archive_download, name="task-archive"),
     path("tasks/<str:task_id>/files/<str:which>/<path:path>", views.task_file_download, name="task-file"),
+    path(
+        "tasks/<str:task_id>/preview/<str:which>/<path:path>",
+        views.task_file_preview,
+        name="task-file-preview",
+    ),
     path("machine-groups/", views.group_list, name="group-list"),
     path("machine-groups/<str:ref>/", views.group_detail, name="group-detail"),
     path("machine-groups/<str:ref>/start", views.group_start, name="group-start"),
@@ -36,9 +41,20 @@ urlpatterns = [
     path("projects/", views.project_list, name="project-list"),
     path("projects/<str:ref>/members/", views.project_members, name="project-members"),
     path("projects/<str:ref>/members/<str:username>", views.project_member, name="project-member"),
+    path("projects/<str:ref>/usage/", views.project_usage, name="project-usage"),
+    path("projects/<str:ref>/budget", views.project_budget, name="project-budget"),
     path("projects/<str:ref>/activity/", review.project_activity, name="project-activity"),
     path("statuses/", views.status_reference, name="status-reference"),
     path("health/", views.health, name="health"),
     path("account/", views.account, name="account"),
     path("account/keys/<int:key_id>/revoke", views.api_key_revoke, name="api-key-revoke"),
+    path("account/notifications/", notifications.notification_rules, name="notification-rules"),
+    path(
+        "account/notifications/<int:rule_id>/test", notifications.notification_test, name="notification-test"
+    ),
+    path(
+        "account/notifications/<int:rule_id>/delete",
+        notifications.notification_delete,
+        name="notification-delete",
+    ),
 ]

@@ -156,6 +156,12 @@ CONSOLE: dict[str, list[Rule]] = {
             kwargs=lambda w: {"task_id": w.task.id, "which": "outputs", "path": "result.txt"},
         )
     ],
+    "task-file-preview": [
+        Rule(
+            scoped("viewer"),
+            kwargs=lambda w: {"task_id": w.task.id, "which": "outputs", "path": "result.txt"},
+        )
+    ],
     "group-list": [
         Rule(for_everyone_logged_in()),
         # Creating a group in the team's project is for its maintainers.
@@ -193,8 +199,22 @@ CONSOLE: dict[str, list[Rule]] = {
         )
     ],
     "project-activity": [Rule(scoped("viewer"), kwargs=project_kw)],
+    "project-usage": [Rule(scoped("viewer"), kwargs=project_kw)],
+    "project-budget": [
+        Rule(scoped("maintainer"), "POST", kwargs=project_kw, data={"kind": "money", "monthly_limit": "10"})
+    ],
     "status-reference": [Rule(for_everyone_logged_in())],
     "account": [Rule(for_everyone_logged_in())],
+    "notification-rules": [
+        Rule(for_everyone_logged_in()),
+        Rule(for_everyone_logged_in(), "POST", data={"url": "json://127.0.0.1:9/hook", "tasks": "ended"}),
+    ],
+    "notification-test": [
+        Rule(only("maintainer"), "POST", kwargs=lambda w: {"rule_id": maintainers_rule(w).pk})
+    ],
+    "notification-delete": [
+        Rule(only("maintainer"), "POST", kwargs=lambda w: {"rule_id": maintainers_rule(w).pk})
+    ],
     "api-key-revoke": [
         Rule(only("maintainer"), "POST", kwargs=lambda w: {"key_id": w.key_objects["maintainer"].pk})
     ],
@@ -224,6 +244,8 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/whoami"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/statuses"): Rule(for_everyone()),
     ("GET", "/api/v1/machine-types"): Rule(for_everyone_logged_in()),
+    # Every project the caller is in (none: all zeros); a project of theirs with ?project=.
+    ("GET", "/api/v1/usage"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/simulators"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/tasks"): Rule(for_everyone_logged_in()),
     ("POST", "/api/v1/tasks"): Rule(
@@ -279,12 +301,16 @@ API: dict[tuple[str, str], Rule] = {
         scoped("maintainer"), data={"machine_type": "c2-standard-4", "name": "another", "project": "team"}
     ),
     ("GET", GROUP): Rule(scoped("viewer")),
+    ("GET", GROUP + "/usage"): Rule(scoped("viewer")),
     ("POST", GROUP + "/start"): Rule(scoped("maintainer")),
     ("POST", GROUP + "/terminate"): Rule(scoped("maintainer")),
     ("POST", GROUP + "/machines/{machine}/reclaim"): Rule(scoped("maintainer")),
     ("GET", "/api/v1/projects"): Rule(for_everyone_logged_in()),
     ("GET", PROJECT): Rule(scoped("viewer")),
     ("GET", PROJECT + "/members"): Rule(scoped("viewer")),
+    ("GET", PROJECT + "/budget"): Rule(scoped("viewer")),
+    ("PUT", PROJECT + "/budget"): Rule(scoped("maintainer"), data={"kind": "money", "monthly_limit": 10}),
+    ("DELETE", PROJECT + "/budget"): Rule(scoped("maintainer")),
     ("POST", PROJECT + "/members"): Rule(
         scoped("maintainer"), data={"username": "newcomer", "role": "viewer"}
     ),
@@ -315,6 +341,16 @@ class World:
     task: Task
     comment: Comment
     saved_view: SavedView
+
+
+def maintainers_rule(w: World):
+    """A notification destination of the maintainer's (a port nobody listens on: a test fails at once)."""
+    from tasks_app.models import NotificationRule
+
+    rule, _ = NotificationRule.objects.get_or_create(
+        user=w.users["maintainer"], label="mine", defaults={"url": "json://127.0.0.1:9/hook"}
+    )
+    return rule
 
 
 def ended_task(owner, group) -> Task:

@@ -487,7 +487,8 @@ def test_the_group_page_shows_machines_queue_and_ended_tasks(
     Task.objects.filter(pk=running.pk).update(machine=machine)
     queued = [make_task(alice, group) for _ in range(5)]
     done = make_task(alice, group, to=HAPPY)
-    with django_assert_max_num_queries(10):
+    # Two of them read its usage: the prices and its machines' hours.
+    with django_assert_max_num_queries(12):
         html = logged_in.get(reverse("group-detail", args=["lab"])).content.decode()
     assert "lab-1" in html and running.id in html and done.id in html
     assert html.index(queued[0].id) < html.index(queued[4].id)

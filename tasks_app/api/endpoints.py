@@ -29,7 +29,7 @@ from ninja.openapi.docs import DocsBase
 from ninja.security import HttpBearer
 from psycopg_pool import PoolTimeout
 
-from tasks_app import lifecycle, services, storage
+from tasks_app import access, inputs, lifecycle, services, storage
 from tasks_app import simulators as sims
 from tasks_app.api import files, groups, projects, review, tasks
 from tasks_app.api import schemas as s
@@ -266,8 +266,34 @@ def statuses(request: HttpRequest):
 
 @api.get("/machine-types", response={200: list[s.MachineTypeOut], **ERRORS}, tags=["machine groups"])
 def machine_types(request: HttpRequest):
-    """The machine types groups can be made of."""
-    return [{"name": name, **spec} for name, spec in sorted(settings.SIMDECK_MACHINE_TYPES.items())]
+    """The machine types groups can be made of, with their price per hour."""
+    currency = settings.SIMDECK_CURRENCY
+    return [
+        {
+            "name": k.name,
+            "vcpus": k.vcpus,
+            "memory_gb": k.memory_gb,
+            "price_per_hour": k.price_per_hour,
+            "currency": currency,
+        }
+        for k in sorted(services.catalog().values(), key=lambda k: k.name)
+    ]
+
+
+@api.get("/usage", response={200: s.UsageOut, **ERRORS}, tags=["projects"])
+def usage(request: HttpRequest, month: str = "", project: str = ""):
+    """What your projects' tasks and machines used in a month (UTC; this one by default), and its cost.
+
+    Tasks count in the day they ended (those computing now, today); machines
+    every hour they were up, idle included. ``project`` keeps one project.
+    """
+    start, end = services.month_bounds(month)
+    if project:
+        chosen = access.project_for(request.user, inputs.text("project", project))
+        names = {chosen.pk: chosen.name}
+    else:
+        names = dict(access.visible_projects(request.user).values_list("pk", "name"))
+    return services.report(list(names), start, end).as_dict(names)
 
 
 @api.get("/simulators", response={200: list[s.SimulatorOut], **ERRORS}, tags=["simulators"])

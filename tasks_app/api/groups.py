@@ -103,3 +103,9 @@ def reclaim_machine(request: HttpRequest, ref: str, machine: str):
         target, actor=request.user, reason=f"Spot machine {machine} was reclaimed by {request.user.username}."
     )
     return _groups(request.user).get(pk=group.pk)
+
+
+@router.get("/{ref}/usage", response={200: s.GroupUsageOut, **ERRORS})
+def group_usage(request: HttpRequest, ref: str):
+    """The group's machine-hours so far (idle included), their cost, and what it costs an hour."""
+    return services.group_usage(access.group_for(request.user, ref))

@@ -12,6 +12,7 @@ from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS, links
 from tasks_app.lifecycle import Status
 from tasks_app.models import Membership
+from tasks_app.services import budgets
 
 router = Router(tags=["projects"])
 
@@ -78,4 +79,34 @@ def remove_member(request: HttpRequest, ref: str, username: str):
     project = access.project_for(request.user, ref)
     access.require(request.user, "manage-members", project)
     teams.remove_member(project, teams.find_user(username), actor=request.user)
+    return Reply(204, None)
+
+
+def _budget(project) -> dict | None:
+    found = budgets.states([project.pk])
+    return found[0].as_dict() if found else None
+
+
+@router.get("/{ref}/budget", response={200: s.BudgetOut | None, **ERRORS})
+def get_budget(request: HttpRequest, ref: str):
+    """The project's monthly budget and this month's use of it (null without one). Every member may look."""
+    return _budget(access.project_for(request.user, ref))
+
+
+@router.put("/{ref}/budget", response={200: s.BudgetOut, **ERRORS})
+def set_budget(request: HttpRequest, ref: str, payload: s.BudgetIn):
+    """Set the monthly budget, in core-hours or money. Maintainers only.
+
+    At 80 % the members are warned; at 100 % new tasks of the project are
+    refused until the month ends or the budget is raised.
+    """
+    project = access.project_for(request.user, ref)
+    budgets.set_budget(request.user, project, payload.kind, payload.monthly_limit)
+    return _budget(project)
+
+
+@router.delete("/{ref}/budget", response={204: None, **ERRORS})
+def remove_budget(request: HttpRequest, ref: str):
+    """Remove the monthly budget. Maintainers only."""
+    budgets.remove_budget(request.user, access.project_for(request.user, ref))
     return Reply(204, None)

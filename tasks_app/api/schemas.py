@@ -122,6 +122,24 @@ class TaskOut(Schema):
     output_size: int | None
     output_files: int | None
     review_state: str = Field(description="unreviewed, approved or needs-attention.")
+    progress: float | None = Field(
+        None,
+        description="How far its simulation got (0 to 1) as it reported it, while it computes; "
+        "null otherwise or when it reports nothing.",
+    )
+    progress_eta: datetime | None = Field(
+        None,
+        description="When its simulation should end at its pace, while it computes; "
+        "null unless that pace is steady.",
+    )
+
+    @staticmethod
+    def resolve_progress(obj) -> float | None:
+        return obj.progress if obj.progress_percent is not None else None
+
+    @staticmethod
+    def resolve_progress_eta(obj) -> datetime | None:
+        return obj.eta
 
     @staticmethod
     def resolve_status_label(obj) -> str:
@@ -166,7 +184,86 @@ def _timeline(obj) -> list[dict]:
     return obj._timeline
 
 
+class UsageFigures(Schema):
+    """What some tasks used (see tasks_app.services.accounting for each figure's definition)."""
+
+    tasks: int
+    computing_seconds: float
+    core_seconds: float
+    core_hours: float
+    memory_gb_hours: float
+    estimated_cost: float
+
+
+class TaskUsageOut(UsageFigures):
+    price_per_hour: float | None = Field(
+        description="Of its machine type, now; null for a type no longer offered."
+    )
+    currency: str
+
+
+class GroupUsageOut(Schema):
+    machine_hours: float = Field(description="Every machine's time up, idle included.")
+    core_hours: float
+    cost: float = Field(description="Machine-hours at the machine type's price per hour.")
+    price_per_hour: float
+    estimated_cost_per_hour: float = Field(
+        description="With all its machines up (an elastic group's maximum)."
+    )
+    currency: str
+
+
+class DayUsageOut(UsageFigures):
+    day: str
+
+
+class UserUsageOut(UsageFigures):
+    user: str
+
+
+class ProjectUsageOut(UsageFigures):
+    project: str
+    machine_hours: float
+    machine_cost: float
+
+
+class TotalUsageOut(UsageFigures):
+    machine_hours: float
+    machine_cost: float
+
+
+class BudgetIn(Schema):
+    kind: str = Field(description="core-hours (the project's tasks) or money (the cost of its machines).")
+    monthly_limit: float | str = Field(
+        description="More than 0: core-hours, or an amount in the server's currency."
+    )
+
+
+class BudgetOut(Schema):
+    kind: str
+    monthly_limit: float
+    used: float = Field(description="This UTC month, in the budget's unit.")
+    percent: int
+    level: str = Field(description="ok, warning (80 % or more) or exhausted (100 %: new tasks are refused).")
+    month: str
+    currency: str
+    set_by: str | None
+    set_at: datetime
+
+
+class UsageOut(Schema):
+    month: str
+    start: datetime
+    end: datetime
+    currency: str
+    total: TotalUsageOut
+    days: list[DayUsageOut]
+    users: list[UserUsageOut]
+    projects: list[ProjectUsageOut]
+
+
 class TaskDetailOut(TaskOut):
+    usage: TaskUsageOut
     position_in_queue: int | None
     events: list[EventOut]
     timeline: list[TimelineEntryOut]
@@ -176,6 +273,10 @@ class TaskDetailOut(TaskOut):
     outputs_available: bool
     output_archive_size: int | None = Field(description="Size of the zipped outputs, in bytes.")
     inputs_available: bool
+
+    @staticmethod
+    def resolve_usage(obj) -> dict:
+        return services.task_usage(obj)
 
     @staticmethod
     def resolve_position_in_queue(obj) -> int | None:
@@ -505,6 +606,8 @@ class MachineTypeOut(Schema):
     name: str
     vcpus: int
     memory_gb: float
+    price_per_hour: float = Field(description="Set by an admin; 0 unless set.")
+    currency: str
 
 
 class SimulatorOut(Schema):

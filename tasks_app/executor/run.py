@@ -37,6 +37,7 @@ from tasks_app import archives, broker, lifecycle, live, sandbox, storage
 from tasks_app import simulators as sims
 from tasks_app.executor import os_error_message
 from tasks_app.executor.process import Outcome, run_invocations, tail
+from tasks_app.executor.progress import ProgressWatch
 from tasks_app.executor.sampling import ResourceMeter
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, Task
@@ -128,6 +129,7 @@ class Execution:
         self.failure: str | None = None  # set by a watch that stopped the task
         self.next_disk_check = 0.0
         self.meter: ResourceMeter | None = None  # set when the simulator starts
+        self.progress: ProgressWatch | None = None  # set once the input is in place
 
     # -- moves ---------------------------------------------------------------
 
@@ -216,7 +218,13 @@ class Execution:
         where = "in its sandbox" if self.box else "WITHOUT a sandbox (turned off by an admin)"
         self.start = (
             f"{simulator.label} started (version {version}) {where}.",
-            {"simulator_version": version, "sandboxed": self.box is not None},
+            # An earlier attempt's progress is not this one's.
+            {
+                "simulator_version": version,
+                "sandboxed": self.box is not None,
+                "progress": None,
+                "progress_eta": None,
+            },
         )
         self.meter = ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
         live.begin_log(self.task.id, first_attempt=self.task.attempt == 1)
@@ -231,11 +239,36 @@ class Execution:
             box=self.box,
             grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
             first_look_seconds=START_RECORD_SECONDS,
-            publish=lambda stream, data: live.append_log(self.task.id, stream, data),
+            publish=self.publish,
         )
         live.end_log(self.task.id)
+        self.record_progress(ended=True)
         self.finish(outcome)
         self.cleanup()
+
+    def publish(self, stream: str, data: bytes) -> None:
+        """A batch of the simulation's output lines: to the live log, and past the progress reader."""
+        if self.progress is not None:
+            self.progress.lines(data)
+        live.append_log(self.task.id, stream, data)
+
+    def record_progress(self, ended: bool = False) -> None:
+        """Record how far the simulation got and when it may end, if that changed; tell its viewers."""
+        due = self.progress.due(ended) if self.progress is not None else None
+        if due is None:
+            return
+        fraction, eta = due
+        try:
+            computing = self.mine().filter(status=Status.STARTED)  # never a later status's row
+            recorded = computing.update(progress=fraction, progress_eta=eta)
+        except DatabaseError:  # a missed report is a bar a second late; the next one is recorded
+            log.warning("Could not record the progress of task %s", self.task.id, exc_info=True)
+            self.progress.recorded = (None, None)
+            return
+        if recorded:
+            live.progress_changed(
+                self.task.id, self.task.owner_id, self.task.project_id, fraction, eta and eta.isoformat()
+            )
 
     def record_start(self) -> bool:
         """Move the task to started (once), dated when its first command was spawned.
@@ -303,6 +336,7 @@ class Execution:
         if sandbox.enabled():
             self.box = self.make_box(simulator)
             run_dir = Path(sandbox.WORKDIR)
+        self.progress = ProgressWatch(simulator.progress_reader(self.workdir, self.task.parameters))
         try:
             invocations = simulator.invocations(self.workdir, self.task.parameters, run_dir=run_dir)
         except sims.SimulatorMissing as exc:
@@ -367,6 +401,7 @@ class Execution:
         ttl = self.task.time_to_live_seconds
         if ttl and (timezone.now() - self.task.started_at).total_seconds() > ttl:
             return "time to live exceeded"
+        self.record_progress()
         meter = self.meter or ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
         self.meter = meter
         if self.box and self.limit_reached(self.box.hit()):

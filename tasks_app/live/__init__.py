@@ -20,7 +20,13 @@ The package's modules: :mod:`~tasks_app.live.logs` (log streams),
 browser connects to is in :mod:`tasks_app.sockets`.
 """
 
-from tasks_app.live.events import queue_order, resources_sampled, task_changed, tasks_changed
+from tasks_app.live.events import (
+    progress_changed,
+    queue_order,
+    resources_sampled,
+    task_changed,
+    tasks_changed,
+)
 from tasks_app.live.logs import (
     ENTRY_MAX_BYTES,
     append_log,
@@ -43,6 +49,7 @@ from tasks_app.live.publishing import (
 )
 
 __all__ = [
+    "progress_changed",
     "ALL_TASKS_GROUP",
     "ENTRY_MAX_BYTES",
     "append_log",

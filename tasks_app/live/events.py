@@ -1,4 +1,4 @@
-"""Status changes, queue moves and resource samples, told to whoever watches.
+"""Status changes, queue moves, progress and resource samples, told to whoever watches.
 
 They go through the Channels layer to groups named after the task, its
 machine group, its owner and its project; the WebSocket consumers
@@ -101,6 +101,26 @@ def resources_sampled(task_id: str) -> None:
             send([(task_group(task_id), {"type": "resources.sampled", "task": task_id})])
     except Exception:  # the sample itself is stored
         log.warning("Could not publish the resource use of task %s", task_id, exc_info=True)
+
+
+def progress_changed(
+    task_id: str, owner_id: int, project_id: int, progress: float | None, eta: str | None
+) -> None:
+    """Tell viewers how far a running task got (``eta``: ISO 8601, or None when no honest estimate).
+
+    The task's own viewers get the figures; pages listing many tasks get a
+    wake-up, as for a status change, and re-read them.
+    """
+    try:
+        own = task_group(task_id)
+        event = {"type": "task.progress", "task": task_id, "progress": progress, "eta": eta}
+        heard = listened({own, owner_group(owner_id), project_group(project_id), ALL_TASKS_GROUP})
+        messages = [(own, event)] if own in heard else []
+        wakes = [(name, event) for name in sorted(heard - {own})]
+        if messages or wakes:
+            send(messages, wakes=wakes)
+    except Exception:  # the progress itself is stored
+        log.warning("Could not publish the progress of task %s", task_id, exc_info=True)
 
 
 def queue_order(group_id: int) -> dict:

@@ -7,6 +7,7 @@ The modules are named after their subject; callers use the names below.
 """
 
 from tasks_app.errors import Refused
+from tasks_app.services.accounting import catalog, group_usage, month_bounds, report, task_usage
 from tasks_app.services.files import missing_outputs, open_output_file, output_listing, remove_outputs
 from tasks_app.services.groups import (
     create_group,
@@ -38,15 +39,18 @@ __all__ = [
     "accept_direct_input",
     "accept_input",
     "batch_key",
+    "catalog",
     "create_group",
     "create_task",
     "create_tasks",
     "enqueue",
+    "group_usage",
     "kill_all",
     "kill_task",
     "lock_group_shared",
     "machine_lost",
     "missing_outputs",
+    "month_bounds",
     "open_output_file",
     "output_listing",
     "parse_duration",
@@ -54,10 +58,12 @@ __all__ = [
     "project_to_use",
     "reclaim_machine",
     "remove_outputs",
+    "report",
     "runner_lost",
     "set_metadata",
     "start_direct_input",
     "start_group",
+    "task_usage",
     "terminate_group",
     "time_breakdown",
     "timeline",

@@ -18,6 +18,7 @@ from tasks_app import simulators as sims
 from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Project, Task
+from tasks_app.services.budgets import check_submission as check_budget
 from tasks_app.services.groups import lock_group_shared, parse_duration
 from tasks_app.services.metadata import validate_metadata
 from tasks_app.services.projects import project_of_task
@@ -131,6 +132,7 @@ def create_task(
     _check_submission(user, machine_group, input_files)
     _check_group_fits(adapter, parameters, machine_group, _machine_reports(machine_group))
     target = project_of_task(machine_group, project)
+    check_budget(target.pk)
     ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
     task = _new_task(
         user, target, machine_group, adapter, parameters, metadata, resubmit_on_preemption, ttl, request_key
@@ -283,6 +285,7 @@ def create_tasks(
             field="tasks",
         )
     _check_submission(user, machine_group, input_files)
+    check_budget(machine_group.project_id)  # every task of a batch is filed in its group's project
     digest = ""
     if input_archive is not None:
         try:

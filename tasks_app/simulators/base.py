@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from tasks_app.sandbox import install_folders
+from tasks_app.simulators.progress import ProgressReader
 
 
 class SimulatorMissing(Exception):
@@ -84,6 +85,15 @@ class Simulator:
         command lines use it.
         """
         raise NotImplementedError
+
+    def progress_reader(self, workdir: Path, parameters: dict) -> ProgressReader:
+        """What tells how far a run of this simulator got (see :mod:`tasks_app.simulators.progress`).
+
+        By default ``SIMDECK_PROGRESS`` lines only; an adapter whose program
+        shows its progress in its own way returns a reader that knows it.
+        Called once the input is in ``workdir``, before the run.
+        """
+        return ProgressReader()
 
     def unfit(self, installed_version: str, parameters: dict) -> str | None:
         """Why a machine with ``installed_version`` cannot run a task of these parameters; None if it can."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes.util
 import importlib.metadata
+import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -19,11 +21,19 @@ import sysconfig
 from pathlib import Path, PurePosixPath
 
 from .base import InvalidParameters, Invocation, Simulator, SimulatorMissing
+from .progress import ProgressReader
 
 DISTRIBUTION = "pysplishsplash"
 PRELOAD_LIBRARY = "libGLdispatch.so.0"
 # Outputs go here, inside the work directory (partio/, vtk/, log/).
 OUTPUT_DIR = "output"
+
+# Where splash writes particle frames, when the scene asks for them, and
+# how it names them: <object>_<fluid id>_<frame>.<extension>, frame 1 at time 0.
+FRAME_FOLDERS = {"partio": ".bgeo", "vtk": ".vtk"}
+FRAME_NAME = re.compile(r"(.+_)([0-9]+)(\.bgeo|\.vtk)")
+# splash's own default when a scene sets no dataExportFPS.
+DEFAULT_EXPORT_FPS = 25.0
 
 # No "stop_at": splash's --stopAt only fills in a scene that lacks stopAt; it
 # does not override one the scene sets (2.19.0), so the scene must say it.
@@ -110,6 +120,30 @@ class SplishSplash(Simulator):
             )
         return {"sim_config_filename": _check_scene(parameters.get("sim_config_filename"), input_files)}
 
+    def progress_reader(self, workdir: Path, parameters: dict) -> ProgressReader:
+        """Simulated time against the scene's ``stopAt``, from the particle frames written so far.
+
+        Headless, splash prints nothing while it simulates; the frames it
+        exports (partio or VTK, ``dataExportFPS`` a simulated second) are
+        the only sign of how far it got. A scene that exports none gets
+        the generic reader alone.
+        """
+        try:
+            scene = json.loads((Path(workdir) / parameters["sim_config_filename"]).read_text())
+            config = scene["Configuration"]
+            stop_at = float(config["stopAt"])
+            fps = float(config.get("dataExportFPS", DEFAULT_EXPORT_FPS))
+            folders = [
+                name
+                for name, key in (("partio", "enablePartioExport"), ("vtk", "enableVTKExport"))
+                if config.get(key)
+            ]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return ProgressReader()
+        if stop_at <= 0 or fps <= 0 or not folders:
+            return ProgressReader()
+        return FrameProgress(Path(workdir) / OUTPUT_DIR / folders[0], stop_at, fps)
+
     def invocations(self, workdir: Path, parameters: dict, run_dir: Path | None = None) -> list[Invocation]:
         splash = find_splash()
         preload = find_gl_dispatch()
@@ -192,3 +226,40 @@ def _check_scene(value: object, input_files: list[str]) -> str:
             field=field,
         )
     return name
+
+
+class FrameProgress(ProgressReader):
+    """Progress from the numbered particle frames splash exports into ``folder``.
+
+    The folder is listed only until the first frame appears; after that
+    each look asks for the next frame's file by name, so a long run with
+    thousands of frames costs a look or two a second, not a listing.
+    """
+
+    def __init__(self, folder: Path, stop_at: float, fps: float):
+        self.folder, self.stop_at, self.fps = folder, stop_at, fps
+        self.prefix: str | None = None
+        self.suffix = ""
+        self.frame = 0
+
+    def look(self) -> float | None:
+        try:
+            if self.prefix is None and not self.first_frame():
+                return None
+            while (self.folder / f"{self.prefix}{self.frame + 1}{self.suffix}").exists():
+                self.frame += 1
+        except OSError:
+            return None
+        # Frame n holds simulated time (n - 1) / fps.
+        return min(1.0, max(0.0, (self.frame - 1) / self.fps / self.stop_at))
+
+    def first_frame(self) -> bool:
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return False
+        for name in names:
+            match = FRAME_NAME.fullmatch(name)
+            if match and int(match.group(2)) > self.frame:
+                self.prefix, self.frame, self.suffix = match.group(1), int(match.group(2)), match.group(3)
+        return self.prefix is not None

@@ -37,6 +37,7 @@ from tasks_app import access, live, storage
 from tasks_app.lifecycle import TERMINAL, Status
 from tasks_app.models import APIKey, ResourceSample, Task
 from tasks_app.sockets import hub as log_hub
+from tasks_app.templatetags.simdeck import task_progress as progress_context
 from tasks_app.views.resources import resources_context
 from tasks_app.views.tasks import header_context, timeline_context
 
@@ -178,6 +179,22 @@ class TaskEventsConsumer(_TaskSocket):
             else:
                 await self.send_state(position)
 
+    async def task_progress(self, event: dict) -> None:
+        """The machine recorded how far the simulation got: the bar and the estimate, fresh."""
+        if event["task"] != self.task_id:
+            return
+        if self.json:
+            await self.send(
+                json.dumps({"type": "progress", "progress": event["progress"], "eta": event["eta"]})
+            )
+            return
+        try:
+            task, _ = await self._reload(0)
+        except Http404:  # no longer the viewer's to see
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        await self.send(await database_sync_to_async(_render_progress)(task))
+
     async def resources_sampled(self, event: dict) -> None:
         """The machine wrote a resource sample: the figures and charts, fresh."""
         if self.json:
@@ -226,6 +243,11 @@ class TaskEventsConsumer(_TaskSocket):
 def _render_header(task, position: int | None, user) -> str:
     context = header_context(task, position=position, user=user)
     return render_to_string("tasks/task_detail.html#header", context)
+
+
+def _render_progress(task) -> str:
+    inner = render_to_string("tasks/_progress.html", progress_context(task))
+    return f'<div id="task-progress" class="task-progress" hx-swap-oob="true">{inner}</div>'
 
 
 def _render_timeline(task) -> str:

@@ -33,7 +33,7 @@ from django.http import Http404, QueryDict
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from tasks_app import access, live
+from tasks_app import access, live, statuses
 from tasks_app.forms import TaskFilterForm
 from tasks_app.sockets.consumers import CLOSE_NOT_FOUND, CLOSE_UNEXPECTED, LiveSocket
 from tasks_app.views import table
@@ -87,6 +87,9 @@ class _PageSocket(LiveSocket):
         self.changed.set()
 
     async def queue_moved(self, event: dict) -> None:
+        self.changed.set()
+
+    async def task_progress(self, event: dict) -> None:
         self.changed.set()
 
     async def resources_sampled(self, event: dict) -> None:
@@ -157,7 +160,7 @@ class TaskTableConsumer(_PageSocket):
             self.visible(), self.form.cleaned_data["sort"], self.params.get("after", ""), size=None
         )
         # What the page shows, and as of which change; tasks newer than the page are not on it.
-        self.shown = {t.pk: t.status_changed_at for t in page.rows if t.created_at <= self.since}
+        self.shown = {t.pk: _shown_as(t) for t in page.rows if t.created_at <= self.since}
         self.counted: set[str] = set()
         return True
 
@@ -176,10 +179,14 @@ class TaskTableConsumer(_PageSocket):
             .filter(Q(status_changed_at__gte=since) | Q(created_at__gte=since))
             .order_by("-status_changed_at")[:CHANGED_SHOWN]
         )
+        # Progress moves without a status change: the rows on the page still computing, by key.
+        progressing = access.visible_tasks(self.user).filter(
+            pk__in=list(self.shown), status__in=sorted(statuses.COMPUTING), progress__isnull=False
+        )
         parts = []
-        for task in changed:
-            if task.pk in self.shown and self.shown[task.pk] != task.status_changed_at:
-                self.shown[task.pk] = task.status_changed_at
+        for task in [*changed, *progressing]:
+            if task.pk in self.shown and self.shown[task.pk] != _shown_as(task):
+                self.shown[task.pk] = _shown_as(task)
                 context = {"task": task, "oob": True}
                 parts.append(render_to_string("tasks/task_list.html#status_cell", context))
                 parts.append(render_to_string("tasks/task_list.html#duration_cell", context))
@@ -204,6 +211,11 @@ class TaskTableConsumer(_PageSocket):
                     )
                 )
         return "".join(parts)
+
+
+def _shown_as(task) -> tuple:
+    """What a row of the table shows that may change while it is on the page."""
+    return task.status_changed_at, task.progress_percent, task.eta
 
 
 class OverviewConsumer(_PageSocket):

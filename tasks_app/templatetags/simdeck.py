@@ -7,6 +7,7 @@ from django import template
 from django.utils import timezone
 
 from tasks_app import inputs
+from tasks_app.services import previews
 from tasks_app.statuses import TONES, Status
 
 register = template.Library()
@@ -61,6 +62,18 @@ def status_badge(status: str, label: str = ""):
         except ValueError:
             label = status
     return {"tone": tone, "glyph": glyph, "label": label, "status": status}
+
+
+@register.filter
+def previewable(path: str) -> bool:
+    """Whether the console can show a look at this file (tasks_app.services.previews)."""
+    return previews.kind(path) is not None
+
+
+@register.inclusion_tag("tasks/_progress.html")
+def task_progress(task, compact: bool = False):
+    """A computing task's progress bar and, when its pace is steady, its estimated end."""
+    return {"task": task, "percent": task.progress_percent, "eta": task.eta, "compact": compact}
 
 
 @register.inclusion_tag("_diagram.html")

@@ -15,12 +15,13 @@ from tasks_app.views.bulk import saved_view_create, saved_view_delete, task_bulk
 from tasks_app.views.groups import group_detail, group_list, group_start, group_terminate
 from tasks_app.views.health import health
 from tasks_app.views.pages import account, api_key_revoke, home, overview, project_list, status_reference
-from tasks_app.views.projects import project_member, project_members
+from tasks_app.views.projects import project_budget, project_member, project_members, project_usage
 from tasks_app.views.resources import task_resources
 from tasks_app.views.tasks import (
     task_archive_download,
     task_detail,
     task_file_download,
+    task_file_preview,
     task_files,
     task_kill,
     task_list,
@@ -44,7 +45,9 @@ __all__ = [
     "overview",
     "project_list",
     "project_member",
+    "project_budget",
     "project_members",
+    "project_usage",
     "saved_view_create",
     "saved_view_delete",
     "status_reference",
@@ -53,6 +56,7 @@ __all__ = [
     "task_detail",
     "task_export",
     "task_file_download",
+    "task_file_preview",
     "task_files",
     "task_kill",
     "task_list",

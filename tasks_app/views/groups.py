@@ -17,7 +17,7 @@ from tasks_app import simulators as sims
 from tasks_app.forms import GroupForm, add_refusal
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, MachineGroup, Task
-from tasks_app.views.common import page_or_partial
+from tasks_app.views.common import page_or_partial, wants_partial
 
 QUEUE_SHOWN = 50
 RUNNING_SHOWN = 50
@@ -97,6 +97,8 @@ def group_detail(request: HttpRequest, ref: str) -> HttpResponse:
         "activities": list(group.activities.order_by("-at")[:10]),
         "can_manage": access.can(request.user, "manage", group),
     }
+    if not wants_partial(request):  # the machines partial shows no usage
+        context["usage"] = services.group_usage(group)
     return page_or_partial(request, "groups/group_detail.html", "machines", context)
 
 

@@ -16,6 +16,7 @@ from tasks_app import access, lifecycle, task_counts
 from tasks_app.forms import APIKeyForm
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Machine, MachineGroup, Membership, Task
+from tasks_app.services import budgets
 from tasks_app.views import diagram
 from tasks_app.views.groups import with_counts
 
@@ -27,7 +28,8 @@ CHART_W, CHART_H = 480, 120
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     """What is going on now: counts, what runs, queues, failures, throughput, machines."""
-    return render(request, "overview.html", overview_context(request.user))
+    context = overview_context(request.user) | {"budget_warnings": budgets.warnings(request.user)}
+    return render(request, "overview.html", context)
 
 
 def overview_context(user) -> dict:
@@ -68,8 +70,13 @@ def overview_context(user) -> dict:
         group__in=access.visible_groups(user), state=Machine.State.ONLINE
     ).aggregate(total=Count("pk"), busy=Count("pk", filter=Q(Exists(busy))))
     machines["idle"] = machines["total"] - machines["busy"]
+    # The user's own latest tasks, whatever their status, in projects they are still in.
+    recent = list(
+        tasks.filter(owner=user).select_related("machine_group").order_by("-created_at", "-id")[:10]
+    )
     return {
         "by_status": by_status,
+        "recent": recent,
         "running": running,
         "groups": groups,
         "failures": failures,

@@ -38,6 +38,8 @@ KIND_LABELS = {
     "member-added": "added a member",
     "member-removed": "removed a member",
     "resubmitted": "resubmitted",
+    "budget-set": "set the monthly budget",
+    "budget-removed": "removed the monthly budget",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import PurePosixPath
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -28,6 +29,7 @@ from tasks_app.forms import (
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, MachineGroup, Membership, Role, Task
 from tasks_app.resubmit import resubmit
+from tasks_app.services import previews
 from tasks_app.statuses import KILLABLE, PHASE_LABELS, STATUS_GROUPS
 from tasks_app.views import bulk, diagram, filetree, logs, review, table, waiting
 from tasks_app.views.common import page_or_partial, wants_partial
@@ -153,6 +155,7 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
         }
     )
     context |= resources_context(task)
+    context["usage"] = services.task_usage(task)
     context |= review.review_context(request.user, task, allowed=context["allowed"])
     return render(request, "tasks/task_detail.html", context)
 
@@ -322,10 +325,51 @@ def task_file_download(request: HttpRequest, task_id: str, which: str, path: str
             member.close()
             archive.close()
 
-    response = StreamingHttpResponse(chunks(), content_type="application/octet-stream")
+    shown = previews.content_type(path) if request.GET.get("inline") else None
+    if shown and size <= previews.IMAGE_MAX_BYTES:
+        # An image for the preview's <img>. An SVG may carry script: it runs in no <img>,
+        # and this policy keeps it from running when the address is opened on its own.
+        response = StreamingHttpResponse(chunks(), content_type=shown)
+        response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+        response["Content-Disposition"] = "inline"
+    else:
+        response = StreamingHttpResponse(chunks(), content_type="application/octet-stream")
+        response["Content-Disposition"] = downloads.attachment(path)
     response["Content-Length"] = str(size)
-    response["Content-Disposition"] = downloads.attachment(path)
     return response
+
+
+@login_required
+@require_GET
+def task_file_preview(request: HttpRequest, task_id: str, which: str, path: str) -> HttpResponse:
+    """A look at one file of an archive: an image, a table's head and chart, a text's head and tail."""
+    task = access.task_for(request.user, task_id)
+    kind = previews.kind(path)
+    context = {"task": task, "which": which, "path": path, "kind": kind}
+    if kind in ("table", "text"):
+        with storage.open_file(_archive_name(task, which)) as archive:
+            try:
+                member, size = archives.open_file(archive, path)
+            except KeyError:
+                raise Http404("No such file in this archive.") from None
+            with member:
+                if kind == "table":
+                    context["table"] = previews.table(
+                        member, previews.TABLES[PurePosixPath(path).suffix.lower()]
+                    )
+                else:
+                    context["text"] = previews.text(member, size)
+        context["size"] = size
+    elif kind in ("image", "svg"):
+        with storage.open_file(_archive_name(task, which)) as archive:
+            try:
+                member, size = archives.open_file(archive, path)
+            except KeyError:
+                raise Http404("No such file in this archive.") from None
+            member.close()
+        context["size"] = size
+        context["too_big"] = size > previews.IMAGE_MAX_BYTES
+    return render(request, "tasks/task_preview.html", context)
 
 
 # -- metadata --------------------------------------------------------------------
