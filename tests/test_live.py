@@ -460,3 +460,29 @@ def test_a_simulator_printing_very_fast_reaches_a_viewer_in_few_frames_every_lin
     # At most one frame per FRAME_SECONDS, so far fewer frames than lines.
     assert len(batches) <= followed / consumers.FRAME_SECONDS + 5
     assert len(batches) < 30_000 / 20
+
+
+def test_every_live_message_has_a_handler_on_each_consumer_that_may_hear_it():
+    """Channels calls the method its type names; a consumer without it would end on the first one."""
+    from tasks_app.live.messages import QueueMoved, ResourcesSampled, TaskChanged, TaskProgress
+    from tasks_app.sockets.pages import GroupPageConsumer, OverviewConsumer, TaskTableConsumer
+
+    for kind in (TaskChanged, QueueMoved, TaskProgress, ResourcesSampled):
+        handler = kind.type.replace(".", "_")
+        for consumer in (
+            consumers.TaskEventsConsumer,
+            TaskTableConsumer,
+            OverviewConsumer,
+            GroupPageConsumer,
+        ):
+            assert callable(getattr(consumer, handler, None)), f"{consumer.__name__} has no {handler}"
+
+
+@pytest.mark.django_db
+def test_a_live_message_reads_back_as_the_type_it_was_sent_as():
+    from tasks_app.live.messages import QueueMoved, TaskProgress
+
+    sent = live.queue_order(0)
+    assert sent["type"] == "queue.moved" and QueueMoved.of(sent) == QueueMoved(order=[])
+    progress = TaskProgress(task="t1", progress=42.0, eta=None)
+    assert TaskProgress.of(progress.message()) == progress
