@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from console import servers
 from tasks_app.testing.clients import WATCHING_CLIENT
 from tasks_app.testing.ledger import Ledger
 
@@ -430,6 +431,7 @@ def setup(home: Path) -> None:
     os.environ.pop("REDIS_URL", None)
     os.environ.pop("CELERY_BROKER_URL", None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    servers.start_embedded(home)
     import logging
 
     import django

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from console import servers
+
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "simdeck_bench"
 
@@ -65,6 +67,7 @@ def setup_django() -> None:
         os.environ["DATABASE_URL"] = _ensure_database(
             os.environ["DATABASE_URL"], os.environ.get("SIMDECK_BENCH_DB") or DB_NAME
         )
+    servers.start_embedded(home())
     import django
     from django.core.management import call_command
 
@@ -92,16 +95,11 @@ def _ensure_database(url: str, name: str) -> str:
 
 def _stop_embedded() -> None:
     """Stop the embedded servers the benchmarks started; configured ones are not ours."""
-    from django.conf import settings
     from django.db import connections
 
-    from console import embedded
-
     connections.close_all()
-    if not os.environ.get("REDIS_URL"):
-        embedded.stop_redis(settings.SIMDECK_HOME)
-    if not os.environ.get("DATABASE_URL"):
-        embedded.stop_postgres(settings.SIMDECK_HOME)
+    for failure in servers.stop_embedded(home()):
+        print(failure, file=sys.stderr)
 
 
 class Stack:

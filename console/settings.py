@@ -3,8 +3,9 @@
 Everything an instance keeps (embedded database and Redis, stored inputs
 and outputs, work directories, logs) lives under ``SIMDECK_HOME``. With no
 ``DATABASE_URL`` / ``REDIS_URL`` the embedded servers under that folder are
-used, and started if they are not running yet, so ``manage.py`` in a second
-shell reaches the same data as the running instance.
+used, so every process of an instance, and ``manage.py`` in a second shell,
+reaches the same data. Reading these settings starts no server: the
+launcher and the commands that need one start it (console/servers.py).
 """
 
 import os
@@ -12,15 +13,15 @@ from pathlib import Path
 
 import environ
 
-from console import embedded, objectstore
+from console import embedded, objectstore, servers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-SIMDECK_HOME = Path(env.str("SIMDECK_HOME", default=str(BASE_DIR / ".simdeck"))).resolve()
+SIMDECK_HOME = servers.instance_home()
 SIMDECK_HOME.mkdir(parents=True, exist_ok=True)
 # Every team's inputs and outputs live here: no other account of the host may look in
-# (the embedded PostgreSQL's own user passes through by group, see console/embedded.py).
+# (the embedded PostgreSQL's own user passes through by group, see console/embedded/postgres.py).
 if SIMDECK_HOME.stat().st_uid == os.getuid():
     SIMDECK_HOME.chmod(SIMDECK_HOME.stat().st_mode & 0o710)
 
@@ -94,7 +95,7 @@ TEMPLATES = [
     },
 ]
 
-DATABASE_URL = env.str("DATABASE_URL", default="") or embedded.start_postgres(SIMDECK_HOME)
+DATABASE_URL = servers.database_url(SIMDECK_HOME)
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # The web server answers on many threads (Django's, and Channels' for the
@@ -121,7 +122,7 @@ if env.bool("SIMDECK_DB_PREPARED_STATEMENTS", default=True):
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env.str("REDIS_URL", default="") or embedded.start_redis(SIMDECK_HOME)
+REDIS_URL = servers.redis_url(SIMDECK_HOME)
 
 CHANNEL_LAYERS = {
     "default": {

@@ -16,6 +16,7 @@ an exit code that says what kind it was:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Annotated
@@ -25,7 +26,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from simdeck import api, cli_resources, cli_tasks, config, projects
+from simdeck import api, cli_resources, cli_tasks, config, projects, users
 from simdeck.cli_common import err, note, out, print_json
 from simdeck.errors import SimdeckError
 
@@ -38,6 +39,8 @@ app = typer.Typer(
 auth_app = typer.Typer(help="Which server and API key the command line uses.", no_args_is_help=True)
 projects_app = typer.Typer(help="Projects your tasks are filed in.", no_args_is_help=True)
 simulators_app = typer.Typer(help="Simulators the server offers.", no_args_is_help=True)
+quotas_app = typer.Typer(help="Your limits, and what you use of them.", no_args_is_help=True)
+user_app = typer.Typer(help="You as a user of the server.", no_args_is_help=True)
 
 
 def _print_version(asked: bool) -> None:
@@ -65,6 +68,8 @@ app.add_typer(cli_resources.app, name="resources")
 app.add_typer(projects_app, name="projects")
 app.add_typer(simulators_app, name="simulators")
 app.add_typer(auth_app, name="auth")
+app.add_typer(quotas_app, name="quotas")
+app.add_typer(user_app, name="user")
 app.command("logs")(cli_tasks.logs)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
@@ -161,6 +166,70 @@ def list_simulators(as_json: JsonOption = False):
     out.print(table)
 
 
+# -- you: quotas and who you are ------------------------------------------------------
+
+
+def _quotas_table(me: users.User) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("Whose", overflow="fold")
+    table.add_column("Limit")
+    table.add_column("In use", justify="right", no_wrap=True)
+    table.add_column("Allowed", justify="right", no_wrap=True)
+    holders = [("You", me.quotas)] + [(f"{p.name} ({p.role})", p.quotas) for p in me.projects]
+    for i, (whose, quotas) in enumerate(holders):
+        for j, q in enumerate(quotas.values()):
+            if q.in_use is None:
+                used = "each group" if q.id == "max_group_ttl_minutes" else "each task"
+            else:
+                used = f"{q.in_use:g}"
+            allowed = "no limit" if q.max_allowed is None else f"{q.max_allowed:g} {q.unit}"
+            table.add_row(
+                whose if j == 0 else "",
+                q.label,
+                used,
+                allowed,
+                end_section=j == len(quotas) - 1 and i < len(holders) - 1,
+            )
+    return table
+
+
+def _as_json(me: users.User) -> dict:
+    return dataclasses.asdict(me)
+
+
+@quotas_app.command("list")
+def list_quotas(as_json: JsonOption = False):
+    """Your quotas and your projects', with what is in use now; a machine group needs room under both."""
+    me = users.get_info()
+    if as_json:
+        print_json({k: v for k, v in _as_json(me).items() if k in ("username", "quotas", "projects")})
+        return
+    out.print(_quotas_table(me))
+
+
+@user_app.command("info")
+def user_info(as_json: JsonOption = False):
+    """Who you are on this server: your projects, quotas and this month's use."""
+    me = users.get_info()
+    if as_json:
+        print_json(_as_json(me))
+        return
+    email = f" <{me.email}>" if me.email else ""
+    out.print(f"{me.name or me.username}{email}" + (" (staff)" if me.is_staff else ""))
+    out.print(f"Username  {me.username}")
+    out.print(f"Server    {config.load().url}")
+    roles = ", ".join(f"{p.name} ({p.role})" for p in me.projects) or "none yet"
+    out.print(f"Projects  {roles}")
+    u = me.usage
+    out.print(
+        f"This month ({u['month']}, UTC): {u['tasks']} tasks, {u['core_hours']:.3f} core-hours, "
+        f"{u['memory_gb_hours']:.3f} memory GB-hours, estimated {u['estimated_cost']:.2f} {u['currency']}; "
+        f"machines {u['machine_hours']:.3f} hours, {u['machine_cost']:.2f} {u['currency']}"
+    )
+    out.print()
+    out.print(_quotas_table(me))
+
+
 # -- auth ------------------------------------------------------------------------------
 
 
@@ -234,11 +303,38 @@ def _with_watch_default(argv: list[str]) -> list[str]:
     return done
 
 
+# Options that take several values after one flag, as Inductiva's command line writes them
+# (`tasks list -i A B`, `tasks download ID --filenames a b`). Click takes an option's values
+# only one per flag, so each following word is given its own flag before Click parses it.
+MULTI_VALUE = {
+    ("tasks", "list"): {"--id", "-i", "--status", "-s"},
+    ("tasks", "download"): {"--filenames"},
+}
+
+
+def _spread_values(argv: list[str]) -> list[str]:
+    """``--filenames a b`` becomes ``--filenames a --filenames b``, up to the next option."""
+    options = MULTI_VALUE.get(tuple(argv[:2]))
+    if not options:
+        return argv
+    done: list[str] = []
+    flag = None
+    for arg in argv:
+        if arg == "--":
+            flag = None
+        elif arg.startswith("-") and len(arg) > 1:
+            flag = arg if arg in options else None
+        elif flag is not None and done[-1] != flag:
+            done.append(flag)  # a further value of the same option
+        done.append(arg)
+    return done
+
+
 def main() -> None:
     api.DEFAULT_RETRIES = 3  # report a dead server in about a second, not ten
     debug = bool(os.environ.get("SIMDECK_DEBUG"))
     try:
-        code = app(args=_with_watch_default(sys.argv[1:]), standalone_mode=False)
+        code = app(args=_spread_values(_with_watch_default(sys.argv[1:])), standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.TyperException as exc:  # bad usage: the command line's own message, exit code 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import re
 import time
 from typing import Annotated
 
@@ -15,7 +17,7 @@ from rich.text import Text
 from simdeck import api, render
 from simdeck import tasks as client_tasks
 from simdeck.cli_common import confirm, note, out, print_json
-from simdeck.errors import InvalidInput, NotFound
+from simdeck.errors import InvalidInput, NotFound, Refused
 from simdeck.tasks import ACTIVE_STATUSES, TERMINAL, Task
 
 app = typer.Typer(help="List, inspect, follow, kill and download tasks.", no_args_is_help=True)
@@ -210,7 +212,8 @@ def kill(
 def download(
     task_ids: Annotated[list[str] | None, typer.Argument(help="Tasks to download.")] = None,
     filenames: Annotated[
-        list[str] | None, typer.Option("--filenames", help="Only these files of the outputs.")
+        list[str] | None,
+        typer.Option("--filenames", help="Only these files (of the outputs, or of the inputs with --input)."),
     ] = None,
     output_dir: Annotated[str | None, typer.Option("--dir", help="Folder to download into.")] = None,
     inputs: Annotated[bool, typer.Option("--input", "-i", help="Download the inputs.")] = False,
@@ -224,8 +227,6 @@ def download(
     """
     if not task_ids:
         raise InvalidInput("Name at least one task to download; 'simdeck tasks list' shows their ids.")
-    if inputs and filenames:
-        raise InvalidInput("--filenames picks files of the outputs; it does not go with --input.")
     tasks = [Task(i) for i in task_ids]
     for task in tasks:
         target = None
@@ -234,7 +235,9 @@ def download(
         if outputs or not inputs:
             task.download_outputs(filenames=filenames, output_dir=target)
         if inputs:
-            task.download_inputs(output_dir=f"{target}/inputs" if target and outputs else target)
+            task.download_inputs(
+                filenames=filenames, input_dir=f"{target}/inputs" if target and outputs else target
+            )
 
 
 # -- inside a running task --------------------------------------------------------------
@@ -378,28 +381,75 @@ def metadata_unset(task_id: str, keys: Annotated[list[str], typer.Argument(help=
 # -- logs (a top-level command) ----------------------------------------------------------------
 
 
+# Which task, as Inductiva's command line names one: the newest submitted, or the newest running
+# ("-n" counts back from it); a task id names itself.
+SELECTOR = re.compile(r"(submitted|started)(?:-(\d+))?", re.IGNORECASE)
+
+
+def _select(which: str) -> Task:
+    found = SELECTOR.fullmatch(which.strip())
+    if not found:
+        return Task(which)
+    kind, back = found.group(1).lower(), int(found.group(2) or 0)
+    params = {"status": sorted(client_tasks.RUNNING)} if kind == "started" else {}
+    items = list(client_tasks.summaries(params, back + 1))
+    if len(items) <= back:
+        what = "running" if kind == "started" else "submitted"
+        have = f"only {len(items)}" if items else "none"
+        raise NotFound(
+            f"{which.upper()} names your task number {back + 1} among those {what}; you have {have}."
+        )
+    return Task(items[back]["id"])
+
+
 def logs(
-    task_id: str,
+    which: Annotated[
+        str,
+        typer.Argument(
+            help="A task id, or SUBMITTED (your newest task), SUBMITTED-1 (the one before), "
+            "STARTED, STARTED-1 … (among those running).",
+            show_default=False,
+        ),
+    ] = "SUBMITTED",
     stdout: Annotated[bool, typer.Option("--stdout", help="Only stdout.")] = False,
     stderr: Annotated[bool, typer.Option("--stderr", help="Only stderr.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Wait for a task that has not started yet.")
+    ] = False,
+    attempt: Annotated[
+        int | None,
+        typer.Option(
+            "--attempt", min=1, help="The stored logs of this attempt (a resubmitted task has several)."
+        ),
+    ] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No red for stderr.")] = False,
 ):
     """Print a task's stdout and stderr, following them live until the task ends."""
-    task = Task(task_id)
+    task = _select(which)
     streams = tuple(s for s, wanted in (("stdout", stdout), ("stderr", stderr)) if wanted) or (
         "stdout",
         "stderr",
     )
-    status = task.status
-    if status in ("pending-input", "submitted"):
-        note(f"Task {task.id} is {status}; its logs appear once it starts.", "dim")
     colour = out.is_terminal and not no_color
-    # Whole lines only, so that a line of one stream never ends inside a line of the other.
-    partial = dict.fromkeys(streams, "")
 
     def show(stream: str, text: str) -> None:
         out.print(Text(text, style="red" if colour and stream == "stderr" else ""), end="", soft_wrap=True)
 
+    if attempt is not None:
+        for stream in streams:
+            show(stream, _stored_log(task, stream, attempt))
+        return
+    details = task.get_info()
+    if details.status in ("pending-input", "submitted"):
+        if not wait:
+            raise Refused(
+                f"Task {task.id} is {details.status_label}: its logs begin when it starts. "
+                f"Add --wait to wait for that: simdeck logs {task.id} --wait",
+                code="not_running",
+            )
+        note(f"Task {task.id} is {details.status_label}; its logs appear once it starts.", "dim")
+    # Whole lines only, so that a line of one stream never ends inside a line of the other.
+    partial = dict.fromkeys(streams, "")
     try:
         for stream, text in task.stream_logs(streams):
             complete, newline, partial[stream] = (partial[stream] + text).rpartition("\n")
@@ -413,6 +463,12 @@ def logs(
     final = task.status
     if final != "success":
         note(f"Task {task.id} ended as {final}.", "dim")
+
+
+def _stored_log(task: Task, stream: str, attempt: int) -> str:
+    sink = io.BytesIO()
+    api.client().download(f"/tasks/{task.id}/logs/{stream}?attempt={attempt}", sink)
+    return sink.getvalue().decode("utf-8", "replace")
 
 
 __all__ = ["app", "logs"]

@@ -65,6 +65,7 @@ class Project:
 
         By default the folder is ``simdeck_output/<project name>``.
         """
+        _ = self.info  # a project that is not there (or not yours) is an error that names it, not 0 tasks
         root = Path(output_dir) if output_dir else tasks.output_root() / self.name
         done = self.get_tasks(status="success")
         for task in done:

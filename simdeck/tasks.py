@@ -142,12 +142,66 @@ class TimeBreakdown:
     finalizing: float | None
 
 
+@dataclasses.dataclass
+class Metric:
+    """One measure under Inductiva's name: a label and its value (None when not measured)."""
+
+    label: str
+    value: float | int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Executer:
+    """The machine that ran the task, with the attribute names of Inductiva's client."""
+
+    uuid: str | None  # the machine's name: Simdeck names machines uniquely
+    vm_name: str | None
+    vm_type: str
+    cpu_count_logical: int | None
+    cpu_count_physical: int | None
+    memory: float | None  # GB
+    n_mpi_hosts: int
+    host_type: str  # the provider: local or slurm
+    error_detail: str
+
+
+class TimeMetrics:
+    """Seconds per phase, by Inductiva's names; each is a :class:`Metric` (``.value``)."""
+
+    def __init__(self, info: TaskInfo):
+        phases = info.time_breakdown
+        self.total_seconds = Metric("Total seconds", info.total_time)
+        self.input_upload_seconds = Metric("Input upload", phases.waiting_for_input)
+        self.queue_time_seconds = Metric("Time in queue", phases.in_queue)
+        # Simdeck runs simulators installed on the machine: there is no image to fetch.
+        self.container_image_download_seconds = Metric("Container image download", None)
+        # Preparing is fetching the input and unpacking it, measured as one phase.
+        self.input_download_seconds = Metric("Input download and decompression", phases.preparing)
+        self.input_decompression_seconds = Metric("Input decompression", None)
+        self.computation_seconds = Metric("Computation", phases.computing)
+        self.output_upload_seconds = Metric("Output upload", phases.finalizing)
+
+
+class DataMetrics:
+    """Sizes of the outputs, by Inductiva's names; each is a :class:`Metric` (``.value``)."""
+
+    def __init__(self, info: TaskInfo):
+        self.output_zipped_size_bytes = Metric("Size of zipped output", info.output_archive_size)
+        self.output_size_bytes = Metric("Size of unzipped output", info.output_size)
+        self.output_total_files = Metric("Number of output files", info.output_files)
+
+
 class TaskInfo(Mapping):
     """Everything the server knows about a task, at the moment it was asked.
 
     Read it by attribute (``info.machine_type``, ``info.time_breakdown.computing``)
     or, as the JSON the API sent, by key (``info["status"]``).
     ``str(info)`` is the same readable summary as ``Task.summary``.
+
+    Scripts written for Inductiva's client find its names too: ``task_id``,
+    ``executer``, ``time_metrics``, ``data_metrics``, ``create_time`` and the
+    other ``*_time`` moments, ``storage_path``, ``status_history``,
+    ``estimated_computation_cost``, ``is_submitted`` and ``is_running``.
     """
 
     def __init__(self, data: dict):
@@ -208,6 +262,44 @@ class TaskInfo(Mapping):
         self.core_seconds: float | None = self.usage.get("core_seconds")
         self.estimated_cost: float | None = self.usage.get("estimated_cost")
         self.currency: str | None = self.usage.get("currency")
+        self._inductiva_names(data)
+
+    def _inductiva_names(self, data: dict) -> None:
+        """The same facts under the names Inductiva's TaskInfo gives them."""
+        self.task_id = self.id
+        self.status_alias = self.status_label
+        self.is_submitted = canonical(self.status) == "submitted"
+        self.is_running = canonical(self.status) in RUNNING
+        self.storage_path = self.id  # the task's folder: <id>/outputs/… names its outputs
+        self.create_time = self.created_at
+        self.input_submit_time = self.queued_at
+        self.start_time = self.preparing_at
+        self.computation_start_time = self.started_at
+        self.computation_end_time = self.finalizing_at
+        self.end_time = self.ended_at
+        self.estimated_computation_cost = self.estimated_cost
+        self.status_history = [
+            {"status": str(step.status), "timestamp": step.at, "duration_seconds": step.duration}
+            for step in self.timeline
+        ]
+        self.time_metrics = TimeMetrics(self)
+        self.data_metrics = DataMetrics(self)
+        # A task that never reached a machine has no executer, as in Inductiva's client.
+        self.executer = (
+            Executer(
+                uuid=self.machine,
+                vm_name=self.machine,
+                vm_type=self.machine_type,
+                cpu_count_logical=data.get("machine_vcpus"),
+                cpu_count_physical=data.get("machine_vcpus"),
+                memory=data.get("machine_memory_gb"),
+                n_mpi_hosts=1,
+                host_type=data.get("provider", "local"),
+                error_detail=self.error_detail,
+            )
+            if self.machine
+            else None
+        )
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -248,6 +340,11 @@ class OutputFile:
     size: int
     compressed_size: int
 
+    @property
+    def name(self) -> str:
+        """Inductiva's name for the path within the outputs."""
+        return self.path
+
 
 @dataclasses.dataclass(frozen=True)
 class OutputInfo:
@@ -260,6 +357,15 @@ class OutputInfo:
     @property
     def n_files(self) -> int:
         return len(self.files)
+
+    # Inductiva's names for the totals.
+    @property
+    def total_size_bytes(self) -> int:
+        return self.total_size
+
+    @property
+    def total_compressed_size_bytes(self) -> int:
+        return sum(f.compressed_size for f in self.files)
 
     def __str__(self) -> str:
         from rich import box
@@ -349,6 +455,10 @@ class Task:
     def get_simulator_name(self) -> str:
         """The simulator the task runs, by its name (``commands``, ``splishsplash`` …)."""
         return self._info(cached=True).simulator
+
+    def get_storage_path(self) -> str:
+        """The task's folder among stored files: its id (its outputs are ``<id>/outputs/…``)."""
+        return self.id
 
     def is_terminal(self) -> bool:
         """Has the task ended, however it ended?"""
@@ -725,21 +835,13 @@ class Task:
         With ``filenames`` (a list of paths within the outputs) only those
         files are fetched. A single string or path given first is taken as
         the folder, as scripts written for the hosted service do.
-        Without ``uncompress`` the zip archive itself is kept there.
+        Without ``uncompress`` the zip archive itself is kept there, as
+        ``output.zip``.
         """
         if isinstance(filenames, (str, os.PathLike)) and output_dir is None:
             filenames, output_dir = None, filenames
         target = Path(output_dir) if output_dir else output_root() / self.id / "outputs"
-        target.mkdir(parents=True, exist_ok=True)
-        if filenames:
-            for name in filenames:
-                dest = _inside(target, name)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                _fetch(self._client, f"/tasks/{self.id}/outputs/files/{name}", dest, f"Downloading {name}")
-        else:
-            self._fetch_archive(
-                f"/tasks/{self.id}/outputs", target, "outputs", uncompress, rm_downloaded_zip_archive
-            )
+        self._download("outputs", filenames, target, "output.zip", uncompress, rm_downloaded_zip_archive)
         print(f"Outputs of task {self.id} are in {target}/", file=sys.stderr)
         if rm_remote_files:
             self.remove_remote_files()
@@ -747,22 +849,48 @@ class Task:
 
     def download_inputs(
         self,
-        output_dir: str | os.PathLike | None = None,
+        filenames: list[str] | str | os.PathLike | None = None,
+        input_dir: str | os.PathLike | None = None,
         uncompress: bool = True,
         rm_downloaded_zip_archive: bool = True,
+        rm_remote_files: bool = False,
+        output_dir: str | os.PathLike | None = None,
     ) -> Path:
-        """Fetch the input files as uploaded; by default into ``simdeck_output/<task id>/inputs``."""
-        target = Path(output_dir) if output_dir else output_root() / self.id / "inputs"
-        target.mkdir(parents=True, exist_ok=True)
-        self._fetch_archive(
-            f"/tasks/{self.id}/input", target, "inputs", uncompress, rm_downloaded_zip_archive
-        )
+        """Fetch the input files as uploaded; by default into ``simdeck_output/<task id>/inputs``.
+
+        ``filenames`` and ``uncompress`` work as for :meth:`download_outputs`;
+        the archive kept is ``input.zip``. ``input_dir`` (Inductiva's name)
+        and ``output_dir`` both name the folder.
+        """
+        if isinstance(filenames, (str, os.PathLike)) and input_dir is None and output_dir is None:
+            filenames, input_dir = None, filenames
+        folder = input_dir or output_dir
+        target = Path(folder) if folder else output_root() / self.id / "inputs"
+        self._download("input", filenames, target, "input.zip", uncompress, rm_downloaded_zip_archive)
         print(f"Inputs of task {self.id} are in {target}/", file=sys.stderr)
+        if rm_remote_files:
+            self.remove_remote_files()
         return target
 
-    def _fetch_archive(self, path: str, target: Path, what: str, uncompress: bool, remove_zip: bool) -> None:
-        archive = target / f"{what}.zip"
-        _fetch(self._client, path, archive, f"Downloading {what} of {self.id}")
+    def _download(
+        self,
+        what: str,
+        filenames: list[str] | str | None,
+        target: Path,
+        zip_name: str,
+        uncompress: bool,
+        remove_zip: bool,
+    ) -> None:
+        """Fetch chosen files of the outputs or the input (``what``), or the whole archive."""
+        target.mkdir(parents=True, exist_ok=True)
+        if filenames:
+            for name in [filenames] if isinstance(filenames, str) else filenames:
+                dest = _inside(target, name)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                _fetch(self._client, f"/tasks/{self.id}/{what}/files/{name}", dest, f"Downloading {name}")
+            return
+        archive = target / zip_name
+        _fetch(self._client, f"/tasks/{self.id}/{what}", archive, f"Downloading {what} of {self.id}")
         if not uncompress:
             return
         with zipfile.ZipFile(archive) as zf:

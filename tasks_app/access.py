@@ -23,7 +23,6 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import BooleanField, F, Func, Subquery
 from django.http import Http404
-from django.shortcuts import get_object_or_404
 
 from tasks_app import inputs
 from tasks_app.models import ROLE_RANK, MachineGroup, Membership, Project, Role, Task
@@ -109,38 +108,71 @@ def visible_groups(user):
 
 
 def task_for(user, task_id: str) -> Task:
-    if inputs.text_problem(str(task_id)):  # a text PostgreSQL cannot store: no object has such an id
-        raise_not_found()
-    return get_object_or_404(
-        visible_tasks(user).select_related("machine_group", "project", "owner"), pk=task_id
-    )
+    task = None
+    if not inputs.text_problem(str(task_id)):  # a text PostgreSQL cannot store: no object has such an id
+        task = (
+            visible_tasks(user).select_related("machine_group", "project", "owner").filter(pk=task_id).first()
+        )
+    if task is None:
+        raise NotVisible("task", task_id)
+    return task
 
 
 def group_for(user, ref: str | int) -> MachineGroup:
     """A machine group by id or by name."""
     qs = visible_groups(user).select_related("project")
-    if inputs.text_problem(str(ref)):
-        raise_not_found()
-    if isinstance(ref, int) or str(ref).isdigit():
-        return get_object_or_404(qs, pk=int(ref))
-    return get_object_or_404(qs, name=ref)
+    group = None
+    if not inputs.text_problem(str(ref)):
+        by_id = isinstance(ref, int) or str(ref).isdigit()
+        group = qs.filter(pk=int(ref)).first() if by_id else qs.filter(name=ref).first()
+    if group is None:
+        raise NotVisible("machine group", ref)
+    return group
 
 
 def project_for(user, ref: str | int) -> Project:
     """A project by name, or by id when no project has that name."""
     qs = visible_projects(user)
-    if inputs.text_problem(str(ref)):
-        raise_not_found()
-    found = qs.filter(name=str(ref)).first()
-    if found is None and str(ref).isdigit():
-        found = qs.filter(pk=int(ref)).first()
+    found = None
+    if not inputs.text_problem(str(ref)):
+        found = qs.filter(name=str(ref)).first()
+        if found is None and str(ref).isdigit():
+            found = qs.filter(pk=int(ref)).first()
     if found is None:
-        raise_not_found()
+        raise NotVisible("project", ref)
     return found
 
 
+class NotVisible(Http404):
+    """No such object, or one the user may not see: the two answer alike, naming what was asked for."""
+
+    def __init__(self, kind: str | None = None, ref: object = None):
+        self.kind = kind
+        self.ref = ref
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        if self.kind is None:
+            return "No such object, or it is not yours to see."
+        ref = str(self.ref)
+        if inputs.text_problem(ref) or len(ref) > 200:
+            return f"No such {self.kind}, or it is not yours to see."
+        # A name is not an id: say which of the two was looked up.
+        what = f"with id {ref!r}" if self.kind == "task" or ref.isdigit() else f"named {ref!r}"
+        return f"No {self.kind} {what}, or it is not yours to see ({_LISTS[self.kind]} shows yours)."
+
+
+# Where a user finds what exists.
+_LISTS = {
+    "task": "'simdeck tasks list'",
+    "machine group": "'simdeck resources list'",
+    "project": "'simdeck projects list'",
+}
+
+
 def raise_not_found():
-    raise Http404("No such object, or it is not yours to see.")
+    raise NotVisible()
 
 
 # -- roles and actions -------------------------------------------------------------

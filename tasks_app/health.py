@@ -79,7 +79,10 @@ class Report:
 def report() -> Report:
     home = Path(settings.SIMDECK_HOME)
     out = supervised(home)
-    out.checks = [check_database(), *check_redis_and_broker(), check_storage(), check_sandbox()]
+    database = check_database()
+    out.checks = [database, *check_redis_and_broker(), check_storage(), check_sandbox()]
+    if not database.ok:
+        return out  # the providers' groups and the machines are read from it
     out.checks += check_providers()
     machines = Machine.objects.filter(state__in=LIVE).select_related("group").order_by("group__name", "name")
     out.machines = list(machines[:MACHINES_SHOWN])

@@ -439,7 +439,22 @@ class Task(models.Model):
         return (self.ended_at or timezone.now()) - self.preparing_at
 
 
-class ProjectStatusCount(models.Model):
+class _ProjectTaskCount(models.Model):
+    """A change in how many of a project's tasks are in one status, added by a trigger on the tasks.
+
+    A count is the sum of its rows; :func:`tasks_app.task_counts.fold`
+    folds them, so that reading a count costs a few rows whatever the
+    number of tasks.
+    """
+
+    status = models.CharField(max_length=40, choices=Status.choices)
+    tasks = models.BigIntegerField()
+
+    class Meta:
+        abstract = True
+
+
+class ProjectStatusCount(_ProjectTaskCount):
     """A change in how many tasks of a project are in one status, and in their compute time.
 
     The sum of a project's rows per status is its count, whatever the number of
@@ -459,8 +474,6 @@ class ProjectStatusCount(models.Model):
         related_name="status_counts",
         db_index=False,
     )
-    status = models.CharField(max_length=40, choices=Status.choices)
-    tasks = models.BigIntegerField()
     # Time on a machine (preparing to end) of the tasks that ended there.
     compute = models.DurationField()
 
@@ -471,7 +484,7 @@ class ProjectStatusCount(models.Model):
         return f"{self.project_id} {self.status}: {self.tasks:+d}"
 
 
-class ProjectHourCount(models.Model):
+class ProjectHourCount(_ProjectTaskCount):
     """A change in how many tasks of a project ended in one hour with one final status.
 
     Kept as :class:`ProjectStatusCount` is (triggers, migration ``0009``, and
@@ -485,8 +498,6 @@ class ProjectHourCount(models.Model):
     )
     # The hour (UTC) the tasks ended in.
     hour = models.DateTimeField()
-    status = models.CharField(max_length=40, choices=Status.choices)
-    tasks = models.BigIntegerField()
 
     class Meta:
         indexes = [models.Index(fields=["hour", "project"], name="hour_count_hour")]

@@ -14,6 +14,7 @@ it at any time), so a limit holds before the provider brings them up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -103,37 +104,77 @@ def check_start(group: MachineGroup) -> None:
 
 def group_ttl(user, project: Project, minutes: float | None) -> float | None:
     """The machine group time to live to use: the requested one, or the quota's when none was asked."""
-    for who, limits in _holders(user, project):
-        limit = limits.max_group_ttl_minutes
-        if limit is None:
-            continue
-        if minutes is None:
-            minutes = limit
-        elif minutes > limit:
-            raise Refused(
-                f"{who} may keep a machine group for at most {limit:g} minutes; this group asks for "
-                f"{minutes:g} ({minutes - limit:g} over). Give a shorter auto_terminate_minutes.",
-                code="quota_exceeded",
-                field="auto_terminate_minutes",
-                status=403,
-            )
-    return minutes
+    return _time_to_live(
+        user,
+        project,
+        minutes,
+        "max_group_ttl_minutes",
+        lambda who, limit, asked: (
+            f"{who} may keep a machine group for at most {limit:g} minutes; this group asks for "
+            f"{asked:g} ({asked - limit:g} over). Give a shorter auto_terminate_minutes."
+        ),
+        field="auto_terminate_minutes",
+    )
 
 
 def task_ttl(user, project: Project, seconds: int | None) -> int | None:
     """The task time to live to use: the requested one, or the quota's when none was asked."""
+    return _time_to_live(
+        user,
+        project,
+        seconds,
+        "max_task_ttl_seconds",
+        lambda who, limit, asked: (
+            f"{who} may give a task at most {limit} s to live; this task asks for {asked} s "
+            f"({asked - limit} s over). Give a shorter time_to_live."
+        ),
+        field="time_to_live",
+    )
+
+
+def _time_to_live(user, project: Project, asked, limit_name: str, refusal: Callable, field: str):
+    """``asked``, or the first quota's limit when nothing was asked; refused past any quota's limit."""
     for who, limits in _holders(user, project):
-        limit = limits.max_task_ttl_seconds
+        limit = getattr(limits, limit_name)
         if limit is None:
             continue
-        if seconds is None:
-            seconds = limit
-        elif seconds > limit:
-            raise Refused(
-                f"{who} may give a task at most {limit} s to live; this task asks for {seconds} s "
-                f"({seconds - limit} s over). Give a shorter time_to_live.",
-                code="quota_exceeded",
-                field="time_to_live",
-                status=403,
-            )
-    return seconds
+        if asked is None:
+            asked = limit
+        elif asked > limit:
+            raise Refused(refusal(who, limit, asked), code="quota_exceeded", field=field, status=403)
+    return asked
+
+
+def report(limits: Limits, machines_in_use: int) -> list[dict]:
+    """The three limits with what is in use, in the shape of Inductiva's quota list.
+
+    A limit on a count of machines is spent across every group (``global``);
+    a time to live bounds each group or task on its own (``instance``), so it
+    has nothing in use. ``max_allowed`` is None where there is no limit.
+    """
+    return [
+        {
+            "id": "max_machines",
+            "label": "Machines running at once",
+            "max_allowed": limits.max_machines,
+            "in_use": machines_in_use,
+            "unit": "machines",
+            "scope": "global",
+        },
+        {
+            "id": "max_group_ttl_minutes",
+            "label": "Time to live of a machine group",
+            "max_allowed": limits.max_group_ttl_minutes,
+            "in_use": None,
+            "unit": "minutes",
+            "scope": "instance",
+        },
+        {
+            "id": "max_task_ttl_seconds",
+            "label": "Time to live of a task",
+            "max_allowed": limits.max_task_ttl_seconds,
+            "in_use": None,
+            "unit": "seconds",
+            "scope": "instance",
+        },
+    ]

@@ -8,7 +8,6 @@ database and the configured (or embedded) Redis.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 
 import pytest
@@ -18,17 +17,6 @@ from django.db import DatabaseError, connection
 from tasks_app import broker, services
 from tasks_app.models import APIKey
 from tasks_app.testing.stack import ProcessStack as Stack
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Stop embedded servers this test run used; configured ones are not ours."""
-    from console import embedded
-
-    connection.close()
-    if not os.environ.get("REDIS_URL"):
-        embedded.stop_redis(settings.SIMDECK_HOME)
-    if not os.environ.get("DATABASE_URL"):
-        embedded.stop_postgres(settings.SIMDECK_HOME)
 
 
 @pytest.hookimpl(wrapper=True)

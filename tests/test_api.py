@@ -111,7 +111,7 @@ def test_a_second_upload_is_refused(api, started_group):
             "simulator",
             "Available simulators: commands, gromacs, lammps, openfoam, quantumespresso, splishsplash",
         ),
-        ({"machine_group": "nope"}, None, "No such object"),
+        ({"machine_group": "nope"}, None, "No machine group named 'nope'"),
         ({"input_files": []}, "input_files", "empty"),
         ({"parameters": {}}, "commands", "non-empty list"),
         ({"parameters": {"commands": ["ok"], "colour": "red"}}, "colour", "unknown"),

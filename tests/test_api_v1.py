@@ -316,6 +316,27 @@ def test_outputs_are_listed_fetched_one_by_one_and_removed(api, started_group):
     )
 
 
+def test_each_attempt_keeps_its_logs(api, started_group):
+    task = finished_task(api, {"stdout.txt": b"first try\n", "stderr.txt": b""})
+    # Resubmitted after a preemption, the second attempt stored logs of its own.
+    default_storage.save(storage.log_name(task.id, "stdout", 2), ContentFile(b"second try\n"))
+    Task.objects.filter(pk=task.pk).update(attempt=2)
+
+    def stdout(**query) -> bytes:
+        return b"".join(api.get(f"/api/v1/tasks/{task.id}/logs/stdout", query).streaming_content)
+
+    assert (stdout(), stdout(attempt=2), stdout(attempt=1)) == (
+        b"second try\n",
+        b"second try\n",
+        b"first try\n",
+    )
+    message = assert_error(
+        api.get(f"/api/v1/tasks/{task.id}/logs/stdout", {"attempt": 3}), 404, "not_found", "attempt"
+    )
+    assert message == f"Task {task.id} has had 2 attempts; there is no attempt 3."
+    assert "attempt 2" in assert_error(api.get(f"/api/v1/tasks/{task.id}/logs/stderr"), 404, "no_logs")
+
+
 def test_looking_inside_a_task_that_is_not_running_says_where_to_look(api, started_group):
     queued = queued_task(api)
     done = finished_task(api, {"stdout.txt": b"x\n"})

@@ -248,6 +248,7 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/usage"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/simulators"): Rule(for_everyone_logged_in()),
     ("GET", "/api/v1/tasks"): Rule(for_everyone_logged_in()),
+    ("GET", "/api/v1/quotas"): Rule(for_everyone_logged_in()),
     ("POST", "/api/v1/tasks"): Rule(
         scoped("member"),
         data=lambda w: {
@@ -273,6 +274,7 @@ API: dict[tuple[str, str], Rule] = {
         scoped("maintainer") | {"staff": FORBIDDEN}, data={"size": 10, "sha256": "0" * 64}
     ),
     ("GET", TASK + "/input"): Rule(scoped("viewer")),
+    ("GET", TASK + "/input/files/{path}"): Rule(scoped("viewer")),
     # Listed tasks the role may not kill are answered one by one, unchanged.
     ("POST", "/api/v1/tasks/kill"): Rule(scoped("viewer"), data=lambda w: {"ids": [w.task.id]}),
     ("GET", TASK): Rule(scoped("viewer")),
@@ -365,7 +367,7 @@ def ended_task(owner, group) -> Task:
     )
     for status in (Status.SUBMITTED, Status.PREPARING, Status.STARTED, Status.FINALIZING, Status.SUCCESS):
         lifecycle.transition(task, status, reason="test")
-    data = zipped({"run.sh": b"echo hi\n"})
+    data = zipped({"run.sh": b"echo hi\n", "result.txt": b"expected\n"})
     input_name = default_storage.save(storage.input_name(task.id), ContentFile(data))
     output_name = default_storage.save(
         storage.output_name(task.id), ContentFile(zipped({"result.txt": b"42\n", "stdout.txt": b"hi\n"}))

@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 
 import simdeck
-from tasks_app.models import MachineGroup, Task
+from tasks_app.models import MachineGroup, Quota, Task
 from tests.client_fixtures import (
     EXAMPLES,
     SIMDECK,
@@ -28,6 +29,7 @@ from tests.client_fixtures import (
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+User = get_user_model()
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -88,6 +90,36 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
         "──",
         "bench  Commands  1",
     ]
+    # Quotas, and who one is: the same facts from Python and from the command line.
+    Quota.objects.create(user=User.objects.get(username="alice"), max_machines=3)
+    mine = simdeck.users.get_quotas()["max_machines"]
+    assert (mine.max_allowed, mine.in_use, mine.unit, mine.scope) == (3, 1, "machines", "global")
+    me = simdeck.users.get_info()
+    assert [(p.name, p.role) for p in me.projects] == [("alice-default", "maintainer")]
+    assert me.projects[0].quotas["max_task_ttl_seconds"].max_allowed is None
+    quota_table = [
+        "Whose  Limit  In use  Allowed",
+        "──",
+        "You  Machines running at once  1  3 machines",
+        "  Time to live of a machine group  each group  no limit",
+        "  Time to live of a task  each task  no limit",
+        "",
+        "alice-default (maintainer)  Machines running at once  1  no limit",
+        "  Time to live of a machine group  each group  no limit",
+        "  Time to live of a task  each task  no limit",
+    ]
+    assert normalize(cli("quotas", "list").stdout).splitlines() == quota_table
+    who = normalize(cli("user", "info").stdout).splitlines()
+    assert who[:4] == [
+        "alice",
+        "Username  alice",
+        f"Server  {stack.url}",
+        "Projects  alice-default (maintainer)",
+    ]
+    assert who[4].startswith("This month (") and ": 0 tasks, 0.000 core-hours" in who[4]
+    assert who[6:] == quota_table
+    assert json.loads(cli("user", "info", "--json").stdout)["quotas"]["max_machines"]["in_use"] == 1
+
     info = normalize(cli("resources", "info", "bench").stdout)
     assert "Machine type  n2-standard-2 (2 vCPUs, <size>)" in info
     assert "Limits  stops after <duration> idle" in info
@@ -135,6 +167,29 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
     assert [t["id"] for t in listed] == [queued.id]
     only = cli("tasks", "list", "-i", running.id, "-p", "alice-default").stdout
     assert running.id in only and queued.id not in only
+    # Several values after one option, as Inductiva's command line takes them.
+    both_ids = json.loads(
+        cli("tasks", "list", "-i", running.id, queued.id, "-p", "alice-default", "--json").stdout
+    )
+    assert [t["id"] for t in both_ids] == [running.id, queued.id]
+    by_status = json.loads(cli("tasks", "list", "-s", "in-queue", "started", "--json").stdout)
+    assert [t["id"] for t in by_status] == [queued.id, running.id]
+
+    # Logs: a task that has not started has none yet, unless waited for; tasks by their rank.
+    not_yet = cli("logs", queued.id)
+    assert not_yet.returncode == 6
+    assert one_line_error(not_yet) == (
+        f"Error: Task {queued.id} is In Queue: its logs begin when it starts. "
+        f"Add --wait to wait for that: simdeck logs {queued.id} --wait"
+    )
+    assert cli("logs", "STARTED", "--stdout", "--attempt", "1").returncode == 3  # not stored while it runs
+    waiter = subprocess.Popen(
+        [*SIMDECK, "logs", "submitted", "--wait", "--stdout"],  # the newest task: the queued one
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     # Inside the machine while it runs.
     files = normalize(cli("tasks", "list-files", running.id).stdout)
@@ -197,6 +252,18 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
     assert tailed_err == f"Task {running.id} is no longer running.\n"
     both = cli("logs", running.id).stdout
     assert both.count("step 1\n") == 1 and both.count("warning 1\n") == 1
+    waited, waited_err = waiter.communicate(timeout=60)
+    assert (waited, waiter.returncode) == ("never\n", 0), waited_err
+    assert waited_err == f"Task {queued.id} is In Queue; its logs appear once it starts.\n"
+    assert cli("logs", "SUBMITTED-1", "--stdout", "--attempt", "1").stdout == logged
+    no_second = cli("logs", running.id, "--attempt", "2")
+    assert no_second.returncode == 3
+    assert one_line_error(no_second) == f"Error: Task {running.id} has had 1 attempt; there is no attempt 2."
+    none_running = cli("logs", "STARTED")
+    assert none_running.returncode == 3
+    assert one_line_error(none_running) == (
+        "Error: STARTED names your task number 1 among those running; you have none."
+    )
 
     # The queued task runs now; kill it once it has, after confirmation.
     wait_for(lambda: Task.objects.get(pk=queued.id).status == "success", 60, message="the queued task")
@@ -204,14 +271,19 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
     unconfirmed = cli("tasks", "kill", queued.id)
     assert unconfirmed.returncode == 2
     assert one_line_error(unconfirmed).endswith("Add -y to confirm when not on a terminal.")
-    ended = cli("tasks", "kill", queued.id, "-y")
+    ended = cli("tasks", "kill", queued.id, running.id, "-y")
     assert ended.returncode == 0
-    assert ended.stderr == f"Task {queued.id} already ended (Success); nothing to kill.\n"
+    assert ended.stderr == "".join(
+        f"Task {t.id} already ended (Success); nothing to kill.\n" for t in (queued, running)
+    )
 
     # Downloads.
-    got = cli("tasks", "download", running.id, "--filenames", "result.txt", "--dir", "picked")
+    got = cli("tasks", "download", running.id, "--filenames", "result.txt", "mesh.csv", "--dir", "picked")
     assert got.returncode == 0, got.stderr
-    assert sorted(p.name for p in Path("picked").iterdir()) == ["result.txt"]
+    assert sorted(p.name for p in Path("picked").iterdir()) == ["mesh.csv", "result.txt"]
+    got = cli("tasks", "download", running.id, "-i", "--filenames", "solve.py", "--dir", "in-picked")
+    assert got.returncode == 0, got.stderr
+    assert sorted(p.name for p in Path("in-picked").iterdir()) == ["solve.py"]
     assert cli("tasks", "download", running.id, queued.id).returncode == 0
     assert (Path("simdeck_output") / running.id / "outputs" / "mesh.csv").exists()
     assert (Path("simdeck_output") / queued.id / "outputs" / "stdout.txt").read_text() == "never\n"
@@ -231,7 +303,9 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
     # Errors: one line each, with an exit code that tells them apart.
     unknown = cli("tasks", "info", "z" * 25)
     assert unknown.returncode == 3
-    assert one_line_error(unknown) == "Error: No such object, or it is not yours to see. Check the id."
+    assert one_line_error(unknown) == (
+        f"Error: No task with id {'z' * 25!r}, or it is not yours to see ('simdeck tasks list' shows yours)."
+    )
     malformed = cli("tasks", "info", "nope")
     assert malformed.returncode == 3 and "is not a task id" in one_line_error(malformed)
     gone = cli("tasks", "list-files", running.id)
@@ -242,7 +316,14 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
     )
     missing_file = cli("tasks", "download", running.id, "--filenames", "nope.txt")
     assert missing_file.returncode == 3 and "no output file 'nope.txt'" in one_line_error(missing_file)
-    assert cli("resources", "info", "nowhere").returncode == 3
+    nowhere = cli("resources", "info", "nowhere")
+    assert nowhere.returncode == 3
+    assert one_line_error(nowhere) == (
+        "Error: No machine group named 'nowhere', or it is not yours to see "
+        "('simdeck resources list' shows yours)."
+    )
+    no_project = cli("projects", "download", "elsewhere")
+    assert no_project.returncode == 3 and "No project named 'elsewhere'" in one_line_error(no_project)
     wrong_key = run_cli("tasks", "list", env={**env, "SIMDECK_API_KEY": "sdk_wrong"})
     assert wrong_key.returncode == 4 and "Missing or invalid API key" in one_line_error(wrong_key)
     bobs = run_cli("tasks", "info", running.id, env={**env, "SIMDECK_API_KEY": bob_key(bob)})

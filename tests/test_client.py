@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,23 @@ def test_a_task_is_followed_inspected_and_collected_from_python(stack, client_fo
     assert info.machine_type == "n2-standard-2" and info.machine.startswith("lab-")
     assert info.project == "heat" and info.owner == "alice"
     assert info["status"] == "success"  # the JSON, by key
+    # The same facts by the names of Inductiva's TaskInfo.
+    assert (info.task_id, info.storage_path, first.get_storage_path()) == (first.id,) * 3
+    assert (info.executer.vm_type, info.executer.vm_name) == ("n2-standard-2", info.machine)
+    assert (info.executer.cpu_count_logical, info.executer.memory, info.executer.host_type) == (2, 8, "local")
+    assert info.time_metrics.computation_seconds.value == info.computation_time
+    assert info.time_metrics.queue_time_seconds.value == info.time_breakdown.in_queue
+    assert info.time_metrics.total_seconds.value == info.total_time
+    assert info.data_metrics.output_total_files.value == info.output_files == 6
+    assert info.data_metrics.output_zipped_size_bytes.value == info.output_archive_size > 0
+    assert (info.create_time, info.computation_start_time, info.end_time) == (
+        info.created_at,
+        info.started_at,
+        info.ended_at,
+    )
+    assert [step["status"] for step in info.status_history] == [s.status for s in info.timeline]
+    assert not info.is_running and not info.is_submitted
+    assert third.get_info().executer.error_detail == ""
     computing = first.get_computation_time()
     assert computing == pytest.approx(info.time_breakdown.computing) and computing > 0.5
     assert first.get_total_time() >= computing
@@ -139,6 +157,10 @@ def test_a_task_is_followed_inspected_and_collected_from_python(stack, client_fo
     ]
     assert listing.total_size == sum(f.size for f in listing.files)
     assert "mesh.csv" in str(listing)
+    # Inductiva's names for the same facts.
+    assert listing.total_size_bytes == listing.total_size and listing.n_files == 6
+    assert listing.total_compressed_size_bytes == sum(f.compressed_size for f in listing.files) > 0
+    assert [f.name for f in listing.files] == [f.path for f in listing.files]
 
     only = first.download_outputs(filenames=["result.txt", "mesh.csv"], output_dir="picked")
     assert sorted(p.name for p in only.iterdir()) == ["mesh.csv", "result.txt"]
@@ -147,12 +169,22 @@ def test_a_task_is_followed_inspected_and_collected_from_python(stack, client_fo
         first.download_outputs(filenames=["nope.txt"], output_dir="picked")
     everything = first.download_outputs("results/first")  # a folder given first, as the seeds do
     assert everything == Path("results/first")
-    assert (everything / "result.txt").exists() and not (everything / "outputs.zip").exists()
+    assert (everything / "result.txt").exists() and not (everything / "output.zip").exists()
     zipped = first.download_outputs(output_dir="zipped", uncompress=False)
-    assert sorted(p.name for p in zipped.iterdir()) == ["outputs.zip"]
+    assert sorted(p.name for p in zipped.iterdir()) == ["output.zip"]  # Inductiva's name for it
+    with zipfile.ZipFile(zipped / "output.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(f.path for f in listing.files)
     inputs_back = first.download_inputs()
     assert inputs_back == Path("simdeck_output") / first.id / "inputs"
     assert (inputs_back / "solve.py").read_bytes() == (inputs / "solve.py").read_bytes()
+    one_input = first.download_inputs(filenames=["solve.py"], input_dir="one-input")
+    assert sorted(p.name for p in one_input.iterdir()) == ["solve.py"]
+    assert (one_input / "solve.py").read_bytes() == (inputs / "solve.py").read_bytes()
+    assert sorted(p.name for p in first.download_inputs("zipped-input", uncompress=False).iterdir()) == [
+        "input.zip"
+    ]
+    with pytest.raises(NotFound, match="no input file 'mesh.csv'"):
+        first.download_inputs(filenames=["mesh.csv"], input_dir="one-input")
 
     # Metadata, and finding tasks by it.
     first.set_metadata({"viscosity": "0.01", "run": "1"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 
 import pytest
 from django.core.files.base import ContentFile
@@ -19,7 +20,7 @@ from django.utils import timezone
 
 from tasks_app import lifecycle, services, storage
 from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, APIKey, Machine, MachineGroup, ProjectHourCount, Task
+from tasks_app.models import Activity, APIKey, Machine, MachineGroup, ProjectHourCount, Quota, Task
 from tests.helpers import zipped
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
@@ -597,6 +598,39 @@ def test_api_keys_are_shown_once_and_revoked(logged_in, alice):
     assert APIKey.authenticate(secret) == alice
     logged_in.post(reverse("api-key-revoke", args=[key.pk]))
     assert APIKey.authenticate(secret) is None
+
+
+def test_the_account_page_and_the_api_show_quotas_with_what_is_in_use(logged_in, api, alice, started_group):
+    Quota.objects.create(user=alice, max_machines=3, max_task_ttl_seconds=600)
+    Quota.objects.create(project=started_group.project, max_group_ttl_minutes=90)
+    html = logged_in.get(reverse("account")).content.decode()
+    section = html[html.index('id="quotas-h"') :]
+    cells = [re.sub(r"<[^>]+>|\s+", " ", c).strip() for c in re.findall(r"<td>(.*?)</td>", section, re.S)]
+    assert [cells[i : i + 4] for i in range(0, len(cells), 4)] == [
+        ["You", "Machines running at once", "1", "3 machines"],
+        ["You", "Time to live of a machine group", "each group", "no limit"],
+        ["You", "Time to live of a task", "each task", "600 seconds"],
+        ["alice-default", "Machines running at once", "1", "no limit"],
+        ["alice-default", "Time to live of a machine group", "each group", "90 minutes"],
+        ["alice-default", "Time to live of a task", "each task", "no limit"],
+    ]
+    answer = api.get("/api/v1/quotas").json()
+    assert answer["username"] == "alice"
+    assert answer["quotas"][0] == {
+        "id": "max_machines",
+        "label": "Machines running at once",
+        "max_allowed": 3,
+        "in_use": 1,
+        "unit": "machines",
+        "scope": "global",
+    }
+    (project,) = answer["projects"]
+    assert (project["name"], project["role"]) == ("alice-default", "maintainer")
+    assert [(q["id"], q["max_allowed"], q["in_use"]) for q in project["quotas"]] == [
+        ("max_machines", None, 1),
+        ("max_group_ttl_minutes", 90, None),
+        ("max_task_ttl_seconds", None, None),
+    ]
 
 
 def test_nobody_revokes_another_users_key(client, bob, alice):

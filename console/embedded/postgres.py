@@ -372,12 +372,17 @@ def _pg_password(home: Path) -> str:
     The socket is already private, but a process that reaches it (one of
     this host's accounts, a sandbox given too much) must still not be enough.
     """
-    path = home / "postgres-password"
-    with contextlib.suppress(FileNotFoundError):
-        return path.read_text().strip()
-    password = secrets.token_urlsafe(24)
-    _write_private(path, password + "\n")
+    password = _read_pg_password(home)
+    if password is None:
+        password = secrets.token_urlsafe(24)
+        _write_private(home / "postgres-password", password + "\n")
     return password
+
+
+def _read_pg_password(home: Path) -> str | None:
+    with contextlib.suppress(FileNotFoundError):
+        return (home / "postgres-password").read_text().strip()
+    return None
 
 
 def _pg_hba(pgdata: Path) -> str:
@@ -563,6 +568,18 @@ def start_postgres(home: Path | str) -> str:
             # e.g. all connection slots busy: the server is up, let the caller go on
             log.warning("could not check that database %r exists: %s", DB_NAME, exc)
     return _pg_url(info["socket_dir"], password)
+
+
+def postgres_url(home: Path | str) -> str:
+    """The DATABASE_URL of the embedded PostgreSQL for ``home``, read from its files; nothing is started.
+
+    Every start puts the socket in the same directory and keeps the
+    password made by the first one, so this is what ``start_postgres``
+    returns. Before the first start it names a socket that is not there
+    yet: a connection fails, and nothing is written.
+    """
+    home = Path(home).expanduser().resolve()
+    return _pg_url(_pg_socket_dir(home, home / "postgres"), _read_pg_password(home) or "")
 
 
 def postgres_settings(home: Path | str) -> dict:

@@ -283,6 +283,22 @@ def start_redis(home: Path | str) -> str:
     return _redis_url(state)
 
 
+def redis_url(home: Path | str) -> str:
+    """The REDIS_URL of the embedded Redis for ``home``, read from its state; nothing is started.
+
+    What ``start_redis`` returned last. Before the first start there is no
+    port yet: the URL names port 0, which no connection reaches, and nothing
+    is written.
+    """
+    try:
+        state = json.loads((Path(home).expanduser().resolve() / "redis" / "embedded.json").read_text())
+    except (OSError, ValueError):
+        state = None
+    if not isinstance(state, dict):
+        state = {}
+    return _redis_url({"password": state.get("password") or "", "port": state.get("port") or 0})
+
+
 def stop_redis(home: Path | str) -> None:
     """SIGTERM = SHUTDOWN: fsync the AOF, write dump.rdb, exit."""
     home = _home(home)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from django.shortcuts import get_object_or_404
-
-from tasks_app import access
+from tasks_app import access, inputs
 from tasks_app.api import schemas as s
 
 # Documented on every operation that can refuse; the body is always s.Error.
@@ -43,4 +41,7 @@ def tasks_for(user):
 
 def task_for(user, task_id: str):
     """One task for ``user`` (404 otherwise, as in :func:`access.task_for`), in one query."""
-    return get_object_or_404(tasks_for(user), pk=task_id)
+    task = None if inputs.text_problem(str(task_id)) else tasks_for(user).filter(pk=task_id).first()
+    if task is None:
+        raise access.NotVisible("task", task_id)
+    return task

@@ -130,6 +130,8 @@ def _refused(request, exc: services.Refused):
 
 @api.exception_handler(Http404)
 def _not_found(request, exc):
+    if isinstance(exc, access.NotVisible) and exc.kind:
+        return _error(request, 404, "not_found", exc.message)
     return _error(request, 404, "not_found", "No such object, or it is not yours to see. Check the id.")
 
 
@@ -244,7 +246,22 @@ def _http_error(request, exc: HttpError):
 @api.get("/whoami", response={200: s.WhoAmIOut, **ERRORS}, tags=["account"])
 def whoami(request: HttpRequest):
     """The user the API key belongs to."""
-    return {"username": request.user.username, "is_staff": request.user.is_staff}
+    user = request.user
+    return {
+        "username": user.username,
+        "is_staff": user.is_staff,
+        "email": user.email,
+        "name": user.get_full_name(),
+    }
+
+
+@api.get("/quotas", response={200: s.QuotasOut, **ERRORS}, tags=["account"])
+def quotas(request: HttpRequest):
+    """Your quotas and those of your projects, each with what is in use now.
+
+    A machine group needs room under both its owner's and its project's limits.
+    """
+    return services.quota_overview(request.user)
 
 
 @api.get("/statuses", response=list[s.StatusOut], tags=["reference"], auth=None)

@@ -52,8 +52,17 @@ def list_outputs(request: HttpRequest, task_id: str):
 def download_output_file(request: HttpRequest, task_id: str, path: str):
     """One file of the outputs, unzipped on the way."""
     task = access.task_for(request.user, task_id)
-    member, size, archive = services.open_output_file(task, path)
+    return _member_response(path, *services.open_output_file(task, path))
 
+
+@router.get("/{task_id}/input/files/{path:path}", response={200: None, **ERRORS})
+def download_input_file(request: HttpRequest, task_id: str, path: str):
+    """One file of the input as uploaded, unzipped on the way."""
+    task = access.task_for(request.user, task_id)
+    return _member_response(path, *services.open_input_file(task, path))
+
+
+def _member_response(path: str, member, size: int, archive) -> StreamingHttpResponse:
     def stream():
         try:
             while chunk := member.read(CHUNK):
@@ -69,16 +78,34 @@ def download_output_file(request: HttpRequest, task_id: str, path: str):
 
 
 @router.get("/{task_id}/logs/{stream}", response={200: None, **ERRORS})
-def download_log(request: HttpRequest, task_id: str, stream: str):
-    """A stored log, whole. Logs are stored when the task leaves its machine."""
+def download_log(
+    request: HttpRequest,
+    task_id: str,
+    stream: str,
+    attempt: int | None = Query(
+        None,
+        ge=1,
+        description="Which attempt's log, by default the last (a resubmitted task has several).",
+    ),
+):
+    """A stored log, whole. Logs are stored when the task leaves its machine, one per attempt."""
     task = access.task_for(request.user, task_id)
     if stream not in ("stdout", "stderr"):
         raise services.Refused("The log stream is 'stdout' or 'stderr'.", field="stream")
-    name = storage.log_name(task.id, stream, task.attempt)
+    attempt = attempt or task.attempt
+    if attempt > task.attempt:
+        raise services.Refused(
+            f"Task {task.id} has had {task.attempt} attempt{'s' if task.attempt != 1 else ''}; "
+            f"there is no attempt {attempt}.",
+            code="not_found",
+            field="attempt",
+            status=404,
+        )
+    name = storage.log_name(task.id, stream, attempt)
     if not storage.exists(name):
         raise services.Refused(
-            f"Task {task.id} has no stored {stream} (it is {task.get_status_display()}); "
-            "logs are stored when it leaves its machine.",
+            f"Task {task.id} has no stored {stream} of attempt {attempt} "
+            f"(it is {task.get_status_display()}); logs are stored when it leaves its machine.",
             code="no_logs",
             status=404,
         )

@@ -6,11 +6,24 @@ import math
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.files.storage import default_storage
 from ninja import Field, Schema
 from pydantic import ValidationInfo, field_validator
 
 from tasks_app import inputs, lifecycle, services, storage
+
+
+def _related(path: str) -> staticmethod:
+    """A resolver of ``relation.attribute``: None where the relation is unset, without a query for it."""
+    relation, attribute = path.split(".")
+
+    def resolve(obj):
+        if getattr(obj, f"{relation}_id") is None:
+            return None
+        return getattr(getattr(obj, relation), attribute)
+
+    return staticmethod(resolve)
 
 
 class In(Schema):
@@ -52,6 +65,31 @@ class Error(Schema):
 class WhoAmIOut(Schema):
     username: str
     is_staff: bool
+    email: str = ""
+    name: str = Field("", description="First and last name, as the account has them.")
+
+
+class QuotaOut(Schema):
+    id: str = Field(description="max_machines, max_group_ttl_minutes or max_task_ttl_seconds.")
+    label: str
+    max_allowed: float | None = Field(description="The limit; null for none.")
+    in_use: float | None = Field(
+        description="What counts against it now (machines of started groups); null for a per-object limit."
+    )
+    unit: str
+    scope: str = Field(description="global: spent across groups; instance: bounds each group or task.")
+
+
+class ProjectQuotasOut(Schema):
+    name: str
+    role: str
+    quotas: list[QuotaOut]
+
+
+class QuotasOut(Schema):
+    username: str
+    quotas: list[QuotaOut] = Field(description="Your own limits.")
+    projects: list[ProjectQuotasOut] = Field(description="Those of each project you belong to; both apply.")
 
 
 class GuidanceOut(Schema):
@@ -73,13 +111,8 @@ class EventOut(Schema):
     def resolve_label(obj) -> str:
         return obj.to_label
 
-    @staticmethod
-    def resolve_actor(obj) -> str | None:
-        return obj.actor.username if obj.actor_id else None
-
-    @staticmethod
-    def resolve_machine(obj) -> str | None:
-        return obj.machine.name if obj.machine_id else None
+    resolve_actor = _related("actor.username")
+    resolve_machine = _related("machine.name")
 
 
 class TaskOut(Schema):
@@ -144,25 +177,11 @@ class TaskOut(Schema):
         g = obj.guidance
         return {"what_happened": g.what_happened, "why": g.why, "what_to_do": g.what_to_do}
 
-    @staticmethod
-    def resolve_project(obj) -> str:
-        return obj.project.name
-
-    @staticmethod
-    def resolve_owner(obj) -> str:
-        return obj.owner.username
-
-    @staticmethod
-    def resolve_machine_group(obj) -> str:
-        return obj.machine_group.name
-
-    @staticmethod
-    def resolve_machine_type(obj) -> str:
-        return obj.machine_group.machine_type
-
-    @staticmethod
-    def resolve_machine(obj) -> str | None:
-        return obj.machine.name if obj.machine_id else None
+    resolve_project = _related("project.name")
+    resolve_owner = _related("owner.username")
+    resolve_machine_group = _related("machine_group.name")
+    resolve_machine_type = _related("machine_group.machine_type")
+    resolve_machine = _related("machine.name")
 
 
 class TimelineEntryOut(Schema):
@@ -280,6 +299,21 @@ class TaskDetailOut(TaskOut):
     outputs_available: bool
     output_archive_size: int | None = Field(description="Size of the zipped outputs, in bytes.")
     inputs_available: bool
+    machine_vcpus: int | None = Field(description="vCPUs of its machine type.")
+    machine_memory_gb: float | None = Field(description="Memory of its machine type, in GB.")
+    provider: str = Field(description="What runs its group's machines: local or slurm.")
+
+    @staticmethod
+    def resolve_machine_vcpus(obj) -> int | None:
+        spec = settings.SIMDECK_MACHINE_TYPES.get(obj.machine_group.machine_type)
+        return int(spec["vcpus"]) if spec else None
+
+    @staticmethod
+    def resolve_machine_memory_gb(obj) -> float | None:
+        spec = settings.SIMDECK_MACHINE_TYPES.get(obj.machine_group.machine_type)
+        return float(spec["memory_gb"]) if spec else None
+
+    resolve_provider = _related("machine_group.provider")
 
     @staticmethod
     def resolve_usage(obj) -> dict:
@@ -355,18 +389,32 @@ class TaskFilters(In):
     cursor: str | None = Field(None, description="The next_cursor of the previous page.")
 
 
+# What a task alone and a task of a batch ask alike, described once; a
+# FieldInfo of its own for each model that declares it.
+def _project_field():
+    return Field(
+        None, description="The machine group's project, where the task is filed; another is refused."
+    )
+
+
+def _time_to_live_field():
+    return Field(
+        None, examples=["90s", "10m", "1h30m"], description="At most a year (8760h); null for no limit."
+    )
+
+
+def _input_sha256_field():
+    return Field(None, description="SHA-256 (hex) of the archive in input_archive.")
+
+
 class TaskIn(In):
     simulator: str = Field(examples=["splishsplash", "commands"])
     machine_group: str = Field(description="Name or id of the machine group to run on.")
     input_files: list[str] = Field(description="Relative paths of the files in the input archive.")
     parameters: dict = Field(default_factory=dict, examples=[{"sim_config_filename": "config.json"}])
-    project: str | None = Field(
-        None, description="The machine group's project, where the task is filed; another is refused."
-    )
+    project: str | None = _project_field()
     resubmit_on_preemption: bool = False
-    time_to_live: str | None = Field(
-        None, examples=["90s", "10m", "1h30m"], description="At most a year (8760h); null for no limit."
-    )
+    time_to_live: str | None = _time_to_live_field()
     metadata: dict[str, str] | None = None
     input_archive: str | None = Field(
         None,
@@ -376,7 +424,7 @@ class TaskIn(In):
             "Leave it out for larger inputs and PUT the archive to upload_url."
         ),
     )
-    input_sha256: str | None = Field(None, description="SHA-256 (hex) of the archive in input_archive.")
+    input_sha256: str | None = _input_sha256_field()
 
 
 class TaskSpecIn(In):
@@ -384,13 +432,9 @@ class TaskSpecIn(In):
 
     simulator: str = Field(examples=["splishsplash", "commands"])
     parameters: dict = Field(default_factory=dict, examples=[{"commands": ["python solve.py --re 100"]}])
-    project: str | None = Field(
-        None, description="The machine group's project, where the task is filed; another is refused."
-    )
+    project: str | None = _project_field()
     resubmit_on_preemption: bool = False
-    time_to_live: str | None = Field(
-        None, examples=["90s", "10m", "1h30m"], description="At most a year (8760h); null for no limit."
-    )
+    time_to_live: str | None = _time_to_live_field()
     metadata: dict[str, str] | None = None
 
 
@@ -406,7 +450,7 @@ class TaskBatchIn(In):
             "archive to each task's upload_url."
         ),
     )
-    input_sha256: str | None = Field(None, description="SHA-256 (hex) of the archive in input_archive.")
+    input_sha256: str | None = _input_sha256_field()
 
 
 class TaskBatchItemOut(Schema):
@@ -586,13 +630,8 @@ class MemberOut(Schema):
     added_by: str | None
     added_at: datetime
 
-    @staticmethod
-    def resolve_username(obj) -> str:
-        return obj.user.username
-
-    @staticmethod
-    def resolve_added_by(obj) -> str | None:
-        return obj.added_by.username if obj.added_by else None
+    resolve_username = _related("user.username")
+    resolve_added_by = _related("added_by.username")
 
 
 class MemberIn(In):
@@ -699,9 +738,7 @@ class GroupOut(Schema):
     )
     queue_length: int
 
-    @staticmethod
-    def resolve_project(obj) -> str:
-        return obj.project.name
+    resolve_project = _related("project.name")
 
     @staticmethod
     def resolve_max_idle_time(obj) -> float | None:

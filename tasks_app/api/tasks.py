@@ -371,8 +371,7 @@ def download_input(request: HttpRequest, task_id: str):
     """The input archive as it was uploaded."""
     task = access.task_for(request.user, task_id)
     if not storage.exists(task.input_path):
-        why = "was removed from the server" if task.input_size is not None else "has not been uploaded"
-        raise services.Refused(f"The input of task {task.id} {why}.", code="no_inputs", status=404)
+        raise services.missing_input(task)
     return downloads.stored_file(task.input_path, f"{task.id}-input.zip")
 
 

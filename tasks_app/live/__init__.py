@@ -15,8 +15,9 @@ a Redis hiccup must not fail a task; the durable record is in PostgreSQL and
 in the stored log files.
 
 The package's modules: :mod:`~tasks_app.live.logs` (log streams),
-:mod:`~tasks_app.live.events` (status changes and the like) and
-:mod:`~tasks_app.live.publishing` (how either reaches Redis). What the
+:mod:`~tasks_app.live.messages` (each kind of event with its payload, a
+type the consumers read back), :mod:`~tasks_app.live.events` (the one sender
+of each kind) and :mod:`~tasks_app.live.publishing` (how either reaches Redis). What the
 browser connects to is in :mod:`tasks_app.sockets`.
 """
 

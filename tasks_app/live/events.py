@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from tasks_app.live.messages import QueueMoved, ResourcesSampled, TaskChanged, TaskProgress
 from tasks_app.live.publishing import (
     ALL_TASKS_GROUP,
     holding,
@@ -68,7 +69,7 @@ def _change_messages(changed, status: str, left_queue: bool):
     """The groups that may hear of a change, and what sends it to those of them anyone is in."""
     messages, last = [], {}
     for task_id, group_id, owner_id, project_id in changed:
-        event = {"type": "task.changed", "task": task_id, "status": status, "group": group_id}
+        event = TaskChanged(task=task_id, status=status, group=group_id).message()
         messages.append((task_group(task_id), event))
         names = [machine_group_group(group_id), owner_group(owner_id), ALL_TASKS_GROUP]
         if project_id is not None:
@@ -98,7 +99,7 @@ def resources_sampled(task_id: str) -> None:
     """Tell the task's viewers a resource sample was written (they read it from the database)."""
     try:
         if listened({task_group(task_id)}):
-            send([(task_group(task_id), {"type": "resources.sampled", "task": task_id})])
+            send([(task_group(task_id), ResourcesSampled(task=task_id).message())])
     except Exception:  # the sample itself is stored
         log.warning("Could not publish the resource use of task %s", task_id, exc_info=True)
 
@@ -113,7 +114,7 @@ def progress_changed(
     """
     try:
         own = task_group(task_id)
-        event = {"type": "task.progress", "task": task_id, "progress": progress, "eta": eta}
+        event = TaskProgress(task=task_id, progress=progress, eta=eta).message()
         heard = listened({own, owner_group(owner_id), project_group(project_id), ALL_TASKS_GROUP})
         messages = [(own, event)] if own in heard else []
         wakes = [(name, event) for name in sorted(heard - {own})]
@@ -126,4 +127,4 @@ def progress_changed(
 def queue_order(group_id: int) -> dict:
     """The group's queue order, sent once; each viewer finds its own position in it."""
     order = Task.objects.queued_in(group_id).order_by("queued_at", "id").values_list("id", flat=True)
-    return {"type": "queue.moved", "order": list(order[:10_000])}
+    return QueueMoved(order=list(order[:10_000])).message()

@@ -8,7 +8,14 @@ The modules are named after their subject; callers use the names below.
 
 from tasks_app.errors import Refused
 from tasks_app.services.accounting import catalog, group_usage, month_bounds, report, task_usage
-from tasks_app.services.files import missing_outputs, open_output_file, output_listing, remove_outputs
+from tasks_app.services.files import (
+    missing_input,
+    missing_outputs,
+    open_input_file,
+    open_output_file,
+    output_listing,
+    remove_outputs,
+)
 from tasks_app.services.groups import (
     create_group,
     lock_group_shared,
@@ -20,6 +27,7 @@ from tasks_app.services.kills import kill_all, kill_task
 from tasks_app.services.machines import machine_lost, reclaim_machine, runner_lost
 from tasks_app.services.metadata import set_metadata, unset_metadata, validate_metadata
 from tasks_app.services.projects import PROJECT_NAME, project_of_task, project_to_use
+from tasks_app.services.quota_use import overview as quota_overview
 from tasks_app.services.submissions import (
     BATCH_MAX_TASKS,
     accept_direct_input,
@@ -51,11 +59,14 @@ __all__ = [
     "machine_lost",
     "missing_outputs",
     "month_bounds",
+    "missing_input",
+    "open_input_file",
     "open_output_file",
     "output_listing",
     "parse_duration",
     "project_of_task",
     "project_to_use",
+    "quota_overview",
     "reclaim_machine",
     "remove_outputs",
     "report",

@@ -1,4 +1,4 @@
-"""A task's stored files: the output listing, one output file, removing them.
+"""A task's stored files: the output listing, one output or input file, removing them.
 
 Sizes and deletions go straight to Django's storage API, which
 :mod:`tasks_app.storage` wraps only for names and uploads.
@@ -42,17 +42,35 @@ def output_listing(task: Task) -> dict:
     }
 
 
+def missing_input(task: Task) -> Refused:
+    """The refusal that says why a task has no input to give."""
+    why = "was removed from the server" if task.input_size is not None else "has not been uploaded"
+    return Refused(f"The input of task {task.id} {why}.", code="no_inputs", status=404)
+
+
 def open_output_file(task: Task, path: str):
     """A stream of one file of the outputs and its size; the caller closes it."""
     if not storage.exists(task.output_path):
         raise missing_outputs(task)
-    f = storage.open_file(task.output_path)
+    return _open_member(task, task.output_path, path, "output")
+
+
+def open_input_file(task: Task, path: str):
+    """A stream of one file of the input as uploaded, and its size; the caller closes it."""
+    if not storage.exists(task.input_path):
+        raise missing_input(task)
+    return _open_member(task, task.input_path, path, "input")
+
+
+def _open_member(task: Task, archive_name: str, path: str, what: str):
+    f = storage.open_file(archive_name)
     try:
         try:
             member, size = archives.open_file(f, path)
         except KeyError:
             raise Refused(
-                f"Task {task.id} has no output file {path!r}; list them with get_output_info().",
+                f"Task {task.id} has no {what} file {path!r}; paths are relative to its "
+                f"{what} folder (download the whole {what} to see them).",
                 code="not_found",
                 field="path",
                 status=404,

@@ -172,7 +172,7 @@ def terminate_group(
         # group down with a task still queued. Locked in one statement, in id
         # order, and each machine locks one task at a time, so this cannot
         # close a cycle of waits; accept_input() locks the group before its
-        # task, as here. (It used to lock the task first: a deadlock.)
+        # task, as here: the other order would wait on this one, and this on it.
         ends = dict.fromkeys([Status.PENDING_INPUT, Status.SUBMITTED], Status.ZOMBIE)
         ends |= dict.fromkeys([Status.PREPARING, Status.STARTED], ending)
         ends[Status.PENDING_KILL] = Status.KILLED

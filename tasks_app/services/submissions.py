@@ -17,7 +17,7 @@ from tasks_app import access, audit, broker, inputs, lifecycle, quotas, storage
 from tasks_app import simulators as sims
 from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, Machine, MachineGroup, Task
+from tasks_app.models import Activity, Machine, MachineGroup, Project, Task
 from tasks_app.services.budgets import check_submission as check_budget
 from tasks_app.services.groups import lock_group_shared, parse_duration
 from tasks_app.services.metadata import validate_metadata
@@ -134,9 +134,28 @@ def create_task(
     target = project_of_task(machine_group, project)
     check_budget(target.pk)
     ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
-    return Task.objects.create(
+    task = _new_task(
+        user, target, machine_group, adapter, parameters, metadata, resubmit_on_preemption, ttl, request_key
+    )
+    task.save(force_insert=True)
+    return task
+
+
+def _new_task(
+    user,
+    project: Project,
+    machine_group: MachineGroup,
+    adapter,
+    parameters: dict,
+    metadata: dict,
+    resubmit_on_preemption: bool,
+    ttl: int | None,
+    request_key: str | None,
+) -> Task:
+    """A checked task, not saved yet: one alone or one of a batch is the same row."""
+    return Task(
         owner=user,
-        project=target,
+        project=project,
         machine_group=machine_group,
         simulator=adapter.name,
         parameters=parameters,
@@ -298,17 +317,16 @@ def create_tasks(
                 f"Task {index} of the batch: {exc}", code=exc.code, field=field, status=exc.status
             ) from None
         tasks.append(
-            Task(
-                owner=user,
-                project=target,
-                machine_group=machine_group,
-                simulator=adapter.name,
-                parameters=parameters,
-                metadata=metadata,
-                resubmit_on_preemption=bool(spec.get("resubmit_on_preemption"))
-                or machine_group.resubmit_on_preemption,
-                time_to_live_seconds=ttls[asked],
-                request_key=batch_key(request_key, index) if request_key else None,
+            _new_task(
+                user,
+                target,
+                machine_group,
+                adapter,
+                parameters,
+                metadata,
+                bool(spec.get("resubmit_on_preemption")),
+                ttls[asked],
+                batch_key(request_key, index) if request_key else None,
             )
         )
     with transaction.atomic():

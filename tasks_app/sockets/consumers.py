@@ -35,9 +35,9 @@ from django.utils.html import escape
 
 from tasks_app import access, live, storage
 from tasks_app.lifecycle import TERMINAL, Status
+from tasks_app.live.messages import QueueMoved, TaskChanged, TaskProgress
 from tasks_app.models import APIKey, ResourceSample, Task
 from tasks_app.sockets import hub as log_hub
-from tasks_app.templatetags.simdeck import task_progress as progress_context
 from tasks_app.views.resources import resources_context
 from tasks_app.views.tasks import header_context, timeline_context
 
@@ -167,11 +167,11 @@ class TaskEventsConsumer(_TaskSocket):
             await self.channel_layer.group_discard(name, self.channel_name)
 
     async def task_changed(self, event: dict) -> None:
-        if event["task"] == self.task_id:
+        if TaskChanged.of(event).task == self.task_id:
             await self.send_state()
 
     async def queue_moved(self, event: dict) -> None:
-        order = event["order"]
+        order = QueueMoved.of(event).order
         if self.task_id in order:
             position = order.index(self.task_id)
             if self.json:
@@ -181,11 +181,12 @@ class TaskEventsConsumer(_TaskSocket):
 
     async def task_progress(self, event: dict) -> None:
         """The machine recorded how far the simulation got: the bar and the estimate, fresh."""
-        if event["task"] != self.task_id:
+        progress = TaskProgress.of(event)
+        if progress.task != self.task_id:
             return
         if self.json:
             await self.send(
-                json.dumps({"type": "progress", "progress": event["progress"], "eta": event["eta"]})
+                json.dumps({"type": "progress", "progress": progress.progress, "eta": progress.eta})
             )
             return
         try:
@@ -222,11 +223,7 @@ class TaskEventsConsumer(_TaskSocket):
                 )
             )
         else:
-            header = await database_sync_to_async(_render_header)(task, position, self.scope["user"])
-            html = (
-                '<section id="task-header" class="card task-header" aria-live="polite" hx-swap-oob="true">'
-                f"{header}</section>"
-            )
+            html = await database_sync_to_async(_render_header)(task, position, self.scope["user"])
             if task.status != self.shown_status:
                 # Queue moves only touch the header; a new status also adds a timeline row.
                 html += await database_sync_to_async(_render_timeline)(task)
@@ -241,23 +238,18 @@ class TaskEventsConsumer(_TaskSocket):
 
 
 def _render_header(task, position: int | None, user) -> str:
-    context = header_context(task, position=position, user=user)
+    context = header_context(task, position=position, user=user) | {"oob": True}
     return render_to_string("tasks/task_detail.html#header", context)
 
 
 def _render_progress(task) -> str:
-    inner = render_to_string("tasks/_progress.html", progress_context(task))
-    return f'<div id="task-progress" class="task-progress" hx-swap-oob="true">{inner}</div>'
+    return render_to_string("tasks/task_detail.html#progress", {"task": task, "oob": True})
 
 
 def _render_timeline(task) -> str:
     context = timeline_context(task) | {"oob": True}
-    timeline = render_to_string("tasks/task_detail.html#timeline", context)
-    path = render_to_string("tasks/task_detail.html#path", context)
-    return (
-        '<section id="task-timeline" class="card" aria-labelledby="timeline-h" hx-swap-oob="true">'
-        f"{timeline}</section>"
-        f'<section id="task-path" class="card" aria-labelledby="path-h" hx-swap-oob="true">{path}</section>'
+    return render_to_string("tasks/task_detail.html#timeline", context) + render_to_string(
+        "tasks/task_detail.html#path", context
     )
 
 

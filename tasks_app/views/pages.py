@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from tasks_app import access, lifecycle, task_counts
+from tasks_app import access, lifecycle, services, task_counts
 from tasks_app.forms import APIKeyForm
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Machine, MachineGroup, Membership, Task
@@ -153,7 +153,7 @@ def status_reference(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def account(request: HttpRequest) -> HttpResponse:
-    """The user's API keys: create one (its secret is shown once), revoke one."""
+    """The user's API keys (create one, its secret shown once; revoke one) and quotas."""
     form = APIKeyForm(request.POST or None)
     secret = None
     if request.method == "POST" and form.is_valid():
@@ -161,7 +161,8 @@ def account(request: HttpRequest) -> HttpResponse:
         form = APIKeyForm()
     keys = request.user.api_keys.order_by("revoked_at", "-created_at")
     # The secret goes only into this one response, never into a message or the session.
-    response = render(request, "account.html", {"form": form, "keys": keys, "secret": secret})
+    context = {"form": form, "keys": keys, "secret": secret, "quotas": services.quota_overview(request.user)}
+    response = render(request, "account.html", context)
     response["Cache-Control"] = "no-store"
     return response
 

@@ -1,6 +1,7 @@
 """Bring the whole system up on this host, and down again on Ctrl+C.
 
-    database + Redis (embedded unless configured)
+    database + Redis (embedded unless configured; manage.py starts those
+    before Django reads its settings, see console/servers.py)
     -> migrate, first admin and API key, the default machine group
     -> web server (daphne), scheduler (Celery worker with beat), local provider
 
@@ -25,7 +26,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import connections
 
-from console import embedded
+from console import servers
 from console.supervisor import LAUNCHER_STATE, WEB_STATE, CrashLoop, Program, Supervisor, start_guard
 from tasks_app import sandbox, services, storage
 from tasks_app.models import APIKey, MachineGroup
@@ -42,15 +43,6 @@ def log_path(logs: Path, name: str) -> Path:
 def state_path(home: Path) -> Path:
     """What the launcher runs now, for ``manage.py processes``, the health page and the guard."""
     return home / LAUNCHER_STATE
-
-
-def embedded_servers() -> list[str]:
-    """The embedded servers this instance uses, in the order they stop."""
-    return [
-        name
-        for name, url in (("redis", "REDIS_URL"), ("postgres", "DATABASE_URL"))
-        if not os.environ.get(url)
-    ]
 
 
 class Command(BaseCommand):
@@ -97,7 +89,7 @@ class Command(BaseCommand):
         guard_pipe = start_guard(
             state_path(home),
             home,
-            embedded=embedded_servers(),
+            embedded=servers.embedded_in_use(),
             sweep={"SIMDECK_INSTANCE": instance()},  # the machines, in sessions of their own
         )
         stop: list[int] = []
@@ -141,20 +133,13 @@ class Command(BaseCommand):
             self.say("Stopping Simdeck…")
             supervisor.stop()
             connections.close_all()
-            self.stop_embedded(home)
+            for failure in servers.stop_embedded(home):
+                self.say(failure)
             supervisor.write_state(stopped=True)
             os.close(guard_pipe)  # the guard sees we stopped everything, and ends
             self.say("Stopped.")
         if crashed:
             raise SystemExit(1)
-
-    def stop_embedded(self, home: Path) -> None:
-        """Embedded servers are ours to stop; configured ones are not."""
-        for name in embedded_servers():
-            try:
-                {"redis": embedded.stop_redis, "postgres": embedded.stop_postgres}[name](home)
-            except embedded.EmbeddedServiceError as exc:
-                self.say(f"Could not stop the embedded {name}: {exc}")
 
     def say(self, text: str) -> None:
         """Print, but never let a closed terminal or pipe stop the shutdown."""
