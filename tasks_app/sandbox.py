@@ -53,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import psutil
 from django.conf import settings
@@ -903,6 +903,10 @@ class Resident:
         self.folder = folder
         self.task_dir, self.tmp_dir = folder / "task", folder / "tmp"
         self.limits = limits
+        # Installs under the host's /tmp are bound over the sandbox's /tmp, which is tmp_dir.
+        self.mounted_in_tmp = frozenset(
+            PurePosixPath(p).relative_to("/tmp") for p in read_only if Path(p).is_relative_to("/tmp")
+        )
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         uid, gid = owner()
         for path in (self.task_dir, self.tmp_dir):
@@ -1036,8 +1040,8 @@ class Resident:
             raise ResidentGone(f"the machine's sandbox did not answer{self._log_tail()}") from None
         if message != {"op": "clean", "intact": True}:
             raise ResidentGone(f"the machine's sandbox is not as it was made ({message!r}); it is replaced")
-        for path in (self.task_dir, self.tmp_dir):
-            empty(path)
+        empty(self.task_dir)
+        empty(self.tmp_dir, keep=self.mounted_in_tmp)
 
     def close(self) -> None:
         """End the sandbox: its first process kills everything when its socket closes."""
@@ -1104,8 +1108,13 @@ def _pid_of(pidfd: int) -> int:
     raise ResidentGone("the kernel does not tell a pidfd's process")
 
 
-def empty(folder: Path) -> None:
-    """Remove everything in ``folder``, keeping the folder (it is bound into the sandbox)."""
+def empty(folder: Path, keep: frozenset[PurePosixPath] = frozenset()) -> None:
+    """Remove everything in ``folder``, keeping the folder (it is bound into the sandbox).
+
+    ``keep`` names paths under it (relative) that are mount points inside the
+    sandbox: an install bound there when it lives under the host's ``/tmp``.
+    They and the folders on the way to them stay; all else in those goes.
+    """
 
     def unlock(func, path, _exc):
         # A task may leave a folder it took its own permissions from.
@@ -1117,7 +1126,13 @@ def empty(folder: Path) -> None:
 
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
+            name = PurePosixPath(entry.name)
+            if name in keep:
+                continue  # a mount point: what is in it is the install's, not this folder's
+            below = frozenset(p.relative_to(name) for p in keep if p.is_relative_to(name))
+            if below and entry.is_dir(follow_symlinks=False):
+                empty(Path(entry.path), below)
+            elif entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, onerror=unlock)
             else:
                 with contextlib.suppress(FileNotFoundError):

@@ -434,6 +434,44 @@ def test_an_install_under_the_host_s_tmp_is_seen_inside(tmp_path, settings):
     assert done.stdout == "hello from the install\n"
 
 
+def test_an_install_under_the_host_s_tmp_stays_in_a_lasting_sandbox_task_after_task(tmp_path, settings):
+    """A checkout under /tmp is bound over the sandbox's /tmp, which is emptied between tasks."""
+    settings.SIMDECK_WORK_DIR = tmp_path / "work"
+    install = tmp_path / "install"
+    (install / "bin").mkdir(parents=True)
+    tool = install / "bin" / "tool"
+    tool.write_text("#!/bin/sh\necho tool ran\n")
+    tool.chmod(0o755)
+    for folder in (tmp_path, install, install / "bin"):
+        folder.chmod(0o755)
+    assert install.is_relative_to("/tmp"), "the test's folders must be under /tmp"
+    limits = sandbox.Limits(memory_bytes=None, vcpus=1, pids=64)
+    resident = sandbox.Resident(
+        tmp_path / "box",
+        identity=sandbox.write_identity(tmp_path / "identity"),
+        limits=limits,
+        read_only=[*sandbox.install_folders(), install],
+        network=False,
+        cgroups=None,
+        loopback=sandbox.loopback(),
+        env={"PATH": sandbox.PATH},
+    )
+    try:
+        for turn in range(3):
+            command = resident.run(
+                ["sh", "-c", f"{tool} && echo left > /tmp/left-{turn} && ls /tmp"],
+                sandbox.environment(limits, {}),
+                sandbox.rlimits(limits, False),
+            )
+            out = command.stdout.read().decode()
+            assert command.wait() == 0, (out, command.stderr.read())
+            command.close()
+            assert "tool ran" in out and f"left-{turn - 1}" not in out, out
+            resident.reset()
+    finally:
+        resident.close()
+
+
 def test_a_machine_s_sandboxes_share_a_loopback_and_reach_nothing_else(tmp_path):
     """Each sandbox of a machine starts in its loopback-only network namespace: lo, up, and nothing more."""
     import socket

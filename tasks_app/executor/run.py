@@ -374,7 +374,10 @@ class Execution:
     def make_box(self, simulator: sims.Simulator) -> sandbox.Box:
         """The task's sandbox: its work folder handed to the sandbox user, the machine's limits."""
         sandbox.hand_over(self.workdir)
-        sandbox.hand_over(self.tmpdir)
+        if not self.resident:
+            # (The lasting sandbox's /tmp is the sandbox user's already; what else is in it
+            # are the root-owned folders leading to installs bound there, which stay root's.)
+            sandbox.hand_over(self.tmpdir)
         machine_dir = self.base.parent
         cgroups = sandbox.cgroups(self.machine.name, self.limits)
         cgroups.hit()  # what an earlier task reached is not this one's
