@@ -155,7 +155,8 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
         }
     )
     context |= resources_context(task)
-    context["usage"] = services.task_usage(task)
+    # Not "usage": the resource-use partial on the same page reads that name.
+    context["accounting"] = services.task_usage(task)
     context |= review.review_context(request.user, task, allowed=context["allowed"])
     return render(request, "tasks/task_detail.html", context)
 
