@@ -56,7 +56,7 @@ def _refused_after(exc: SimdeckError, start: int, created: builtins.list[Task]) 
     if exc.field and exc.field.startswith("tasks."):
         # The server counts within its request; the caller counts in the sweep.
         index, _, rest = exc.field.removeprefix("tasks.").partition(".")
-        if index.isdigit():
+        if index.isdecimal() and index.isascii():
             exc.field = f"tasks.{int(index) + start}" + (f".{rest}" if rest else "")
             exc.args = (
                 str(exc).replace(f"Task {index} of the batch", f"Task {int(index) + start} of the sweep", 1),

@@ -18,6 +18,8 @@ acting on answers 403 (:class:`PermissionDenied`).
 
 from __future__ import annotations
 
+import re
+
 from django.contrib.postgres.expressions import ArraySubquery
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
@@ -118,13 +120,21 @@ def task_for(user, task_id: str) -> Task:
     return task
 
 
+def looks_like_id(ref: str | int) -> bool:
+    """Whether ``ref`` can be a row's id: ASCII digits a database integer holds.
+
+    (``str.isdigit`` also says yes to "¹" and other digits ``int`` refuses, and
+    a long enough number overflows the column: both were server errors.)
+    """
+    return isinstance(ref, int) or re.fullmatch(r"[0-9]{1,18}", str(ref)) is not None
+
+
 def group_for(user, ref: str | int) -> MachineGroup:
     """A machine group by id or by name."""
     qs = visible_groups(user).select_related("project")
     group = None
     if not inputs.text_problem(str(ref)):
-        by_id = isinstance(ref, int) or str(ref).isdigit()
-        group = qs.filter(pk=int(ref)).first() if by_id else qs.filter(name=ref).first()
+        group = qs.filter(pk=int(ref)).first() if looks_like_id(ref) else qs.filter(name=ref).first()
     if group is None:
         raise NotVisible("machine group", ref)
     return group
@@ -136,7 +146,7 @@ def project_for(user, ref: str | int) -> Project:
     found = None
     if not inputs.text_problem(str(ref)):
         found = qs.filter(name=str(ref)).first()
-        if found is None and str(ref).isdigit():
+        if found is None and looks_like_id(ref):
             found = qs.filter(pk=int(ref)).first()
     if found is None:
         raise NotVisible("project", ref)
@@ -159,7 +169,7 @@ class NotVisible(Http404):
         if inputs.text_problem(ref) or len(ref) > 200:
             return f"No such {self.kind}, or it is not yours to see."
         # A name is not an id: say which of the two was looked up.
-        what = f"with id {ref!r}" if self.kind == "task" or ref.isdigit() else f"named {ref!r}"
+        what = f"with id {ref!r}" if self.kind == "task" or looks_like_id(ref) else f"named {ref!r}"
         return f"No {self.kind} {what}, or it is not yours to see ({_LISTS[self.kind]} shows yours)."
 
 

@@ -122,6 +122,10 @@ def test_every_error_has_the_same_shape(api, started_group, settings):
     assert_error(anonymous.get("/api/v1/tasks/kill"), 401, "unauthenticated")
     message = assert_error(api.get("/api/v1/no-such-thing"), 404, "not_found")
     assert "/api/v1/docs" in message
+    # Digits int() refuses, and numbers too long for an id: not found, never a server error.
+    for ref in ("%C2%B9", "9" * 30):
+        assert_error(api.get(f"/api/v1/projects/{ref}"), 404, "not_found")
+        assert_error(api.get(f"/api/v1/machine-groups/{ref}"), 404, "not_found")
     assert_error(anonymous.delete("/api/v1/tasks/x/y/z"), 404, "not_found")
     assert_error(api.get("/api/v1/tasks", {"limit": 0}), 400, "invalid", "limit")
     assert_error(api.get("/api/v1/tasks", {"created_after": "yesterday"}), 400, "invalid", "created_after")
