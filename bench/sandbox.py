@@ -79,23 +79,8 @@ def run(quick: bool = False) -> list[dict]:
             cgroups=groups,
             loopback=sandbox.loopback(),
         )
-        made, plain_start = [], []
-        for _ in range(5):
-            began = time.perf_counter()
-            resident = sandbox.Resident(
-                base / "resident",
-                identity=box.identity,
-                limits=limits,
-                read_only=box.read_only,
-                network=False,
-                cgroups=groups,
-                loopback=box.loopback,
-                env={"PATH": sandbox.PATH},
-            )
-            made.append(time.perf_counter() - began)
-            resident.close()
-            plain_start.append(_median_start(functools.partial(subprocess.Popen, ["true"]), 1))
-        resident = sandbox.Resident(
+        make_resident = functools.partial(
+            sandbox.Resident,
             base / "resident",
             identity=box.identity,
             limits=limits,
@@ -105,6 +90,14 @@ def run(quick: bool = False) -> list[dict]:
             loopback=box.loopback,
             env={"PATH": sandbox.PATH},
         )
+        made, plain_start = [], []
+        for _ in range(5):
+            began = time.perf_counter()
+            resident = make_resident()
+            made.append(time.perf_counter() - began)
+            resident.close()
+            plain_start.append(_median_start(functools.partial(subprocess.Popen, ["true"]), 1))
+        resident = make_resident()
         in_machine = dataclasses.replace(
             box, workdir=resident.task_dir, tmp=resident.tmp_dir, resident=resident
         )

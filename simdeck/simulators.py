@@ -453,14 +453,8 @@ class _Suite(Simulator):
         )
 
 
-class GROMACS(_Suite):
-    """GROMACS: ``commands`` are gmx command lines, e.g. ``["gmx grompp ...", "gmx mdrun -deffnm em"]``.
-
-    ``gmx`` runs its own threads on the machine's vCPUs; ``n_vcpus`` runs
-    ``gmx_mpi`` commands on that many MPI processes.
-    """
-
-    name = "gromacs"
+class _CommandSuite(_Suite):
+    """A suite whose tasks are only command lines of its programs."""
 
     def run(  # type: ignore[override]
         self,
@@ -473,6 +467,16 @@ class GROMACS(_Suite):
         **kwargs,
     ) -> Task:
         return self._run_commands(input_dir, on, commands, n_vcpus, use_hwthread, **kwargs)
+
+
+class GROMACS(_CommandSuite):
+    """GROMACS: ``commands`` are gmx command lines, e.g. ``["gmx grompp ...", "gmx mdrun -deffnm em"]``.
+
+    ``gmx`` runs its own threads on the machine's vCPUs; ``n_vcpus`` runs
+    ``gmx_mpi`` commands on that many MPI processes.
+    """
+
+    name = "gromacs"
 
 
 class LAMMPS(_Suite):
@@ -559,7 +563,7 @@ class OpenFOAM(_Suite):
         return self._run_commands(input_dir, on, commands, n_vcpus, use_hwthread, **kwargs)
 
 
-class QuantumEspresso(_Suite):
+class QuantumEspresso(_CommandSuite):
     """Quantum ESPRESSO: ``commands`` are its programs' command lines, e.g. ``["pw.x -in scf.in"]``.
 
     Programs read their input with ``-in FILE`` (commands run without a
@@ -589,18 +593,6 @@ class QuantumEspresso(_Suite):
             "turbo_lanczos.x",
             "xspectra.x",
         ]
-
-    def run(  # type: ignore[override]
-        self,
-        input_dir,
-        commands: builtins.list[str],
-        *,
-        on=None,
-        n_vcpus: int | None = None,
-        use_hwthread: bool | None = None,
-        **kwargs,
-    ) -> Task:
-        return self._run_commands(input_dir, on, commands, n_vcpus, use_hwthread, **kwargs)
 
 
 # Named like the builtin on purpose: scripts written for the seeds' service call simulators.list().
