@@ -291,6 +291,7 @@ SIMDECK_WS_RECHECK_SECONDS = env.float("SIMDECK_WS_RECHECK_SECONDS", default=5.0
 SIMDECK_QUOTA_MAX_MACHINES = env.int("SIMDECK_QUOTA_MAX_MACHINES", default=None)
 SIMDECK_QUOTA_MAX_GROUP_TTL_MINUTES = env.float("SIMDECK_QUOTA_MAX_GROUP_TTL_MINUTES", default=None)
 SIMDECK_QUOTA_MAX_TASK_TTL_SECONDS = env.int("SIMDECK_QUOTA_MAX_TASK_TTL_SECONDS", default=None)
+SIMDECK_QUOTA_MAX_STORAGE_GB = env.float("SIMDECK_QUOTA_MAX_STORAGE_GB", default=None)
 # How often a running task's CPU, memory and disk are recorded at first; the
 # interval doubles as the task ages (see tasks_app.executor.sampling).
 SIMDECK_RESOURCE_SAMPLE_SECONDS = env.float("SIMDECK_RESOURCE_SAMPLE_SECONDS", default=10.0)

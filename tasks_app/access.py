@@ -3,8 +3,9 @@
 A project is a team. Each member has a role in it (:class:`~tasks_app.models.Role`):
 
 - **viewer** sees the project's tasks, machine groups, members and activity;
-- **member** also submits tasks, edits metadata, comments, reviews and
-  kills (or removes the files of) the tasks they own;
+- **member** also submits tasks, edits metadata, comments, reviews,
+  kills (or removes the files of) the tasks they own, and uploads, copies
+  and removes files in the project's storage;
 - **maintainer** also kills any task of the project, creates, starts and
   terminates its machine groups, and manages its members.
 
@@ -49,6 +50,7 @@ PROJECT_ACTIONS: dict[str, Role] = {
     "submit": MEMBER,
     "comment": MEMBER,
     "review": MEMBER,
+    "write-storage": MEMBER,  # upload, copy, remove files of the project's storage
     "manage-groups": MAINTAINER,
     "manage-members": MAINTAINER,
     "manage-budget": MAINTAINER,
@@ -313,6 +315,7 @@ def refusal(user, action: str, obj) -> str:
     doing = {
         "edit": "edit metadata",
         "submit": "submit tasks",
+        "write-storage": "change its storage",
         "manage": "start or terminate machine groups",
         "manage-groups": "create or change machine groups",
         "manage-members": "manage members",

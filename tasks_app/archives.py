@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -20,18 +20,34 @@ class UnsafeArchive(ValueError):
 
 
 def _checked_name(info: zipfile.ZipInfo) -> PurePosixPath:
-    name = PurePosixPath(info.filename)
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise UnsafeArchive(f"The archive holds a link ({info.filename}); links are not accepted.")
-    if name.is_absolute() or "\\" in info.filename or (name.parts and ":" in name.parts[0]):
+    problem = path_problem(info.filename)
+    if problem == "absolute":
         raise UnsafeArchive(f"The archive holds an absolute path ({info.filename}).")
-    if ".." in name.parts:
+    if problem == "leaves":
         raise UnsafeArchive(f"The archive holds a path leaving its folder ({info.filename}).")
+    name = PurePosixPath(info.filename)
     if not name.parts and not info.is_dir():
         # "." or "": a file in the place of the folder itself.
         raise UnsafeArchive(f"The archive holds a file without a name ({info.filename!r}).")
     return name
+
+
+def path_problem(path: str) -> str | None:
+    """What keeps a relative POSIX path from staying inside its folder: "absolute", "leaves" or None.
+
+    An archive's names and the paths of a project's storage are checked
+    alike: no absolute path (nor a drive or a backslash, which another
+    system reads as one), no ``..``.
+    """
+    name = PurePosixPath(path)
+    if name.is_absolute() or "\\" in path or (name.parts and ":" in name.parts[0]):
+        return "absolute"
+    if ".." in name.parts:
+        return "leaves"
+    return None
 
 
 def file_entries(archive: BinaryIO) -> list[zipfile.ZipInfo]:
@@ -58,8 +74,14 @@ def open_file(archive: BinaryIO, path: str) -> tuple[BinaryIO, int]:
     return zf.open(info), info.file_size
 
 
-def safe_extract(archive: BinaryIO, dest: Path) -> list[Path]:
+def safe_extract(
+    archive: BinaryIO, dest: Path, place: Callable[[PurePosixPath], PurePosixPath | None] | None = None
+) -> list[Path]:
     """Unpack ``archive`` into ``dest``, a directory just made for it; returns the files written.
+
+    ``place`` chooses which entries to unpack and where: it maps an entry's
+    checked name to the name to write (relative, checked again), or None to
+    leave it out.
 
     Every name is checked before anything is written. A name that is
     relative, without ``..``, stays inside ``dest`` by its letters alone:
@@ -74,6 +96,13 @@ def safe_extract(archive: BinaryIO, dest: Path) -> list[Path]:
         infos = zf.infolist()
         # Check everything first, so a bad entry leaves nothing half-written.
         names = [_checked_name(i) for i in infos]
+        if place is not None:
+            placed = [(i, place(n)) for i, n in zip(infos, names, strict=True)]
+            infos = [i for i, n in placed if n is not None]
+            names = [n for _, n in placed if n is not None]
+            for name in names:
+                if path_problem(str(name)) or not name.parts:
+                    raise UnsafeArchive(f"A file would be unpacked outside its folder ({name}).")
         for info, name in zip(infos, names, strict=True):
             target = dest.joinpath(*name.parts)
             if info.is_dir():

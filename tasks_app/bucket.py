@@ -122,6 +122,12 @@ class BucketStorage(S3Storage):
         client.copy(copied, self.bucket_name, self.key(target), Config=self.transfer_config)
         client.delete_object(**copied)
 
+    def copy_object(self, source: str, target: str) -> None:
+        """Copy inside the bucket (in parts for a big object): no byte passes through us."""
+        client = self.connection.meta.client
+        copied = {"Bucket": self.bucket_name, "Key": self.key(source)}
+        client.copy(copied, self.bucket_name, self.key(target), Config=self.transfer_config)
+
     def discard_uploads(self, name: str) -> None:
         """Remove what was sent to ``name``: the object, and multipart uploads never completed."""
         client, key = self.connection.meta.client, self.key(name)

@@ -113,6 +113,11 @@ class Quota(models.Model):
     max_task_ttl_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="Longest time to live of a task, in seconds."
     )
+    max_storage_gb = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Stored files, in GB: uploads to storage and tasks' inputs and outputs.",
+    )
 
     class Meta:
         constraints = [
@@ -292,6 +297,8 @@ class Task(models.Model):
     output_path = models.CharField(max_length=300, blank=True)
     output_size = models.BigIntegerField(null=True, blank=True)
     output_files = models.PositiveIntegerField(null=True, blank=True)
+    # A folder of the project's storage the outputs are also stored in (``<storage_dir>/<id>/``).
+    storage_dir = models.CharField(max_length=500, blank=True)
 
     # A resubmission points at the task it repeats; the original lists its
     # resubmissions through ``resubmissions``. Deleting one keeps the other.
@@ -795,3 +802,49 @@ class SavedView(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class StoredFile(models.Model):
+    """A file a user put in their project's storage (:mod:`tasks_app.services.project_storage`).
+
+    The bytes are in the default storage under ``storage/<project id>/<path>``;
+    this row is their index: listings, sizes and quotas read it, not the
+    bucket. Folders are the paths' prefixes.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="stored_files")
+    path = models.CharField(max_length=1024)
+    size = models.BigIntegerField()
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "path"], name="one_stored_file_per_path")]
+        indexes = [models.Index(fields=["owner"], name="stored_file_owner")]
+
+    def __str__(self) -> str:
+        return self.path
+
+
+class TaskAsset(models.Model):
+    """A file or folder a task takes from storage besides its input (``remote_assets``).
+
+    ``source_task`` is the task whose input or outputs it comes from, or
+    None for the project's uploaded files; the chain of tasks reads both ways.
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assets")
+    position = models.PositiveSmallIntegerField()
+    path = models.CharField(max_length=1024)
+    source_task = models.ForeignKey(
+        Task, null=True, blank=True, on_delete=models.SET_NULL, related_name="used_by"
+    )
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["task", "position"], name="one_asset_per_position")]
+
+    def __str__(self) -> str:
+        return f"{self.task_id}: {self.path}"

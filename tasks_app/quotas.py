@@ -1,15 +1,20 @@
-"""Quotas: how many machines may run at once, and how long groups and tasks may live.
+"""Quotas: how many machines may run at once, how long groups and tasks may live, how much is stored.
 
-Each user and each project has the three limits. A :class:`~tasks_app.models.Quota`
+Each user and each project has the four limits. A :class:`~tasks_app.models.Quota`
 row sets them for one user or project (an empty field there means no limit);
 without a row the site defaults apply (``SIMDECK_QUOTA_MAX_MACHINES``,
 ``SIMDECK_QUOTA_MAX_GROUP_TTL_MINUTES``, ``SIMDECK_QUOTA_MAX_TASK_TTL_SECONDS``,
-unset meaning no limit). A request over any limit is refused with a message
+``SIMDECK_QUOTA_MAX_STORAGE_GB``, unset meaning no limit). A request over any limit is refused with a message
 naming the quota and by how much it is exceeded.
 
 Machines "running" are those of started machine groups, counted as the
 group's machine count (its maximum for an elastic group, which may grow to
 it at any time), so a limit holds before the provider brings them up.
+
+Storage counts the files uploaded to a project's storage and the stored
+inputs and outputs of its tasks (a user's: those they uploaded and those of
+their tasks). A machine always stores what a task made; past the limit, new
+uploads and new tasks are refused until files are removed.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from django.db.models import Q, Sum
 from django.db.models.functions import Coalesce
 
 from tasks_app.errors import Refused
-from tasks_app.models import MachineGroup, Project, Quota
+from tasks_app.models import MachineGroup, Project, Quota, StoredFile, Task
+
+GB = 1000**3
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class Limits:
     max_machines: int | None
     max_group_ttl_minutes: float | None
     max_task_ttl_seconds: int | None
+    max_storage_gb: float | None = None
 
 
 def site_defaults() -> Limits:
@@ -37,13 +45,14 @@ def site_defaults() -> Limits:
         getattr(settings, "SIMDECK_QUOTA_MAX_MACHINES", None),
         getattr(settings, "SIMDECK_QUOTA_MAX_GROUP_TTL_MINUTES", None),
         getattr(settings, "SIMDECK_QUOTA_MAX_TASK_TTL_SECONDS", None),
+        getattr(settings, "SIMDECK_QUOTA_MAX_STORAGE_GB", None),
     )
 
 
 def _limits(row: Quota | None) -> Limits:
     if row is None:
         return site_defaults()
-    return Limits(row.max_machines, row.max_group_ttl_minutes, row.max_task_ttl_seconds)
+    return Limits(row.max_machines, row.max_group_ttl_minutes, row.max_task_ttl_seconds, row.max_storage_gb)
 
 
 def for_user(user) -> Limits:
@@ -145,8 +154,41 @@ def _time_to_live(user, project: Project, asked, limit_name: str, refusal: Calla
     return asked
 
 
-def report(limits: Limits, machines_in_use: int) -> list[dict]:
-    """The three limits with what is in use, in the shape of Inductiva's quota list.
+def stored_bytes(**scope) -> int:
+    """Bytes stored for ``scope`` (``project_id=`` or ``owner_id=``): uploads, tasks' inputs and outputs."""
+    uploaded = StoredFile.objects.filter(**scope).aggregate(n=Coalesce(Sum("size"), 0))["n"]
+    tasks = Task.objects.filter(**scope)
+    inputs = tasks.exclude(input_path="").aggregate(n=Coalesce(Sum("input_size"), 0))["n"]
+    outputs = tasks.exclude(output_path="").aggregate(n=Coalesce(Sum("output_size"), 0))["n"]
+    return uploaded + inputs + outputs
+
+
+def check_storage(user, project: Project, adding: int = 0, *, doing: str = "store more") -> None:
+    """Refuse when storing ``adding`` more bytes would take the project or the user past their limit.
+
+    With ``adding`` 0 it refuses only what is over already (a new task,
+    whose outputs are not known yet).
+    """
+    scopes = {"Project": {"project_id": project.pk}, "User": {"owner_id": user.pk}}
+    for who, limits in _holders(user, project):
+        limit = limits.max_storage_gb
+        if limit is None:
+            continue
+        used = stored_bytes(**scopes[who.split()[0]])
+        total = used + adding
+        if (adding and total > limit * GB) or (not adding and used >= limit * GB):
+            raise Refused(
+                f"{who} may store at most {limit:g} GB and stores {used / GB:.3g} GB; "
+                f"{'that' if not adding else f'{adding / GB:.3g} GB more'} is over the limit, so "
+                f"you cannot {doing}. Remove files you no longer need ('simdeck storage remove', or "
+                "a task's stored files) or ask an administrator for a larger quota.",
+                code="quota_exceeded",
+                status=403,
+            )
+
+
+def report(limits: Limits, machines_in_use: int, stored: int | None = None) -> list[dict]:
+    """The four limits with what is in use, in the shape of Inductiva's quota list.
 
     A limit on a count of machines is spent across every group (``global``);
     a time to live bounds each group or task on its own (``instance``), so it
@@ -176,5 +218,13 @@ def report(limits: Limits, machines_in_use: int) -> list[dict]:
             "in_use": None,
             "unit": "seconds",
             "scope": "instance",
+        },
+        {
+            "id": "max_storage_gb",
+            "label": "Stored files",
+            "max_allowed": limits.max_storage_gb,
+            "in_use": None if stored is None else round(stored / GB, 9),
+            "unit": "GB",
+            "scope": "global",
         },
     ]

@@ -54,6 +54,9 @@ def resubmit(
             resubmit_on_preemption=original.resubmit_on_preemption,
             time_to_live=ttl or None,
             metadata=original.metadata if metadata is None else metadata,
+            # Its files from storage again, checked again: the actor may not read what the owner could.
+            remote_assets=list(original.assets.values_list("path", flat=True)) or None,
+            storage_dir=original.storage_dir,
         )
         Task.objects.filter(pk=task.pk).update(resubmitted_from=original)
         task.resubmitted_from = original

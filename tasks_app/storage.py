@@ -59,6 +59,11 @@ def log_name(task_id: str, stream: str, attempt: int = 1) -> str:
     return f"tasks/{task_id}/logs/attempt-{attempt}/{stream}.txt"
 
 
+def project_file_name(project_id: int, path: str) -> str:
+    """Where a file of a project's storage is kept (``path`` checked by the caller)."""
+    return f"storage/{project_id}/{path}"
+
+
 class UploadError(ValueError):
     pass
 
@@ -309,3 +314,50 @@ def exists(name: str) -> bool:
         return False
     with refusals():
         return default_storage.exists(name)
+
+
+def receive_file(name: str, chunks: Iterable[bytes], *, expected_size: int, max_bytes: int) -> int:
+    """Stream a file to storage as ``name``, in place of what was there; returns its size.
+
+    Nothing is stored when more or fewer bytes arrive than announced.
+    """
+    size = 0
+    with tempfile.TemporaryFile() as spool:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes or size > expected_size:
+                raise UploadError(
+                    f"The upload is larger than announced ({expected_size} bytes)."
+                    if size > expected_size
+                    else f"The upload exceeds the limit of {max_bytes} bytes."
+                )
+            spool.write(chunk)
+        if size != expected_size:
+            raise UploadError(
+                f"The upload was cut short: {size} of {expected_size} bytes arrived. Send it again."
+            )
+        spool.seek(0)
+        with refusals():
+            _replace(name, File(spool))
+    return size
+
+
+def copy_stored(source: str, target: str) -> None:
+    """Copy a stored file to another name, in place of what was there (inside the bucket for a bucket)."""
+    copy = getattr(default_storage, "copy_object", None)
+    with refusals():
+        if copy is not None and not getattr(default_storage, "_in_local_folder", lambda n: False)(source):
+            copy(source, target)
+            return
+        with default_storage.open(source, "rb") as f:
+            _replace(target, File(f))
+
+
+def delete(name: str) -> None:
+    with refusals():
+        default_storage.delete(name)
+
+
+def size(name: str) -> int:
+    with refusals():
+        return default_storage.size(name)

@@ -44,4 +44,5 @@ def task_for(user, task_id: str):
     task = None if inputs.text_problem(str(task_id)) else tasks_for(user).filter(pk=task_id).first()
     if task is None:
         raise access.NotVisible("task", task_id)
+    task.viewer = user  # the tasks using its files are named only where this user sees them
     return task

@@ -11,7 +11,7 @@ from django.core.files.storage import default_storage
 from ninja import Field, Schema
 from pydantic import ValidationInfo, field_validator
 
-from tasks_app import inputs, lifecycle, services, storage
+from tasks_app import access, inputs, lifecycle, services, storage
 
 
 def _related(path: str) -> staticmethod:
@@ -70,11 +70,14 @@ class WhoAmIOut(Schema):
 
 
 class QuotaOut(Schema):
-    id: str = Field(description="max_machines, max_group_ttl_minutes or max_task_ttl_seconds.")
+    id: str = Field(
+        description="max_machines, max_group_ttl_minutes, max_task_ttl_seconds or max_storage_gb."
+    )
     label: str
     max_allowed: float | None = Field(description="The limit; null for none.")
     in_use: float | None = Field(
-        description="What counts against it now (machines of started groups); null for a per-object limit."
+        description="What counts against it now (machines of started groups, GB stored); "
+        "null for a per-object limit."
     )
     unit: str
     scope: str = Field(description="global: spent across groups; instance: bounds each group or task.")
@@ -302,6 +305,23 @@ class TaskDetailOut(TaskOut):
     machine_vcpus: int | None = Field(description="vCPUs of its machine type.")
     machine_memory_gb: float | None = Field(description="Memory of its machine type, in GB.")
     provider: str = Field(description="What runs its group's machines: local or slurm.")
+    storage_dir: str = Field(description="The storage folder its outputs are also kept in; '' for none.")
+    remote_assets: list[str] = Field(description="Paths of storage it takes as inputs besides its upload.")
+    inputs_from: list[str] = Field(description="Ids of the tasks whose files it takes (those you can see).")
+    used_by: list[str] = Field(description="Ids of the tasks that take its files (those you can see).")
+
+    @staticmethod
+    def resolve_remote_assets(obj) -> list[str]:
+        return [a.path for a in obj.assets.all()]
+
+    @staticmethod
+    def resolve_inputs_from(obj) -> list[str]:
+        return sorted({a.source_task_id for a in obj.assets.all() if a.source_task_id})
+
+    @staticmethod
+    def resolve_used_by(obj) -> list[str]:
+        # Asked by the task's viewer: only those of the tasks using it that they can see.
+        return sorted({a.task_id for a in obj.used_by.all()}.intersection(_viewable(obj)))
 
     @staticmethod
     def resolve_machine_vcpus(obj) -> int | None:
@@ -425,6 +445,20 @@ class TaskIn(In):
         ),
     )
     input_sha256: str | None = _input_sha256_field()
+    remote_assets: list[str] | None = Field(
+        None,
+        examples=[["<task id>/outputs/frames", "my-data/mesh.msh"]],
+        description=(
+            "Paths of storage the machine adds to the input: another task's files "
+            "(<task id>/outputs/… or <task id>/input/…) or files uploaded to the project's storage. "
+            "Each is placed in the task's folder under its last name. With them the input may be empty."
+        ),
+    )
+    storage_dir: str = Field(
+        "",
+        description="A folder of the project's storage the outputs are also kept in, as "
+        "<storage_dir>/<task id>/outputs.zip.",
+    )
 
 
 class TaskSpecIn(In):
@@ -815,3 +849,79 @@ class DirectUploadDoneIn(In):
     parts: list[UploadedPartIn] = Field(default_factory=list, max_length=10_000)
     size: int = Field(..., ge=1)
     sha256: str = Field(..., min_length=64, max_length=64, description="SHA-256 (hex) of the whole archive.")
+
+
+def _viewable(obj) -> set[str]:
+    """Ids of the tasks using ``obj``'s files that the person asking may see (set by the view)."""
+    ids = {a.task_id for a in obj.used_by.all()}
+    user = getattr(obj, "viewer", None)
+    if user is None or not ids:
+        return set()
+    return set(access.visible_tasks(user).filter(pk__in=ids).values_list("id", flat=True))
+
+
+# -- storage -------------------------------------------------------------------------
+
+
+def _storage_project_field():
+    return Field(None, description="The project whose storage; your personal project by default.")
+
+
+class StorageEntryOut(Schema):
+    name: str = Field(description="The name within the listed folder (the full path with recursive).")
+    path: str = Field(description="Its path from the root of the project's storage.")
+    is_dir: bool
+    size_bytes: int = Field(description="Its size; a folder's is the total of the files it holds.")
+    created_at: datetime | None
+
+
+class StorageListOut(Schema):
+    project: str
+    path: str
+    items: list[StorageEntryOut]
+    count: int = Field(description="Entries in the folder, of which items holds the first max_results.")
+    total_bytes: int = Field(description="Bytes of everything in the folder.")
+
+
+class StorageSizeOut(Schema):
+    project: str
+    total_bytes: int = Field(description="Uploaded files plus the stored inputs and outputs of its tasks.")
+    uploaded_bytes: int
+    task_bytes: int
+    max_storage_gb: float | None = Field(description="The project's quota; null for none.")
+
+
+class StoredFileOut(Schema):
+    project: str
+    path: str
+    size_bytes: int
+
+
+class StorageRemovedOut(Schema):
+    project: str
+    removed: int = Field(description="How many files were removed.")
+    freed_bytes: int
+
+
+class StorageCopyIn(In):
+    project: str | None = _storage_project_field()
+    source: str = Field(examples=["my-data", "<task id>/outputs/frames"])
+    target: str = Field(examples=["my-data-copy"])
+
+
+class StorageCopiedOut(Schema):
+    project: str
+    copied: int = Field(description="How many files were copied.")
+    size_bytes: int
+
+
+class SignedUrlsIn(In):
+    project: str | None = _storage_project_field()
+    paths: list[str] = Field(max_length=1000, examples=[["my-data/mesh.msh"]])
+
+
+class SignedUrlsOut(Schema):
+    urls: list[str] = Field(
+        description="One per path, in order: a presigned URL of the bucket (no key needed, it expires), "
+        "or this API's URL of the file (send the API key) where the server keeps files itself."
+    )

@@ -234,6 +234,8 @@ def create_task(request: HttpRequest, payload: s.TaskIn, idempotency_key: str | 
                 time_to_live=payload.time_to_live,
                 metadata=payload.metadata,
                 request_key=key,
+                remote_assets=payload.remote_assets,
+                storage_dir=payload.storage_dir,
             )
             if inline is not None:
                 services.accept_input(

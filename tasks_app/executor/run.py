@@ -42,6 +42,7 @@ from tasks_app.executor.progress import ProgressWatch
 from tasks_app.executor.sampling import ResourceMeter
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, Task
+from tasks_app.services import project_storage, remote_assets
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +348,15 @@ class Execution:
             why = os_error_message(exc, self.workdir) if isinstance(exc, OSError) else str(exc)
             raise RuntimeFailure(
                 f"The input could not be fetched from storage ({why}). Submit the task again."
+            ) from exc
+        try:
+            files += remote_assets.stage(self.task, self.workdir)
+        except (OSError, archives.UnsafeArchive, remote_assets.AssetMissing) as exc:
+            log.warning("Task %s: its remote assets could not be fetched", self.task.id, exc_info=True)
+            why = os_error_message(exc, self.workdir) if isinstance(exc, OSError) else str(exc)
+            raise RuntimeFailure(
+                f"The remote assets could not be fetched from storage ({why}). "
+                "Check them with 'simdeck storage ls' and submit the task again."
             ) from exc
         for path in files:
             st = path.stat()
@@ -681,6 +691,8 @@ class Execution:
                 count = archives.write_zip(out, files)
             name = storage.save_file(storage.output_name(self.task.id, self.task.attempt), archive)
             fields = {"output_path": name, "output_size": size, "output_files": count}
+            if self.task.storage_dir:
+                self.keep_outputs(name)
         for stream, path in (("stdout", self.stdout), ("stderr", self.stderr)):
             try:
                 storage.save_file(storage.log_name(self.task.id, stream, self.task.attempt), path)
@@ -689,6 +701,15 @@ class Execution:
         if fields and record:
             through_outage(lambda: self.mine().update(**fields), "recording outputs")
         return fields
+
+    def keep_outputs(self, name: str) -> None:
+        """A copy of the outputs in the task's storage folder; its own outputs are stored whatever happens."""
+        try:
+            project_storage.keep_outputs(self.task, name)
+        except Exception:
+            log.warning(
+                "Task %s: its outputs could not be copied to its storage_dir", self.task.id, exc_info=True
+            )
 
     def cleanup(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)

@@ -12,13 +12,19 @@ def overview(user) -> dict:
     projects = Project.objects.filter(pk__in=roles).order_by("name")
     return {
         "username": user.username,
-        "quotas": quotas.report(quotas.for_user(user), quotas.running_machines(owner_id=user.pk)),
+        "quotas": quotas.report(
+            quotas.for_user(user),
+            quotas.running_machines(owner_id=user.pk),
+            quotas.stored_bytes(owner_id=user.pk),
+        ),
         "projects": [
             {
                 "name": project.name,
                 "role": roles[project.pk].value,
                 "quotas": quotas.report(
-                    quotas.for_project(project), quotas.running_machines(project_id=project.pk)
+                    quotas.for_project(project),
+                    quotas.running_machines(project_id=project.pk),
+                    quotas.stored_bytes(project_id=project.pk),
                 ),
             }
             for project in projects

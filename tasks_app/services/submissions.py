@@ -18,6 +18,8 @@ from tasks_app import simulators as sims
 from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Project, Task
+from tasks_app.services import project_storage
+from tasks_app.services import remote_assets as remote_assets_service
 from tasks_app.services.budgets import check_submission as check_budget
 from tasks_app.services.groups import lock_group_shared, parse_duration
 from tasks_app.services.metadata import validate_metadata
@@ -97,10 +99,16 @@ def _terminated(group: MachineGroup, how: str) -> Refused:
     )
 
 
-def _check_submission(user, machine_group: MachineGroup, input_files: list[str]) -> None:
+def _check_submission(
+    user, machine_group: MachineGroup, input_files: list[str], remote_assets: list[str] | None = None
+) -> None:
     """What every submission needs whatever its tasks: an input, an open group, the right to use it."""
-    if not input_files:
-        raise Refused("The input folder is empty; add the files the simulation needs.", field="input_files")
+    if not input_files and not remote_assets:
+        raise Refused(
+            "The input folder is empty; add the files the simulation needs (or name files of "
+            "storage in remote_assets).",
+            field="input_files",
+        )
     if not machine_group.is_accepting_tasks:
         raise _terminated(machine_group, "is terminated")
     if not access.can(user, "submit", machine_group):
@@ -121,23 +129,41 @@ def create_task(
     time_to_live: str | int | None = None,
     metadata: dict | None = None,
     request_key: str | None = None,
+    remote_assets: list[str] | None = None,
+    storage_dir: str = "",
 ) -> Task:
     """A new task waiting for its input. Every call makes a new task.
 
     ``request_key`` is the client's key for its request; a second task with
     the same key of the same user violates a constraint (see the API).
+    ``remote_assets`` are paths of storage the machine adds to the input
+    (:mod:`tasks_app.services.remote_assets`); ``storage_dir`` a folder of the
+    project's storage the outputs are also kept in.
     """
-    adapter, parameters = _checked_parameters(simulator, parameters, input_files)
+    assets = []
+    if remote_assets:
+        # Read with the user's rights in the group's project, so those are checked first.
+        inputs.texts("input_files", list(input_files))
+        _check_submission(user, machine_group, input_files, remote_assets)
+        assets = remote_assets_service.resolve(
+            user, project_of_task(machine_group, project), remote_assets, input_files
+        )
+    placed = [name for asset in assets for name in asset.files]
+    adapter, parameters = _checked_parameters(simulator, parameters, [*input_files, *placed])
     metadata = validate_metadata(metadata or {})
-    _check_submission(user, machine_group, input_files)
+    _check_submission(user, machine_group, input_files, remote_assets)
     _check_group_fits(adapter, parameters, machine_group, _machine_reports(machine_group))
     target = project_of_task(machine_group, project)
     check_budget(target.pk)
+    storage_dir = project_storage.check_storage_dir(target, storage_dir)
+    quotas.check_storage(user, target, doing="submit tasks")
     ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
     task = _new_task(
         user, target, machine_group, adapter, parameters, metadata, resubmit_on_preemption, ttl, request_key
     )
+    task.storage_dir = storage_dir
     task.save(force_insert=True)
+    remote_assets_service.save(task, assets)
     return task
 
 

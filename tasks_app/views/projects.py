@@ -59,6 +59,7 @@ def project_members(request: HttpRequest, ref: str) -> HttpResponse:
         "changes": changes,
         "project_quota": quotas.for_project(project),
         "running_machines": quotas.running_machines(project_id=project.pk),
+        "stored_gb": quotas.stored_bytes(project_id=project.pk) / quotas.GB,
     }
     return render(request, "projects/members.html", context, status=status)
 

@@ -9,6 +9,7 @@ FIELDS = {
     "max_machines": ("--max-machines", int, "machines running at once"),
     "max_group_ttl_minutes": ("--max-group-ttl-minutes", float, "machine group time to live, minutes"),
     "max_task_ttl_seconds": ("--max-task-ttl-seconds", int, "task time to live, seconds"),
+    "max_storage_gb": ("--max-storage-gb", float, "stored files, GB"),
 }
 
 

@@ -1,0 +1,210 @@
+"""Inputs a task takes from storage instead of from its upload (``run(..., remote_assets=[...])``).
+
+An asset is a path of the project's storage (:mod:`tasks_app.services.project_storage`):
+another task's files (``<task id>/outputs/frames/``) or uploaded ones
+(``my-data/mesh.msh``). It is placed in the new task's folder under its
+last name: the file ``a/b/mesh.msh`` as ``mesh.msh``, the folder
+``<id>/outputs/frames`` as ``frames/``, ``<id>/outputs`` as ``outputs/``.
+
+Everything is checked when the task is submitted (that the user may read
+each path, that it holds files, that no two land on one name), so a
+refused submission makes nothing. The machine fetches the files from
+storage when the task starts; nothing passes through the client.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from django.http import Http404
+
+from tasks_app import access, archives, storage
+from tasks_app.errors import Refused
+from tasks_app.models import Project, StoredFile, Task, TaskAsset
+from tasks_app.services import project_storage
+
+MAX_ASSETS = 100
+
+
+def _refused(index: int, path: str, why: str, *, code: str = "invalid", status: int = 400) -> Refused:
+    return Refused(
+        f"remote_assets[{index}] ({path!r}): {why}", code=code, field="remote_assets", status=status
+    )
+
+
+def _placed_name(path: str) -> str:
+    return PurePosixPath(path).name
+
+
+def resolve(user, project: Project, paths: list[str] | None, input_files: list[str]) -> list[TaskAsset]:
+    """The assets of a new task of ``project``, checked; not saved (their task does not exist yet).
+
+    Returns them with ``files``: the names each puts in the task's folder,
+    for the simulator's checks of its input.
+    """
+    paths = list(paths or [])
+    if len(paths) > MAX_ASSETS:
+        raise Refused(f"A task takes at most {MAX_ASSETS} remote assets.", field="remote_assets")
+    taken = {str(PurePosixPath(f)) for f in input_files}
+    top_inputs = {f.split("/", 1)[0] for f in taken}
+    assets = []
+    for index, raw in enumerate(paths):
+        try:
+            path = project_storage.clean_path(raw, field=f"remote_assets[{index}]", root_ok=False)
+        except Refused as exc:
+            raise Refused(str(exc), field="remote_assets") from None
+        source, files = _source_files(user, project, index, path)
+        name = _placed_name(path)
+        if name in top_inputs:
+            raise _refused(
+                index,
+                raw,
+                f"it would be placed as {name!r}, which the input folder has already. "
+                "Rename one of the two, or leave that file out of the input folder.",
+                code="conflict",
+                status=409,
+            )
+        top_inputs.add(name)
+        asset = TaskAsset(position=index, path=path, source_task=source)
+        asset.files = files
+        assets.append(asset)
+    return assets
+
+
+def _source_files(user, project: Project, index: int, path: str) -> tuple[Task | None, list[str]]:
+    """The task the path reads from (None for uploaded files), and the names it places."""
+    name = _placed_name(path)
+    if project_storage.is_task_path(path):
+        task_id = path.split("/", 1)[0]
+        try:
+            where = project_storage.task_path(user, project, path, any_project=True)
+        except Http404:
+            raise _refused(
+                index,
+                path,
+                f"no task with id {task_id!r}, or it is not yours to see. A remote asset of another task "
+                "needs a role in that task's project ('simdeck tasks list' shows the tasks you can read).",
+                code="not_found",
+                status=404,
+            ) from None
+        except Refused as exc:
+            raise _refused(index, path, str(exc), code=exc.code, status=exc.status) from None
+        if where.part is None:
+            raise _refused(
+                index, path, f"name {path}/outputs or {path}/input (or a file or folder inside them)."
+            )
+        try:
+            members = where.members()
+        except Refused as exc:
+            raise _refused(index, path, str(exc), code=exc.code, status=exc.status) from None
+        if not members:
+            raise _refused(
+                index,
+                path,
+                f"task {task_id} has no such file or folder in its {where.part}; "
+                f"'simdeck storage ls {task_id}/{where.part}' lists them.",
+                code="not_found",
+                status=404,
+            )
+        prefix = where.member + "/" if where.member else ""
+        if len(members) == 1 and members[0].filename == where.member:
+            return where.task, [name]
+        return where.task, [f"{name}/{m.filename.removeprefix(prefix)}" for m in members]
+    files = list(project_storage._uploaded(project, path).values_list("path", flat=True))
+    if not files:
+        raise _refused(
+            index,
+            path,
+            f"nothing is stored there in project {project.name!r}. Upload it first "
+            "(simdeck.storage.upload or 'simdeck storage upload'); 'simdeck storage ls' shows "
+            "what is stored.",
+            code="not_found",
+            status=404,
+        )
+    if files == [path]:
+        return None, [name]
+    return None, [f"{name}/{f.removeprefix(path + '/')}" for f in files]
+
+
+def save(task: Task, assets: list[TaskAsset]) -> None:
+    for asset in assets:
+        asset.task = task
+    TaskAsset.objects.bulk_create(assets)
+
+
+class AssetMissing(Exception):
+    """A remote asset is gone from storage since the task was submitted; the message says which."""
+
+
+def stage(task: Task, workdir: Path) -> list[Path]:
+    """Fetch the task's assets from storage into ``workdir``; returns the files written."""
+    written: list[Path] = []
+    for asset in TaskAsset.objects.filter(task=task).select_related("source_task"):
+        path = asset.path
+        name = _placed_name(path)
+        if project_storage.is_task_path(path):
+            source = asset.source_task
+            if source is None:
+                raise AssetMissing(f"Task {path.split('/', 1)[0]}, whose files {path!r} are, was deleted.")
+            _, _, rest = path.partition("/")
+            part, _, member = rest.partition("/")
+            archive = source.input_path if part == "input" else source.output_path
+            if not storage.exists(archive):
+                raise AssetMissing(f"The {part} of task {source.id} ({path!r}) were removed from storage.")
+            prefix = member + "/" if member else ""
+
+            def place(entry: PurePosixPath, member=member, prefix=prefix, name=name):
+                text = str(entry)
+                if text == member:
+                    return PurePosixPath(name)
+                if not member or text.startswith(prefix):
+                    return PurePosixPath(name, text.removeprefix(prefix))
+                return None
+
+            with storage.open_local(archive) as f:
+                found = archives.safe_extract(f, workdir, place)
+            if not found:
+                raise AssetMissing(f"Task {source.id} has no file or folder {path!r} any more.")
+            written += found
+            continue
+        files = StoredFile.objects.filter(project_id=task.project_id)
+        files = [f.path for f in files if f.path == path or f.path.startswith(path + "/")]
+        if not files:
+            raise AssetMissing(f"Nothing is stored at {path!r} in the project's storage any more.")
+        for stored in files:
+            rel = name if stored == path else f"{name}/{stored.removeprefix(path + '/')}"
+            if archives.path_problem(rel):
+                raise AssetMissing(f"{stored!r} cannot be placed in the task's folder.")
+            target = workdir.joinpath(*PurePosixPath(rel).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+            with storage.open_local(storage.project_file_name(task.project_id, stored)) as src:
+                with open(fd, "wb") as out:
+                    while chunk := src.read(storage.CHUNK):
+                        out.write(chunk)
+            written.append(target)
+    return written
+
+
+def chain(task: Task, user) -> dict:
+    """The tasks whose files ``task`` took ("inputs from") and those that took its files ("used by").
+
+    Only tasks ``user`` may see are named.
+    """
+    visible = access.visible_tasks(user)
+    sources = (
+        TaskAsset.objects.filter(task=task, source_task__in=visible)
+        .select_related("source_task")
+        .order_by("position")
+    )
+    users = (
+        TaskAsset.objects.filter(source_task=task, task__in=visible)
+        .select_related("task")
+        .order_by("-task__created_at")
+    )
+    return {
+        "assets": [a.path for a in TaskAsset.objects.filter(task=task).order_by("position")],
+        "inputs_from": [{"task": a.source_task, "path": a.path} for a in sources],
+        "used_by": [{"task": a.task, "path": a.path} for a in users[:50]],
+    }
