@@ -14,7 +14,7 @@ The server and API key come from ``SIMDECK_URL`` / ``SIMDECK_API_KEY`` or
 from ``simdeck auth login``; see :mod:`simdeck.config`.
 """
 
-from simdeck import errors, projects, resources, simulators, tasks, templating, users, utils
+from simdeck import errors, projects, resources, simulators, storage, tasks, templating, users, utils
 from simdeck.errors import SimdeckError
 from simdeck.templating import TemplateManager
 
@@ -26,6 +26,7 @@ __all__ = [
     "projects",
     "resources",
     "simulators",
+    "storage",
     "tasks",
     "templating",
     "users",

@@ -26,7 +26,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from simdeck import api, cli_resources, cli_tasks, config, projects, users
+from simdeck import api, cli_resources, cli_storage, cli_tasks, config, projects, users
 from simdeck.cli_common import err, note, out, print_json
 from simdeck.errors import SimdeckError
 
@@ -65,6 +65,7 @@ def _root(
 
 app.add_typer(cli_tasks.app, name="tasks")
 app.add_typer(cli_resources.app, name="resources")
+app.add_typer(cli_storage.app, name="storage")
 app.add_typer(projects_app, name="projects")
 app.add_typer(simulators_app, name="simulators")
 app.add_typer(auth_app, name="auth")

@@ -80,13 +80,13 @@ def _input_files(input_dir: Path) -> builtins.list[Path]:
     return files
 
 
-def _zip(input_dir: Path, files: builtins.list[Path]) -> tuple[Path, int, str]:
+def _zip(input_dir: Path | None, files: builtins.list[Path]) -> tuple[Path, int, str]:
     fd, name = tempfile.mkstemp(prefix="simdeck-input-", suffix=".zip")
     os.close(fd)
     path = Path(name)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
         for file in files:
-            zf.write(file, file.relative_to(input_dir).as_posix())
+            zf.write(file, file.relative_to(input_dir).as_posix())  # type: ignore[arg-type]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -136,13 +136,15 @@ class Simulator:
 
     def run(
         self,
-        input_dir: str | os.PathLike,
+        input_dir: str | os.PathLike | None,
         on: MachineGroup | str | None = None,
         *,
         project: str | None = None,
         resubmit_on_preemption: bool = False,
         time_to_live: str | int | dt.timedelta | None = None,
         metadata: dict[str, str] | None = None,
+        remote_assets: str | builtins.list[str] | None = None,
+        storage_dir: str | None = "",
         **parameters,
     ) -> Task:
         """Submit the simulation in ``input_dir`` to machine group ``on``; returns its new task.
@@ -152,16 +154,32 @@ class Simulator:
         ``time_to_live`` limits the computation (``"90s"``, ``"10m"``,
         ``"1h30m"``, ``"2 hours"``, a timedelta, or a number of seconds);
         ``metadata`` tags the task with string pairs.
+        ``remote_assets`` are paths of storage the machine adds to the input
+        without the client sending them: another task's files
+        (``"<task id>/outputs/frames"``) or uploaded ones (``"my-data/mesh.msh"``),
+        each placed in the task's folder under its last name; with them
+        ``input_dir`` may be None. ``storage_dir`` is a folder of the
+        project's storage the outputs are also kept in, as
+        ``<storage_dir>/<task id>/outputs.zip`` (see :mod:`simdeck.storage`).
         Every call makes a new task, even with the same arguments.
         """
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
         from simdeck.tasks import check_metadata
 
-        input_dir = Path(input_dir)
-        files = _input_files(input_dir)
+        assets = [remote_assets] if isinstance(remote_assets, str) else builtins.list(remote_assets or [])
+        if input_dir is None and not assets:
+            raise ValueError(
+                "Give input_dir, the folder of the simulation's files, or remote_assets, or both."
+            )
+        if input_dir is None:
+            input_dir, files = None, []
+        else:
+            input_dir = Path(input_dir)
+            files = _input_files(input_dir)
         params = {k: v for k, v in (self._chosen() | parameters).items() if v is not None}
-        self._check_local(input_dir, params)
+        if input_dir is not None and not assets:
+            self._check_local(input_dir, params)  # a file it looks for may come from the assets
         if metadata is not None:
             check_metadata(metadata)
         group_name = _group_name(on)
@@ -176,6 +194,10 @@ class Simulator:
             "time_to_live": _time_to_live(time_to_live),
             "metadata": metadata,
         }
+        if assets:
+            body["remote_assets"] = [str(a).replace("\\", "/") for a in assets]
+        if storage_dir:
+            body["storage_dir"] = str(storage_dir)
         if size <= INLINE_INPUT_MAX_BYTES:
             # One request creates and queues the task; larger inputs are uploaded after.
             body |= {"input_archive": base64.b64encode(archive.read_bytes()).decode(), "input_sha256": digest}
@@ -191,7 +213,12 @@ class Simulator:
         version = f" {self.version}" if self.version else ""
         say(f"■ Task {task.id} created.")
         say(f"  Simulator:      {task_info['simulator']}{version}")
-        say(f"  Input folder:   {input_dir.resolve()} ({len(files)} files)")
+        if input_dir is not None:
+            say(f"  Input folder:   {input_dir.resolve()} ({len(files)} files)")
+        for asset in assets:
+            say(f"  Remote asset:   {asset}")
+        if storage_dir:
+            say(f"  Outputs kept in storage folder: {storage_dir}/{task.id}/")
         say(f"  Machine group:  {task_info['machine_group']} ({task_info['machine_type']})")
         say(f"  Project:        {task_info['project']}")
         if time_to_live:

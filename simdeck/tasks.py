@@ -240,6 +240,12 @@ class TaskInfo(Mapping):
         self.output_archive_size: int | None = data.get("output_archive_size")
         self.outputs_available: bool = data.get("outputs_available", False)
         self.position_in_queue: int | None = data.get("position_in_queue")
+        # Chained tasks: the storage paths it takes as inputs, the tasks they come from and those
+        # taking its files; the storage folder its outputs are also kept in.
+        self.remote_assets: list[str] = data.get("remote_assets", [])
+        self.inputs_from: list[str] = data.get("inputs_from", [])
+        self.used_by: list[str] = data.get("used_by", [])
+        self.storage_dir: str = data.get("storage_dir", "")
         self.timeline = [
             StatusPeriod(
                 status=TaskStatus(step["status"]),

@@ -36,6 +36,7 @@ from tasks_app import lifecycle, services, storage, teams
 from tasks_app.api.endpoints import api as ninja_api
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Comment, Machine, SavedView, Task
+from tasks_app.services import project_storage
 from tasks_app.sockets.routing import websocket_urlpatterns
 from tests.helpers import zipped
 
@@ -318,6 +319,18 @@ API: dict[tuple[str, str], Rule] = {
     ),
     ("PATCH", PROJECT + "/members/{username}"): Rule(scoped("maintainer"), data={"role": "viewer"}),
     ("DELETE", PROJECT + "/members/{username}"): Rule(scoped("maintainer")),
+    # The team project's storage, which holds the file result.txt.
+    ("GET", "/api/v1/storage"): Rule(scoped("viewer"), query={"project": "team"}),
+    ("GET", "/api/v1/storage/size"): Rule(scoped("viewer"), query={"project": "team"}),
+    ("GET", "/api/v1/storage/files/{path}"): Rule(scoped("viewer"), query={"project": "team"}),
+    ("PUT", "/api/v1/storage/files/{path}"): Rule(scoped("member"), query={"project": "team"}),
+    ("DELETE", "/api/v1/storage/files/{path}"): Rule(scoped("member"), query={"project": "team"}),
+    ("POST", "/api/v1/storage/copy"): Rule(
+        scoped("member"), data={"project": "team", "source": "result.txt", "target": "copy.txt"}
+    ),
+    ("POST", "/api/v1/storage/signed-urls"): Rule(
+        scoped("viewer"), data={"project": "team", "paths": ["result.txt"]}
+    ),
 }
 
 SOCKETS: dict[str, dict[str, str]] = {
@@ -399,6 +412,7 @@ def build_world() -> World:
     teams.add_member(project, "member", "member", actor=maintainer)
     Machine.objects.create(group=group, name="lab-m1", state=Machine.State.ONLINE)
     task = ended_task(maintainer, group)
+    project_storage.upload(maintainer, project, "result.txt", [b"42\n"], size=3)
     comment = Comment.objects.create(task=task, author=maintainer, body="First look.")
     saved_view = SavedView.objects.create(owner=maintainer, name="running", query="status=active")
     keys, key_objects = {}, {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.storage import default_storage
+from django.test import Client
+from django.urls import reverse
 
 from tasks_app import access, services, storage
 from tasks_app.models import APIKey, Membership, Quota, Role, StoredFile, Task, TaskAsset
@@ -37,8 +39,6 @@ def listing(api, **params) -> dict:
 
 @pytest.fixture
 def bob_api(bob):
-    from django.test import Client
-
     client = Client()
     client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {APIKey.issue(bob, 'tests')[1]}"
     return client
@@ -265,6 +265,14 @@ def test_a_task_takes_another_tasks_outputs_and_uploaded_files_and_the_chain_rea
     detail = api.get(f"/api/v1/tasks/{second.id}").json()
     assert detail["inputs_from"] == [first.id] and detail["storage_dir"] == "sweep-1"
     assert api.get(f"/api/v1/tasks/{first.id}").json()["used_by"] == [second.id]
+    # The console's task pages link the chain both ways.
+    browser = Client()
+    browser.force_login(alice)
+    page = browser.get(reverse("task-detail", args=[first.id])).content.decode()
+    assert f'Used by <a class="mono" href="/tasks/{second.id}/">{second.id}</a>' in page
+    page = browser.get(reverse("task-detail", args=[second.id])).content.decode()
+    assert f'Inputs from <a class="mono" href="/tasks/{first.id}/">{first.id}</a>' in page
+    assert "sweep-1/" in page and "meshes" in page
 
 
 @pytest.mark.parametrize(

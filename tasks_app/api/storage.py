@@ -68,6 +68,8 @@ def upload_file(request: HttpRequest, path: str, project: str | None = PROJECT):
     Send its size in ``X-File-Size``; nothing is stored unless exactly that
     many bytes arrive, nor when it would take the project past its quota.
     """
+    target = _project(request, project)
+    access.require(request.user, "write-storage", target)
     try:
         size = int(request.headers.get("X-File-Size", ""))
     except ValueError:
@@ -75,7 +77,7 @@ def upload_file(request: HttpRequest, path: str, project: str | None = PROJECT):
     if size < 0:
         raise services.Refused("X-File-Size is a number of bytes, 0 or more.", field="X-File-Size")
     chunks = iter(lambda: request.read(CHUNK), b"")
-    return project_storage.upload(request.user, _project(request, project), path, chunks, size=size)
+    return project_storage.upload(request.user, target, path, chunks, size=size)
 
 
 @router.get("/files/{path:path}", response={200: None, **ERRORS})

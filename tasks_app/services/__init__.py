@@ -28,6 +28,7 @@ from tasks_app.services.machines import machine_lost, reclaim_machine, runner_lo
 from tasks_app.services.metadata import set_metadata, unset_metadata, validate_metadata
 from tasks_app.services.projects import PROJECT_NAME, project_of_task, project_to_use
 from tasks_app.services.quota_use import overview as quota_overview
+from tasks_app.services.remote_assets import chain as task_chain
 from tasks_app.services.submissions import (
     BATCH_MAX_TASKS,
     accept_direct_input,
@@ -74,6 +75,7 @@ __all__ = [
     "set_metadata",
     "start_direct_input",
     "start_group",
+    "task_chain",
     "task_usage",
     "terminate_group",
     "time_breakdown",

@@ -186,6 +186,7 @@ def _sort(items: list[dict], order_by: str, sort_order: str) -> list[dict]:
 
 def _task_folders(project: Project):
     """The project's tasks that have stored files, each with the bytes it keeps."""
+
     def kept_bytes(path: str, size: str) -> Case:
         return Case(
             When(**{path: ""}, then=Value(0)),

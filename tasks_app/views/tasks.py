@@ -146,6 +146,7 @@ def task_detail(request: HttpRequest, task_id: str) -> HttpResponse:
             "metadata": _metadata_context(task, user=request.user),
             "resubmissions": list(task.resubmissions.order_by("created_at").values_list("id", flat=True)),
             "original_id": task.resubmitted_from_id,
+            "chain": services.task_chain(task, request.user),
             "has_input": bool(task.input_path),
             "has_outputs": bool(task.output_path),
             "streams": logs.STREAMS,
