@@ -54,6 +54,23 @@ def test_a_machine_fetches_its_input_from_the_bucket_and_stores_outputs_and_logs
     assert (outputs / "results" / "count.txt").read_text().strip() == "1"
     assert "solved" in (outputs / "stdout.txt").read_text()
     assert Task.objects.get(pk=task.id).output_files >= 3
+
+    # Storage in the bucket: an upload, a task taking it and the first one's outputs, its outputs kept.
+    simdeck.storage.upload(tmp_path / "case" / "mesh.txt", "meshes")
+    chained = simdeck.simulators.Commands().run(
+        None,
+        on=mg,
+        commands=["cat results/count.txt mesh.txt > both.txt"],
+        remote_assets=[f"{task.id}/outputs/results", "meshes/mesh.txt"],
+        storage_dir="kept",
+    )
+    assert chained.wait(polling_period=0.3, silent_mode=True) == "success", stack.logs()
+    project = Task.objects.get(pk=chained.id).project_id
+    assert {f"storage/{project}/meshes/mesh.txt", f"storage/{project}/kept/{chained.id}/outputs.zip"} <= keys(
+        s3_server, s3_env
+    )
+    kept = simdeck.storage.download("kept", tmp_path / "kept")  # through presigned URLs
+    assert (kept / chained.id / "both.txt").read_text() == "1\n4 cells\n"
     mg.terminate()
 
 
