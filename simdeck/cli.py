@@ -26,7 +26,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from simdeck import api, cli_resources, cli_storage, cli_tasks, config, projects, users
+from simdeck import api, cli_resources, cli_storage, cli_tasks, config, projects, render, users
 from simdeck.cli_common import err, note, out, print_json
 from simdeck.errors import SimdeckError
 
@@ -181,6 +181,8 @@ def _quotas_table(me: users.User) -> Table:
         for j, q in enumerate(quotas.values()):
             if q.in_use is None:
                 used = "each group" if q.id == "max_group_ttl_minutes" else "each task"
+            elif q.unit == "GB":
+                used = render.size(round(q.in_use * 1000**3))
             else:
                 used = f"{q.in_use:g}"
             allowed = "no limit" if q.max_allowed is None else f"{q.max_allowed:g} {q.unit}"

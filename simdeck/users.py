@@ -52,7 +52,8 @@ def _quotas(items: list[dict]) -> dict[str, Quota]:
 
 
 def get_quotas() -> dict[str, Quota]:
-    """Your own quotas by id (``max_machines``, ``max_group_ttl_minutes``, ``max_task_ttl_seconds``).
+    """Your own quotas by id (``max_machines``, ``max_group_ttl_minutes``, ``max_task_ttl_seconds``,
+    ``max_storage_gb``).
 
     Each project has quotas too, and a machine group needs room under both:
     :func:`get_info` gives those of your projects.

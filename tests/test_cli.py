@@ -103,10 +103,12 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
         "You  Machines running at once  1  3 machines",
         "  Time to live of a machine group  each group  no limit",
         "  Time to live of a task  each task  no limit",
+        "  Stored files  <size>  no limit",
         "",
         "alice-default (maintainer)  Machines running at once  1  no limit",
         "  Time to live of a machine group  each group  no limit",
         "  Time to live of a task  each task  no limit",
+        "  Stored files  <size>  no limit",
     ]
     assert normalize(cli("quotas", "list").stdout).splitlines() == quota_table
     who = normalize(cli("user", "info").stdout).splitlines()

@@ -230,7 +230,7 @@ def test_the_task_page_shows_the_breakdown_the_path_and_its_queries_are_constant
     logged_in, alice, group, django_assert_max_num_queries
 ):
     task = make_task(alice, group, to=HAPPY, metadata={"a": "1", "b": "2"})
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(13):  # one of them the chain of tasks (remote_assets)
         response = logged_in.get(reverse("task-detail", args=[task.id]))
     html = response.content.decode()
     assert "phase-computing" in html and "Computing" in html
@@ -610,9 +610,11 @@ def test_the_account_page_and_the_api_show_quotas_with_what_is_in_use(logged_in,
         ["You", "Machines running at once", "1", "3 machines"],
         ["You", "Time to live of a machine group", "each group", "no limit"],
         ["You", "Time to live of a task", "each task", "600 seconds"],
+        ["You", "Stored files", "0 GB", "no limit"],
         ["alice-default", "Machines running at once", "1", "no limit"],
         ["alice-default", "Time to live of a machine group", "each group", "90 minutes"],
         ["alice-default", "Time to live of a task", "each task", "no limit"],
+        ["alice-default", "Stored files", "0 GB", "no limit"],
     ]
     answer = api.get("/api/v1/quotas").json()
     assert answer["username"] == "alice"
@@ -630,6 +632,7 @@ def test_the_account_page_and_the_api_show_quotas_with_what_is_in_use(logged_in,
         ("max_machines", None, 1),
         ("max_group_ttl_minutes", 90, None),
         ("max_task_ttl_seconds", None, None),
+        ("max_storage_gb", None, 0.0),
     ]
 
 

@@ -11,7 +11,7 @@ from django.core.files.storage import default_storage
 from ninja import Field, Schema
 from pydantic import ValidationInfo, field_validator
 
-from tasks_app import access, inputs, lifecycle, services, storage
+from tasks_app import inputs, lifecycle, services, storage
 
 
 def _related(path: str) -> staticmethod:
@@ -312,16 +312,15 @@ class TaskDetailOut(TaskOut):
 
     @staticmethod
     def resolve_remote_assets(obj) -> list[str]:
-        return [a.path for a in obj.assets.all()]
+        return _chain(obj)["assets"]
 
     @staticmethod
     def resolve_inputs_from(obj) -> list[str]:
-        return sorted({a.source_task_id for a in obj.assets.all() if a.source_task_id})
+        return sorted({link["id"] for link in _chain(obj)["inputs_from"]})
 
     @staticmethod
     def resolve_used_by(obj) -> list[str]:
-        # Asked by the task's viewer: only those of the tasks using it that they can see.
-        return sorted({a.task_id for a in obj.used_by.all()}.intersection(_viewable(obj)))
+        return sorted({link["id"] for link in _chain(obj)["used_by"]})
 
     @staticmethod
     def resolve_machine_vcpus(obj) -> int | None:
@@ -851,13 +850,11 @@ class DirectUploadDoneIn(In):
     sha256: str = Field(..., min_length=64, max_length=64, description="SHA-256 (hex) of the whole archive.")
 
 
-def _viewable(obj) -> set[str]:
-    """Ids of the tasks using ``obj``'s files that the person asking may see (set by the view)."""
-    ids = {a.task_id for a in obj.used_by.all()}
-    user = getattr(obj, "viewer", None)
-    if user is None or not ids:
-        return set()
-    return set(access.visible_tasks(user).filter(pk__in=ids).values_list("id", flat=True))
+def _chain(obj) -> dict:
+    """The task's chain as its viewer may see it (the view sets ``viewer``), read once per answer."""
+    if not hasattr(obj, "_chain"):
+        obj._chain = services.task_chain(obj, getattr(obj, "viewer", None))
+    return obj._chain
 
 
 # -- storage -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from django.db.models import Q
 from django.http import Http404
 
 from tasks_app import access, archives, storage
@@ -190,21 +191,22 @@ def stage(task: Task, workdir: Path) -> list[Path]:
 def chain(task: Task, user) -> dict:
     """The tasks whose files ``task`` took ("inputs from") and those that took its files ("used by").
 
-    Only tasks ``user`` may see are named.
+    Only tasks ``user`` may see are named. One query for a task outside any
+    chain, two for one in a chain.
     """
-    visible = access.visible_tasks(user)
-    sources = (
-        TaskAsset.objects.filter(task=task, source_task__in=visible)
-        .select_related("source_task")
-        .order_by("position")
+    rows = list(
+        TaskAsset.objects.filter(Q(task=task) | Q(source_task=task))
+        .order_by("position", "task_id")
+        .values_list("task_id", "path", "source_task_id")
     )
-    users = (
-        TaskAsset.objects.filter(source_task=task, task__in=visible)
-        .select_related("task")
-        .order_by("-task__created_at")
-    )
+    taken = [(path, source) for owner, path, source in rows if owner == task.pk]
+    given = [(owner, path) for owner, path, source in rows if source == task.pk and owner != task.pk]
+    linked = {source for _, source in taken if source} | {owner for owner, _ in given}
+    visible = set()
+    if linked and user is not None:
+        visible = set(access.visible_tasks(user).filter(pk__in=linked).values_list("id", flat=True))
     return {
-        "assets": [a.path for a in TaskAsset.objects.filter(task=task).order_by("position")],
-        "inputs_from": [{"task": a.source_task, "path": a.path} for a in sources],
-        "used_by": [{"task": a.task, "path": a.path} for a in users[:50]],
+        "assets": [path for path, _ in taken],
+        "inputs_from": [{"id": source, "path": path} for path, source in taken if source in visible],
+        "used_by": [{"id": owner, "path": path} for owner, path in given if owner in visible],
     }
