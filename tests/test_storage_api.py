@@ -317,3 +317,22 @@ def test_a_task_whose_outputs_are_not_stored_yet_cannot_be_used(api, alice, star
     response = submit(api, started_group, remote_assets=[f"{running.id}/outputs"])
     assert response.status_code == 404
     assert "outputs are stored when it finishes" in response.json()["message"]
+
+
+def test_the_root_shows_the_first_task_folders_and_counts_them_all(api, alice, group):
+    sizes = {}
+    for n in (1, 3, 2):
+        task = make_task(alice, group, to=HAPPY)
+        store_outputs(task, {"r.txt": b"x" * 100 * n})
+        sizes[task.id] = Task.objects.get(pk=task.id).output_size
+    put(api, "notes.txt", b"n", project="dambreak")
+    root = listing(api, project="dambreak", max_results=2)
+    biggest = sorted(sizes, key=sizes.get, reverse=True)[:2]
+    assert [i["name"] for i in root["items"]] == biggest
+    assert root["count"] == 4
+    assert root["total_bytes"] == sum(sizes.values()) + 1
+    by_name = listing(api, project="dambreak", order_by="name", sort_order="asc", max_results=10)
+    assert [i["name"] for i in by_name["items"]] == sorted(["notes.txt", *sizes])
+    assert api.get(STORAGE, {"order_by": "colour"}).json()["message"] == (
+        "order_by is one of size, creation_time, name, not 'colour'."
+    )

@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import BigIntegerField, Case, F, Q, Value, When
+from django.db.models import BigIntegerField, Case, Count, F, Q, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -195,12 +195,19 @@ def _task_folders(project: Project):
         )
 
     kept = kept_bytes("input_path", "input_size") + kept_bytes("output_path", "output_size")
-    return (
-        Task.objects.filter(project=project)
-        .exclude(input_path="", output_path="")
-        .annotate(kept=kept)
-        .values_list("id", "kept", "created_at")
-    )
+    return Task.objects.filter(project=project).exclude(input_path="", output_path="").annotate(kept=kept)
+
+
+def _first_task_folders(project: Project, order_by: str, sort_order: str, limit: int | None):
+    """The task folders a root listing shows (at most ``limit``, sorted in the database), their count
+    and total: a project may have many thousands of tasks, the listing shows a few."""
+    folders = _task_folders(project)
+    stats = folders.aggregate(n=Count("id"), total=Coalesce(Sum("kept"), Value(0)))
+    field = {"size": "kept", "creation_time": "created_at", "name": "id"}[order_by]
+    ordered = folders.order_by(("-" if sort_order == "desc" else "") + field, "id")
+    rows = ordered.values_list("id", "kept", "created_at")
+    entries = [_entry(i, kept, created, True, "") for i, kept, created in (rows[:limit] if limit else rows)]
+    return entries, stats["n"], stats["total"]
 
 
 def listing(
@@ -219,6 +226,8 @@ def listing(
     full path, in path order (what a download of the folder fetches).
     """
     path = clean_path(path)
+    _sort([], order_by, sort_order)  # the choices are checked before anything is read
+    more_count = more_bytes = 0
     if is_task_path(path):
         items = _task_listing(user, project, path, recursive)
     else:
@@ -233,13 +242,15 @@ def listing(
             prefix = path + "/" if path else ""
             items = _children(path, ((p.removeprefix(prefix), s, c) for p, s, c in files))
         if not path and not recursive:
-            items += [_entry(i, kept, created, True, "") for i, kept, created in _task_folders(project)]
-    total = sum(i["size_bytes"] for i in items)
+            folders, count, kept = _first_task_folders(project, order_by, sort_order, max_results)
+            items += folders
+            more_count, more_bytes = count - len(folders), kept - sum(f["size_bytes"] for f in folders)
+    total = sum(i["size_bytes"] for i in items) + more_bytes
     if recursive:
         items.sort(key=lambda e: e["path"])
     else:
         items = _sort(items, order_by, sort_order)
-    count = len(items)
+    count = len(items) + more_count
     if max_results is not None and not recursive:
         items = items[:max_results]
     return {"project": project.name, "path": path, "items": items, "count": count, "total_bytes": total}
