@@ -411,6 +411,10 @@ class SplishSplash(Simulator):
     def run(  # type: ignore[override]
         self, input_dir, on=None, *, sim_config_filename: str | None = None, **kwargs
     ) -> Task:
+        if sim_config_filename is None and input_dir is None:
+            raise ValueError(
+                "Name the scene file with sim_config_filename=... when the input is remote assets."
+            )
         if sim_config_filename is None:
             scenes = sorted(p.name for p in Path(input_dir).glob("*.json"))
             if len(scenes) != 1:

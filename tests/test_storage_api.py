@@ -305,6 +305,18 @@ def test_another_teams_task_outputs_are_refused_as_unknown(api, alice, bob, star
     assert not Task.objects.filter(owner=alice).exists()
 
 
+@pytest.mark.parametrize(
+    ("storage_dir", "said"),
+    [("../up", "climbs out with '..'"), ("/abs", "is absolute"), ("taken.txt", "'taken.txt' is a file")],
+)
+def test_a_storage_dir_outside_the_storage_or_on_a_file_is_refused(api, started_group, storage_dir, said):
+    put(api, "taken.txt", b"t")
+    response = submit(api, started_group, storage_dir=storage_dir)
+    assert response.status_code in (400, 409), response.content
+    assert response.json()["field"] == "storage_dir" and said in response.json()["message"]
+    assert not Task.objects.exists()
+
+
 def test_an_asset_landing_on_an_input_file_is_refused(api, alice, started_group):
     put(api, "run.sh", b"echo other\n")
     response = submit(api, started_group, remote_assets=["run.sh"])
