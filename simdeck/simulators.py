@@ -317,14 +317,18 @@ class Simulator:
         ]
         headers = {"Content-Length": str(size), "X-Archive-Size": str(size), "X-Content-SHA256": digest}
         created = []
+        # The requests make one batch on the server: its subscribers hear once when all its tasks ended.
+        joined = {"batch_size": len(specs)}
         for start, end in _batches(len(specs)):
             try:
-                batch = self._client.post(
+                answer = self._client.post(
                     "/tasks/batch",
-                    json=body | {"tasks": specs[start:end]},
+                    json=body | joined | {"tasks": specs[start:end]},
                     headers=api.request_key(),
                     retry=True,
-                )["tasks"]
+                )
+                batch = answer["tasks"]
+                joined = {"batch": answer["batch"]}
             except SimdeckError as exc:
                 _refused_after(exc, start, [Task(item["id"]) for item in created])
                 raise

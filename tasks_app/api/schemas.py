@@ -451,6 +451,20 @@ class TaskBatchIn(In):
         ),
     )
     input_sha256: str | None = _input_sha256_field()
+    batch: str | None = Field(
+        None,
+        description=(
+            "A sweep sent in several requests: the batch id the first one answered. Its tasks "
+            "join that batch; when all of a batch's tasks ended, its subscribers hear it once."
+        ),
+    )
+    batch_size: int | None = Field(
+        None,
+        description=(
+            "In the first request of a sweep sent in several: how many tasks the whole sweep holds "
+            "(this request's count by default)."
+        ),
+    )
 
 
 class TaskBatchItemOut(Schema):
@@ -461,6 +475,9 @@ class TaskBatchItemOut(Schema):
 
 class TaskBatchCreated(Schema):
     machine_group: str
+    batch: str | None = Field(
+        description="The batch these tasks belong to; name it in the sweep's next request."
+    )
     tasks: list[TaskBatchItemOut] = Field(description="The new tasks, in the order they were given.")
 
 

@@ -165,7 +165,7 @@ def _made_by(request: HttpRequest, key: str | None, group_name: str) -> list[Tas
     earlier = list(
         Task.objects.filter(owner=request.user, request_key__in=[key, services.batch_key(key, 0)])
         .select_related("machine_group")
-        .only("id", "request_key", "machine_group__name")
+        .only("id", "request_key", "batch_id", "machine_group__name")
     )
     if not earlier:
         return []
@@ -283,13 +283,15 @@ def create_batch(request: HttpRequest, payload: s.TaskBatchIn, idempotency_key: 
                 input_archive=inline,
                 input_sha256=payload.input_sha256 or "",
                 request_key=key,
+                batch=payload.batch,
+                batch_size=payload.batch_size,
             )
         except IntegrityError:
             # The same batch, sent twice at once: the other one made the tasks.
             if not (tasks := _made_by(request, key, group.name)):
                 raise
     items = [{"id": t.id, "status": t.status, "upload_url": _created(t).upload_url} for t in tasks]
-    return Reply(201, {"machine_group": group.name, "tasks": items})
+    return Reply(201, {"machine_group": group.name, "batch": tasks[0].batch_id, "tasks": items})
 
 
 @router.put("/{task_id}/input", response={200: s.TaskDetailOut, **ERRORS})
