@@ -319,9 +319,15 @@ def test_an_address_gets_mail_through_the_servers_mail_server(
         answer = logged_in.post(url, {"url": bad, "tasks": "ended"})
         assert answer.status_code == 400 and "not an e-mail address" in answer.content.decode(), bad
     assert "or e-mail address" in logged_in.get(url).content.decode()
-    assert logged_in.post(url, {"url": " alice@example.org ", "tasks": "failed"}).status_code == 302
+    added = logged_in.post(
+        url, {"url": " alice@example.org ", "tasks": "failed", "batches": "1", "budgets": "1"}
+    )
+    assert added.status_code == 302
     rule = NotificationRule.objects.get()
     assert rule.url == "alice@example.org" and rule.label == "alice@example.org"
+    assert rule.batches and rule.budgets and not rule.groups_terminated
+    page = logged_in.get(url).content.decode()
+    assert "Tasks that fail, batches and groups all ended, budgets at 80 % and 100 %" in page
 
     assert notifications.send_test(rule) is None
     notify.apply(args=(rule.pk, "Simdeck: task x failed", "It failed."), throw=False)

@@ -333,9 +333,9 @@ def _batches_ended(rule: NotificationRule, scope: Q, since: dt.datetime, until: 
         news.append(
             (
                 f"Simdeck: machine group {group.name} has no task left",
-                f"All {group.total} tasks of machine group {group.name} ended: {_tally(group)}. "
+                f"All {group.total} tasks of machine group {group.name} ended: {_tally(group)}."
                 + (
-                    "Its machines idle until it is terminated or its idle time runs out."
+                    " Its machines idle until it is terminated or its idle time runs out."
                     if group.state == MachineGroup.State.STARTED
                     else ""
                 ),
