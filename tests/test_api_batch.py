@@ -246,6 +246,33 @@ def test_a_sweep_in_several_requests_joins_one_batch_of_its_size(api, started_gr
     assert Batch.objects.get(pk=made.pk).size == 4
 
 
+def test_a_sweep_of_single_tasks_is_a_batch_too(api, started_group, no_broker):
+    """A templated sweep sends each task with its own input, one request each."""
+
+    def single(**overrides):
+        body = {
+            "simulator": "commands",
+            "machine_group": "lab",
+            "input_files": ["run.sh"],
+            "parameters": {"commands": ["sh run.sh"]},
+            "input_archive": base64.b64encode(INPUT).decode(),
+            "input_sha256": hashlib.sha256(INPUT).hexdigest(),
+        }
+        return api.post("/api/v1/tasks", body | overrides, content_type="application/json")
+
+    assert single().json()["batch"] is None, "a task alone is no batch"
+    first = single(batch_size=3).json()
+    made = Batch.objects.get(pk=first["batch"])
+    assert made.size == 3
+    assert single(batch=made.pk).json()["batch"] == made.pk
+    answer = single(batch_size=0)
+    assert answer.status_code == 400 and answer.json()["field"] == "batch_size"
+    refused = single(batch=made.pk, parameters={})
+    assert refused.status_code == 400 and refused.json()["field"] == "commands"
+    assert Batch.objects.get(pk=made.pk).size == 2, "the sweep stopped at the refused task"
+    assert Task.objects.filter(batch=made).count() == 2
+
+
 def test_a_sweep_refused_in_a_later_request_names_the_index_and_the_tasks_created(
     api, started_group, tmp_path, monkeypatch
 ):

@@ -425,6 +425,13 @@ class TaskIn(In):
         ),
     )
     input_sha256: str | None = _input_sha256_field()
+    batch: str | None = Field(
+        None, description="A sweep of single tasks: the batch id its first task's answer gave; joins it."
+    )
+    batch_size: int | None = Field(
+        None,
+        description="The first task of a sweep of single tasks: how many tasks the sweep holds.",
+    )
 
 
 class TaskSpecIn(In):
@@ -484,6 +491,11 @@ class TaskBatchCreated(Schema):
 class TaskCreated(TaskOut):
     upload_url: str | None = Field(description="Where to PUT the input archive; null when it came inline.")
     position_in_queue: int | None = None
+    batch: str | None = Field(None, description="The batch the task belongs to, if it is one of a sweep.")
+
+    @staticmethod
+    def resolve_batch(obj) -> str | None:
+        return obj.batch_id
 
 
 class PositionOut(Schema):

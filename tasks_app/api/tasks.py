@@ -234,6 +234,8 @@ def create_task(request: HttpRequest, payload: s.TaskIn, idempotency_key: str | 
                 time_to_live=payload.time_to_live,
                 metadata=payload.metadata,
                 request_key=key,
+                batch=payload.batch,
+                batch_size=payload.batch_size,
             )
             if inline is not None:
                 services.accept_input(
@@ -243,6 +245,10 @@ def create_task(request: HttpRequest, payload: s.TaskIn, idempotency_key: str | 
         # The same request, sent twice at once: the other one made the task.
         if earlier := _made_by(request, key, group.name):
             return Reply(201, _created(task_for(request.user, earlier[0].id)))
+        raise
+    except services.Refused:
+        if payload.batch:  # the client's sweep stops here (after the rollback of this request)
+            services.end_sweep(request.user, payload.batch)
         raise
     # Everything the answer shows is at hand: no need to read the task again.
     task.owner, task.machine_group = request.user, group

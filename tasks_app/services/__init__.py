@@ -35,6 +35,7 @@ from tasks_app.services.submissions import (
     batch_key,
     create_task,
     create_tasks,
+    end_sweep,
     enqueue,
     start_direct_input,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "create_group",
     "create_task",
     "create_tasks",
+    "end_sweep",
     "enqueue",
     "group_usage",
     "kill_all",

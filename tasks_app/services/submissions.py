@@ -121,12 +121,23 @@ def create_task(
     time_to_live: str | int | None = None,
     metadata: dict | None = None,
     request_key: str | None = None,
+    batch: str | None = None,
+    batch_size: int | None = None,
 ) -> Task:
     """A new task waiting for its input. Every call makes a new task.
 
     ``request_key`` is the client's key for its request; a second task with
-    the same key of the same user violates a constraint (see the API).
+    the same key of the same user violates a constraint (see the API). A
+    sweep sent task by task (each its own input) is a batch as well: its
+    first task gives ``batch_size``, the next ones name the ``batch``.
     """
+    joined = _batch_joined(user, batch, machine_group, 1) if batch else None
+    if batch_size is not None and not 1 <= batch_size <= SWEEP_MAX_TASKS:
+        raise Refused(
+            f"batch_size is how many tasks the whole sweep holds: from 1 to {SWEEP_MAX_TASKS:,}, "
+            f"not {batch_size}.",
+            field="batch_size",
+        )
     adapter, parameters = _checked_parameters(simulator, parameters, input_files)
     metadata = validate_metadata(metadata or {})
     _check_submission(user, machine_group, input_files)
@@ -137,6 +148,11 @@ def create_task(
     task = _new_task(
         user, target, machine_group, adapter, parameters, metadata, resubmit_on_preemption, ttl, request_key
     )
+    if joined is None and batch_size is not None:  # the first task of a sweep: its batch starts
+        joined = Batch.objects.create(
+            owner=user, project_id=machine_group.project_id, machine_group=machine_group, size=batch_size
+        )
+    task.batch = joined
     task.save(force_insert=True)
     return task
 
@@ -304,9 +320,14 @@ def create_tasks(
             batch_size=batch_size or len(specs),
         )
     except Refused:
-        if joined is not None:  # the client stops its sweep here: what was made is the whole batch
-            Batch.objects.filter(pk=joined.pk).update(size=Task.objects.filter(batch=joined).count())
+        if joined is not None:
+            end_sweep(user, joined.pk)
         raise
+
+
+def end_sweep(user, batch_id: str) -> None:
+    """A request of the sweep was refused, and the client stops there: the batch is what was made."""
+    Batch.objects.filter(pk=batch_id, owner=user).update(size=Task.objects.filter(batch_id=batch_id).count())
 
 
 # A sweep of more tasks than this is a mistake (it could never be told to have ended).
