@@ -86,3 +86,32 @@ class ProgressReader:
     def look(self) -> float | None:
         """The fraction done according to the work folder now, or None if it tells nothing."""
         return None
+
+
+class Furthest(ProgressReader):
+    """A reader of the simulator's own output that never goes back.
+
+    Programs that run after the solver often print the same markers again
+    (OpenFOAM's reconstructPar lists every time it rebuilds); the furthest
+    point reached is what the task has done. A ``SIMDECK_PROGRESS`` line
+    in the same batch wins over the simulator's own markers.
+    """
+
+    def __init__(self) -> None:
+        self.furthest: float | None = None
+
+    def lines(self, data: bytes) -> float | None:
+        told = reported(data)
+        if told is not None:
+            return told
+        found = self.fraction(data)
+        if found is None:
+            return None
+        found = min(1.0, max(0.0, found))
+        if self.furthest is None or found > self.furthest:
+            self.furthest = found
+        return self.furthest
+
+    def fraction(self, data: bytes) -> float | None:
+        """The fraction done according to the simulator's own lines in ``data``, or None."""
+        raise NotImplementedError
