@@ -90,6 +90,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "tasks_app.context_processors.sandbox",
+                "tasks_app.context_processors.budget_banner",
             ],
         },
     },
@@ -344,6 +345,15 @@ SIMDECK_CURRENCY = env.str("SIMDECK_CURRENCY", default="USD")
 # Notifications go to public addresses only, unless this is set: a destination on
 # this host or the private network could otherwise reach the platform's own services.
 SIMDECK_NOTIFY_PRIVATE_HOSTS = env.bool("SIMDECK_NOTIFY_PRIVATE_HOSTS", default=False)
+# Where an admin sets a mail server (smtps://user:password@host:587 with STARTTLS,
+# smtp+ssl://…:465 with TLS, smtp://host:25 plain), notifications also go to
+# plain e-mail addresses through it.
+EMAIL_URL = env.str("EMAIL_URL", default="")
+if EMAIL_URL:
+    vars().update(env.email_url_config(EMAIL_URL))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="simdeck@localhost")
+# A mail server that does not answer holds up only the scheduler's delivery, and not for long.
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 
 LOGGING = {
     "version": 1,

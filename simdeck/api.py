@@ -109,7 +109,8 @@ class Client:
         return self.request("PATCH", path, json=json, retry=True, **kwargs).json()
 
     def delete(self, path: str, **kwargs) -> Any:
-        return self.request("DELETE", path, **kwargs).json()
+        response = self.request("DELETE", path, **kwargs)
+        return response.json() if response.content else None  # 204: nothing to say
 
     def upload(self, path: str, stream: Iterator[bytes], headers: dict[str, str]) -> Any:
         # Not retried: the body is a one-shot stream. The caller starts over.

@@ -26,7 +26,17 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from simdeck import api, cli_resources, cli_storage, cli_tasks, config, projects, render, users
+from simdeck import (
+    api,
+    cli_notifications,
+    cli_resources,
+    cli_storage,
+    cli_tasks,
+    config,
+    projects,
+    render,
+    users,
+)
 from simdeck.cli_common import err, note, out, print_json
 from simdeck.errors import SimdeckError
 
@@ -71,6 +81,7 @@ app.add_typer(simulators_app, name="simulators")
 app.add_typer(auth_app, name="auth")
 app.add_typer(quotas_app, name="quotas")
 app.add_typer(user_app, name="user")
+app.add_typer(cli_notifications.app, name="notifications")
 app.command("logs")(cli_tasks.logs)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]

@@ -125,6 +125,8 @@ class Simulator:
                 "Name the simulator, e.g. Simulator('commands'); simulators.list() has them all."
             )
         self._client = api.client()
+        # While a templated sweep submits its tasks one by one: the batch they make.
+        self._sweep: dict | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()" if type(self) is not Simulator else f"Simulator({self.name!r})"
@@ -193,7 +195,7 @@ class Simulator:
             "resubmit_on_preemption": resubmit_on_preemption,
             "time_to_live": _time_to_live(time_to_live),
             "metadata": metadata,
-        }
+        } | (self._sweep or {})
         if assets:
             body["remote_assets"] = [str(a).replace("\\", "/") for a in assets]
         if storage_dir:
@@ -209,6 +211,8 @@ class Simulator:
             archive.unlink(missing_ok=True)
             raise
         task = Task(task_info["id"])
+        if self._sweep is not None:  # the next task of a templated sweep joins its batch
+            self._sweep = {"batch": task_info["batch"]}
         say = functools.partial(print, file=sys.stderr)
         version = f" {self.version}" if self.version else ""
         say(f"■ Task {task.id} created.")
@@ -344,14 +348,18 @@ class Simulator:
         ]
         headers = {"Content-Length": str(size), "X-Archive-Size": str(size), "X-Content-SHA256": digest}
         created = []
+        # The requests make one batch on the server: its subscribers hear once when all its tasks ended.
+        joined = {"batch_size": len(specs)}
         for start, end in _batches(len(specs)):
             try:
-                batch = self._client.post(
+                answer = self._client.post(
                     "/tasks/batch",
-                    json=body | {"tasks": specs[start:end]},
+                    json=body | joined | {"tasks": specs[start:end]},
                     headers=api.request_key(),
                     retry=True,
-                )["tasks"]
+                )
+                batch = answer["tasks"]
+                joined = {"batch": answer["batch"]}
             except SimdeckError as exc:
                 _refused_after(exc, start, [Task(item["id"]) for item in created])
                 raise
@@ -386,10 +394,15 @@ class Simulator:
             ]
             for folder, params in zip(inputs, sweep, strict=True):
                 self._check_local(folder, {k: v for k, v in params.items() if v is not None})
-            return [
-                self.run(folder, on, metadata=tag, **options, **params)
-                for folder, params, tag in zip(inputs, sweep, tags, strict=True)
-            ]
+            # One batch on the server, as a sweep of one input is: told once when all ended.
+            self._sweep = {"batch_size": count}
+            try:
+                return [
+                    self.run(folder, on, metadata=tag, **options, **params)
+                    for folder, params, tag in zip(inputs, sweep, tags, strict=True)
+                ]
+            finally:
+                self._sweep = None
 
     def _check_local(self, input_dir: Path, params: dict) -> None:
         """Catch mistakes before uploading anything."""

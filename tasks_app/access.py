@@ -28,7 +28,7 @@ from django.db.models import BooleanField, F, Func, Subquery
 from django.http import Http404
 
 from tasks_app import inputs
-from tasks_app.models import ROLE_RANK, MachineGroup, Membership, Project, Role, Task
+from tasks_app.models import ROLE_RANK, MachineGroup, Membership, NotificationRule, Project, Role, Task
 
 VIEWER, MEMBER, MAINTAINER = Role.VIEWER, Role.MEMBER, Role.MAINTAINER
 
@@ -180,7 +180,18 @@ _LISTS = {
     "task": "'simdeck tasks list'",
     "machine group": "'simdeck resources list'",
     "project": "'simdeck projects list'",
+    "notification destination": "'simdeck notifications list'",
 }
+
+
+def rule_for(user, ref: str | int):
+    """One of the user's own notification destinations, by id: no one else's, staff included."""
+    found = None
+    if looks_like_id(ref) and user.is_authenticated:
+        found = NotificationRule.objects.filter(pk=int(ref), user=user).select_related("project").first()
+    if found is None:
+        raise NotVisible("notification destination", ref)
+    return found
 
 
 def raise_not_found():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 from celery import current_app
 from django.conf import settings
@@ -19,7 +20,7 @@ from django.utils import timezone
 from tasks_app import broker, lifecycle, services, storage, task_counts
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
-from tasks_app.services import notifications
+from tasks_app.services import budgets, notifications
 
 log = logging.getLogger(__name__)
 G = MachineGroup.State
@@ -149,6 +150,21 @@ def restore_lost_tokens() -> int:
     return published
 
 
+# Budgets' use is measured this often (four queries whatever the number of tasks, when any is set).
+BUDGET_SECONDS = 60.0
+_budgets_measured = -BUDGET_SECONDS
+
+
+def measure_budgets() -> int | None:
+    """Keep the level each budget reached (its banner, its notifications); about once a minute."""
+    global _budgets_measured
+    now = time.monotonic()
+    if now - _budgets_measured < BUDGET_SECONDS:
+        return None
+    _budgets_measured = now
+    return budgets.record_levels()
+
+
 # The Celery task that delivers one notification (tasks_app.tasks.notify), queued by name.
 NOTIFY = "simdeck.notify"
 
@@ -166,6 +182,8 @@ JOBS = {
     "machines_lost": reap_lost_machines,
     "tokens_restored": restore_lost_tokens,
     "task_counts_folded": task_counts.fold,
+    # Before the notifications, so a level reached is told in the same round.
+    "budgets_reached": measure_budgets,
     "notifications_queued": queue_notifications,
 }
 

@@ -236,6 +236,26 @@ class Machine(models.Model):
         return self.name
 
 
+class Batch(models.Model):
+    """The tasks of one sweep (the client's ``run_many``), made by one or several batch requests.
+
+    ``size`` is how many tasks the sweep holds: its first request says so,
+    the later ones join by the batch's id. When every one of them ended,
+    whoever subscribed hears it once (tasks_app.services.notifications). A
+    refused request ends the sweep: the batch is then what was made before.
+    """
+
+    id = models.CharField(primary_key=True, max_length=ID_LENGTH, default=new_task_id)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    machine_group = models.ForeignKey(MachineGroup, on_delete=models.CASCADE, related_name="batches")
+    size = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.id
+
+
 class TaskQuerySet(models.QuerySet):
     def queued_in(self, group_id: int):
         return self.filter(machine_group_id=group_id, status=Status.SUBMITTED)
@@ -300,6 +320,10 @@ class Task(models.Model):
     # A folder of the project's storage the outputs are also stored in (``<storage_dir>/<id>/``).
     storage_dir = models.CharField(max_length=500, blank=True)
 
+    # The sweep it was made in (run_many), if any.
+    batch = models.ForeignKey(
+        Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks", db_index=False
+    )
     # A resubmission points at the task it repeats; the original lists its
     # resubmissions through ``resubmissions``. Deleting one keeps the other.
     resubmitted_from = models.ForeignKey(
@@ -393,6 +417,7 @@ class Task(models.Model):
             models.Index(
                 fields=["reviewed_by"], name="task_reviewed_by", condition=models.Q(reviewed_by__isnull=False)
             ),
+            models.Index(fields=["batch"], name="task_batch", condition=models.Q(batch__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -598,16 +623,24 @@ class Budget(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     set_at = models.DateTimeField(default=timezone.now)
+    # The level this month's use reached ("ok", "warning" from 80 %, "exhausted" from 100 %),
+    # as last measured, with its summary: the banner on every page reads these (one
+    # query), and a level reached at alert_at is told to who subscribed, once a month.
+    alert_level = models.CharField(max_length=16, default="ok")
+    alert_month = models.DateField(null=True, blank=True)
+    alert_at = models.DateTimeField(null=True, blank=True)
+    alert_summary = models.TextField(blank=True)
 
     def __str__(self) -> str:
         return f"{self.project_id}: {self.monthly_limit} {self.kind} a month"
 
 
 class NotificationRule(models.Model):
-    """Where a user hears of endings: an Apprise URL, and which tasks and groups it is told about.
+    """Where a user hears of endings: an Apprise URL (or an e-mail address), and what it is told about.
 
-    Without a project, the user's own tasks and groups; with one, every task
-    and group of that project they may see. Sent by the scheduler
+    Without a project, the user's own tasks, batches and groups and the
+    budgets of every project they are in; with one, every task, batch and
+    group of that project they may see, and its budget. Sent by the scheduler
     (tasks_app.services.notifications); a destination whose messages keep
     failing is marked failing and skipped until a test gets through.
     """
@@ -625,6 +658,10 @@ class NotificationRule(models.Model):
     project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     tasks = models.CharField(max_length=8, choices=Tasks.choices, default=Tasks.ENDED)
     groups_terminated = models.BooleanField(default=False)
+    # A batch (run_many) whose tasks all ended, and a machine group with no task left to run.
+    batches = models.BooleanField(default=False)
+    # A monthly budget reaching 80 % and 100 %.
+    budgets = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     # Endings up to this moment were looked at; the next look starts here.
     checked_until = models.DateTimeField(default=timezone.now)

@@ -21,7 +21,7 @@ from tasks_app import lifecycle, services
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Machine, MachinePrice, NotificationRule, Task
 from tests.test_console_pages import HAPPY, make_task
-from tests.test_notifications import endpoint  # noqa: F401 - the endpoint fixture
+from tests.test_notifications import endpoint, mail_server  # noqa: F401 - fixtures
 
 # make_task moves a task every 10 s: started to finalizing is 10 s of computing.
 COMPUTED = 10.0
@@ -229,7 +229,7 @@ def test_an_admin_sets_a_price_for_a_catalog_type_only(admin_client):
 
 
 @pytest.fixture
-def stack_env():
+def stack_env(mail_server):  # noqa: F811 - the fixture imported above
     # Its scheduler gives up on a dead destination at once and counts it failing after one message.
     return {
         "SIMDECK_NOTIFY_RETRIES": "1",
@@ -237,6 +237,8 @@ def stack_env():
         "SIMDECK_NOTIFY_FAILING_AFTER": "1",
         # The test's endpoints listen on this host.
         "SIMDECK_NOTIFY_PRIVATE_HOSTS": "true",
+        # And its mail server too.
+        "EMAIL_URL": mail_server.url,
     }
 
 
@@ -250,8 +252,10 @@ def test_real_tasks_add_up_and_their_endings_reach_a_real_endpoint(
     alice_key,
     tmp_path,
     endpoint,  # noqa: F811 - the endpoint fixture
+    mail_server,  # noqa: F811 - the mail server fixture
 ):
-    """Accounting and notifications on one stack: real tasks, the client, the CLI, a real webhook."""
+    """Accounting and notifications on one stack: real tasks, the client, the CLI, a real webhook
+    and a real mail server; a task's progress file on the way."""
     import time
 
     import simdeck
@@ -262,8 +266,26 @@ def test_real_tasks_add_up_and_their_endings_reach_a_real_endpoint(
 
     MachinePrice.objects.create(machine_type="n2-standard-2", price_per_hour=Decimal("3.6"))
     settings.SIMDECK_NOTIFY_PRIVATE_HOSTS = True
-    notifications.add_rule(alice, label="hook", url=endpoint.url)
+    env = {
+        "SIMDECK_API_URL": stack.url,
+        "SIMDECK_API_KEY": alice_key,
+        "SIMDECK_CONFIG": str(tmp_path / "c.json"),
+    }
+    # Destinations through the command line: checked as the console checks them.
+    bad = run_cli("notifications", "add", "nosuchscheme://example.org", env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("Error: This is not a destination Apprise")
+    assert "Traceback" not in bad.stderr
+    added = run_cli("notifications", "add", endpoint.url, "--name", "hook", "--batches", "--json", env=env)
+    assert added.returncode == 0, added.stderr
+    hook = json.loads(added.stdout)
+    assert run_cli("notifications", "test", str(hook["id"]), env=env).returncode == 0
+    assert endpoint.received.pop()["title"] == "Simdeck: a test"
+    mail = run_cli("notifications", "add", "alice@example.org", "--tasks", "failed", env=env)
+    assert mail.returncode == 0 and "Added destination" in mail.stderr, mail.stderr
     dead = notifications.add_rule(alice, label="dead", url=dead_url())
+    listed = run_cli("notifications", "list", env=env)
+    assert listed.returncode == 0 and "hook" in listed.stdout and "alice@example.org" in listed.stdout
+    assert "tasks ended, batches (yours)" in listed.stdout
     client_for(alice_key)
     mg = simdeck.resources.MachineGroup("n2-standard-2", num_machines=2)
     assert mg.estimate_cloud_cost(verbose=False) == pytest.approx(7.2), (
@@ -272,7 +294,12 @@ def test_real_tasks_add_up_and_their_endings_reach_a_real_endpoint(
     mg.start()
     sim = simdeck.simulators.Commands()
     began = time.monotonic()
-    tasks = [sim.run(EXAMPLES / "commands-mesh-solve", commands=["sleep 1.5"], on=mg) for _ in range(2)]
+    # A batch of two; one tells how far it got in its progress file.
+    tasks = sim.run_many(
+        EXAMPLES / "commands-mesh-solve",
+        [{"commands": ["echo 0.5 > .simdeck-progress; sleep 1.5"]}, {"commands": ["sleep 1.5"]}],
+        on=mg,
+    )
     bad = sim.run(EXAMPLES / "commands-mesh-solve", commands=["exit 3"], on=mg)
     for task in tasks:
         assert task.wait(polling_period=0.3, silent_mode=True) == "success"
@@ -289,11 +316,7 @@ def test_real_tasks_add_up_and_their_endings_reach_a_real_endpoint(
     ended = [*infos, bad.get_info()]
     computing = sum(i.usage["computing_seconds"] for i in ended)
     assert mg.usage()["machine_hours"] >= computing / 3600, "machines were up at least while computing"
-    env = {
-        "SIMDECK_API_URL": stack.url,
-        "SIMDECK_API_KEY": alice_key,
-        "SIMDECK_CONFIG": str(tmp_path / "c.json"),
-    }
+    assert Task.objects.get(pk=tasks[0].id).progress == 0.5, "read from its progress file"
     cli = run_cli("costs", "--json", env=env)
     assert cli.returncode == 0, cli.stderr
     report = json.loads(cli.stdout)
@@ -303,17 +326,33 @@ def test_real_tasks_add_up_and_their_endings_reach_a_real_endpoint(
     table = run_cli("costs", "--by", "user", env=env)
     assert table.returncode == 0 and "alice" in table.stdout and "Total" in table.stdout
 
-    wait_for(lambda: len(endpoint.received) >= 3, timeout=30, message="three notifications")
+    wait_for(lambda: len(endpoint.received) >= 5, timeout=30, message="five notifications")
     titles = sorted(m["title"] for m in endpoint.received)
-    expected = [f"Simdeck: task {t.id} success" for t in tasks] + [f"Simdeck: task {bad.id} failed"]
+    batch = Task.objects.get(pk=tasks[0].id).batch_id
+    expected = [f"Simdeck: task {t.id} success" for t in tasks] + [
+        f"Simdeck: task {bad.id} failed",
+        f"Simdeck: batch {batch} ended",
+        f"Simdeck: machine group {mg.name} has no task left",
+    ]
     assert titles == sorted(expected), titles
     assert "exited with code 3" in next(m["message"] for m in endpoint.received if bad.id in m["title"])
+    assert f"All 2 tasks of batch {batch} on {mg.name} ended: 2 succeeded, 0 failed." in [
+        m["message"] for m in endpoint.received
+    ]
+    wait_for(lambda: mail_server.received, timeout=30, message="the failure by e-mail")
+    assert mail_server.received[0].rcpt_tos == ["alice@example.org"]
+    assert f"Subject: Simdeck: task {bad.id} failed".encode() in mail_server.received[0].content
+    assert len(mail_server.received) == 1, "failures only"
     wait_for(
         lambda: NotificationRule.objects.get(pk=dead.pk).failures >= 1,
         timeout=30,
         message="the dead destination to be marked failing",
     )
     assert "did not accept" in NotificationRule.objects.get(pk=dead.pk).last_error
+    removed = run_cli("notifications", "remove", str(hook["id"]), "-y", env=env)
+    assert removed.returncode == 0 and not NotificationRule.objects.filter(pk=hook["id"]).exists()
+    gone = run_cli("notifications", "test", str(hook["id"]), env=env)
+    assert gone.returncode == 3 and "No notification destination" in gone.stderr
     mg.terminate()
 
 
@@ -405,6 +444,44 @@ def test_a_budget_warns_at_80_percent_and_refuses_new_tasks_at_100(api, client, 
     assert api.get("/api/v1/projects/dambreak/budget").json() is None
     kinds = [a.kind for a in group.project.activities.order_by("at")]
     assert kinds.count("budget-set") == 3 and kinds[-1] == "budget-removed"
+
+
+def test_members_see_a_budget_past_80_percent_on_every_page_in_one_query(client, alice, bob, group):
+    from tasks_app.services import budgets
+
+    task = make_task(alice, group, to=HAPPY)  # 40 core-seconds
+    budgets.set_budget(alice, group.project, "core-hours", "0.0125")  # 88 %
+    client.force_login(alice)
+    pages = [
+        reverse("overview"),
+        reverse("task-list"),
+        reverse("task-detail", args=[task.id]),
+        reverse("group-list"),
+        reverse("account"),
+        reverse("notification-rules"),
+        reverse("status-reference"),
+    ]
+    for page in pages:
+        shown = client.get(page).content.decode()
+        assert shown.count("budget-warning") == 1, page
+        assert "Project dambreak has used 0.01 core-hours of its monthly budget" in shown, page
+        assert "(88 %)" in shown and "New tasks will be refused at 100 %." in shown, page
+
+    def queries(page):
+        with CaptureQueriesContext(connection) as done:
+            assert client.get(page).status_code == 200
+        return len(done)
+
+    other = services.create_group(alice, machine_type="c2-standard-4", name="lab2", project="wind")
+    make_task(alice, other, to=HAPPY)
+    budgets.set_budget(alice, other.project, "core-hours", "100")  # far from it
+    one = queries(reverse("account"))
+    budgets.set_budget(alice, other.project, "core-hours", "0.01")  # 111 %
+    assert queries(reverse("account")) == one, "the banner is one query, however many budgets"
+    shown = client.get(reverse("account")).content.decode()
+    assert shown.count("budget-warning") == 2 and "New tasks of wind are refused" in shown
+    client.force_login(bob)
+    assert "budget-warning" not in client.get(reverse("account")).content.decode(), "not bob's project"
 
 
 def test_a_bad_budget_is_refused_with_a_clear_message(api, logged_in, alice, group):

@@ -9,7 +9,7 @@ import pytest
 
 from tasks_app import broker, services
 from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, Quota, Task, TaskEvent
+from tasks_app.models import Activity, Batch, Quota, Task, TaskEvent
 from tests.helpers import zipped
 from tests.test_api import upload
 
@@ -217,6 +217,60 @@ def test_a_sweep_goes_out_in_growing_requests_so_machines_start_early(
     assert [stored[t.id]["commands"] for t in tasks] == [[f"sh run.sh {n}"] for n in range(170)]
     queue = Task.objects.order_by("queued_at", "id").values_list("id", flat=True)
     assert list(queue) == [t.id for t in tasks]
+    # The three requests make one batch: its subscribers hear once, when all 170 ended.
+    assert Batch.objects.get().size == 170
+    assert set(Task.objects.values_list("batch", flat=True)) == {Batch.objects.get().pk}
+
+
+def test_a_sweep_in_several_requests_joins_one_batch_of_its_size(api, started_group, alice, no_broker):
+    first = batch(api, sweep([1, 2]), batch_size=5)
+    assert first.status_code == 201, first.content
+    made = Batch.objects.get(pk=first.json()["batch"])
+    assert made.size == 5 and made.machine_group == started_group
+    assert batch(api, sweep([3, 4]), batch=made.pk).json()["batch"] == made.pk
+    for overrides, words in [
+        ({"batch": made.pk, "tasks": sweep([5, 6])}, "was to hold 5 tasks and has 4"),
+        ({"batch": "nosuchbatch"}, "No batch nosuchbatch of yours"),
+        ({"batch_size": 1, "tasks": sweep([1, 2])}, "at least the 2 of this request"),
+    ]:
+        answer = batch(api, **{"tasks": sweep([5])} | overrides)
+        assert answer.status_code == 400 and words in answer.json()["message"], answer.json()
+        assert answer.json()["field"] in ("batch", "batch_size")
+    other = services.start_group(services.create_group(alice, machine_type="c2-standard-4", name="lab2"))
+    answer = batch(api, sweep([5]), batch=made.pk, machine_group=other.name)
+    assert answer.status_code == 400 and "another machine group" in answer.json()["message"]
+    assert Task.objects.filter(batch=made).count() == 4 and Batch.objects.get(pk=made.pk).size == 5
+    # A request refused by the server ends the sweep: the batch is what was made before it.
+    refused = batch(api, [{"simulator": "commands", "parameters": {}}], batch=made.pk)
+    assert refused.status_code == 400
+    assert Batch.objects.get(pk=made.pk).size == 4
+
+
+def test_a_sweep_of_single_tasks_is_a_batch_too(api, started_group, no_broker):
+    """A templated sweep sends each task with its own input, one request each."""
+
+    def single(**overrides):
+        body = {
+            "simulator": "commands",
+            "machine_group": "lab",
+            "input_files": ["run.sh"],
+            "parameters": {"commands": ["sh run.sh"]},
+            "input_archive": base64.b64encode(INPUT).decode(),
+            "input_sha256": hashlib.sha256(INPUT).hexdigest(),
+        }
+        return api.post("/api/v1/tasks", body | overrides, content_type="application/json")
+
+    assert single().json()["batch"] is None, "a task alone is no batch"
+    first = single(batch_size=3).json()
+    made = Batch.objects.get(pk=first["batch"])
+    assert made.size == 3
+    assert single(batch=made.pk).json()["batch"] == made.pk
+    answer = single(batch_size=0)
+    assert answer.status_code == 400 and answer.json()["field"] == "batch_size"
+    refused = single(batch=made.pk, parameters={})
+    assert refused.status_code == 400 and refused.json()["field"] == "commands"
+    assert Batch.objects.get(pk=made.pk).size == 2, "the sweep stopped at the refused task"
+    assert Task.objects.filter(batch=made).count() == 2
 
 
 def test_a_sweep_refused_in_a_later_request_names_the_index_and_the_tasks_created(

@@ -331,6 +331,13 @@ API: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/storage/signed-urls"): Rule(
         scoped("viewer"), data={"project": "team", "paths": ["result.txt"]}
     ),
+    # A user's own destinations: no one else's, staff's neither (their URLs hold tokens).
+    ("GET", "/api/v1/notifications"): Rule(for_everyone_logged_in()),
+    ("POST", "/api/v1/notifications"): Rule(
+        for_everyone_logged_in(), data={"url": "json://127.0.0.1:9/hook"}
+    ),
+    ("POST", "/api/v1/notifications/{rule_id}/test"): Rule(only("maintainer")),
+    ("DELETE", "/api/v1/notifications/{rule_id}"): Rule(only("maintainer")),
 }
 
 SOCKETS: dict[str, dict[str, str]] = {
@@ -549,6 +556,8 @@ def test_api(world, method, path):
         "machine": "lab-m1",
         "username": "member",
     }
+    if "{rule_id}" in path:
+        values["rule_id"] = maintainers_rule(world).pk
 
     def run(person: str) -> str:
         client = Client()

@@ -188,7 +188,8 @@ def test_the_table_answers_htmx_with_the_results_and_varies_on_it(logged_in, ali
 def test_the_table_keeps_its_queries_constant(logged_in, alice, group, django_assert_max_num_queries):
     for _ in range(30):
         make_task(alice, group, metadata={"k": "v"})
-    with django_assert_max_num_queries(6):
+    # One of them is every page's budget banner (tasks_app.context_processors).
+    with django_assert_max_num_queries(7):
         logged_in.get(reverse("task-list"), {"col": "k", "status": "active"})
 
 
@@ -230,7 +231,9 @@ def test_the_task_page_shows_the_breakdown_the_path_and_its_queries_are_constant
     logged_in, alice, group, django_assert_max_num_queries
 ):
     task = make_task(alice, group, to=HAPPY, metadata={"a": "1", "b": "2"})
-    with django_assert_max_num_queries(13):  # one of them the chain of tasks (remote_assets)
+    # One of them is every page's budget banner (tasks_app.context_processors), one the
+    # chain of tasks (remote_assets).
+    with django_assert_max_num_queries(14):
         response = logged_in.get(reverse("task-detail", args=[task.id]))
     html = response.content.decode()
     assert "phase-computing" in html and "Computing" in html
@@ -489,7 +492,8 @@ def test_the_group_page_shows_machines_queue_and_ended_tasks(
     queued = [make_task(alice, group) for _ in range(5)]
     done = make_task(alice, group, to=HAPPY)
     # Two of them read its usage: the prices and its machines' hours.
-    with django_assert_max_num_queries(12):
+    # One of them is every page's budget banner (tasks_app.context_processors).
+    with django_assert_max_num_queries(13):
         html = logged_in.get(reverse("group-detail", args=["lab"])).content.decode()
     assert "lab-1" in html and running.id in html and done.id in html
     assert html.index(queued[0].id) < html.index(queued[4].id)

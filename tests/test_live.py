@@ -249,6 +249,40 @@ def test_viewers_of_one_task_share_one_reader_and_each_gets_every_line_once(
     ]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_page_gets_escaped_batches_and_drops_the_oldest_past_its_last_lines(
+    queued_task, alice_key, monkeypatch
+):
+    monkeypatch.setattr(consumers, "PAGE_LINES", 3)
+    task = _started(queued_task)
+    live.begin_log(task.id)
+    live.append_log(task.id, "stdout", b"<script>alert(1)</script>\n")
+
+    async def talk():
+        frames = []
+        page = await _follow(f"/ws/tasks/{task.id}/logs/", alice_key)
+        frames.append(await page.receive_from(timeout=FIRST_FRAME_SECONDS))  # the log view emptied
+        frames.append(await page.receive_from(timeout=FIRST_FRAME_SECONDS))  # the backlog
+        for i in range(1, 4):
+            live.append_log(task.id, "stderr", f"line {i}\n".encode())
+            frames.append(await page.receive_from(timeout=FIRST_FRAME_SECONDS))
+        live.end_log(task.id)
+        frames.append(await page.receive_from(timeout=FIRST_FRAME_SECONDS))
+        await page.disconnect()
+        return frames
+
+    frames = async_to_sync(talk)()
+    assert frames[0] == '<div id="log-lines" hx-swap-oob="innerHTML"></div>'
+    assert '<pre class="log-stdout">&lt;script&gt;alert(1)&lt;/script&gt;\n</pre>' in frames[1]
+    assert "<script>" not in "".join(frames)
+    assert all('<pre class="log-stderr">' in frame for frame in frames[2:5])
+    # The fourth line passes the page's three: the first batch goes, and the page says so once.
+    assert '<div id="log-b1" hx-swap-oob="delete"></div>' in frames[4]
+    assert frames[4].count('id="log-hidden"') == 1 and "simdeck logs" in frames[4]
+    assert "log-hidden" not in "".join(frames[:4])
+    assert frames[5] == '<span id="log-end" hx-swap-oob="true">Ended.</span>'
+
+
 @pytest.mark.django_db
 def test_a_first_attempts_stream_starts_with_its_first_lines_or_with_its_end(alice):
     group = services.create_group(alice, machine_type="c2-standard-4", name="lab")

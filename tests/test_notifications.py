@@ -174,3 +174,235 @@ def test_a_destination_that_keeps_failing_is_tried_a_few_times_then_marked_faili
 
 
 # A real stack delivering to a real endpoint: tests/test_accounting.py runs it with its tasks.
+
+
+# -- batches, groups and budgets ---------------------------------------------------------------
+
+
+def test_a_batch_and_a_group_whose_tasks_all_ended_are_told_once(alice, bob, group, no_broker):
+    from tasks_app import lifecycle
+    from tasks_app.models import Batch, Task
+
+    teams.add_member(group.project, "bob", "viewer", actor=alice)
+    now = timezone.now()
+    mine = notifications.add_rule(alice, label="mine", url="json://example.org/a", tasks="none", batches=True)
+    team = notifications.add_rule(
+        bob, label="team", url="json://example.org/b", tasks="none", batches=True, project=group.project
+    )
+    quiet = notifications.add_rule(alice, label="quiet", url="json://example.org/c", tasks="none")
+    NotificationRule.objects.update(checked_until=now - dt.timedelta(minutes=10))
+    batch = Batch.objects.create(owner=alice, project=group.project, machine_group=group, size=3)
+    ended = [make_task(alice, group, to=HAPPY), make_task(alice, group, to=[*HAPPY[:4], Status.FAILED])]
+    running = make_task(alice, group, to=HAPPY[:3])
+    Task.objects.filter(pk__in=[t.pk for t in [*ended, running]]).update(batch=batch)
+    assert notifications.due(now) == [], "one task of the batch, and so of the group, still runs"
+
+    lifecycle.transition(running, Status.FINALIZING, reason="done", at=now + dt.timedelta(seconds=10))
+    lifecycle.transition(running, Status.SUCCESS, reason="done", at=now + dt.timedelta(seconds=20))
+    due = notifications.due(now + dt.timedelta(minutes=1))
+    told = {rule: [(t, b) for r, t, b in due if r == rule] for rule in (mine.pk, team.pk, quiet.pk)}
+    expected = [
+        (
+            f"Simdeck: batch {batch.id} ended",
+            f"All 3 tasks of batch {batch.id} on lab ended: 2 succeeded, 1 failed.",
+        )
+    ]
+    assert told[mine.pk] == expected, "the group ran this batch alone: told once, as the batch"
+    assert told[team.pk] == expected and told[quiet.pk] == []
+    assert notifications.due(now + dt.timedelta(minutes=2)) == [], "told once"
+
+    # A task of its own, after the batch: the group has no task left again.
+    make_task(bob, group, to=HAPPY, at=now + dt.timedelta(minutes=2))
+    due = notifications.due(now + dt.timedelta(minutes=4))
+    assert [(r, t) for r, t, _ in due] == [
+        (rule, "Simdeck: machine group lab has no task left") for rule in (mine.pk, team.pk)
+    ], "alice's group, whoever's task ended last in it"
+    assert "All 4 tasks of machine group lab ended: 3 succeeded, 1 failed." in due[0][2]
+
+
+def test_a_budget_reaching_80_and_100_percent_is_told_once_a_level(alice, bob, group, no_broker):
+    from tasks_app.services import budgets
+
+    teams.add_member(group.project, "bob", "member", actor=alice)
+    make_task(alice, group, to=HAPPY)  # 40 core-seconds
+    now = timezone.now()
+    mine = notifications.add_rule(alice, label="mine", url="json://example.org/a", tasks="none", budgets=True)
+    team = notifications.add_rule(
+        bob, label="team", url="json://example.org/b", tasks="none", budgets=True, project=group.project
+    )
+    NotificationRule.objects.update(checked_until=now - dt.timedelta(minutes=1))
+
+    def told(_):
+        # A look a little ahead (an alert is stamped when measured), then the marks back to now.
+        due = notifications.due(timezone.now() + dt.timedelta(seconds=5))
+        NotificationRule.objects.update(checked_until=timezone.now())
+        return sorted((rule, title) for rule, title, _ in due), due
+
+    budgets.set_budget(alice, group.project, "core-hours", "0.0125")  # 89 %
+    titles, due = told(1)
+    warned = "Simdeck: project dambreak used 80 % of its monthly budget"
+    assert titles == [(mine.pk, warned), (team.pk, warned)]
+    assert "has used 0.01 core-hours of its monthly budget of 0.01 core-hours (88 %)" in due[0][2]
+    assert budgets.record_levels() == 0 and told(2)[0] == [], "told once"
+
+    budgets.set_budget(alice, group.project, "core-hours", "0.01")  # 111 %
+    used_up = "Simdeck: project dambreak used up its monthly budget"
+    assert told(3)[0] == [(mine.pk, used_up), (team.pk, used_up)]
+    # Raised, then lowered again: the warning is news again.
+    budgets.set_budget(alice, group.project, "core-hours", "100")
+    assert told(4)[0] == []
+    budgets.set_budget(alice, group.project, "core-hours", "0.0125")
+    assert told(5)[0] == [(mine.pk, warned), (team.pk, warned)]
+    teams.remove_member(group.project, bob, actor=alice)
+    budgets.set_budget(alice, group.project, "core-hours", "0.01")
+    assert told(6)[0] == [(mine.pk, used_up)], "bob left the project: nothing of its budget"
+
+
+# -- e-mail through the server's own mail server -------------------------------------------------
+
+
+class MailServer:
+    """A real SMTP server (aiosmtpd) on this host, keeping every message it takes."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        received = self.received = []
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                received.append(envelope)
+                return "250 OK"
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        self.url = f"smtp://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+@pytest.fixture
+def mail_server():
+    server = MailServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def with_mail(settings, mail_server):
+    """This server sends e-mail through the test's SMTP server, as EMAIL_URL would set it."""
+    settings.EMAIL_URL = mail_server.url
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", mail_server.port
+    settings.EMAIL_TIMEOUT = 5
+    return mail_server
+
+
+@pytest.mark.django_db
+def test_an_address_gets_mail_through_the_servers_mail_server(
+    logged_in, alice, settings, with_mail, eager_in_this_transaction
+):
+    from tasks_app.tasks import notify
+
+    url = reverse("notification-rules")
+    settings.EMAIL_URL = ""
+    answer = logged_in.post(url, {"url": "alice@example.org", "tasks": "ended"})
+    assert answer.status_code == 400 and "no mail server" in answer.content.decode()
+    settings.EMAIL_URL = with_mail.url
+    for bad in ["alice@", "@example.org", "alice@@example.org"]:
+        answer = logged_in.post(url, {"url": bad, "tasks": "ended"})
+        assert answer.status_code == 400 and "not an e-mail address" in answer.content.decode(), bad
+    assert "or e-mail address" in logged_in.get(url).content.decode()
+    added = logged_in.post(
+        url, {"url": " alice@example.org ", "tasks": "failed", "batches": "1", "budgets": "1"}
+    )
+    assert added.status_code == 302
+    rule = NotificationRule.objects.get()
+    assert rule.url == "alice@example.org" and rule.label == "alice@example.org"
+    assert rule.batches and rule.budgets and not rule.groups_terminated
+    page = logged_in.get(url).content.decode()
+    assert "Tasks that fail, batches and groups all ended, budgets at 80 % and 100 %" in page
+
+    assert notifications.send_test(rule) is None
+    notify.apply(args=(rule.pk, "Simdeck: task x failed", "It failed."), throw=False)
+    assert [m.rcpt_tos for m in with_mail.received] == [["alice@example.org"]] * 2
+    assert b"Subject: Simdeck: task x failed" in with_mail.received[1].content
+    assert b"It failed." in with_mail.received[1].content
+    assert NotificationRule.objects.get(pk=rule.pk).failures == 0
+
+    with_mail.stop()  # the mail server is down: tried again, then counted against the destination
+    notify.apply(args=(rule.pk, "title", "body"), throw=False)
+    rule.refresh_from_db()
+    assert rule.failures == 1 and "mail server did not take it" in rule.last_error
+
+
+# -- the API ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_api_lists_adds_tests_and_removes_ones_own_destinations(
+    api, client, alice, bob, group, endpoint, settings
+):
+    from tasks_app.models import APIKey
+
+    assert api.get("/api/v1/notifications").json() == []
+    post = lambda body: api.post("/api/v1/notifications", body, content_type="application/json")  # noqa: E731
+    for bad, words in [
+        ({"url": "not a url"}, "Apprise URL"),
+        ({"url": "json://example.org/x", "tasks": "often"}, "Choose which tasks"),
+        ({"url": "json://example.org/x", "batches": "maybe"}, "batches"),
+        ({"label": "no url"}, "url"),
+    ]:
+        answer = post(bad)
+        assert answer.status_code == 400 and words in answer.json()["message"], (bad, answer.json())
+    assert post({"url": "json://example.org/x", "project": "elsewhere"}).status_code == 404
+    settings.SIMDECK_NOTIFY_PRIVATE_HOSTS = False
+    answer = post({"url": endpoint.url})
+    assert answer.status_code == 400 and "private network" in answer.json()["message"]
+    assert answer.json()["field"] == "url"
+    settings.SIMDECK_NOTIFY_PRIVATE_HOSTS = True
+    assert not NotificationRule.objects.exists(), "nothing kept of a refused one"
+
+    made = post(
+        {
+            "url": endpoint.url.replace("json://", "json://user:secret@"),
+            "label": "hook",
+            "project": "dambreak",
+            "tasks": "failed",
+            "batches": True,
+            "budgets": True,
+        }
+    )
+    assert made.status_code == 201, made.content
+    rule = made.json()
+    assert (
+        rule["url"] == f"json://{endpoint.url.split('://')[1].split('/')[0]}/…" and "secret" not in made.text
+    )
+    assert (rule["project"], rule["tasks"], rule["batches"], rule["budgets"]) == (
+        "dambreak",
+        "failed",
+        True,
+        True,
+    )
+    assert rule["groups_terminated"] is False and rule["failing"] is False
+    assert [r["id"] for r in api.get("/api/v1/notifications").json()] == [rule["id"]]
+
+    tested = api.post(f"/api/v1/notifications/{rule['id']}/test").json()
+    assert tested["delivered"] is True and endpoint.received[-1]["title"] == "Simdeck: a test"
+    dead = post({"url": dead_url()}).json()
+    tested = api.post(f"/api/v1/notifications/{dead['id']}/test").json()
+    assert tested["delivered"] is False and "did not accept" in tested["message"]
+
+    as_bob = {"HTTP_AUTHORIZATION": f"Bearer {APIKey.issue(bob, 'tests')[1]}"}
+    assert client.get("/api/v1/notifications", **as_bob).json() == []
+    for method, path in [("post", f"{rule['id']}/test"), ("delete", str(rule["id"])), ("delete", "x")]:
+        answer = getattr(client, method)(f"/api/v1/notifications/{path}", **as_bob)
+        assert answer.status_code == 404 and "notification destination" in answer.json()["message"]
+    assert api.delete(f"/api/v1/notifications/{rule['id']}").status_code == 204
+    assert [r["id"] for r in api.get("/api/v1/notifications").json()] == [dead["id"]]

@@ -24,7 +24,7 @@ from simdeck import render
 from tasks_app import live
 from tasks_app.executor.progress import MIN_SPAN_SECONDS, Pace, ProgressWatch
 from tasks_app.models import Task
-from tasks_app.simulators.progress import ProgressReader, reported
+from tasks_app.simulators.progress import PROGRESS_FILE, ProgressReader, read_progress_file, reported
 from tasks_app.simulators.splishsplash import SplishSplash
 from tests.helpers import ROOT
 from tests.test_browser import CHROMIUM, browser  # noqa: F401 - the browser fixture
@@ -120,6 +120,38 @@ def test_the_watch_records_a_change_not_every_second():
     assert fraction == 0.6 and eta is not None
     assert abs((eta - timezone.now()).total_seconds() - 4) <= 1
     assert watch.due(ended=True) == (0.6, None), "an ended run has no estimate"
+
+
+def test_a_progress_file_in_the_work_folder_counts_after_printed_lines(tmp_path):
+    import os
+
+    now = [0.0]
+    watch = ProgressWatch(ProgressReader(), clock=lambda: now[0], folder=tmp_path)
+    progress_file = tmp_path / PROGRESS_FILE
+    assert watch.due() is None, "no file yet"
+    progress_file.write_text("0.25\n")
+    assert watch.due() == (0.25, None)
+    for text in ["", "0.3 done", "1.5", "-0.1", "nan", "0." + "5" * 80]:
+        progress_file.write_text(text)
+        now[0] += 1
+        assert watch.due() is None, f"{text!r} is no fraction: the last one stands"
+    progress_file.write_text(" .5 ")
+    assert watch.due() == (0.5, None)
+    watch.lines(b"SIMDECK_PROGRESS 0.75\n")
+    assert watch.due() == (0.75, None), "a printed line comes first"
+
+    # The simulation owns the folder: a link is not followed, a FIFO not opened for reading.
+    secret = tmp_path / "elsewhere"
+    secret.write_text("0.9")
+    progress_file.unlink()
+    progress_file.symlink_to(secret)
+    assert read_progress_file(tmp_path) is None
+    progress_file.unlink()
+    os.mkfifo(progress_file)
+    assert read_progress_file(tmp_path) is None, "answered at once, not blocked on the pipe"
+    progress_file.unlink()
+    progress_file.mkdir()
+    assert read_progress_file(tmp_path) is None
 
 
 # -- the console, the API and the CLI ------------------------------------------------------

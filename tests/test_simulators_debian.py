@@ -10,8 +10,10 @@ where Debian's package is not installed.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ from tasks_app import services
 from tasks_app import simulators as sims
 from tasks_app.errors import Refused
 from tasks_app.models import Machine, Task
+from tasks_app.simulators.openfoam import foam_environment
+from tasks_app.simulators.progress import ProgressReader
 from tests.helpers import ROOT, wait_for
 
 EXAMPLES = ROOT / "examples"
@@ -206,6 +210,53 @@ def test_a_task_for_a_simulator_no_machine_of_the_group_has_is_refused(alice, st
         machine_group=started_group,
         input_files=["a"],
     )
+
+
+# -- progress, from the programs' own output -----------------------------------------------------
+
+
+def fractions_over(reader: ProgressReader, output: bytes) -> list[float]:
+    """What ``reader`` says over ``output`` fed a line at a time, as a machine feeds it batches."""
+    said = [reader.lines(line) for line in output.splitlines(keepends=True)]
+    return [fraction for fraction in said if fraction is not None]
+
+
+@installed("lmp", "lammps")
+def test_lammps_progress_follows_the_thermo_steps_of_a_real_run(tmp_path):
+    shutil.copytree(EXAMPLES / "lammps-lj-melt", tmp_path, dirs_exist_ok=True)
+    lammps = sims.get("lammps")
+    run = subprocess.run(["lmp", "-in", "melt.in"], cwd=tmp_path, capture_output=True, check=True, timeout=99)
+    reader = lammps.progress_reader(tmp_path, {"sim_config_filename": "melt.in"})
+    said = fractions_over(reader, run.stdout)
+    # thermo 100 over run 500: a line at steps 0, 100, ... 500, then the run's end.
+    assert said[:6] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert said[-1] == 1.0 and said == sorted(said)
+    # Two runs count as one total; a script that loops cannot be counted before it runs.
+    melt = (tmp_path / "melt.in").read_text()
+    (tmp_path / "two.in").write_text(melt + "run 1500\n")
+    reader = lammps.progress_reader(tmp_path, {"sim_config_filename": "two.in"})
+    assert fractions_over(reader, run.stdout)[-1] == 0.25
+    (tmp_path / "loop.in").write_text(melt + "label again\nnext i\njump SELF again\n")
+    assert type(lammps.progress_reader(tmp_path, {"sim_config_filename": "loop.in"})) is ProgressReader
+
+
+@installed("blockMesh", "openfoam")
+def test_openfoam_progress_is_the_solvers_time_against_the_cases_end_time(tmp_path):
+    shutil.copytree(EXAMPLES / "openfoam-cavity", tmp_path, dirs_exist_ok=True)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)} | foam_environment()
+    subprocess.run(["blockMesh"], cwd=tmp_path, env=env, capture_output=True, timeout=120, check=True)
+    solved = subprocess.run(["icoFoam"], cwd=tmp_path, env=env, capture_output=True, timeout=120, check=True)
+    reader = sims.get("openfoam").progress_reader(tmp_path, {"commands": ["blockMesh", "icoFoam"]})
+    said = fractions_over(reader, solved.stdout)
+    # deltaT 0.005 up to endTime 0.5: a hundred steps.
+    assert len(said) == 100 and said[0] == 0.01 and said[-1] == 1.0 and said == sorted(said)
+    # reconstructPar lists the times again afterwards: the task stays done.
+    assert reader.lines(b"Time = 0.1\n") == 1.0
+    # A SIMDECK_PROGRESS line of the task's own still counts.
+    assert reader.lines(b"SIMDECK_PROGRESS 0.5\n") == 0.5
+    control = tmp_path / "system" / "controlDict"
+    control.write_text(control.read_text().replace("stopAt          endTime;", "stopAt          writeNow;"))
+    assert type(sims.get("openfoam").progress_reader(tmp_path, {})) is ProgressReader
 
 
 # -- for real, through the API ------------------------------------------------------------------

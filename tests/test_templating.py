@@ -87,3 +87,5 @@ def test_a_sweep_runs_one_task_per_rendered_input(stack, client_for, alice_key, 
     outputs = [api.client().request("GET", f"/tasks/{t.id}/logs/stdout").text for t in tasks]
     assert outputs == ['{"viscosity": 0.1, "steps": 10}\n', '{"viscosity": 0.2, "steps": 20}\n']
     assert [t.get_metadata() for t in tasks] == [{"case": "a"}, {"case": "b"}]
+    batches = {Task.objects.get(pk=t.id).batch for t in tasks}
+    assert len(batches) == 1 and batches.pop().size == 2, "one batch, as a sweep of one input is"

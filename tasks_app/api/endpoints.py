@@ -31,7 +31,7 @@ from psycopg_pool import PoolTimeout
 
 from tasks_app import access, inputs, lifecycle, services, storage
 from tasks_app import simulators as sims
-from tasks_app.api import files, groups, projects, review, tasks
+from tasks_app.api import files, groups, notifications, projects, review, tasks
 from tasks_app.api import schemas as s
 from tasks_app.api import storage as storage_api
 from tasks_app.api.common import ERRORS
@@ -347,6 +347,7 @@ api.add_router("/tasks", review.router)
 api.add_router("/machine-groups", groups.router)
 api.add_router("/projects", projects.router)
 api.add_router("/storage", storage_api.router)
+api.add_router("/notifications", notifications.router)
 
 # Last, so it only sees what nothing else claimed: unknown URLs under the API
 # answer with an error body like every other error, not an HTML page.

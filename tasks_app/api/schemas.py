@@ -458,6 +458,13 @@ class TaskIn(In):
         description="A folder of the project's storage the outputs are also kept in, as "
         "<storage_dir>/<task id>/outputs.zip.",
     )
+    batch: str | None = Field(
+        None, description="A sweep of single tasks: the batch id its first task's answer gave; joins it."
+    )
+    batch_size: int | None = Field(
+        None,
+        description="The first task of a sweep of single tasks: how many tasks the sweep holds.",
+    )
 
 
 class TaskSpecIn(In):
@@ -484,6 +491,20 @@ class TaskBatchIn(In):
         ),
     )
     input_sha256: str | None = _input_sha256_field()
+    batch: str | None = Field(
+        None,
+        description=(
+            "A sweep sent in several requests: the batch id the first one answered. Its tasks "
+            "join that batch; when all of a batch's tasks ended, its subscribers hear it once."
+        ),
+    )
+    batch_size: int | None = Field(
+        None,
+        description=(
+            "In the first request of a sweep sent in several: how many tasks the whole sweep holds "
+            "(this request's count by default)."
+        ),
+    )
 
 
 class TaskBatchItemOut(Schema):
@@ -494,12 +515,20 @@ class TaskBatchItemOut(Schema):
 
 class TaskBatchCreated(Schema):
     machine_group: str
+    batch: str | None = Field(
+        description="The batch these tasks belong to; name it in the sweep's next request."
+    )
     tasks: list[TaskBatchItemOut] = Field(description="The new tasks, in the order they were given.")
 
 
 class TaskCreated(TaskOut):
     upload_url: str | None = Field(description="Where to PUT the input archive; null when it came inline.")
     position_in_queue: int | None = None
+    batch: str | None = Field(None, description="The batch the task belongs to, if it is one of a sweep.")
+
+    @staticmethod
+    def resolve_batch(obj) -> str | None:
+        return obj.batch_id
 
 
 class PositionOut(Schema):

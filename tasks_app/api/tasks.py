@@ -165,7 +165,7 @@ def _made_by(request: HttpRequest, key: str | None, group_name: str) -> list[Tas
     earlier = list(
         Task.objects.filter(owner=request.user, request_key__in=[key, services.batch_key(key, 0)])
         .select_related("machine_group")
-        .only("id", "request_key", "machine_group__name")
+        .only("id", "request_key", "batch_id", "machine_group__name")
     )
     if not earlier:
         return []
@@ -236,6 +236,8 @@ def create_task(request: HttpRequest, payload: s.TaskIn, idempotency_key: str | 
                 request_key=key,
                 remote_assets=payload.remote_assets,
                 storage_dir=payload.storage_dir,
+                batch=payload.batch,
+                batch_size=payload.batch_size,
             )
             if inline is not None:
                 services.accept_input(
@@ -245,6 +247,10 @@ def create_task(request: HttpRequest, payload: s.TaskIn, idempotency_key: str | 
         # The same request, sent twice at once: the other one made the task.
         if earlier := _made_by(request, key, group.name):
             return Reply(201, _created(task_for(request.user, earlier[0].id)))
+        raise
+    except services.Refused:
+        if payload.batch:  # the client's sweep stops here (after the rollback of this request)
+            services.end_sweep(request.user, payload.batch)
         raise
     # Everything the answer shows is at hand: no need to read the task again.
     task.owner, task.machine_group = request.user, group
@@ -285,13 +291,15 @@ def create_batch(request: HttpRequest, payload: s.TaskBatchIn, idempotency_key: 
                 input_archive=inline,
                 input_sha256=payload.input_sha256 or "",
                 request_key=key,
+                batch=payload.batch,
+                batch_size=payload.batch_size,
             )
         except IntegrityError:
             # The same batch, sent twice at once: the other one made the tasks.
             if not (tasks := _made_by(request, key, group.name)):
                 raise
     items = [{"id": t.id, "status": t.status, "upload_url": _created(t).upload_url} for t in tasks]
-    return Reply(201, {"machine_group": group.name, "tasks": items})
+    return Reply(201, {"machine_group": group.name, "batch": tasks[0].batch_id, "tasks": items})
 
 
 @router.put("/{task_id}/input", response={200: s.TaskDetailOut, **ERRORS})

@@ -20,10 +20,11 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from django.utils import timezone
 
-from tasks_app.simulators.progress import ProgressReader
+from tasks_app.simulators.progress import ProgressReader, read_progress_file
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,14 @@ class Pace:
 class ProgressWatch:
     """One run's progress: fed by the output threads, read by the watch about once a second."""
 
-    def __init__(self, reader: ProgressReader, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, reader: ProgressReader, clock: Callable[[], float] = time.monotonic, folder: Path | None = None
+    ):
         self.reader = reader
         self.clock = clock
+        self.folder = folder  # the work folder, where the simulation may keep its progress file
         self.printed: float | None = None  # the last SIMDECK_PROGRESS (or the reader's) from the output
+        self.filed: float | None = None  # the last fraction its progress file held
         self.pace = Pace()
         self.recorded: tuple[float | None, dt.datetime | None] = (None, None)
 
@@ -95,6 +100,13 @@ class ProgressWatch:
     def current(self) -> float | None:
         if self.printed is not None:  # what the simulation says outright comes first
             return self.printed
+        if self.folder is not None:
+            # A file caught half written holds no fraction: the last one it held stands.
+            found = read_progress_file(self.folder)
+            if found is not None:
+                self.filed = found
+            if self.filed is not None:
+                return self.filed
         try:
             return self.reader.look()
         except Exception:

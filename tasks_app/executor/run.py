@@ -365,7 +365,9 @@ class Execution:
         if sandbox.enabled():
             self.box = self.make_box(simulator)
             run_dir = Path(sandbox.WORKDIR)
-        self.progress = ProgressWatch(simulator.progress_reader(self.workdir, self.task.parameters))
+        self.progress = ProgressWatch(
+            simulator.progress_reader(self.workdir, self.task.parameters), folder=self.workdir
+        )
         try:
             invocations = simulator.invocations(self.workdir, self.task.parameters, run_dir=run_dir)
         except sims.SimulatorMissing as exc:

@@ -51,6 +51,9 @@ STOP_GRACE_SECONDS = 30.0
 QUIET_SECONDS = 15.0
 
 
+POOL = "tasks_app.executor.pool:TaskPool"
+
+
 def worker_command(machine: Machine) -> list[str]:
     """The machine's worker: one process, its task on a thread of its own.
 
@@ -60,6 +63,7 @@ def worker_command(machine: Machine) -> list[str]:
     thread stays free while a task runs: it answers remote control
     (``tasks_app.executor.inspect``) and keeps the broker connection alive,
     which the ``solo`` pool, running the task on the main thread, would not.
+    The pool is Celery's thread pool that wakes the worker when its task ends.
     """
     return [
         sys.executable,
@@ -71,7 +75,7 @@ def worker_command(machine: Machine) -> list[str]:
         "--queues",
         machine.group.queue_name,
         "--pool",
-        "threads",
+        "custom",  # POOL, named in the environment (worker_environment)
         "--concurrency",
         "1",
         "--prefetch-multiplier",
@@ -83,6 +87,16 @@ def worker_command(machine: Machine) -> list[str]:
         "--loglevel",
         "INFO",
     ]
+
+
+def worker_environment(machine: Machine) -> dict[str, str]:
+    """What a machine's worker finds in its environment beside the platform's own."""
+    return {
+        "SIMDECK_MACHINE_ID": str(machine.pk),
+        "SIMDECK_INSTANCE": instance(),
+        # Celery takes a pool of its own only by this name, with --pool custom.
+        "CELERY_CUSTOM_WORKER_POOL": POOL,
+    }
 
 
 def cpu_set(vcpus: int, slot: int) -> list[int] | None:
@@ -291,7 +305,7 @@ class LocalProvider:
     def spawn(self, group: MachineGroup) -> Machine:
         machine = Machine.objects.create(group=group, name=f"{group.name}-{secrets.token_hex(3)}")
         machine.group = group
-        env = dict(os.environ, SIMDECK_MACHINE_ID=str(machine.pk), SIMDECK_INSTANCE=instance())
+        env = os.environ | worker_environment(machine)
         logfile = open(self.log_dir / f"{machine.name}.log", "ab")
         proc = subprocess.Popen(
             worker_command(machine),

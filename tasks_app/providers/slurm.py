@@ -37,7 +37,7 @@ from tasks_app import broker, lifecycle, services
 from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
-from tasks_app.providers.local import instance, worker_command
+from tasks_app.providers.local import worker_command, worker_environment
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +244,11 @@ def submit(machine: Machine) -> str:
     # The pilot's environment is this process' (the database, the broker,
     # the storage) with the machine's marks and what the nodes need instead;
     # handed over by sbatch, so none of it is written into the script.
-    env = os.environ | {
-        "SIMDECK_MACHINE_ID": str(machine.pk),
-        "SIMDECK_INSTANCE": instance(),
-        **{str(k): str(v) for k, v in settings.SIMDECK_SLURM_ENV.items()},
-    }
+    env = (
+        os.environ
+        | worker_environment(machine)
+        | {str(k): str(v) for k, v in settings.SIMDECK_SLURM_ENV.items()}
+    )
     out = run("sbatch", *args, stdin=pilot_script(machine), env=env)
     return out.strip().split(";")[0]
 

@@ -36,6 +36,7 @@ from tasks_app.services.submissions import (
     batch_key,
     create_task,
     create_tasks,
+    end_sweep,
     enqueue,
     start_direct_input,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "create_group",
     "create_task",
     "create_tasks",
+    "end_sweep",
     "enqueue",
     "group_usage",
     "kill_all",

@@ -12,6 +12,11 @@ From :data:`WARN_FRACTION` of it on, the project's members see a warning;
 from all of it, new tasks of the project are refused with a message naming
 the budget, the use and who may raise it. Tasks already submitted run on: a
 budget stops new work, it never throws away work paid for.
+
+The level each budget reached is kept on it (:func:`record_levels`, run by
+the scheduler about once a minute and whenever a budget is set or a task
+refused): the banner on every console page reads it in one query
+(:func:`banner`), and a level newly reached is what notifications tell.
 """
 
 from __future__ import annotations
@@ -102,12 +107,47 @@ def states(project_ids) -> list[BudgetState]:
     return found
 
 
-def warnings(user) -> list[BudgetState]:
-    """Budgets of the user's projects at or above the warning level (not staff's view of every project)."""
+LEVELS = ("ok", "warning", "exhausted")
+
+
+def record_levels(project_ids=None, now=None) -> int:
+    """Keep on each budget (of these projects, or all) the level its use reached this month.
+
+    A level higher than the one kept is stamped ``alert_at``: notifications
+    tell it once. A lower one (the budget was raised, a new month began) is
+    kept without a stamp, so reaching the higher level again is told again.
+    Returns how many budgets reached a higher level.
+    """
+    now = now or timezone.now()
+    month = now.date().replace(day=1)
+    found = states(Budget.objects.values("project_id") if project_ids is None else project_ids)
+    raised = 0
+    for state in found:
+        budget = state.budget
+        kept = budget.alert_level if budget.alert_month == month else "ok"
+        changes = {"alert_month": month, "alert_level": state.level, "alert_summary": state.summary}
+        if LEVELS.index(state.level) > LEVELS.index(kept):
+            changes["alert_at"] = now
+            raised += 1
+        elif all(getattr(budget, field) == value for field, value in changes.items()):
+            continue
+        # Guarded by what was read, so a budget changed meanwhile is measured again next time.
+        Budget.objects.filter(pk=budget.pk, monthly_limit=budget.monthly_limit, kind=budget.kind).update(
+            **changes
+        )
+    return raised
+
+
+def banner(user) -> list[Budget]:
+    """Budgets of the user's projects at 80 % or more this month, as last measured: one query."""
     if not user.is_authenticated:
         return []
-    mine = Membership.objects.filter(user=user).values("project_id")
-    return [s for s in states(mine) if s.level != "ok"]
+    month = timezone.now().date().replace(day=1)
+    return list(
+        Budget.objects.filter(project__memberships__user=user, alert_month=month, alert_level__in=LEVELS[1:])
+        .select_related("project")
+        .order_by("project__name")
+    )
 
 
 def check_submission(project_id: int) -> None:
@@ -115,6 +155,8 @@ def check_submission(project_id: int) -> None:
     for state in states([project_id]):
         if state.level == "exhausted":
             project = state.project
+            if state.budget.alert_level != "exhausted":
+                record_levels([project_id])
             maintainers = sorted(
                 Membership.objects.filter(project=project, role=Role.MAINTAINER).values_list(
                     "user__username", flat=True
@@ -162,6 +204,7 @@ def set_budget(user, project: Project, kind: str, monthly_limit) -> Budget:
         project=project,
         defaults={"kind": kind, "monthly_limit": limit, "set_by": user, "set_at": timezone.now()},
     )
+    record_levels([project.pk])
     audit.record(
         "budget-set",
         user,

@@ -1,8 +1,12 @@
-"""Telling people that their tasks and groups ended, through Apprise URLs.
+"""Telling people that their tasks, batches and groups ended and budgets ran low.
 
 A user adds destinations (:class:`~tasks_app.models.NotificationRule`): an
 Apprise URL (``mailtos://``, ``slack://``, ``matrix://``, ``msteams://``,
-``json://`` for a webhook, …) and what to hear of. The lifecycle knows
+``json://`` for a webhook, …) or, where an admin set up a mail server
+(``EMAIL_URL``), a plain e-mail address sent through Django's mail backend;
+and what to hear of: tasks that end (or fail), batches whose tasks all ended
+and machine groups left with nothing to run, terminated groups, budgets at
+80 % and 100 %. The lifecycle knows
 nothing of them: the scheduler looks every few seconds at what ended since
 its last look (:func:`due`) and queues one Celery message per delivery, which
 tries again with a growing wait when the destination does not answer. So a
@@ -19,14 +23,16 @@ import logging
 import socket
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from tasks_app import access
 from tasks_app.errors import Refused
-from tasks_app.models import NotificationRule, Task
-from tasks_app.statuses import FAILURES
+from tasks_app.models import Batch, Budget, MachineGroup, Membership, NotificationRule, Task
+from tasks_app.statuses import FAILURES, Status
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +48,26 @@ class NotDelivered(Exception):
     """The destination did not take the message (Celery tries again)."""
 
 
+def is_email(url: str) -> bool:
+    """A plain e-mail address (no scheme): sent through the server's own mail backend."""
+    return "://" not in url and "@" in url
+
+
+def mail_configured() -> bool:
+    """Whether an admin set up a mail server (``EMAIL_URL``) for plain e-mail addresses."""
+    return bool(settings.EMAIL_URL)
+
+
 def check_url(url: str) -> str:
     url = (url or "").strip()
     if not url:
         raise Refused(
-            "Give the destination as an Apprise URL, e.g. json://hooks.example.org/simdeck.", field="url"
+            "Give the destination as an Apprise URL, e.g. json://hooks.example.org/simdeck"
+            + (", or an e-mail address." if mail_configured() else "."),
+            field="url",
         )
+    if is_email(url):
+        return _check_email(url)
     import apprise  # here: its plugins cost each process that never sends (a machine) about 4 MB
 
     if len(url) > 2000 or apprise.Apprise.instantiate(url) is None:
@@ -69,14 +89,33 @@ def check_url(url: str) -> str:
     return url
 
 
+def _check_email(address: str) -> str:
+    try:
+        validate_email(address)
+    except ValidationError:
+        raise Refused(
+            f"{address!r} is not an e-mail address; write one such as alice@example.org, "
+            "or an Apprise URL such as json://hooks.example.org/path.",
+            field="url",
+        ) from None
+    if not mail_configured():
+        raise Refused(
+            "This server has no mail server to send e-mail from (an admin sets EMAIL_URL). Give an "
+            "Apprise URL that sends through your own mail account instead, such as "
+            "mailtos://user:password@example.org?to=" + address + ".",
+            field="url",
+        )
+    return address
+
+
 def private_address(url: str) -> str | None:
     """The address of the destination's host when it is not a public one (and such hosts are not allowed).
 
     Checked when a destination is added and again before each message: the
     name may point elsewhere by then.
     """
-    if settings.SIMDECK_NOTIFY_PRIVATE_HOSTS:
-        return None
+    if settings.SIMDECK_NOTIFY_PRIVATE_HOSTS or is_email(url):
+        return None  # e-mail goes to the mail server the admin chose
     import apprise
 
     host = (getattr(apprise.Apprise.instantiate(url), "host", None) or "").strip("[]")
@@ -95,12 +134,24 @@ def private_address(url: str) -> str | None:
 
 def masked(url: str) -> str:
     """The URL to show back: its scheme and host, not the credentials and tokens it may carry."""
+    if is_email(url):
+        return url  # the user's own address, nothing secret in it
     scheme, _, rest = url.partition("://")
     host = rest.split("/", 1)[0].rsplit("@", 1)[-1].split("?", 1)[0]
     return f"{scheme}://{host}/…"
 
 
-def add_rule(user, *, label: str, url: str, project=None, tasks: str = "ended", groups_terminated=False):
+def add_rule(
+    user,
+    *,
+    label: str,
+    url: str,
+    project=None,
+    tasks: str = "ended",
+    groups_terminated=False,
+    batches=False,
+    budgets=False,
+):
     if tasks not in NotificationRule.Tasks.values:
         raise Refused(
             f"Choose which tasks to hear of: {', '.join(NotificationRule.Tasks.values)}.", field="tasks"
@@ -117,11 +168,15 @@ def add_rule(user, *, label: str, url: str, project=None, tasks: str = "ended", 
         project=project,
         tasks=tasks,
         groups_terminated=bool(groups_terminated),
+        batches=bool(batches),
+        budgets=bool(budgets),
     )
 
 
 def deliver(url: str, title: str, body: str) -> None:
-    """Send one message now; raises :class:`NotDelivered` with Apprise's reason."""
+    """Send one message now; raises :class:`NotDelivered` with Apprise's (or the mail server's) reason."""
+    if is_email(url):
+        return _mail(url, title, body)
     where = private_address(url)
     if where:
         raise NotDelivered(f"its host is now at {where}, on this host or a private network")
@@ -132,6 +187,17 @@ def deliver(url: str, title: str, body: str) -> None:
         raise NotDelivered("the URL is no longer one Apprise can use")
     if not sender.notify(title=title, body=body):
         raise NotDelivered("the destination did not accept the message")
+
+
+def _mail(address: str, title: str, body: str) -> None:
+    if not mail_configured():
+        raise NotDelivered("this server no longer has a mail server to send e-mail from")
+    from django.core.mail import send_mail
+
+    try:
+        send_mail(title, body, None, [address])
+    except (OSError, ValueError) as exc:  # smtplib's errors are OSErrors
+        raise NotDelivered(f"the mail server did not take it ({exc})") from None
 
 
 def send_test(rule: NotificationRule) -> str | None:
@@ -195,6 +261,10 @@ def _news(rule: NotificationRule, since: dt.datetime, until: dt.datetime) -> lis
             news.append(_task_message(task))
         if len(tasks) > BURST:
             news.append(("Simdeck: more tasks ended", f"More than {BURST} tasks ended; see the console."))
+    if rule.batches:
+        news += _batches_ended(rule, scope, since, until)
+    if rule.budgets:
+        news += _budgets_reached(rule, since, until)
     if rule.groups_terminated:
         groups = access.visible_groups(rule.user).filter(
             terminated_at__gt=since,
@@ -209,6 +279,92 @@ def _news(rule: NotificationRule, since: dt.datetime, until: dt.datetime) -> lis
                     f"{group.termination_reason or 'no reason given'}.",
                 )
             )
+    return news
+
+
+def _counted(query):
+    """Each batch or group with how many tasks it has, how many have not ended, succeeded, failed."""
+    return query.annotate(
+        total=Count("tasks"),
+        open=Count("tasks", filter=Q(tasks__ended_at__isnull=True)),
+        succeeded=Count("tasks", filter=Q(tasks__status=Status.SUCCESS)),
+        failed=Count("tasks", filter=Q(tasks__status__in=sorted(FAILURES))),
+    )
+
+
+def _tally(found) -> str:
+    other = found.total - found.succeeded - found.failed
+    return f"{found.succeeded} succeeded, {found.failed} failed" + (f", {other} otherwise" if other else "")
+
+
+def _batches_ended(rule: NotificationRule, scope: Q, since: dt.datetime, until: dt.datetime):
+    """Batches whose last task ended in this look, and groups that were left with no task to run.
+
+    One query for what ended in the look, then one per kind when anything did.
+    """
+    news = []
+    # Whose: the project's batches and groups, or the user's own (a group of theirs
+    # counts whoever's task ended last in it).
+    mine = {"project": rule.project} if rule.project_id else {"owner": rule.user}
+    if not rule.project_id:
+        scope |= Q(machine_group__owner=rule.user)
+    ended = access.visible_tasks(rule.user).filter(scope, ended_at__gt=since, ended_at__lte=until)
+    seen = list(ended.values_list("batch_id", "machine_group_id").distinct()[: BURST * 10])
+    batch_ids = {b for b, _ in seen if b}
+    group_ids = {g for _, g in seen}
+    whole_batches = {}
+    if batch_ids:
+        batches = Batch.objects.filter(pk__in=batch_ids, **mine).select_related("machine_group")
+        for batch in _counted(batches.order_by("created_at")):
+            if batch.open or batch.total < batch.size:
+                continue
+            whole_batches[batch.machine_group_id] = batch.total
+            news.append(
+                (
+                    f"Simdeck: batch {batch.id} ended",
+                    f"All {batch.total} tasks of batch {batch.id} on {batch.machine_group.name} ended: "
+                    f"{_tally(batch)}.",
+                )
+            )
+    groups = access.visible_groups(rule.user).filter(pk__in=group_ids, **mine)
+    for group in _counted(groups.order_by("name")) if group_ids else []:
+        if group.open or whole_batches.get(group.pk) == group.total:
+            continue  # still busy, or it ran one batch alone: told above
+        news.append(
+            (
+                f"Simdeck: machine group {group.name} has no task left",
+                f"All {group.total} tasks of machine group {group.name} ended: {_tally(group)}."
+                + (
+                    " Its machines idle until it is terminated or its idle time runs out."
+                    if group.state == MachineGroup.State.STARTED
+                    else ""
+                ),
+            )
+        )
+    return news[:BURST]
+
+
+def _budgets_reached(rule: NotificationRule, since: dt.datetime, until: dt.datetime):
+    """Budgets of the rule's project (or of every project the user is in) that reached 80 % or 100 %."""
+    if rule.project_id:
+        projects = access.visible_projects(rule.user).filter(pk=rule.project_id).values("pk")
+    else:
+        projects = Membership.objects.filter(user=rule.user).values("project_id")
+    found = Budget.objects.filter(
+        project__in=projects,
+        alert_at__gt=since,
+        alert_at__lte=until,
+        alert_level__in=["warning", "exhausted"],
+    ).select_related("project")
+    news = []
+    for budget in found.order_by("project__name")[:BURST]:
+        if budget.alert_level == "exhausted":
+            title = f"Simdeck: project {budget.project.name} used up its monthly budget"
+            then = "New tasks of the project are refused until the month ends or the budget is raised."
+        else:
+            title = f"Simdeck: project {budget.project.name} used 80 % of its monthly budget"
+            then = "New tasks will be refused at 100 %."
+        news.append((title, f"{budget.alert_summary} {then}"))
     return news
 
 

@@ -17,7 +17,7 @@ from tasks_app import access, audit, broker, inputs, lifecycle, quotas, storage
 from tasks_app import simulators as sims
 from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, Machine, MachineGroup, Project, Task
+from tasks_app.models import Activity, Batch, Machine, MachineGroup, Project, Task
 from tasks_app.services import project_storage
 from tasks_app.services import remote_assets as remote_assets_service
 from tasks_app.services.budgets import check_submission as check_budget
@@ -131,15 +131,26 @@ def create_task(
     request_key: str | None = None,
     remote_assets: list[str] | None = None,
     storage_dir: str = "",
+    batch: str | None = None,
+    batch_size: int | None = None,
 ) -> Task:
     """A new task waiting for its input. Every call makes a new task.
 
     ``request_key`` is the client's key for its request; a second task with
-    the same key of the same user violates a constraint (see the API).
+    the same key of the same user violates a constraint (see the API). A
+    sweep sent task by task (each its own input) is a batch as well: its
+    first task gives ``batch_size``, the next ones name the ``batch``.
     ``remote_assets`` are paths of storage the machine adds to the input
     (:mod:`tasks_app.services.remote_assets`); ``storage_dir`` a folder of the
     project's storage the outputs are also kept in.
     """
+    joined = _batch_joined(user, batch, machine_group, 1) if batch else None
+    if batch_size is not None and not 1 <= batch_size <= SWEEP_MAX_TASKS:
+        raise Refused(
+            f"batch_size is how many tasks the whole sweep holds: from 1 to {SWEEP_MAX_TASKS:,}, "
+            f"not {batch_size}.",
+            field="batch_size",
+        )
     assets = []
     if remote_assets:
         # Read with the user's rights in the group's project, so those are checked first.
@@ -162,6 +173,11 @@ def create_task(
         user, target, machine_group, adapter, parameters, metadata, resubmit_on_preemption, ttl, request_key
     )
     task.storage_dir = storage_dir
+    if joined is None and batch_size is not None:  # the first task of a sweep: its batch starts
+        joined = Batch.objects.create(
+            owner=user, project_id=machine_group.project_id, machine_group=machine_group, size=batch_size
+        )
+    task.batch = joined
     task.save(force_insert=True)
     remote_assets_service.save(task, assets)
     return task
@@ -293,8 +309,15 @@ def create_tasks(
     input_archive: bytes | None = None,
     input_sha256: str = "",
     request_key: str | None = None,
+    batch: str | None = None,
+    batch_size: int | None = None,
 ) -> list[Task]:
     """Many tasks at once, all or none, sharing one machine group and one input archive.
+
+    They belong to one :class:`~tasks_app.models.Batch`: a new one holding
+    ``batch_size`` tasks in all (these by default), or the one named by
+    ``batch``, which an earlier request of the same sweep started. A refused
+    request that names a batch ends its sweep: the batch keeps what it has.
 
     Each spec holds what :func:`create_task` takes besides the group and
     the input (``simulator``, ``parameters``, ``project``, ``time_to_live``,
@@ -303,6 +326,76 @@ def create_tasks(
     the message and in ``field`` (``tasks.<index>.<field>``). With the
     archive the tasks are queued at once; without, each waits for its input.
     """
+    joined = _batch_joined(user, batch, machine_group, len(specs)) if batch else None
+    if batch_size is not None and not len(specs) <= batch_size <= SWEEP_MAX_TASKS:
+        raise Refused(
+            f"batch_size is how many tasks the whole sweep holds: at least the {len(specs)} of this "
+            f"request and at most {SWEEP_MAX_TASKS:,}, not {batch_size}.",
+            field="batch_size",
+        )
+    try:
+        return _create_tasks(
+            user,
+            specs,
+            machine_group=machine_group,
+            input_files=input_files,
+            input_archive=input_archive,
+            input_sha256=input_sha256,
+            request_key=request_key,
+            batch=joined,
+            batch_size=batch_size or len(specs),
+        )
+    except Refused:
+        if joined is not None:
+            end_sweep(user, joined.pk)
+        raise
+
+
+def end_sweep(user, batch_id: str) -> None:
+    """A request of the sweep was refused, and the client stops there: the batch is what was made."""
+    Batch.objects.filter(pk=batch_id, owner=user).update(size=Task.objects.filter(batch_id=batch_id).count())
+
+
+# A sweep of more tasks than this is a mistake (it could never be told to have ended).
+SWEEP_MAX_TASKS = 1_000_000
+
+
+def _batch_joined(user, batch_id: str, group: MachineGroup, count: int) -> Batch:
+    """The batch an earlier request of the sweep started, with room for ``count`` more tasks."""
+    found = Batch.objects.filter(pk=str(batch_id)[:100], owner=user).first()
+    if found is None:
+        raise Refused(
+            f"No batch {batch_id} of yours: give the batch id the first request of the sweep answered, "
+            "or none to start a new batch.",
+            field="batch",
+        )
+    if found.machine_group_id != group.pk:
+        raise Refused(
+            f"Batch {found.id} runs on another machine group; a batch's tasks share one group.",
+            field="batch",
+        )
+    held = Task.objects.filter(batch=found).count()
+    if held + count > found.size:
+        raise Refused(
+            f"Batch {found.id} was to hold {found.size} tasks and has {held}; these {count} would make "
+            f"{held + count}. Start a new batch, or give the whole sweep's size in batch_size.",
+            field="batch",
+        )
+    return found
+
+
+def _create_tasks(
+    user,
+    specs: list[dict],
+    *,
+    machine_group: MachineGroup,
+    input_files: list[str],
+    input_archive: bytes | None,
+    input_sha256: str,
+    request_key: str | None,
+    batch: Batch | None,
+    batch_size: int,
+) -> list[Task]:
     if not specs:
         raise Refused("The batch holds no tasks; give at least one in tasks.", field="tasks")
     if len(specs) > BATCH_MAX_TASKS:
@@ -360,6 +453,12 @@ def create_tasks(
         group = lock_group_shared(machine_group.pk)
         if not group.is_accepting_tasks:
             raise _terminated(group, "was terminated meanwhile")
+        if batch is None:
+            batch = Batch.objects.create(
+                owner=user, project_id=group.project_id, machine_group_id=group.pk, size=batch_size
+            )
+        for task in tasks:
+            task.batch = batch
         if input_archive is not None:
             now = timezone.now()
             for position, task in enumerate(tasks):

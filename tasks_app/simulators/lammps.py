@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from tasks_app.simulators.base import InvalidParameters
 from tasks_app.simulators.programs import ErrorMarker, ProgramSuite, run_for_output
+from tasks_app.simulators.progress import Furthest, ProgressReader
+
+# An input script's "run N" (its keywords after N change nothing of the count,
+# except "upto", which runs to step N instead of N more).
+RUN = re.compile(r"^[ \t]*run[ \t]+(\S+)(.*)$", re.MULTILINE)
+# Commands that make the number of steps unknowable before the run.
+UNCOUNTABLE = re.compile(r"^[ \t]*(include|jump|label|next|minimize|rerun|clear)\b", re.MULTILINE)
 
 
 class Lammps(ProgramSuite):
@@ -75,3 +82,65 @@ class Lammps(ProgramSuite):
 
     def command_lines(self, parameters: dict) -> list[str]:
         return [shlex.join(["lmp", "-in", parameters["sim_config_filename"]])]
+
+    def progress_reader(self, workdir: Path, parameters: dict) -> ProgressReader:
+        """Steps done against the steps of the script's ``run`` commands, from the thermo output.
+
+        Only for a script whose runs can be counted before it starts: plain
+        ``run N`` with N a number, no loops, includes or minimisations.
+        """
+        try:
+            script = (Path(workdir) / parameters["sim_config_filename"]).read_text(errors="replace")
+        except (OSError, KeyError):
+            return ProgressReader()
+        script = re.sub(r"#.*", "", script)
+        runs = RUN.findall(script)
+        if not runs or UNCOUNTABLE.search(script) or "$" in script:
+            return ProgressReader()
+        try:
+            steps = [int(count) for count, rest in runs if "upto" not in rest.split()]
+        except ValueError:
+            return ProgressReader()
+        if len(steps) != len(runs) or sum(steps) <= 0:
+            return ProgressReader()
+        return ThermoSteps(steps)
+
+
+class ThermoSteps(Furthest):
+    """Steps done, from the step column of LAMMPS' thermo lines.
+
+    Each run prints a header whose first column is ``Step``, a line per
+    ``thermo`` interval starting with the step number, and ``Loop time of``
+    when it ends; the step number goes on from run to run.
+    """
+
+    def __init__(self, runs: list[int]):
+        super().__init__()
+        self.runs, self.total = runs, sum(runs)
+        self.finished = 0  # runs ended
+        self.first: int | None = None  # the first step of the current run
+        self.in_table = False
+
+    def fraction(self, data: bytes) -> float | None:
+        found = None
+        for line in data.splitlines():
+            words = line.split()
+            if not words:
+                continue
+            if words[0] == b"Step":
+                self.in_table, self.first = True, None
+            elif line.startswith(b"Loop time of"):
+                self.in_table = False
+                if self.finished < len(self.runs):
+                    self.finished += 1
+                found = self.done(0)
+            elif self.in_table and words[0].isdigit():
+                step = int(words[0])
+                if self.first is None:
+                    self.first = step
+                found = self.done(step - self.first)
+        return found
+
+    def done(self, into_run: int) -> float:
+        current = self.runs[self.finished] if self.finished < len(self.runs) else 0
+        return (sum(self.runs[: self.finished]) + min(into_run, current)) / self.total

@@ -19,6 +19,13 @@ from pathlib import Path, PurePosixPath
 from tasks_app.simulators.base import InvalidParameters, SimulatorMissing
 from tasks_app.simulators.debian import package_programs
 from tasks_app.simulators.programs import ErrorMarker, ProgramSuite
+from tasks_app.simulators.progress import Furthest, ProgressReader
+
+# A solver prints the simulated time at each step: "Time = 0.005" (the
+# Foundation's recent releases add the unit: "Time = 0.005s").
+TIME_LINE = re.compile(rb"^Time = ([-+0-9.eE]+)s?[ \t]*\r?$", re.MULTILINE)
+# One entry of a dictionary: "endTime         0.5;".
+ENTRY = r"^[ \t]*{}[ \t]+([^;\s]+)[ \t]*;"
 
 # Where OpenFOAM's etc/bashrc is: Debian's package, then openfoam.com's packages.
 BASHRC_PLACES = ("/usr/share/openfoam/etc/bashrc", "/usr/lib/openfoam/openfoam*/etc/bashrc")
@@ -165,3 +172,43 @@ class OpenFoam(ProgramSuite):
 
     def runs_under_mpi(self, argv: list[str]) -> bool:
         return "-parallel" in argv
+
+    def progress_reader(self, workdir: Path, parameters: dict) -> ProgressReader:
+        """The solver's simulated time between the case's startTime and endTime.
+
+        Only where ``system/controlDict`` stops at a fixed ``endTime`` (a
+        case may stop otherwise, or compute its times with ``#calc``); a
+        solver whose output a script sends to a file shows nothing here.
+        """
+        try:
+            control = (Path(workdir) / "system" / "controlDict").read_text(errors="replace")
+        except OSError:
+            return ProgressReader()
+        entries = {}
+        for name in ("stopAt", "startTime", "endTime"):
+            found = re.search(ENTRY.format(name), control, re.MULTILINE)
+            entries[name] = found.group(1) if found else None
+        try:
+            start, end = float(entries["startTime"] or 0), float(entries["endTime"] or "")
+        except ValueError:
+            return ProgressReader()
+        if entries["stopAt"] not in (None, "endTime") or end <= start:
+            return ProgressReader()
+        return SolverTime(start, end)
+
+
+class SolverTime(Furthest):
+    """How far the solver's simulated time is from the start to the end of the case."""
+
+    def __init__(self, start: float, end: float):
+        super().__init__()
+        self.start, self.end = start, end
+
+    def fraction(self, data: bytes) -> float | None:
+        if b"Time = " not in data:
+            return None
+        times = TIME_LINE.findall(data)
+        try:
+            return (float(times[-1]) - self.start) / (self.end - self.start) if times else None
+        except ValueError:
+            return None

@@ -31,7 +31,6 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import Http404
 from django.template.loader import render_to_string
-from django.utils.html import escape
 
 from tasks_app import access, live, storage
 from tasks_app.lifecycle import TERMINAL, Status
@@ -399,7 +398,7 @@ class TaskLogConsumer(_TaskSocket):
         if not self.json:
             # The page's log view is replaced by the backlog on every
             # (re)connect, so a reconnect neither repeats nor skips lines.
-            await self.send('<div id="log-lines" hx-swap-oob="innerHTML"></div>')
+            await self.send(render_to_string("tasks/live_log.html#restart"))
         # A full backlog that does not reach the start mark leaves earlier lines out.
         self.cut = len(backlog) == BACKLOG_BATCHES and backlog[-1][1].get(b"s") != b"begin"
         if backlog and not await self.deliver(list(reversed(backlog))):
@@ -418,7 +417,7 @@ class TaskLogConsumer(_TaskSocket):
                 await self.send(
                     json.dumps({"type": "end", "id": entry_id.decode()})
                     if self.json
-                    else '<span id="log-end" hx-swap-oob="true">Ended.</span>'
+                    else render_to_string("tasks/live_log.html#ended")
                 )
                 await self.close()
                 return False
@@ -459,25 +458,23 @@ class TaskLogConsumer(_TaskSocket):
         self.batch_number += 1
         self.batches.append((self.batch_number, count))
         self.lines_shown += count
-        removals = []
+        removed = []
         while self.lines_shown > PAGE_LINES and len(self.batches) > 1:
             number, lines = self.batches.popleft()
             self.lines_shown -= lines
-            removals.append(f'<div id="log-b{number}" hx-swap-oob="delete"></div>')
-        if (removals or self.cut) and not self.hidden:
-            self.hidden = True
-            removals.append(
-                '<p id="log-hidden" class="notice small" hx-swap-oob="true">'
-                f"Earlier lines are hidden to keep this page fast; it shows the last {PAGE_LINES:,} "
-                "lines. Download the whole log with the links above, or print it with "
-                f"<code>simdeck logs {escape(self.task_id)}</code>.</p>"
-            )
-        pres = "".join(f'<pre class="log-{stream}">{escape(text)}</pre>' for stream, text in parts)
-        return (
-            "".join(removals)
-            + f'<div id="log-lines" hx-swap-oob="beforeend"><div id="log-b{self.batch_number}" '
-            f'data-id="{last_id}">{pres}</div></div>'
-        )
+            removed.append(number)
+        hidden_note = bool(removed or self.cut) and not self.hidden
+        self.hidden = self.hidden or hidden_note
+        context = {
+            "removed": removed,
+            "hidden_note": hidden_note,
+            "page_lines": f"{PAGE_LINES:,}",
+            "task_id": self.task_id,
+            "number": self.batch_number,
+            "last_id": last_id,
+            "parts": parts,
+        }
+        return render_to_string("tasks/live_log.html#batch", context)
 
     async def send_stored_tail(self) -> None:
         """An ended task whose live stream expired: its stored log, then the end."""

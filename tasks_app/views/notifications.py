@@ -34,6 +34,8 @@ def notification_rules(request: HttpRequest) -> HttpResponse:
                 project=project,
                 tasks=data.get("tasks", "ended"),
                 groups_terminated=bool(data.get("groups_terminated")),
+                batches=bool(data.get("batches")),
+                budgets=bool(data.get("budgets")),
             )
         except Refused as exc:
             error, status = str(exc), 400
@@ -49,6 +51,7 @@ def notification_rules(request: HttpRequest) -> HttpResponse:
         "projects": access.visible_projects(request.user).order_by("name").values_list("name", flat=True),
         "task_choices": NotificationRule.Tasks.choices,
         "error": error,
+        "mail": notifications.mail_configured(),
         "posted": request.POST if error else {},
     }
     return render(request, "notifications.html", context, status=status)

@@ -16,7 +16,6 @@ from tasks_app import access, lifecycle, services, task_counts
 from tasks_app.forms import APIKeyForm
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Machine, MachineGroup, Membership, Task
-from tasks_app.services import budgets
 from tasks_app.views import diagram
 from tasks_app.views.groups import with_counts
 
@@ -28,8 +27,7 @@ CHART_W, CHART_H = 480, 120
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     """What is going on now: counts, what runs, queues, failures, throughput, machines."""
-    context = overview_context(request.user) | {"budget_warnings": budgets.warnings(request.user)}
-    return render(request, "overview.html", context)
+    return render(request, "overview.html", overview_context(request.user))
 
 
 def overview_context(user) -> dict:

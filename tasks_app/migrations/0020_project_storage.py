@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tasks_app', '0018_notification_rules'),
+        ('tasks_app', '0019_notify_more'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
