@@ -115,7 +115,7 @@ def download_project(
     output_dir: Annotated[str | None, typer.Option("--dir", help="Folder to download into.")] = None,
 ):
     """Download the outputs of a project's successful tasks, each into its own folder."""
-    projects.Project(name).download_outputs(output_dir=output_dir)
+    projects.Project(name, create=False).download_outputs(output_dir=output_dir)
 
 
 @app.command("costs")

@@ -1,8 +1,8 @@
 """Projects: the folders your tasks are filed in.
 
-A project is created the first time a task names it
-(``run(..., project="dam-break")``); without a name tasks go to your own
-``<username>-default`` project.
+A project is created by ``Project("dam-break")`` or the first time a task
+names it (``run(..., project="dam-break")``); without a name tasks go to
+your own ``<username>-default`` project.
 """
 
 from __future__ import annotations
@@ -20,13 +20,21 @@ NAME = re.compile(r"^[\w.\- ]{1,128}$")
 
 
 class Project:
-    def __init__(self, name: str):
+    """A project by name, made (with you as its maintainer) when none has that name yet.
+
+    ``create=False`` only names it: asking about a project that is not
+    there is then an error that names it.
+    """
+
+    def __init__(self, name: str, create: bool = True):
         if not isinstance(name, str) or not NAME.match(name.strip()):
             raise ValueError(
                 f"{name!r} is not a project name: 1 to 128 letters, digits, spaces, dots, "
                 "dashes or underscores."
             )
         self.name = name.strip()
+        if create:
+            api.client().post("/projects", json={"name": self.name}, retry=True)  # makes it once
 
     def __repr__(self) -> str:
         return f"Project({self.name!r})"
@@ -76,7 +84,7 @@ class Project:
 
 def get_projects() -> list[Project]:
     """The projects you have tasks or machine groups in."""
-    return [Project(p["name"]) for p in api.client().get("/projects")]
+    return [Project(p["name"], create=False) for p in api.client().get("/projects")]
 
 
 __all__ = ["Project", "SimdeckError", "get_projects"]

@@ -200,6 +200,12 @@ def test_a_task_is_followed_inspected_and_collected_from_python(stack, client_fo
     # Projects.
     heat = simdeck.projects.Project("heat")
     assert simdeck.projects.get_projects() == [heat]
+    # Naming a project that is not there makes it (it is empty); only naming it does not.
+    with pytest.raises(NotFound, match="'cooling'"):
+        _ = simdeck.projects.Project("cooling", create=False).info
+    cooling = simdeck.projects.Project("cooling")
+    assert cooling.info["num_tasks"] == 0 and cooling.info["role"] == "maintainer"
+    assert simdeck.projects.get_projects() == [cooling, heat]
     assert heat.info["num_tasks"] == 3 and heat.info["succeeded"] == 2 and heat.info["failed"] == 1
     assert heat.wait(silent_mode=True) == {
         first.id: "success",

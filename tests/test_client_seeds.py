@@ -142,6 +142,10 @@ def served_examples(tmp_path):
     folder = tmp_path / "served"
     staging = tmp_path / "staging" / "splishsplash-input-example"
     shutil.copytree(EXAMPLES / "splishsplash-dambreak", staging)
+    # The dam break cut to 1.2 simulated seconds: thirteen frames, a few seconds to compute.
+    scene = json.loads((staging / "config.json").read_text())
+    scene["Configuration"]["stopAt"] = 1.2
+    (staging / "config.json").write_text(json.dumps(scene, indent=1))
     shutil.make_archive(str(folder / "splishsplash-input-example"), "zip", staging.parent)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -180,6 +180,22 @@ def test_maintainers_manage_members_through_the_api_and_every_change_is_audited(
 
 
 @pytest.mark.django_db
+def test_a_project_is_made_through_the_api_once_and_another_teams_name_is_not_revealed(team, alice, bob):
+    made = post_json(api_client(bob), "/api/v1/projects", {"name": "wave tank"})
+    assert made.status_code == 201 and made.json()["role"] == "maintainer" and made.json()["num_tasks"] == 0
+    again = post_json(api_client(bob), "/api/v1/projects", {"name": "wave tank"})
+    assert again.status_code == 200 and again.json()["id"] == made.json()["id"]
+    # Alice is not in bob's new project: its name is taken, nothing of it is shown.
+    taken = post_json(api_client(alice), "/api/v1/projects", {"name": "wave tank"})
+    assert taken.status_code == 404 and "taken by a team you are not in" in taken.json()["message"]
+    assert not Membership.objects.filter(project__name="wave tank", user=alice).exists()
+    for bad in ("", "a/b"):
+        refused = post_json(api_client(bob), "/api/v1/projects", {"name": bad})
+        assert refused.status_code == 400 and "letters, digits" in refused.json()["message"]
+    assert Project.objects.filter(name__in=["", "a/b"]).count() == 0
+
+
+@pytest.mark.django_db
 def test_a_project_keeps_its_last_maintainer(team, alice):
     answer = post_json(api_client(alice), "/api/v1/projects/team/members/alice", {"role": "member"}, "patch")
     assert answer.status_code == 409 and answer.json()["error"] == "last_maintainer"

@@ -10,9 +10,11 @@ from ninja.responses import Status as Reply
 from tasks_app import access, lifecycle, teams
 from tasks_app.api import schemas as s
 from tasks_app.api.common import ERRORS, links
+from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
-from tasks_app.models import Membership
+from tasks_app.models import Membership, Project
 from tasks_app.services import budgets
+from tasks_app.services.projects import project_to_use
 
 router = Router(tags=["projects"])
 
@@ -32,6 +34,23 @@ def _projects(user):
 def list_projects(request: HttpRequest):
     """Projects you are a member of, by name, with your role and their tasks by outcome."""
     return list(_projects(request.user).order_by("name"))
+
+
+@router.post("", response={200: s.ProjectOut, 201: s.ProjectOut, **ERRORS})
+def create_project(request: HttpRequest, payload: s.ProjectIn):
+    """Make a project, with you as its maintainer (201); one of yours of that name is answered as it is (200).
+
+    A name another team's project has is refused as not found, as everywhere
+    else a project you cannot see is.
+    """
+    if not payload.name.strip():
+        raise Refused(
+            "Give the project a name: 1 to 128 letters, digits, spaces, dots, dashes or underscores.",
+            field="name",
+        )
+    existed = Project.objects.filter(name=payload.name.strip()).exists()
+    project = project_to_use(request.user, payload.name, action="view")
+    return Reply(200 if existed else 201, _projects(request.user).get(pk=project.pk))
 
 
 @router.get("/{ref}", response={200: s.ProjectOut, **ERRORS})

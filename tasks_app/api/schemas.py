@@ -701,6 +701,10 @@ class MemberIn(In):
     role: str = Field("member", description="viewer, member or maintainer.")
 
 
+class ProjectIn(In):
+    name: str = Field(description="1 to 128 letters, digits, spaces, dots, dashes or underscores.")
+
+
 class RoleIn(In):
     role: str = Field(description="viewer, member or maintainer.")
 

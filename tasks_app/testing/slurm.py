@@ -25,9 +25,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-PREFIX = "sdt"  # names of the bridge, veths and namespaces, kept short (15 characters at most)
-SUBNET = "10.213.7"
-BRIDGE = f"{PREFIX}br0"
+# The bridge, veths and namespaces are named "sdt", a kind letter and the
+# starting process' id in base 36 (15 characters at most in all), so clusters
+# of runs side by side keep apart and one left by a killed run is known.
+PREFIX = "sdt"
 NODES = ("m1", "m2")
 NODE_CPUS = 4
 NODE_MEMORY_MB = 40000  # declared, not enforced (task/none): the machine types' memory fits
@@ -53,6 +54,34 @@ def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([_which(argv[0]), *argv[1:]], capture_output=True, text=True, check=check)
 
 
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, digit = divmod(number, 36)
+        out = digits[digit] + out
+        if not number:
+            return out
+
+
+def _sweep_leftovers() -> None:
+    """Remove the network of clusters whose process is gone (a run killed outright)."""
+    names = _sh("ip", "-o", "link", "show", check=False).stdout.split("\n")
+    links = [line.split(": ")[1].split("@")[0] for line in names if line.count(": ") >= 2]
+    spaces = [line.split()[0] for line in _sh("ip", "netns", "list", check=False).stdout.splitlines() if line]
+    for name in links + spaces:
+        if not name.startswith(PREFIX) or len(name) < len(PREFIX) + 2:
+            continue
+        tag = name[len(PREFIX) + 1 :].split("-")[0]
+        try:
+            alive = psutil.pid_exists(int(tag, 36))
+        except ValueError:
+            continue
+        if not alive:
+            kind = "netns" if name in spaces else "link"
+            _sh("ip", kind, "del", name, check=False)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,7 +93,13 @@ class SlurmCluster:
         self.root = Path(root)
         self.procs: list[subprocess.Popen] = []
         self.started_munged = False
-        self.host = f"{SUBNET}.1"
+        tag = _base36(os.getpid())
+        self.bridge = f"{PREFIX}b{tag}"
+        self.veth = f"{PREFIX}v{tag}-"  # and the node's name
+        self.netns = f"{PREFIX}n{tag}-"  # and the node's name
+        # A subnet of its own too; a host address on two bridges would route to one only.
+        self.subnet = f"10.213.{os.getpid() % 250 + 1}"
+        self.host = f"{self.subnet}.1"
         self.conf = self.root / "slurm.conf"
         self.env = {"SLURM_CONF": str(self.conf)}
 
@@ -89,31 +124,32 @@ class SlurmCluster:
         self.started_munged = True
 
     def _network(self) -> None:
-        self._network_down()  # what a run killed outright may have left
-        _sh("ip", "link", "add", BRIDGE, "type", "bridge")
-        _sh("ip", "addr", "add", f"{self.host}/24", "dev", BRIDGE)
-        _sh("ip", "link", "set", BRIDGE, "up")
+        _sweep_leftovers()
+        self._network_down()
+        _sh("ip", "link", "add", self.bridge, "type", "bridge")
+        _sh("ip", "addr", "add", f"{self.host}/24", "dev", self.bridge)
+        _sh("ip", "link", "set", self.bridge, "up")
         for i, node in enumerate(NODES, start=1):
-            ns = f"{PREFIX}-{node}"
+            ns, veth = self.netns + node, self.veth + node
             _sh("ip", "netns", "add", ns)
-            _sh("ip", "link", "add", f"{PREFIX}v{node}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _sh("ip", "link", "set", f"{PREFIX}v{node}", "master", BRIDGE, "up")
-            _sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.1{i}/24", "dev", "eth0")
+            _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _sh("ip", "link", "set", veth, "master", self.bridge, "up")
+            _sh("ip", "-n", ns, "addr", "add", f"{self.subnet}.1{i}/24", "dev", "eth0")
             _sh("ip", "-n", ns, "link", "set", "eth0", "up")
             _sh("ip", "-n", ns, "link", "set", "lo", "up")
 
     def _network_down(self) -> None:
         for node in NODES:
-            _sh("ip", "link", "del", f"{PREFIX}v{node}", check=False)
-            _sh("ip", "netns", "del", f"{PREFIX}-{node}", check=False)
-        _sh("ip", "link", "del", BRIDGE, check=False)
+            _sh("ip", "link", "del", self.veth + node, check=False)
+            _sh("ip", "netns", "del", self.netns + node, check=False)
+        _sh("ip", "link", "del", self.bridge, check=False)
 
     def _configure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "state").mkdir(exist_ok=True)
         r = self.root
         nodes = "\n".join(
-            f"NodeName={n} NodeAddr={SUBNET}.1{i} CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB}"
+            f"NodeName={n} NodeAddr={self.subnet}.1{i} CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB}"
             for i, n in enumerate(NODES, start=1)
         )
         self.conf.write_text(
@@ -155,7 +191,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)])
         for node in NODES:
             inner = f"hostname {node} && exec {_which('slurmd')} -D -f {self.conf} -N {node}"
-            argv = [_which("nsenter"), f"--net=/run/netns/{PREFIX}-{node}", _which("unshare"), "--uts"]
+            argv = [_which("nsenter"), f"--net=/run/netns/{self.netns}{node}", _which("unshare"), "--uts"]
             self._spawn(f"slurmd-{node}", [*argv, "sh", "-c", inner])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
