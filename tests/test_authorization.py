@@ -309,6 +309,8 @@ API: dict[tuple[str, str], Rule] = {
     ("POST", GROUP + "/terminate"): Rule(scoped("maintainer")),
     ("POST", GROUP + "/machines/{machine}/reclaim"): Rule(scoped("maintainer")),
     ("GET", "/api/v1/projects"): Rule(for_everyone_logged_in()),
+    # Naming a project that exists: it is answered to whoever sees it, not found for others.
+    ("POST", "/api/v1/projects"): Rule(scoped("viewer"), data={"name": "team"}),
     ("GET", PROJECT): Rule(scoped("viewer")),
     ("GET", PROJECT + "/members"): Rule(scoped("viewer")),
     ("GET", PROJECT + "/budget"): Rule(scoped("viewer")),
