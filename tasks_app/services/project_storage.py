@@ -140,7 +140,7 @@ def task_path(user, project: Project, path: str, *, any_project: bool = False) -
     return TaskPath(task, part or None, member)
 
 
-def _uploaded(project: Project, path: str):
+def uploaded_files(project: Project, path: str):
     """The uploaded files at ``path``: the file itself, or every file under the folder."""
     files = StoredFile.objects.filter(project=project)
     if not path:
@@ -231,7 +231,7 @@ def listing(
     if is_task_path(path):
         items = _task_listing(user, project, path, recursive)
     else:
-        files = [(f.path, f.size, f.created_at) for f in _uploaded(project, path)]
+        files = [(f.path, f.size, f.created_at) for f in uploaded_files(project, path)]
         if path and not files:
             raise _nothing_at(project, path)
         if recursive:
@@ -389,7 +389,7 @@ def remove(user, project: Project, path: str) -> dict:
         done = remove_outputs(where.task, actor=user)
         return {"project": project.name, "removed": len(done["removed"]), "freed_bytes": done["freed_bytes"]}
     access.require(user, "write-storage", project)
-    files = list(_uploaded(project, path))
+    files = list(uploaded_files(project, path))
     if not files:
         raise _nothing_at(project, path)
     freed = 0
@@ -429,7 +429,7 @@ def copy(user, project: Project, source: str, target: str) -> dict:
             for m in members
         ]
     else:
-        files = list(_uploaded(project, source))
+        files = list(uploaded_files(project, source))
         if not files:
             raise _nothing_at(project, source)
         plan = [(f.path, target + f.path.removeprefix(source), f.size) for f in files]
@@ -487,7 +487,7 @@ def download(user, project: Project, path: str) -> Download:
         return Download(task=where.task, part=where.part, member=where.member, filename=where.member)
     row = StoredFile.objects.filter(project=project, path=path).first()
     if row is None:
-        if _uploaded(project, path).exists():
+        if uploaded_files(project, path).exists():
             raise Refused(
                 f"{path!r} is a folder: download its files one by one (list them with recursive), or "
                 "use simdeck.storage.download() or 'simdeck storage download', which do.",

@@ -22,7 +22,7 @@ from django.http import Http404
 
 from tasks_app import access, archives, storage
 from tasks_app.errors import Refused
-from tasks_app.models import Project, StoredFile, Task, TaskAsset
+from tasks_app.models import Project, Task, TaskAsset
 from tasks_app.services import project_storage
 
 MAX_ASSETS = 100
@@ -112,7 +112,7 @@ def _source_files(user, project: Project, index: int, path: str) -> tuple[Task |
         if len(members) == 1 and members[0].filename == where.member:
             return where.task, [name]
         return where.task, [f"{name}/{m.filename.removeprefix(prefix)}" for m in members]
-    files = list(project_storage._uploaded(project, path).values_list("path", flat=True))
+    files = list(project_storage.uploaded_files(project, path).values_list("path", flat=True))
     if not files:
         raise _refused(
             index,
@@ -169,8 +169,7 @@ def stage(task: Task, workdir: Path) -> list[Path]:
                 raise AssetMissing(f"Task {source.id} has no file or folder {path!r} any more.")
             written += found
             continue
-        files = StoredFile.objects.filter(project_id=task.project_id)
-        files = [f.path for f in files if f.path == path or f.path.startswith(path + "/")]
+        files = list(project_storage.uploaded_files(task.project, path).values_list("path", flat=True))
         if not files:
             raise AssetMissing(f"Nothing is stored at {path!r} in the project's storage any more.")
         for stored in files:
