@@ -26,6 +26,7 @@ urlpatterns = [
     path("tasks/<str:task_id>/logs", views.task_logs, name="task-logs"),
     path("tasks/<str:task_id>/logs/<str:stream>.txt", views.task_log_download, name="task-log-download"),
     path("tasks/<str:task_id>/files", views.task_files, name="task-files"),
+    path("tasks/<str:task_id>/files/latest", views.task_latest_file, name="task-latest-file"),
     path("tasks/<str:task_id>/resources", views.task_resources, name="task-resources"),
     path("tasks/<str:task_id>/files/<str:which>.zip", views.task_archive_download, name="task-archive"),
     path("tasks/<str:task_id>/files/<str:which>/<path:path>", views.task_file_download, name="task-file"),

@@ -150,6 +150,7 @@ CONSOLE: dict[str, list[Rule]] = {
     ],
     "task-files": [Rule(scoped("viewer"), kwargs=task_kw)],
     "task-resources": [Rule(scoped("viewer"), kwargs=task_kw)],
+    "task-latest-file": [Rule(scoped("viewer"), kwargs=task_kw)],
     "task-archive": [Rule(scoped("viewer"), kwargs=lambda w: {"task_id": w.task.id, "which": "outputs"})],
     "task-file": [
         Rule(

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 import simdeck
 from tasks_app.models import MachineGroup, Quota, Task
@@ -41,7 +43,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_path):
+def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, logged_in, tmp_path):
     client_for(alice_key)  # the Python client submits; the CLI does the rest
     home = tmp_path / "cli"
     home.mkdir()
@@ -211,6 +213,15 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
     }
     top_json = json.loads(cli("tasks", "top", running.id, "--json").stdout)
     assert top_json["cpus"] == 2 and top_json["processes"]
+    # The console asks the machine too: the task page shows the file written last, asked again while it runs.
+    files_card = logged_in.get(f"/tasks/{running.id}/files", headers={"HX-Request": "true"}).content.decode()
+    assert f'hx-get="/tasks/{running.id}/files/latest" hx-trigger="load"' in files_card
+    latest = logged_in.get(f"/tasks/{running.id}/files/latest").content.decode()
+    assert 'hx-trigger="every 5s"' in latest
+    written = re.search(r'Written last: <span class="mono">([^<]+)</span>', latest).group(1)
+    assert written in {"stdout.txt", "stderr.txt", "progress.txt"}
+    assert '<pre class="log" aria-label="The last lines of' in latest
+    assert bob_console(bob).get(f"/tasks/{running.id}/files/latest").status_code == 404
 
     # Metadata.
     assert cli("tasks", "metadata", "set", running.id, "speed=10", "note=a b").returncode == 0
@@ -312,6 +323,8 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, tmp_pa
     assert malformed.returncode == 3 and "is not a task id" in one_line_error(malformed)
     gone = cli("tasks", "list-files", running.id)
     assert gone.returncode == 6
+    left = logged_in.get(f"/tasks/{running.id}/files/latest").content.decode()
+    assert "has left its machine" in left and "hx-trigger" not in left
     assert one_line_error(gone) == (
         f"Error: Task {running.id} is not running (it is Success), so there is nothing to look at on a "
         f"machine. Its files are in its outputs: simdeck tasks download {running.id}"
@@ -349,6 +362,12 @@ def bob_key(bob) -> str:
     from tasks_app.models import APIKey
 
     return APIKey.issue(bob, "cli")[1]
+
+
+def bob_console(bob):
+    console = Client()
+    console.force_login(bob)
+    return console
 
 
 def test_killing_from_the_command_line_waits_for_the_machine(stack, client_for, alice_key, tmp_path):

@@ -14,9 +14,8 @@ from tasks_app.accounts import NewUserForm, ThrottledLoginForm, ThrottledPasswor
 TOO_MANY_REQUESTS = 429
 
 
-class LoginView(auth_views.LoginView):
-    form_class = ThrottledLoginForm
-    redirect_authenticated_user = True
+class Throttled:
+    """A password form that a run of wrong guesses locks: it answers 429 with when to try again."""
 
     def form_invalid(self, form):
         response = super().form_invalid(form)
@@ -26,18 +25,16 @@ class LoginView(auth_views.LoginView):
         return response
 
 
-class PasswordChangeView(auth_views.PasswordChangeView):
+class LoginView(Throttled, auth_views.LoginView):
+    form_class = ThrottledLoginForm
+    redirect_authenticated_user = True
+
+
+class PasswordChangeView(Throttled, auth_views.PasswordChangeView):
     form_class = ThrottledPasswordChangeForm
 
     def get_form_kwargs(self):
         return super().get_form_kwargs() | {"request": self.request}
-
-    def form_invalid(self, form):
-        response = super().form_invalid(form)
-        if form.lockout:
-            response.status_code = TOO_MANY_REQUESTS
-            response["Retry-After"] = str(form.lockout.seconds_left)
-        return response
 
 
 @login_required

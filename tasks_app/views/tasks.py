@@ -17,6 +17,8 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from tasks_app import access, archives, downloads, lifecycle, services, storage
 from tasks_app import simulators as sims
+from tasks_app.errors import Refused
+from tasks_app.executor import questions
 from tasks_app.forms import (
     SORTS,
     BulkForm,
@@ -30,7 +32,7 @@ from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, MachineGroup, Membership, Role, Task
 from tasks_app.resubmit import resubmit
 from tasks_app.services import previews
-from tasks_app.statuses import KILLABLE, PHASE_LABELS, STATUS_GROUPS
+from tasks_app.statuses import COMPUTING, KILLABLE, PHASE_LABELS, STATUS_GROUPS
 from tasks_app.views import bulk, diagram, filetree, logs, review, table, waiting
 from tasks_app.views.common import page_or_partial, wants_partial
 from tasks_app.views.resources import resources_context
@@ -295,8 +297,40 @@ def task_files(request: HttpRequest, task_id: str) -> HttpResponse:
             entry["total"] = sum(size for _, size in entry["files"])
             entry["tree"] = filetree.rows(entry["files"])
         listings.append(entry)
-    context = {"task": task, "listings": listings}
+    context = {"task": task, "listings": listings, "computing": Status(task.status) in COMPUTING}
     return page_or_partial(request, "tasks/task_files.html", "files", context)
+
+
+# How many lines of the file written last a computing task's page shows, and how often it asks.
+LATEST_LINES = 30
+LATEST_EVERY_SECONDS = 5
+
+
+@login_required
+@require_GET
+def task_latest_file(request: HttpRequest, task_id: str) -> HttpResponse:
+    """While the task computes: the file it wrote last, with its last lines when it is text.
+
+    Asked of the machine itself (outputs are stored only at the end); the
+    page asks again every few seconds and stops once the task has left its
+    machine, when the stored outputs take over.
+    """
+    task = access.task_for(request.user, task_id)
+    context = {"task": task, "computing": True, "every": LATEST_EVERY_SECONDS}
+    try:
+        latest = questions.ask_machine(task, "last_modified")
+        file = latest["file"]
+        context |= {"file": file, "age": max(0.0, latest["now"] - file["modified"]) if file else None}
+        if file and previews.kind(file["path"]) in ("text", "table"):
+            read = questions.ask_machine(task, "read", files=[{"path": file["path"]}], lines=LATEST_LINES)
+            context["text"] = read["files"][0].get("text", "")
+        elif file:
+            context["kind"] = previews.kind(file["path"])
+    except questions.NotRunning:
+        context["computing"] = False
+    except Refused as exc:  # the machine did not answer this time: say so, ask again
+        context["message"] = str(exc)
+    return render(request, "tasks/task_files.html#latest", context)
 
 
 @login_required
