@@ -98,7 +98,7 @@ def list_projects(as_json: JsonOption = False):
         print_json(items)
         return
     if not items:
-        out.print("No projects yet; the first run() creates one.")
+        out.print("No projects yet; a task or machine group that names a project creates it.")
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("Project", overflow="fold")

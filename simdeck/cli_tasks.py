@@ -298,11 +298,18 @@ def top(task_id: str, as_json: JsonOption = False):
     if as_json:
         print_json(data)
         return
-    load = " ".join(f"{x:.2f}" for x in data["load_average"])
-    free = render.size(data["memory_available_bytes"])
+    # The machine's share of its host, as its type sizes it: what the task may use.
+    machine = data["machine"]
+    cpu = sum(p["cpu_percent"] for p in data["processes"])
+    memory = sum(p["memory_bytes"] for p in data["processes"])
+    memory_total = machine["memory_gb"] * 1000**3
     out.print(
-        f"Machine: {data['cpus']} vCPUs, load {load}, {free} of "
-        f"{render.size(data['memory_total_bytes'])} memory free"
+        f"Machine {machine['name']} ({machine['machine_type']}): {machine['vcpus']} vCPUs, "
+        f"{machine['memory_gb']:g} GB memory"
+    )
+    out.print(
+        f"Task: {cpu:.0f}% CPU of {machine['vcpus'] * 100}%, {render.size(memory)} memory"
+        + (f" ({100 * memory / memory_total:.0f}%)" if memory_total else "")
     )
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for name, justify in (("PID", "right"), ("CPU %", "right"), ("Memory", "right"), ("Threads", "right")):

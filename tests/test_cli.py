@@ -203,7 +203,10 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, logged
     assert tail[:3] == ["==> mesh.csv <==", "39,40,0.975000,1.000000", "40,40,1.000000,1.000000"]
     assert tail[3] == "==> stdout.txt <==" and tail[4].startswith("step ") and len(tail) == 6
     top = normalize(cli("tasks", "top", running.id).stdout)
-    assert top.startswith("Machine: 2 vCPUs, load ")
+    # The machine's share of the host, as its type sizes it, and what the task takes of it.
+    assert re.match(
+        r"Machine bench-\w+ \(n2-standard-2\): 2 vCPUs, <size> memory\nTask: \d+% CPU of 200%, ", top
+    )
     assert "PID  CPU %  Memory  Threads  State  Running  Command" in top
     assert "sh -c i=0; while [ ! -f stop ]" in top
     last = normalize(cli("tasks", "last-modified-file", running.id).stdout)
@@ -212,7 +215,9 @@ def test_a_session_at_the_command_line(stack, client_for, alice_key, bob, logged
         for name in ("stdout.txt", "stderr.txt", "progress.txt")
     }
     top_json = json.loads(cli("tasks", "top", running.id, "--json").stdout)
-    assert top_json["cpus"] == 2 and top_json["processes"]
+    assert (
+        top_json["machine"]["vcpus"] == 2 and top_json["machine"]["memory_gb"] == 8 and top_json["processes"]
+    )
     # The console asks the machine too: the task page shows the file written last, asked again while it runs.
     files_card = logged_in.get(f"/tasks/{running.id}/files", headers={"HX-Request": "true"}).content.decode()
     assert f'hx-get="/tasks/{running.id}/files/latest" hx-trigger="load"' in files_card

@@ -170,5 +170,6 @@ def machine_tail(
 
 @router.get("/{task_id}/machine/top", response={200: s.TopOut, **MACHINE_ERRORS})
 def machine_top(request: HttpRequest, task_id: str):
-    """The running task's processes with their CPU and memory use, and the machine's load."""
-    return questions.ask_machine(access.task_for(request.user, task_id), "top")
+    """The running task's processes with their CPU and memory use, its machine's share, the host's load."""
+    task = access.task_for(request.user, task_id)
+    return questions.ask_machine(task, "top") | {"machine": task.machine}

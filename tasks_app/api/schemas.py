@@ -659,11 +659,35 @@ class ProcessOut(Schema):
     started: float
 
 
+class MachineShareOut(Schema):
+    """The machine a task runs on, as its type sizes it: its share of the host it runs on."""
+
+    name: str
+    machine_type: str
+    vcpus: int = Field(description="The vCPUs of its machine type.")
+    memory_gb: float = Field(description="The memory of its machine type, in GB.")
+
+    @staticmethod
+    def resolve_machine_type(obj) -> str:
+        return obj.group.machine_type
+
+    @staticmethod
+    def resolve_vcpus(obj) -> int:
+        return settings.SIMDECK_MACHINE_TYPES.get(obj.group.machine_type, {}).get("vcpus", 0)
+
+    @staticmethod
+    def resolve_memory_gb(obj) -> float:
+        return settings.SIMDECK_MACHINE_TYPES.get(obj.group.machine_type, {}).get("memory_gb", 0)
+
+
 class TopOut(Schema):
     processes: list[ProcessOut]
-    cpus: int
+    machine: MachineShareOut = Field(
+        description="The task's machine: its vCPUs and memory as its type gives them, which the task may use."
+    )
+    cpus: int = Field(description="The vCPUs of the host the machine runs on (it may hold other machines).")
     load_average: list[float]
-    memory_total_bytes: int
+    memory_total_bytes: int = Field(description="The host's memory, as cpus.")
     memory_available_bytes: int
     now: float
 
