@@ -31,13 +31,20 @@ class MachineGroup:
     Slurm cluster), with ``provider_options`` such as
     ``{"partition": "debug", "account": "lab", "qos": "normal"}``. On Slurm,
     ``auto_terminate_minutes`` is each job's time limit as well.
+
+    ``spot`` groups (the default, as on Inductiva) may have their machines
+    reclaimed where the server rehearses it (``SIMDECK_SPOT_RECLAIM_RATE``);
+    ``resubmit_on_preemption`` then queues their tasks again. ``zone`` and
+    ``threads_per_core`` are taken for scripts written for Inductiva: this
+    server has no zones, and its machines run their type's vCPUs as they
+    are, so only ``zone=None`` and ``threads_per_core=2`` are accepted.
     """
 
     def __init__(
         self,
         machine_type: str,
         num_machines: int = 1,
-        spot: bool = False,
+        spot: bool = True,
         data_disk_gb: int = 10,
         auto_resize_disk_max_gb: int | None = None,
         max_idle_time: float | dt.timedelta | str | None = 3,
@@ -49,7 +56,11 @@ class MachineGroup:
         resubmit_on_preemption: bool = False,
         provider: str = "local",
         provider_options: dict[str, str] | None = None,
+        zone: str | None = None,
+        threads_per_core: int = 2,
     ):
+        _check_zone(zone)
+        _check_threads_per_core(threads_per_core)
         if not isinstance(num_machines, int) or num_machines < 1:
             raise ValueError(f"num_machines must be a whole number of at least 1, not {num_machines!r}.")
         if not 1 <= data_disk_gb <= 65536:
@@ -70,6 +81,8 @@ class MachineGroup:
         self.resubmit_on_preemption = resubmit_on_preemption
         self.provider = provider
         self.provider_options = dict(provider_options or {})
+        self.zone = zone
+        self.threads_per_core = threads_per_core
         self._name = name
         self._info: dict | None = None
         self._client = api.client()
@@ -264,7 +277,7 @@ class ElasticMachineGroup(MachineGroup):
         machine_type: str,
         min_machines: int = 1,
         max_machines: int = 2,
-        spot: bool = False,
+        spot: bool = True,
         data_disk_gb: int = 10,
         auto_resize_disk_max_gb: int | None = None,
         max_idle_time: float | dt.timedelta | str | None = 3,
@@ -276,6 +289,8 @@ class ElasticMachineGroup(MachineGroup):
         resubmit_on_preemption: bool = False,
         provider: str = "local",
         provider_options: dict[str, str] | None = None,
+        zone: str | None = None,
+        threads_per_core: int = 2,
     ):
         if not isinstance(min_machines, int) or min_machines < 1:
             raise ValueError(f"min_machines must be a whole number of at least 1, not {min_machines!r}.")
@@ -297,6 +312,8 @@ class ElasticMachineGroup(MachineGroup):
             resubmit_on_preemption=resubmit_on_preemption,
             provider=provider,
             provider_options=provider_options,
+            zone=zone,
+            threads_per_core=threads_per_core,
         )
         self.min_machines = min_machines
         self.max_machines = max_machines
@@ -322,6 +339,74 @@ class ElasticMachineGroup(MachineGroup):
         )
 
 
+class MPICluster(MachineGroup):
+    """Machines working together on one task over MPI, as Inductiva's ``MPICluster``.
+
+    No provider of this server runs one task across several machines yet:
+    each task runs on one machine, its MPI processes (``n_vcpus`` of
+    ``run()``) on that machine's vCPUs. A cluster of one machine is
+    therefore a plain group and is accepted; more machines are refused
+    before anything is created, saying what to use instead.
+    """
+
+    def __init__(
+        self,
+        machine_type: str,
+        num_machines: int = 2,
+        threads_per_core: int = 2,
+        data_disk_gb: int = 10,
+        max_idle_time: float | dt.timedelta | str | None = 3,
+        auto_terminate_ts: dt.datetime | None = None,
+        auto_terminate_minutes: float | dt.timedelta | str | None = None,
+        *,
+        name: str | None = None,
+        project: str | None = None,
+        provider: str = "local",
+        provider_options: dict[str, str] | None = None,
+        zone: str | None = None,
+    ):
+        if num_machines != 1:
+            raise ValueError(
+                f"MPICluster with num_machines={num_machines!r}: the {provider!r} provider runs each "
+                "task on one machine, so MPI cannot span machines here. Use MPICluster(..., "
+                "num_machines=1) or a MachineGroup of a machine type with more vCPUs, and run() with "
+                "n_vcpus=... to start that many MPI processes on it."
+            )
+        # Inductiva's clusters are never spot machines: one lost machine would end the whole run.
+        super().__init__(
+            machine_type,
+            num_machines=1,
+            spot=False,
+            data_disk_gb=data_disk_gb,
+            max_idle_time=max_idle_time,
+            auto_terminate_minutes=auto_terminate_minutes,
+            auto_terminate_ts=auto_terminate_ts,
+            name=name,
+            project=project,
+            provider=provider,
+            provider_options=provider_options,
+            zone=zone,
+            threads_per_core=threads_per_core,
+        )
+
+
+def _check_zone(zone: object) -> None:
+    if zone is not None:
+        raise ValueError(
+            f"zone={zone!r}: this server has no zones; its machines run where provider= says "
+            "('local' or 'slurm'). Leave zone out."
+        )
+
+
+def _check_threads_per_core(threads: object) -> None:
+    if threads != 2:
+        raise ValueError(
+            f"threads_per_core={threads!r}: this server's machines run every vCPU of their type "
+            "(two threads per core) and cannot turn hyperthreading off. Leave threads_per_core out, "
+            "and give run() n_vcpus=... to use fewer vCPUs."
+        )
+
+
 def get(include_terminated: bool = False) -> list[MachineGroup]:
     """Your machine groups (not terminated ones, unless asked), newest first."""
     params = {"include_terminated": include_terminated}
@@ -338,4 +423,4 @@ def machine_types() -> list[dict]:
     return api.client().get("/machine-types")
 
 
-__all__ = ["ElasticMachineGroup", "MachineGroup", "get", "get_by_name", "machine_types"]
+__all__ = ["ElasticMachineGroup", "MPICluster", "MachineGroup", "get", "get_by_name", "machine_types"]

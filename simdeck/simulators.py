@@ -99,7 +99,32 @@ def _group_name(on: MachineGroup | str | None) -> str:
     if isinstance(on, MachineGroup):
         on.ensure_started()
         return on.name
+    if on is None:
+        _tell_default_group()
     return on or "default"
+
+
+_told_default_group = False
+
+
+def _tell_default_group() -> None:
+    """Say once per script that tasks given no ``on`` run on the server's default group."""
+    global _told_default_group
+    if not _told_default_group:
+        _told_default_group = True
+        print(
+            "No machine group given (on=...): tasks run on the server's group 'default'.",
+            file=sys.stderr,
+        )
+
+
+def _refuse_cleanup(on_finish_cleanup: object) -> None:
+    if on_finish_cleanup is not None:
+        raise ValueError(
+            "on_finish_cleanup: this server keeps every file a task leaves and runs no step after "
+            "the simulation. Delete unwanted files in the task's own commands instead (e.g. a last "
+            "command 'rm -rf tmp'), or fetch only some with download_outputs(filenames=[...])."
+        )
 
 
 _OFFERED: dict[str, dict[str, dict]] = {}
@@ -147,6 +172,7 @@ class Simulator:
         metadata: dict[str, str] | None = None,
         remote_assets: str | builtins.list[str] | None = None,
         storage_dir: str | None = "",
+        on_finish_cleanup: str | builtins.list[str] | None = None,
         **parameters,
     ) -> Task:
         """Submit the simulation in ``input_dir`` to machine group ``on``; returns its new task.
@@ -163,12 +189,15 @@ class Simulator:
         ``input_dir`` may be None. ``storage_dir`` is a folder of the
         project's storage the outputs are also kept in, as
         ``<storage_dir>/<task id>/outputs.zip`` (see :mod:`simdeck.storage`).
+        ``on_finish_cleanup`` is refused: nothing runs after the simulation
+        here (the error says what to do instead).
         Every call makes a new task, even with the same arguments.
         """
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
         from simdeck.tasks import check_metadata
 
+        _refuse_cleanup(on_finish_cleanup)
         assets = [remote_assets] if isinstance(remote_assets, str) else builtins.list(remote_assets or [])
         if input_dir is None and not assets:
             raise ValueError(
