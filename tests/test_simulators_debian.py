@@ -260,6 +260,41 @@ def test_openfoam_progress_is_the_solvers_time_against_the_cases_end_time(tmp_pa
     assert type(sims.get("openfoam").progress_reader(tmp_path, {})) is ProgressReader
 
 
+@installed("gmx", "gromacs")
+def test_gromacs_progress_follows_the_steps_in_mdruns_log(tmp_path):
+    shutil.copytree(EXAMPLES / "gromacs-argon-em", tmp_path / "run")
+    run = tmp_path / "run"
+    commands = ["gmx grompp -f em.mdp -c argon.gro -p topol.top -o em.tpr", "gmx mdrun -deffnm em"]
+    for command in commands:
+        subprocess.run(command.split(), cwd=run, capture_output=True, check=True, timeout=120)
+    log = (run / "em.log").read_bytes()
+    # The reader follows the log as mdrun writes it: here written again, a piece at a time.
+    (run / "em.log").unlink()
+    reader = sims.get("gromacs").progress_reader(run, {"commands": commands})
+    assert reader.look() is None  # no log yet
+    said = []
+    with open(run / "em.log", "wb") as f:
+        for start in range(0, len(log), 2000):
+            f.write(log[start : start + 2000])
+            f.flush()
+            said.append(reader.look())
+    said = [fraction for fraction in said if fraction is not None]
+    # Steepest descents of at most 500 steps that converged before: steps, then the end.
+    assert 0 < said[0] < 0.1 and said[-2] < 0.5 and said[-1] == 1.0 and said == sorted(said)
+
+
+@installed("pw.x", "quantum-espresso")
+def test_quantum_espresso_progress_is_the_scf_accuracy_against_its_threshold(tmp_path):
+    shutil.copytree(EXAMPLES / "quantumespresso-si-scf", tmp_path, dirs_exist_ok=True)
+    argv = ["pw.x", "-in", "si.scf.in"]
+    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, check=True, timeout=99)
+    reader = sims.get("quantumespresso").progress_reader(tmp_path, {"commands": ["pw.x -in si.scf.in"]})
+    said = fractions_over(reader, run.stdout)
+    # conv_thr 1.0d-8: the first estimate is the start, each iteration gains orders of magnitude.
+    assert said[0] == 0.0 and said[-1] == 1.0 and said == sorted(said) and len(said) >= 4
+    assert 0.2 < said[2] < 0.9
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
 @installed("blockMesh", "openfoam")
@@ -274,9 +309,11 @@ def test_an_elastic_groups_task_waits_for_a_machine_that_has_its_simulator(
     client_for(alice_key)
     mg = simdeck.resources.ElasticMachineGroup("n2-standard-2", min_machines=1, max_machines=1).start()
     wait_for(
-        lambda: Machine.objects.filter(group__name=mg.name, state=Machine.State.ONLINE)
-        .exclude(simulators={})
-        .exists(),
+        lambda: (
+            Machine.objects.filter(group__name=mg.name, state=Machine.State.ONLINE)
+            .exclude(simulators={})
+            .exists()
+        ),
         90,
         message="a machine online that reported its simulators",
     )
