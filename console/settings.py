@@ -296,6 +296,10 @@ SIMDECK_QUOTA_MAX_STORAGE_GB = env.float("SIMDECK_QUOTA_MAX_STORAGE_GB", default
 # How often a running task's CPU, memory and disk are recorded at first; the
 # interval doubles as the task ages (see tasks_app.executor.sampling).
 SIMDECK_RESOURCE_SAMPLE_SECONDS = env.float("SIMDECK_RESOURCE_SAMPLE_SECONDS", default=10.0)
+# An elastic group whose queued tasks need a simulator none of its machines
+# found replaces one idle machine this often: the new one looks again, so an
+# install on the host is picked up without a restart.
+SIMDECK_MACHINE_REFRESH_SECONDS = env.float("SIMDECK_MACHINE_REFRESH_SECONDS", default=300.0)
 # Spot rehearsals: the chance per machine and hour that the local provider reclaims it.
 SIMDECK_SPOT_RECLAIM_RATE = env.float("SIMDECK_SPOT_RECLAIM_RATE", default=0.0)
 # What a "GB" of disk and of memory is. Rehearsals and tests shrink them to

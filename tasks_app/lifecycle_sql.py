@@ -15,7 +15,7 @@ import functools
 import psycopg
 from django.db import connections, transaction
 
-from tasks_app.models import Machine, Task, TaskEvent
+from tasks_app.models import Machine, MachineGroup, Task, TaskEvent
 from tasks_app.statuses import Status
 
 # The columns of an event row, as transition() lists them.
@@ -168,12 +168,20 @@ def _claim_sql(alias: str) -> str:
     online, submitted, preparing = (
         _literal(v) for v in (Machine.State.ONLINE, Status.SUBMITTED, Status.PREPARING)
     )
+    # A machine of an elastic group that reported what it has takes only
+    # tasks of a simulator it has; the others wait for a machine that has it.
     return f"""
         WITH machine AS MATERIALIZED (
-            SELECT id FROM {q(Machine._meta.db_table)} WHERE id = %s AND state = {online} FOR NO KEY UPDATE
+            SELECT m.id, CASE WHEN g.max_machines IS NULL OR m.simulators = '{{}}'::jsonb
+                              THEN NULL ELSE m.simulators END AS picky
+            FROM {q(Machine._meta.db_table)} AS m
+            JOIN {q(MachineGroup._meta.db_table)} AS g ON g.id = m.group_id
+            WHERE m.id = %s AND m.state = {online} FOR NO KEY UPDATE OF m
         ), head AS (
             SELECT id FROM {q(Task._meta.db_table)}
             WHERE machine_group_id = %s AND status = {submitted} AND EXISTS (SELECT FROM machine)
+              AND ((SELECT picky FROM machine) IS NULL
+                   OR jsonb_exists((SELECT picky FROM machine), simulator))
             ORDER BY queued_at, id LIMIT 1 FOR UPDATE SKIP LOCKED
         ), moved AS (
             UPDATE {q(Task._meta.db_table)} AS task

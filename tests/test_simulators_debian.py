@@ -24,8 +24,9 @@ from tasks_app import services
 from tasks_app import simulators as sims
 from tasks_app.errors import Refused
 from tasks_app.models import Machine, Task
-from tasks_app.simulators.openfoam import foam_environment
+from tasks_app.simulators.openfoam import find_bashrc, foam_environment
 from tasks_app.simulators.progress import ProgressReader
+from tasks_app.views.waiting import why_waiting
 from tests.helpers import ROOT, wait_for
 
 EXAMPLES = ROOT / "examples"
@@ -257,6 +258,79 @@ def test_openfoam_progress_is_the_solvers_time_against_the_cases_end_time(tmp_pa
     control = tmp_path / "system" / "controlDict"
     control.write_text(control.read_text().replace("stopAt          endTime;", "stopAt          writeNow;"))
     assert type(sims.get("openfoam").progress_reader(tmp_path, {})) is ProgressReader
+
+
+@installed("gmx", "gromacs")
+def test_gromacs_progress_follows_the_steps_in_mdruns_log(tmp_path):
+    shutil.copytree(EXAMPLES / "gromacs-argon-em", tmp_path / "run")
+    run = tmp_path / "run"
+    commands = ["gmx grompp -f em.mdp -c argon.gro -p topol.top -o em.tpr", "gmx mdrun -deffnm em"]
+    for command in commands:
+        subprocess.run(command.split(), cwd=run, capture_output=True, check=True, timeout=120)
+    log = (run / "em.log").read_bytes()
+    # The reader follows the log as mdrun writes it: here written again, a piece at a time.
+    (run / "em.log").unlink()
+    reader = sims.get("gromacs").progress_reader(run, {"commands": commands})
+    assert reader.look() is None  # no log yet
+    said = []
+    with open(run / "em.log", "wb") as f:
+        for start in range(0, len(log), 2000):
+            f.write(log[start : start + 2000])
+            f.flush()
+            said.append(reader.look())
+    said = [fraction for fraction in said if fraction is not None]
+    # Steepest descents of at most 500 steps that converged before: steps, then the end.
+    assert 0 < said[0] < 0.1 and said[-2] < 0.5 and said[-1] == 1.0 and said == sorted(said)
+
+
+@installed("pw.x", "quantum-espresso")
+def test_quantum_espresso_progress_is_the_scf_accuracy_against_its_threshold(tmp_path):
+    shutil.copytree(EXAMPLES / "quantumespresso-si-scf", tmp_path, dirs_exist_ok=True)
+    argv = ["pw.x", "-in", "si.scf.in"]
+    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, check=True, timeout=99)
+    reader = sims.get("quantumespresso").progress_reader(tmp_path, {"commands": ["pw.x -in si.scf.in"]})
+    said = fractions_over(reader, run.stdout)
+    # conv_thr 1.0d-8: the first estimate is the start, each iteration gains orders of magnitude.
+    assert said[0] == 0.0 and said[-1] == 1.0 and said == sorted(said) and len(said) >= 4
+    assert 0.2 < said[2] < 0.9
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+@installed("blockMesh", "openfoam")
+def test_an_elastic_groups_task_waits_for_a_machine_that_has_its_simulator(
+    stack, client_for, alice_key, tmp_path, monkeypatch
+):
+    # The machines look for OpenFOAM's bashrc where there is none yet: they find no OpenFOAM.
+    bashrc = tmp_path / "bashrc"
+    monkeypatch.delenv("SIMDECK_OPENFOAM_BASHRC", raising=False)
+    real = find_bashrc()
+    stack.restart_provider(SIMDECK_OPENFOAM_BASHRC=str(bashrc), SIMDECK_MACHINE_REFRESH_SECONDS="1")
+    client_for(alice_key)
+    mg = simdeck.resources.ElasticMachineGroup("n2-standard-2", min_machines=1, max_machines=1).start()
+    wait_for(
+        lambda: (
+            Machine.objects.filter(group__name=mg.name, state=Machine.State.ONLINE)
+            .exclude(simulators={})
+            .exists()
+        ),
+        90,
+        message="a machine online that reported its simulators",
+    )
+    first = Machine.objects.get(group__name=mg.name, state=Machine.State.ONLINE)
+    assert "openfoam" not in first.simulators and "lammps" in first.simulators
+
+    # Taken, not refused: it waits, and says for what.
+    task = simdeck.simulators.OpenFOAM().run(EXAMPLES / "openfoam-cavity", commands=["blockMesh"], on=mg)
+    waiting = why_waiting(Task.objects.select_related("machine_group").get(pk=task.id), 0)
+    assert waiting.reason == f"No machine of {mg.name} has OpenFOAM."
+    assert Task.objects.get(pk=task.id).status == "submitted"
+
+    # An admin installs it: a machine started afterwards finds it and runs the task.
+    bashrc.write_text(f". {real}\n")  # sourced where it is: it finds its installation from there
+    ended(task, "success")
+    ran_on = Task.objects.get(pk=task.id).machine
+    assert ran_on != first and "openfoam" in ran_on.simulators
 
 
 # -- for real, through the API ------------------------------------------------------------------

@@ -120,6 +120,8 @@ class LocalProvider:
         self.interval = 1.0
         self.stopping: dict[int, float] = {}
         self.refusals: dict[int, str] = {}  # group id -> why its machines cannot start, once said
+        # Elastic group id -> since when its queue waits for a simulator none of its machines has.
+        self.lacking_since: dict[int, float] = {}
         self.notices: psycopg.Connection | None = None  # LISTENs on provider_rules.PROVIDER_CHANNEL
         self.watching = False  # a started group changes without notice: elastic, or spot rehearsals
         self.log_dir = Path(settings.SIMDECK_HOME) / "logs" / "machines"
@@ -226,6 +228,8 @@ class LocalProvider:
         live = [m for m in live if m.pk in self.processes]
         if group.spot and settings.SIMDECK_SPOT_RECLAIM_RATE:
             self.maybe_reclaim(group, live)
+        if group.is_elastic:
+            self.look_again_for_simulators(group, live)
         wanted = self.wanted(group)
         if wanted > len(live) and not self.sandbox_ready(group):
             return
@@ -242,6 +246,42 @@ class LocalProvider:
                 log.info("Elastic group %s: stopping idle machine %s", group.name, machine.name)
                 machine.group = group
                 self.stop(machine)
+
+    def look_again_for_simulators(self, group: MachineGroup, live: list[Machine]) -> None:
+        """Replace an idle machine now and then while the queue waits for a simulator none has.
+
+        A machine looks for the installed simulators once, when it starts,
+        and only claims tasks of those it found (an elastic group's tasks
+        wait for one that has theirs). After an admin installs one, a
+        machine started afterwards finds it: an idle machine is stopped
+        every ``SIMDECK_MACHINE_REFRESH_SECONDS`` for as long as such tasks
+        wait, and the group's size brings a new one up.
+        """
+        reported = [m for m in live if m.state == M.ONLINE and m.simulators]
+        have = {name for m in reported for name in m.simulators}
+        queued = Task.objects.queued_in(group.pk).exclude(simulator__in=have)
+        lacking = list(queued.values_list("simulator", flat=True)[:1]) if reported else []
+        if not lacking:
+            self.lacking_since.pop(group.pk, None)
+            return
+        now = time.monotonic()
+        since = self.lacking_since.setdefault(group.pk, now)
+        if now - since < settings.SIMDECK_MACHINE_REFRESH_SECONDS:
+            return
+        busy = set(
+            Task.objects.filter(machine__in=reported, status__in=lifecycle.ON_MACHINE).values_list(
+                "machine_id", flat=True
+            )
+        )
+        idle = [m for m in reported if m.pk not in busy]
+        if idle:
+            log.info(
+                "Elastic group %s: tasks wait for %s, which none of its machines has; replacing %s",
+                group.name, lacking[0], idle[0].name,
+            )  # fmt: skip
+            self.lacking_since[group.pk] = now
+            idle[0].group = group
+            self.stop(idle[0])
 
     def sandbox_ready(self, group: MachineGroup) -> bool:
         """Whether machines may start here: never where their simulations could not be sandboxed.

@@ -52,7 +52,9 @@ def _check_group_fits(adapter, parameters: dict, group: MachineGroup, reports: l
     """Refuse a task the group's machines cannot run: too many MPI processes, a simulator or version none has.
 
     Where no machine has reported yet (the group is starting), the machine
-    that takes the task checks the same when it starts it.
+    that takes the task checks the same when it starts it. An elastic group
+    takes the task whatever its machines have now: only a machine that has
+    the simulator claims it (lifecycle.claim_head).
     """
     n_vcpus = parameters.get("n_vcpus")
     vcpus = settings.SIMDECK_MACHINE_TYPES.get(group.machine_type, {}).get("vcpus")
@@ -63,7 +65,10 @@ def _check_group_fits(adapter, parameters: dict, group: MachineGroup, reports: l
             "machine type.",
             field="n_vcpus",
         )
-    if not reports:
+    if not reports or group.is_elastic:
+        # An elastic group's next machines may find what its machines now
+        # lack (an admin installs it): the task waits for one that has it,
+        # and its page says why (views/waiting.py).
         return
     versions = sorted({report[adapter.name] for report in reports if adapter.name in report})
     if not versions:

@@ -7,10 +7,21 @@ machine type's vCPUs); ``n_vcpus`` runs ``gmx_mpi`` commands under mpirun.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
+from pathlib import Path
 
 from tasks_app.simulators.base import InvalidParameters
 from tasks_app.simulators.programs import ErrorMarker, ProgramSuite, run_for_output
+from tasks_app.simulators.progress import ProgressReader
+
+# What mdrun writes in its log: the number of steps (an energy minimisation's
+# "Number of steps = 500", a dynamics run's "nsteps = 50000" among the
+# parameters), a "Step Time" heading over each step it reports, and its end.
+TOTAL_STEPS = re.compile(rb"^\s*(?:Number of steps\s*=|nsteps\s*=)\s*(-?\d+)\s*$")
+STEP_HEADING = re.compile(rb"^\s*Step\s+Time\s*$")
+FINISHED = (b"converged to", b"Finished mdrun")
+LOG_READ_BYTES = 1 << 20
 
 PROGRAMS = ("gmx", "gmx_d", "gmx_mpi", "gmx_mpi_d")
 # GROMACS frames an error between lines of dashes: "Fatal error:" (or "Error in
@@ -59,3 +70,79 @@ class Gromacs(ProgramSuite):
 
     def runs_under_mpi(self, argv: list[str]) -> bool:
         return argv[0].startswith("gmx_mpi")
+
+    def progress_reader(self, workdir: Path, parameters: dict) -> ProgressReader:
+        """Steps done against the run's number of steps, from the log of the mdrun running now.
+
+        mdrun tells its progress only in its log file (``-deffnm NAME``:
+        ``NAME.log``, ``-g FILE``, else ``md.log``); the newest of the
+        commands' logs is the stage running now, and the bar starts over
+        with each stage. An energy minimisation that converges before its
+        maximum number of steps jumps to the end.
+        """
+        logs = []
+        for command in parameters.get("commands") or []:
+            try:
+                argv = shlex.split(command)
+            except ValueError:
+                continue
+            if "mdrun" not in argv:
+                continue
+            name = "md.log"
+            for i, arg in enumerate(argv[:-1]):
+                if arg == "-deffnm":
+                    name = argv[i + 1] + ".log"
+                elif arg == "-g":
+                    name = argv[i + 1]
+                    break
+            logs.append(Path(workdir) / name)
+        return MdrunLog(logs) if logs else ProgressReader()
+
+
+class MdrunLog(ProgressReader):
+    """Follows mdrun's log files, reading only what was added since the last look."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        self.offsets: dict[Path, int] = {}
+        self.rest: dict[Path, bytes] = {}
+        self.total: dict[Path, int] = {}
+        self.step: dict[Path, float] = {}
+        self.heading = False
+
+    def look(self) -> float | None:
+        try:
+            newest = max(
+                (p for p in self.paths if p.is_file() and not p.is_symlink()), key=lambda p: p.stat().st_mtime
+            )
+        except (ValueError, OSError):
+            return None
+        try:
+            with open(newest, "rb") as f:
+                f.seek(self.offsets.get(newest, 0))
+                data = self.rest.get(newest, b"") + f.read(LOG_READ_BYTES)
+                self.offsets[newest] = f.tell()
+        except OSError:
+            return None
+        lines = data.split(b"\n")
+        self.rest[newest] = lines.pop()  # a line still being written
+        for line in lines:
+            self.read_line(newest, line)
+        total, step = self.total.get(newest), self.step.get(newest)
+        if step is None or not total or total < 0:
+            return None
+        return min(1.0, max(0.0, step / total))
+
+    def read_line(self, path: Path, line: bytes) -> None:
+        if self.heading:
+            self.heading = False
+            words = line.split()
+            if words and words[0].isdigit():
+                self.step[path] = int(words[0])
+            return
+        if STEP_HEADING.match(line):
+            self.heading = True
+        elif found := TOTAL_STEPS.match(line):
+            self.total.setdefault(path, int(found.group(1)))
+        elif any(mark in line for mark in FINISHED) and self.total.get(path):
+            self.step[path] = self.total[path]

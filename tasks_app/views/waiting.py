@@ -16,6 +16,7 @@ from django.db.models import Avg, Count, F
 from django.utils import timezone
 
 from tasks_app import lifecycle, provider_rules
+from tasks_app import simulators as sims
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, MachineGroup, Task
 from tasks_app.templatetags.simdeck import duration
@@ -96,6 +97,16 @@ def why_waiting(task: Task, position: int | None) -> Wait | None:
             f"{starting} machine{'s' if starting != 1 else ''} starting."
             if starting
             else "The group's provider has not started any machine; check that it runs."
+        )
+        return wait
+    reports = [m.simulators for m in online if m.simulators]
+    if group.is_elastic and reports and not any(task.simulator in r for r in reports):
+        label = sims.REGISTRY[task.simulator].label if task.simulator in sims.REGISTRY else task.simulator
+        wait.reason = f"No machine of {group.name} has {label}."
+        wait.detail = (
+            f"Its machines look for the installed simulators when they start, and none found {label}. "
+            f"Once an admin installs it on their host, an idle machine is replaced by one that finds it "
+            f"and the task starts; or submit it to a group whose machines have {label}."
         )
         return wait
     if len(running) >= len(online):
