@@ -9,7 +9,6 @@ from tasks_app.executor import inspect as _inspect  # noqa: F401  (registers the
 from tasks_app.executor import machine as _machine  # noqa: F401  (connects the worker signals)
 from tasks_app.executor.machine import current_machine
 from tasks_app.executor.run import execute_next
-from tasks_app.models import NotificationRule
 from tasks_app.services import notifications
 
 
@@ -38,27 +37,14 @@ def clean_abandoned_uploads() -> int:
     return housekeeping.clean_abandoned_uploads(settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
 
 
-@shared_task(
-    name=housekeeping.NOTIFY,
-    bind=True,
-    autoretry_for=(notifications.NotDelivered,),
-    max_retries=settings.SIMDECK_NOTIFY_RETRIES,
-    retry_backoff=settings.SIMDECK_NOTIFY_RETRY_SECONDS,
-    retry_backoff_max=3600,
-    retry_jitter=False,
-)
-def notify(self, rule_id: int, title: str, body: str) -> None:
-    """Deliver one notification; a refusal is tried again later, and counted once every try failed."""
-    rule = NotificationRule.objects.filter(pk=rule_id).only("url").first()
-    if rule is None:
-        return  # the destination was removed meanwhile
-    try:
-        notifications.deliver(rule.url, title, body)
-    except notifications.NotDelivered as exc:
-        if self.request.retries >= self.max_retries:
-            notifications.undelivered(rule_id, str(exc))
-        raise
-    notifications.delivered(rule_id)
+@shared_task(name=housekeeping.NOTIFY)
+def notify(rule_id: int, title: str, body: str, attempt: int = 1) -> None:
+    """Deliver one notification on a sending thread: the worker never waits on a destination."""
+    notifications.send_soon(rule_id, title, body, attempt, again=_notify_again)
+
+
+def _notify_again(rule_id: int, title: str, body: str, attempt: int, wait: float) -> None:
+    notify.apply_async(args=(rule_id, title, body, attempt), countdown=wait)
 
 
 @shared_task(name="simdeck.housekeeping")

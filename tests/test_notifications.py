@@ -143,34 +143,50 @@ def test_what_ended_is_told_once_to_who_may_see_it(alice, bob, group, no_broker)
     assert rules.count(mine.pk) == 2, f"both failures, {later.id} too"
 
 
-@pytest.fixture
-def eager_in_this_transaction():
-    """Run Celery tasks here without the worker's check of its connection, which would close the test's."""
-    from celery import signals
-
-    from tasks_app import tasks
-
-    signals.task_prerun.disconnect(tasks._usable_connection)
-    yield
-    signals.task_prerun.connect(tasks._usable_connection)
-
-
 @pytest.mark.django_db
-def test_a_destination_that_keeps_failing_is_tried_a_few_times_then_marked_failing(
-    alice, settings, eager_in_this_transaction
-):
-    from tasks_app.tasks import notify
-
+def test_a_destination_that_keeps_failing_is_tried_a_few_times_then_marked_failing(alice, settings):
     rule = notifications.add_rule(alice, label="dead", url=dead_url())
-    # Run eagerly, a retry runs at once (no wait): each message is tried every time, counted once.
+    waits = []
+
+    def again(rule_id, title, body, attempt, wait):  # the next try at once, its wait noted
+        waits.append(wait)
+        notifications.attempt(rule_id, title, body, attempt, again)
+
+    # Each message is tried every time, and counted once when its last try failed.
     for count in range(1, settings.SIMDECK_NOTIFY_FAILING_AFTER + 1):
-        notify.apply(args=(rule.pk, "title", "body"), throw=False)
+        assert notifications.attempt(rule.pk, "title", "body", 1, again) is False
         assert NotificationRule.objects.get(pk=rule.pk).failures == count
+    first = settings.SIMDECK_NOTIFY_RETRY_SECONDS
+    assert waits[: settings.SIMDECK_NOTIFY_RETRIES] == [
+        first * 2**i for i in range(settings.SIMDECK_NOTIFY_RETRIES)
+    ]
     rule.refresh_from_db()
     assert notifications.is_failing(rule) and "did not accept" in rule.last_error
     NotificationRule.objects.filter(pk=rule.pk).update(checked_until=timezone.now() - dt.timedelta(hours=1))
     make_task(alice, services.create_group(alice, machine_type="c2-standard-4", name="g2"), to=HAPPY)
     assert notifications.due() == [], "a failing destination is skipped"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_destination_that_never_answers_holds_up_no_other(alice, endpoint):
+    # A server that takes the connection and never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        hanging = notifications.add_rule(
+            alice, label="silent", url=f"json://127.0.0.1:{silent.getsockname()[1]}/"
+        )
+        live = notifications.add_rule(alice, label="live", url=endpoint.url)
+        retried = []
+        stuck = notifications.send_soon(hanging.pk, "first", "body", 1, lambda *a: retried.append(a))
+        sent = notifications.send_soon(live.pk, "second", "body", 1, lambda *a: retried.append(a))
+        # The sender returned at once; the live destination has its message while the other still waits.
+        assert sent.result(timeout=30) is True
+        assert [m["title"] for m in endpoint.received] == ["second"] and not stuck.done()
+        assert stuck.result(timeout=60) is False and retried[0][:4] == (hanging.pk, "first", "body", 2)
+    finally:
+        silent.close()
 
 
 # A real stack delivering to a real endpoint: tests/test_accounting.py runs it with its tasks.
@@ -305,10 +321,9 @@ def with_mail(settings, mail_server):
 
 
 @pytest.mark.django_db
-def test_an_address_gets_mail_through_the_servers_mail_server(
-    logged_in, alice, settings, with_mail, eager_in_this_transaction
-):
-    from tasks_app.tasks import notify
+def test_an_address_gets_mail_through_the_servers_mail_server(logged_in, alice, settings, with_mail):
+    def at_once(rule_id, title, body, attempt, wait):
+        notifications.attempt(rule_id, title, body, attempt, at_once)
 
     url = reverse("notification-rules")
     settings.EMAIL_URL = ""
@@ -330,14 +345,14 @@ def test_an_address_gets_mail_through_the_servers_mail_server(
     assert "Tasks that fail, batches and groups all ended, budgets at 80 % and 100 %" in page
 
     assert notifications.send_test(rule) is None
-    notify.apply(args=(rule.pk, "Simdeck: task x failed", "It failed."), throw=False)
+    notifications.attempt(rule.pk, "Simdeck: task x failed", "It failed.", 1, at_once)
     assert [m.rcpt_tos for m in with_mail.received] == [["alice@example.org"]] * 2
     assert b"Subject: Simdeck: task x failed" in with_mail.received[1].content
     assert b"It failed." in with_mail.received[1].content
     assert NotificationRule.objects.get(pk=rule.pk).failures == 0
 
     with_mail.stop()  # the mail server is down: tried again, then counted against the destination
-    notify.apply(args=(rule.pk, "title", "body"), throw=False)
+    notifications.attempt(rule.pk, "title", "body", 1, at_once)
     rule.refresh_from_db()
     assert rule.failures == 1 and "mail server did not take it" in rule.last_error
 

@@ -8,11 +8,14 @@ and what to hear of: tasks that end (or fail), batches whose tasks all ended
 and machine groups left with nothing to run, terminated groups, budgets at
 80 % and 100 %. The lifecycle knows
 nothing of them: the scheduler looks every few seconds at what ended since
-its last look (:func:`due`) and queues one Celery message per delivery, which
-tries again with a growing wait when the destination does not answer. So a
-slow or dead destination never slows a task's end, and a destination whose
-messages keep failing is marked failing and skipped, not tried for ever;
-a successful test (:func:`send_test`) brings it back.
+its last look (:func:`due`) and queues one Celery message per delivery. The
+worker that takes it hands the delivery to a few sending threads
+(:func:`send_soon`) and is free at once, and a delivery that fails is
+queued again with a growing wait (:func:`attempt`). So a slow or dead
+destination never slows a task's end, nor holds up the scheduler's other
+work or another destination's messages; and a destination whose messages
+keep failing is marked failing and skipped, not tried for ever; a
+successful test (:func:`send_test`) brings it back.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import datetime as dt
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -209,6 +214,49 @@ def send_test(rule: NotificationRule) -> str | None:
         return str(exc)
     NotificationRule.objects.filter(pk=rule.pk).update(failures=0, last_error="", last_sent_at=timezone.now())
     return None
+
+
+# Deliveries under way at once in the process that sends them (the scheduler's).
+SENDERS = 4
+_senders: ThreadPoolExecutor | None = None
+# Queues a delivery again: (rule id, title, body, its attempt number, after how many seconds).
+Again = Callable[[int, str, str, int, float], object]
+
+
+def send_soon(rule_id: int, title: str, body: str, attempt_number: int, again: Again) -> Future:
+    """Deliver on one of the sending threads; returns at once (see :func:`attempt`)."""
+    global _senders
+    if _senders is None:  # made in the process that sends, after any fork
+        _senders = ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="notify")
+    return _senders.submit(_attempt_on_thread, rule_id, title, body, attempt_number, again)
+
+
+def _attempt_on_thread(*args) -> bool:
+    try:
+        return attempt(*args)
+    except Exception:
+        log.exception("A notification could not be sent")
+        return False
+    finally:
+        connection.close()  # the thread's own connection, not kept between deliveries
+
+
+def attempt(rule_id: int, title: str, body: str, attempt_number: int, again: Again) -> bool:
+    """Try one delivery now; on failure queue the next try, or count it once the last one failed."""
+    rule = NotificationRule.objects.filter(pk=rule_id).only("url").first()
+    if rule is None:
+        return False  # the destination was removed meanwhile
+    try:
+        deliver(rule.url, title, body)
+    except NotDelivered as exc:
+        if attempt_number > settings.SIMDECK_NOTIFY_RETRIES:
+            undelivered(rule_id, str(exc))
+        else:
+            wait = min(3600.0, settings.SIMDECK_NOTIFY_RETRY_SECONDS * 2 ** (attempt_number - 1))
+            again(rule_id, title, body, attempt_number + 1, wait)
+        return False
+    delivered(rule_id)
+    return True
 
 
 def delivered(rule_id: int) -> None:
