@@ -18,6 +18,7 @@ import functools
 import hashlib
 import math
 import os
+import shlex
 import sys
 import tempfile
 import zipfile
@@ -118,13 +119,30 @@ def _tell_default_group() -> None:
         )
 
 
-def _refuse_cleanup(on_finish_cleanup: object) -> None:
-    if on_finish_cleanup is not None:
+def _cleanup_lines(
+    on_finish_cleanup: str | builtins.list[str] | None, input_dir: Path | None
+) -> builtins.list[str]:
+    """``on_finish_cleanup`` as command lines: a script of the input folder, or the lines given."""
+    if on_finish_cleanup is None:
+        return []
+    if isinstance(on_finish_cleanup, (str, os.PathLike)):
+        script = Path(on_finish_cleanup)
+        if script.is_absolute() or ".." in script.parts:
+            raise ValueError(
+                f"on_finish_cleanup {str(script)!r} must name a script inside the input folder, "
+                "relative to it (or give a list of command lines)."
+            )
+        if input_dir is not None and not (input_dir / script).is_file():
+            raise FileNotFoundError(
+                f"on_finish_cleanup: {script.as_posix()} is not a file of the input folder {input_dir}."
+            )
+        return [f"sh {shlex.quote(script.as_posix())}"]
+    lines = builtins.list(on_finish_cleanup)
+    if not all(isinstance(line, str) and line.strip() for line in lines):
         raise ValueError(
-            "on_finish_cleanup: this server keeps every file a task leaves and runs no step after "
-            "the simulation. Delete unwanted files in the task's own commands instead (e.g. a last "
-            "command 'rm -rf tmp'), or fetch only some with download_outputs(filenames=[...])."
+            "on_finish_cleanup is a script's name or a list of shell command lines, e.g. ['rm -rf tmp']."
         )
+    return lines
 
 
 _OFFERED: dict[str, dict[str, dict]] = {}
@@ -189,15 +207,15 @@ class Simulator:
         ``input_dir`` may be None. ``storage_dir`` is a folder of the
         project's storage the outputs are also kept in, as
         ``<storage_dir>/<task id>/outputs.zip`` (see :mod:`simdeck.storage`).
-        ``on_finish_cleanup`` is refused: nothing runs after the simulation
-        here (the error says what to do instead).
+        ``on_finish_cleanup`` runs after the simulation ends by itself
+        (succeeded or failed), before its outputs are stored: a script of the
+        input folder, or a list of shell command lines, in the task's folder.
         Every call makes a new task, even with the same arguments.
         """
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
         from simdeck.tasks import check_metadata
 
-        _refuse_cleanup(on_finish_cleanup)
         assets = [remote_assets] if isinstance(remote_assets, str) else builtins.list(remote_assets or [])
         if input_dir is None and not assets:
             raise ValueError(
@@ -208,6 +226,7 @@ class Simulator:
         else:
             input_dir = Path(input_dir)
             files = _input_files(input_dir)
+        cleanup = _cleanup_lines(on_finish_cleanup, input_dir)
         params = {k: v for k, v in (self._chosen() | parameters).items() if v is not None}
         if input_dir is not None and not assets:
             self._check_local(input_dir, params)  # a file it looks for may come from the assets
@@ -229,6 +248,8 @@ class Simulator:
             body["remote_assets"] = [str(a).replace("\\", "/") for a in assets]
         if storage_dir:
             body["storage_dir"] = str(storage_dir)
+        if cleanup:
+            body["on_finish_cleanup"] = cleanup
         if size <= INLINE_INPUT_MAX_BYTES:
             # One request creates and queues the task; larger inputs are uploaded after.
             body |= {"input_archive": base64.b64encode(archive.read_bytes()).decode(), "input_sha256": digest}

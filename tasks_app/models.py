@@ -319,6 +319,9 @@ class Task(models.Model):
     output_files = models.PositiveIntegerField(null=True, blank=True)
     # A folder of the project's storage the outputs are also stored in (``<storage_dir>/<id>/``).
     storage_dir = models.CharField(max_length=500, blank=True)
+    # Shell command lines run in its sandbox after the simulation ends by itself, before its
+    # outputs are stored (``run(on_finish_cleanup=...)``).
+    cleanup_commands = models.JSONField(default=list, blank=True)
 
     # The sweep it was made in (run_many), if any.
     batch = models.ForeignKey(

@@ -57,6 +57,7 @@ def resubmit(
             # Its files from storage again, checked again: the actor may not read what the owner could.
             remote_assets=list(original.assets.values_list("path", flat=True)) or None,
             storage_dir=original.storage_dir,
+            on_finish_cleanup=original.cleanup_commands or None,
         )
         Task.objects.filter(pk=task.pk).update(resubmitted_from=original)
         task.resubmitted_from = original

@@ -16,7 +16,7 @@ import pytest
 
 import simdeck as inductiva
 from simdeck import simulators
-from simdeck.errors import NotFound
+from simdeck.errors import NotFound, SimdeckError
 from simdeck.templating import TemplateError
 from tasks_app import lifecycle, services
 from tasks_app.lifecycle import Status
@@ -72,8 +72,10 @@ def test_inductiva_snippets_run_with_only_the_import_changed(
     inputs.mkdir()
     (inputs / "mesh.txt").write_text("mesh 1\n")
     (inputs / "notes.txt").write_text("notes\n")
-    with pytest.raises(ValueError, match="on_finish_cleanup: this server keeps every file"):
-        sim.run(inputs, commands=["ls"], on_finish_cleanup=["rm -rf tmp"])
+    with pytest.raises(FileNotFoundError, match="on_finish_cleanup: tidy.sh is not a file of the input"):
+        sim.run(inputs, commands=["ls"], on_finish_cleanup="tidy.sh")
+    with pytest.raises(SimdeckError, match=r"on_finish_cleanup\[1\] holds a line break"):
+        sim.run(inputs, commands=["ls"], on_finish_cleanup=["rm -f notes.txt", "rm -f a\nrm -f b"])
     with pytest.raises(ValueError, match="Cannot read 'forever' as a duration for time_to_live"):
         sim.run(inputs, commands=["ls"], time_to_live="forever")
     with pytest.raises(NotFound, match=rf"remote_assets\[0\] \('{theirs.id}/outputs'\): no task with id"):
@@ -90,7 +92,12 @@ def test_inductiva_snippets_run_with_only_the_import_changed(
     monkeypatch.setattr(simulators, "_told_default_group", False)
     case = inductiva.TemplateManager.render_dir(template, tmp_path / "case", nu=0.1, steps=20)
     capsys.readouterr()
-    first = sim.run(case, commands=["cat case.txt", "cp case.txt result.txt"], time_to_live="2 minutes")
+    first = sim.run(
+        case,
+        commands=["cat case.txt", "cp case.txt result.txt"],
+        time_to_live="2 minutes",
+        on_finish_cleanup=["rm case.txt"],  # after the simulation, before the outputs are stored
+    )
     # A chain: the second task takes the first's outputs, without sending an input of its own.
     second = sim.run(
         None,
@@ -113,7 +120,8 @@ def test_inductiva_snippets_run_with_only_the_import_changed(
     assert info.executer.vm_type == "n2-standard-2" and info.time_metrics.total_seconds.value > 0
     assert info.inputs_from == [first.id]
     outputs = {f.name: f.size for f in first.get_output_info().files}
-    assert outputs["result.txt"] == len("viscosity 0.1, 20 steps\n")
+    assert outputs["result.txt"] == len("viscosity 0.1, 20 steps\n") and "case.txt" not in outputs
+    assert first.get_info()["on_finish_cleanup"] == ["rm case.txt"]
     assert first.kill(wait_timeout=1, verbosity_level=0) is False  # an ended task stays as it ended
     fetched = first.download_inputs(filenames=["case.txt"])
     assert (fetched / "case.txt").read_text() == "viscosity 0.1, 20 steps\n"

@@ -306,9 +306,16 @@ class TaskDetailOut(TaskOut):
     machine_memory_gb: float | None = Field(description="Memory of its machine type, in GB.")
     provider: str = Field(description="What runs its group's machines: local or slurm.")
     storage_dir: str = Field(description="The storage folder its outputs are also kept in; '' for none.")
+    on_finish_cleanup: list[str] = Field(
+        description="Command lines run after the simulation, before its outputs are stored."
+    )
     remote_assets: list[str] = Field(description="Paths of storage it takes as inputs besides its upload.")
     inputs_from: list[str] = Field(description="Ids of the tasks whose files it takes (those you can see).")
     used_by: list[str] = Field(description="Ids of the tasks that take its files (those you can see).")
+
+    @staticmethod
+    def resolve_on_finish_cleanup(obj) -> list[str]:
+        return obj.cleanup_commands
 
     @staticmethod
     def resolve_remote_assets(obj) -> list[str]:
@@ -457,6 +464,12 @@ class TaskIn(In):
         "",
         description="A folder of the project's storage the outputs are also kept in, as "
         "<storage_dir>/<task id>/outputs.zip.",
+    )
+    on_finish_cleanup: list[str] | None = Field(
+        None,
+        examples=[["rm -rf scratch"]],
+        description="Shell command lines run in the task's sandbox, in its folder, after the simulation "
+        "ends by itself (not after a kill or its time to live), before its outputs are stored.",
     )
     batch: str | None = Field(
         None, description="A sweep of single tasks: the batch id its first task's answer gave; joins it."

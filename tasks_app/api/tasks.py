@@ -236,6 +236,7 @@ def create_task(request: HttpRequest, payload: s.TaskIn, idempotency_key: str | 
                 request_key=key,
                 remote_assets=payload.remote_assets,
                 storage_dir=payload.storage_dir,
+                on_finish_cleanup=payload.on_finish_cleanup,
                 batch=payload.batch,
                 batch_size=payload.batch_size,
             )

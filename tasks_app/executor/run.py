@@ -43,6 +43,7 @@ from tasks_app.executor.sampling import ResourceMeter
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, Task
 from tasks_app.services import project_storage, remote_assets
+from tasks_app.simulators.base import Invocation
 
 log = logging.getLogger(__name__)
 
@@ -260,11 +261,50 @@ class Execution:
             self.end_with_machine(name)
             self.cleanup()
             return
+        if outcome.stopped is None and self.task.cleanup_commands:
+            outcome = self.run_cleanup_commands(outcome)
         self.ended_at = time.monotonic()
         live.end_log(self.task.id)
         self.record_progress(ended=True)
         self.finish(outcome)
         self.cleanup()
+
+    def run_cleanup_commands(self, outcome: Outcome) -> Outcome:
+        """The task's ``on_finish_cleanup`` lines, after a simulation that ended by itself.
+
+        They run as its commands do (in its sandbox and folder, their output
+        in its log), whether the simulation succeeded or not; the task ends
+        as the simulation did, unless it is stopped while they run. A line
+        that fails stops the rest and is said in the log.
+        """
+        lines = [Invocation(["sh", "-c", c], display=c) for c in self.task.cleanup_commands]
+        self.note(self.stdout, "stdout", "[simdeck] The simulation ended; running on_finish_cleanup.\n")
+        cleaned = run_invocations(
+            lines,
+            self.workdir,
+            self.stdout,
+            self.stderr,
+            self.should_stop,
+            base_env=self.environment(),
+            box=self.box,
+            grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
+            publish=self.publish,
+        )
+        if cleaned.stopped is not None:
+            return cleaned
+        if cleaned.exit_code:
+            self.note(
+                self.stderr,
+                "stderr",
+                f"[simdeck] on_finish_cleanup failed (exit code {cleaned.exit_code}).\n",
+            )
+        return outcome
+
+    def note(self, path: Path, stream: str, text: str) -> None:
+        """A line of the platform's own in the task's log, stored and live."""
+        with open(path, "ab") as f:
+            f.write(text.encode())
+        self.publish(stream, text.encode())
 
     def publish(self, stream: str, data: bytes) -> None:
         """A batch of the simulation's output lines: to the live log, and past the progress reader."""

@@ -138,6 +138,7 @@ def create_task(
     storage_dir: str = "",
     batch: str | None = None,
     batch_size: int | None = None,
+    on_finish_cleanup: list[str] | None = None,
 ) -> Task:
     """A new task waiting for its input. Every call makes a new task.
 
@@ -147,8 +148,10 @@ def create_task(
     first task gives ``batch_size``, the next ones name the ``batch``.
     ``remote_assets`` are paths of storage the machine adds to the input
     (:mod:`tasks_app.services.remote_assets`); ``storage_dir`` a folder of the
-    project's storage the outputs are also kept in.
+    project's storage the outputs are also kept in; ``on_finish_cleanup``
+    command lines run after the simulation, before its outputs are stored.
     """
+    cleanup = checked_cleanup(on_finish_cleanup)
     joined = _batch_joined(user, batch, machine_group, 1) if batch else None
     if batch_size is not None and not 1 <= batch_size <= SWEEP_MAX_TASKS:
         raise Refused(
@@ -178,6 +181,7 @@ def create_task(
         user, target, machine_group, adapter, parameters, metadata, resubmit_on_preemption, ttl, request_key
     )
     task.storage_dir = storage_dir
+    task.cleanup_commands = cleanup
     if joined is None and batch_size is not None:  # the first task of a sweep: its batch starts
         joined = Batch.objects.create(
             owner=user, project_id=machine_group.project_id, machine_group=machine_group, size=batch_size
@@ -186,6 +190,35 @@ def create_task(
     task.save(force_insert=True)
     remote_assets_service.save(task, assets)
     return task
+
+
+CLEANUP_MAX_COMMANDS = 20
+CLEANUP_MAX_CHARS = 4096
+
+
+def checked_cleanup(commands: list[str] | None) -> list[str]:
+    """The command lines of ``on_finish_cleanup``, refused unless each is a short non-empty line."""
+    if not commands:
+        return []
+    if not isinstance(commands, list) or len(commands) > CLEANUP_MAX_COMMANDS:
+        raise Refused(
+            f"on_finish_cleanup is a list of at most {CLEANUP_MAX_COMMANDS} shell command lines.",
+            field="on_finish_cleanup",
+        )
+    inputs.texts("on_finish_cleanup", commands)
+    for i, command in enumerate(commands):
+        if not isinstance(command, str) or not command.strip() or len(command) > CLEANUP_MAX_CHARS:
+            raise Refused(
+                f"on_finish_cleanup[{i}] must be a shell command line of 1 to {CLEANUP_MAX_CHARS} "
+                "characters, e.g. 'rm -rf scratch'.",
+                field=f"on_finish_cleanup.{i}",
+            )
+        if "\n" in command or "\r" in command:
+            raise Refused(
+                f"on_finish_cleanup[{i}] holds a line break: give each command as an item of the list.",
+                field=f"on_finish_cleanup.{i}",
+            )
+    return [c.strip() for c in commands]
 
 
 def _new_task(
