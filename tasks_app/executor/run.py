@@ -250,6 +250,8 @@ class Execution:
                 first_look_seconds=START_RECORD_SECONDS,
                 publish=self.publish,
             )
+            if outcome.stopped is None and self.task.cleanup_commands:
+                outcome = self.run_cleanup_commands(outcome)
         except sandbox.ResidentGone:
             # The machine's lasting sandbox ended under the command: a signal to
             # every process of the machine (see taken_down) ends its first process too.
@@ -261,8 +263,6 @@ class Execution:
             self.end_with_machine(name)
             self.cleanup()
             return
-        if outcome.stopped is None and self.task.cleanup_commands:
-            outcome = self.run_cleanup_commands(outcome)
         self.ended_at = time.monotonic()
         live.end_log(self.task.id)
         self.record_progress(ended=True)
