@@ -1,6 +1,7 @@
 """The local provider: placement of machines on the host, and its own footprint."""
 
 import os
+import signal
 import time
 
 import psutil
@@ -9,7 +10,7 @@ import pytest
 import simdeck
 from tasks_app import services
 from tasks_app.models import Machine, MachineGroup
-from tasks_app.providers.local import LocalProvider, cpu_set
+from tasks_app.providers.local import QUIET_SECONDS, LocalProvider, cpu_set
 from tests.helpers import ROOT, wait_for
 
 INPUT = ROOT / "examples" / "commands-mesh-solve"
@@ -87,3 +88,6 @@ def test_the_provider_idles_and_keeps_no_descriptor_after_groups_end(stack, clie
     # Every cycle leaves the provider as the one before did: nothing held per ended machine.
     assert fds[1:] == fds[:1] * (len(fds) - 1), f"open descriptors after each cycle: {fds}"
     assert used < IDLE_SECONDS * 0.1, f"{used:.2f} s of CPU in {IDLE_SECONDS} idle seconds"
+    # Asleep between rounds for up to QUIET_SECONDS, a stop wakes it at once.
+    stack.provider.send_signal(signal.SIGTERM)
+    stack.provider.wait(timeout=QUIET_SECONDS / 3)

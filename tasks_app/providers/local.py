@@ -124,6 +124,7 @@ class LocalProvider:
         self.lacking_since: dict[int, float] = {}
         self.notices: psycopg.Connection | None = None  # LISTENs on provider_rules.PROVIDER_CHANNEL
         self.watching = False  # a started group changes without notice: elastic, or spot rehearsals
+        self.woken: int | None = None  # readable when a signal came (see run_forever)
         self.log_dir = Path(settings.SIMDECK_HOME) / "logs" / "machines"
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -140,6 +141,10 @@ class LocalProvider:
         stop = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.append(True))
+        # A signal wakes the wait between rounds at once (Python retries an
+        # interrupted select() for its full time, up to QUIET_SECONDS).
+        self.woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake)
         while not stop:
             if self.notices is None:
                 self.listen()  # before the round: a change made during it wakes the next one
@@ -187,10 +192,18 @@ class LocalProvider:
         fds = list(self.exits.values())
         if self.notices is not None:
             fds.append(self.notices.fileno())
+        if self.woken is not None:
+            fds.append(self.woken)
         if not fds:
             time.sleep(timeout)
             return False
         ready, _, _ = select.select(fds, [], [], timeout)
+        if self.woken in ready:
+            try:
+                while os.read(self.woken, 64):
+                    pass
+            except BlockingIOError:
+                pass
         if self.notices is not None and self.notices.fileno() in ready:
             try:
                 for _ in self.notices.notifies(timeout=0):
