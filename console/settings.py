@@ -341,6 +341,8 @@ SIMDECK_MACHINE_TYPES = env.json(
 # Notifications (Apprise URLs): how many times a message is tried again, the first wait
 # (doubling each time), and after how many undelivered messages a destination is failing.
 SIMDECK_NOTIFY_RETRIES = env.int("SIMDECK_NOTIFY_RETRIES", default=4)
+# Test messages ("send a test") a user may send an hour.
+SIMDECK_NOTIFY_TESTS_PER_HOUR = env.int("SIMDECK_NOTIFY_TESTS_PER_HOUR", default=20)
 SIMDECK_NOTIFY_RETRY_SECONDS = env.float("SIMDECK_NOTIFY_RETRY_SECONDS", default=30.0)
 SIMDECK_NOTIFY_FAILING_AFTER = env.int("SIMDECK_NOTIFY_FAILING_AFTER", default=3)
 

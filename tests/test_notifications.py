@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tasks_app import services, teams
+from tasks_app.errors import Refused
 from tasks_app.lifecycle import Status
 from tasks_app.models import NotificationRule
 from tasks_app.services import notifications
@@ -119,6 +120,22 @@ def test_the_test_button_delivers_or_says_why_not_and_is_the_owners_alone(client
     NotificationRule.objects.filter(pk=dead.pk).update(failures=99)
     client.post(reverse("notification-test", args=[live.pk]))
     assert NotificationRule.objects.get(pk=dead.pk).failures == 99, "only a test of its own clears it"
+
+
+@pytest.mark.django_db
+def test_tests_are_limited_to_a_few_an_hour_and_the_limit_is_said(api, client, alice, settings, endpoint):
+    settings.SIMDECK_NOTIFY_TESTS_PER_HOUR = 2
+    rule = notifications.add_rule(alice, label="hook", url=endpoint.url)
+    assert notifications.send_test(rule) is None and notifications.send_test(rule) is None
+    with pytest.raises(Refused) as refused:
+        notifications.send_test(rule)
+    assert refused.value.status == 429 and "2 test messages within the hour" in str(refused.value)
+    client.force_login(alice)
+    page = client.post(reverse("notification-test", args=[rule.pk]), follow=True).content.decode()
+    assert "2 test messages within the hour" in page
+    answer = api.post(f"/api/v1/notifications/{rule.pk}/test")
+    assert answer.status_code == 429 and answer.json()["error"] == "too_many_tests"
+    assert len(endpoint.received) == 2, "nothing was sent past the limit"
 
 
 @pytest.mark.django_db

@@ -15,7 +15,7 @@ from ninja.responses import Status as Reply
 
 from tasks_app import access
 from tasks_app.api.common import ERRORS
-from tasks_app.api.schemas import In
+from tasks_app.api.schemas import Error, In
 from tasks_app.models import NotificationRule
 from tasks_app.services import notifications
 
@@ -97,7 +97,7 @@ def add_notification(request: HttpRequest, payload: NotificationIn):
     return Reply(201, rule)
 
 
-@router.post("/{rule_id}/test", response={200: TestOut, **ERRORS})
+@router.post("/{rule_id}/test", response={200: TestOut, **ERRORS, 429: Error})
 def test_notification(request: HttpRequest, rule_id: str):
     """Send a test message now and say whether it arrived; one that arrives clears failing."""
     rule = access.rule_for(request.user, rule_id)

@@ -206,7 +206,13 @@ def _mail(address: str, title: str, body: str) -> None:
 
 
 def send_test(rule: NotificationRule) -> str | None:
-    """Send a test message at once; None when it arrived, else why not. A success clears failing."""
+    """Send a test message at once; None when it arrived, else why not. A success clears failing.
+
+    Each user may send ``SIMDECK_NOTIFY_TESTS_PER_HOUR`` tests an hour: a
+    test goes wherever its URL says, so without a limit anyone with an
+    account could make the server send mail or posts at will.
+    """
+    _count_test(rule.user)
     try:
         deliver(rule.url, "Simdeck: a test", f"Notifications of {rule.label} reach this destination.")
     except NotDelivered as exc:
@@ -214,6 +220,28 @@ def send_test(rule: NotificationRule) -> str | None:
         return str(exc)
     NotificationRule.objects.filter(pk=rule.pk).update(failures=0, last_error="", last_sent_at=timezone.now())
     return None
+
+
+def _count_test(user) -> None:
+    """Count one test of ``user``'s, refused past the hour's allowance (in the shared cache)."""
+    from django.core.cache import cache
+
+    # The account's creation time tells apart users that reuse an id (a database made anew).
+    key = f"notify-tests:{user.pk}:{user.date_joined.timestamp():.6f}"
+    cache.add(key, 0, timeout=3600)
+    try:
+        sent = cache.incr(key)
+    except ValueError:  # expired between the two calls: a new hour
+        cache.add(key, 1, timeout=3600)
+        sent = 1
+    limit = settings.SIMDECK_NOTIFY_TESTS_PER_HOUR
+    if sent > limit:
+        raise Refused(
+            f"You sent {limit} test messages within the hour, the most allowed; "
+            "try again later (each destination is tried anyway when something ends).",
+            code="too_many_tests",
+            status=429,
+        )
 
 
 # Deliveries under way at once in the process that sends them (the scheduler's).

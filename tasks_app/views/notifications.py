@@ -61,7 +61,11 @@ def notification_rules(request: HttpRequest) -> HttpResponse:
 @require_POST
 def notification_test(request: HttpRequest, rule_id: int) -> HttpResponse:
     rule = get_object_or_404(NotificationRule, pk=rule_id, user=request.user)
-    problem = notifications.send_test(rule)
+    try:
+        problem = notifications.send_test(rule)
+    except Refused as exc:
+        messages.error(request, str(exc))
+        return redirect("notification-rules")
     if problem:
         messages.error(request, f"The test to {rule.label} did not arrive: {problem}.")
     else:
