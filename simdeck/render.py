@@ -191,3 +191,19 @@ def progress(task: dict, now: dt.datetime) -> str:
     if eta is not None:
         text += f" ~{duration(max(0.0, (eta - now).total_seconds()))} left"
     return text
+
+
+def transfer_bar(hidden: bool = False):
+    """A progress bar of bytes sent or received, on stderr when it is a terminal; a context manager."""
+    import sys
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+        disable=hidden or not sys.stderr.isatty(),
+    )

@@ -25,7 +25,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from simdeck import api, durations
+from simdeck import api, durations, render
 from simdeck.errors import SimdeckError
 from simdeck.resources import MachineGroup
 from simdeck.tasks import Task
@@ -212,8 +212,6 @@ class Simulator:
         input folder, or a list of shell command lines, in the task's folder.
         Every call makes a new task, even with the same arguments.
         """
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
         from simdeck.tasks import check_metadata
 
         assets = [remote_assets] if isinstance(remote_assets, str) else builtins.list(remote_assets or [])
@@ -280,14 +278,7 @@ class Simulator:
         say(f"  Resubmitted if its machine is lost: {'yes' if resubmit_on_preemption else 'no'}")
         detail = task_info
         try:
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                transient=True,
-                disable=not sys.stderr.isatty() or task_info["upload_url"] is None,
-            ) as bar:
+            with render.transfer_bar(hidden=task_info["upload_url"] is None) as bar:
                 job = bar.add_task("Uploading the input", total=size)
                 if task_info["upload_url"] is not None:
                     detail = self._client.upload_input(

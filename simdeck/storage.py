@@ -233,16 +233,7 @@ class _bar:
     """One progress bar over many files, shown on a terminal (stderr) only."""
 
     def __init__(self, description: str, total: int | None):
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-        self.progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            transient=True,
-            disable=not sys.stderr.isatty(),
-        )
+        self.progress = render.transfer_bar()
         self.description, self.total = description, total
 
     def __enter__(self):

@@ -973,21 +973,12 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) ->
 
 def _fetch(client: api.Client, path: str, dest: Path, description: str) -> None:
     """Download to ``dest`` through a temporary file, with a progress bar on a terminal."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
     fd, tmp_name = tempfile.mkstemp(prefix=".simdeck-", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with (
             os.fdopen(fd, "wb") as sink,
-            Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                transient=True,
-                disable=not sys.stderr.isatty(),
-            ) as bar,
+            render.transfer_bar() as bar,
         ):
             job = bar.add_task(description, total=None)
             client.download(path, sink, lambda done, total: bar.update(job, completed=done, total=total))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mimetypes
 import unicodedata
 
-from django.http import FileResponse, HttpResponse, HttpResponseRedirect
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.utils.http import content_disposition_header
 
 from tasks_app import storage
@@ -42,3 +42,26 @@ def stored_file(name: str, filename: str) -> HttpResponse:
         response["Cache-Control"] = "private, no-store"  # the URL expires, and is the caller's own
         return response
     return FileResponse(storage.open_file(name), as_attachment=True, filename=filename)
+
+
+CHUNK = 1 << 20
+
+
+def archive_member(filename: str, member, size: int, archive) -> StreamingHttpResponse:
+    """One file of an open zip archive (``member``, ``size`` bytes), unzipped as it is sent.
+
+    The member and its archive are closed when the response ends, however it ends.
+    """
+
+    def stream():
+        try:
+            while chunk := member.read(CHUNK):
+                yield chunk
+        finally:
+            member.close()
+            archive.close()
+
+    response = StreamingHttpResponse(stream(), content_type="application/octet-stream")
+    response["Content-Length"] = str(size)
+    response["Content-Disposition"] = attachment(filename)
+    return response

@@ -120,31 +120,40 @@ def receive_upload(
     Returns (storage name, size, sha256). Nothing is stored when a check fails.
     """
     digest = hashlib.sha256()
+    with _spooled(chunks, expected_size, max_bytes, "Submit the task again.", digest) as spool:
+        if digest.hexdigest() != expected_sha256.lower():
+            raise UploadError("The upload is corrupt: its SHA-256 checksum does not match. Submit again.")
+        _check_archive(spool)
+        spool.seek(0)
+        with refusals():
+            stored = _replace(input_name(task_id), File(spool))
+    return stored, expected_size, digest.hexdigest()
+
+
+@contextmanager
+def _spooled(chunks: Iterable[bytes], expected_size: int, max_bytes: int, again: str, digest=None):
+    """The chunks in a temporary file, rewound, once exactly ``expected_size`` bytes came.
+
+    Read as they arrive, so nothing is stored from an upload that turns out
+    too long or cut short; ``digest`` (a hashlib object) sees every byte.
+    """
     size = 0
     with tempfile.TemporaryFile() as spool:
         for chunk in chunks:
             size += len(chunk)
             if size > max_bytes or size > expected_size:
                 raise UploadError(
-                    f"The upload is larger than announced ({expected_size} bytes)"
+                    f"The upload is larger than announced ({expected_size} bytes)."
                     if size > expected_size
                     else f"The upload exceeds the limit of {max_bytes} bytes."
                 )
-            digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             spool.write(chunk)
         if size != expected_size:
-            raise UploadError(
-                f"The upload was cut short: {size} of {expected_size} bytes arrived. Submit the task again."
-            )
-        if digest.hexdigest() != expected_sha256.lower():
-            raise UploadError("The upload is corrupt: its SHA-256 checksum does not match. Submit again.")
+            raise UploadError(f"The upload was cut short: {size} of {expected_size} bytes arrived. {again}")
         spool.seek(0)
-        _check_archive(spool)
-        spool.seek(0)
-        name = input_name(task_id)
-        with refusals():
-            stored = _replace(name, File(spool))
-    return stored, size, digest.hexdigest()
+        yield spool
 
 
 # Inputs up to this size go to a bucket in one presigned PUT; larger ones in parts of PART_BYTES.
@@ -321,25 +330,9 @@ def receive_file(name: str, chunks: Iterable[bytes], *, expected_size: int, max_
 
     Nothing is stored when more or fewer bytes arrive than announced.
     """
-    size = 0
-    with tempfile.TemporaryFile() as spool:
-        for chunk in chunks:
-            size += len(chunk)
-            if size > max_bytes or size > expected_size:
-                raise UploadError(
-                    f"The upload is larger than announced ({expected_size} bytes)."
-                    if size > expected_size
-                    else f"The upload exceeds the limit of {max_bytes} bytes."
-                )
-            spool.write(chunk)
-        if size != expected_size:
-            raise UploadError(
-                f"The upload was cut short: {size} of {expected_size} bytes arrived. Send it again."
-            )
-        spool.seek(0)
-        with refusals():
-            _replace(name, File(spool))
-    return size
+    with _spooled(chunks, expected_size, max_bytes, "Send it again.") as spool, refusals():
+        _replace(name, File(spool))
+    return expected_size
 
 
 def copy_stored(source: str, target: str) -> None:

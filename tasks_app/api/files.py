@@ -9,7 +9,7 @@ task is not on a machine.
 
 from __future__ import annotations
 
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest
 from ninja import Query, Router
 
 from tasks_app import access, downloads, services, storage
@@ -19,7 +19,6 @@ from tasks_app.executor import questions
 
 router = Router(tags=["files"])
 
-CHUNK = 1 << 20
 
 
 # -- stored outputs and logs -----------------------------------------------------
@@ -52,29 +51,14 @@ def list_outputs(request: HttpRequest, task_id: str):
 def download_output_file(request: HttpRequest, task_id: str, path: str):
     """One file of the outputs, unzipped on the way."""
     task = access.task_for(request.user, task_id)
-    return _member_response(path, *services.open_output_file(task, path))
+    return downloads.archive_member(path, *services.open_output_file(task, path))
 
 
 @router.get("/{task_id}/input/files/{path:path}", response={200: None, **ERRORS})
 def download_input_file(request: HttpRequest, task_id: str, path: str):
     """One file of the input as uploaded, unzipped on the way."""
     task = access.task_for(request.user, task_id)
-    return _member_response(path, *services.open_input_file(task, path))
-
-
-def _member_response(path: str, member, size: int, archive) -> StreamingHttpResponse:
-    def stream():
-        try:
-            while chunk := member.read(CHUNK):
-                yield chunk
-        finally:
-            member.close()
-            archive.close()
-
-    response = StreamingHttpResponse(stream(), content_type="application/octet-stream")
-    response["Content-Length"] = str(size)
-    response["Content-Disposition"] = downloads.attachment(path)
-    return response
+    return downloads.archive_member(path, *services.open_input_file(task, path))
 
 
 @router.get("/{task_id}/logs/{stream}", response={200: None, **ERRORS})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlencode
 
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest
 from ninja import Query, Router
 
 from tasks_app import access, downloads, inputs, services
@@ -87,20 +87,7 @@ def download_file(request: HttpRequest, path: str, project: str | None = PROJECT
     if what.stored:
         return downloads.stored_file(what.stored, what.filename)
     opener = services.open_input_file if what.part == "input" else services.open_output_file
-    member, size, archive = opener(what.task, what.member)
-
-    def stream():
-        try:
-            while chunk := member.read(CHUNK):
-                yield chunk
-        finally:
-            member.close()
-            archive.close()
-
-    response = StreamingHttpResponse(stream(), content_type="application/octet-stream")
-    response["Content-Length"] = str(size)
-    response["Content-Disposition"] = downloads.attachment(what.member)
-    return response
+    return downloads.archive_member(what.member, *opener(what.task, what.member))
 
 
 @router.delete("/files/{path:path}", response={200: s.StorageRemovedOut, **ERRORS})

@@ -238,18 +238,7 @@ class Execution:
         live.begin_log(self.task.id, first_attempt=self.task.attempt == 1)
         self.spawned_at = timezone.now()
         try:
-            outcome = run_invocations(
-                invocations,
-                self.workdir,
-                self.stdout,
-                self.stderr,
-                self.should_stop,
-                base_env=self.environment(),
-                box=self.box,
-                grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
-                first_look_seconds=START_RECORD_SECONDS,
-                publish=self.publish,
-            )
+            outcome = self.run_lines(invocations, first_look_seconds=START_RECORD_SECONDS)
             if outcome.stopped is None and self.task.cleanup_commands:
                 outcome = self.run_cleanup_commands(outcome)
         except sandbox.ResidentGone:
@@ -269,6 +258,21 @@ class Execution:
         self.finish(outcome)
         self.cleanup()
 
+    def run_lines(self, invocations: list[Invocation], first_look_seconds: float | None = None) -> Outcome:
+        """Command lines in the task's sandbox and folder, watched, their output to its log."""
+        return run_invocations(
+            invocations,
+            self.workdir,
+            self.stdout,
+            self.stderr,
+            self.should_stop,
+            base_env=self.environment(),
+            box=self.box,
+            grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
+            first_look_seconds=first_look_seconds,
+            publish=self.publish,
+        )
+
     def run_cleanup_commands(self, outcome: Outcome) -> Outcome:
         """The task's ``on_finish_cleanup`` lines, after a simulation that ended by itself.
 
@@ -279,17 +283,7 @@ class Execution:
         """
         lines = [Invocation(["sh", "-c", c], display=c) for c in self.task.cleanup_commands]
         self.note(self.stdout, "stdout", "[simdeck] The simulation ended; running on_finish_cleanup.\n")
-        cleaned = run_invocations(
-            lines,
-            self.workdir,
-            self.stdout,
-            self.stderr,
-            self.should_stop,
-            base_env=self.environment(),
-            box=self.box,
-            grace_seconds=settings.SIMDECK_KILL_GRACE_SECONDS,
-            publish=self.publish,
-        )
+        cleaned = self.run_lines(lines)
         if cleaned.stopped is not None:
             return cleaned
         if cleaned.exit_code:

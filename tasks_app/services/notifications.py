@@ -28,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import connection, transaction
@@ -224,8 +225,6 @@ def send_test(rule: NotificationRule) -> str | None:
 
 def _count_test(user) -> None:
     """Count one test of ``user``'s, refused past the hour's allowance (in the shared cache)."""
-    from django.core.cache import cache
-
     # The account's creation time tells apart users that reuse an id (a database made anew).
     key = f"notify-tests:{user.pk}:{user.date_joined.timestamp():.6f}"
     cache.add(key, 0, timeout=3600)
