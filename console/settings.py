@@ -308,7 +308,7 @@ SIMDECK_DISK_GB_BYTES = env.int("SIMDECK_DISK_GB_BYTES", default=2**30)
 SIMDECK_MEMORY_GB_BYTES = env.int("SIMDECK_MEMORY_GB_BYTES", default=2**30)
 # Providers that bring machines up: "local" (worker processes on this host,
 # always) and "slurm" (pilot jobs on a Slurm cluster; see docs/deploy.md).
-SIMDECK_PROVIDERS = env.list("SIMDECK_PROVIDERS", default=["local"])
+SIMDECK_PROVIDERS = env.list("SIMDECK_PROVIDERS", default=["local", "hosts"])
 # Slurm: where its commands are (empty: on PATH), the partition, account and
 # QOS of groups that name none (empty: Slurm's defaults), the Python and the
 # checkout the compute nodes run machines with (empty: this server's), what

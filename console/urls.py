@@ -12,6 +12,7 @@ admin.site.login_form = ThrottledAdminLoginForm
 urlpatterns = [
     path("", include("tasks_app.urls")),
     path("api/v1/", api.urls),
+    path("api/machine/v1/", include("tasks_app.api.machine_urls")),
     path("accounts/login/", accounts.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/password/", accounts.PasswordChangeView.as_view(), name="password_change"),

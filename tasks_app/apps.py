@@ -12,3 +12,6 @@ class TasksAppConfig(AppConfig):
         from tasks_app.providers import slurm
 
         provider_rules.START_CHECKS["slurm"] = slurm.check_group
+        from tasks_app.services import hosts
+
+        provider_rules.START_CHECKS["hosts"] = hosts.check_start

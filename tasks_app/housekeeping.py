@@ -20,7 +20,7 @@ from django.utils import timezone
 from tasks_app import broker, lifecycle, services, storage, task_counts
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
-from tasks_app.services import budgets, notifications
+from tasks_app.services import budgets, hosts, notifications
 
 log = logging.getLogger(__name__)
 G = MachineGroup.State
@@ -180,6 +180,7 @@ def queue_notifications() -> int:
 JOBS = {
     "groups_stopped": enforce_group_limits,
     "machines_lost": reap_lost_machines,
+    "hosts_groups_terminated": hosts.settle,
     "tokens_restored": restore_lost_tokens,
     "task_counts_folded": task_counts.fold,
     # Before the notifications, so a level reached is told in the same round.

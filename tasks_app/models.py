@@ -228,12 +228,27 @@ class Machine(models.Model):
     job_reason = models.CharField(max_length=200, blank=True)
     # The simulators this machine found installed when it started: name -> version.
     simulators = models.JSONField(default=dict, blank=True)
+    # A machine on another host talks to the server with a token of its own (only its hash is
+    # kept), given when a host that joined with ``join_token`` took it on. Machines on the
+    # server's host have neither.
+    token_digest = models.CharField(max_length=64, blank=True, db_index=True)
+    join_token = models.ForeignKey(
+        "JoinToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="machines"
+    )
 
     class Meta:
         indexes = [models.Index(fields=["group", "state"])]
 
+    PREFIX = "sdm_"
+
     def __str__(self) -> str:
         return self.name
+
+    def issue_token(self) -> str:
+        """A new token for this machine, in place of any before; returns the secret, never stored."""
+        secret = self.PREFIX + secrets.token_urlsafe(32)
+        self.token_digest = APIKey.hash(secret)
+        return secret
 
 
 class Batch(models.Model):
@@ -888,3 +903,38 @@ class TaskAsset(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_id}: {self.path}"
+
+
+class JoinToken(models.Model):
+    """Lets a host join: machines of ``hosts`` groups then run there (``simdeck-machine join``).
+
+    An admin makes one per host or per lab and hands it over once: only its
+    hash is kept. Revoking it stops every machine the host runs, and the
+    host can take no more.
+    """
+
+    PREFIX = "sdj_"
+
+    name = models.CharField(max_length=100, unique=True)
+    hint = models.CharField(max_length=16, help_text="First characters, to recognise the token.")
+    digest = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    # What the host said of itself when it last asked for work.
+    hostname = models.CharField(max_length=255, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.hint}…)"
+
+    @classmethod
+    def issue(cls, name: str, created_by=None) -> tuple[JoinToken, str]:
+        """Create a token; returns it with its secret, which is never stored."""
+        secret = cls.PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(
+            name=name, hint=secret[:10], digest=APIKey.hash(secret), created_by=created_by
+        )
+        return token, secret

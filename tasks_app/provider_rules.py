@@ -2,7 +2,8 @@
 
 ``local`` runs a group's machines as worker processes on this host
 (providers/local.py); ``slurm`` as pilot jobs on a Slurm cluster
-(providers/slurm.py). A group names its provider when it is created;
+(providers/slurm.py); ``hosts`` on hosts that joined with a token
+(services/hosts.py). A group names its provider when it is created;
 whether that provider can serve it is checked when it starts, so a group
 that could never get a machine is refused then, with what is wrong, instead
 of waiting forever. The services check through this module; a provider's
@@ -24,7 +25,7 @@ from tasks_app.errors import Refused
 # which raises Refused when the provider cannot bring up any of its machines.
 START_CHECKS: dict[str, Callable] = {}
 
-KNOWN = ("local", "slurm")
+KNOWN = ("local", "slurm", "hosts")
 # Options a group may give its provider, and which provider reads them.
 OPTIONS = {"slurm": ("partition", "account", "qos")}
 # Slurm names: no spaces, nothing a command line could take for an option.

@@ -221,6 +221,28 @@ def finish_direct_upload(
     return input_name(task_id), size, digest.hexdigest()
 
 
+def start_direct_put(name: str, size: int) -> dict:
+    """Presigned PUTs for a machine elsewhere to store ``size`` bytes as ``name`` in the bucket itself."""
+    with refusals():
+        return default_storage.start_upload(name, size, PART_BYTES, SINGLE_PUT_BYTES)
+
+
+def finish_direct_put(name: str, upload_id: str | None, etags: dict[int, str], expected_size: int) -> None:
+    """Complete what :func:`start_direct_put` began, once the bucket holds exactly ``expected_size`` bytes."""
+    try:
+        with refusals():
+            default_storage.finish_upload(name, upload_id, etags)
+            size = default_storage.size(name) if default_storage.exists(name) else 0
+    except StorageUnavailable as exc:
+        with refusals():
+            default_storage.abort_upload(name, upload_id)
+        raise UploadError(f"The upload could not be completed: {exc} Send it again.") from None
+    if size != expected_size:
+        raise UploadError(
+            f"The upload was cut short: {size} of {expected_size} bytes arrived. Send it again."
+        )
+
+
 def check_input(data: bytes) -> str:
     """Check an input archive held in memory as :func:`receive_upload` does; returns its SHA-256."""
     import io

@@ -20,7 +20,6 @@ from tasks_app.executor import questions
 router = Router(tags=["files"])
 
 
-
 # -- stored outputs and logs -----------------------------------------------------
 
 

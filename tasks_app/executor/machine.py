@@ -99,8 +99,13 @@ def _online(**_):
 @signals.worker_shutting_down.connect
 def _signalled(sig: str = "", **_) -> None:
     # Called from Celery's handler of the signal, in the main thread.
+    note_signal(sig)
+
+
+def note_signal(name: str) -> None:
+    """A signal asked this machine to stop (a worker's, or a machine elsewhere's: executor.remote)."""
     with _signal_seen:
-        _signalled_at[sig] = time.monotonic()
+        _signalled_at[name] = time.monotonic()
         _signal_seen.notify_all()
 
 

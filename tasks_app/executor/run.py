@@ -33,16 +33,17 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from tasks_app import archives, broker, lifecycle, live, sandbox, services, storage
+from tasks_app import archives, broker, live, sandbox
 from tasks_app import simulators as sims
 from tasks_app.executor import os_error_message
 from tasks_app.executor.machine import signal_near, told_to_stop
+from tasks_app.executor.plane import Direct, PlaneError
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.executor.progress import ProgressWatch
 from tasks_app.executor.sampling import ResourceMeter
-from tasks_app.lifecycle import Status
-from tasks_app.models import Activity, Machine, Task
-from tasks_app.services import project_storage, remote_assets
+from tasks_app.lifecycle import TERMINAL, Status
+from tasks_app.models import Machine, Task
+from tasks_app.services import remote_assets
 from tasks_app.simulators.base import Invocation
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ def _machine_environment() -> dict[str, str]:
     env = dict(os.environ)
     # Command lines say "python": give them this machine's interpreter.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    for name in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "CELERY_BROKER_URL"):
+    withheld = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "CELERY_BROKER_URL")
+    for name in (*withheld, "SIMDECK_JOIN_TOKEN"):
         env.pop(name, None)
     return env
 
@@ -115,9 +117,11 @@ def directory_size(path: Path) -> int:
 
 
 class Execution:
-    def __init__(self, task: Task, machine: Machine):
+    def __init__(self, task: Task, machine: Machine, plane=None):
         self.task = task
         self.machine = machine
+        # The database and storage, or the server's machine interface (see tasks_app.executor.plane).
+        self.plane = plane or DIRECT
         self.group = machine.group
         base = Path(settings.SIMDECK_WORK_DIR) / machine.name / task.id
         self.base = base
@@ -141,15 +145,6 @@ class Execution:
 
     # -- moves ---------------------------------------------------------------
 
-    def mine(self):
-        """The task while it is still this attempt's.
-
-        A machine thought lost (reclaimed, silent for too long) may wake up
-        after its task was run again elsewhere: what it then writes must not
-        land on the next attempt.
-        """
-        return Task.objects.filter(pk=self.task.id, attempt=self.task.attempt)
-
     def move(self, new: Status, reason: str, **fields) -> bool:
         old = Status(self.task.status)
         tries = 0
@@ -157,24 +152,13 @@ class Execution:
         def attempt() -> bool:
             nonlocal tries
             tries += 1
-            moved = lifecycle.transition(
-                self.task,
-                new,
-                reason=reason,
-                by_machine=self.machine,
-                expected=old,
-                in_attempt=self.task.attempt,
-                **fields,
-            )
-            if not moved:
-                self.task.refresh_from_db(fields=["status"])
-            return moved
+            return self.plane.move(self.task, new, reason, machine=self.machine, expected=old, **fields)
 
         moved = through_outage(attempt, f"moving task {self.task.id} to {new.value}")
         if not moved and tries > 1 and self.task.status == new:
             # The connection broke after the commit went through: the move is ours.
             log.info("Task %s reached %s before the database went away", self.task.id, new.value)
-            through_outage(self.task.refresh_from_db, f"reading task {self.task.id}")
+            through_outage(lambda: self.plane.refresh_status(self.task), f"reading task {self.task.id}")
             return True
         if not moved:
             log.info("Task %s is now %s; %s not applied", self.task.id, self.task.status, new.value)
@@ -207,10 +191,10 @@ class Execution:
                 "Submit it again; if it fails the same way, tell an admin, quoting the task id."
             )
             try:
-                self.task.refresh_from_db(fields=["status"])
-                if self.task.status not in lifecycle.TERMINAL:
+                self.plane.refresh_status(self.task)
+                if self.task.status not in TERMINAL:
                     self.fail_runtime(message)
-                live.end_log(self.task.id)
+                self.plane.end_log(self.task)
             finally:
                 self.cleanup()
 
@@ -219,7 +203,7 @@ class Execution:
             simulator, invocations = self.prepare()
         except RuntimeFailure as exc:
             self.fail_runtime(str(exc))
-            live.close_log(self.task.id)  # followers of an earlier attempt learn it ended
+            self.plane.close_log(self.task)  # followers of an earlier attempt learn it ended
             self.cleanup()
             return
         version = simulator.version()
@@ -234,8 +218,8 @@ class Execution:
                 "progress_eta": None,
             },
         )
-        self.meter = ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
-        live.begin_log(self.task.id, first_attempt=self.task.attempt == 1)
+        self.meter = self.resource_meter()
+        self.plane.begin_log(self.task)
         self.spawned_at = timezone.now()
         try:
             outcome = self.run_lines(invocations, first_look_seconds=START_RECORD_SECONDS)
@@ -248,12 +232,12 @@ class Execution:
             name = signal_near(self.ended_at, TOGETHER_SECONDS)
             if name is None:
                 raise
-            live.end_log(self.task.id)
+            self.plane.end_log(self.task)
             self.end_with_machine(name)
             self.cleanup()
             return
         self.ended_at = time.monotonic()
-        live.end_log(self.task.id)
+        self.plane.end_log(self.task)
         self.record_progress(ended=True)
         self.finish(outcome)
         self.cleanup()
@@ -304,7 +288,7 @@ class Execution:
         """A batch of the simulation's output lines: to the live log, and past the progress reader."""
         if self.progress is not None:
             self.progress.lines(data)
-        live.append_log(self.task.id, stream, data)
+        self.plane.append_log(self.task, stream, data)
 
     def record_progress(self, ended: bool = False) -> None:
         """Record how far the simulation got and when it may end, if that changed; tell its viewers."""
@@ -313,16 +297,11 @@ class Execution:
             return
         fraction, eta = due
         try:
-            computing = self.mine().filter(status=Status.STARTED)  # never a later status's row
-            recorded = computing.update(progress=fraction, progress_eta=eta)
-        except DatabaseError:  # a missed report is a bar a second late; the next one is recorded
+            self.plane.record_progress(self.task, fraction, eta)
+        except (DatabaseError, PlaneError):
+            # A missed report is a bar a second late; the next one is recorded.
             log.warning("Could not record the progress of task %s", self.task.id, exc_info=True)
             self.progress.recorded = (None, None)
-            return
-        if recorded:
-            live.progress_changed(
-                self.task.id, self.task.owner_id, self.task.project_id, fraction, eta and eta.isoformat()
-            )
 
     def record_start(self) -> bool:
         """Move the task to started (once), dated when its first command was spawned.
@@ -373,9 +352,9 @@ class Execution:
                 "Run it on a group whose machines have that version, or submit it without asking for one."
             )
         if (self.task.input_size or 0) > HELD_INPUT_BYTES:
-            live.release()  # fetching takes a while: the claim is shown now
+            self.plane.release()  # fetching takes a while: the claim is shown now
         try:
-            with storage.open_local(self.task.input_path) as archive:
+            with self.plane.open_input(self.task) as archive:
                 files = archives.safe_extract(archive, self.workdir)
         except (OSError, archives.UnsafeArchive, ValueError) as exc:
             log.warning("Task %s: the input could not be unpacked", self.task.id, exc_info=True)
@@ -384,7 +363,7 @@ class Execution:
                 f"The input could not be fetched from storage ({why}). Submit the task again."
             ) from exc
         try:
-            files += remote_assets.stage(self.task, self.workdir)
+            files += self.plane.stage_assets(self.task, self.workdir)
         except (OSError, archives.UnsafeArchive, remote_assets.AssetMissing) as exc:
             log.warning("Task %s: its remote assets could not be fetched", self.task.id, exc_info=True)
             why = os_error_message(exc, self.workdir) if isinstance(exc, OSError) else str(exc)
@@ -412,6 +391,11 @@ class Execution:
 
     def environment(self) -> dict[str, str]:
         return _machine_environment() | self.identity()
+
+    def resource_meter(self) -> ResourceMeter:
+        return ResourceMeter(
+            self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS, record=self.plane.record_sample
+        )
 
     def identity(self) -> dict[str, str]:
         """What a simulation is told of itself: its task, and which attempt at it this is."""
@@ -458,10 +442,10 @@ class Execution:
             return None
 
     def watch(self, pid: int) -> str | None:
-        live.release()  # still running: what is held about it is shown now
+        self.plane.release()  # still running: what is held about it is shown now
         if self.task.status != Status.STARTED and not self.record_start():
             return f"the task became {self.task.status}"
-        status = self.mine().values_list("status", flat=True).first()
+        status = self.plane.status(self.task)
         if status is None:
             return "the task was taken by another attempt"
         if status != Status.STARTED:
@@ -470,8 +454,7 @@ class Execution:
         if ttl and (timezone.now() - self.task.started_at).total_seconds() > ttl:
             return "time to live exceeded"
         self.record_progress()
-        meter = self.meter or ResourceMeter(self.task.id, settings.SIMDECK_RESOURCE_SAMPLE_SECONDS)
-        self.meter = meter
+        meter = self.meter = self.meter or self.resource_meter()
         if self.box and self.limit_reached(self.box.hit()):
             meter.record()
             return "limit reached"
@@ -531,14 +514,7 @@ class Execution:
             unit = settings.SIMDECK_DISK_GB_BYTES
             old = self.disk_limit
             self.disk_limit = min(self.disk_max, self.disk_limit + self.group.data_disk_gb * unit)
-            Activity.objects.create(
-                kind="disk-resized",
-                task_id=self.task.id,
-                group=self.group,
-                machine=self.machine,
-                message=f"The work disk grew from {old // unit} GB to {self.disk_limit // unit} GB.",
-                data={"from_gb": old // unit, "to_gb": self.disk_limit // unit, "used_bytes": used},
-            )
+            self.plane.disk_resized(self.task, self.machine, old // unit, self.disk_limit // unit, used)
         if used > self.disk_limit:
             unit = settings.SIMDECK_DISK_GB_BYTES
             self.failure = (
@@ -574,7 +550,7 @@ class Execution:
             # The move to finalizing is guarded: a kill that came meanwhile makes it fail.
             self.finish_normally(outcome)
             return
-        through_outage(lambda: self.task.refresh_from_db(fields=["status"]), f"reading task {self.task.id}")
+        through_outage(lambda: self.plane.refresh_status(self.task), f"reading task {self.task.id}")
         # Stopped from outside or by a watch. Whatever it wrote so far is kept.
         status = Status(self.task.status)
         if self.failure and status == Status.STARTED:
@@ -626,7 +602,9 @@ class Execution:
         if job := os.environ.get("SLURM_JOB_ID"):
             reason += f" The machine is Slurm job {job}; the group's page says how Slurm ended it."
         log.warning("Task %s: %s", self.task.id, reason)
-        through_outage(lambda: services.runner_lost(self.machine, reason), f"ending task {self.task.id}")
+        through_outage(
+            lambda: self.plane.runner_lost(self.task, self.machine, reason), f"ending task {self.task.id}"
+        )
 
     def finish_normally(self, outcome: Outcome) -> None:
         exited, exited_at = f"The simulator exited with code {outcome.exit_code}.", timezone.now()
@@ -638,7 +616,7 @@ class Execution:
             self.store(logs_only=True)
             self.finish_kill()
             return
-        live.release()  # storing takes a while: finalizing is shown now
+        self.plane.release()  # storing takes a while: finalizing is shown now
         ending, reason, fields = self.ending(outcome)  # before the logs go to storage
         try:
             stored = self.store(record=False, outputs=outputs)
@@ -648,7 +626,7 @@ class Execution:
         # What was stored is written with the final status, in the same update.
         if not self.move(ending, reason, **fields, **stored):
             # Ended otherwise meanwhile (its group terminated): the outputs are still there.
-            through_outage(lambda: self.mine().update(**stored), "recording outputs")
+            through_outage(lambda: self.plane.record_outputs(self.task, stored), "recording outputs")
 
     def move_to_finalizing(self, outcome: Outcome, exited: str) -> bool:
         steps, fields = self.start_steps()
@@ -676,7 +654,7 @@ class Execution:
         fields |= end_fields | stored | {"exit_code": outcome.exit_code}
         if not self.move(ending, reason, passing=steps, **fields):
             through_outage(
-                lambda: self.mine().update(exit_code=outcome.exit_code, **stored),
+                lambda: self.plane.record_outputs(self.task, {"exit_code": outcome.exit_code, **stored}),
                 "recording outputs",
             )
             self.finish_kill()
@@ -725,27 +703,13 @@ class Execution:
             archive = self.base / "outputs.zip"
             with open(archive, "wb") as out:
                 count = archives.write_zip(out, files)
-            name = storage.save_file(storage.output_name(self.task.id, self.task.attempt), archive)
-            fields = {"output_path": name, "output_size": size, "output_files": count}
-            if self.task.storage_dir:
-                self.keep_outputs(name)
+            fields = self.plane.store_outputs(self.task, archive, size, count)
         for stream, path in (("stdout", self.stdout), ("stderr", self.stderr)):
-            try:
-                storage.save_file(storage.log_name(self.task.id, stream, self.task.attempt), path)
-            except FileNotFoundError:
-                pass  # the simulator never started
+            if path.exists():  # (not when the simulator never started)
+                self.plane.store_log(self.task, stream, path)
         if fields and record:
-            through_outage(lambda: self.mine().update(**fields), "recording outputs")
+            through_outage(lambda: self.plane.record_outputs(self.task, fields), "recording outputs")
         return fields
-
-    def keep_outputs(self, name: str) -> None:
-        """A copy of the outputs in the task's storage folder; its own outputs are stored whatever happens."""
-        try:
-            project_storage.keep_outputs(self.task, name)
-        except Exception:
-            log.warning(
-                "Task %s: its outputs could not be copied to its storage_dir", self.task.id, exc_info=True
-            )
 
     def cleanup(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
@@ -756,6 +720,8 @@ class Execution:
                 log.warning("The sandbox of machine %s ended; the next task makes another", self.machine.name)
                 _drop_resident(self.machine.name)
 
+
+DIRECT = Direct()
 
 # A machine's lasting sandbox, by machine name: made in the process that runs its tasks.
 _residents: dict[str, sandbox.Resident | None] = {}
@@ -790,6 +756,12 @@ def _resident(machine: Machine, limits: sandbox.Limits) -> sandbox.Resident | No
         made = None
     _residents[name] = made
     return made
+
+
+def forget_machine(name: str) -> None:
+    """A machine of this process stopped (one of a joined host's): its lasting sandbox and cgroups go."""
+    _drop_resident(name)
+    sandbox.remove_cgroups(name)
 
 
 def _drop_resident(name: str) -> None:
@@ -843,7 +815,7 @@ def claim_next(group_id: int, machine: Machine) -> Task | None:
     without waiting on each other, and each claim is exactly-once.
     """
     try:
-        task, online = lifecycle.claim_head(group_id, machine, reason=f"Picked up by machine {machine.name}.")
+        task, online = DIRECT.claim(group_id, machine, reason=f"Picked up by machine {machine.name}.")
     except (OperationalError, InterfaceError):
         # The connection broke: the claim may have committed with its answer
         # lost on the way. Nobody else would ever run or end such a task (this

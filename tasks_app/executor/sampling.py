@@ -11,7 +11,8 @@ its last tick and its exit (under a second) is the only CPU time missed.
 Every so often a :class:`~tasks_app.models.ResourceSample` is written: CPU
 as the average over the time since the previous sample (percent of one
 core, so 200 means two cores busy), memory and work disk as they are at
-that moment. Viewers of the task are told through :mod:`tasks_app.live`.
+that moment, through the machine's way to the platform
+(:mod:`tasks_app.executor.plane`), which tells the task's viewers.
 
 How often: every ``SIMDECK_RESOURCE_SAMPLE_SECONDS`` (10 s by default) for
 the first :data:`SAMPLES_PER_STEP` samples, then the interval doubles after
@@ -31,8 +32,7 @@ from collections.abc import Callable
 import psutil
 from django.db import DatabaseError
 
-from tasks_app import live
-from tasks_app.models import ResourceSample
+from tasks_app.executor.plane import PlaneError
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,16 @@ def sample_interval(written: int, base_seconds: float) -> float:
 class ResourceMeter:
     """Follows one task's process trees and writes its resource samples."""
 
-    def __init__(self, task_id: str, base_seconds: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        task_id: str,
+        base_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        record: Callable[[str, float, int, int], object],
+    ):
         self.task_id = task_id
+        self.write = record  # (task id, cpu percent, memory bytes, disk bytes)
         self.base_seconds = max(0.1, base_seconds)
         self.clock = clock
         self.written = 0
@@ -88,27 +96,21 @@ class ResourceMeter:
     def due(self) -> bool:
         return self.clock() - self._last_sample >= sample_interval(self.written, self.base_seconds)
 
-    def record(self) -> ResourceSample | None:
+    def record(self) -> bool:
         """Write a sample now (the watch calls it when :meth:`due`, or when stopping the task)."""
         now = self.clock()
         elapsed = now - self._last_sample
         if elapsed <= 0:
-            return None
+            return False
         cpu_percent = 100.0 * self._cpu_since_sample / elapsed
         try:
-            sample = ResourceSample.objects.create(
-                task_id=self.task_id,
-                cpu_percent=round(cpu_percent, 1),
-                memory_bytes=self.memory_bytes,
-                disk_bytes=self.disk_bytes,
-            )
-        except DatabaseError:
+            self.write(self.task_id, round(cpu_percent, 1), self.memory_bytes, self.disk_bytes)
+        except (DatabaseError, PlaneError):
             # A missed sample is a gap in a chart; it must not fail the task.
             log.warning("Could not record resource use of task %s", self.task_id, exc_info=True)
-            return None
+            return False
         finally:
             self._last_sample = now
             self._cpu_since_sample = 0.0
         self.written += 1
-        live.resources_sampled(self.task_id)
-        return sample
+        return True

@@ -35,8 +35,8 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from tasks_app import broker, lifecycle, provider_rules, sandbox, services
-from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
+from tasks_app.services.groups import machines_wanted
 
 log = logging.getLogger(__name__)
 
@@ -320,11 +320,7 @@ class LocalProvider:
 
     def wanted(self, group: MachineGroup) -> int:
         """How many machines the group should have now."""
-        if not group.is_elastic:
-            return group.num_machines
-        # Elastic: one machine per task waiting or running, within the bounds.
-        demand = group.tasks.filter(status__in=[Status.SUBMITTED, *lifecycle.ON_MACHINE]).count()
-        return max(group.min_machines or 0, min(group.max_machines, demand))
+        return machines_wanted(group)
 
     def maybe_reclaim(self, group: MachineGroup, live: list[Machine]) -> None:
         """Rehearse spot preemption: reclaim machines at random, at the configured hourly rate."""

@@ -35,9 +35,9 @@ from django.utils import timezone
 
 from tasks_app import broker, lifecycle, services
 from tasks_app.errors import Refused
-from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
 from tasks_app.providers.local import worker_command, worker_environment
+from tasks_app.services.groups import machines_wanted
 
 log = logging.getLogger(__name__)
 
@@ -407,10 +407,7 @@ class SlurmProvider:
         self.retry_at[group.pk] = (time.monotonic() + delay, min(delay * 2, 600.0))
 
     def wanted(self, group: MachineGroup) -> int:
-        if not group.is_elastic:
-            return group.num_machines
-        demand = group.tasks.filter(status__in=[Status.SUBMITTED, *lifecycle.ON_MACHINE]).count()
-        return max(group.min_machines or 0, min(group.max_machines, demand))
+        return machines_wanted(group)
 
     def scale(self, group: MachineGroup) -> None:
         live = list(group.machines.filter(state__in=[M.PROVISIONING, M.ONLINE]))

@@ -184,6 +184,15 @@ def terminate_group(
     return group
 
 
+def machines_wanted(group: MachineGroup) -> int:
+    """How many machines the group should have now, whatever runs them."""
+    if not group.is_elastic:
+        return group.num_machines
+    # Elastic: one machine per task waiting or running, within the bounds.
+    demand = group.tasks.filter(status__in=[Status.SUBMITTED, *lifecycle.ON_MACHINE]).count()
+    return max(group.min_machines or 0, min(group.max_machines, demand))
+
+
 def lock_group_shared(group_id: int) -> MachineGroup:
     """The group, locked against a change of state until the transaction ends."""
     table = MachineGroup._meta.db_table

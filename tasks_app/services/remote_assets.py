@@ -138,9 +138,16 @@ class AssetMissing(Exception):
     """A remote asset is gone from storage since the task was submitted; the message says which."""
 
 
-def stage(task: Task, workdir: Path) -> list[Path]:
-    """Fetch the task's assets from storage into ``workdir``; returns the files written."""
-    written: list[Path] = []
+def plan(task: Task) -> list[dict]:
+    """What to fetch for the task's assets, and where each lands in its folder.
+
+    Each step names a stored file: an archive of another task (``member``
+    says which of its files or folders; empty for all of it), or a file
+    uploaded to the project's storage. It is worked out where the database
+    is; a machine elsewhere receives it and fetches each named file through
+    its interface (:func:`place` does the rest, wherever it runs).
+    """
+    steps: list[dict] = []
     for asset in TaskAsset.objects.filter(task=task).select_related("source_task"):
         path = asset.path
         name = _placed_name(path)
@@ -153,9 +160,36 @@ def stage(task: Task, workdir: Path) -> list[Path]:
             archive = source.input_path if part == "input" else source.output_path
             if not storage.exists(archive):
                 raise AssetMissing(f"The {part} of task {source.id} ({path!r}) were removed from storage.")
+            steps.append(
+                {"archive": archive, "member": member, "name": name, "path": path, "task": source.id}
+            )
+            continue
+        files = list(project_storage.uploaded_files(task.project, path).values_list("path", flat=True))
+        if not files:
+            raise AssetMissing(f"Nothing is stored at {path!r} in the project's storage any more.")
+        for stored in files:
+            rel = name if stored == path else f"{name}/{stored.removeprefix(path + '/')}"
+            steps.append(
+                {"file": storage.project_file_name(task.project_id, stored), "name": rel, "path": stored}
+            )
+    return steps
+
+
+def stored_names(steps: list[dict]) -> set[str]:
+    """The stored files a plan fetches: all a machine may read for it."""
+    return {step.get("archive") or step["file"] for step in steps}
+
+
+def place(steps: list[dict], workdir: Path, open_stored) -> list[Path]:
+    """Fetch what :func:`plan` names (``open_stored(name)`` opens one) into ``workdir``; the files written."""
+    written: list[Path] = []
+    for step in steps:
+        name = step["name"]
+        if "archive" in step:
+            member = step["member"]
             prefix = member + "/" if member else ""
 
-            def place(entry: PurePosixPath, member=member, prefix=prefix, name=name):
+            def where(entry: PurePosixPath, member=member, prefix=prefix, name=name):
                 text = str(entry)
                 if text == member:
                     return PurePosixPath(name)
@@ -163,27 +197,21 @@ def stage(task: Task, workdir: Path) -> list[Path]:
                     return PurePosixPath(name, text.removeprefix(prefix))
                 return None
 
-            with storage.open_local(archive) as f:
-                found = archives.safe_extract(f, workdir, place)
+            with open_stored(step["archive"]) as f:
+                found = archives.safe_extract(f, workdir, where)
             if not found:
-                raise AssetMissing(f"Task {source.id} has no file or folder {path!r} any more.")
+                raise AssetMissing(f"Task {step['task']} has no file or folder {step['path']!r} any more.")
             written += found
             continue
-        files = list(project_storage.uploaded_files(task.project, path).values_list("path", flat=True))
-        if not files:
-            raise AssetMissing(f"Nothing is stored at {path!r} in the project's storage any more.")
-        for stored in files:
-            rel = name if stored == path else f"{name}/{stored.removeprefix(path + '/')}"
-            if archives.path_problem(rel):
-                raise AssetMissing(f"{stored!r} cannot be placed in the task's folder.")
-            target = workdir.joinpath(*PurePosixPath(rel).parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
-            with storage.open_local(storage.project_file_name(task.project_id, stored)) as src:
-                with open(fd, "wb") as out:
-                    while chunk := src.read(storage.CHUNK):
-                        out.write(chunk)
-            written.append(target)
+        if archives.path_problem(name):
+            raise AssetMissing(f"{step['path']!r} cannot be placed in the task's folder.")
+        target = workdir.joinpath(*PurePosixPath(name).parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+        with open_stored(step["file"]) as src, open(fd, "wb") as out:
+            while chunk := src.read(storage.CHUNK):
+                out.write(chunk)
+        written.append(target)
     return written
 
 

@@ -1,0 +1,590 @@
+"""A machine on another host: ``simdeck-machine join URL --token …``.
+
+The host holds a join token and asks the server for a machine to run
+(``POST /api/machine/v1/join``, a long poll). When a started ``hosts``
+group wants one, the server answers with the machine's description and a
+token of its own; from then on that token is all the machine holds. It
+goes online, sends a heartbeat every few seconds, and asks for tasks (a
+long poll again), running each with the same executor as a machine on the
+server's host (:class:`tasks_app.executor.run.Execution`), in the same
+sandbox. Only the way to the platform differs: :class:`Remote` sends over
+HTTP what :class:`tasks_app.executor.plane.Direct` writes to the database,
+storage and Redis.
+
+A machine stops when the server says so at a heartbeat (its group ended,
+an elastic group shrinks), when its token stops working (revoked, or the
+machine found lost), or on SIGTERM/SIGINT to the host's process; the host
+then asks for another machine, except after a signal or a revoked join
+token. It runs with ``console.machine_settings``: no database, no broker,
+no secret of the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+
+log = logging.getLogger("simdeck.machine")
+
+API = "/api/machine/v1"
+# A machine outlives a server restart this long: its calls wait for the server to come back.
+OUTAGE_SECONDS = 600.0
+# The longest a long poll is asked to wait.
+POLL_SECONDS = 20.0
+# Lines of the live log go out at most this often, together.
+LOG_FLUSH_SECONDS = 0.25
+# Outputs this big go straight to the server's bucket, where it has one.
+DIRECT_PUT_MIN_BYTES = 8 * 1024 * 1024
+CHUNK = 1 << 20
+
+
+class MachineRevoked(Exception):
+    """The server no longer knows this machine's token: it stops at once."""
+
+
+class StopMachine(Exception):
+    """The server says this machine is no longer wanted (its group ended, or it shrinks)."""
+
+
+class JoinRevoked(Exception):
+    """The server no longer knows the host's join token: the host stops."""
+
+
+def _plane_error():
+    from tasks_app.executor.plane import PlaneError
+
+    return PlaneError
+
+
+class Connection:
+    """HTTP to the machine interface, retried while the server is away (a restart)."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url + API,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(60.0, connect=10.0),
+        )
+
+    def call(self, method: str, path: str, *, patience: float = OUTAGE_SECONDS, **kwargs) -> httpx.Response:
+        deadline, pause = time.monotonic() + patience, 0.5
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 401:
+                    raise MachineRevoked(_message(response))
+                if response.status_code not in (502, 503, 504):
+                    return response
+                problem = f"{response.status_code} {response.reason_phrase}"
+            if time.monotonic() + pause > deadline:
+                raise _plane_error()(f"The server at {self.url} did not answer {method} {path}: {problem}")
+            log.warning(
+                "The server at %s did not answer %s %s (%s); trying again", self.url, method, path, problem
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+    def json(self, method: str, path: str, **kwargs) -> dict:
+        response = self.call(method, path, **kwargs)
+        if response.status_code == 204:
+            return {}
+        if not response.is_success:
+            raise _plane_error()(f"{method} {path}: {response.status_code} {_message(response)}")
+        return response.json()
+
+    def download(self, path: str, sink: BinaryIO) -> None:
+        """A stored file into ``sink``: from the server, or from the bucket's URL it redirects to."""
+        with self.http.stream("GET", path, timeout=httpx.Timeout(300.0, connect=10.0)) as response:
+            if response.status_code == 401:
+                response.read()
+                raise MachineRevoked(_message(response))
+            if response.is_redirect:
+                location = response.headers["Location"]
+            elif not response.is_success:
+                response.read()
+                raise OSError(f"the server answered {response.status_code}: {_message(response)}")
+            else:
+                for chunk in response.iter_bytes(CHUNK):
+                    sink.write(chunk)
+                return
+        # The bucket's URL carries its own signature: the machine's token is not sent there.
+        with httpx.stream("GET", location, timeout=httpx.Timeout(300.0, connect=10.0)) as response:
+            if not response.is_success:
+                raise OSError(f"the file store answered {response.status_code} {response.reason_phrase}")
+            for chunk in response.iter_bytes(CHUNK):
+                sink.write(chunk)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return response.json().get("message") or response.text
+    except ValueError:
+        return response.text[:500]
+
+
+def _file_chunks(path: Path, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = size if size is not None else path.stat().st_size - offset
+        while left > 0:
+            chunk = f.read(min(CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+class LogSender:
+    """The live log's lines, sent together every ``LOG_FLUSH_SECONDS`` by a thread of their own.
+
+    A simulation that prints thousands of lines a second costs a few
+    requests a second; the marks (begin, end, close) go in order with them.
+    """
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.pending: list[tuple[str, str, bytes]] = []  # (task id, stream, data)
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        threading.Thread(target=self.loop, name="log-sender", daemon=True).start()
+
+    def add(self, task_id: str, stream: str, data: bytes) -> None:
+        with self.lock:
+            self.pending.append((task_id, stream, data))
+        self.wake.set()
+
+    def loop(self) -> None:
+        while True:
+            self.wake.wait()
+            time.sleep(LOG_FLUSH_SECONDS)
+            self.wake.clear()
+            with contextlib.suppress(Exception):  # a missed batch is in the stored log
+                self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, []
+        by_task: dict[str, list] = {}
+        for task_id, stream, data in pending:
+            by_task.setdefault(task_id, []).append([stream, base64.b64encode(data).decode()])
+        for task_id, entries in by_task.items():
+            self.connection.json("POST", f"/tasks/{task_id}/log", json={"op": "append", "entries": entries})
+
+
+class Remote:
+    """The platform through its machine interface (see :class:`tasks_app.executor.plane.Direct`)."""
+
+    remote = True
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.logs = LogSender(connection)
+
+    # -- claims and moves ----------------------------------------------------
+
+    def claim(self, wait: float = POLL_SECONDS):
+        from tasks_app.models import Task
+
+        answer = self.connection.json("POST", "/claim", json={"wait": wait}, timeout=wait + 30)
+        if answer.get("stop"):
+            raise StopMachine(answer["stop"])
+        if not answer.get("task"):
+            return None
+        fields = dict(answer["task"])
+        started_at = fields.pop("started_at", None)
+        task = Task(**fields)
+        task.started_at = started_at and dt.datetime.fromisoformat(started_at)
+        return task
+
+    def move(self, task, new, reason: str, *, machine, expected, at=None, passing=(), **fields) -> bool:
+        body = {
+            "attempt": task.attempt,
+            "status": str(new.value),
+            "expected": str(expected.value),
+            "reason": reason,
+            "at": at and at.isoformat(),
+            "passing": [[str(s.value), why, when and when.isoformat()] for s, why, when in passing],
+            "fields": {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in fields.items()},
+        }
+        response = self.connection.call("POST", f"/tasks/{task.id}/move", json=body)
+        if response.status_code == 404:
+            task.status = _GONE
+            return False
+        if not response.is_success:
+            raise _plane_error()(f"Moving task {task.id}: {response.status_code} {_message(response)}")
+        answer = response.json()
+        task.status = answer["status"]
+        if answer.get("started_at"):
+            task.started_at = dt.datetime.fromisoformat(answer["started_at"])
+        # A move whose answer was lost, sent again, finds the task where it took it.
+        return answer["moved"] or answer["status"] == str(new.value)
+
+    def refresh_status(self, task) -> None:
+        task.status = self.status(task) or _GONE
+
+    def status(self, task) -> str | None:
+        return self.connection.json("GET", f"/tasks/{task.id}/status", params={"attempt": task.attempt})[
+            "status"
+        ]
+
+    def runner_lost(self, task, machine, reason: str) -> None:
+        self.connection.json("POST", f"/tasks/{task.id}/lost", json={"reason": reason})
+
+    # -- while it runs ---------------------------------------------------------
+
+    def record_progress(self, task, fraction, eta) -> None:
+        body = {"attempt": task.attempt, "progress": fraction, "eta": eta and eta.isoformat()}
+        self.connection.json("POST", f"/tasks/{task.id}/progress", json=body, patience=5.0)
+
+    def record_sample(self, task_id: str, cpu_percent: float, memory_bytes: int, disk_bytes: int) -> None:
+        body = {"cpu_percent": cpu_percent, "memory_bytes": memory_bytes, "disk_bytes": disk_bytes}
+        self.connection.json("POST", f"/tasks/{task_id}/sample", json=body, patience=5.0)
+
+    def disk_resized(self, task, machine, old_gb: int, new_gb: int, used: int) -> None:
+        body = {"from_gb": old_gb, "to_gb": new_gb, "used_bytes": used}
+        self.connection.json("POST", f"/tasks/{task.id}/disk", json=body)
+
+    # -- the live log ----------------------------------------------------------
+
+    def _mark(self, task, op: str) -> None:
+        self.logs.flush()
+        try:
+            self.connection.json("POST", f"/tasks/{task.id}/log", json={"op": op}, patience=30.0)
+        except _plane_error():  # followers miss a mark; the stored log is whole
+            log.warning("Could not send the %s of task %s's log", op, task.id, exc_info=True)
+
+    def begin_log(self, task) -> None:
+        self._mark(task, "begin")
+
+    def append_log(self, task, stream: str, data: bytes) -> None:
+        self.logs.add(task.id, stream, data)
+
+    def end_log(self, task) -> None:
+        self._mark(task, "end")
+
+    def close_log(self, task) -> None:
+        self._mark(task, "close")
+
+    def release(self) -> None:
+        """Nothing is held back: every word to the server goes out at once."""
+
+    # -- files ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_input(self, task) -> Iterator[BinaryIO]:
+        with self._fetched(f"/tasks/{task.id}/input") as f:
+            yield f
+
+    @contextlib.contextmanager
+    def _fetched(self, path: str, **params) -> Iterator[BinaryIO]:
+        from django.conf import settings
+
+        with tempfile.TemporaryFile(dir=settings.SIMDECK_WORK_DIR) as f:
+            self.connection.download(httpx.URL(path, params=params) if params else path, f)
+            f.seek(0)
+            yield f
+
+    def stage_assets(self, task, workdir: Path) -> list[Path]:
+        from tasks_app.services import remote_assets
+
+        response = self.connection.call("GET", f"/tasks/{task.id}/assets")
+        if response.status_code == 409:
+            raise remote_assets.AssetMissing(_message(response))
+        if not response.is_success:
+            raise OSError(f"the server answered {response.status_code}: {_message(response)}")
+        steps = response.json()["steps"]
+
+        def opener(name: str):
+            return self._fetched(f"/tasks/{task.id}/assets/file", name=name)
+
+        return remote_assets.place(steps, workdir, opener)
+
+    def store_outputs(self, task, archive: Path, size: int, count: int) -> dict:
+        """Send the outputs' archive: a big one to the server's bucket where it has one, else to the server.
+
+        The server records where they are as it stores them: a machine never
+        names a stored file. Nothing is left for the caller to write.
+        """
+        archive_size = archive.stat().st_size
+        meta = {"attempt": task.attempt, "size": size, "files": count}
+        if archive_size >= DIRECT_PUT_MIN_BYTES:
+            response = self.connection.call(
+                "POST", f"/tasks/{task.id}/outputs/direct", json={**meta, "archive_size": archive_size}
+            )
+            if response.is_success:
+                plan = response.json()
+                parts = [{"number": p["number"], "etag": _put_part(p, archive)} for p in plan["parts"]]
+                done = {**meta, "archive_size": archive_size, "upload_id": plan["upload_id"], "parts": parts}
+                self.connection.json("POST", f"/tasks/{task.id}/outputs/direct/done", json=done)
+                return {}
+        self._put(f"/tasks/{task.id}/outputs", archive, meta)
+        return {}
+
+    def record_outputs(self, task, fields: dict) -> None:
+        """Recorded by the server when it stored them (see :meth:`store_outputs`)."""
+
+    def store_log(self, task, stream: str, path: Path) -> None:
+        self._put(f"/tasks/{task.id}/logs/{stream}", path, {"attempt": task.attempt})
+
+    def _put(self, path: str, file: Path, params: dict) -> None:
+        size = file.stat().st_size
+        response = self.connection.call(
+            "PUT",
+            path,
+            params=params,
+            content=_file_chunks(file),
+            headers={"Content-Length": str(size)},
+            timeout=httpx.Timeout(600.0, connect=10.0),
+            patience=0.0,  # a stream is sent once; the task's move says what became of it
+        )
+        if not response.is_success:
+            raise OSError(f"the server refused {file.name} ({response.status_code}: {_message(response)})")
+
+
+def _put_part(part: dict, archive: Path) -> str:
+    response = httpx.put(
+        part["url"],
+        content=_file_chunks(archive, part["offset"], part["size"]),
+        headers={"Content-Length": str(part["size"])},
+        timeout=httpx.Timeout(600.0, connect=10.0),
+    )
+    if not response.is_success:
+        raise OSError(f"the file store refused part {part['number']} ({response.status_code})")
+    return response.headers["ETag"]
+
+
+# What a task that was taken from this machine (ended, or requeued for another) is to it.
+_GONE = "executor-terminated"
+
+
+# -- running machines ------------------------------------------------------------
+
+
+class Stop:
+    """Why this host's machines should stop, once one is known; set from any thread."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+            self.event.set()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+
+def machine_from(described: dict):
+    """The machine and its group as the executor reads them, from the server's description."""
+    from tasks_app.models import Machine, MachineGroup
+
+    group = MachineGroup(**described["group"])
+    machine = Machine(id=described["id"], name=described["name"], group=group)
+    return machine
+
+
+def apply_settings(values: dict) -> None:
+    """What the server says of its machine types and limits is this machine's too."""
+    from django.conf import settings
+
+    for name, value in values.items():
+        if name == "SIMDECK_MACHINE_TYPES":
+            settings.SIMDECK_MACHINE_TYPES = {**settings.SIMDECK_MACHINE_TYPES, **value}
+        elif name.startswith("SIMDECK_"):
+            setattr(settings, name, value)
+
+
+def serve(url: str, token: str, described: dict, host_stop: Stop) -> str:
+    """Run one machine until it is told to stop; returns why it stopped."""
+    from tasks_app import simulators
+    from tasks_app.executor.plane import PlaneError
+    from tasks_app.executor.run import Execution
+
+    apply_settings(described.get("settings", {}))
+    connection = Connection(url, token)
+    plane = Remote(connection)
+    machine = machine_from(described)
+    stop = Stop()
+    try:
+        connection.json(
+            "POST",
+            "/online",
+            json={"simulators": simulators.installed(), "hostname": socket.gethostname(), "pid": os.getpid()},
+        )
+    except MachineRevoked:
+        return "its token was revoked before it went online"
+    log.info("Machine %s is online (group %s)", machine.name, machine.group.name)
+
+    finished = threading.Event()
+
+    def beat() -> None:
+        # Until the machine is done, told to stop or not: one that winds down is not a lost one.
+        from django.conf import settings
+
+        every = settings.SIMDECK_HEARTBEAT_SECONDS
+        while not finished.wait(every):
+            try:
+                answer = connection.json("POST", "/heartbeat", json={}, patience=every)
+            except MachineRevoked:
+                stop.set("its token was revoked")
+                return
+            except PlaneError:
+                log.warning("Machine %s: a heartbeat went unanswered", machine.name)
+                continue
+            if answer.get("stop"):
+                stop.set(answer["stop"])
+
+    threading.Thread(target=beat, name=f"heartbeat-{machine.name}", daemon=True).start()
+    try:
+        while not stop and not host_stop:
+            try:
+                task = plane.claim()
+            except StopMachine as exc:
+                stop.set(str(exc))
+                break
+            except PlaneError:
+                log.warning("Machine %s: could not ask for a task", machine.name, exc_info=True)
+                stop.event.wait(2.0)
+                continue
+            if task is None:
+                continue
+            log.info("Machine %s runs task %s", machine.name, task.id)
+            Execution(task, machine, plane).run()
+    except MachineRevoked:
+        stop.set("its token was revoked")
+    finally:
+        finished.set()
+        stop.set(host_stop.reason or "its host stops")
+        with contextlib.suppress(MachineRevoked, PlaneError):
+            connection.json("POST", "/offline", json={}, patience=10.0)
+        from tasks_app.executor import run
+
+        run.forget_machine(machine.name)
+    log.info("Machine %s stopped: %s", machine.name, stop.reason)
+    return stop.reason
+
+
+def join(url: str, join_token: str, host_stop: Stop, *, once: bool = False) -> None:
+    """Ask the server for machines to run, one after another, until stopped or the join token is revoked."""
+    from tasks_app import simulators
+
+    connection = Connection(url, join_token)
+    installed = simulators.installed()
+    hostname = socket.gethostname()
+    log.info("Joined %s as %s, with %s", url, hostname, ", ".join(installed) or "no simulator")
+    while not host_stop:
+        try:
+            answer = connection.json(
+                "POST",
+                "/join",
+                json={"hostname": hostname, "simulators": installed, "wait": POLL_SECONDS},
+                timeout=POLL_SECONDS + 30,
+            )
+        except MachineRevoked as exc:
+            raise JoinRevoked(str(exc)) from None
+        if not answer:
+            continue
+        serve(url, answer["token"], answer["machine"], host_stop)
+        if once:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="simdeck-machine",
+        description="Run Simdeck machines on this host for a server's 'hosts' machine groups.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    joining = sub.add_parser(
+        "join", help="Join a server with a join token an admin gave you, and run its machines."
+    )
+    joining.add_argument("url", help="The server's address, e.g. https://simdeck.example.org")
+    joining.add_argument(
+        "--token",
+        default=os.environ.get("SIMDECK_JOIN_TOKEN"),
+        help="The join token (or set SIMDECK_JOIN_TOKEN, which keeps it out of the process list).",
+    )
+    joining.add_argument(
+        "--machines", type=int, default=1, help="How many machines to run at once (default 1)."
+    )
+    args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("a join token is needed: --token, or SIMDECK_JOIN_TOKEN. An admin issues one.")
+    if not 1 <= args.machines <= 64:
+        parser.error("--machines is from 1 to 64.")
+
+    # Never the server's settings: a machine here has no database, broker or secret of the server's.
+    os.environ["DJANGO_SETTINGS_MODULE"] = "console.machine_settings"
+    import django
+
+    django.setup()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from django.conf import settings
+
+    from tasks_app import sandbox
+    from tasks_app.executor.machine import note_signal
+
+    if sandbox.enabled():
+        try:
+            sandbox.check()
+        except sandbox.SandboxUnavailable as exc:
+            print(f"simdeck-machine: this host cannot run simulations in a sandbox: {exc}", file=sys.stderr)
+            return 2
+    else:
+        log.warning("SIMDECK_SANDBOX is off: simulations run WITHOUT a sandbox on this host")
+    Path(settings.SIMDECK_WORK_DIR).mkdir(parents=True, exist_ok=True)
+
+    host_stop = Stop()
+
+    def stopping(signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        note_signal(name)
+        host_stop.set(f"{name} reached the host")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stopping)
+
+    failures: list[str] = []
+
+    def run_one() -> None:
+        try:
+            join(args.url, args.token, host_stop)
+        except JoinRevoked as exc:
+            failures.append(f"the join token was refused: {exc}")
+            host_stop.set("the join token was revoked")
+
+    threads = [threading.Thread(target=run_one, name=f"host-{n}", daemon=True) for n in range(args.machines)]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        for thread in threads:
+            thread.join(0.5)
+    if failures:
+        print(f"simdeck-machine: {failures[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The machine interface (``/api/machine/v1/``) checks who asks, and about what.
+
+A machine elsewhere has only its token: each call is about that machine
+and the tasks it holds, and what it may write of a task is what it saw of
+its simulation, never where outputs are stored. The whole conversation of
+a real host is in test_joined_hosts.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks_app import services
+from tasks_app.lifecycle import Status
+from tasks_app.models import JoinToken, Machine
+from tasks_app.services import hosts
+from tests.test_console_pages import make_task, store_input
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+API = "/api/machine/v1"
+
+
+@pytest.fixture
+def join_token() -> tuple[JoinToken, str]:
+    return hosts.issue_token("workstation")
+
+
+@pytest.fixture
+def far(alice, join_token):
+    """A started ``hosts`` group of two machines."""
+    group = services.create_group(
+        alice, machine_type="n2-standard-2", name="far", num_machines=2, provider="hosts"
+    )
+    return services.start_group(group)
+
+
+def machine_of(far, join_token) -> tuple[Machine, str]:
+    machine, secret = hosts.take_machine(join_token[0], "ws-1", {"commands": "1"})
+    Machine.objects.filter(pk=machine.pk).update(state=Machine.State.ONLINE)
+    return machine, secret
+
+
+def call(client, method: str, path: str, token: str, **kwargs):
+    return getattr(client, method)(
+        API + path, HTTP_AUTHORIZATION=f"Bearer {token}", content_type="application/json", **kwargs
+    )
+
+
+def test_no_call_answers_without_a_valid_token(client, far, join_token):
+    for path in ("/heartbeat", "/online", "/claim", "/offline", "/tasks/x/move", "/tasks/x/log"):
+        answer = call(client, "post", path, "sdm_not-a-token", data={})
+        assert answer.status_code == 401, path
+        assert answer.json()["error"] == "machine_revoked"
+    # A join token is not a machine's, nor the other way round.
+    assert call(client, "post", "/heartbeat", join_token[1], data={}).status_code == 401
+    machine, secret = machine_of(far, join_token)
+    assert call(client, "post", "/join", secret, data={"wait": 0}).status_code == 401
+
+
+def test_a_host_gets_machines_while_a_group_wants_them_and_none_beyond(client, far, join_token):
+    answers = [call(client, "post", "/join", join_token[1], data={"wait": 0}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 204]
+    first = answers[0].json()
+    assert first["token"].startswith(Machine.PREFIX)
+    assert first["machine"]["group"]["name"] == "far"
+    assert "DATABASE" not in str(first) and "SECRET_KEY" not in str(first)
+    assert far.machines.filter(state=Machine.State.PROVISIONING).count() == 2
+    hosts.revoke_token(join_token[0])
+    assert call(client, "post", "/join", join_token[1], data={"wait": 0}).status_code == 401
+    # Its machines stopped with it.
+    assert not far.machines.filter(state__in=hosts.LIVE).exists()
+
+
+def test_a_machine_reaches_only_the_tasks_it_holds(client, alice, far, join_token):
+    mine, my_token = machine_of(far, join_token)
+    other, other_token = machine_of(far, join_token)
+    task = make_task(alice, far)
+    store_input(task)
+    claimed = call(client, "post", "/claim", my_token, data={"wait": 0}).json()["task"]
+    assert claimed["id"] == task.id and claimed["attempt"] == 1
+    # The other machine is told nothing of it and cannot move, read or store anything of it.
+    assert call(client, "post", "/claim", other_token, data={"wait": 0}).status_code == 204
+    move = {"attempt": 1, "status": "started", "expected": "preparing-to-compute", "reason": "x"}
+    assert call(client, "post", f"/tasks/{task.id}/move", other_token, data=move).status_code == 404
+    assert call(client, "get", f"/tasks/{task.id}/input", other_token).status_code == 404
+    assert call(client, "get", f"/tasks/{task.id}/status?attempt=1", other_token).json() == {"status": None}
+    # Its own machine can, and what it writes of the task is what it saw, not where files are.
+    assert call(client, "get", f"/tasks/{task.id}/input", my_token).status_code == 200
+    move["fields"] = {"simulator_version": "1", "output_path": "tasks/another/outputs.zip"}
+    answer = call(client, "post", f"/tasks/{task.id}/move", my_token, data=move).json()
+    assert answer["moved"] and answer["status"] == Status.STARTED
+    task.refresh_from_db()
+    assert task.simulator_version == "1" and task.output_path == ""
+    # A stale attempt's move changes nothing.
+    move |= {"attempt": 2, "status": "finalizing", "expected": "started"}
+    assert call(client, "post", f"/tasks/{task.id}/move", my_token, data=move).status_code == 404
+
+
+def test_an_asset_file_is_served_only_if_the_task_asked_for_it(client, alice, far, join_token):
+    machine, token = machine_of(far, join_token)
+    secret_task = make_task(alice, far, to=())
+    store_input(secret_task, {"secret.txt": b"not yours"})
+    task = make_task(alice, far)
+    store_input(task)
+    call(client, "post", "/claim", token, data={"wait": 0})
+    assert call(client, "get", f"/tasks/{task.id}/assets", token).json() == {"steps": []}
+    path = f"/tasks/{task.id}/assets/file?name={secret_task.input_path}"
+    assert call(client, "get", path, token).status_code == 404
+
+
+def test_terminating_its_group_tells_a_waiting_machine_to_stop(client, alice, far, join_token):
+    machine, token = machine_of(far, join_token)
+    assert call(client, "post", "/heartbeat", token, data={}).json() == {"stop": None}
+    services.terminate_group(far)
+    assert "terminating" in call(client, "post", "/heartbeat", token, data={}).json()["stop"]
+    assert "terminating" in call(client, "post", "/claim", token, data={"wait": 0}).json()["stop"]
+    call(client, "post", "/offline", token, data={})
+    assert hosts.settle() == ["far"]
