@@ -282,6 +282,10 @@ class APIKeyForm(forms.Form):
     name = forms.CharField(max_length=100, label="Name", help_text="Where you use it, e.g. “laptop”.")
 
 
+class JoinTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, label="Name", help_text="The host it is for, e.g. “lab-ws-3”.")
+
+
 class BulkForm(forms.Form):
     """An action on the selected rows, or on every task the filter matches."""
 

@@ -8,6 +8,8 @@ a real host is in test_joined_hosts.py.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tasks_app import services
@@ -117,3 +119,34 @@ def test_terminating_its_group_tells_a_waiting_machine_to_stop(client, alice, fa
     assert "terminating" in call(client, "post", "/claim", token, data={"wait": 0}).json()["stop"]
     call(client, "post", "/offline", token, data={})
     assert hosts.settle() == ["far"]
+
+
+# -- the console's Hosts page -------------------------------------------------------
+
+
+def test_only_staff_see_the_hosts_page(client, alice, django_user_model):
+    client.force_login(alice)
+    assert client.get("/hosts/").status_code == 404
+    assert client.post("/hosts/", {"name": "ws"}).status_code == 404
+    assert not JoinToken.objects.exists()
+
+
+def test_staff_issue_a_join_token_once_and_revoke_it(client, alice, django_user_model, far, join_token):
+    admin = django_user_model.objects.create_user("root", password="x" * 12, is_staff=True)
+    client.force_login(admin)
+    page = client.post("/hosts/", {"name": "lab-ws-<3>"})
+    html = page.content.decode()
+    secret = max(re.findall(JoinToken.PREFIX + r"[A-Za-z0-9_-]+", html), key=len)  # not its hint
+    assert hosts.find_token(secret).name == "lab-ws-<3>"
+    assert "lab-ws-&lt;3&gt;" in html and "lab-ws-<3>" not in html
+    assert page["Cache-Control"] == "no-store"
+    assert secret not in client.get("/hosts/").content.decode()  # shown once
+    # The same name again is refused with why.
+    assert "exists already" in client.post("/hosts/", {"name": "lab-ws-<3>"}).content.decode()
+
+    machine, _ = machine_of(far, join_token)
+    assert machine.name in client.get("/hosts/").content.decode()
+    client.post(f"/hosts/machines/{machine.pk}/revoke")
+    assert Machine.objects.get(pk=machine.pk).state == Machine.State.LOST
+    client.post(f"/hosts/tokens/{join_token[0].pk}/revoke")
+    assert hosts.find_token(join_token[1]) is None

@@ -5,7 +5,8 @@ Views stay thin: find the objects through :mod:`tasks_app.access` (one
 is one template with named partials; an htmx request gets the partial, a
 normal one the page. Modules by page: :mod:`.tasks`, :mod:`.groups`,
 :mod:`.pages`, :mod:`.bulk` (bulk actions, CSV export, saved views),
-:mod:`.health` (staff only: processes and services);
+:mod:`.health` (staff only: processes and services), :mod:`.hosts` (staff
+only: join tokens and the machines of joined hosts);
 helpers they share: :mod:`.table` (filters and keyset pagination),
 :mod:`.logs` (paged log reading), :mod:`.waiting` (why a task waits),
 :mod:`.diagram` (the lifecycle drawing).
@@ -14,6 +15,7 @@ helpers they share: :mod:`.table` (filters and keyset pagination),
 from tasks_app.views.bulk import saved_view_create, saved_view_delete, task_bulk, task_export
 from tasks_app.views.groups import group_detail, group_list, group_start, group_terminate
 from tasks_app.views.health import health
+from tasks_app.views.hosts import host_list, host_machine_revoke, join_token_revoke
 from tasks_app.views.pages import account, api_key_revoke, home, overview, project_list, status_reference
 from tasks_app.views.projects import project_budget, project_member, project_members, project_usage
 from tasks_app.views.resources import task_resources
@@ -42,6 +44,9 @@ __all__ = [
     "group_start",
     "group_terminate",
     "health",
+    "host_list",
+    "host_machine_revoke",
+    "join_token_revoke",
     "home",
     "overview",
     "project_list",
