@@ -315,6 +315,9 @@ SIMDECK_PROVIDERS = env.list("SIMDECK_PROVIDERS", default=["local", "hosts"])
 # the pilots' environment holds instead of this server's (e.g. DATABASE_URL
 # as the nodes reach it), and how long before its time limit a pilot is told
 # to stop (Slurm sends signals up to a minute late).
+# The server's address as machines on other hosts reach it (Slurm pilots); they talk to its
+# machine interface (/api/machine/v1/) with their own tokens. Joined hosts name it themselves.
+SIMDECK_MACHINE_URL = env.str("SIMDECK_MACHINE_URL", default="")
 SIMDECK_SLURM_BIN = env.str("SIMDECK_SLURM_BIN", default="")
 SIMDECK_SLURM_PARTITION = env.str("SIMDECK_SLURM_PARTITION", default="")
 SIMDECK_SLURM_ACCOUNT = env.str("SIMDECK_SLURM_ACCOUNT", default="")

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.urls import reverse
 
 import simdeck
@@ -19,7 +18,7 @@ from simdeck.errors import SimdeckError
 from tasks_app.lifecycle import Status
 from tasks_app.models import Activity, Machine, MachineGroup, Task
 from tasks_app.testing import slurm as slurm_rig
-from tasks_app.testing.stack import database_url
+from tasks_app.testing.stack import free_port
 from tests.helpers import ROOT, task_status, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -28,19 +27,12 @@ EXAMPLES = ROOT / "examples"
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory, django_db_setup, django_db_blocker):
-    """A running Slurm of two nodes, and the database and Redis relayed to where its jobs reach them."""
+def slurm_cluster(tmp_path_factory):
+    """A running Slurm of two nodes; its pilots reach nothing of the server but its machine interface."""
     if why := slurm_rig.why_not():
         pytest.skip(f"No Slurm test cluster: {why}.")
-    with django_db_blocker.unblock():
-        db = database_url()
-    if "?host=" in db or not settings.REDIS_URL.startswith("redis://"):
-        pytest.skip(
-            "No Slurm test cluster: its jobs need PostgreSQL and Redis over TCP (DATABASE_URL, REDIS_URL)"
-        )
     cluster = slurm_rig.SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
     try:
-        _, (cluster.database_url, cluster.redis_url) = cluster.relay(db, settings.REDIS_URL)
         yield cluster
     finally:
         cluster.stop()
@@ -56,23 +48,31 @@ def slurm(slurm_cluster):
 
 @pytest.fixture
 def stack_env(slurm) -> dict[str, str]:
+    port = free_port()
     return {
         **slurm.env,
         "SIMDECK_PROVIDERS": "local,slurm",
-        "SIMDECK_SLURM_ENV": json.dumps({"DATABASE_URL": slurm.database_url, "REDIS_URL": slurm.redis_url}),
+        # The web server's port, known now so that the pilots can be told where it is.
+        "SIMDECK_STACK_PORT": str(port),
+        "SIMDECK_MACHINE_URL": f"http://{slurm.host}:{port}",
+        "SIMDECK_SLURM_ENV": json.dumps({"SIMDECK_HOME": str(slurm.root / "machines")}),
     }
 
 
 @pytest.fixture
-def slurm_stack(stack, stack_env, settings, monkeypatch):
+def slurm_stack(stack, stack_env, slurm, settings, monkeypatch):
     """A running Simdeck whose Slurm provider submits to the test cluster."""
+    relay, _ = slurm.relay(stack.url)  # the web server, where the nodes reach it
     stack.spawn(
         "slurm-provider",
         [sys.executable, "manage.py", "runprovider", "--provider", "slurm", "--interval", "0.5"],
     )
     settings.SIMDECK_PROVIDERS = ["local", "slurm"]
+    settings.SIMDECK_MACHINE_URL = stack_env["SIMDECK_MACHINE_URL"]
     monkeypatch.setenv("SLURM_CONF", stack_env["SLURM_CONF"])
-    return stack
+    yield stack
+    relay.kill()
+    relay.wait()
 
 
 def job_of(name: str) -> str:
@@ -184,7 +184,14 @@ def test_the_console_form_makes_slurm_groups_and_shows_slurms_refusal(
     logged_in, slurm, settings, monkeypatch
 ):
     settings.SIMDECK_PROVIDERS = ["local", "slurm"]
+    settings.SIMDECK_MACHINE_URL = ""
     monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
+    form = {"machine_type": "n2-standard-2", "num_machines": 1, "data_disk_gb": 10, "provider": "slurm"}
+    # Pilots that could not reach the server are never submitted.
+    unreachable = logged_in.post(reverse("group-list"), {**form, "name": "lost", "start": "on"})
+    assert unreachable.status_code == 422
+    assert "SIMDECK_MACHINE_URL" in unreachable.content.decode()
+    settings.SIMDECK_MACHINE_URL = f"http://{slurm.host}:8000"
     form = {"machine_type": "n2-standard-2", "num_machines": 1, "data_disk_gb": 10, "provider": "slurm"}
     refused = logged_in.post(
         reverse("group-list"), {**form, "name": "wrong", "partition": "nope", "start": "on"}

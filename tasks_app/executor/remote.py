@@ -415,25 +415,25 @@ def apply_settings(values: dict) -> None:
             setattr(settings, name, value)
 
 
-def serve(url: str, token: str, described: dict, host_stop: Stop) -> str:
-    """Run one machine until it is told to stop; returns why it stopped."""
+def serve(url: str, token: str, host_stop: Stop) -> str:
+    """Run the machine of ``token`` until it is told to stop; returns why it stopped."""
     from tasks_app import simulators
     from tasks_app.executor.plane import PlaneError
     from tasks_app.executor.run import Execution
 
-    apply_settings(described.get("settings", {}))
     connection = Connection(url, token)
     plane = Remote(connection)
-    machine = machine_from(described)
     stop = Stop()
     try:
-        connection.json(
+        described = connection.json(
             "POST",
             "/online",
             json={"simulators": simulators.installed(), "hostname": socket.gethostname(), "pid": os.getpid()},
-        )
+        )["machine"]
     except MachineRevoked:
         return "its token was revoked before it went online"
+    apply_settings(described.get("settings", {}))
+    machine = machine_from(described)
     log.info("Machine %s is online (group %s)", machine.name, machine.group.name)
 
     finished = threading.Event()
@@ -505,7 +505,7 @@ def join(url: str, join_token: str, host_stop: Stop, *, once: bool = False) -> N
             raise JoinRevoked(str(exc)) from None
         if not answer:
             continue
-        serve(url, answer["token"], answer["machine"], host_stop)
+        serve(url, answer["token"], host_stop)
         if once:
             return
 
@@ -528,10 +528,20 @@ def main(argv: list[str] | None = None) -> int:
     joining.add_argument(
         "--machines", type=int, default=1, help="How many machines to run at once (default 1)."
     )
+    running = sub.add_parser(
+        "run", help="Run the one machine whose token is in SIMDECK_MACHINE_TOKEN (a Slurm pilot does)."
+    )
+    running.add_argument("url", help="The server's address as this host reaches it.")
     args = parser.parse_args(argv)
-    if not args.token:
-        parser.error("a join token is needed: --token, or SIMDECK_JOIN_TOKEN. An admin issues one.")
-    if not 1 <= args.machines <= 64:
+    token = os.environ.get("SIMDECK_MACHINE_TOKEN") if args.command == "run" else args.token
+    if not token:
+        parser.error(
+            "a machine token is needed in SIMDECK_MACHINE_TOKEN."
+            if args.command == "run"
+            else "a join token is needed: --token, or SIMDECK_JOIN_TOKEN. An admin issues one."
+        )
+    machines = args.machines if args.command == "join" else 1
+    if not 1 <= machines <= 64:
         parser.error("--machines is from 1 to 64.")
 
     # Never the server's settings: a machine here has no database, broker or secret of the server's.
@@ -550,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
             sandbox.check()
         except sandbox.SandboxUnavailable as exc:
             print(f"simdeck-machine: this host cannot run simulations in a sandbox: {exc}", file=sys.stderr)
+            if args.command == "run":  # the machine was made for this host: it stops, and says why
+                with contextlib.suppress(Exception):
+                    Connection(args.url, token).json("POST", "/offline", json={"why": str(exc)}, patience=10)
             return 2
     else:
         log.warning("SIMDECK_SANDBOX is off: simulations run WITHOUT a sandbox on this host")
@@ -569,12 +582,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_one() -> None:
         try:
-            join(args.url, args.token, host_stop)
+            if args.command == "run":
+                serve(args.url, token, host_stop)
+            else:
+                join(args.url, token, host_stop)
         except JoinRevoked as exc:
             failures.append(f"the join token was refused: {exc}")
             host_stop.set("the join token was revoked")
 
-    threads = [threading.Thread(target=run_one, name=f"host-{n}", daemon=True) for n in range(args.machines)]
+    threads = [threading.Thread(target=run_one, name=f"host-{n}", daemon=True) for n in range(machines)]
     for thread in threads:
         thread.start()
     while any(t.is_alive() for t in threads):

@@ -96,7 +96,7 @@ def _machine_environment() -> dict[str, str]:
     # Command lines say "python": give them this machine's interpreter.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     withheld = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "CELERY_BROKER_URL")
-    for name in (*withheld, "SIMDECK_JOIN_TOKEN"):
+    for name in (*withheld, "SIMDECK_JOIN_TOKEN", "SIMDECK_MACHINE_TOKEN"):
         env.pop(name, None)
     return env
 

@@ -4,9 +4,12 @@ Like the local provider it reconciles: every few seconds it reads Slurm's
 queue (one ``squeue`` for all pilots) and the database's wish, then submits
 (``sbatch``), follows and cancels (``scancel``) pilots to close the gap, the
 way dask-jobqueue drives a cluster through the scheduler's own commands. A
-pilot's batch script ``exec``s the same Celery worker the local provider
-starts, so it is the same machine: it goes online, beats its heartbeat and
-sandboxes its simulations by itself. The job's id and, while it waits,
+pilot's batch script ``exec``s a machine that holds nothing but its own
+token (``simdeck-machine run``, :mod:`tasks_app.executor.remote`): it talks
+to the server's machine interface at ``SIMDECK_MACHINE_URL``, goes online,
+beats its heartbeat and sandboxes its simulations by itself, with the same
+executor as a local machine. No database password, broker or secret key
+reaches the cluster. The job's id and, while it waits,
 Slurm's reason are kept on the machine's row, where the console shows them.
 
 Slurm holds the state, not this process: a restarted provider finds its
@@ -36,7 +39,6 @@ from django.utils import timezone
 from tasks_app import broker, lifecycle, services
 from tasks_app.errors import Refused
 from tasks_app.models import Activity, Machine, MachineGroup, Task
-from tasks_app.providers.local import worker_command, worker_environment
 from tasks_app.services.groups import machines_wanted
 
 log = logging.getLogger(__name__)
@@ -212,6 +214,14 @@ def check_group(group: MachineGroup) -> None:
             code="slurm_refused",
             field="provider_options",
         ) from None
+    if not settings.SIMDECK_MACHINE_URL:
+        raise Refused(
+            "This server does not know its address as Slurm's nodes reach it, so its pilots could "
+            "not talk to it. An admin sets SIMDECK_MACHINE_URL (e.g. http://10.0.0.5:8000; see "
+            "docs/deploy.md).",
+            code="provider_unavailable",
+            status=409,
+        )
 
 
 def partitions() -> list[str]:
@@ -222,15 +232,28 @@ def partitions() -> list[str]:
 
 
 def pilot_script(machine: Machine) -> str:
-    """The batch script: become the machine's worker (``exec``, so Slurm's signals reach it)."""
-    argv = worker_command(machine)
-    argv[0] = settings.SIMDECK_SLURM_PYTHON or sys.executable
+    """The batch script: become the machine (``exec``, so Slurm's signals reach it)."""
+    python = settings.SIMDECK_SLURM_PYTHON or sys.executable
+    argv = [python, "-m", "tasks_app.executor.remote", "run", settings.SIMDECK_MACHINE_URL]
     checkout = settings.SIMDECK_SLURM_CHECKOUT or str(settings.BASE_DIR)
     return f"#!/bin/sh\ncd {shlex.quote(checkout)} || exit 1\nexec {shlex.join(argv)}\n"
 
 
-def submit(machine: Machine) -> str:
-    """Submit the pilot of ``machine``; its job id."""
+# What a pilot takes of the provider's environment: how to run programs, where Slurm is,
+# how the host's sandbox is set up. Nothing else: the server's credentials stay on the server.
+PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def pilot_environment(token: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k in PASSED_ON or k.startswith(("SIMDECK_SANDBOX", "SLURM_"))
+    }
+    env["SIMDECK_MACHINE_TOKEN"] = token
+    return env | {str(k): str(v) for k, v in settings.SIMDECK_SLURM_ENV.items()}
+
+
+def submit(machine: Machine, token: str) -> str:
+    """Submit the pilot of ``machine``, which holds ``token``; its job id."""
     group = machine.group
     logs = Path(settings.SIMDECK_HOME) / "logs" / "machines"
     logs.mkdir(parents=True, exist_ok=True)
@@ -241,15 +264,8 @@ def submit(machine: Machine) -> str:
         "--export=ALL",
         *job_options(group, remaining_minutes(group)),
     ]
-    # The pilot's environment is this process' (the database, the broker,
-    # the storage) with the machine's marks and what the nodes need instead;
-    # handed over by sbatch, so none of it is written into the script.
-    env = (
-        os.environ
-        | worker_environment(machine)
-        | {str(k): str(v) for k, v in settings.SIMDECK_SLURM_ENV.items()}
-    )
-    out = run("sbatch", *args, stdin=pilot_script(machine), env=env)
+    # Handed over by sbatch, so the token is not written into the script.
+    out = run("sbatch", *args, stdin=pilot_script(machine), env=pilot_environment(token))
     return out.strip().split(";")[0]
 
 
@@ -435,10 +451,11 @@ class SlurmProvider:
                 self.stop(machine)
 
     def spawn(self, group: MachineGroup) -> Machine | None:
-        machine = Machine.objects.create(group=group, name=f"{group.name}-{secrets.token_hex(3)}")
-        machine.group = group
+        machine = Machine(group=group, name=f"{group.name}-{secrets.token_hex(3)}")
+        token = machine.issue_token()
+        machine.save()
         try:
-            job_id = submit(machine)
+            job_id = submit(machine, token)
         except SlurmError as exc:
             machine.delete()  # nothing half-created: no row for a pilot Slurm does not have
             self.refuse(group, f"Slurm took no pilot job for this group: {exc}")

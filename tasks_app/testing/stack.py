@@ -68,7 +68,8 @@ class ProcessStack:
     def __init__(self, home: Path, env: dict[str, str] | None = None):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        # A caller that must name the address before the stack starts chooses its port.
+        self.port = int((env or {}).get("SIMDECK_STACK_PORT") or 0) or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.queue_prefix = f"test{self.port}"
         self.env = dict(
