@@ -42,6 +42,14 @@ def ask_machine(task: Task, op: str, **params) -> dict:
     machine = task.machine
     if Status(task.status) not in ON_MACHINE or machine is None or not machine.hostname:
         raise NotRunning(task)
+    if machine.token_digest:
+        # A machine elsewhere answers nobody: it only talks to the machine interface.
+        raise Refused(
+            f"Machine {machine.name} runs on another host, which cannot be asked about the files of a "
+            "running task. Follow its live log on the task's page; its files can be read once it ends.",
+            code="machine_elsewhere",
+            status=409,
+        )
     node = f"{machine.name}@{machine.hostname}"
     replies = app.control.broadcast(
         inspect.COMMAND,
