@@ -10,6 +10,7 @@ launcher and the commands that need one start it (console/servers.py).
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 
@@ -318,6 +319,9 @@ SIMDECK_PROVIDERS = env.list("SIMDECK_PROVIDERS", default=["local", "hosts"])
 # The server's address as machines on other hosts reach it (Slurm pilots); they talk to its
 # machine interface (/api/machine/v1/) with their own tokens. Joined hosts name it themselves.
 SIMDECK_MACHINE_URL = env.str("SIMDECK_MACHINE_URL", default="")
+if _machine_host := urlsplit(SIMDECK_MACHINE_URL).hostname:
+    # The name machines reach the server by is one it answers to.
+    ALLOWED_HOSTS = [*ALLOWED_HOSTS, _machine_host]
 SIMDECK_SLURM_BIN = env.str("SIMDECK_SLURM_BIN", default="")
 SIMDECK_SLURM_PARTITION = env.str("SIMDECK_SLURM_PARTITION", default="")
 SIMDECK_SLURM_ACCOUNT = env.str("SIMDECK_SLURM_ACCOUNT", default="")

@@ -94,6 +94,11 @@ def test_the_readme_example_runs_on_a_slurm_group_of_two_nodes(slurm_stack, slur
     assert "TimeLimit=00:30:00" in job
     assert f"JobName=simdeck-{machines[0].name}" in job
     assert mg.info["provider"] == "slurm"
+    # A pilot holds its machine's token and nothing of the server's.
+    environ = Path(f"/proc/{machines[0].pid}/environ").read_bytes().split(b"\0")
+    names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
+    assert "SIMDECK_MACHINE_TOKEN" in names
+    assert not names & {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "CELERY_BROKER_URL"}
     assert {m["job_id"] for m in mg.info["machines"]} == {m.job_id for m in machines}
 
     sim = simdeck.simulators.SplishSplash()

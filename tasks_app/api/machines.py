@@ -317,11 +317,20 @@ async def token_or_timeout(queue: str, timeout: float) -> None:
         client = _waiters[loop] = aioredis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         await client.brpop([queue], timeout=max(timeout, 0.01))
-    except aioredis.RedisError:
-        if (current := asyncio.current_task()) is not None and current.cancelling():
+    except aioredis.RedisError as exc:
+        if _cancelled(exc):
             raise asyncio.CancelledError from None  # the machine hung up; redis-py calls it a timeout
         log.warning("Could not wait on the broker for %s", queue, exc_info=True)
         await asyncio.sleep(min(timeout, 1.0))
+
+
+def _cancelled(exc: BaseException | None) -> bool:
+    """Whether a cancellation (the request's end) is what ``exc`` came from."""
+    while exc is not None:
+        if isinstance(exc, asyncio.CancelledError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 # -- a task's moves ----------------------------------------------------------------
@@ -362,8 +371,7 @@ def status(request, machine: Machine, body, task_id: str):
 @machine_call(["POST"])
 def lost(request, machine: Machine, body: dict, task_id: str):
     """The machine and its simulation were stopped together from outside (see Execution.taken_down)."""
-    task_of(machine, task_id)
-    DIRECT.runner_lost(machine, str(body.get("reason", ""))[:2000])
+    DIRECT.runner_lost(task_of(machine, task_id), machine, str(body.get("reason", ""))[:2000])
     return JsonResponse({"ended": True})
 
 

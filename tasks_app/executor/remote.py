@@ -135,10 +135,11 @@ class Connection:
 
 
 def _message(response: httpx.Response) -> str:
+    """The server's message, or what the status says (a proxy's or Django's HTML page is no message)."""
     try:
-        return response.json().get("message") or response.text
-    except ValueError:
-        return response.text[:500]
+        return response.json().get("message") or response.reason_phrase
+    except (ValueError, AttributeError):
+        return response.reason_phrase
 
 
 def _file_chunks(path: Path, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
@@ -589,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         except JoinRevoked as exc:
             failures.append(f"the join token was refused: {exc}")
             host_stop.set("the join token was revoked")
+        except _plane_error() as exc:  # the server would not have it (or never answered)
+            failures.append(str(exc))
+            host_stop.set("the server refused it")
 
     threads = [threading.Thread(target=run_one, name=f"host-{n}", daemon=True) for n in range(machines)]
     for thread in threads:
