@@ -126,7 +126,10 @@ class Stack:
 
         self.machines = machines
         self.machine_type = machine_type or settings.SIMDECK_DEFAULT_MACHINE_TYPE
-        self._processes = ProcessStack(home())
+        # (A port the caller chose, SIMDECK_STACK_PORT, is taken here.)
+        self._processes = ProcessStack(
+            home(), env={k: v for k, v in (env or {}).items() if k == "SIMDECK_STACK_PORT"}
+        )
         # The test suite's short timings and fresh connections per request
         # are not what an operator runs; benchmarks measure the defaults.
         for name in TEST_TUNING:

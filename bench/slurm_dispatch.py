@@ -11,8 +11,8 @@ jobs to it. Two figures, each against the local provider as the baseline:
 * machine start: a group started until its machine is online, which on
   Slurm includes ``sbatch``, the wait in Slurm's queue and the job's start.
 
-The nodes reach the database and Redis through a relay on the bridge, as
-compute nodes would reach them over the network.
+The pilots reach the web server's machine interface (nothing else) through
+a relay on the bridge, as compute nodes would reach it over the network.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def run(quick: bool = False) -> list[dict]:
     from django.conf import settings
 
     from tasks_app.testing import slurm as rig
-    from tasks_app.testing.stack import database_url
+    from tasks_app.testing.stack import free_port
 
     if why := rig.why_not():
         raise RuntimeError(f"No Slurm cluster can be started here: {why}.")
@@ -48,14 +48,19 @@ def run(quick: bool = False) -> list[dict]:
         cluster = rig.SlurmCluster(Path(folder)).start()
         # This process starts groups too, and asks the same cluster about them.
         providers, conf = settings.SIMDECK_PROVIDERS, os.environ.get("SLURM_CONF")
+        machine_url = settings.SIMDECK_MACHINE_URL
+        port = free_port()
         settings.SIMDECK_PROVIDERS = ["local", "slurm"]
+        settings.SIMDECK_MACHINE_URL = f"http://{cluster.host}:{port}"
         os.environ.update(cluster.env)
         try:
-            _, (db, redis) = cluster.relay(database_url(), settings.REDIS_URL)
+            cluster.relay(f"http://127.0.0.1:{port}")  # the web server, where the nodes reach it
             env = {
                 **cluster.env,
                 "SIMDECK_PROVIDERS": "local,slurm",
-                "SIMDECK_SLURM_ENV": json.dumps({"DATABASE_URL": db, "REDIS_URL": redis}),
+                "SIMDECK_STACK_PORT": str(port),
+                "SIMDECK_MACHINE_URL": settings.SIMDECK_MACHINE_URL,
+                "SIMDECK_SLURM_ENV": json.dumps({"SIMDECK_HOME": folder + "/machines"}),
             }
             stamps = Stamps(host=cluster.host)  # where a sandbox on a node reaches the host
             try:
@@ -74,6 +79,7 @@ def run(quick: bool = False) -> list[dict]:
         finally:
             cluster.stop()
             settings.SIMDECK_PROVIDERS = providers
+            settings.SIMDECK_MACHINE_URL = machine_url
             if conf is None:
                 os.environ.pop("SLURM_CONF", None)
             else:

@@ -36,7 +36,7 @@ from tasks_app import lifecycle, services, storage, teams
 from tasks_app.api.endpoints import api as ninja_api
 from tasks_app.lifecycle import Status
 from tasks_app.models import APIKey, Comment, Machine, SavedView, Task
-from tasks_app.services import project_storage
+from tasks_app.services import hosts, project_storage
 from tasks_app.sockets.routing import websocket_urlpatterns
 from tests.helpers import zipped
 
@@ -86,6 +86,11 @@ class Rule:
     data: Callable[[World], dict] | dict = field(default_factory=dict)
     query: Callable[[World], dict] | dict = field(default_factory=dict)
     headers: dict = field(default_factory=dict)
+
+
+def joined_machine(w: World) -> Machine:
+    token, _ = hosts.issue_token("lab-ws")
+    return Machine.objects.create(group=w.group, name="lab-far", join_token=token, state=Machine.State.ONLINE)
 
 
 def task_kw(w: World) -> dict:
@@ -229,6 +234,13 @@ CONSOLE: dict[str, list[Rule]] = {
     "people": [Rule(only("staff"))],
     # Process ids, log paths and service addresses: for operators only.
     "health": [Rule(only("staff"))],
+    "host-list": [Rule(only("staff")), Rule(only("staff"), "POST", data={"name": "lab-ws"})],
+    "join-token-revoke": [
+        Rule(only("staff"), "POST", kwargs=lambda w: {"token_id": hosts.issue_token("lab-ws")[0].pk})
+    ],
+    "host-machine-revoke": [
+        Rule(only("staff"), "POST", kwargs=lambda w: {"machine_id": joined_machine(w).pk})
+    ],
     # The API's own pages outside its operations.
     "api:openapi-json": [Rule(for_everyone())],
     "api:openapi-view": [Rule(for_everyone())],
@@ -462,8 +474,8 @@ def console_patterns(patterns=None, prefix: str = "", namespace: str = ""):
     for p in get_resolver().url_patterns if patterns is None else patterns:
         route = prefix + str(p.pattern)
         if isinstance(p, URLResolver):
-            if route.startswith("admin/"):
-                continue  # Django's admin site checks staff itself; see the test below
+            if route.startswith(("admin/", MACHINE_INTERFACE)):
+                continue  # the admin site checks staff itself, the machine interface tokens: see below
             inner = namespace + (f"{p.namespace}:" if p.namespace else "")
             yield from console_patterns(p.url_patterns, route, inner)
         elif isinstance(p, URLPattern):
@@ -507,6 +519,28 @@ def test_console(world, name, index):
         return console_outcome(client.post(url, _resolve(rule.data, world)))
 
     assert each_person(run) == rule.expect
+
+
+MACHINE_INTERFACE = "api/machine/"
+MACHINE_METHODS = {"GET": ("status", "input", "assets", "asset-file"), "PUT": ("outputs", "log-file")}
+
+
+def test_the_machine_interface_answers_no_person_only_a_machine_token(world):
+    """Whoever is logged in, every call of the machine interface wants a machine's (or host's) token."""
+    resolver = next(p for p in get_resolver().url_patterns if str(p.pattern) == MACHINE_INTERFACE + "v1/")
+    names = [p.name for p in resolver.url_patterns]
+    assert len(names) > 15
+    for person in PEOPLE:
+        client = Client()
+        if person != "anonymous":
+            client.force_login(world.users[person])
+        for name in names:
+            kwargs = {"task_id": world.task.id} if "<" in str(resolver.pattern) or "task" in name else {}
+            if name.endswith("log-file"):
+                kwargs["stream"] = "stdout"
+            method = next((m for m, ends in MACHINE_METHODS.items() if name.endswith(ends)), "POST")
+            response = client.generic(method, reverse(name, kwargs=kwargs), b"{}", "application/json")
+            assert response.status_code == 401, (person, name, response.status_code)
 
 
 def test_the_admin_site_lets_in_staff_only(world):

@@ -9,10 +9,12 @@ a real host is in test_joined_hosts.py.
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 
 from tasks_app import services
+from tasks_app.api.machines import LOOK_SECONDS
 from tasks_app.lifecycle import Status
 from tasks_app.models import JoinToken, Machine
 from tasks_app.services import hosts
@@ -150,3 +152,16 @@ def test_staff_issue_a_join_token_once_and_revoke_it(client, alice, django_user_
     assert Machine.objects.get(pk=machine.pk).state == Machine.State.LOST
     client.post(f"/hosts/tokens/{join_token[0].pk}/revoke")
     assert hosts.find_token(join_token[1]) is None
+
+
+def test_a_machine_waiting_for_work_gets_a_task_queued_meanwhile(client, alice, far, join_token):
+    """The long poll outlasts its looks at the queue (every few seconds) and answers when work comes."""
+    machine, token = machine_of(far, join_token)
+    assert call(client, "post", "/claim", token, data={"wait": LOOK_SECONDS + 1}).status_code == 204
+    queued = threading.Timer(1.0, lambda: services.enqueue(make_task(alice, far), far))
+    queued.start()
+    try:
+        answer = call(client, "post", "/claim", token, data={"wait": 20})
+    finally:
+        queued.join()
+    assert answer.status_code == 200 and answer.json()["task"]["status"] == Status.PREPARING

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -40,7 +41,7 @@ from tasks_app import storage
 from tasks_app.errors import Refused
 from tasks_app.executor.plane import MACHINE_FIELDS, Direct, keep_outputs
 from tasks_app.lifecycle import Status
-from tasks_app.models import Machine, MachineGroup, Task
+from tasks_app.models import Machine, MachineGroup, Task, TaskAsset
 from tasks_app.services import hosts, remote_assets
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ HOST_LOOK_SECONDS = 3.0
 # A machine waiting for a task looks this often whether it is still wanted (its group still started).
 LOOK_SECONDS = 5.0
 LOG_STREAMS = ("stdout", "stderr")
+# Inputs up to this size come with the claim's answer.
+INLINE_INPUT_BYTES = 256 * 1024
 # Fields of a task a machine is told: what its executor reads.
 TASK_FIELDS = (
     "id",
@@ -172,9 +175,32 @@ def describe_machine(machine: Machine) -> dict:
 
 
 def describe_task(task: Task) -> dict:
+    """The task as its machine needs it; a small input comes along, saving the machine a request."""
     described = {name: getattr(task, name) for name in TASK_FIELDS}
     described["started_at"] = task.started_at and task.started_at.isoformat()
+    described["has_assets"] = TaskAsset.objects.filter(task=task).exists()
+    if task.input_path and (task.input_size or 0) <= INLINE_INPUT_BYTES:
+        with storage.open_file(task.input_path) as f:
+            described["input"] = base64.b64encode(f.read()).decode()
     return described
+
+
+async def briefly(fn, *args):
+    """``fn(*args)`` on a thread, its database connection handed back to the pool at once.
+
+    A long poll lasts many seconds; a connection kept from one look to the
+    next would be held all that time, and a few dozen waiting machines would
+    empty the web server's pool. They hold none while they wait.
+    """
+
+    def run():
+        try:
+            return fn(*args)
+        finally:
+            if not connection.in_atomic_block:  # (a test's transaction keeps it)
+                connection.close()
+
+    return await sync_to_async(run)()
 
 
 # -- a host asks for a machine ------------------------------------------------
@@ -184,7 +210,7 @@ def describe_task(task: Task) -> dict:
 @require_http_methods(["POST"])
 async def join(request):
     """A host with a join token asks for a machine to run; waits up to ``wait`` seconds for one."""
-    token = await sync_to_async(hosts.find_token)(bearer(request))
+    token = await briefly(hosts.find_token, bearer(request))
     if token is None:
         return error(
             401,
@@ -200,15 +226,15 @@ async def join(request):
         return error(400, f"Cannot read the request: {exc}")
     deadline = time.monotonic() + wait
     while True:
-        taken = await sync_to_async(hosts.take_machine)(token, hostname, simulators)
+        taken = await briefly(hosts.take_machine, token, hostname, simulators)
         if taken is not None:
             machine, secret = taken
-            return JsonResponse({"machine": await sync_to_async(describe_machine)(machine), "token": secret})
+            return JsonResponse({"machine": await briefly(describe_machine, machine), "token": secret})
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return HttpResponse(status=204)
         await asyncio.sleep(min(remaining, HOST_LOOK_SECONDS))
-        if await sync_to_async(hosts.find_token)(bearer(request)) is None:
+        if await briefly(hosts.find_token, bearer(request)) is None:
             return error(401, "This join token was revoked while the host waited.", "join_token_revoked")
 
 
@@ -255,7 +281,7 @@ def offline(request, machine: Machine, body: dict):
     return JsonResponse({"stopped": True})
 
 
-def claim_for(machine: Machine) -> tuple[Task | None, str | None]:
+def claim_for(machine: Machine) -> tuple[dict | None, str | None]:
     """A task for the machine, or why it should stop.
 
     A task it claimed without hearing back comes first (the answer to an
@@ -268,16 +294,16 @@ def claim_for(machine: Machine) -> tuple[Task | None, str | None]:
         return None, f"machine group {current.group.name} is {current.group.get_state_display().lower()}"
     held = Task.objects.filter(machine=machine, status=Status.PREPARING).order_by("-preparing_at").first()
     if held is not None:
-        return held, None
+        return describe_task(held), None
     task, online = DIRECT.claim(machine.group_id, machine, reason=f"Picked up by machine {machine.name}.")
-    return task, None if online else "the machine is no longer online"
+    return task and describe_task(task), None if online else "the machine is no longer online"
 
 
 @csrf_exempt
 @require_http_methods(["POST"])
 async def claim(request):
     """The machine is free: the task it should run, as soon as one waits, or 204 after ``wait`` seconds."""
-    machine = await sync_to_async(hosts.machine_for_token)(bearer(request))
+    machine = await briefly(hosts.machine_for_token, bearer(request))
     if machine is None:
         return revoked()
     try:
@@ -286,9 +312,9 @@ async def claim(request):
         return error(400, f"Cannot read the request: {exc}")
     deadline = time.monotonic() + wait
     while True:
-        task, stop = await sync_to_async(claim_for)(machine)
+        task, stop = await briefly(claim_for, machine)
         if task is not None:
-            return JsonResponse({"task": describe_task(task)})
+            return JsonResponse({"task": task})
         if stop:
             return JsonResponse({"task": None, "stop": stop})
         remaining = deadline - time.monotonic()
@@ -314,23 +340,18 @@ async def token_or_timeout(queue: str, timeout: float) -> None:
     loop = id(asyncio.get_running_loop())
     client = _waiters.get(loop)
     if client is None:
-        client = _waiters[loop] = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+        # Reads wait longer than any pop: redis-py's own default would end a long one early.
+        client = _waiters[loop] = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=LOOK_SECONDS + 10
+        )
     try:
         await client.brpop([queue], timeout=max(timeout, 0.01))
-    except aioredis.RedisError as exc:
-        if _cancelled(exc):
-            raise asyncio.CancelledError from None  # the machine hung up; redis-py calls it a timeout
+    except aioredis.RedisError:
+        # (A machine that hangs up cancels the request; redis-py may report that as a
+        # timeout of its own. The look goes on to its end, and a task it claims then
+        # is that machine's at its next claim, or requeued once it is found lost.)
         log.warning("Could not wait on the broker for %s", queue, exc_info=True)
         await asyncio.sleep(min(timeout, 1.0))
-
-
-def _cancelled(exc: BaseException | None) -> bool:
-    """Whether a cancellation (the request's end) is what ``exc`` came from."""
-    while exc is not None:
-        if isinstance(exc, asyncio.CancelledError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 # -- a task's moves ----------------------------------------------------------------
@@ -413,7 +434,8 @@ def task_log(request, machine: Machine, body: dict, task_id: str):
     task = task_of(machine, task_id)
     op = body.get("op")
     if op == "begin":
-        DIRECT.begin_log(task)
+        # At once: the machine's next lines may reach another process of the web server.
+        DIRECT.begin_log(task, at_once=True)
     elif op == "append":
         for stream, data in body.get("entries") or []:
             if stream not in LOG_STREAMS:

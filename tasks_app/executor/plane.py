@@ -120,8 +120,9 @@ class Direct:
 
     # -- the live log ----------------------------------------------------------
 
-    def begin_log(self, task: Task) -> None:
-        live.begin_log(task.id, first_attempt=task.attempt == 1)
+    def begin_log(self, task: Task, at_once: bool = False) -> None:
+        """Start the task's live log; a first attempt's mark goes with its first lines unless ``at_once``."""
+        live.begin_log(task.id, first_attempt=task.attempt == 1 and not at_once)
 
     def append_log(self, task: Task, stream: str, data: bytes) -> None:
         live.append_log(task.id, stream, data)

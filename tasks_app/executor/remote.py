@@ -25,6 +25,7 @@ import argparse
 import base64
 import contextlib
 import datetime as dt
+import io
 import logging
 import os
 import signal
@@ -163,12 +164,14 @@ class LogSender:
 
     def __init__(self, connection: Connection):
         self.connection = connection
-        self.pending: list[tuple[str, str, bytes]] = []  # (task id, stream, data)
+        # (task id, stream, data); a stream of None is the log's beginning.
+        self.pending: list[tuple[str, str | None, bytes]] = []
         self.lock = threading.Lock()
+        self.sending = threading.Lock()  # one sender at a time: batches go out in order
         self.wake = threading.Event()
         threading.Thread(target=self.loop, name="log-sender", daemon=True).start()
 
-    def add(self, task_id: str, stream: str, data: bytes) -> None:
+    def add(self, task_id: str, stream: str | None, data: bytes = b"") -> None:
         with self.lock:
             self.pending.append((task_id, stream, data))
         self.wake.set()
@@ -182,13 +185,19 @@ class LogSender:
                 self.flush()
 
     def flush(self) -> None:
-        with self.lock:
-            pending, self.pending = self.pending, []
-        by_task: dict[str, list] = {}
-        for task_id, stream, data in pending:
-            by_task.setdefault(task_id, []).append([stream, base64.b64encode(data).decode()])
-        for task_id, entries in by_task.items():
-            self.connection.json("POST", f"/tasks/{task_id}/log", json={"op": "append", "entries": entries})
+        with self.sending:
+            with self.lock:
+                pending, self.pending = self.pending, []
+            batch: list = []
+            for i, (task_id, stream, data) in enumerate(pending):
+                if stream is None:
+                    self.connection.json("POST", f"/tasks/{task_id}/log", json={"op": "begin"})
+                    continue
+                batch.append([stream, base64.b64encode(data).decode()])
+                if i + 1 == len(pending) or pending[i + 1][0] != task_id or pending[i + 1][1] is None:
+                    body = {"op": "append", "entries": batch}
+                    self.connection.json("POST", f"/tasks/{task_id}/log", json=body)
+                    batch = []
 
 
 class Remote:
@@ -199,6 +208,8 @@ class Remote:
     def __init__(self, connection: Connection):
         self.connection = connection
         self.logs = LogSender(connection)
+        self.inline: dict[str, bytes] = {}  # a small input that came with its task's claim
+        self.has_assets = True
 
     # -- claims and moves ----------------------------------------------------
 
@@ -212,8 +223,11 @@ class Remote:
             return None
         fields = dict(answer["task"])
         started_at = fields.pop("started_at", None)
+        inline, has_assets = fields.pop("input", None), fields.pop("has_assets", True)
         task = Task(**fields)
         task.started_at = started_at and dt.datetime.fromisoformat(started_at)
+        self.inline = {task.id: base64.b64decode(inline)} if inline is not None else {}
+        self.has_assets = has_assets
         return task
 
     def move(self, task, new, reason: str, *, machine, expected, at=None, passing=(), **fields) -> bool:
@@ -274,7 +288,7 @@ class Remote:
             log.warning("Could not send the %s of task %s's log", op, task.id, exc_info=True)
 
     def begin_log(self, task) -> None:
-        self._mark(task, "begin")
+        self.logs.add(task.id, None)  # sent with the first lines, ahead of them
 
     def append_log(self, task, stream: str, data: bytes) -> None:
         self.logs.add(task.id, stream, data)
@@ -292,6 +306,9 @@ class Remote:
 
     @contextlib.contextmanager
     def open_input(self, task) -> Iterator[BinaryIO]:
+        if task.id in self.inline:  # it came with the claim
+            yield io.BytesIO(self.inline.pop(task.id))
+            return
         with self._fetched(f"/tasks/{task.id}/input") as f:
             yield f
 
@@ -307,6 +324,8 @@ class Remote:
     def stage_assets(self, task, workdir: Path) -> list[Path]:
         from tasks_app.services import remote_assets
 
+        if not self.has_assets:
+            return []
         response = self.connection.call("GET", f"/tasks/{task.id}/assets")
         if response.status_code == 409:
             raise remote_assets.AssetMissing(_message(response))
@@ -419,6 +438,7 @@ def apply_settings(values: dict) -> None:
 def serve(url: str, token: str, host_stop: Stop) -> str:
     """Run the machine of ``token`` until it is told to stop; returns why it stopped."""
     from tasks_app import simulators
+    from tasks_app.executor import run
     from tasks_app.executor.plane import PlaneError
     from tasks_app.executor.run import Execution
 
@@ -435,6 +455,7 @@ def serve(url: str, token: str, host_stop: Stop) -> str:
         return "its token was revoked before it went online"
     apply_settings(described.get("settings", {}))
     machine = machine_from(described)
+    run.warm_up(machine)
     log.info("Machine %s is online (group %s)", machine.name, machine.group.name)
 
     finished = threading.Event()
@@ -479,8 +500,6 @@ def serve(url: str, token: str, host_stop: Stop) -> str:
         stop.set(host_stop.reason or "its host stops")
         with contextlib.suppress(MachineRevoked, PlaneError):
             connection.json("POST", "/offline", json={}, patience=10.0)
-        from tasks_app.executor import run
-
         run.forget_machine(machine.name)
     log.info("Machine %s stopped: %s", machine.name, stop.reason)
     return stop.reason
