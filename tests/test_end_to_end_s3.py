@@ -1,5 +1,6 @@
 """Real machines fetching inputs from a bucket and storing outputs and logs in it (SeaweedFS)."""
 
+import os
 from pathlib import Path
 
 import httpx
@@ -87,3 +88,36 @@ def test_a_machine_whose_bucket_refuses_fails_the_task_saying_what_to_fix(
     assert "The input could not be fetched from storage" in detail
     assert "refuses the secret key. Check SIMDECK_S3_SECRET_KEY." in detail
     mg.terminate()
+
+
+def test_a_joined_host_fetches_and_stores_through_presigned_urls_without_the_buckets_keys(
+    s3_server, s3_env, stack, client_for, alice_key, tmp_path
+):
+    """A host with only its join token reads the input from the bucket and puts its outputs there itself."""
+    from tasks_app.services import hosts
+    from tests.test_joined_hosts import Host
+
+    _, secret = hosts.issue_token("far-ws")
+    host = Host(stack.url, secret, tmp_path / "far-ws")
+    try:
+        client_for(alice_key)
+        mg = simdeck.resources.MachineGroup("n2-standard-2", provider="hosts").start(timeout=90)
+        # An input too big to come with the claim, and 12 MB of outputs: past the size that
+        # goes to the bucket in presigned PUTs.
+        case = inputs(tmp_path)
+        (case / "field.bin").write_bytes(os.urandom(400_000))
+        noise = "head -c 12000000 /dev/urandom > results/noise.bin"
+        task = simdeck.simulators.Commands().run(input_dir=case, commands=["sh solve.sh", noise], on=mg)
+        assert task.wait(polling_period=0.3, silent_mode=True) == "success", host.output()
+    finally:
+        host.stop()
+    assert storage.output_name(task.id) in keys(s3_server, s3_env)
+    # The input was a redirect to the bucket; the outputs went there in parts the server then joined.
+    served = (stack.home / "web.log").read_text(errors="replace")
+    assert f'GET /api/machine/v1/tasks/{task.id}/input" 302' in served
+    assert f'POST /api/machine/v1/tasks/{task.id}/outputs/direct/done" 200' in served
+    assert f"PUT /api/machine/v1/tasks/{task.id}/outputs?" not in served
+    outputs = Path(task.download_outputs())
+    assert (outputs / "results" / "count.txt").read_text().strip() == "1"
+    assert (outputs / "results" / "noise.bin").stat().st_size == 12_000_000
+    assert Task.objects.get(pk=task.id).output_path == storage.output_name(task.id)

@@ -165,3 +165,21 @@ def test_a_machine_waiting_for_work_gets_a_task_queued_meanwhile(client, alice, 
     finally:
         queued.join()
     assert answer.status_code == 200 and answer.json()["task"]["status"] == Status.PREPARING
+
+
+def test_an_elastic_group_that_shrinks_stops_an_idle_machine(client, alice, join_token):
+    group = services.create_group(
+        alice, machine_type="n2-standard-2", name="stretch", min_machines=1, max_machines=3, provider="hosts"
+    )
+    services.start_group(group)
+    first, first_token = machine_of(group, join_token)
+    # A second one, from when tasks waited.
+    second = Machine(group=group, name="stretch-2", join_token=join_token[0], state=Machine.State.ONLINE)
+    second_token = second.issue_token()
+    second.save()
+    # No task waits: one machine is enough, and the first to look stops.
+    assert (
+        "needs fewer machines" in call(client, "post", "/claim", first_token, data={"wait": 0}).json()["stop"]
+    )
+    assert Machine.objects.get(pk=first.pk).state == Machine.State.STOPPING
+    assert call(client, "post", "/claim", second_token, data={"wait": 0}).status_code == 204

@@ -51,7 +51,8 @@ DIRECT = Direct()
 MAX_WAIT_SECONDS = 30.0
 # A host with no machine asks the database this often while it waits for a group to want one.
 HOST_LOOK_SECONDS = 3.0
-# A machine waiting for a task looks this often whether it is still wanted (its group still started).
+# A machine waiting for a task looks this often whether it is still wanted (its group still
+# started), or as often as heartbeats go if that is more often: each look is its heartbeat.
 LOOK_SECONDS = 5.0
 LOG_STREAMS = ("stdout", "stderr")
 # Inputs up to this size come with the claim's answer.
@@ -286,12 +287,19 @@ def claim_for(machine: Machine) -> tuple[dict | None, str | None]:
 
     A task it claimed without hearing back comes first (the answer to an
     earlier claim was lost on the way), then the head of its group's queue.
+    Each look is the waiting machine's heartbeat too: it sends no other
+    while it waits (tasks_app.executor.remote).
     """
-    current = Machine.objects.select_related("group").filter(pk=machine.pk).first()
-    if current is None or current.state != Machine.State.ONLINE:
-        return None, f"the machine is {current.get_state_display().lower() if current else 'gone'}"
-    if current.group.state != MachineGroup.State.STARTED:
+    wanted = Machine.objects.filter(
+        pk=machine.pk, state=Machine.State.ONLINE, group__state=MachineGroup.State.STARTED
+    )
+    if not wanted.update(last_heartbeat_at=timezone.now()):
+        current = Machine.objects.select_related("group").filter(pk=machine.pk).first()
+        if current is None or current.state != Machine.State.ONLINE:
+            return None, f"the machine is {current.get_state_display().lower() if current else 'gone'}"
         return None, f"machine group {current.group.name} is {current.group.get_state_display().lower()}"
+    if hosts.unneeded(machine):
+        return None, f"machine group {machine.group.name} needs fewer machines"
     held = Task.objects.filter(machine=machine, status=Status.PREPARING).order_by("-preparing_at").first()
     if held is not None:
         return describe_task(held), None
@@ -320,8 +328,9 @@ async def claim(request):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return HttpResponse(status=204)
-        # A token wakes it at once; a group terminated meanwhile is seen within LOOK_SECONDS.
-        await token_or_timeout(machine.group.queue_name, min(remaining, LOOK_SECONDS))
+        # A token wakes it at once; it looks again (and beats) as often as a heartbeat goes.
+        look = min(LOOK_SECONDS, settings.SIMDECK_HEARTBEAT_SECONDS)
+        await token_or_timeout(machine.group.queue_name, min(remaining, look))
 
 
 _waiters: dict[int, aioredis.Redis] = {}
