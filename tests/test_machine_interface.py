@@ -183,3 +183,22 @@ def test_an_elastic_group_that_shrinks_stops_an_idle_machine(client, alice, join
     )
     assert Machine.objects.get(pk=first.pk).state == Machine.State.STOPPING
     assert call(client, "post", "/claim", second_token, data={"wait": 0}).status_code == 204
+
+
+def test_a_machine_that_sends_nonsense_is_told_what_is_wrong(client, alice, far, join_token):
+    machine, token = machine_of(far, join_token)
+    task = make_task(alice, far)
+    store_input(task)
+    call(client, "post", "/claim", token, data={"wait": 0})
+    answers = [
+        call(client, "post", f"/tasks/{task.id}/sample", token, data={"cpu_percent": "lots"}),
+        call(client, "post", f"/tasks/{task.id}/progress", token, data={"attempt": 1, "progress": 5}),
+        call(client, "post", f"/tasks/{task.id}/log", token, data={"op": "append", "entries": [["env", ""]]}),
+        call(client, "post", f"/tasks/{task.id}/move", token, data={"status": "flying"}),
+        client.post(
+            f"{API}/heartbeat", "{not json", "application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+        ),
+    ]
+    assert [a.status_code for a in answers] == [400] * 5
+    assert all(a.json()["message"] for a in answers)
+    assert "cpu_percent, memory_bytes, disk_bytes" in answers[0].json()["message"]

@@ -126,6 +126,14 @@ def machine_call(methods: list[str], *, json_body: bool = True):
     return wrap
 
 
+def read(body: dict, **kinds) -> list:
+    """The body's values of the names given, each made its kind (int, float…); a refusal if one is not."""
+    try:
+        return [kind(body[name]) for name, kind in kinds.items()]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Refused(f"The body has {', '.join(kinds)} ({type(exc).__name__}: {exc}).") from None
+
+
 def task_of(machine: Machine, task_id: str, attempt=None) -> Task:
     """The task ``machine`` holds, in the attempt it names; 404 for any other."""
     task = Task.objects.filter(pk=str(task_id)[:64], machine=machine).first()
@@ -409,7 +417,9 @@ def lost(request, machine: Machine, body: dict, task_id: str):
 def progress(request, machine: Machine, body: dict, task_id: str):
     task = task_of(machine, task_id, body.get("attempt"))
     fraction = body.get("progress")
-    if fraction is not None and not isinstance(fraction, int | float):
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, int | float)):
+        raise Refused("progress is a number from 0 to 1, or null.")
+    if fraction is not None and not 0 <= fraction <= 1:
         raise Refused("progress is a number from 0 to 1, or null.")
     DIRECT.record_progress(task, fraction, moment(body.get("eta")))
     return JsonResponse({"recorded": True})
@@ -418,22 +428,14 @@ def progress(request, machine: Machine, body: dict, task_id: str):
 @machine_call(["POST"])
 def sample(request, machine: Machine, body: dict, task_id: str):
     task = task_of(machine, task_id)
-    try:
-        DIRECT.record_sample(
-            task.id, float(body["cpu_percent"]), int(body["memory_bytes"]), int(body["disk_bytes"])
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise Refused(f"A sample has cpu_percent, memory_bytes and disk_bytes: {exc}.") from None
+    DIRECT.record_sample(task.id, *read(body, cpu_percent=float, memory_bytes=int, disk_bytes=int))
     return JsonResponse({"recorded": True})
 
 
 @machine_call(["POST"])
 def disk_resized(request, machine: Machine, body: dict, task_id: str):
     task = task_of(machine, task_id)
-    try:
-        DIRECT.disk_resized(task, machine, int(body["from_gb"]), int(body["to_gb"]), int(body["used_bytes"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise Refused(f"A resize has from_gb, to_gb and used_bytes: {exc}.") from None
+    DIRECT.disk_resized(task, machine, *read(body, from_gb=int, to_gb=int, used_bytes=int))
     return JsonResponse({"recorded": True})
 
 
@@ -553,7 +555,7 @@ def outputs_direct(request, machine: Machine, body: dict, task_id: str):
     task = task_of(machine, task_id, body.get("attempt"))
     if not storage.direct_uploads():
         raise Refused("This server stores files itself: send the outputs to it.", code="no_direct_upload")
-    size = int(body.get("archive_size", 0))
+    [size] = read(body, archive_size=int)
     if not 0 < size <= max_output_bytes(machine):
         raise Refused(f"The outputs' archive cannot be {size} bytes.")
     plan = storage.start_direct_put(storage.output_name(task.id, task.attempt), size)
