@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 import simdeck
@@ -136,6 +137,14 @@ def test_revoking_the_join_token_stops_the_host_and_ends_its_task(stack, client_
     )
     wait_for(lambda: task_status(task.id) == Status.STARTED, 60, message="the task to start")
     wait_for(lambda: processes_of(task.id), 10, message="the simulation's processes")
+
+    # While it runs, the machine answers questions about it, as a local one does.
+    asked = httpx.Client(base_url=f"{stack.url}/api/v1", headers={"Authorization": f"Bearer {alice_key}"})
+    files = asked.get(f"/tasks/{task.id}/machine/files")
+    assert files.status_code == 200, files.text
+    assert {"stdout.txt", "make_mesh.py"} <= {f["path"] for f in files.json()["files"]}
+    top = asked.get(f"/tasks/{task.id}/machine/top").json()
+    assert any("sleep" in p["command"] for p in top["processes"]), top
 
     assert stack.manage("jointoken", "revoke", token.name).returncode == 0
     assert task_status(task.id) == Status.EXECUTOR_TERMINATED

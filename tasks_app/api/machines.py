@@ -39,6 +39,7 @@ from django.views.decorators.http import require_http_methods
 from console.celery import app as celery_app
 from tasks_app import storage
 from tasks_app.errors import Refused
+from tasks_app.executor import questions as asking
 from tasks_app.executor.plane import MACHINE_FIELDS, Direct, keep_outputs
 from tasks_app.lifecycle import Status
 from tasks_app.models import Machine, MachineGroup, Task, TaskAsset
@@ -341,7 +342,18 @@ async def claim(request):
         await token_or_timeout(machine.group.queue_name, min(remaining, look))
 
 
-_waiters: dict[int, aioredis.Redis] = {}
+_waiters: dict[tuple[int, str], aioredis.Redis] = {}
+
+
+def waiter(url: str) -> aioredis.Redis:
+    """A client of ``url`` for this process' event loop, for pops that wait."""
+    key = (id(asyncio.get_running_loop()), url)
+    if key not in _waiters:
+        # Reads wait longer than any pop: redis-py's own default would end a long one early.
+        _waiters[key] = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=LOOK_SECONDS + 10
+        )
+    return _waiters[key]
 
 
 async def token_or_timeout(queue: str, timeout: float) -> None:
@@ -354,21 +366,51 @@ async def token_or_timeout(queue: str, timeout: float) -> None:
     if urlsplit(url).scheme not in ("redis", "rediss"):
         await asyncio.sleep(min(timeout, 1.0))
         return
-    loop = id(asyncio.get_running_loop())
-    client = _waiters.get(loop)
-    if client is None:
-        # Reads wait longer than any pop: redis-py's own default would end a long one early.
-        client = _waiters[loop] = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=LOOK_SECONDS + 10
-        )
     try:
-        await client.brpop([queue], timeout=max(timeout, 0.01))
+        await waiter(url).brpop([queue], timeout=max(timeout, 0.01))
     except aioredis.RedisError:
         # (A machine that hangs up cancels the request; redis-py may report that as a
         # timeout of its own. The look goes on to its end, and a task it claims then
         # is that machine's at its next claim, or requeued once it is found lost.)
         log.warning("Could not wait on the broker for %s", queue, exc_info=True)
         await asyncio.sleep(min(timeout, 1.0))
+
+
+# -- questions about a running task (tasks_app.executor.questions) ------------------------
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+async def questions(request):
+    """Questions people asked about the task this machine runs (its files, its processes): a long poll."""
+    machine = await briefly(hosts.machine_for_token, bearer(request))
+    if machine is None:
+        return revoked()
+    try:
+        wait = min(max(float(body_of(request).get("wait", 20)), 0.0), MAX_WAIT_SECONDS)
+    except (Refused, TypeError, ValueError) as exc:
+        return error(400, f"Cannot read the request: {exc}")
+    key, client = asking.questions_key(machine.pk), waiter(settings.REDIS_URL)
+    deadline = time.monotonic() + wait
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            got = await client.blpop([key], timeout=max(min(remaining, LOOK_SECONDS), 0.01))
+            if got:
+                more = await client.lpop(key, 20) or []
+                return JsonResponse({"questions": [json.loads(q) for q in (got[1], *more)]})
+    except aioredis.RedisError:
+        log.warning("Could not wait for questions to machine %s", machine.name, exc_info=True)
+    return HttpResponse(status=204)
+
+
+@machine_call(["POST"])
+def answers(request, machine: Machine, body: dict):
+    """The machine's answer to one question; it reaches whoever asked if they still wait."""
+    question_id, answer = body.get("id"), body.get("answer")
+    if not isinstance(question_id, str) or not question_id.isalnum() or not isinstance(answer, dict):
+        raise Refused("An answer has the question's id and the answer (an object).")
+    asking.answer_from_elsewhere(machine.pk, question_id, answer)
+    return JsonResponse({"delivered": True})
 
 
 # -- a task's moves ----------------------------------------------------------------

@@ -2,11 +2,21 @@
 
 The questions go to the machine's worker as a Celery remote-control
 command, answered by :mod:`tasks_app.executor.inspect` on the machine;
-once the task has left its machine, its stored logs answer instead.
+once the task has left its machine, its stored logs answer instead. A
+machine on another host reaches no broker: its question waits in a Redis
+list of that machine's, which the machine reads through the machine
+interface while it runs a task, and its answer comes back in a Redis key
+of its own (:func:`ask_elsewhere`).
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import secrets
+
+import redis
+from django.conf import settings
 from django.core.files.storage import default_storage
 
 from console.celery import app
@@ -43,23 +53,18 @@ def ask_machine(task: Task, op: str, **params) -> dict:
     if Status(task.status) not in ON_MACHINE or machine is None or not machine.hostname:
         raise NotRunning(task)
     if machine.token_digest:
-        # A machine elsewhere answers nobody: it only talks to the machine interface.
-        raise Refused(
-            f"Machine {machine.name} runs on another host, which cannot be asked about the files of a "
-            "running task. Follow its live log on the task's page; its files can be read once it ends.",
-            code="machine_elsewhere",
-            status=409,
+        answer = ask_elsewhere(machine.pk, {"task_id": task.id, "op": op, "params": params})
+    else:
+        node = f"{machine.name}@{machine.hostname}"
+        replies = app.control.broadcast(
+            inspect.COMMAND,
+            arguments={"task_id": task.id, "op": op, "params": params},
+            destination=[node],
+            reply=True,
+            timeout=MACHINE_ANSWER_SECONDS,
+            limit=1,
         )
-    node = f"{machine.name}@{machine.hostname}"
-    replies = app.control.broadcast(
-        inspect.COMMAND,
-        arguments={"task_id": task.id, "op": op, "params": params},
-        destination=[node],
-        reply=True,
-        timeout=MACHINE_ANSWER_SECONDS,
-        limit=1,
-    )
-    answer = next((r[node] for r in replies or [] if node in r), None)
+        answer = next((r[node] for r in replies or [] if node in r), None)
     if answer is None:
         raise Refused(
             f"Machine {machine.name} did not answer within {MACHINE_ANSWER_SECONDS:.0f} s; "
@@ -79,6 +84,47 @@ def ask_machine(task: Task, op: str, **params) -> dict:
         code="machine_error",
         status=502,
     )
+
+
+def questions_key(machine_id: int) -> str:
+    """The Redis list where questions for a machine on another host wait for it."""
+    return f"{settings.SIMDECK_QUEUE_PREFIX}:machine:{machine_id}:questions"
+
+
+def answer_key(machine_id: int, question_id: str) -> str:
+    return f"{settings.SIMDECK_QUEUE_PREFIX}:machine:{machine_id}:answer:{question_id}"
+
+
+@functools.cache
+def _redis() -> redis.Redis:
+    # Reads wait as long as a machine may take to answer.
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=MACHINE_ANSWER_SECONDS + 5)
+
+
+def ask_elsewhere(machine_id: int, question: dict) -> dict | None:
+    """Ask a machine on another host; its answer, or None if it gave none in time."""
+    question_id = secrets.token_hex(16)
+    key = questions_key(machine_id)
+    try:
+        client = _redis()
+        with client.pipeline(transaction=False) as pipe:
+            # Unread questions go with the machine: a list of a machine gone is gone soon too.
+            pipe.rpush(key, json.dumps({**question, "id": question_id}))
+            pipe.expire(key, 60)
+            pipe.execute()
+        got = client.blpop([answer_key(machine_id, question_id)], timeout=MACHINE_ANSWER_SECONDS)
+    except redis.RedisError:
+        return None
+    return json.loads(got[1]) if got else None
+
+
+def answer_from_elsewhere(machine_id: int, question_id: str, answer: dict) -> None:
+    """Hand a machine's answer to whoever waits for it (for a little while: it may have given up)."""
+    key = answer_key(machine_id, question_id)
+    with _redis().pipeline(transaction=False) as pipe:
+        pipe.rpush(key, json.dumps(answer))
+        pipe.expire(key, 30)
+        pipe.execute()
 
 
 def read_logs(

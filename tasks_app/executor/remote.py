@@ -499,7 +499,8 @@ def serve(url: str, token: str, host_stop: Stop) -> str:
             if task is None:
                 continue
             log.info("Machine %s runs task %s", machine.name, task.id)
-            Execution(task, machine, plane).run()
+            with answering(url, token, machine):
+                Execution(task, machine, plane).run()
     except MachineRevoked:
         stop.set("its token was revoked")
     finally:
@@ -510,6 +511,54 @@ def serve(url: str, token: str, host_stop: Stop) -> str:
         run.forget_machine(machine.name)
     log.info("Machine %s stopped: %s", machine.name, stop.reason)
     return stop.reason
+
+
+# A question about a running task waits this long at the server before it is asked again.
+QUESTIONS_POLL_SECONDS = 15.0
+
+
+@contextlib.contextmanager
+def answering(url: str, token: str, machine) -> Iterator[None]:
+    """While the machine runs a task, answer what people ask about it (its files, its processes).
+
+    The questions and answers go through the machine interface; the answers
+    are :mod:`tasks_app.executor.inspect`'s, as a local machine gives them.
+    """
+    from tasks_app.executor import inspect
+    from tasks_app.executor.plane import PlaneError
+
+    done = threading.Event()
+    connection = Connection(url, token)
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                asked = connection.json(
+                    "POST",
+                    "/questions",
+                    json={"wait": QUESTIONS_POLL_SECONDS},
+                    timeout=QUESTIONS_POLL_SECONDS + 30,
+                    patience=10.0,
+                )
+                for question in asked.get("questions", []):
+                    answer = inspect.answer(
+                        machine.name,
+                        question.get("task_id", ""),
+                        question.get("op", ""),
+                        question.get("params"),
+                    )
+                    body = {"id": question.get("id"), "answer": answer}
+                    connection.json("POST", "/answers", json=body, patience=5.0)
+            except MachineRevoked:
+                return
+            except PlaneError:
+                done.wait(2.0)
+
+    threading.Thread(target=loop, name=f"questions-{machine.name}", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def join(url: str, join_token: str, host_stop: Stop, *, once: bool = False) -> None:
