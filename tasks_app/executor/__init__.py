@@ -5,6 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class PlaneError(Exception):
+    """The platform could not be told something (see :mod:`tasks_app.executor.plane`).
+
+    Here, free of Django, because a machine on another host raises it before
+    its settings are loaded (:mod:`tasks_app.executor.remote`).
+    """
+
+
 def os_error_message(exc: OSError, base: Path | None = None) -> str:
     """What went wrong on the machine, for a user: the cause and the file, without the server's paths.
 

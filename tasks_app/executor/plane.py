@@ -168,7 +168,3 @@ def keep_outputs(task: Task, name: str) -> None:
         project_storage.keep_outputs(task, name)
     except Exception:
         log.warning("Task %s: its outputs could not be copied to its storage_dir", task.id, exc_info=True)
-
-
-class PlaneError(Exception):
-    """The platform could not be told something that can be missed (a progress report, a sample)."""

@@ -40,6 +40,8 @@ from typing import BinaryIO
 
 import httpx
 
+from tasks_app.executor import PlaneError
+
 log = logging.getLogger("simdeck.machine")
 
 API = "/api/machine/v1"
@@ -64,12 +66,6 @@ class StopMachine(Exception):
 
 class JoinRevoked(Exception):
     """The server no longer knows the host's join token: the host stops."""
-
-
-def _plane_error():
-    from tasks_app.executor.plane import PlaneError
-
-    return PlaneError
 
 
 class Connection:
@@ -97,7 +93,7 @@ class Connection:
                     return response
                 problem = f"{response.status_code} {response.reason_phrase}"
             if time.monotonic() + pause > deadline:
-                raise _plane_error()(f"The server at {self.url} did not answer {method} {path}: {problem}")
+                raise PlaneError(f"The server at {self.url} did not answer {method} {path}: {problem}")
             log.warning(
                 "The server at %s did not answer %s %s (%s); trying again", self.url, method, path, problem
             )
@@ -109,7 +105,7 @@ class Connection:
         if response.status_code == 204:
             return {}
         if not response.is_success:
-            raise _plane_error()(f"{method} {path}: {response.status_code} {_message(response)}")
+            raise PlaneError(f"{method} {path}: {response.status_code} {_message(response)}")
         return response.json()
 
     def download(self, path: str, sink: BinaryIO) -> None:
@@ -250,7 +246,7 @@ class Remote:
             task.status = _GONE
             return False
         if not response.is_success:
-            raise _plane_error()(f"Moving task {task.id}: {response.status_code} {_message(response)}")
+            raise PlaneError(f"Moving task {task.id}: {response.status_code} {_message(response)}")
         answer = response.json()
         task.status = answer["status"]
         if answer.get("started_at"):
@@ -289,7 +285,7 @@ class Remote:
         self.logs.flush()
         try:
             self.connection.json("POST", f"/tasks/{task.id}/log", json={"op": op}, patience=30.0)
-        except _plane_error():  # followers miss a mark; the stored log is whole
+        except PlaneError:  # followers miss a mark; the stored log is whole
             log.warning("Could not send the %s of task %s's log", op, task.id, exc_info=True)
 
     def begin_log(self, task) -> None:
@@ -444,7 +440,6 @@ def serve(url: str, token: str, host_stop: Stop) -> str:
     """Run the machine of ``token`` until it is told to stop; returns why it stopped."""
     from tasks_app import simulators
     from tasks_app.executor import run
-    from tasks_app.executor.plane import PlaneError
     from tasks_app.executor.run import Execution
 
     connection = Connection(url, token)
@@ -525,7 +520,6 @@ def answering(url: str, token: str, machine) -> Iterator[None]:
     are :mod:`tasks_app.executor.inspect`'s, as a local machine gives them.
     """
     from tasks_app.executor import inspect
-    from tasks_app.executor.plane import PlaneError
 
     done = threading.Event()
     connection = Connection(url, token)
@@ -665,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         except JoinRevoked as exc:
             failures.append(f"the join token was refused: {exc}")
             host_stop.set("the join token was revoked")
-        except _plane_error() as exc:  # the server would not have it (or never answered)
+        except PlaneError as exc:  # the server would not have it (or never answered)
             failures.append(str(exc))
             host_stop.set("the server refused it")
 

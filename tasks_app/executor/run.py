@@ -35,9 +35,9 @@ from django.utils import timezone
 
 from tasks_app import archives, broker, live, sandbox
 from tasks_app import simulators as sims
-from tasks_app.executor import os_error_message
+from tasks_app.executor import PlaneError, os_error_message
 from tasks_app.executor.machine import signal_near, told_to_stop
-from tasks_app.executor.plane import Direct, PlaneError
+from tasks_app.executor.plane import Direct
 from tasks_app.executor.process import Outcome, run_invocations, tail
 from tasks_app.executor.progress import ProgressWatch
 from tasks_app.executor.sampling import ResourceMeter

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import psutil
 from django.db import DatabaseError
 
-from tasks_app.executor.plane import PlaneError
+from tasks_app.executor import PlaneError
 
 log = logging.getLogger(__name__)
 
