@@ -46,10 +46,10 @@ def run(quick: bool = False) -> list[dict]:
     harness.setup_django()
     count, window = (10, 5.0) if quick else (100, WINDOW)
     with harness.Stack(machines=1) as stack:
-        groups = _groups(stack, count)
+        groups, secret = _groups(stack, count)
         time.sleep(3)  # past the start's own work
         idle = _measure(stack, window)
-        hosts = _join(stack, count)
+        hosts = _join(stack, count, secret)
         try:
             _until_online(stack, groups, count)
             time.sleep(5)  # past the machines' own start
@@ -99,11 +99,12 @@ def run(quick: bool = False) -> list[dict]:
     ]
 
 
-def _groups(stack: harness.Stack, count: int) -> list:
+def _groups(stack: harness.Stack, count: int) -> tuple[list, str]:
+    """Started ``hosts`` groups of ``count`` machines in all, and the join token their hosts use."""
     from tasks_app import services
     from tasks_app.services import hosts
 
-    hosts.issue_token(f"{stack.group_name}-hosts")
+    _, secret = hosts.issue_token(f"{stack.group_name}-hosts")  # before the groups start: they check one
     groups, left, n = [], count, 0
     while left:
         size = min(left, 50)  # a group has at most 64 machines
@@ -117,15 +118,10 @@ def _groups(stack: harness.Stack, count: int) -> list:
         )
         groups.append(services.start_group(group))
         left, n = left - size, n + 1
-    return groups
+    return groups, secret
 
 
-def _join(stack: harness.Stack, count: int) -> list[subprocess.Popen]:
-    from tasks_app.models import JoinToken
-    from tasks_app.services import hosts
-
-    JoinToken.objects.filter(name=f"{stack.group_name}-hosts").delete()
-    _, secret = hosts.issue_token(f"{stack.group_name}-hosts")
+def _join(stack: harness.Stack, count: int, secret: str) -> list[subprocess.Popen]:
     env = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith("SIMDECK_")}
     procs, left, n = [], count, 0
     while left:

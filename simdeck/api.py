@@ -134,36 +134,13 @@ class Client:
                     raise
             else:
                 parts = [
-                    {"number": part["number"], "etag": self._put_part(part, archive, progress)}
+                    {"number": part["number"], "etag": put_part(part, archive, progress)}
                     for part in plan["parts"]
                 ]
                 done = {"upload_id": plan["upload_id"], "parts": parts, "size": size, "sha256": digest}
                 return self.post(f"/tasks/{task_id}/input/direct/done", json=done)
         headers = {"Content-Length": str(size), "X-Archive-Size": str(size), "X-Content-SHA256": digest}
-        return self.upload(upload_url.removeprefix("/api/v1"), _read(archive, 0, size, progress), headers)
-
-    def _put_part(self, part: dict, archive: Path, progress: Callable[[int], None]) -> str:
-        """PUT one part to its presigned URL, without the API key; returns the bucket's ETag for it."""
-        store = httpx.URL(part["url"]).netloc.decode()
-        try:
-            response = httpx.put(
-                part["url"],
-                content=_read(archive, part["offset"], part["size"], progress),
-                headers={"Content-Length": str(part["size"])},
-                timeout=httpx.Timeout(300.0, connect=5.0),
-            )
-        except httpx.TransportError as exc:
-            raise ServerUnreachable(
-                f"Cannot reach the file store at {store} ({type(exc).__name__}) to upload the input."
-            ) from None
-        if not response.is_success:
-            raise errors.for_status(response.status_code)(
-                f"The file store at {store} refused the upload ({response.status_code} "
-                f"{response.reason_phrase}). Submit again; if it persists, tell the server's operator.",
-                code="storage_refused",
-                status=response.status_code,
-            )
-        return response.headers["ETag"]
+        return self.upload(upload_url.removeprefix("/api/v1"), read_file(archive, 0, size, progress), headers)
 
     def download(
         self, path: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None = None
@@ -185,7 +162,7 @@ class Client:
                     return _receive(response.iter_bytes(CHUNK), response.headers, sink, progress)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
-        return _fetch_presigned(location, sink, progress)
+        return fetch_presigned(location, sink, progress)
 
 
 def _receive(
@@ -202,7 +179,7 @@ def _receive(
     return done
 
 
-def _fetch_presigned(url: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None) -> int:
+def fetch_presigned(url: str, sink: BinaryIO, progress: Callable[[int, int | None], None] | None) -> int:
     """Download from a bucket's presigned URL.
 
     With the standard library's HTTP client, which reads a body about twice
@@ -239,13 +216,46 @@ def _fetch_presigned(url: str, sink: BinaryIO, progress: Callable[[int, int | No
         return _receive(chunks(), response.headers, sink, progress)
 
 
-def _read(path: Path, offset: int, size: int, progress: Callable[[int], None]) -> Iterator[bytes]:
+def read_file(
+    path: Path, offset: int, size: int, progress: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """``size`` bytes of ``path`` from ``offset``, a chunk at a time (a body httpx streams)."""
     with open(path, "rb") as f:
         f.seek(offset)
         while size > 0 and (chunk := f.read(min(CHUNK, size))):
             size -= len(chunk)
-            progress(len(chunk))
+            if progress:
+                progress(len(chunk))
             yield chunk
+
+
+def put_part(
+    part: dict, path: Path, progress: Callable[[int], None] | None = None, *, what: str = "the input"
+) -> str:
+    """PUT one part of a presigned upload plan, without any key of ours; returns the bucket's ETag.
+
+    The client sends inputs this way, and a machine on another host its outputs.
+    """
+    store = httpx.URL(part["url"]).netloc.decode()
+    try:
+        response = httpx.put(
+            part["url"],
+            content=read_file(path, part["offset"], part["size"], progress),
+            headers={"Content-Length": str(part["size"])},
+            timeout=httpx.Timeout(300.0, connect=5.0),
+        )
+    except httpx.TransportError as exc:
+        raise ServerUnreachable(
+            f"Cannot reach the file store at {store} ({type(exc).__name__}) to upload {what}."
+        ) from None
+    if not response.is_success:
+        raise errors.for_status(response.status_code)(
+            f"The file store at {store} refused the upload ({response.status_code} "
+            f"{response.reason_phrase}). Submit again; if it persists, tell the server's operator.",
+            code="storage_refused",
+            status=response.status_code,
+        )
+    return response.headers["ETag"]
 
 
 def request_key() -> dict[str, str]:

@@ -141,4 +141,4 @@ def test_a_download_the_bucket_refuses_is_reported_as_the_file_stores(s3_server,
     location = api.get(f"/api/v1/tasks/{task.id}/outputs")["Location"]
     tampered = location.replace("X-Amz-Signature=", "X-Amz-Signature=0")
     with pytest.raises(SimdeckError, match=r"The file store at 127\.0\.0\.1:\d+ refused the download \(403"):
-        client_api._fetch_presigned(tampered, io.BytesIO(), None)
+        client_api.fetch_presigned(tampered, io.BytesIO(), None)

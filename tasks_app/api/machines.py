@@ -135,6 +135,20 @@ def read(body: dict, **kinds) -> list:
         raise Refused(f"The body has {', '.join(kinds)} ({type(exc).__name__}: {exc}).") from None
 
 
+def wait_of(body: dict) -> float:
+    """How long a long poll may wait: what the machine asks, within ``MAX_WAIT_SECONDS``."""
+    [wait] = read({"wait": body.get("wait", 20)}, wait=float)
+    return min(max(wait, 0.0), MAX_WAIT_SECONDS)
+
+
+def simulators_of(body: dict) -> dict[str, str]:
+    """The simulators a host or machine says it has (name -> version), cut to what a row holds."""
+    found = body.get("simulators") or {}
+    if not isinstance(found, dict):
+        raise Refused("simulators is an object of names to versions.")
+    return {str(k)[:64]: str(v)[:64] for k, v in found.items()}
+
+
 def task_of(machine: Machine, task_id: str, attempt=None) -> Task:
     """The task ``machine`` holds, in the attempt it names; 404 for any other."""
     task = Task.objects.filter(pk=str(task_id)[:64], machine=machine).first()
@@ -229,11 +243,9 @@ async def join(request):
         )
     try:
         body = body_of(request)
-        hostname = str(body.get("hostname") or "")[:255]
-        simulators = {str(k)[:64]: str(v)[:64] for k, v in dict(body.get("simulators") or {}).items()}
-        wait = min(max(float(body.get("wait", 20)), 0.0), MAX_WAIT_SECONDS)
-    except (Refused, TypeError, ValueError) as exc:
-        return error(400, f"Cannot read the request: {exc}")
+        hostname, simulators, wait = str(body.get("hostname") or "")[:255], simulators_of(body), wait_of(body)
+    except Refused as exc:
+        return error(exc.status, str(exc), exc.code)
     deadline = time.monotonic() + wait
     while True:
         taken = await briefly(hosts.take_machine, token, hostname, simulators)
@@ -254,7 +266,7 @@ async def join(request):
 @machine_call(["POST"])
 def online(request, machine: Machine, body: dict):
     """The machine is ready: it checked its sandbox and found its simulators."""
-    simulators = {str(k)[:64]: str(v)[:64] for k, v in dict(body.get("simulators") or {}).items()}
+    simulators = simulators_of(body)
     now = timezone.now()
     Machine.objects.filter(pk=machine.pk, state=Machine.State.PROVISIONING).update(
         state=Machine.State.ONLINE,
@@ -324,9 +336,9 @@ async def claim(request):
     if machine is None:
         return revoked()
     try:
-        wait = min(max(float(body_of(request).get("wait", 20)), 0.0), MAX_WAIT_SECONDS)
-    except (Refused, TypeError, ValueError) as exc:
-        return error(400, f"Cannot read the request: {exc}")
+        wait = wait_of(body_of(request))
+    except Refused as exc:
+        return error(exc.status, str(exc), exc.code)
     deadline = time.monotonic() + wait
     while True:
         task, stop = await briefly(claim_for, machine)
@@ -387,9 +399,9 @@ async def questions(request):
     if machine is None:
         return revoked()
     try:
-        wait = min(max(float(body_of(request).get("wait", 20)), 0.0), MAX_WAIT_SECONDS)
-    except (Refused, TypeError, ValueError) as exc:
-        return error(400, f"Cannot read the request: {exc}")
+        wait = wait_of(body_of(request))
+    except Refused as exc:
+        return error(exc.status, str(exc), exc.code)
     key, client = asking.questions_key(machine.pk), waiter(settings.REDIS_URL)
     deadline = time.monotonic() + wait
     try:

@@ -40,6 +40,8 @@ from typing import BinaryIO
 
 import httpx
 
+from simdeck import api
+from simdeck.errors import SimdeckError
 from tasks_app.executor import PlaneError
 
 log = logging.getLogger("simdeck.machine")
@@ -124,11 +126,10 @@ class Connection:
                     sink.write(chunk)
                 return
         # The bucket's URL carries its own signature: the machine's token is not sent there.
-        with httpx.stream("GET", location, timeout=httpx.Timeout(300.0, connect=10.0)) as response:
-            if not response.is_success:
-                raise OSError(f"the file store answered {response.status_code} {response.reason_phrase}")
-            for chunk in response.iter_bytes(CHUNK):
-                sink.write(chunk)
+        try:
+            api.fetch_presigned(location, sink, None)
+        except SimdeckError as exc:
+            raise OSError(str(exc)) from None
 
 
 def _message(response: httpx.Response) -> str:
@@ -137,18 +138,6 @@ def _message(response: httpx.Response) -> str:
         return response.json().get("message") or response.reason_phrase
     except (ValueError, AttributeError):
         return response.reason_phrase
-
-
-def _file_chunks(path: Path, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        left = size if size is not None else path.stat().st_size - offset
-        while left > 0:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                return
-            left -= len(chunk)
-            yield chunk
 
 
 class LogSender:
@@ -353,7 +342,13 @@ class Remote:
             )
             if response.is_success:
                 plan = response.json()
-                parts = [{"number": p["number"], "etag": _put_part(p, archive)} for p in plan["parts"]]
+                try:
+                    parts = [
+                        {"number": p["number"], "etag": api.put_part(p, archive, what="the outputs")}
+                        for p in plan["parts"]
+                    ]
+                except SimdeckError as exc:
+                    raise OSError(str(exc)) from None
                 done = {**meta, "archive_size": archive_size, "upload_id": plan["upload_id"], "parts": parts}
                 self.connection.json("POST", f"/tasks/{task.id}/outputs/direct/done", json=done)
                 return {}
@@ -372,25 +367,13 @@ class Remote:
             "PUT",
             path,
             params=params,
-            content=_file_chunks(file),
+            content=api.read_file(file, 0, size),
             headers={"Content-Length": str(size)},
             timeout=httpx.Timeout(600.0, connect=10.0),
             patience=0.0,  # a stream is sent once; the task's move says what became of it
         )
         if not response.is_success:
             raise OSError(f"the server refused {file.name} ({response.status_code}: {_message(response)})")
-
-
-def _put_part(part: dict, archive: Path) -> str:
-    response = httpx.put(
-        part["url"],
-        content=_file_chunks(archive, part["offset"], part["size"]),
-        headers={"Content-Length": str(part["size"])},
-        timeout=httpx.Timeout(600.0, connect=10.0),
-    )
-    if not response.is_success:
-        raise OSError(f"the file store refused part {part['number']} ({response.status_code})")
-    return response.headers["ETag"]
 
 
 # What a task that was taken from this machine (ended, or requeued for another) is to it.
@@ -480,6 +463,7 @@ def serve(url: str, token: str, host_stop: Stop) -> str:
                 stop.set(answer["stop"])
 
     threading.Thread(target=beat, name=f"heartbeat-{machine.name}", daemon=True).start()
+    answers = Answering(url, token, machine)
     try:
         while not stop and not host_stop:
             try:
@@ -494,12 +478,13 @@ def serve(url: str, token: str, host_stop: Stop) -> str:
             if task is None:
                 continue
             log.info("Machine %s runs task %s", machine.name, task.id)
-            with answering(url, token, machine):
+            with answers.during_task():
                 Execution(task, machine, plane).run()
     except MachineRevoked:
         stop.set("its token was revoked")
     finally:
         finished.set()
+        answers.close()
         stop.set(host_stop.reason or "its host stops")
         with contextlib.suppress(MachineRevoked, PlaneError):
             connection.json("POST", "/offline", json={}, patience=10.0)
@@ -510,49 +495,65 @@ def serve(url: str, token: str, host_stop: Stop) -> str:
 
 # A question about a running task waits this long at the server before it is asked again.
 QUESTIONS_POLL_SECONDS = 15.0
+# Questions are asked for once a task has run this long: none come sooner, and a task's start
+# is not slowed by the poll.
+QUESTIONS_AFTER_SECONDS = 1.0
 
 
-@contextlib.contextmanager
-def answering(url: str, token: str, machine) -> Iterator[None]:
-    """While the machine runs a task, answer what people ask about it (its files, its processes).
+class Answering:
+    """Answers what people ask about the task the machine runs (its files, its processes).
 
-    The questions and answers go through the machine interface; the answers
-    are :mod:`tasks_app.executor.inspect`'s, as a local machine gives them.
+    One thread per machine; it asks the machine interface for questions
+    (a long poll) while a task runs, and posts :mod:`tasks_app.executor.inspect`'s
+    answers, as a local machine gives them.
     """
-    from tasks_app.executor import inspect
 
-    done = threading.Event()
-    connection = Connection(url, token)
+    def __init__(self, url: str, token: str, machine):
+        self.connection, self.machine = Connection(url, token), machine
+        self.running, self.stopped = threading.Event(), threading.Event()
+        threading.Thread(target=self.loop, name=f"questions-{machine.name}", daemon=True).start()
 
-    def loop() -> None:
-        while not done.is_set():
-            try:
-                asked = connection.json(
-                    "POST",
-                    "/questions",
-                    json={"wait": QUESTIONS_POLL_SECONDS},
-                    timeout=QUESTIONS_POLL_SECONDS + 30,
-                    patience=10.0,
-                )
-                for question in asked.get("questions", []):
-                    answer = inspect.answer(
-                        machine.name,
-                        question.get("task_id", ""),
-                        question.get("op", ""),
-                        question.get("params"),
-                    )
-                    body = {"id": question.get("id"), "answer": answer}
-                    connection.json("POST", "/answers", json=body, patience=5.0)
-            except MachineRevoked:
+    @contextlib.contextmanager
+    def during_task(self) -> Iterator[None]:
+        self.running.set()
+        try:
+            yield
+        finally:
+            self.running.clear()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.running.set()  # (wakes the thread, which then ends)
+
+    def loop(self) -> None:
+        while not self.stopped.is_set():
+            self.running.wait()
+            if self.stopped.wait(QUESTIONS_AFTER_SECONDS):
                 return
-            except PlaneError:
-                done.wait(2.0)
+            while self.running.is_set() and not self.stopped.is_set():
+                try:
+                    self.answer_some()
+                except MachineRevoked:
+                    return
+                except PlaneError:
+                    self.stopped.wait(2.0)
 
-    threading.Thread(target=loop, name=f"questions-{machine.name}", daemon=True).start()
-    try:
-        yield
-    finally:
-        done.set()
+    def answer_some(self) -> None:
+        from tasks_app.executor import inspect
+
+        asked = self.connection.json(
+            "POST",
+            "/questions",
+            json={"wait": QUESTIONS_POLL_SECONDS},
+            timeout=QUESTIONS_POLL_SECONDS + 30,
+            patience=10.0,
+        )
+        for question in asked.get("questions", []):
+            task_id, op = question.get("task_id", ""), question.get("op", "")
+            answer = inspect.answer(self.machine.name, task_id, op, question.get("params"))
+            self.connection.json(
+                "POST", "/answers", json={"id": question.get("id"), "answer": answer}, patience=5.0
+            )
 
 
 def join(url: str, join_token: str, host_stop: Stop, *, once: bool = False) -> None:
