@@ -25,4 +25,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
+handler400 = "tasks_app.api.endpoints.bad_request"
 handler404 = "tasks_app.api.endpoints.not_found"

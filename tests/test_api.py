@@ -199,3 +199,12 @@ def test_the_openapi_document_lists_the_endpoints(client):
     assert doc["info"]["title"] == "Simdeck API"
     for path in ("/api/v1/tasks", "/api/v1/tasks/{task_id}/input", "/api/v1/machine-groups"):
         assert path in doc["paths"]
+
+
+def test_a_request_django_refuses_before_any_view_still_gets_the_apis_error_shape(client):
+    """A Host header the server does not answer to: JSON under /api/, Django's page elsewhere."""
+    answer = client.get("/api/v1/statuses", HTTP_HOST="H")
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["error"] == "bad_request" and body["message"] and body["field"] is None
+    assert client.get("/overview/", HTTP_HOST="H")["Content-Type"].startswith("text/html")

@@ -124,6 +124,24 @@ def not_found(request, exception=None):
     return page_not_found(request, exception)
 
 
+def bad_request(request, exception=None):
+    """The site's 400 (a request Django refuses before any view, e.g. a Host it does not serve).
+
+    JSON in the API's error shape under ``/api/``, Django's page elsewhere.
+    """
+    if request.path.startswith("/api/"):
+        return _error(
+            request,
+            400,
+            "bad_request",
+            "This request cannot be served as sent (a Host header this server does not answer to, "
+            "or a malformed request). Send it to the server's own address.",
+        )
+    from django.views.defaults import bad_request as page
+
+    return page(request, exception)
+
+
 @api.exception_handler(services.Refused)
 def _refused(request, exc: services.Refused):
     return _error(request, exc.status, exc.code, str(exc), exc.field)
