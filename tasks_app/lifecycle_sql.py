@@ -15,7 +15,7 @@ import functools
 import psycopg
 from django.db import connections, transaction
 
-from tasks_app.models import Machine, MachineGroup, Task, TaskEvent
+from tasks_app.models import Machine, MachineGroup, Task, TaskAsset, TaskEvent
 from tasks_app.statuses import Status
 
 # The columns of an event row, as transition() lists them.
@@ -145,15 +145,19 @@ def claim(group_id: int, machine_id: int, *, reason: str, at: dt.datetime) -> tu
     """Claim the head of the group's queue for the machine, as ``lifecycle.claim_head`` says.
 
     Returns the task as it now is, or None, and whether the machine is still online.
+    The task's ``has_assets`` says whether it asked for remote assets, which
+    a machine then fetches (most tasks do not, and need not be asked).
     """
     connection = connections[Task.objects.db]
     params = [machine_id, group_id, at, at, machine_id, at, reason, machine_id]
     with prepared_cursor(connection) as cursor:
         cursor.execute(_claim_sql(connection.alias), params)
-        *row, online = cursor.fetchone()
+        *row, has_assets, online = cursor.fetchone()
     if row[0] is None:
         return None, online
-    return _task_from_row(connection, row), True
+    task = _task_from_row(connection, row)
+    task.has_assets = has_assets
+    return task, True
 
 
 @functools.cache
@@ -194,7 +198,10 @@ def _claim_sql(alias: str) -> str:
                 (task_id, from_status, to_status, at, reason, machine_id)
             SELECT id, {submitted}, {preparing}, %s, %s, %s FROM moved
         )
-        SELECT moved.*, EXISTS (SELECT FROM machine) AS machine_online
+        SELECT moved.*,
+               EXISTS (SELECT FROM {q(TaskAsset._meta.db_table)} AS a WHERE a.task_id = moved.id)
+                   AS has_assets,
+               EXISTS (SELECT FROM machine) AS machine_online
         FROM (SELECT) AS one LEFT JOIN moved ON true
     """
 

@@ -63,7 +63,7 @@ def for_project(project: Project) -> Limits:
     return _limits(Quota.objects.filter(project=project).first())
 
 
-def _holders(user, project: Project) -> list[tuple[str, Limits]]:
+def holders(user, project: Project) -> list[tuple[str, Limits]]:
     """Whose limits apply, named as a refusal names them (one query for both)."""
     rows = {(q.project_id, q.user_id): q for q in Quota.objects.filter(Q(project=project) | Q(user=user))}
     by_project = next((q for (p, _), q in rows.items() if p == project.pk), None)
@@ -94,7 +94,7 @@ def check_start(group: MachineGroup) -> None:
         "Project": {"project_id": group.project_id},
         "User": {"owner_id": group.owner_id},
     }
-    for who, limits in _holders(group.owner, group.project):
+    for who, limits in holders(group.owner, group.project):
         limit = limits.max_machines
         if limit is None:
             continue
@@ -114,8 +114,7 @@ def check_start(group: MachineGroup) -> None:
 def group_ttl(user, project: Project, minutes: float | None) -> float | None:
     """The machine group time to live to use: the requested one, or the quota's when none was asked."""
     return _time_to_live(
-        user,
-        project,
+        holders(user, project),
         minutes,
         "max_group_ttl_minutes",
         lambda who, limit, asked: (
@@ -126,11 +125,10 @@ def group_ttl(user, project: Project, minutes: float | None) -> float | None:
     )
 
 
-def task_ttl(user, project: Project, seconds: int | None) -> int | None:
+def task_ttl(user, project: Project, seconds: int | None, held: list | None = None) -> int | None:
     """The task time to live to use: the requested one, or the quota's when none was asked."""
     return _time_to_live(
-        user,
-        project,
+        held or holders(user, project),
         seconds,
         "max_task_ttl_seconds",
         lambda who, limit, asked: (
@@ -141,9 +139,9 @@ def task_ttl(user, project: Project, seconds: int | None) -> int | None:
     )
 
 
-def _time_to_live(user, project: Project, asked, limit_name: str, refusal: Callable, field: str):
+def _time_to_live(held: list, asked, limit_name: str, refusal: Callable, field: str):
     """``asked``, or the first quota's limit when nothing was asked; refused past any quota's limit."""
-    for who, limits in _holders(user, project):
+    for who, limits in held:
         limit = getattr(limits, limit_name)
         if limit is None:
             continue
@@ -163,14 +161,16 @@ def stored_bytes(**scope) -> int:
     return uploaded + inputs + outputs
 
 
-def check_storage(user, project: Project, adding: int = 0, *, doing: str = "store more") -> None:
+def check_storage(
+    user, project: Project, adding: int = 0, *, doing: str = "store more", held: list | None = None
+) -> None:
     """Refuse when storing ``adding`` more bytes would take the project or the user past their limit.
 
     With ``adding`` 0 it refuses only what is over already (a new task,
-    whose outputs are not known yet).
+    whose outputs are not known yet). ``held``: :func:`holders`, when the caller read them.
     """
     scopes = {"Project": {"project_id": project.pk}, "User": {"owner_id": user.pk}}
-    for who, limits in _holders(user, project):
+    for who, limits in held or holders(user, project):
         limit = limits.max_storage_gb
         if limit is None:
             continue

@@ -199,13 +199,18 @@ def install_folders() -> list[Path]:
     Command lines say ``python``, and SPlisHSPlasH's ``splash`` is a script
     of the venv: both must run inside as they do outside, at the same paths.
     """
+    return list(_install_folders())
+
+
+@functools.cache
+def _install_folders() -> tuple[Path, ...]:
     folders = []
     interpreter = Path(os.path.realpath(sys.executable)).parent.parent
     for prefix in {sys.prefix, sys.base_prefix, interpreter}:
         path = Path(prefix).resolve()
         if not str(path).startswith("/usr/") and path != Path("/usr"):
             folders.append(path)
-    return sorted(set(folders))
+    return tuple(sorted(set(folders)))
 
 
 def _binds(read_only: list[Path]) -> list[str]:
@@ -796,7 +801,7 @@ class Box:
         is read from ``.stdout`` and ``.stderr`` of what it returns either way.
         """
         if self.resident is not None:
-            return self.resident.run(argv, self.env | own_env, rlimits(self.limits, self._held()))
+            return self.resident.run(argv, self.env | own_env)
         with self.spawning(), syscall_filter() as fd:
             kept = (fd,) if fd is not None else ()
             return subprocess.Popen(self.argv(argv, own_env, seccomp_fd=fd), pass_fds=kept, **popen)
@@ -932,7 +937,11 @@ class Resident:
                 argv = _enclosure(
                     workdir=self.task_dir,
                     identity=identity,
-                    env={"SIMDECK_INIT_FD": str(inside.fileno()), "PATH": PATH},
+                    env={
+                        "SIMDECK_INIT_FD": str(inside.fileno()),
+                        "SIMDECK_INIT_RLIMITS": json.dumps(rlimits(limits, self.held)),
+                        "PATH": PATH,
+                    },
                     read_only=read_only,
                     tmp=self.tmp_dir,
                     network=network,
@@ -1009,12 +1018,13 @@ class Resident:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, argv: list[str], env: dict[str, str], limits: dict[str, int]) -> Command:
-        """Start ``argv`` in ``/task`` with exactly ``env``; its output comes through two pipes."""
+    def run(self, argv: list[str], env: dict[str, str]) -> Command:
+        """Start ``argv`` in ``/task`` with exactly ``env`` and the sandbox's resource limits
+        (:func:`rlimits`, set once in its first process); its output comes through two pipes."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            request = {"op": "run", "argv": argv, "env": env, "cwd": WORKDIR, "rlimits": limits}
+            request = {"op": "run", "argv": argv, "env": env, "cwd": WORKDIR}
             if self.user:
                 request |= {"uid": self.user[0], "gid": self.user[1]}
             self._send(request, [out_w, err_w])

@@ -7,9 +7,8 @@ standard library only. It talks to its machine over one Unix socket
 message carries passed alongside:
 
 * ``run`` (with the command's stdout and stderr): start ``argv`` in
-  ``cwd`` with exactly ``env`` and the resource limits ``rlimits``, as
-  ``uid``/``gid`` when given. Answered ``started`` with a pidfd of the
-  command, by which the machine learns its pid and sees it end; then, once
+  ``cwd`` with exactly ``env``, as ``uid``/``gid`` when given. Answered
+  ``started`` with a pidfd of the command, by which the machine learns its pid and sees it end; then, once
   it has ended and everything else it started has been killed,
   ``exited`` with its code (128 + the signal's number when a signal ended
   it, as a shell says).
@@ -21,6 +20,12 @@ message carries passed alongside:
   the next task would inherit, and the machine then makes a new sandbox.
 
 When the machine's end of the socket closes, everything ends.
+
+The resource limits every command starts with (``SIMDECK_INIT_RLIMITS``,
+JSON) are this process's own from its start: a command inherits them, so
+it is started by :class:`subprocess.Popen` (a fork and exec done in C)
+rather than by Python code run in a forked copy of this process, which
+cost more than the command itself did for a short one.
 
 The simulations run as another user (under a root machine) or cannot
 trace this process (it is not dumpable), and a PID namespace's first
@@ -35,6 +40,7 @@ import resource
 import select
 import signal
 import socket
+import subprocess
 import sys
 
 PR_SET_DUMPABLE, PR_CAPBSET_DROP = 4, 24
@@ -53,7 +59,34 @@ def harden() -> None:
             cap += 1
 
 
-def start(request: dict, out: int, err: int) -> int:
+def apply_limits(limits: dict[str, int]) -> None:
+    for name, value in limits.items():
+        resource.setrlimit(LIMITS[name], (value, value))
+
+
+def start(request: dict, out: int, err: int) -> subprocess.Popen | int:
+    """The command, started; the process itself, or its pid where it was started the slow way."""
+    ids = {}
+    if request.get("uid") is not None:
+        ids = {"user": request["uid"], "group": request["gid"], "extra_groups": []}
+    try:
+        return subprocess.Popen(
+            request["argv"],
+            cwd=request["cwd"],
+            env=request["env"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            **ids,
+        )
+    except OSError:
+        # It cannot start (no such program, a folder gone): the slow way says why in its
+        # stderr and ends 127, as a shell does.
+        return start_by_hand(request, out, err)
+
+
+def start_by_hand(request: dict, out: int, err: int) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -64,8 +97,6 @@ def start(request: dict, out: int, err: int) -> int:
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.chdir(request["cwd"])
-        for name, value in request["rlimits"].items():
-            resource.setrlimit(LIMITS[name], (value, value))
         if request.get("uid") is not None:
             os.setgroups([])
             os.setresgid(request["gid"], request["gid"], request["gid"])
@@ -78,6 +109,22 @@ def start(request: dict, out: int, err: int) -> int:
     except BaseException as exc:
         os.write(2, f"simdeck: cannot run {request['argv'][0]!r}: {exc}\n".encode())
     os._exit(127)
+
+
+def pid_of(command: subprocess.Popen | int | None) -> int | None:
+    return command.pid if isinstance(command, subprocess.Popen) else command
+
+
+def forget(command: subprocess.Popen | int | None, code: int) -> None:
+    """Drop a command this process has reaped (:func:`reap`, :func:`end_all`).
+
+    A :class:`subprocess.Popen` dropped without a return code would be
+    waited for by the next one made, which could take the exit of a new
+    command that got the same pid.
+    """
+    if isinstance(command, subprocess.Popen) and command.returncode is None:
+        command.returncode = code
+    return None
 
 
 def kill_all(sig: int) -> None:
@@ -136,6 +183,7 @@ def own_state() -> tuple:
 
 def main() -> None:
     harden()
+    apply_limits(json.loads(os.environ.pop("SIMDECK_INIT_RLIMITS", "{}")))
     started_as = own_state()
     sock = socket.socket(fileno=int(os.environ.pop("SIMDECK_INIT_FD")))
     sock.set_inheritable(False)
@@ -154,9 +202,9 @@ def main() -> None:
                 except BlockingIOError:
                     break
             for pid, status in reap():
-                if pid == running:
+                if pid == pid_of(running):
                     end_all()  # what the command left running ends with it
-                    running = None
+                    running = forget(running, code_of(status))
                     sock.send(json.dumps({"op": "exited", "code": code_of(status)}).encode())
         if sock not in readable:
             continue
@@ -176,14 +224,14 @@ def main() -> None:
             finally:
                 os.close(out)
                 os.close(err)
-            pidfd = os.pidfd_open(running)
+            pidfd = os.pidfd_open(pid_of(running))
             socket.send_fds(sock, [json.dumps({"op": "started"}).encode()], [pidfd])
             os.close(pidfd)
         elif op == "signal":
             kill_all(request["sig"])
         elif op == "reset":
             clean()
-            running = None
+            running = forget(running, 128 + signal.SIGKILL)
             intact = own_state() == started_as
             sock.send(json.dumps({"op": "clean", "intact": intact}).encode())
 

@@ -461,12 +461,46 @@ def test_an_install_under_the_host_s_tmp_stays_in_a_lasting_sandbox_task_after_t
             command = resident.run(
                 ["sh", "-c", f"{tool} && echo left > /tmp/left-{turn} && ls /tmp"],
                 sandbox.environment(limits, {}),
-                sandbox.rlimits(limits, False),
             )
             out = command.stdout.read().decode()
             assert command.wait() == 0, (out, command.stderr.read())
             command.close()
             assert "tool ran" in out and f"left-{turn - 1}" not in out, out
+            resident.reset()
+    finally:
+        resident.close()
+
+
+def test_a_lasting_sandbox_s_commands_start_with_its_limits_or_say_why_they_cannot(tmp_path):
+    """Every command inherits the limits its sandbox's first process took at its start; a
+    program that cannot start ends 127 with the reason in its stderr, as a shell says it."""
+    limits = sandbox.Limits(memory_bytes=2 << 30, vcpus=1, pids=64)
+    resident = sandbox.Resident(
+        tmp_path / "box",
+        identity=sandbox.write_identity(tmp_path / "identity"),
+        limits=limits,
+        read_only=sandbox.install_folders(),
+        network=False,
+        cgroups=None,
+        loopback=sandbox.loopback(),
+        env={"PATH": sandbox.PATH},
+    )
+    try:
+        env = sandbox.environment(limits, {})
+        for _ in range(2):  # the second in a sandbox already used
+            command = resident.run(["sh", "-c", "ulimit -f; ulimit -v; cat /proc/self/status"], env)
+            out = command.stdout.read().decode()
+            assert command.wait() == 0, command.stderr.read()
+            command.close()
+            fsize, memory = out.splitlines()[:2]
+            assert int(fsize) * 512 == limits.file_size_bytes, out
+            assert int(memory) * 1024 == limits.memory_bytes, out  # no cgroup here holds it
+            assert "CapEff:\t0000000000000000" in out, out
+            resident.reset()
+            missing = resident.run(["no-such-program", "--flag"], env)
+            assert missing.wait() == 127
+            assert b"cannot run 'no-such-program'" in missing.stderr.read()
+            missing.close()
             resident.reset()
     finally:
         resident.close()

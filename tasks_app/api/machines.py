@@ -202,7 +202,9 @@ def describe_task(task: Task) -> dict:
     """The task as its machine needs it; a small input comes along, saving the machine a request."""
     described = {name: getattr(task, name) for name in TASK_FIELDS}
     described["started_at"] = task.started_at and task.started_at.isoformat()
-    described["has_assets"] = TaskAsset.objects.filter(task=task).exists()
+    described["has_assets"] = getattr(task, "has_assets", None)
+    if described["has_assets"] is None:  # not a task as its claim gave it
+        described["has_assets"] = TaskAsset.objects.filter(task=task).exists()
     if task.input_path and (task.input_size or 0) <= INLINE_INPUT_BYTES:
         with storage.open_file(task.input_path) as f:
             described["input"] = base64.b64encode(f.read()).decode()

@@ -146,6 +146,8 @@ class Direct:
 
     def stage_assets(self, task: Task, workdir: Path) -> list[Path]:
         """The files of storage the task asked for (``remote_assets``), placed in its folder."""
+        if not getattr(task, "has_assets", True):  # known from its claim
+            return []
         return remote_assets.place(remote_assets.plan(task), workdir, storage.open_local)
 
     def store_outputs(self, task: Task, archive: Path, size: int, count: int) -> dict:

@@ -43,7 +43,11 @@ def _machine_reports(group: MachineGroup) -> list[dict[str, str]]:
     """What the group's online machines found installed when they started (name -> version).
 
     A machine that has reported nothing (it predates the reports) is left out.
+    An elastic group's are not read: its tasks wait for a machine that has
+    what they need (see :func:`_check_group_fits`).
     """
+    if group.is_elastic:
+        return []
     online = Machine.objects.filter(group=group, state=Machine.State.ONLINE).exclude(simulators={})
     return list(online.values_list("simulators", flat=True))
 
@@ -175,8 +179,9 @@ def create_task(
     target = project_of_task(machine_group, project)
     check_budget(target.pk)
     storage_dir = project_storage.check_storage_dir(target, storage_dir)
-    quotas.check_storage(user, target, doing="submit tasks")
-    ttl = quotas.task_ttl(user, target, parse_duration(time_to_live))
+    held = quotas.holders(user, target)  # one read for both checks
+    quotas.check_storage(user, target, doing="submit tasks", held=held)
+    ttl = quotas.task_ttl(user, target, parse_duration(time_to_live), held)
     task = _new_task(
         user, target, machine_group, adapter, parameters, metadata, resubmit_on_preemption, ttl, request_key
     )
@@ -303,7 +308,10 @@ def accept_input(task: Task, chunks: Iterable[bytes], *, size: int, sha256: str,
 
 
 def _queue_input(task: Task, name: str, size: int, digest: str, actor) -> Task:
-    with transaction.atomic():
+    # Inside the request's own transaction (an input sent with the task) a
+    # savepoint would cost two round trips and protect nothing: any failure
+    # here rolls the whole request back.
+    with transaction.atomic(savepoint=False):
         # The group before the task, in the order terminate_group() locks them,
         # or the two could wait on each other. A shared lock: uploads to one
         # group need not wait for each other, only for a termination.
