@@ -24,7 +24,7 @@ import re
 from django.contrib.postgres.expressions import ArraySubquery
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import BooleanField, F, Func, Subquery
+from django.db.models import BooleanField, F, Func, OuterRef, Subquery
 from django.http import Http404
 
 from tasks_app import inputs
@@ -114,12 +114,11 @@ def visible_groups(user):
 def task_for(user, task_id: str) -> Task:
     task = None
     if not inputs.text_problem(str(task_id)):  # a text PostgreSQL cannot store: no object has such an id
-        task = (
-            visible_tasks(user).select_related("machine_group", "project", "owner").filter(pk=task_id).first()
-        )
+        qs = visible_tasks(user).select_related("machine_group", "project", "owner").filter(pk=task_id)
+        task = _with_role(qs, user).first()
     if task is None:
         raise NotVisible("task", task_id)
-    return task
+    return _role_seen(task, user)
 
 
 def looks_like_id(ref: str | int) -> bool:
@@ -133,13 +132,33 @@ def looks_like_id(ref: str | int) -> bool:
 
 def group_for(user, ref: str | int) -> MachineGroup:
     """A machine group by id or by name."""
-    qs = visible_groups(user).select_related("project")
+    qs = _with_role(visible_groups(user).select_related("project"), user)
     group = None
     if not inputs.text_problem(str(ref)):
         group = qs.filter(pk=int(ref)).first() if looks_like_id(ref) else qs.filter(name=ref).first()
     if group is None:
         raise NotVisible("machine group", ref)
-    return group
+    return _role_seen(group, user)
+
+
+def _with_role(qs, user):
+    """``qs`` with the user's role in each row's project read along (``asker_role``).
+
+    What a request looks up, it usually acts on next: :func:`can` then
+    needs no query of its own (see :func:`_role_seen`).
+    """
+    if user.is_staff or not user.is_authenticated:
+        return qs
+    mine = Membership.objects.filter(user=user, project_id=OuterRef("project_id"))
+    return qs.annotate(asker_role=Subquery(mine.values("role")[:1]))
+
+
+def _role_seen(obj, user):
+    """Keep, on ``obj``, the role read with it, for :func:`can` to use for this user alone."""
+    if hasattr(obj, "asker_role"):
+        role = obj.asker_role
+        obj.roles_seen = (user.pk, {obj.project_id: Role(role)} if role else {})
+    return obj
 
 
 def project_for(user, ref: str | int) -> Project:
@@ -252,6 +271,8 @@ def can(user, action: str, obj, *, roles: dict[int, Role] | None = None) -> bool
     if user.is_staff:
         return True
     project_id = _project_id(obj)
+    if roles is None:
+        roles = _roles_seen(obj, user)
     role = roles.get(project_id) if roles is not None else role_in(user, project_id)
     if role is None:
         return False
@@ -260,8 +281,16 @@ def can(user, action: str, obj, *, roles: dict[int, Role] | None = None) -> bool
     return ROLE_RANK[role] >= ROLE_RANK[needed]
 
 
+def _roles_seen(obj, user) -> dict[int, Role] | None:
+    """The role :func:`_with_role` read with ``obj``, if it was read for this user."""
+    seen = getattr(obj, "roles_seen", None)
+    return seen[1] if seen is not None and seen[0] == user.pk else None
+
+
 def allowed(user, obj, *, roles: dict[int, Role] | None = None) -> set[str]:
     """Every action ``user`` may do to ``obj``: for pages that show or hide buttons."""
+    if roles is None:
+        roles = _roles_seen(obj, user)
     if roles is None and not user.is_staff:
         role = role_in(user, _project_id(obj))  # one query, for every action below
         roles = {_project_id(obj): role} if role else {}
