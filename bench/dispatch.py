@@ -6,7 +6,10 @@ compares that with the clock read just before the first HTTP call of the
 submission. Tasks go one at a time, each after
 the previous one ended, so the machine is idle every time. The baseline is
 bare Celery: ``delay()`` of a task that runs the same command, on the same
-Redis, with a worker started the way a machine is.
+Redis, with a worker started the way a machine is. Both sides are up at
+once and take turns, a block of tasks each (``ROUNDS`` blocks a side): a
+shared host whose speed drifts during the run then slows both alike,
+rather than whichever side ran last.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from bench.harness import percentiles, result
 
 TITLE = "Dispatch latency"
 WARMUP = 3
+ROUNDS = 10
 
 
 class Stamps:
@@ -65,69 +69,86 @@ class Stamps:
         self.server.server_close()
 
 
-def measure_simdeck(count: int, stamps: Stamps) -> tuple[list[float], dict[str, list[float]]]:
-    import httpx  # noqa: F401  (through harness.api_client)
+STAGES = (
+    "request until the task exists",
+    "input stored and queued",
+    "token delivery and claim",
+    "input fetch and extract",
+    "process spawn",
+)
 
+
+def simdeck_block(
+    stack, client, numbers: range, stamps: Stamps, latencies: list[float], stages: dict[str, list[float]]
+) -> None:
+    """Tasks ``numbers`` one at a time on the stack's idle machine; negative numbers are warm-ups."""
     from tasks_app.lifecycle import TERMINAL
     from tasks_app.models import Task
 
-    latencies: list[float] = []
-    stages: dict[str, list[float]] = {
-        "request until the task exists": [],
-        "input stored and queued": [],
-        "token delivery and claim": [],
-        "input fetch and extract": [],
-        "process spawn": [],
-    }
-    from tasks_app.models import MachineGroup
+    for i in numbers:
+        stamp = f"simdeck-{i}"
+        submitted = time.time()
+        task_id = harness.submit_commands(client, stack.group_name, [stamps.command(stamp)])
+        began = stamps.wait(stamp)
+        deadline = time.monotonic() + 60
+        while Task.objects.filter(pk=task_id).values_list("status", flat=True).get() not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Task {task_id} did not end; logs:\n{stack.logs()}")
+            time.sleep(0.01)
+        if i < 0:
+            continue
+        latencies.append(began - submitted)
+        t = Task.objects.get(pk=task_id)
+        marks = [
+            submitted,
+            t.created_at.timestamp(),
+            t.submitted_at.timestamp(),
+            t.preparing_at.timestamp(),
+            t.started_at.timestamp(),
+            began,
+        ]
+        for name, (a, b) in zip(STAGES, zip(marks, marks[1:], strict=False), strict=True):
+            stages[name].append(b - a)
 
-    with harness.Stack(machines=1) as stack, harness.api_client(stack) as client:
-        # The stamps reach the host over the network, which an admin allowed this group.
-        MachineGroup.objects.filter(pk=stack.group.pk).update(allow_network=True)
-        for i in range(WARMUP + count):
-            stamp = f"simdeck-{i}"
-            submitted = time.time()
-            task_id = harness.submit_commands(client, stack.group_name, [stamps.command(stamp)])
-            began = stamps.wait(stamp)
-            deadline = time.monotonic() + 60
-            while Task.objects.filter(pk=task_id).values_list("status", flat=True).get() not in TERMINAL:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"Task {task_id} did not end; logs:\n{stack.logs()}")
-                time.sleep(0.01)
-            if i < WARMUP:
-                continue
+
+def bare_block(workers, numbers: range, stamps: Stamps, latencies: list[float]) -> None:
+    """The same through bare Celery."""
+    for i in numbers:
+        stamp = f"bare-{i}"
+        submitted = time.time()
+        outcome = workers.run(["sh", "-c", stamps.command(stamp)])
+        began = stamps.wait(stamp)
+        outcome.get(timeout=60)
+        if i >= 0:
             latencies.append(began - submitted)
-            t = Task.objects.get(pk=task_id)
-            marks = [
-                submitted,
-                t.created_at.timestamp(),
-                t.submitted_at.timestamp(),
-                t.preparing_at.timestamp(),
-                t.started_at.timestamp(),
-                began,
-            ]
-            for name, (a, b) in zip(stages, zip(marks, marks[1:], strict=False), strict=True):
-                stages[name].append(b - a)
-    return latencies, stages
 
 
-def measure_bare(count: int, stamps: Stamps) -> list[float]:
+def measure(count: int, stamps: Stamps) -> tuple[list[float], dict[str, list[float]], list[float]]:
+    """Simdeck's latencies and stages, and bare Celery's latencies, taken in turns."""
     from django.conf import settings
 
     from bench.bare_celery import Workers
+    from tasks_app.models import MachineGroup
 
-    latencies: list[float] = []
+    ours: list[float] = []
+    stages: dict[str, list[float]] = {name: [] for name in STAGES}
+    bare: list[float] = []
     queue = f"bench-bare-dispatch-{os.getpid()}"
-    with Workers(settings.CELERY_BROKER_URL, queue, 1, harness.home() / "logs") as workers:
-        for i in range(WARMUP + count):
-            stamp = f"bare-{i}"
-            submitted = time.time()
-            outcome = workers.run(["sh", "-c", stamps.command(stamp)])
-            began = stamps.wait(stamp)
-            outcome.get(timeout=60)
-            if i >= WARMUP:
-                latencies.append(began - submitted)
-    return latencies
+    with (
+        harness.Stack(machines=1) as stack,
+        harness.api_client(stack) as client,
+        Workers(settings.CELERY_BROKER_URL, queue, 1, harness.home() / "logs") as workers,
+    ):
+        # The stamps reach the host over the network, which an admin allowed this group.
+        MachineGroup.objects.filter(pk=stack.group.pk).update(allow_network=True)
+        simdeck_block(stack, client, range(-WARMUP, 0), stamps, ours, stages)
+        bare_block(workers, range(-WARMUP, 0), stamps, bare)
+        rounds = min(ROUNDS, count)
+        for r in range(rounds):
+            block = range(r * count // rounds, (r + 1) * count // rounds)
+            simdeck_block(stack, client, block, stamps, ours, stages)
+            bare_block(workers, block, stamps, bare)
+    return ours, stages, bare
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -135,12 +156,12 @@ def run(quick: bool = False) -> list[dict]:
     count = 5 if quick else 200
     stamps = Stamps()
     try:
-        ours, stages = measure_simdeck(count, stamps)
-        bare = measure_bare(count, stamps)
+        ours, stages, bare = measure(count, stamps)
     finally:
         stamps.close()
     p_ours, p_bare = percentiles(ours), percentiles(bare)
-    note = f"{count} tasks, one at a time on an idle 1-machine group"
+    turns = min(ROUNDS, count)
+    note = f"{count} tasks, one at a time on an idle 1-machine group, in {turns} turns with bare Celery"
     figures = [
         result(
             "dispatch",
