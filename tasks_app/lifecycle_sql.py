@@ -146,17 +146,19 @@ def claim(group_id: int, machine_id: int, *, reason: str, at: dt.datetime) -> tu
 
     Returns the task as it now is, or None, and whether the machine is still online.
     The task's ``has_assets`` says whether it asked for remote assets, which
-    a machine then fetches (most tasks do not, and need not be asked).
+    a machine then fetches (most tasks do not, and need not be asked);
+    ``allow_network``, whether its group lets it reach the network now (an
+    admin may change that while the group runs).
     """
     connection = connections[Task.objects.db]
     params = [machine_id, group_id, at, at, machine_id, at, reason, machine_id]
     with prepared_cursor(connection) as cursor:
         cursor.execute(_claim_sql(connection.alias), params)
-        *row, has_assets, online = cursor.fetchone()
+        *row, has_assets, allow_network, online = cursor.fetchone()
     if row[0] is None:
         return None, online
     task = _task_from_row(connection, row)
-    task.has_assets = has_assets
+    task.has_assets, task.allow_network = has_assets, allow_network
     return task, True
 
 
@@ -177,7 +179,7 @@ def _claim_sql(alias: str) -> str:
     return f"""
         WITH machine AS MATERIALIZED (
             SELECT m.id, CASE WHEN g.max_machines IS NULL OR m.simulators = '{{}}'::jsonb
-                              THEN NULL ELSE m.simulators END AS picky
+                              THEN NULL ELSE m.simulators END AS picky, g.allow_network
             FROM {q(Machine._meta.db_table)} AS m
             JOIN {q(MachineGroup._meta.db_table)} AS g ON g.id = m.group_id
             WHERE m.id = %s AND m.state = {online} FOR NO KEY UPDATE OF m
@@ -201,6 +203,7 @@ def _claim_sql(alias: str) -> str:
         SELECT moved.*,
                EXISTS (SELECT FROM {q(TaskAsset._meta.db_table)} AS a WHERE a.task_id = moved.id)
                    AS has_assets,
+               (SELECT allow_network FROM machine) AS allow_network,
                EXISTS (SELECT FROM machine) AS machine_online
         FROM (SELECT) AS one LEFT JOIN moved ON true
     """

@@ -932,6 +932,7 @@ class Resident:
             loopback=loopback,
         )
         self.held = box._held()
+        self.network = network
         try:
             with box.spawning(), syscall_filter() as fd, open(folder / "init.log", "ab") as log_file:
                 argv = _enclosure(

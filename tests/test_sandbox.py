@@ -20,7 +20,7 @@ from django.conf import settings
 import simdeck
 from tasks_app import sandbox
 from tasks_app.lifecycle import Status
-from tasks_app.models import Machine, Task
+from tasks_app.models import Machine, MachineGroup, Task
 from tests.helpers import ROOT, processes_of, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -121,6 +121,37 @@ def test_no_service_of_the_platform_can_be_reached(stack, mg):
     _, out = run(mg, f'python -c "{probe}"')
     assert "OPEN" not in out, out
     assert out.count("closed") == len(ports) + 1
+
+
+def test_an_admin_s_network_allowance_applies_from_the_next_task(stack, mg):
+    """A machine's lasting sandbox is made with or without the network: when an admin allows
+    it for the group, or forbids it again, the machine's next task runs as the group now says."""
+    import socket
+
+    with socket.socket() as host_side:  # a service of the host, outside every sandbox
+        host_side.bind(("127.0.0.1", 0))
+        host_side.listen(8)
+        port = host_side.getsockname()[1]
+        probe = (
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).close(); print('reached')\n"
+            "except OSError as exc: print('unreachable', exc)\n"
+        )
+        seen = []
+        try:
+            for allowed in (False, True, False):
+                MachineGroup.objects.filter(name=mg.name).update(allow_network=allowed)
+                task, out = run(mg, f'python -c "{probe}"')
+                seen.append((allowed, out.split()[0], Task.objects.get(pk=task.id).machine_id))
+        finally:
+            MachineGroup.objects.filter(name=mg.name).update(allow_network=False)
+    assert [(allowed, word) for allowed, word, _ in seen] == [
+        (False, "unreachable"),
+        (True, "reached"),
+        (False, "unreachable"),
+    ], seen
+    assert len({machine for *_, machine in seen}) == 1, "one machine ran all three"
 
 
 def test_no_keyring_to_leave_things_in_and_no_namespace_to_be_root_in(stack, mg):

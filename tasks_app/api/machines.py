@@ -205,6 +205,10 @@ def describe_task(task: Task) -> dict:
     described["has_assets"] = getattr(task, "has_assets", None)
     if described["has_assets"] is None:  # not a task as its claim gave it
         described["has_assets"] = TaskAsset.objects.filter(task=task).exists()
+    # The group's allowance now, not when the machine came online (an admin may change it).
+    described["allow_network"] = getattr(task, "allow_network", None)
+    if described["allow_network"] is None:
+        described["allow_network"] = task.machine_group.allow_network
     if task.input_path and (task.input_size or 0) <= INLINE_INPUT_BYTES:
         with storage.open_file(task.input_path) as f:
             described["input"] = base64.b64encode(f.read()).decode()

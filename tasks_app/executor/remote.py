@@ -214,7 +214,10 @@ class Remote:
         fields = dict(answer["task"])
         started_at = fields.pop("started_at", None)
         inline, has_assets = fields.pop("input", None), fields.pop("has_assets", True)
+        allow_network = fields.pop("allow_network", None)
         task = Task(**fields)
+        if allow_network is not None:
+            task.allow_network = allow_network
         task.started_at = started_at and dt.datetime.fromisoformat(started_at)
         self.inline = {task.id: base64.b64decode(inline)} if inline is not None else {}
         self.has_assets = has_assets

@@ -135,6 +135,8 @@ class Execution:
         self.disk_limit = self.group.data_disk_gb * unit
         self.disk_max = (self.group.auto_resize_disk_max_gb or self.group.data_disk_gb) * unit
         self.limits = sandbox.Limits.for_machine_type(self.group.machine_type)
+        # As the group said at the claim: an admin may allow or forbid the network while it runs.
+        self.network = getattr(task, "allow_network", self.group.allow_network)
         self.memory_limit = self.limits.memory_bytes
         self.box: sandbox.Box | None = None  # set once the work folder is ready, unless sandboxes are off
         self.resident: sandbox.Resident | None = None  # the machine's lasting sandbox, where it has one
@@ -329,7 +331,7 @@ class Execution:
         if self.base.exists():
             shutil.rmtree(self.base)
         self.base.parent.mkdir(parents=True, exist_ok=True)  # the machine's folder, made once
-        self.resident = _resident(self.machine, self.limits) if sandbox.enabled() else None
+        self.resident = _resident(self.machine, self.limits, self.network) if sandbox.enabled() else None
         if self.resident:
             # The lasting sandbox's /task and /tmp are the same two folders for every task;
             # the task's own folder points at them, for a look at its files while it runs.
@@ -418,7 +420,7 @@ class Execution:
             env=sandbox.environment(self.limits, self.identity()),
             limits=self.limits,
             read_only=simulator.sandbox_folders(),
-            network=self.group.allow_network,
+            network=self.network,
             cgroups=cgroups,
             loopback=sandbox.loopback(),
             resident=self.resident,
@@ -743,8 +745,9 @@ def _remove_emptied(base: Path) -> bool:
     return True
 
 
-def _resident(machine: Machine, limits: sandbox.Limits) -> sandbox.Resident | None:
-    """The machine's lasting sandbox, made at its first task (and again if it ended).
+def _resident(machine: Machine, limits: sandbox.Limits, network: bool) -> sandbox.Resident | None:
+    """The machine's lasting sandbox, made at its first task (and again if it ended, or if
+    its group's network allowance changed since: the sandbox was made with or without one).
 
     Where one cannot be made, each command gets a sandbox of its own, as
     safe but slower to start: the machine says so once in its log.
@@ -752,7 +755,7 @@ def _resident(machine: Machine, limits: sandbox.Limits) -> sandbox.Resident | No
     name = machine.name
     if name in _residents:
         found = _residents[name]
-        if found is None or found.alive():
+        if found is None or (found.alive() and found.network == network):
             return found
         _drop_resident(name)
     machine_dir = Path(settings.SIMDECK_WORK_DIR) / name
@@ -762,7 +765,7 @@ def _resident(machine: Machine, limits: sandbox.Limits) -> sandbox.Resident | No
             identity=_identity(machine_dir),
             limits=limits,
             read_only=_simulator_folders(),
-            network=machine.group.allow_network,
+            network=network,
             cgroups=sandbox.cgroups(name, limits),
             loopback=sandbox.loopback(),
             env=_machine_environment(),
@@ -778,7 +781,8 @@ def warm_up(machine: Machine) -> None:
     """Make the machine's lasting sandbox now, so that its first task starts as fast as the next."""
     if sandbox.enabled():
         Path(settings.SIMDECK_WORK_DIR, machine.name).mkdir(parents=True, exist_ok=True)
-        _resident(machine, sandbox.Limits.for_machine_type(machine.group.machine_type))
+        limits = sandbox.Limits.for_machine_type(machine.group.machine_type)
+        _resident(machine, limits, machine.group.allow_network)
 
 
 def forget_machine(name: str) -> None:
