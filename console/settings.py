@@ -122,13 +122,6 @@ else:
 # for the sake of transaction-mode poolers (PgBouncer): turn it off there too.
 if env.bool("SIMDECK_DB_PREPARED_STATEMENTS", default=True):
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
-# Every query's parameters go apart from its text (PostgreSQL binds them), so
-# the statements the ORM sends again and again (a request's look-ups of the
-# API key, the group, the membership) are prepared too, not planned on each
-# request: a task's creation took 15 to 25 % less. Turn it off if a
-# PostgreSQL-speaking proxy in between cannot take the extended protocol.
-if env.bool("SIMDECK_DB_SERVER_SIDE_BINDING", default=True):
-    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = servers.redis_url(SIMDECK_HOME)
