@@ -78,23 +78,31 @@ STAGES = (
 )
 
 
+def dispatch_one(stack, client, group_name: str, stamp: str, stamps: Stamps) -> tuple[str, float, float]:
+    """Submit one stamping task to ``group_name``; its id, when it was submitted and when it
+    stamped, once it has ended (so that its machine is idle again)."""
+    from tasks_app.lifecycle import TERMINAL
+    from tasks_app.models import Task
+
+    submitted = time.time()
+    task_id = harness.submit_commands(client, group_name, [stamps.command(stamp)])
+    began = stamps.wait(stamp)
+    deadline = time.monotonic() + 60
+    while Task.objects.filter(pk=task_id).values_list("status", flat=True).get() not in TERMINAL:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Task {task_id} did not end; logs:\n{stack.logs()}")
+        time.sleep(0.01)
+    return task_id, submitted, began
+
+
 def simdeck_block(
     stack, client, numbers: range, stamps: Stamps, latencies: list[float], stages: dict[str, list[float]]
 ) -> None:
     """Tasks ``numbers`` one at a time on the stack's idle machine; negative numbers are warm-ups."""
-    from tasks_app.lifecycle import TERMINAL
     from tasks_app.models import Task
 
     for i in numbers:
-        stamp = f"simdeck-{i}"
-        submitted = time.time()
-        task_id = harness.submit_commands(client, stack.group_name, [stamps.command(stamp)])
-        began = stamps.wait(stamp)
-        deadline = time.monotonic() + 60
-        while Task.objects.filter(pk=task_id).values_list("status", flat=True).get() not in TERMINAL:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Task {task_id} did not end; logs:\n{stack.logs()}")
-            time.sleep(0.01)
+        task_id, submitted, began = dispatch_one(stack, client, stack.group_name, f"simdeck-{i}", stamps)
         if i < 0:
             continue
         latencies.append(began - submitted)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench import harness
-from bench.dispatch import Stamps
+from bench.dispatch import Stamps, dispatch_one
 from bench.harness import percentiles, result
 
 TITLE = "Machines on Slurm"
@@ -151,23 +151,14 @@ def _start(stack: harness.Stack, name: str, provider: str) -> float:
 
 
 def _dispatch(stack: harness.Stack, local_group, slurm_group, count: int, stamps: Stamps):
-    from tasks_app.lifecycle import TERMINAL
-    from tasks_app.models import MachineGroup, Task
+    from tasks_app.models import MachineGroup
 
     MachineGroup.objects.filter(pk=local_group.pk).update(allow_network=True)
     times: dict[str, list[float]] = {"local": [], "slurm": []}
     with harness.api_client(stack) as client:
         for i in range(WARMUP + count):
             for where, group in (("local", local_group), ("slurm", slurm_group)):
-                stamp = f"{where}-{i}"
-                submitted = time.time()
-                task_id = harness.submit_commands(client, group.name, [stamps.command(stamp)])
-                began = stamps.wait(stamp)
-                deadline = time.monotonic() + 60
-                while Task.objects.filter(pk=task_id).values_list("status", flat=True).get() not in TERMINAL:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"Task {task_id} did not end; logs:\n{stack.logs()}")
-                    time.sleep(0.01)
+                _, submitted, began = dispatch_one(stack, client, group.name, f"{where}-{i}", stamps)
                 if i >= WARMUP:
                     times[where].append(began - submitted)
     return times["local"], times["slurm"]
