@@ -24,7 +24,7 @@ import re
 from django.contrib.postgres.expressions import ArraySubquery
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import BooleanField, F, Func, OuterRef, Subquery
+from django.db.models import BooleanField, F, Func, OuterRef, Subquery, Value
 from django.http import Http404
 
 from tasks_app import inputs
@@ -118,7 +118,7 @@ def task_for(user, task_id: str) -> Task:
         task = _with_role(qs, user).first()
     if task is None:
         raise NotVisible("task", task_id)
-    return _role_seen(task, user)
+    return task
 
 
 def looks_like_id(ref: str | int) -> bool:
@@ -138,27 +138,19 @@ def group_for(user, ref: str | int) -> MachineGroup:
         group = qs.filter(pk=int(ref)).first() if looks_like_id(ref) else qs.filter(name=ref).first()
     if group is None:
         raise NotVisible("machine group", ref)
-    return _role_seen(group, user)
+    return group
 
 
 def _with_role(qs, user):
-    """``qs`` with the user's role in each row's project read along (``asker_role``).
+    """``qs`` with the user's role in each row's project read along (``asker_role``, for ``asker_id``).
 
     What a request looks up, it usually acts on next: :func:`can` then
-    needs no query of its own (see :func:`_role_seen`).
+    needs no query of its own (see :func:`_roles_seen`).
     """
     if user.is_staff or not user.is_authenticated:
         return qs
     mine = Membership.objects.filter(user=user, project_id=OuterRef("project_id"))
-    return qs.annotate(asker_role=Subquery(mine.values("role")[:1]))
-
-
-def _role_seen(obj, user):
-    """Keep, on ``obj``, the role read with it, for :func:`can` to use for this user alone."""
-    if hasattr(obj, "asker_role"):
-        role = obj.asker_role
-        obj.roles_seen = (user.pk, {obj.project_id: Role(role)} if role else {})
-    return obj
+    return qs.annotate(asker_id=Value(user.pk), asker_role=Subquery(mine.values("role")[:1]))
 
 
 def project_for(user, ref: str | int) -> Project:
@@ -283,8 +275,9 @@ def can(user, action: str, obj, *, roles: dict[int, Role] | None = None) -> bool
 
 def _roles_seen(obj, user) -> dict[int, Role] | None:
     """The role :func:`_with_role` read with ``obj``, if it was read for this user."""
-    seen = getattr(obj, "roles_seen", None)
-    return seen[1] if seen is not None and seen[0] == user.pk else None
+    if getattr(obj, "asker_id", None) != user.pk:
+        return None
+    return {obj.project_id: Role(obj.asker_role)} if obj.asker_role else {}
 
 
 def allowed(user, obj, *, roles: dict[int, Role] | None = None) -> set[str]:

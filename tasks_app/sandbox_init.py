@@ -64,13 +64,13 @@ def apply_limits(limits: dict[str, int]) -> None:
         resource.setrlimit(LIMITS[name], (value, value))
 
 
-def start(request: dict, out: int, err: int) -> subprocess.Popen | int:
-    """The command, started; the process itself, or its pid where it was started the slow way."""
+def start(request: dict, out: int, err: int) -> int:
+    """Start the command; its pid."""
     ids = {}
     if request.get("uid") is not None:
         ids = {"user": request["uid"], "group": request["gid"], "extra_groups": []}
     try:
-        return subprocess.Popen(
+        command = subprocess.Popen(
             request["argv"],
             cwd=request["cwd"],
             env=request["env"],
@@ -84,6 +84,10 @@ def start(request: dict, out: int, err: int) -> subprocess.Popen | int:
         # It cannot start (no such program, a folder gone): the slow way says why in its
         # stderr and ends 127, as a shell does.
         return start_by_hand(request, out, err)
+    # This process reaps its children itself (reap, end_all). With no return code, Popen
+    # would wait for this one the next time a command starts, and could take its exit.
+    command.returncode = 0
+    return command.pid
 
 
 def start_by_hand(request: dict, out: int, err: int) -> int:
@@ -109,22 +113,6 @@ def start_by_hand(request: dict, out: int, err: int) -> int:
     except BaseException as exc:
         os.write(2, f"simdeck: cannot run {request['argv'][0]!r}: {exc}\n".encode())
     os._exit(127)
-
-
-def pid_of(command: subprocess.Popen | int | None) -> int | None:
-    return command.pid if isinstance(command, subprocess.Popen) else command
-
-
-def forget(command: subprocess.Popen | int | None, code: int) -> None:
-    """Drop a command this process has reaped (:func:`reap`, :func:`end_all`).
-
-    A :class:`subprocess.Popen` dropped without a return code would be
-    waited for by the next one made, which could take the exit of a new
-    command that got the same pid.
-    """
-    if isinstance(command, subprocess.Popen) and command.returncode is None:
-        command.returncode = code
-    return None
 
 
 def kill_all(sig: int) -> None:
@@ -202,9 +190,9 @@ def main() -> None:
                 except BlockingIOError:
                     break
             for pid, status in reap():
-                if pid == pid_of(running):
+                if pid == running:
                     end_all()  # what the command left running ends with it
-                    running = forget(running, code_of(status))
+                    running = None
                     sock.send(json.dumps({"op": "exited", "code": code_of(status)}).encode())
         if sock not in readable:
             continue
@@ -224,14 +212,14 @@ def main() -> None:
             finally:
                 os.close(out)
                 os.close(err)
-            pidfd = os.pidfd_open(pid_of(running))
+            pidfd = os.pidfd_open(running)
             socket.send_fds(sock, [json.dumps({"op": "started"}).encode()], [pidfd])
             os.close(pidfd)
         elif op == "signal":
             kill_all(request["sig"])
         elif op == "reset":
             clean()
-            running = forget(running, 128 + signal.SIGKILL)
+            running = None
             intact = own_state() == started_as
             sock.send(json.dumps({"op": "clean", "intact": intact}).encode())
 

@@ -714,8 +714,7 @@ class Execution:
         return fields
 
     def cleanup(self) -> None:
-        if not self.resident or not _remove_emptied(self.base):
-            shutil.rmtree(self.base, ignore_errors=True)
+        shutil.rmtree(self.base, ignore_errors=True)
         if self.resident:
             try:
                 self.resident.reset()
@@ -728,21 +727,6 @@ DIRECT = Direct()
 
 # A machine's lasting sandbox, by machine name: made in the process that runs its tasks.
 _residents: dict[str, sandbox.Resident | None] = {}
-
-
-def _remove_emptied(base: Path) -> bool:
-    """Remove a task's folder beside a lasting sandbox as it is once stored: ``work`` (a
-    link to the sandbox's folder) and ``logs`` (moved into storage). False if more is there.
-
-    Most tasks end this way; three calls cost less than :func:`shutil.rmtree`'s walk.
-    """
-    try:
-        (base / "work").unlink()
-        (base / "logs").rmdir()
-        base.rmdir()
-    except OSError:
-        return False
-    return True
 
 
 def _resident(machine: Machine, limits: sandbox.Limits, network: bool) -> sandbox.Resident | None:
