@@ -255,9 +255,12 @@ class Batch(models.Model):
     """The tasks of one sweep (the client's ``run_many``), made by one or several batch requests.
 
     ``size`` is how many tasks the sweep holds: its first request says so,
-    the later ones join by the batch's id. When every one of them ended,
-    whoever subscribed hears it once (tasks_app.services.notifications). A
-    refused request ends the sweep: the batch is then what was made before.
+    the later ones join by the batch's id. ``closed_at`` is when it stopped
+    taking tasks: it holds its size, or its sweep ended short of it (a
+    request was refused, or its client went silent: see
+    tasks_app.housekeeping), and ``size`` is then what it holds. Once it is
+    closed and every task of it ended, whoever subscribed hears it once
+    (tasks_app.services.notifications).
     """
 
     id = models.CharField(primary_key=True, max_length=ID_LENGTH, default=new_task_id)
@@ -266,6 +269,13 @@ class Batch(models.Model):
     machine_group = models.ForeignKey(MachineGroup, on_delete=models.CASCADE, related_name="batches")
     size = models.PositiveIntegerField()
     created_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        # Housekeeping looks for sweeps still open, a few among many.
+        indexes = [
+            models.Index(fields=["created_at"], name="batch_open", condition=models.Q(closed_at__isnull=True))
+        ]
 
     def __str__(self) -> str:
         return self.id

@@ -243,7 +243,21 @@ def test_a_sweep_in_several_requests_joins_one_batch_of_its_size(api, started_gr
     # A request refused by the server ends the sweep: the batch is what was made before it.
     refused = batch(api, [{"simulator": "commands", "parameters": {}}], batch=made.pk)
     assert refused.status_code == 400
-    assert Batch.objects.get(pk=made.pk).size == 4
+    ended = Batch.objects.get(pk=made.pk)
+    assert ended.size == 4 and ended.closed_at is not None, "closed: its subscribers hear when its tasks end"
+    again = batch(api, sweep([5]), batch=made.pk)
+    assert again.status_code == 400 and "takes no more tasks" in again.json()["message"]
+    assert again.json()["field"] == "batch"
+
+
+def test_the_request_that_fills_a_batch_closes_it(api, started_group, no_broker):
+    whole = batch(api, sweep([1, 2]))
+    assert Batch.objects.get(pk=whole.json()["batch"]).closed_at is not None, "a sweep of one request"
+    first = batch(api, sweep([1, 2]), batch_size=3)
+    made = Batch.objects.get(pk=first.json()["batch"])
+    assert made.closed_at is None, "one more task to come"
+    assert batch(api, sweep([3]), batch=made.pk).status_code == 201
+    assert Batch.objects.get(pk=made.pk).closed_at is not None
 
 
 def test_a_sweep_of_single_tasks_is_a_batch_too(api, started_group, no_broker):
@@ -271,6 +285,11 @@ def test_a_sweep_of_single_tasks_is_a_batch_too(api, started_group, no_broker):
     assert refused.status_code == 400 and refused.json()["field"] == "commands"
     assert Batch.objects.get(pk=made.pk).size == 2, "the sweep stopped at the refused task"
     assert Task.objects.filter(batch=made).count() == 2
+    pair = Batch.objects.get(pk=single(batch_size=2).json()["batch"])
+    assert pair.closed_at is None
+    assert single(batch=pair.pk).status_code == 201
+    assert Batch.objects.get(pk=pair.pk).closed_at is not None, "its last task closed it"
+    assert Batch.objects.get(pk=single(batch_size=1).json()["batch"]).closed_at is not None
 
 
 def test_a_sweep_refused_in_a_later_request_names_the_index_and_the_tasks_created(

@@ -13,6 +13,7 @@ import socket
 import threading
 
 import pytest
+from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -251,6 +252,46 @@ def test_a_batch_and_a_group_whose_tasks_all_ended_are_told_once(alice, bob, gro
         (rule, "Simdeck: machine group lab has no task left") for rule in (mine.pk, team.pk)
     ], "alice's group, whoever's task ended last in it"
     assert "All 4 tasks of machine group lab ended: 3 succeeded, 1 failed." in due[0][2]
+
+
+def test_a_sweep_whose_client_stopped_is_closed_at_what_it_holds_and_told(alice, group, no_broker):
+    """A client that died midway never sends the rest of its sweep; its batch still ends."""
+    from tasks_app.models import Batch, Task
+
+    services.start_group(group)
+    now = timezone.now()
+    rule = notifications.add_rule(alice, label="mine", url="json://example.org/a", tasks="none", batches=True)
+    NotificationRule.objects.update(checked_until=now - dt.timedelta(minutes=10))
+    silent = Batch.objects.create(owner=alice, project=group.project, machine_group=group, size=5)
+    ended = [make_task(alice, group, to=HAPPY), make_task(alice, group, to=[*HAPPY[:4], Status.FAILED])]
+    Task.objects.filter(pk__in=[t.pk for t in ended]).update(batch=silent)
+    assert [t for _, t, _ in notifications.due(now)] == ["Simdeck: machine group lab has no task left"], (
+        "the batch waits for the three tasks its sweep announced"
+    )
+
+    timeout = dt.timedelta(minutes=settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
+    assert services.close_silent_sweeps(now + timeout - dt.timedelta(minutes=1)) == 0, (
+        "not silent long enough"
+    )
+    assert services.close_silent_sweeps(now + timeout + dt.timedelta(minutes=1)) == 1
+    closed = Batch.objects.get(pk=silent.pk)
+    assert closed.size == 2 and closed.closed_at is not None
+    assert notifications.due(now + timeout + dt.timedelta(minutes=2)) == [
+        (
+            rule.pk,
+            f"Simdeck: batch {silent.id} ended",
+            f"All 2 tasks of batch {silent.id} on lab ended: 1 succeeded, 1 failed.",
+        )
+    ], "told once it closed, though its last task ended long before"
+    assert services.close_silent_sweeps(now + 2 * timeout) == 0, "closed once"
+
+    # A sweep on a group that was terminated can take no task: it closes at once, running or not.
+    running = make_task(alice, group, to=HAPPY[:3])
+    cut = Batch.objects.create(owner=alice, project=group.project, machine_group=group, size=9)
+    Task.objects.filter(pk=running.pk).update(batch=cut)
+    assert services.close_silent_sweeps() == 0
+    services.terminate_group(group, actor=alice)
+    assert services.close_silent_sweeps() == 1 and Batch.objects.get(pk=cut.pk).size == 1
 
 
 def test_a_budget_reaching_80_and_100_percent_is_told_once_a_level(alice, bob, group, no_broker):

@@ -306,8 +306,8 @@ def is_failing(rule: NotificationRule) -> bool:
 def due(now: dt.datetime | None = None) -> list[tuple[int, str, str]]:
     """What to send for what ended since each destination's last look: (rule, title, body).
 
-    Queries: one for the destinations and one to move their marks, then one
-    or two per destination that wants something (its tasks, its groups). The
+    Queries: one for the destinations and one to move their marks, then a
+    few per destination that wants something (its tasks, batches, groups). The
     marks move in the same transaction, so a look that fails is done again.
     """
     until = (now or timezone.now()) - SLACK
@@ -375,7 +375,10 @@ def _tally(found) -> str:
 def _batches_ended(rule: NotificationRule, scope: Q, since: dt.datetime, until: dt.datetime):
     """Batches whose last task ended in this look, and groups that were left with no task to run.
 
-    One query for what ended in the look, then one per kind when anything did.
+    A batch is told once it is closed (it takes no more tasks) and none of
+    its tasks runs: when its last task ends, or when it closes after that
+    (a sweep given up on, see services.close_silent_sweeps). One query for
+    what ended or closed in the look, then one per kind when anything did.
     """
     news = []
     # Whose: the project's batches and groups, or the user's own (a group of theirs
@@ -385,13 +388,14 @@ def _batches_ended(rule: NotificationRule, scope: Q, since: dt.datetime, until: 
         scope |= Q(machine_group__owner=rule.user)
     ended = access.visible_tasks(rule.user).filter(scope, ended_at__gt=since, ended_at__lte=until)
     seen = list(ended.values_list("batch_id", "machine_group_id").distinct()[: BURST * 10])
-    batch_ids = {b for b, _ in seen if b}
+    closed = Batch.objects.filter(closed_at__gt=since, closed_at__lte=until, **mine)
+    batch_ids = {b for b, _ in seen if b} | set(closed.values_list("pk", flat=True)[: BURST * 10])
     group_ids = {g for _, g in seen}
     whole_batches = {}
     if batch_ids:
         batches = Batch.objects.filter(pk__in=batch_ids, **mine).select_related("machine_group")
         for batch in _counted(batches.order_by("created_at")):
-            if batch.open or batch.total < batch.size:
+            if batch.open or (batch.closed_at is None and batch.total < batch.size):
                 continue
             whole_batches[batch.machine_group_id] = batch.total
             news.append(

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from tasks_app import access, audit, broker, inputs, lifecycle, quotas, storage
@@ -189,8 +191,14 @@ def create_task(
     task.cleanup_commands = cleanup
     if joined is None and batch_size is not None:  # the first task of a sweep: its batch starts
         joined = Batch.objects.create(
-            owner=user, project_id=machine_group.project_id, machine_group=machine_group, size=batch_size
+            owner=user,
+            project_id=machine_group.project_id,
+            machine_group=machine_group,
+            size=batch_size,
+            closed_at=timezone.now() if batch_size == 1 else None,
         )
+    elif joined is not None:
+        _close_when_full(joined, 1)
     task.batch = joined
     task.save(force_insert=True)
     remote_assets_service.save(task, assets)
@@ -399,7 +407,38 @@ def create_tasks(
 
 def end_sweep(user, batch_id: str) -> None:
     """A request of the sweep was refused, and the client stops there: the batch is what was made."""
-    Batch.objects.filter(pk=batch_id, owner=user).update(size=Task.objects.filter(batch_id=batch_id).count())
+    Batch.objects.filter(pk=batch_id, owner=user, closed_at__isnull=True).update(
+        size=Task.objects.filter(batch_id=batch_id).count(), closed_at=timezone.now()
+    )
+
+
+def close_silent_sweeps(now: dt.datetime | None = None) -> int:
+    """Close the sweeps that will get no more tasks, at what they hold; returns how many.
+
+    A sweep's client that died, or was stopped, midway never sends the rest:
+    its batch would wait for them forever, and its subscribers would never
+    hear that it ended. A sweep is given up when no task joined it for as
+    long as an input upload may take (``SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES``:
+    a client sends the next request as soon as the last upload is done), or
+    at once when its group was terminated. One guarded update.
+    """
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(minutes=settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
+    recent = Task.objects.filter(batch=OuterRef("pk"), created_at__gte=cutoff)
+    silent = Batch.objects.filter(closed_at__isnull=True).filter(
+        (Q(created_at__lt=cutoff) & ~Exists(recent))
+        | ~Q(machine_group__state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED])
+    )
+    held = Task.objects.filter(batch=OuterRef("pk")).order_by().values("batch").annotate(n=Count("pk"))
+    return Batch.objects.filter(pk__in=silent.values("pk"), closed_at__isnull=True).update(
+        size=Coalesce(Subquery(held.values("n")), 0), closed_at=now
+    )
+
+
+def _close_when_full(batch: Batch, added: int) -> None:
+    """The request that brings a batch to its size is its sweep's last: the batch takes no more."""
+    if batch.held + added >= batch.size:
+        Batch.objects.filter(pk=batch.pk, closed_at__isnull=True).update(closed_at=timezone.now())
 
 
 # A sweep of more tasks than this is a mistake (it could never be told to have ended).
@@ -415,12 +454,20 @@ def _batch_joined(user, batch_id: str, group: MachineGroup, count: int) -> Batch
             "or none to start a new batch.",
             field="batch",
         )
+    if found.closed_at is not None:
+        raise Refused(
+            f"Batch {found.id} takes no more tasks: it holds its {found.size}, or its sweep ended "
+            f"early (a request of it was refused, or none came for "
+            f"{settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES} minutes). Start a new batch: leave out "
+            "batch and give batch_size.",
+            field="batch",
+        )
     if found.machine_group_id != group.pk:
         raise Refused(
             f"Batch {found.id} runs on another machine group; a batch's tasks share one group.",
             field="batch",
         )
-    held = Task.objects.filter(batch=found).count()
+    found.held = held = Task.objects.filter(batch=found).count()
     if held + count > found.size:
         raise Refused(
             f"Batch {found.id} was to hold {found.size} tasks and has {held}; these {count} would make "
@@ -501,8 +548,14 @@ def _create_tasks(
             raise _terminated(group, "was terminated meanwhile")
         if batch is None:
             batch = Batch.objects.create(
-                owner=user, project_id=group.project_id, machine_group_id=group.pk, size=batch_size
+                owner=user,
+                project_id=group.project_id,
+                machine_group_id=group.pk,
+                size=batch_size,
+                closed_at=timezone.now() if batch_size == len(tasks) else None,
             )
+        else:
+            _close_when_full(batch, len(tasks))
         for task in tasks:
             task.batch = batch
         if input_archive is not None:
