@@ -306,7 +306,7 @@ class Simulator:
 
     def run_many(
         self,
-        input_dir: str | os.PathLike,
+        input_dir: str | os.PathLike | None,
         sweep: builtins.list[dict] | dict,
         on: MachineGroup | str | None = None,
         *,
@@ -315,6 +315,9 @@ class Simulator:
         time_to_live: str | int | dt.timedelta | None = None,
         metadata: dict[str, str] | builtins.list[dict[str, str]] | None = None,
         templates: builtins.list[dict] | None = None,
+        remote_assets: str | builtins.list[str] | None = None,
+        storage_dir: str | None = "",
+        on_finish_cleanup: str | builtins.list[str] | None = None,
     ) -> builtins.list[Task]:
         """Submit one task per parameter set in ``sweep``, all on the input in ``input_dir``.
 
@@ -335,8 +338,18 @@ class Simulator:
         set refuses its request, and the error names its index in the
         sweep; the tasks of the requests before it exist and run, and the
         error's ``created`` lists them.
+
+        ``remote_assets``, ``storage_dir`` and ``on_finish_cleanup`` are
+        every task's, as :meth:`run` takes them (``input_dir`` may then be
+        None, as there).
         """
         from simdeck.tasks import check_metadata
+
+        shared = {
+            "remote_assets": remote_assets,
+            "storage_dir": storage_dir,
+            "on_finish_cleanup": on_finish_cleanup,
+        }
 
         if templates is not None:
             return self._run_rendered(
@@ -348,16 +361,24 @@ class Simulator:
                 project=project,
                 resubmit_on_preemption=resubmit_on_preemption,
                 time_to_live=time_to_live,
+                **shared,
             )
         if isinstance(sweep, dict):
             raise TypeError("Give sweep as a list of dicts, one per task.")
-        input_dir = Path(input_dir)
-        files = _input_files(input_dir)
+        assets = [remote_assets] if isinstance(remote_assets, str) else builtins.list(remote_assets or [])
+        if input_dir is None and not assets:
+            raise ValueError(
+                "Give input_dir, the folder of the simulation's files, or remote_assets, or both."
+            )
+        input_dir = None if input_dir is None else Path(input_dir)
+        files = [] if input_dir is None else _input_files(input_dir)
+        cleanup = _cleanup_lines(on_finish_cleanup, input_dir)
         sweep = [{k: v for k, v in (self._chosen() | params).items() if v is not None} for params in sweep]
         if not sweep:
             return []
-        for params in sweep:
-            self._check_local(input_dir, params)
+        if input_dir is not None and not assets:  # a file it looks for may come from the assets
+            for params in sweep:
+                self._check_local(input_dir, params)
         tags = metadata if isinstance(metadata, builtins.list) else [metadata] * len(sweep)
         if len(tags) != len(sweep):
             raise ValueError(f"Give one metadata dict per task: {len(sweep)} tasks, {len(tags)} dicts.")
@@ -374,6 +395,12 @@ class Simulator:
             "machine_group": group_name,
             "input_files": [f.relative_to(input_dir).as_posix() for f in files],
         }
+        if assets:
+            body["remote_assets"] = [str(a).replace("\\", "/") for a in assets]
+        if storage_dir:
+            body["storage_dir"] = str(storage_dir)
+        if cleanup:
+            body["on_finish_cleanup"] = cleanup
         if size <= INLINE_INPUT_MAX_BYTES:
             body |= {"input_archive": base64.b64encode(data).decode(), "input_sha256": digest}
         specs = [

@@ -275,6 +275,54 @@ def test_a_task_takes_another_tasks_outputs_and_uploaded_files_and_the_chain_rea
     assert "sweep-1/" in page and "meshes" in page
 
 
+def test_every_task_of_a_sweep_takes_its_remote_assets_storage_dir_and_cleanup(
+    api, alice, started_group, tmp_path, monkeypatch, no_broker
+):
+    from simdeck import simulators
+    from tests.test_api_batch import _ThroughTestClient
+
+    first = make_task(alice, started_group, to=HAPPY)
+    store_outputs(first, {"frames/0001.vtk": b"v"})
+    put(api, "meshes/coarse.msh", b"mesh")
+    monkeypatch.setenv("SIMDECK_URL", "http://simdeck.invalid")
+    (tmp_path / "run.sh").write_text("ls frames meshes\n")
+    (tmp_path / "tidy.sh").write_text("rm -rf frames\nrm -rf meshes\n")
+    sim = simulators.Commands()
+    sim._client = _ThroughTestClient(api)
+    tasks = sim.run_many(
+        tmp_path,
+        [{"commands": [f"sh run.sh {n}"]} for n in range(3)],
+        on="lab",
+        remote_assets=[f"{first.id}/outputs/frames", "meshes"],
+        storage_dir="sweep-2",
+        on_finish_cleanup="tidy.sh",
+    )
+    made = Task.objects.filter(pk__in=[t.id for t in tasks])
+    assert made.count() == 3
+    for task in made:
+        assert task.storage_dir == "sweep-2" and task.cleanup_commands == ["sh tidy.sh"]
+        assert [(a.path, a.source_task_id) for a in task.assets.all()] == [
+            (f"{first.id}/outputs/frames", first.id),
+            ("meshes", None),
+        ]
+    assert api.get(f"/api/v1/tasks/{first.id}").json()["used_by"] == sorted(t.id for t in tasks)
+
+    # Checked once for all, as for one task: a bad one refuses the batch and makes nothing.
+    body = {
+        "machine_group": "lab",
+        "input_files": ["run.sh"],
+        "tasks": [{"simulator": "commands", "parameters": {"commands": ["sh run.sh"]}}] * 2,
+    }
+    for extra, field in [
+        ({"remote_assets": ["not-uploaded/x"]}, "remote_assets"),
+        ({"storage_dir": "../up"}, "storage_dir"),
+        ({"on_finish_cleanup": ["a\nb"]}, "on_finish_cleanup.0"),
+    ]:
+        refused = api.post("/api/v1/tasks/batch", body | extra, "application/json")
+        assert refused.status_code in (400, 404) and refused.json()["field"] == field, refused.content
+    assert Task.objects.count() == 4
+
+
 @pytest.mark.parametrize(
     ("asset", "status", "said"),
     [

@@ -433,6 +433,35 @@ def _input_sha256_field():
     return Field(None, description="SHA-256 (hex) of the archive in input_archive.")
 
 
+def _remote_assets_field():
+    return Field(
+        None,
+        examples=[["<task id>/outputs/frames", "my-data/mesh.msh"]],
+        description=(
+            "Paths of storage the machine adds to the input: another task's files "
+            "(<task id>/outputs/… or <task id>/input/…) or files uploaded to the project's storage. "
+            "Each is placed in the task's folder under its last name. With them the input may be empty."
+        ),
+    )
+
+
+def _storage_dir_field():
+    return Field(
+        "",
+        description="A folder of the project's storage the outputs are also kept in, as "
+        "<storage_dir>/<task id>/outputs.zip.",
+    )
+
+
+def _on_finish_cleanup_field():
+    return Field(
+        None,
+        examples=[["rm -rf scratch"]],
+        description="Shell command lines run in the task's sandbox, in its folder, after the simulation "
+        "ends by itself (not after a kill or its time to live), before its outputs are stored.",
+    )
+
+
 class TaskIn(In):
     simulator: str = Field(examples=["splishsplash", "commands"])
     machine_group: str = Field(description="Name or id of the machine group to run on.")
@@ -451,26 +480,9 @@ class TaskIn(In):
         ),
     )
     input_sha256: str | None = _input_sha256_field()
-    remote_assets: list[str] | None = Field(
-        None,
-        examples=[["<task id>/outputs/frames", "my-data/mesh.msh"]],
-        description=(
-            "Paths of storage the machine adds to the input: another task's files "
-            "(<task id>/outputs/… or <task id>/input/…) or files uploaded to the project's storage. "
-            "Each is placed in the task's folder under its last name. With them the input may be empty."
-        ),
-    )
-    storage_dir: str = Field(
-        "",
-        description="A folder of the project's storage the outputs are also kept in, as "
-        "<storage_dir>/<task id>/outputs.zip.",
-    )
-    on_finish_cleanup: list[str] | None = Field(
-        None,
-        examples=[["rm -rf scratch"]],
-        description="Shell command lines run in the task's sandbox, in its folder, after the simulation "
-        "ends by itself (not after a kill or its time to live), before its outputs are stored.",
-    )
+    remote_assets: list[str] | None = _remote_assets_field()
+    storage_dir: str = _storage_dir_field()
+    on_finish_cleanup: list[str] | None = _on_finish_cleanup_field()
     batch: str | None = Field(
         None, description="A sweep of single tasks: the batch id its first task's answer gave; joins it."
     )
@@ -504,6 +516,10 @@ class TaskBatchIn(In):
         ),
     )
     input_sha256: str | None = _input_sha256_field()
+    # Every task of the batch takes these alike.
+    remote_assets: list[str] | None = _remote_assets_field()
+    storage_dir: str = _storage_dir_field()
+    on_finish_cleanup: list[str] | None = _on_finish_cleanup_field()
     batch: str | None = Field(
         None,
         description=(

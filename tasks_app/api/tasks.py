@@ -294,6 +294,9 @@ def create_batch(request: HttpRequest, payload: s.TaskBatchIn, idempotency_key: 
                 request_key=key,
                 batch=payload.batch,
                 batch_size=payload.batch_size,
+                remote_assets=payload.remote_assets,
+                storage_dir=payload.storage_dir,
+                on_finish_cleanup=payload.on_finish_cleanup,
             )
         except IntegrityError:
             # The same batch, sent twice at once: the other one made the tasks.

@@ -128,10 +128,13 @@ def _source_files(user, project: Project, index: int, path: str) -> tuple[Task |
     return None, [f"{name}/{f.removeprefix(path + '/')}" for f in files]
 
 
-def save(task: Task, assets: list[TaskAsset]) -> None:
-    for asset in assets:
-        asset.task = task
-    TaskAsset.objects.bulk_create(assets)
+def save(tasks: list[Task], assets: list[TaskAsset]) -> None:
+    """The same assets for each of ``tasks`` (one task, or a sweep's), in one insert."""
+    TaskAsset.objects.bulk_create(
+        TaskAsset(task=task, position=a.position, path=a.path, source_task=a.source_task)
+        for task in tasks
+        for a in assets
+    )
 
 
 class AssetMissing(Exception):

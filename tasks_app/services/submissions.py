@@ -201,7 +201,7 @@ def create_task(
         _close_when_full(joined, 1)
     task.batch = joined
     task.save(force_insert=True)
-    remote_assets_service.save(task, assets)
+    remote_assets_service.save([task], assets)
     return task
 
 
@@ -365,6 +365,9 @@ def create_tasks(
     request_key: str | None = None,
     batch: str | None = None,
     batch_size: int | None = None,
+    remote_assets: list[str] | None = None,
+    storage_dir: str = "",
+    on_finish_cleanup: list[str] | None = None,
 ) -> list[Task]:
     """Many tasks at once, all or none, sharing one machine group and one input archive.
 
@@ -379,6 +382,8 @@ def create_tasks(
     check it; the first spec refused refuses the batch, its index named in
     the message and in ``field`` (``tasks.<index>.<field>``). With the
     archive the tasks are queued at once; without, each waits for its input.
+    ``remote_assets``, ``storage_dir`` and ``on_finish_cleanup`` are every
+    task's, as :func:`create_task` takes them for one.
     """
     joined = _batch_joined(user, batch, machine_group, len(specs)) if batch else None
     if batch_size is not None and not len(specs) <= batch_size <= SWEEP_MAX_TASKS:
@@ -398,6 +403,7 @@ def create_tasks(
             request_key=request_key,
             batch=joined,
             batch_size=batch_size or len(specs),
+            shared=_Shared(user, machine_group, input_files, remote_assets, storage_dir, on_finish_cleanup),
         )
     except Refused:
         if joined is not None:
@@ -477,6 +483,26 @@ def _batch_joined(user, batch_id: str, group: MachineGroup, count: int) -> Batch
     return found
 
 
+class _Shared:
+    """What every task of a batch request takes alike besides its input, checked once for all."""
+
+    def __init__(self, user, group: MachineGroup, input_files, remote_assets, storage_dir, on_finish_cleanup):
+        self.user, self.group, self.input_files = user, group, list(input_files)
+        self.remote_assets, self.storage_dir = remote_assets, storage_dir
+        self.cleanup = checked_cleanup(on_finish_cleanup)
+        self.assets, self.placed = [], []
+
+    def check(self) -> None:
+        """Read with the user's rights in the group's project (checked before this)."""
+        project = self.group.project
+        if self.remote_assets:
+            self.assets = remote_assets_service.resolve(
+                self.user, project, self.remote_assets, self.input_files
+            )
+            self.placed = [name for asset in self.assets for name in asset.files]
+        self.storage_dir = project_storage.check_storage_dir(project, self.storage_dir)
+
+
 def _create_tasks(
     user,
     specs: list[dict],
@@ -488,6 +514,7 @@ def _create_tasks(
     request_key: str | None,
     batch: Batch | None,
     batch_size: int,
+    shared: _Shared,
 ) -> list[Task]:
     if not specs:
         raise Refused("The batch holds no tasks; give at least one in tasks.", field="tasks")
@@ -496,7 +523,8 @@ def _create_tasks(
             f"A batch holds at most {BATCH_MAX_TASKS} tasks; this one has {len(specs)}. Split it.",
             field="tasks",
         )
-    _check_submission(user, machine_group, input_files)
+    _check_submission(user, machine_group, input_files, shared.remote_assets)
+    shared.check()
     check_budget(machine_group.project_id)  # every task of a batch is filed in its group's project
     digest = ""
     if input_archive is not None:
@@ -516,7 +544,9 @@ def _create_tasks(
     reports = _machine_reports(machine_group)
     for index, spec in enumerate(specs):
         try:
-            adapter, parameters = _checked_parameters(spec["simulator"], spec.get("parameters"), input_files)
+            adapter, parameters = _checked_parameters(
+                spec["simulator"], spec.get("parameters"), [*input_files, *shared.placed]
+            )
             _check_group_fits(adapter, parameters, machine_group, reports)
             metadata = validate_metadata(spec.get("metadata") or {})
             target = project_of_task(machine_group, spec.get("project"))
@@ -541,6 +571,8 @@ def _create_tasks(
                 batch_key(request_key, index) if request_key else None,
             )
         )
+    for task in tasks:
+        task.storage_dir, task.cleanup_commands = shared.storage_dir, shared.cleanup
     with transaction.atomic():
         # The group before its tasks, as accept_input() and terminate_group() lock them.
         group = lock_group_shared(machine_group.pk)
@@ -566,6 +598,7 @@ def _create_tasks(
                 # Queued in the order given, though all at once (see lifecycle.transition_many).
                 task.queued_at = now + dt.timedelta(microseconds=position)
         Task.objects.bulk_create(tasks)
+        remote_assets_service.save(tasks, shared.assets)
         if input_archive is None:
             return tasks
         lifecycle.transition_many(tasks, Status.SUBMITTED, reason="Input received; queued.", actor=user)
