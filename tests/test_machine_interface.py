@@ -101,6 +101,45 @@ def test_a_machine_reaches_only_the_tasks_it_holds(client, alice, far, join_toke
     assert call(client, "post", f"/tasks/{task.id}/move", my_token, data=move).status_code == 404
 
 
+def test_a_machine_elsewhere_keeps_the_exit_code_when_a_kill_ends_the_task_first(
+    client, live_server, alice, far, join_token
+):
+    from tasks_app.executor.remote import Connection, Remote
+    from tasks_app.models import Task
+
+    machine, token = machine_of(far, join_token)
+    other, other_token = machine_of(far, join_token)
+    task = make_task(alice, far)
+    store_input(task)
+    plane = Remote(Connection(live_server.url, token))
+    claimed = plane.claim(wait=0)
+    assert claimed.id == task.id
+    assert plane.move(claimed, Status.STARTED, "started", machine=machine, expected=Status.PREPARING)
+    assert services.kill_task(Task.objects.get(pk=task.pk), actor=alice)[0]
+    # The simulation had exited by itself meanwhile: its final move loses to the kill.
+    ending = {"machine": machine, "expected": Status.STARTED, "exit_code": 3}
+    passing = [(Status.FINALIZING, "The simulator exited with code 3.", None)]
+    assert not plane.move(claimed, Status.FAILED, "exited", passing=passing, **ending)
+    plane.record_outputs(claimed, {"exit_code": 3, "output_path": "tasks/elsewhere.zip"})
+    assert plane.move(
+        claimed, Status.KILLED, "Stopped on request.", machine=machine, expected=Status.PENDING_KILL
+    )
+    task.refresh_from_db()
+    assert (task.status, task.exit_code, task.output_path) == (Status.KILLED, 3, "")
+    # Only its own machine says it, and only an exit code.
+    said = {"attempt": 1, "exit_code": 9}
+    assert call(client, "post", f"/tasks/{task.id}/exit-code", other_token, data=said).status_code == 404
+    answer = call(
+        client, "post", f"/tasks/{task.id}/exit-code", token, data={"attempt": 1, "exit_code": 10**6}
+    )
+    assert answer.status_code == 400 and "from -255 to 255" in answer.json()["message"]
+    assert Task.objects.get(pk=task.pk).exit_code == 3
+    # A move no task can make is refused as such, not taken for a fault of the server.
+    nonsense = {"attempt": 1, "status": "failed", "expected": "killed", "reason": "x"}
+    answer = call(client, "post", f"/tasks/{task.id}/move", token, data=nonsense)
+    assert answer.status_code == 400 and "cannot go from killed to failed" in answer.json()["message"]
+
+
 def test_an_asset_file_is_served_only_if_the_task_asked_for_it(client, alice, far, join_token):
     machine, token = machine_of(far, join_token)
     secret_task = make_task(alice, far, to=())

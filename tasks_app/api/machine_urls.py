@@ -15,6 +15,7 @@ urlpatterns = [
     path("tasks/<str:task_id>/move", m.move, name="machine-task-move"),
     path("tasks/<str:task_id>/status", m.status, name="machine-task-status"),
     path("tasks/<str:task_id>/lost", m.lost, name="machine-task-lost"),
+    path("tasks/<str:task_id>/exit-code", m.exit_code, name="machine-task-exit-code"),
     path("tasks/<str:task_id>/progress", m.progress, name="machine-task-progress"),
     path("tasks/<str:task_id>/sample", m.sample, name="machine-task-sample"),
     path("tasks/<str:task_id>/disk", m.disk_resized, name="machine-task-disk"),

@@ -41,7 +41,7 @@ from tasks_app import storage
 from tasks_app.errors import Refused
 from tasks_app.executor import questions as asking
 from tasks_app.executor.plane import MACHINE_FIELDS, Direct, keep_outputs
-from tasks_app.lifecycle import Status
+from tasks_app.lifecycle import IllegalTransition, Status
 from tasks_app.models import Machine, MachineGroup, Task, TaskAsset
 from tasks_app.services import hosts, remote_assets
 
@@ -445,16 +445,19 @@ def move(request, machine: Machine, body: dict, task_id: str):
     fields = {k: v for k, v in dict(body.get("fields") or {}).items() if k in MACHINE_FIELDS}
     if "progress_eta" in fields:
         fields["progress_eta"] = moment(fields["progress_eta"])
-    moved = DIRECT.move(
-        task,
-        new,
-        str(body.get("reason", "")),
-        machine=machine,
-        expected=expected,
-        at=moment(body.get("at")),
-        passing=passing,
-        **fields,
-    )
+    try:
+        moved = DIRECT.move(
+            task,
+            new,
+            str(body.get("reason", "")),
+            machine=machine,
+            expected=expected,
+            at=moment(body.get("at")),
+            passing=passing,
+            **fields,
+        )
+    except IllegalTransition as exc:
+        raise Refused(f"{exc} Pass through the statuses between them.") from None
     return JsonResponse({"moved": moved, "status": task.status, "started_at": task.started_at})
 
 
@@ -471,6 +474,17 @@ def lost(request, machine: Machine, body: dict, task_id: str):
     """The machine and its simulation were stopped together from outside (see Execution.taken_down)."""
     DIRECT.runner_lost(task_of(machine, task_id), machine, str(body.get("reason", ""))[:2000])
     return JsonResponse({"ended": True})
+
+
+@machine_call(["POST"])
+def exit_code(request, machine: Machine, body: dict, task_id: str):
+    """The simulator's exit code, kept when a kill ended the task before its final move."""
+    task = task_of(machine, task_id, body.get("attempt"))
+    [code] = read(body, exit_code=int)
+    if not -255 <= code <= 255:
+        raise Refused(f"An exit code is from -255 to 255, not {code}.")
+    DIRECT.record_outputs(task, {"exit_code": code})
+    return JsonResponse({"recorded": True})
 
 
 @machine_call(["POST"])

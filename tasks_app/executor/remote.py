@@ -359,7 +359,14 @@ class Remote:
         return {}
 
     def record_outputs(self, task, fields: dict) -> None:
-        """Recorded by the server when it stored them (see :meth:`store_outputs`)."""
+        """What the final move would have carried, when another ending came first (a kill).
+
+        The outputs' place the server recorded itself when it stored them
+        (see :meth:`store_outputs`); the simulator's exit code is sent.
+        """
+        if fields.get("exit_code") is not None:
+            body = {"attempt": task.attempt, "exit_code": fields["exit_code"]}
+            self.connection.json("POST", f"/tasks/{task.id}/exit-code", json=body)
 
     def store_log(self, task, stream: str, path: Path) -> None:
         self._put(f"/tasks/{task.id}/logs/{stream}", path, {"attempt": task.attempt})
