@@ -387,9 +387,11 @@ async def token_or_timeout(queue: str, timeout: float) -> None:
     try:
         await waiter(url).brpop([queue], timeout=max(timeout, 0.01))
     except aioredis.RedisError:
-        # (A machine that hangs up cancels the request; redis-py may report that as a
-        # timeout of its own. The look goes on to its end, and a task it claims then
-        # is that machine's at its next claim, or requeued once it is found lost.)
+        # A machine that hangs up cancels the request. Should redis-py report that
+        # as an error of its own, the cancellation still ends the poll here: a
+        # look after it would claim a task for a machine that is not listening.
+        if asyncio.current_task().cancelling():
+            raise asyncio.CancelledError from None
         log.warning("Could not wait on the broker for %s", queue, exc_info=True)
         await asyncio.sleep(min(timeout, 1.0))
 
