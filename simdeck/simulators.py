@@ -119,6 +119,25 @@ def _tell_default_group() -> None:
         )
 
 
+def _input_of(
+    input_dir, remote_assets, storage_dir, on_finish_cleanup
+) -> tuple[Path | None, builtins.list[Path], builtins.list[str], dict]:
+    """The input folder and its files, the remote assets, and what a request says of them all, checked."""
+    assets = [remote_assets] if isinstance(remote_assets, str) else builtins.list(remote_assets or [])
+    if input_dir is None and not assets:
+        raise ValueError("Give input_dir, the folder of the simulation's files, or remote_assets, or both.")
+    input_dir = None if input_dir is None else Path(input_dir)
+    files = [] if input_dir is None else _input_files(input_dir)
+    sent: dict = {"input_files": [f.relative_to(input_dir).as_posix() for f in files]}
+    if assets:
+        sent["remote_assets"] = [str(a).replace("\\", "/") for a in assets]
+    if storage_dir:
+        sent["storage_dir"] = str(storage_dir)
+    if cleanup := _cleanup_lines(on_finish_cleanup, input_dir):
+        sent["on_finish_cleanup"] = cleanup
+    return input_dir, files, assets, sent
+
+
 def _cleanup_lines(
     on_finish_cleanup: str | builtins.list[str] | None, input_dir: Path | None
 ) -> builtins.list[str]:
@@ -214,17 +233,7 @@ class Simulator:
         """
         from simdeck.tasks import check_metadata
 
-        assets = [remote_assets] if isinstance(remote_assets, str) else builtins.list(remote_assets or [])
-        if input_dir is None and not assets:
-            raise ValueError(
-                "Give input_dir, the folder of the simulation's files, or remote_assets, or both."
-            )
-        if input_dir is None:
-            input_dir, files = None, []
-        else:
-            input_dir = Path(input_dir)
-            files = _input_files(input_dir)
-        cleanup = _cleanup_lines(on_finish_cleanup, input_dir)
+        input_dir, files, assets, sent = _input_of(input_dir, remote_assets, storage_dir, on_finish_cleanup)
         params = {k: v for k, v in (self._chosen() | parameters).items() if v is not None}
         if input_dir is not None and not assets:
             self._check_local(input_dir, params)  # a file it looks for may come from the assets
@@ -232,22 +241,19 @@ class Simulator:
             check_metadata(metadata)
         group_name = _group_name(on)
         archive, size, digest = _zip(input_dir, files)
-        body = {
-            "simulator": self.name,
-            "machine_group": group_name,
-            "input_files": [f.relative_to(input_dir).as_posix() for f in files],
-            "parameters": params,
-            "project": project,
-            "resubmit_on_preemption": resubmit_on_preemption,
-            "time_to_live": _time_to_live(time_to_live),
-            "metadata": metadata,
-        } | (self._sweep or {})
-        if assets:
-            body["remote_assets"] = [str(a).replace("\\", "/") for a in assets]
-        if storage_dir:
-            body["storage_dir"] = str(storage_dir)
-        if cleanup:
-            body["on_finish_cleanup"] = cleanup
+        body = (
+            {
+                "simulator": self.name,
+                "machine_group": group_name,
+                "parameters": params,
+                "project": project,
+                "resubmit_on_preemption": resubmit_on_preemption,
+                "time_to_live": _time_to_live(time_to_live),
+                "metadata": metadata,
+            }
+            | sent
+            | (self._sweep or {})
+        )
         if size <= INLINE_INPUT_MAX_BYTES:
             # One request creates and queues the task; larger inputs are uploaded after.
             body |= {"input_archive": base64.b64encode(archive.read_bytes()).decode(), "input_sha256": digest}
@@ -365,14 +371,7 @@ class Simulator:
             )
         if isinstance(sweep, dict):
             raise TypeError("Give sweep as a list of dicts, one per task.")
-        assets = [remote_assets] if isinstance(remote_assets, str) else builtins.list(remote_assets or [])
-        if input_dir is None and not assets:
-            raise ValueError(
-                "Give input_dir, the folder of the simulation's files, or remote_assets, or both."
-            )
-        input_dir = None if input_dir is None else Path(input_dir)
-        files = [] if input_dir is None else _input_files(input_dir)
-        cleanup = _cleanup_lines(on_finish_cleanup, input_dir)
+        input_dir, files, assets, sent = _input_of(input_dir, remote_assets, storage_dir, on_finish_cleanup)
         sweep = [{k: v for k, v in (self._chosen() | params).items() if v is not None} for params in sweep]
         if not sweep:
             return []
@@ -391,16 +390,7 @@ class Simulator:
             data = archive.read_bytes()
         finally:
             archive.unlink(missing_ok=True)
-        body = {
-            "machine_group": group_name,
-            "input_files": [f.relative_to(input_dir).as_posix() for f in files],
-        }
-        if assets:
-            body["remote_assets"] = [str(a).replace("\\", "/") for a in assets]
-        if storage_dir:
-            body["storage_dir"] = str(storage_dir)
-        if cleanup:
-            body["on_finish_cleanup"] = cleanup
+        body = {"machine_group": group_name} | sent
         if size <= INLINE_INPUT_MAX_BYTES:
             body |= {"input_archive": base64.b64encode(data).decode(), "input_sha256": digest}
         specs = [
