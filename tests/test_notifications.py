@@ -254,20 +254,25 @@ def test_a_batch_and_a_group_whose_tasks_all_ended_are_told_once(alice, bob, gro
     assert "All 4 tasks of machine group lab ended: 3 succeeded, 1 failed." in due[0][2]
 
 
-def test_a_sweep_whose_client_stopped_is_closed_at_what_it_holds_and_told(alice, group, no_broker):
+def test_a_sweep_whose_client_stopped_is_closed_at_what_it_holds_and_told(alice, bob, group, no_broker):
     """A client that died midway never sends the rest of its sweep; its batch still ends."""
     from tasks_app.models import Batch, Task
 
     services.start_group(group)
     now = timezone.now()
     rule = notifications.add_rule(alice, label="mine", url="json://example.org/a", tasks="none", batches=True)
+    teams.add_member(group.project, "bob", "viewer", actor=alice)
+    notifications.add_rule(
+        bob, label="team", url="json://example.org/b", tasks="none", batches=True, project=group.project
+    )
+    teams.remove_member(group.project, bob, actor=alice)  # his destination stays, and hears nothing more
     NotificationRule.objects.update(checked_until=now - dt.timedelta(minutes=10))
     silent = Batch.objects.create(owner=alice, project=group.project, machine_group=group, size=5)
     ended = [make_task(alice, group, to=HAPPY), make_task(alice, group, to=[*HAPPY[:4], Status.FAILED])]
     Task.objects.filter(pk__in=[t.pk for t in ended]).update(batch=silent)
-    assert [t for _, t, _ in notifications.due(now)] == ["Simdeck: machine group lab has no task left"], (
-        "the batch waits for the three tasks its sweep announced"
-    )
+    assert [(r, t) for r, t, _ in notifications.due(now)] == [
+        (rule.pk, "Simdeck: machine group lab has no task left")
+    ], "the batch waits for the three tasks its sweep announced"
 
     timeout = dt.timedelta(minutes=settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
     assert services.close_silent_sweeps(now + timeout - dt.timedelta(minutes=1)) == 0, (

@@ -388,7 +388,9 @@ def _batches_ended(rule: NotificationRule, scope: Q, since: dt.datetime, until: 
         scope |= Q(machine_group__owner=rule.user)
     ended = access.visible_tasks(rule.user).filter(scope, ended_at__gt=since, ended_at__lte=until)
     seen = list(ended.values_list("batch_id", "machine_group_id").distinct()[: BURST * 10])
-    closed = Batch.objects.filter(closed_at__gt=since, closed_at__lte=until, **mine)
+    closed = Batch.objects.filter(
+        closed_at__gt=since, closed_at__lte=until, project__in=access.visible_projects(rule.user), **mine
+    )
     batch_ids = {b for b, _ in seen if b} | set(closed.values_list("pk", flat=True)[: BURST * 10])
     group_ids = {g for _, g in seen}
     whole_batches = {}
