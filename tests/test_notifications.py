@@ -299,6 +299,34 @@ def test_a_sweep_whose_client_stopped_is_closed_at_what_it_holds_and_told(alice,
     assert services.close_silent_sweeps() == 1 and Batch.objects.get(pk=cut.pk).size == 1
 
 
+def test_an_ending_seen_early_is_told_once_in_the_look_that_holds_it(alice, group, no_broker):
+    """A look sees what ended after its window (in its slack); only the look holding an end tells it."""
+    from tasks_app import lifecycle
+    from tasks_app.models import Batch, Task
+
+    services.start_group(group)
+    start = timezone.now()
+    rule = notifications.add_rule(alice, label="mine", url="json://example.org/a", tasks="none", batches=True)
+    NotificationRule.objects.update(checked_until=start - dt.timedelta(minutes=1))
+    # A sweep of one request: closed when made, its two tasks end soon after.
+    batch = Batch.objects.create(
+        owner=alice, project=group.project, machine_group=group, size=2, closed_at=start
+    )
+    tasks = [make_task(alice, group, to=HAPPY[:3]) for _ in range(2)]
+    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(batch=batch)
+    for i, task in enumerate(tasks):
+        ended = start + dt.timedelta(seconds=5 + i)
+        lifecycle.transition(task, Status.FINALIZING, reason="exited", at=ended)
+        lifecycle.transition(task, Status.SUCCESS, reason="stored", at=ended)
+
+    # The first look's window holds the batch's closing and the first ending; the second ending is past it.
+    first = start + notifications.SLACK + dt.timedelta(seconds=5.5)
+    assert notifications.due(first) == [], "the batch's end, and the group's, belong to the next look"
+    told = notifications.due(first + dt.timedelta(seconds=10))
+    assert [t for r, t, _ in told if r == rule.pk] == [f"Simdeck: batch {batch.id} ended"]
+    assert notifications.due(first + dt.timedelta(seconds=20)) == [], "told once"
+
+
 def test_a_budget_reaching_80_and_100_percent_is_told_once_a_level(alice, bob, group, no_broker):
     from tasks_app.services import budgets
 

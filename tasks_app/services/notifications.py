@@ -32,7 +32,7 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from tasks_app import access
@@ -358,10 +358,12 @@ def _news(rule: NotificationRule, since: dt.datetime, until: dt.datetime) -> lis
 
 
 def _counted(query):
-    """Each batch or group with how many tasks it has, how many have not ended, succeeded, failed."""
+    """Each batch or group with how many tasks it has, how many have not ended, succeeded, failed,
+    and when its last task ended."""
     return query.annotate(
         total=Count("tasks"),
         open=Count("tasks", filter=Q(tasks__ended_at__isnull=True)),
+        last_ended=Max("tasks__ended_at"),
         succeeded=Count("tasks", filter=Q(tasks__status=Status.SUCCESS)),
         failed=Count("tasks", filter=Q(tasks__status__in=sorted(FAILURES))),
     )
@@ -377,8 +379,11 @@ def _batches_ended(rule: NotificationRule, scope: Q, since: dt.datetime, until: 
 
     A batch is told once it is closed (it takes no more tasks) and none of
     its tasks runs: when its last task ends, or when it closes after that
-    (a sweep given up on, see services.close_silent_sweeps). One query for
-    what ended or closed in the look, then one per kind when anything did.
+    (a sweep given up on, see services.close_silent_sweeps). Each is told
+    in the look that holds that moment, and in no other: a look sees tasks
+    that ended after its window (in its slack), which the next look holds.
+    One query for what ended or closed in the look, then one per kind when
+    anything did.
     """
     news = []
     # Whose: the project's batches and groups, or the user's own (a group of theirs
@@ -399,6 +404,8 @@ def _batches_ended(rule: NotificationRule, scope: Q, since: dt.datetime, until: 
         for batch in _counted(batches.order_by("created_at")):
             if batch.open or (batch.closed_at is None and batch.total < batch.size):
                 continue
+            if not since < max(filter(None, (batch.last_ended, batch.closed_at))) <= until:
+                continue  # the look that holds its end tells it
             whole_batches[batch.machine_group_id] = batch.total
             news.append(
                 (
@@ -409,8 +416,8 @@ def _batches_ended(rule: NotificationRule, scope: Q, since: dt.datetime, until: 
             )
     groups = access.visible_groups(rule.user).filter(pk__in=group_ids, **mine)
     for group in _counted(groups.order_by("name")) if group_ids else []:
-        if group.open or whole_batches.get(group.pk) == group.total:
-            continue  # still busy, or it ran one batch alone: told above
+        if group.open or whole_batches.get(group.pk) == group.total or group.last_ended > until:
+            continue  # still busy, or it ran one batch alone (told above), or the next look tells it
         news.append(
             (
                 f"Simdeck: machine group {group.name} has no task left",

@@ -190,12 +190,14 @@ def create_task(
     task.storage_dir = storage_dir
     task.cleanup_commands = cleanup
     if joined is None and batch_size is not None:  # the first task of a sweep: its batch starts
+        now = timezone.now()
         joined = Batch.objects.create(
             owner=user,
             project_id=machine_group.project_id,
             machine_group=machine_group,
             size=batch_size,
-            closed_at=timezone.now() if batch_size == 1 else None,
+            created_at=now,
+            closed_at=now if batch_size == 1 else None,
         )
     elif joined is not None:
         _close_when_full(joined, 1)
@@ -579,12 +581,14 @@ def _create_tasks(
         if not group.is_accepting_tasks:
             raise _terminated(group, "was terminated meanwhile")
         if batch is None:
+            now = timezone.now()
             batch = Batch.objects.create(
                 owner=user,
                 project_id=group.project_id,
                 machine_group_id=group.pk,
                 size=batch_size,
-                closed_at=timezone.now() if batch_size == len(tasks) else None,
+                created_at=now,
+                closed_at=now if batch_size == len(tasks) else None,
             )
         else:
             _close_when_full(batch, len(tasks))
