@@ -405,7 +405,9 @@ def create_tasks(
             request_key=request_key,
             batch=joined,
             batch_size=batch_size or len(specs),
-            shared=_Shared(user, machine_group, input_files, remote_assets, storage_dir, on_finish_cleanup),
+            remote_assets=remote_assets,
+            storage_dir=storage_dir,
+            on_finish_cleanup=on_finish_cleanup,
         )
     except Refused:
         if joined is not None:
@@ -485,26 +487,6 @@ def _batch_joined(user, batch_id: str, group: MachineGroup, count: int) -> Batch
     return found
 
 
-class _Shared:
-    """What every task of a batch request takes alike besides its input, checked once for all."""
-
-    def __init__(self, user, group: MachineGroup, input_files, remote_assets, storage_dir, on_finish_cleanup):
-        self.user, self.group, self.input_files = user, group, list(input_files)
-        self.remote_assets, self.storage_dir = remote_assets, storage_dir
-        self.cleanup = checked_cleanup(on_finish_cleanup)
-        self.assets, self.placed = [], []
-
-    def check(self) -> None:
-        """Read with the user's rights in the group's project (checked before this)."""
-        project = self.group.project
-        if self.remote_assets:
-            self.assets = remote_assets_service.resolve(
-                self.user, project, self.remote_assets, self.input_files
-            )
-            self.placed = [name for asset in self.assets for name in asset.files]
-        self.storage_dir = project_storage.check_storage_dir(project, self.storage_dir)
-
-
 def _create_tasks(
     user,
     specs: list[dict],
@@ -516,8 +498,11 @@ def _create_tasks(
     request_key: str | None,
     batch: Batch | None,
     batch_size: int,
-    shared: _Shared,
+    remote_assets: list[str] | None,
+    storage_dir: str,
+    on_finish_cleanup: list[str] | None,
 ) -> list[Task]:
+    cleanup = checked_cleanup(on_finish_cleanup)
     if not specs:
         raise Refused("The batch holds no tasks; give at least one in tasks.", field="tasks")
     if len(specs) > BATCH_MAX_TASKS:
@@ -525,8 +510,11 @@ def _create_tasks(
             f"A batch holds at most {BATCH_MAX_TASKS} tasks; this one has {len(specs)}. Split it.",
             field="tasks",
         )
-    _check_submission(user, machine_group, input_files, shared.remote_assets)
-    shared.check()
+    _check_submission(user, machine_group, input_files, remote_assets)
+    # Every task takes the same: read once, with the user's rights in the group's project (checked above).
+    assets = remote_assets_service.resolve(user, machine_group.project, remote_assets, input_files)
+    placed = [name for asset in assets for name in asset.files]
+    storage_dir = project_storage.check_storage_dir(machine_group.project, storage_dir)
     check_budget(machine_group.project_id)  # every task of a batch is filed in its group's project
     digest = ""
     if input_archive is not None:
@@ -547,7 +535,7 @@ def _create_tasks(
     for index, spec in enumerate(specs):
         try:
             adapter, parameters = _checked_parameters(
-                spec["simulator"], spec.get("parameters"), [*input_files, *shared.placed]
+                spec["simulator"], spec.get("parameters"), [*input_files, *placed]
             )
             _check_group_fits(adapter, parameters, machine_group, reports)
             metadata = validate_metadata(spec.get("metadata") or {})
@@ -574,7 +562,7 @@ def _create_tasks(
             )
         )
     for task in tasks:
-        task.storage_dir, task.cleanup_commands = shared.storage_dir, shared.cleanup
+        task.storage_dir, task.cleanup_commands = storage_dir, cleanup
     with transaction.atomic():
         # The group before its tasks, as accept_input() and terminate_group() lock them.
         group = lock_group_shared(machine_group.pk)
@@ -602,7 +590,7 @@ def _create_tasks(
                 # Queued in the order given, though all at once (see lifecycle.transition_many).
                 task.queued_at = now + dt.timedelta(microseconds=position)
         Task.objects.bulk_create(tasks)
-        remote_assets_service.save(tasks, shared.assets)
+        remote_assets_service.save(tasks, assets)
         if input_archive is None:
             return tasks
         lifecycle.transition_many(tasks, Status.SUBMITTED, reason="Input received; queued.", actor=user)
