@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import time
 
-from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max, Min, Q
@@ -165,16 +164,12 @@ def measure_budgets() -> int | None:
     return budgets.record_levels()
 
 
-# The Celery task that delivers one notification (tasks_app.tasks.notify), queued by name.
-NOTIFY = "simdeck.notify"
-
-
 def queue_notifications() -> int:
-    """Queue a delivery for each ending a destination wants to hear of (services.notifications)."""
-    due = notifications.due()
-    for rule_id, title, body in due:
-        current_app.send_task(NOTIFY, args=(rule_id, title, body))
-    return len(due)
+    """Keep a delivery for each ending a destination wants to hear of, then send what is due
+    (services.notifications); returns how many were kept."""
+    kept = notifications.queue()
+    notifications.send_due()
+    return kept
 
 
 JOBS = {

@@ -702,6 +702,29 @@ class NotificationRule(models.Model):
         return f"{self.user_id}: {self.label}"
 
 
+class Delivery(models.Model):
+    """A message for a destination, kept until the destination took it or its last try failed.
+
+    Written in the transaction that moves the destination's mark
+    (tasks_app.services.notifications.queue): a scheduler stopped or killed
+    at any moment loses none. ``due_at`` is when it is tried next; while a
+    sending thread tries it, it lies past the longest a try may take, so
+    one whose sender died with its process is tried again then.
+    """
+
+    rule = models.ForeignKey(NotificationRule, on_delete=models.CASCADE, related_name="+")
+    title = models.TextField()
+    body = models.TextField()
+    attempt = models.PositiveSmallIntegerField(default=1)
+    due_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["due_at"], name="delivery_due")]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id}: {self.title}"
+
+
 class Activity(models.Model):
     """Something worth telling that is not a status change, and the audit trail.
 

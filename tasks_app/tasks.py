@@ -9,7 +9,6 @@ from tasks_app.executor import inspect as _inspect  # noqa: F401  (registers the
 from tasks_app.executor import machine as _machine  # noqa: F401  (connects the worker signals)
 from tasks_app.executor.machine import current_machine
 from tasks_app.executor.run import execute_next
-from tasks_app.services import notifications
 
 
 # Acknowledged as soon as the machine takes it, before the claim: a simulation
@@ -35,16 +34,6 @@ def _usable_connection(**_) -> None:
 @shared_task(name="simdeck.clean_abandoned_uploads")
 def clean_abandoned_uploads() -> int:
     return housekeeping.clean_abandoned_uploads(settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
-
-
-@shared_task(name=housekeeping.NOTIFY)
-def notify(rule_id: int, title: str, body: str, attempt: int = 1) -> None:
-    """Deliver one notification on a sending thread: the worker never waits on a destination."""
-    notifications.send_soon(rule_id, title, body, attempt, again=_notify_again)
-
-
-def _notify_again(rule_id: int, title: str, body: str, attempt: int, wait: float) -> None:
-    notify.apply_async(args=(rule_id, title, body, attempt), countdown=wait)
 
 
 @shared_task(name="simdeck.housekeeping")

@@ -161,23 +161,29 @@ def test_what_ended_is_told_once_to_who_may_see_it(alice, bob, group, no_broker)
     assert rules.count(mine.pk) == 2, f"both failures, {later.id} too"
 
 
+def tried_to_the_end(rule, title: str, body: str) -> list[float]:
+    """A message to ``rule`` tried at once, each try after the last, until it is done with; the waits set."""
+    from tasks_app.models import Delivery
+
+    delivery = Delivery.objects.create(rule=rule, title=title, body=body)
+    waits = []
+    while delivery := Delivery.objects.filter(pk=delivery.pk).first():
+        tried = timezone.now()
+        notifications.attempt(delivery)
+        if kept := Delivery.objects.filter(pk=delivery.pk).first():
+            waits.append(round((kept.due_at - tried).total_seconds()))
+    return waits
+
+
 @pytest.mark.django_db
 def test_a_destination_that_keeps_failing_is_tried_a_few_times_then_marked_failing(alice, settings):
     rule = notifications.add_rule(alice, label="dead", url=dead_url())
-    waits = []
-
-    def again(rule_id, title, body, attempt, wait):  # the next try at once, its wait noted
-        waits.append(wait)
-        notifications.attempt(rule_id, title, body, attempt, again)
-
     # Each message is tried every time, and counted once when its last try failed.
     for count in range(1, settings.SIMDECK_NOTIFY_FAILING_AFTER + 1):
-        assert notifications.attempt(rule.pk, "title", "body", 1, again) is False
+        waits = tried_to_the_end(rule, "title", "body")
+        first = settings.SIMDECK_NOTIFY_RETRY_SECONDS
+        assert waits == [first * 2**i for i in range(settings.SIMDECK_NOTIFY_RETRIES)]
         assert NotificationRule.objects.get(pk=rule.pk).failures == count
-    first = settings.SIMDECK_NOTIFY_RETRY_SECONDS
-    assert waits[: settings.SIMDECK_NOTIFY_RETRIES] == [
-        first * 2**i for i in range(settings.SIMDECK_NOTIFY_RETRIES)
-    ]
     rule.refresh_from_db()
     assert notifications.is_failing(rule) and "did not accept" in rule.last_error
     NotificationRule.objects.filter(pk=rule.pk).update(checked_until=timezone.now() - dt.timedelta(hours=1))
@@ -187,6 +193,8 @@ def test_a_destination_that_keeps_failing_is_tried_a_few_times_then_marked_faili
 
 @pytest.mark.django_db(transaction=True)
 def test_a_destination_that_never_answers_holds_up_no_other(alice, endpoint):
+    from tasks_app.models import Delivery
+
     # A server that takes the connection and never answers.
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -196,15 +204,44 @@ def test_a_destination_that_never_answers_holds_up_no_other(alice, endpoint):
             alice, label="silent", url=f"json://127.0.0.1:{silent.getsockname()[1]}/"
         )
         live = notifications.add_rule(alice, label="live", url=endpoint.url)
-        retried = []
-        stuck = notifications.send_soon(hanging.pk, "first", "body", 1, lambda *a: retried.append(a))
-        sent = notifications.send_soon(live.pk, "second", "body", 1, lambda *a: retried.append(a))
+        first = Delivery.objects.create(rule=hanging, title="first", body="body")
+        Delivery.objects.create(rule=live, title="second", body="body")
+        stuck, sent = notifications.send_due()
         # The sender returned at once; the live destination has its message while the other still waits.
         assert sent.result(timeout=30) is True
         assert [m["title"] for m in endpoint.received] == ["second"] and not stuck.done()
-        assert stuck.result(timeout=60) is False and retried[0][:4] == (hanging.pk, "first", "body", 2)
+        assert list(Delivery.objects.values_list("title", flat=True)) == ["first"]
+        assert stuck.result(timeout=60) is False
+        assert Delivery.objects.get(pk=first.pk).attempt == 2, "tried again later"
     finally:
         silent.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_outlives_a_scheduler_stopped_before_or_while_sending_it(
+    alice, group, endpoint, monkeypatch
+):
+    from tasks_app.models import Delivery
+
+    rule = notifications.add_rule(alice, label="hook", url=endpoint.url)
+    NotificationRule.objects.update(checked_until=timezone.now() - dt.timedelta(minutes=10))
+    task = make_task(alice, group, to=HAPPY)
+    # The look is kept with its mark: a scheduler that stops before sending loses nothing.
+    assert notifications.queue() == 1 and notifications.queue() == 0
+    assert list(Delivery.objects.values_list("rule", "title")) == [
+        (rule.pk, f"Simdeck: task {task.id} success")
+    ]
+
+    # Handed to a sender that dies with its process: held a while, then tried again.
+    monkeypatch.setattr(notifications, "send_soon", lambda delivery: None)
+    now = timezone.now()
+    assert len(notifications.send_due(now)) == 1
+    monkeypatch.undo()
+    assert notifications.send_due(now + notifications.HELD - dt.timedelta(seconds=1)) == [], "still held"
+    [sent] = notifications.send_due(now + notifications.HELD + dt.timedelta(seconds=1))
+    assert sent.result(timeout=30) is True
+    assert [m["title"] for m in endpoint.received] == [f"Simdeck: task {task.id} success"]
+    assert not Delivery.objects.exists(), "delivered: kept no longer"
 
 
 # A real stack delivering to a real endpoint: tests/test_accounting.py runs it with its tasks.
@@ -413,9 +450,6 @@ def with_mail(settings, mail_server):
 
 @pytest.mark.django_db
 def test_an_address_gets_mail_through_the_servers_mail_server(logged_in, alice, settings, with_mail):
-    def at_once(rule_id, title, body, attempt, wait):
-        notifications.attempt(rule_id, title, body, attempt, at_once)
-
     url = reverse("notification-rules")
     settings.EMAIL_URL = ""
     answer = logged_in.post(url, {"url": "alice@example.org", "tasks": "ended"})
@@ -436,14 +470,14 @@ def test_an_address_gets_mail_through_the_servers_mail_server(logged_in, alice, 
     assert "Tasks that fail, batches and groups all ended, budgets at 80 % and 100 %" in page
 
     assert notifications.send_test(rule) is None
-    notifications.attempt(rule.pk, "Simdeck: task x failed", "It failed.", 1, at_once)
+    assert tried_to_the_end(rule, "Simdeck: task x failed", "It failed.") == []
     assert [m.rcpt_tos for m in with_mail.received] == [["alice@example.org"]] * 2
     assert b"Subject: Simdeck: task x failed" in with_mail.received[1].content
     assert b"It failed." in with_mail.received[1].content
     assert NotificationRule.objects.get(pk=rule.pk).failures == 0
 
     with_mail.stop()  # the mail server is down: tried again, then counted against the destination
-    notifications.attempt(rule.pk, "title", "body", 1, at_once)
+    assert len(tried_to_the_end(rule, "title", "body")) == settings.SIMDECK_NOTIFY_RETRIES
     rule.refresh_from_db()
     assert rule.failures == 1 and "mail server did not take it" in rule.last_error
 

@@ -8,14 +8,15 @@ and what to hear of: tasks that end (or fail), batches whose tasks all ended
 and machine groups left with nothing to run, terminated groups, budgets at
 80 % and 100 %. The lifecycle knows
 nothing of them: the scheduler looks every few seconds at what ended since
-its last look (:func:`due`) and queues one Celery message per delivery. The
-worker that takes it hands the delivery to a few sending threads
-(:func:`send_soon`) and is free at once, and a delivery that fails is
-queued again with a growing wait (:func:`attempt`). So a slow or dead
-destination never slows a task's end, nor holds up the scheduler's other
-work or another destination's messages; and a destination whose messages
-keep failing is marked failing and skipped, not tried for ever; a
-successful test (:func:`send_test`) brings it back.
+its last look (:func:`due`) and keeps a delivery row for each message, in
+the transaction that moves the look's mark (:func:`queue`). It then hands
+the rows that are due to a few sending threads (:func:`send_due`) and is
+free at once; a delivery that fails is tried again with a growing wait
+(:func:`attempt`). So a slow or dead destination never slows a task's end,
+nor holds up the scheduler's other work or another destination's messages;
+a scheduler stopped or killed midway loses no message; and a destination
+whose messages keep failing is marked failing and skipped, not tried for
+ever; a successful test (:func:`send_test`) brings it back.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import datetime as dt
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from tasks_app import access
 from tasks_app.errors import Refused
-from tasks_app.models import Batch, Budget, MachineGroup, Membership, NotificationRule, Task
+from tasks_app.models import Batch, Budget, Delivery, MachineGroup, Membership, NotificationRule, Task
 from tasks_app.statuses import FAILURES, Status
 
 log = logging.getLogger(__name__)
@@ -246,21 +246,52 @@ def _count_test(user) -> None:
 # Deliveries under way at once in the process that sends them (the scheduler's).
 SENDERS = 4
 _senders: ThreadPoolExecutor | None = None
-# Queues a delivery again: (rule id, title, body, its attempt number, after how many seconds).
-Again = Callable[[int, str, str, int, float], object]
+# A delivery a sending thread holds is tried again after this long, should its
+# sender die with its process: longer than any try takes (Apprise gives up on
+# a silent server within seconds, the mail backend after EMAIL_TIMEOUT).
+HELD = dt.timedelta(minutes=5)
+# At most this many deliveries are handed to the sending threads at a time.
+HANDED = 100
 
 
-def send_soon(rule_id: int, title: str, body: str, attempt_number: int, again: Again) -> Future:
-    """Deliver on one of the sending threads; returns at once (see :func:`attempt`)."""
+def queue(now: dt.datetime | None = None) -> int:
+    """Keep a delivery for each message :func:`due` finds; returns how many.
+
+    In the transaction that moves the destinations' marks: what a look
+    found is either kept to be sent or looked at again, never lost.
+    """
+    with transaction.atomic():
+        messages = due(now)
+        Delivery.objects.bulk_create(Delivery(rule_id=r, title=t, body=b) for r, t, b in messages)
+    return len(messages)
+
+
+def send_due(now: dt.datetime | None = None) -> list[Future]:
+    """Hand the deliveries that are due to the sending threads; returns at once.
+
+    Each is pushed ``HELD`` ahead while its thread tries it (see :func:`attempt`),
+    so two schedulers never send it at once and one whose sender died is
+    tried again later. A message may then arrive twice, never not at all.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        held = Delivery.objects.select_for_update(skip_locked=True).filter(due_at__lte=now)
+        taken = list(held.order_by("due_at")[:HANDED])
+        Delivery.objects.filter(pk__in=[d.pk for d in taken]).update(due_at=now + HELD)
+    return [send_soon(delivery) for delivery in taken]
+
+
+def send_soon(delivery: Delivery) -> Future:
+    """Try one delivery on one of the sending threads; returns at once (see :func:`attempt`)."""
     global _senders
     if _senders is None:  # made in the process that sends, after any fork
         _senders = ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="notify")
-    return _senders.submit(_attempt_on_thread, rule_id, title, body, attempt_number, again)
+    return _senders.submit(_attempt_on_thread, delivery)
 
 
-def _attempt_on_thread(*args) -> bool:
+def _attempt_on_thread(delivery: Delivery) -> bool:
     try:
-        return attempt(*args)
+        return attempt(delivery)
     except Exception:
         log.exception("A notification could not be sent")
         return False
@@ -268,21 +299,24 @@ def _attempt_on_thread(*args) -> bool:
         connection.close()  # the thread's own connection, not kept between deliveries
 
 
-def attempt(rule_id: int, title: str, body: str, attempt_number: int, again: Again) -> bool:
-    """Try one delivery now; on failure queue the next try, or count it once the last one failed."""
-    rule = NotificationRule.objects.filter(pk=rule_id).only("url").first()
+def attempt(delivery: Delivery) -> bool:
+    """Try one delivery now; on failure set its next try, or count it once the last one failed."""
+    rule = NotificationRule.objects.filter(pk=delivery.rule_id).only("url").first()
     if rule is None:
-        return False  # the destination was removed meanwhile
+        return False  # the destination was removed meanwhile, and its deliveries with it
+    kept = Delivery.objects.filter(pk=delivery.pk)
     try:
-        deliver(rule.url, title, body)
+        deliver(rule.url, delivery.title, delivery.body)
     except NotDelivered as exc:
-        if attempt_number > settings.SIMDECK_NOTIFY_RETRIES:
-            undelivered(rule_id, str(exc))
+        if delivery.attempt > settings.SIMDECK_NOTIFY_RETRIES:
+            kept.delete()
+            undelivered(rule.pk, str(exc))
         else:
-            wait = min(3600.0, settings.SIMDECK_NOTIFY_RETRY_SECONDS * 2 ** (attempt_number - 1))
-            again(rule_id, title, body, attempt_number + 1, wait)
+            wait = min(3600.0, settings.SIMDECK_NOTIFY_RETRY_SECONDS * 2 ** (delivery.attempt - 1))
+            kept.update(attempt=delivery.attempt + 1, due_at=timezone.now() + dt.timedelta(seconds=wait))
         return False
-    delivered(rule_id)
+    kept.delete()
+    delivered(rule.pk)
     return True
 
 
