@@ -11,6 +11,7 @@ import http.server
 import json
 import socket
 import threading
+from concurrent.futures import Future
 
 import pytest
 from django.conf import settings
@@ -233,7 +234,9 @@ def test_a_message_outlives_a_scheduler_stopped_before_or_while_sending_it(
     ]
 
     # Handed to a sender that dies with its process: held a while, then tried again.
-    monkeypatch.setattr(notifications, "send_soon", lambda delivery: None)
+    died = Future()
+    died.set_result(None)
+    monkeypatch.setattr(notifications, "send_soon", lambda delivery: died)
     now = timezone.now()
     assert len(notifications.send_due(now)) == 1
     monkeypatch.undo()
@@ -242,6 +245,24 @@ def test_a_message_outlives_a_scheduler_stopped_before_or_while_sending_it(
     assert sent.result(timeout=30) is True
     assert [m["title"] for m in endpoint.received] == [f"Simdeck: task {task.id} success"]
     assert not Delivery.objects.exists(), "delivered: kept no longer"
+
+
+@pytest.mark.django_db
+def test_a_pile_of_deliveries_waits_in_the_database_not_for_a_thread(alice, monkeypatch):
+    """A dead destination may pile up messages: only a few are handed over at a time, so none
+    waits for a thread longer than it is set aside for (and is handed over twice)."""
+    from tasks_app.models import Delivery
+
+    rule = notifications.add_rule(alice, label="slow", url="json://example.org/slow")
+    Delivery.objects.bulk_create(Delivery(rule=rule, title=f"m{i}", body="b") for i in range(50))
+    monkeypatch.setattr(notifications, "_under_way", set())
+    monkeypatch.setattr(notifications, "send_soon", lambda delivery: Future())  # tries that take long
+    handed = notifications.send_due()
+    assert len(handed) == notifications.UNDER_WAY
+    assert notifications.send_due() == [], "no room until a try ends"
+    handed[0].set_result(True)
+    assert len(notifications.send_due()) == 1
+    assert Delivery.objects.filter(due_at__lte=timezone.now()).count() == 50 - notifications.UNDER_WAY - 1
 
 
 # A real stack delivering to a real endpoint: tests/test_accounting.py runs it with its tasks.

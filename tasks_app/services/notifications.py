@@ -246,12 +246,15 @@ def _count_test(user) -> None:
 # Deliveries under way at once in the process that sends them (the scheduler's).
 SENDERS = 4
 _senders: ThreadPoolExecutor | None = None
-# A delivery a sending thread holds is tried again after this long, should its
-# sender die with its process: longer than any try takes (Apprise gives up on
-# a silent server within seconds, the mail backend after EMAIL_TIMEOUT).
+# A delivery handed to the sending threads is tried again after this long,
+# should its sender die with its process: longer than it can wait for a
+# thread and be tried (see UNDER_WAY; Apprise gives up on a silent server
+# within seconds, the mail backend after EMAIL_TIMEOUT).
 HELD = dt.timedelta(minutes=5)
-# At most this many deliveries are handed to the sending threads at a time.
-HANDED = 100
+# At most this many deliveries are under way or waiting for a thread: the
+# rest wait in the database, however many a dead destination piled up.
+UNDER_WAY = SENDERS * 4
+_under_way: set[Future] = set()
 
 
 def queue(now: dt.datetime | None = None) -> int:
@@ -274,11 +277,17 @@ def send_due(now: dt.datetime | None = None) -> list[Future]:
     tried again later. A message may then arrive twice, never not at all.
     """
     now = now or timezone.now()
+    _under_way.difference_update([f for f in _under_way if f.done()])
+    room = UNDER_WAY - len(_under_way)
+    if room <= 0:
+        return []
     with transaction.atomic():
         held = Delivery.objects.select_for_update(skip_locked=True).filter(due_at__lte=now)
-        taken = list(held.order_by("due_at")[:HANDED])
+        taken = list(held.order_by("due_at")[:room])
         Delivery.objects.filter(pk__in=[d.pk for d in taken]).update(due_at=now + HELD)
-    return [send_soon(delivery) for delivery in taken]
+    handed = [send_soon(delivery) for delivery in taken]
+    _under_way.update(handed)
+    return handed
 
 
 def send_soon(delivery: Delivery) -> Future:
