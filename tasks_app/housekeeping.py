@@ -178,7 +178,6 @@ JOBS = {
     "hosts_groups_terminated": hosts.settle,
     "tokens_restored": restore_lost_tokens,
     "task_counts_folded": task_counts.fold,
-    # Before the notifications, so that a sweep given up on is told as ended in the same round.
     "sweeps_closed": services.close_silent_sweeps,
     # Before the notifications, so a level reached is told in the same round.
     "budgets_reached": measure_budgets,

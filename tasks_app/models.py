@@ -139,6 +139,9 @@ class MachineGroup(models.Model):
         TERMINATING = "terminating", "Terminating"
         TERMINATED = "terminated", "Terminated"
 
+    # The states in which a group takes new tasks.
+    ACCEPTING = (State.CREATED, State.STARTED)
+
     name = models.CharField(max_length=64, unique=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="machine_groups")
@@ -187,7 +190,7 @@ class MachineGroup(models.Model):
 
     @property
     def is_accepting_tasks(self) -> bool:
-        return self.state in (self.State.CREATED, self.State.STARTED)
+        return self.state in self.ACCEPTING
 
     def simulators_online(self) -> dict[str, list[str]]:
         """The simulators its online machines reported, each with the versions found (prefetched machines)."""

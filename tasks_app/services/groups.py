@@ -147,9 +147,7 @@ def terminate_group(
     their outputs are stored.
     """
     with transaction.atomic():
-        updated = MachineGroup.objects.filter(
-            pk=group.pk, state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED]
-        ).update(
+        updated = MachineGroup.objects.filter(pk=group.pk, state__in=MachineGroup.ACCEPTING).update(
             state=MachineGroup.State.TERMINATING,
             terminated_at=timezone.now(),
             termination_reason=reason or "Terminated by its owner.",

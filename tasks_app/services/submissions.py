@@ -190,15 +190,7 @@ def create_task(
     task.storage_dir = storage_dir
     task.cleanup_commands = cleanup
     if joined is None and batch_size is not None:  # the first task of a sweep: its batch starts
-        now = timezone.now()
-        joined = Batch.objects.create(
-            owner=user,
-            project_id=machine_group.project_id,
-            machine_group=machine_group,
-            size=batch_size,
-            created_at=now,
-            closed_at=now if batch_size == 1 else None,
-        )
+        joined = _new_batch(user, machine_group, batch_size, 1)
     elif joined is not None:
         _close_when_full(joined, 1)
     task.batch = joined
@@ -417,9 +409,7 @@ def create_tasks(
 
 def end_sweep(user, batch_id: str) -> None:
     """A request of the sweep was refused, and the client stops there: the batch is what was made."""
-    Batch.objects.filter(pk=batch_id, owner=user, closed_at__isnull=True).update(
-        size=Task.objects.filter(batch_id=batch_id).count(), closed_at=timezone.now()
-    )
+    _close(Batch.objects.filter(pk=batch_id, owner=user), timezone.now())
 
 
 def close_silent_sweeps(now: dt.datetime | None = None) -> int:
@@ -436,11 +426,28 @@ def close_silent_sweeps(now: dt.datetime | None = None) -> int:
     cutoff = now - dt.timedelta(minutes=settings.SIMDECK_PENDING_INPUT_TIMEOUT_MINUTES)
     recent = Task.objects.filter(batch=OuterRef("pk"), created_at__gte=cutoff)
     silent = Batch.objects.filter(closed_at__isnull=True).filter(
-        (Q(created_at__lt=cutoff) & ~Exists(recent))
-        | ~Q(machine_group__state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED])
+        (Q(created_at__lt=cutoff) & ~Exists(recent)) | ~Q(machine_group__state__in=MachineGroup.ACCEPTING)
     )
+    return _close(Batch.objects.filter(pk__in=silent.values("pk")), now)
+
+
+def _new_batch(user, group: MachineGroup, size: int, count: int) -> Batch:
+    """A sweep's batch, made with its first ``count`` tasks: closed at once if they are all of it."""
+    now = timezone.now()
+    return Batch.objects.create(
+        owner=user,
+        project_id=group.project_id,
+        machine_group_id=group.pk,
+        size=size,
+        created_at=now,
+        closed_at=now if count >= size else None,
+    )
+
+
+def _close(batches, now: dt.datetime) -> int:
+    """Close those of ``batches`` still open at what they hold; one guarded update."""
     held = Task.objects.filter(batch=OuterRef("pk")).order_by().values("batch").annotate(n=Count("pk"))
-    return Batch.objects.filter(pk__in=silent.values("pk"), closed_at__isnull=True).update(
+    return batches.filter(closed_at__isnull=True).update(
         size=Coalesce(Subquery(held.values("n")), 0), closed_at=now
     )
 
@@ -569,15 +576,7 @@ def _create_tasks(
         if not group.is_accepting_tasks:
             raise _terminated(group, "was terminated meanwhile")
         if batch is None:
-            now = timezone.now()
-            batch = Batch.objects.create(
-                owner=user,
-                project_id=group.project_id,
-                machine_group_id=group.pk,
-                size=batch_size,
-                created_at=now,
-                closed_at=now if batch_size == len(tasks) else None,
-            )
+            batch = _new_batch(user, group, batch_size, len(tasks))
         else:
             _close_when_full(batch, len(tasks))
         for task in tasks:

@@ -487,9 +487,7 @@ def task_metadata_delete(request: HttpRequest, task_id: str) -> HttpResponse:
 
 def _accepting_groups(user):
     """Groups still taking tasks that the user may submit to."""
-    groups = access.visible_groups(user).filter(
-        state__in=[MachineGroup.State.CREATED, MachineGroup.State.STARTED]
-    )
+    groups = access.visible_groups(user).filter(state__in=MachineGroup.ACCEPTING)
     if not user.is_staff:
         submitters = Membership.objects.filter(user=user).exclude(role=Role.VIEWER).values("project_id")
         groups = groups.filter(project_id__in=submitters)
